@@ -1,0 +1,14 @@
+"""actstore: capture, store and stream transformer activations.
+
+Public entry points: :func:`open` (read a store), :func:`create` (write a segment),
+:class:`Store`, :class:`SegmentWriter` and the errors they raise. See README.md.
+"""
+
+from ._version import __version__
+from .api import create, open
+from .store import (FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FORMAT_VERSION, AppendError, CorruptDataError,
+                    FormatVersionError, SegmentWriter, Store, StoreError, UnknownHookError)
+
+__all__ = ["__version__", "create", "open", "Store", "SegmentWriter", "StoreError", "AppendError",
+           "CorruptDataError", "FormatVersionError", "UnknownHookError", "FORMAT_VERSION",
+           "FLAG_BOS", "FLAG_PAD", "FLAG_SPECIAL"]

@@ -1,0 +1,283 @@
+"""Store format v1: the schema, the key layout and the zarr metadata documents.
+
+docs/FORMAT.md is the human description of everything here; keep the two in step.
+
+Key layout (all keys relative to the store root)::
+
+    zarr.json                                 root group; attributes["actstore"] = schema
+    segments/zarr.json                        group
+    segments/<seg>/zarr.json                  group, one per writer
+    segments/<seg>/acts/<hook>/zarr.json      (rows, d) array, sharded along rows
+    segments/<seg>/acts/<hook>/c/<s>/0        shard s (c/<s> for 1-D arrays)
+    segments/<seg>/scales/<hook>/...          (rows,) float32 per-row scale (fp8/int8 only)
+    segments/<seg>/tokens/{token,doc,pos,flags}/...   (rows,) token-aligned columns
+    segments/<seg>/commits/<seq>/zarr.json    commit records (group attributes); the newest is the truth
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codecs import ChunkCodec, codec_from_preset, codec_from_zarr
+from .errors import FormatVersionError, StoreError
+from .storage import check_key
+
+FORMAT_VERSION = 1
+SEGMENTS = "segments"
+
+# Flag bits of the ``flags`` column.
+FLAG_BOS = 1
+FLAG_PAD = 2
+FLAG_SPECIAL = 4
+FLAGS = {"bos": FLAG_BOS, "pad": FLAG_PAD, "special": FLAG_SPECIAL}
+
+
+@dataclass(frozen=True)
+class DType:
+    """A storage dtype: how one activation element is stored."""
+
+    name: str  # user-facing name: bf16, fp16, fp32, fp8, int8
+    stored: str  # numpy/zarr data_type of the stored array
+    logical: str  # what the bits mean
+    scaled: bool  # a per-row float32 scale array sits beside it
+
+
+DTYPES = {
+    "bf16": DType("bf16", "uint16", "bfloat16", False),
+    "fp16": DType("fp16", "float16", "float16", False),
+    "fp32": DType("fp32", "float32", "float32", False),
+    "fp8": DType("fp8", "uint8", "float8_e4m3fn", True),
+    "int8": DType("int8", "int8", "int8", True),
+}
+
+# Token-aligned columns: name -> stored dtype. Missing values are -1 (token/doc/pos).
+COLUMNS = {"token": "int32", "doc": "int64", "pos": "int32", "flags": "uint8"}
+
+# Inner chunks hold about this many uncompressed bytes (DESIGN.md: ~2 MiB; smaller chunks
+# pay zarr's ~250 us per-chunk overhead, larger ones waste reads of a few rows).
+CHUNK_BYTES = 2 << 20
+# Inner chunks per shard on local disk: ~128 MiB shard objects, few files.
+CHUNKS_PER_SHARD = 64
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]]*$")
+
+
+def dtype_spec(name: str) -> DType:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise StoreError(f"unknown storage dtype {name!r}: use one of {', '.join(DTYPES)}") from None
+
+
+def check_hook_name(name: str) -> str:
+    """Hook names become zarr node names: letters, digits and ``_ . : - [ ]``, no '/'."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.startswith("__"):
+        raise StoreError(f"invalid hook name {name!r}: use letters, digits and '_.:-[]', not starting with '__' or '.'")
+    return name
+
+
+def check_segment_name(name: str) -> str:
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$", name) or name.startswith("__"):
+        raise StoreError(f"invalid segment name {name!r}: use 1-128 letters, digits and '_.-'")
+    return name
+
+
+def chunk_rows_for(row_bytes: int, target: int = CHUNK_BYTES) -> int:
+    """The power-of-two row count whose chunk is nearest ``target`` bytes (log scale)."""
+    rows = max(1, target / max(1, row_bytes))
+    return int(2 ** round(np.log2(rows)))
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    name: str
+    d: int
+    dtype: DType
+    chunk_rows: int
+
+    @property
+    def array(self) -> str:
+        return f"acts/{self.name}"
+
+    @property
+    def scale_array(self) -> str | None:
+        return f"scales/{self.name}" if self.dtype.scaled else None
+
+    @property
+    def row_bytes(self) -> int:
+        return self.d * np.dtype(self.dtype.stored).itemsize
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored array of a segment, relative path ``path`` (e.g. "acts/layer3")."""
+
+    path: str
+    dtype: np.dtype
+    row_shape: tuple[int, ...]  # () for columns, (d,) for activations
+    chunk_rows: int
+    attributes: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Everything that is fixed for the life of a store."""
+
+    hooks: dict[str, HookSpec]
+    codec_preset: str
+    shard_rows: int
+    provenance: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def codec(self) -> ChunkCodec:
+        return codec_from_preset(self.codec_preset)
+
+    def arrays(self) -> list[ArraySpec]:
+        """Every array a segment holds, activations first."""
+        out = []
+        for h in self.hooks.values():
+            out.append(ArraySpec(h.array, np.dtype(h.dtype.stored), (h.d,), h.chunk_rows,
+                                 {"logical_dtype": h.dtype.logical, "hook": h.name}))
+            if h.dtype.scaled:
+                out.append(ArraySpec(h.scale_array, np.dtype("float32"), (), self.shard_rows,
+                                     {"scale_of": h.array, "hook": h.name}))
+        for name, dt in COLUMNS.items():
+            out.append(ArraySpec(f"tokens/{name}", np.dtype(dt), (), self.shard_rows, {}))
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "hooks": {
+                h.name: {
+                    "d": h.d,
+                    "dtype": h.dtype.name,
+                    "stored_dtype": h.dtype.stored,
+                    "logical_dtype": h.dtype.logical,
+                    "chunk_rows": h.chunk_rows,
+                    "array": h.array,
+                    "scale_array": h.scale_array,
+                }
+                for h in self.hooks.values()
+            },
+            "columns": {name: {"dtype": dt, "array": f"tokens/{name}"} for name, dt in COLUMNS.items()},
+            "flags": FLAGS,
+            "shard_rows": self.shard_rows,
+            "codec": {"preset": self.codec_preset, "description": self.codec.describe()},
+            "segments": SEGMENTS,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, attrs: dict, where: str) -> "Schema":
+        if not isinstance(attrs, dict) or "format_version" not in attrs:
+            raise StoreError(f"{where} is a zarr group but not an actstore store (no attributes.actstore.format_version)")
+        version = attrs["format_version"]
+        if version != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{where} has format_version {version!r}, this actstore reads only {FORMAT_VERSION}; upgrade actstore")
+        try:
+            hooks = {}
+            for name, h in attrs["hooks"].items():
+                check_hook_name(name)
+                spec = HookSpec(name, int(h["d"]), dtype_spec(h["dtype"]), int(h["chunk_rows"]))
+                # Paths come from the file; refuse anything that is not exactly ours.
+                if check_key(h["array"]) != spec.array or (h.get("scale_array") or None) != spec.scale_array:
+                    raise StoreError(f"{where}: hook {name!r} names array {h['array']!r}, expected {spec.array!r}")
+                hooks[name] = spec
+            if check_key(attrs.get("segments", SEGMENTS)) != SEGMENTS:
+                raise StoreError(f"{where}: unexpected segments path {attrs.get('segments')!r}")
+            return cls(hooks, attrs["codec"]["preset"], int(attrs["shard_rows"]), attrs.get("provenance", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{where}: malformed actstore attributes ({type(e).__name__}: {e})") from None
+
+
+def make_schema(hooks: dict[str, int], dtype: str = "bf16", codec: str = "zstd",
+                chunks_per_shard: int = CHUNKS_PER_SHARD, provenance: dict | None = None,
+                chunk_bytes: int = CHUNK_BYTES) -> Schema:
+    """Build a schema for ``hooks`` (name -> width d).
+
+    Every array shares one shard row count so that a shard of every array covers the
+    same rows: ``chunks_per_shard`` chunks of the widest hook (a power of two, so a
+    multiple of every chunk row count).
+    """
+    if not hooks:
+        raise StoreError("no hooks given: pass at least one hook name with its width")
+    dt = dtype_spec(dtype)
+    codec_from_preset(codec)
+    specs = {}
+    for name, d in hooks.items():
+        check_hook_name(name)
+        if not isinstance(d, (int, np.integer)) or d <= 0:
+            raise StoreError(f"hook {name!r}: width d must be a positive integer, got {d!r}")
+        row_bytes = int(d) * np.dtype(dt.stored).itemsize
+        specs[name] = HookSpec(name, int(d), dt, chunk_rows_for(row_bytes, chunk_bytes))
+    min_rows = min(s.chunk_rows for s in specs.values())
+    max_rows = max(s.chunk_rows for s in specs.values())
+    shard_rows = max(max_rows, chunks_per_shard * min_rows)
+    return Schema(specs, codec, shard_rows, dict(provenance or {}))
+
+
+# --- zarr v3 metadata documents -------------------------------------------------------
+
+def group_doc(attributes: dict | None = None) -> dict:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+
+
+def array_doc(spec: ArraySpec, rows: int, shard_rows: int, codec: ChunkCodec) -> dict:
+    """The zarr.json of one sharded array with ``rows`` rows."""
+    inner = codec.with_typesize(spec.dtype.itemsize) if codec.cname else codec
+    fill = 0.0 if spec.dtype.kind == "f" else 0
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [rows, *spec.row_shape],
+        "data_type": spec.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_rows, *spec.row_shape]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": [{
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": [spec.chunk_rows, *spec.row_shape],
+                "codecs": inner.to_zarr(),
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+                "index_location": "end",
+            },
+        }],
+        "attributes": spec.attributes,
+        "dimension_names": ["row", "dim"][: 1 + len(spec.row_shape)],
+    }
+
+
+def parse_array_doc(doc: dict, where: str) -> tuple[int, int, ChunkCodec]:
+    """Return (shard_rows, chunk_rows, codec) of an array document we wrote."""
+    try:
+        shard_rows = int(doc["chunk_grid"]["configuration"]["chunk_shape"][0])
+        sharding = doc["codecs"][0]
+        if sharding["name"] != "sharding_indexed":
+            raise StoreError(f"{where}: array is not sharded")
+        cfg = sharding["configuration"]
+        return shard_rows, int(cfg["chunk_shape"][0]), codec_from_zarr(cfg["codecs"])
+    except (KeyError, IndexError, TypeError) as e:
+        raise StoreError(f"{where}: malformed zarr.json ({type(e).__name__}: {e})") from None
+
+
+def shard_key(segment: str, a: ArraySpec, shard: int) -> str:
+    """Key of shard ``shard`` of array ``a``: zarr's default chunk key, one index per
+    dimension ("c/<s>/0" for (rows, d) arrays, "c/<s>" for columns)."""
+    tail = "/0" * len(a.row_shape)
+    return f"{SEGMENTS}/{segment}/{a.path}/c/{shard}{tail}"
+
+
+def commit_key(segment: str, seq: int) -> str:
+    """Commit records are zarr groups (the record is in their attributes), so the whole
+    store stays a plain zarr hierarchy."""
+    return f"{SEGMENTS}/{segment}/commits/{seq:010d}/zarr.json"

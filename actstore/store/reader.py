@@ -1,0 +1,348 @@
+"""Reading a store: whole chunks decoded in a thread pool, rows gathered natively.
+
+There is no per-row zarr selection anywhere: for any set of rows we find the chunks that
+hold them, read each chunk's bytes once through the shard index, verify and decode them
+in a thread pool (numcodecs releases the GIL), and gather the rows with
+``actstore._C.gather_rows``. Only rows named by a commit record are ever read; a chunk
+that the index lacks, that is short, or that fails its crc32c or decode is an error naming
+the segment, array and chunk, never zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .. import _native
+from .errors import CorruptDataError, StoreError, UnknownHookError
+from .format import SEGMENTS, ArraySpec, Schema, parse_array_doc, shard_key
+from .manifest import load_latest_commit
+from .shard import MISSING, index_nbytes, parse_index
+from .stats import RunningStats
+from .storage import Storage
+from .writer import default_threads
+
+
+class SegmentReader:
+    """Committed rows ``[0, rows)`` of one segment."""
+
+    def __init__(self, storage: Storage, schema: Schema, segment: str, rows: int, commit: dict | None = None):
+        self.storage = storage
+        self.schema = schema
+        self.name = segment
+        self.rows = rows
+        self.commit = commit
+        self._index_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache_lock = threading.Lock()
+        self._checked: set[str] = set()
+
+    def check_array(self, a: ArraySpec) -> None:
+        """Verify once that the array's zarr.json agrees with the store schema."""
+        if a.path in self._checked:
+            return
+        key = f"{SEGMENTS}/{self.name}/{a.path}/zarr.json"
+        try:
+            doc = json.loads(self.storage.read(key))
+        except ValueError as e:
+            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json is not valid JSON ({e})") from None
+        shard_rows, chunk_rows, _ = parse_array_doc(doc, f"segment {self.name!r}, array {a.path!r}")
+        if shard_rows != self.schema.shard_rows or chunk_rows != a.chunk_rows or doc.get("data_type") != a.dtype.name:
+            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json disagrees with the store schema")
+        self._checked.add(a.path)
+
+    def shard_index(self, a: ArraySpec, shard: int, blob) -> np.ndarray:
+        """The parsed index of one shard, cached once the shard is full (never rewritten)."""
+        key = (a.path, shard)
+        R = self.schema.shard_rows
+        full = (shard + 1) * R <= self.rows
+        if full:
+            with self._cache_lock:
+                hit = self._index_cache.get(key)
+            if hit is not None:
+                return hit
+        n_chunks = R // a.chunk_rows
+        want = index_nbytes(n_chunks)
+        tail = blob.pread(max(0, blob.size - want), want) if blob.size >= want else b""
+        try:
+            index = parse_index(tail, n_chunks, blob.size)
+        except ValueError as e:
+            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}, shard {shard}: {e}; the store is damaged, "
+                                   "re-capture or restore this segment") from None
+        if full:
+            with self._cache_lock:
+                self._index_cache[key] = index
+        return index
+
+    def decode_chunk(self, a: ArraySpec, chunk: int, blob, index: np.ndarray) -> np.ndarray:
+        """Decode chunk ``chunk`` (counted from the segment's start) -> ``[chunk_rows, ...]``."""
+        per_shard = self.schema.shard_rows // a.chunk_rows
+        j = chunk % per_shard
+        lo = chunk * a.chunk_rows
+        where = (f"segment {self.name!r}, array {a.path!r}, chunk {chunk} "
+                 f"(rows {lo}-{lo + a.chunk_rows - 1}, shard {chunk // per_shard})")
+        off, nbytes = index[j]
+        if off == MISSING:
+            raise CorruptDataError(f"{where} is missing from its shard index though committed; the store is damaged")
+        data = blob.pread(int(off), int(nbytes))
+        if len(data) != nbytes:
+            raise CorruptDataError(f"{where} is short: {len(data)} of {nbytes} bytes; the store is damaged")
+        out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
+        codec = self.schema.codec
+        if codec.cname:
+            codec = codec.with_typesize(a.dtype.itemsize)
+        try:
+            codec.decode_into(data, out)
+        except ValueError as e:
+            raise CorruptDataError(f"{where} fails to decode ({e}); the store is damaged, re-capture or restore it") from None
+        return out
+
+    def read_rows(self, a: ArraySpec, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` of array ``a`` (single-threaded; used when resuming)."""
+        out = np.empty((hi - lo, *a.row_shape), dtype=a.dtype)
+        chunks = range(lo // a.chunk_rows, (hi - 1) // a.chunk_rows + 1) if hi > lo else range(0)
+        per_shard = self.schema.shard_rows // a.chunk_rows
+        for c in chunks:
+            s = c // per_shard
+            with self.storage.open_blob(shard_key(self.name, a, s)) as blob:
+                block = self.decode_chunk(a, c, blob, self.shard_index(a, s, blob))
+            c_lo = c * a.chunk_rows
+            r0, r1 = max(lo, c_lo), min(hi, c_lo + a.chunk_rows)
+            out[r0 - lo: r1 - lo] = block[r0 - c_lo: r1 - c_lo]
+        return out
+
+
+def _row_index(rows, total: int) -> tuple[np.ndarray, bool]:
+    """Normalize a row selection to int64 indices; returns (indices, scalar)."""
+    if rows is None:
+        return np.arange(total, dtype=np.int64), False
+    if isinstance(rows, (int, np.integer)):
+        idx = np.array([int(rows)], dtype=np.int64)
+        scalar = True
+    elif isinstance(rows, slice):
+        return np.arange(*rows.indices(total), dtype=np.int64), False
+    else:
+        if isinstance(rows, torch.Tensor):
+            rows = rows.detach().cpu().numpy()
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if idx.shape != (total,):
+                raise IndexError(f"boolean row mask has shape {idx.shape}, the store has {total} rows")
+            return np.flatnonzero(idx).astype(np.int64), False
+        if idx.size == 0:
+            idx = idx.astype(np.int64)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise IndexError(f"rows must be an int, a slice, or a 1-D integer/boolean array, got {idx.dtype} shape {idx.shape}")
+        idx = idx.astype(np.int64)
+        scalar = False
+    idx = np.where(idx < 0, idx + total, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= total):
+        bad = int(idx[(idx < 0) | (idx >= total)][0])
+        raise IndexError(f"row {bad} is out of range: the store has {total} committed rows")
+    return idx, scalar
+
+
+class Store:
+    """A read-only snapshot of a store's committed rows. Use :func:`actstore.open`.
+
+    Rows are numbered globally: segments in name order, each contributing its committed
+    rows. ``refresh()`` picks up commits made since opening.
+    """
+
+    def __init__(self, storage: Storage, *, threads: int | None = None):
+        self.storage = storage
+        self.path = storage.url
+        try:
+            root = json.loads(storage.read("zarr.json"))
+        except StoreError:
+            raise StoreError(f"no store at {storage.url}: zarr.json not found; create one with actstore.create or a capture") from None
+        except ValueError as e:
+            raise StoreError(f"{storage.url}/zarr.json is not valid JSON ({e})") from None
+        if root.get("zarr_format") != 3 or root.get("node_type") != "group":
+            raise StoreError(f"{storage.url} is not a zarr v3 group")
+        self.schema = Schema.from_json((root.get("attributes") or {}).get("actstore"), storage.url)
+        self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-dec")
+        self.refresh()
+
+    def refresh(self) -> "Store":
+        segs = []
+        for name in self.storage.list(SEGMENTS):
+            if not self.storage.exists(f"{SEGMENTS}/{name}/zarr.json"):
+                continue  # a segment whose creation never finished holds no rows
+            commit = load_latest_commit(self.storage, name, self.schema)
+            rows = commit["rows"] if commit else 0
+            segs.append(SegmentReader(self.storage, self.schema, name, rows, commit))
+        self.segments = segs
+        self._offsets = np.cumsum([0] + [s.rows for s in segs]).astype(np.int64)
+        return self
+
+    # -- public ----------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.schema.hooks)
+
+    @property
+    def rows(self) -> int:
+        return int(self._offsets[-1])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _hook(self, hook: str):
+        try:
+            return self.schema.hooks[hook]
+        except KeyError:
+            raise UnknownHookError(f"unknown hook {hook!r}: this store holds {', '.join(self.schema.hooks)}") from None
+
+    def read(self, hook: str, rows=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Activations of ``hook`` at ``rows`` -> ``[n, d]`` tensor of ``dtype`` on the CPU.
+
+        ``rows``: None (all), an int (returns ``[d]``), a slice, or a 1-D integer or
+        boolean array/tensor of global row numbers. fp8/int8 are dequantized with their
+        per-row scales; bf16 read as bfloat16 is bit-exact and zero-copy.
+        """
+        spec = self._hook(hook)
+        idx, scalar = _row_index(rows, self.rows)
+        arrays = {a.path: a for a in self.schema.arrays()}
+        got = self._gather([arrays[spec.array]] + ([arrays[spec.scale_array]] if spec.scale_array else []), idx)
+        from .convert import from_stored
+
+        out = from_stored(spec.dtype, got[spec.array], got.get(spec.scale_array), dtype)
+        return out[0] if scalar else out
+
+    def tokens(self, rows=None) -> dict[str, torch.Tensor]:
+        """Token-aligned columns at ``rows``: ``token`` (int32), ``doc`` (int64), ``pos``
+        (int32) and ``flags`` (uint8 bits: 1 BOS, 2 pad, 4 special), each ``[n]``."""
+        idx, scalar = _row_index(rows, self.rows)
+        cols = [a for a in self.schema.arrays() if a.path.startswith("tokens/")]
+        got = self._gather(cols, idx)
+        out = {a.path.split("/", 1)[1]: torch.from_numpy(got[a.path]) for a in cols}
+        return {k: v[0] for k, v in out.items()} if scalar else out
+
+    def stats(self, hook: str) -> dict:
+        """Statistics of ``hook`` over every committed row, merged across segments:
+        count, mean/var/std/m2 (float64 ``[d]``), mean_norm, nonfinite_rows."""
+        return self._merged_stats(hook).as_dict()
+
+    def _merged_stats(self, hook: str) -> RunningStats:
+        spec = self._hook(hook)
+        total = RunningStats(spec.d)
+        for s in self.segments:
+            if s.commit:
+                total.merge(RunningStats.from_json(s.commit["stats"][hook]))
+        return total
+
+    def info(self) -> dict:
+        """A JSON-ready summary: hooks, rows, dtype and codec, bytes, ratio, stats, segments."""
+        sch = self.schema
+        hooks = {}
+        for h, spec in sch.hooks.items():
+            on_disk = sum(self.storage.total_bytes(f"{SEGMENTS}/{s.name}/{spec.array}") for s in self.segments)
+            if spec.scale_array:
+                on_disk += sum(self.storage.total_bytes(f"{SEGMENTS}/{s.name}/{spec.scale_array}") for s in self.segments)
+            raw = self.rows * spec.row_bytes + (self.rows * 4 if spec.scale_array else 0)
+            st = self._merged_stats(h)
+            hooks[h] = {
+                "d": spec.d,
+                "dtype": spec.dtype.name,
+                "logical_dtype": spec.dtype.logical,
+                "chunk_rows": spec.chunk_rows,
+                "stored_bytes": raw,
+                "bytes_on_disk": on_disk,
+                "compression_ratio": round(raw / on_disk, 4) if on_disk else None,
+                "stats": {
+                    "count": st.count,
+                    "mean_norm": st.mean_norm,
+                    "mean_abs_mean": float(np.abs(st.mean).mean()) if st.count else None,
+                    "mean_std": float(np.sqrt(st.var).mean()) if st.count else None,
+                    "nonfinite_rows": st.nonfinite_rows,
+                },
+            }
+        return {
+            "path": self.path,
+            "format_version": sch.to_json()["format_version"],
+            "rows": self.rows,
+            "shard_rows": sch.shard_rows,
+            "codec": sch.codec_preset,
+            "codec_description": sch.codec.describe(),
+            "bytes_on_disk": self.storage.total_bytes(""),
+            "hooks": hooks,
+            "segments": [{"name": s.name, "rows": s.rows, "commit": s.commit["seq"] if s.commit else None,
+                          "time": s.commit["time"] if s.commit else None} for s in self.segments],
+            "provenance": sch.provenance,
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r}, rows={self.rows}, hooks={self.hooks})"
+
+    # -- the read path ---------------------------------------------------------------
+
+    def _gather(self, arrays: list[ArraySpec], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``idx`` (global) of each array -> ``{path: [n, ...]}`` numpy arrays."""
+        seg = np.searchsorted(self._offsets, idx, side="right") - 1
+        local = idx - self._offsets[seg]
+        result = {}
+        for a in arrays:
+            for s in {int(x) for x in np.unique(seg)}:
+                self.segments[s].check_array(a)
+            chunk = local // a.chunk_rows
+            # One key per (segment, chunk): every needed chunk is decoded exactly once.
+            key = seg.astype(np.int64) * (1 << 40) + chunk
+            uniq, inverse = np.unique(key, return_inverse=True)
+            blocks = self._decode_many(a, [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq])
+            out = np.empty((idx.size, *a.row_shape), dtype=a.dtype)
+            if idx.size:
+                sources = [b.reshape(b.shape[0], -1) for b in blocks]
+                _native.gather_rows(sources, inverse.astype(np.int32), (local % a.chunk_rows).astype(np.int64),
+                                    out=out.reshape(idx.size, -1))
+            result[a.path] = out
+        return result
+
+    def _decode_many(self, a: ArraySpec, chunks: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Decode ``(segment, chunk)`` pairs in the thread pool, each shard opened once."""
+        per_shard = self.schema.shard_rows // a.chunk_rows
+        shards = sorted({(s, c // per_shard) for s, c in chunks})
+        blobs = {}
+        try:
+            def open_shard(sk):
+                s, sh = sk
+                seg = self.segments[s]
+                blob = self.storage.open_blob(shard_key(seg.name, a, sh))
+                blobs[sk] = blob  # registered before parsing, so it is closed on error
+                return sk, seg.shard_index(a, sh, blob)
+
+            # Wait for every open before acting on an error, so that no blob opened by a
+            # still-running task escapes the finally below.
+            futures = [self._pool.submit(open_shard, sk) for sk in shards]
+            done = [(f, f.exception()) for f in futures]
+            for f, exc in done:
+                if isinstance(exc, CorruptDataError) or (exc is not None and not isinstance(exc, StoreError)):
+                    raise exc
+            for (s, sh), (f, exc) in zip(shards, done):
+                if exc is not None:
+                    raise CorruptDataError(f"segment {self.segments[s].name!r}, array {a.path!r}, shard {sh} is missing "
+                                           f"though committed ({exc}); the store is damaged") from None
+            indexes = dict(f.result() for f in futures)
+
+            def decode(sc):
+                s, c = sc
+                sk = (s, c // per_shard)
+                return self.segments[s].decode_chunk(a, c, blobs[sk], indexes[sk])
+
+            return list(self._pool.map(decode, chunks))
+        finally:
+            for b in blobs.values():
+                b.close()

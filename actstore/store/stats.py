@@ -1,0 +1,117 @@
+"""Mergeable per-dimension statistics of one hook's activations.
+
+Kept: the row count, the per-dimension mean and M2 (sum of squared deviations), the sum
+of row L2 norms, and the number of rows left out because they held NaN or inf. Batches
+and segments merge exactly with Chan et al.'s parallel update, so the merged result does
+not depend on how rows were split. Accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode("ascii")
+
+
+def _unb64(s: str, d: int) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(s), dtype="<f8")
+    if a.shape != (d,):
+        raise ValueError(f"expected {d} float64 values, got {a.size}")
+    return a.astype(np.float64)
+
+
+@dataclass
+class RunningStats:
+    """Statistics over ``count`` finite rows of width ``d``.
+
+    mean, m2: float64 ``[d]``; norm_sum: sum of the rows' L2 norms; nonfinite_rows: rows
+    that held NaN/inf (not included in the other fields).
+    """
+
+    d: int
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    norm_sum: float = 0.0
+    nonfinite_rows: int = 0
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean = np.zeros(self.d, dtype=np.float64)
+        if self.m2 is None:
+            self.m2 = np.zeros(self.d, dtype=np.float64)
+
+    def update(self, x: torch.Tensor) -> int:
+        """Add rows ``x [n, d]`` (any float dtype, any device). Returns the number of
+        non-finite rows found (they are counted, not added)."""
+        x = x.detach().to(torch.float64)
+        finite = torch.isfinite(x).all(dim=1)
+        bad = int((~finite).sum())
+        if bad:
+            x = x[finite]
+        self.nonfinite_rows += bad
+        n = x.shape[0]
+        if n == 0:
+            return bad
+        mean = x.mean(dim=0)
+        m2 = ((x - mean) ** 2).sum(dim=0)
+        other = RunningStats(self.d, n, mean.cpu().numpy(), m2.cpu().numpy(), float(x.norm(dim=1).sum()))
+        self.merge(other)
+        return bad
+
+    def merge(self, other: "RunningStats") -> "RunningStats":
+        """Fold ``other`` into ``self`` (Chan's parallel update); returns self."""
+        if other.d != self.d:
+            raise ValueError(f"cannot merge statistics of width {other.d} into width {self.d}")
+        self.nonfinite_rows += other.nonfinite_rows
+        if other.count == 0:
+            return self
+        n_a, n_b = self.count, other.count
+        n = n_a + n_b
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (n_a * n_b / n)
+        self.norm_sum += other.norm_sum
+        self.count = n
+        return self
+
+    def copy(self) -> "RunningStats":
+        return RunningStats(self.d, self.count, self.mean.copy(), self.m2.copy(), self.norm_sum, self.nonfinite_rows)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance per dimension (M2 / count)."""
+        return self.m2 / max(self.count, 1)
+
+    @property
+    def mean_norm(self) -> float:
+        return self.norm_sum / self.count if self.count else float("nan")
+
+    def to_json(self) -> dict:
+        """JSON form: arrays as base64 of little-endian float64."""
+        return {"d": self.d, "count": self.count, "mean": _b64(self.mean), "m2": _b64(self.m2),
+                "norm_sum": self.norm_sum, "nonfinite_rows": self.nonfinite_rows}
+
+    @classmethod
+    def from_json(cls, j: dict) -> "RunningStats":
+        d = int(j["d"])
+        return cls(d, int(j["count"]), _unb64(j["mean"], d), _unb64(j["m2"], d),
+                   float(j["norm_sum"]), int(j.get("nonfinite_rows", 0)))
+
+    def as_dict(self) -> dict:
+        """User-facing view: torch float64 tensors for the per-dimension fields."""
+        return {
+            "count": self.count,
+            "mean": torch.from_numpy(self.mean.copy()),
+            "var": torch.from_numpy(self.var),
+            "std": torch.from_numpy(np.sqrt(self.var)),
+            "m2": torch.from_numpy(self.m2.copy()),
+            "mean_norm": self.mean_norm,
+            "nonfinite_rows": self.nonfinite_rows,
+        }

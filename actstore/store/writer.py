@@ -1,0 +1,320 @@
+"""The segment writer: one writer, one segment, whole shards, durable commits.
+
+Rows are buffered until a shard (``schema.shard_rows`` rows of every array) is full; the
+shard's chunks are encoded in a thread pool and each array's shard object is written
+atomically. A commit then records the row count (and the statistics of exactly those
+rows) in a new commit record. Order on every commit::
+
+    shard objects (fsync + rename)  ->  zarr.json shapes  ->  commits/<seq>.json
+
+so a commit record never names rows whose bytes are not durable. A ``commit()`` in the
+middle of a shard writes the partial shard; the next flush of that shard replaces it
+atomically with a longer one holding the same leading rows, so committed rows never
+change. Reopening a segment resumes from its newest commit and discards the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from .codecs import ChunkCodec
+from .convert import to_stored
+from .errors import AppendError, StoreError
+from .format import (COLUMNS, FORMAT_VERSION, SEGMENTS, ArraySpec, Schema, array_doc, check_segment_name,
+                     commit_key, group_doc, shard_key)
+from .manifest import load_latest_commit
+from .shard import build_shard
+from .stats import RunningStats
+from .storage import Storage
+
+_KEEP_COMMITS = 3  # older commit records are deleted; readers only use the newest
+
+
+def default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _as_tensor(name: str, x, d: int) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise AppendError(f"hook {name!r}: expected a torch tensor or numpy array, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise AppendError(f"hook {name!r}: expected floating-point activations, got dtype {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != d:
+        raise AppendError(f"hook {name!r}: expected shape (n, {d}), got {tuple(x.shape)}; flatten [batch, seq, d] to [batch*seq, d]")
+    return x
+
+
+def _as_column(name: str, v, n: int) -> np.ndarray:
+    dt = np.dtype(COLUMNS[name])
+    if v is None:
+        return np.full(n, 0 if name == "flags" else -1, dtype=dt)
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    v = np.asarray(v)
+    if v.shape != (n,):
+        raise AppendError(f"column {name!r}: expected shape ({n},), got {v.shape}")
+    if v.dtype.kind not in "iub":
+        raise AppendError(f"column {name!r}: expected integers, got dtype {v.dtype}")
+    if v.size and (v.min() < np.iinfo(dt).min or v.max() > np.iinfo(dt).max):
+        raise AppendError(f"column {name!r}: values out of range for {dt}")
+    return v.astype(dt, copy=False)
+
+
+class SegmentWriter:
+    """Appends rows for every hook of a store into one segment.
+
+    Use :func:`actstore.create` to get one. ``committed_rows`` is what a reader sees and
+    what a resumed run continues from; ``rows`` also counts appended, uncommitted rows.
+    Not thread-safe: one thread appends.
+    """
+
+    def __init__(self, storage: Storage, schema: Schema, segment: str, *, threads: int | None = None,
+                 commit_every_shard: bool = True):
+        self.storage = storage
+        self.schema = schema
+        self.segment = check_segment_name(segment)
+        self.commit_every_shard = commit_every_shard
+        self._prefix = f"{SEGMENTS}/{segment}"
+        self._arrays: list[ArraySpec] = schema.arrays()
+        self._codec: ChunkCodec = schema.codec
+        self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-enc")
+        self._lock = storage.lock(self._prefix)
+        self._closed = False
+        R = schema.shard_rows
+        self._buf = {a.path: np.zeros((R, *a.row_shape), dtype=a.dtype) for a in self._arrays}
+        self._buf_rows = 0  # rows buffered for shard self._shard
+        self._dirty = False  # buffered rows not yet written to storage
+        self._shard = 0
+        self._seq = 0
+        self.committed_rows = 0
+        self._stats = {h: RunningStats(s.d) for h, s in schema.hooks.items()}
+        try:
+            self._open_or_create()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- public ----------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        """Rows appended so far, committed or not."""
+        return self._shard * self.schema.shard_rows + self._buf_rows
+
+    def append(self, acts: Mapping[str, object], *, tokens=None, doc=None, pos=None, flags=None) -> None:
+        """Append ``n`` rows: ``acts[hook]`` is ``[n, d]`` float (torch or numpy, any
+        device) for every hook of the store; the columns are ``[n]`` integers (token id,
+        document id, position in document, flag bits) or None (stored as -1, flags 0).
+
+        Everything is validated before anything is buffered, so a refused append leaves
+        the writer unchanged.
+        """
+        self._check_open()
+        hooks = self.schema.hooks
+        missing, unknown = set(hooks) - set(acts), set(acts) - set(hooks)
+        if missing or unknown:
+            raise AppendError(f"append must give exactly the store's hooks; missing {sorted(missing)}, unknown {sorted(unknown)}")
+        tensors = {h: _as_tensor(h, acts[h], hooks[h].d) for h in hooks}
+        ns = {t.shape[0] for t in tensors.values()}
+        if len(ns) != 1:
+            raise AppendError(f"hooks have different row counts {sorted(ns)}; every hook needs the same rows")
+        n = ns.pop()
+        cols = {"token": tokens, "doc": doc, "pos": pos, "flags": flags}
+        staged: dict[str, np.ndarray] = {f"tokens/{k}": _as_column(k, v, n) for k, v in cols.items()}
+        if n == 0:
+            return
+        batch_stats = {}
+        for h, x in tensors.items():
+            st = RunningStats(hooks[h].d)
+            bad = st.update(x)
+            if bad and hooks[h].dtype.scaled:
+                raise AppendError(f"hook {h!r}: {bad} of {n} rows hold NaN/inf, which {hooks[h].dtype.name} cannot store; "
+                                  "fix the model or drop those rows")
+            batch_stats[h] = st
+            stored, scale = to_stored(hooks[h].dtype, x)
+            staged[hooks[h].array] = stored
+            if scale is not None:
+                staged[hooks[h].scale_array] = scale
+        for h, st in batch_stats.items():
+            self._stats[h].merge(st)
+        self._buffer(staged, n)
+
+    def commit(self) -> int:
+        """Make every appended row durable and visible; returns the committed row count."""
+        self._check_open()
+        if self._dirty:
+            self._write_shard(self._shard, self._buf_rows)
+        total = self.rows
+        if total == self.committed_rows and self._seq > 0:
+            return total
+        self._write_commit(total)
+        return total
+
+    def close(self) -> None:
+        """Commit and release the segment."""
+        if self._closed:
+            return
+        try:
+            self.commit()
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Release the segment without committing (uncommitted rows are discarded on resume)."""
+        self._release()
+
+    def stats(self, hook: str) -> RunningStats:
+        """Statistics of the appended rows of ``hook`` in this segment (a copy)."""
+        return self._stats[hook].copy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _check_open(self):
+        if self._closed:
+            raise StoreError(f"segment {self.segment!r} writer is closed")
+
+    def _release(self):
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+            self._lock.release()
+
+    def _open_or_create(self):
+        st = self.storage
+        if st.exists(f"{self._prefix}/zarr.json"):
+            self._resume()
+            return
+        if not st.exists(f"{SEGMENTS}/zarr.json"):
+            st.write_atomic(f"{SEGMENTS}/zarr.json", json.dumps(group_doc()).encode())
+        info = {"actstore_segment": {"created": _now(), "host": socket.gethostname(), "pid": os.getpid()}}
+        for sub in sorted({a.path.split("/")[0] for a in self._arrays} | {"commits"}):
+            st.write_atomic(f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode())
+        self._write_shapes(0)
+        # The segment's own zarr.json last: its presence means the skeleton is complete.
+        st.write_atomic(f"{self._prefix}/zarr.json", json.dumps(group_doc(info)).encode())
+
+    def _resume(self):
+        st = self.storage
+        st.discard_temporaries(self._prefix)
+        commit = load_latest_commit(st, self.segment, self.schema)
+        R = self.schema.shard_rows
+        if commit is not None:
+            self._seq = commit["seq"]
+            self.committed_rows = commit["rows"]
+            self._stats = {h: RunningStats.from_json(commit["stats"][h]) for h in self.schema.hooks}
+        rows = self.committed_rows
+        self._shard, self._buf_rows = divmod(rows, R)
+        keep = self._shard + (1 if self._buf_rows else 0)
+        # Discard shards past the committed rows; their bytes were never visible.
+        for a in self._arrays:
+            for name in st.list(f"{self._prefix}/{a.path}/c"):
+                if name.isdigit() and int(name) >= keep:
+                    st.delete(shard_key(self.segment, a, int(name)))
+        if self._buf_rows:
+            self._load_partial_shard()
+        self._write_shapes(rows)
+
+    def _load_partial_shard(self):
+        # Local import: the reader module imports this one's neighbours, not this module.
+        from .reader import SegmentReader
+
+        seg = SegmentReader(self.storage, self.schema, self.segment, self.committed_rows)
+        lo = self._shard * self.schema.shard_rows
+        for a in self._arrays:
+            self._buf[a.path][: self._buf_rows] = seg.read_rows(a, lo, lo + self._buf_rows)
+
+    def _buffer(self, staged: dict[str, np.ndarray], n: int):
+        R = self.schema.shard_rows
+        done = 0
+        while done < n:
+            take = min(n - done, R - self._buf_rows)
+            for path, v in staged.items():
+                self._buf[path][self._buf_rows: self._buf_rows + take] = v[done: done + take]
+            self._buf_rows += take
+            self._dirty = True
+            done += take
+            if self._buf_rows == R:
+                self._write_shard(self._shard, R)
+                self._shard += 1
+                self._buf_rows = 0
+                if self.commit_every_shard:
+                    self._write_commit(self.rows)
+
+    def _encode_chunk(self, a: ArraySpec, lo: int, hi: int, nrows: int) -> bytes | None:
+        if lo >= nrows:
+            return None
+        block = self._buf[a.path][lo:hi]
+        if hi > nrows:  # edge chunk: zero the rows past the data, as zarr pads with fill_value
+            block = block.copy()
+            block[nrows - lo:] = 0
+        codec = self._codec.with_typesize(a.dtype.itemsize) if self._codec.cname else self._codec
+        return codec.encode(block)
+
+    def _write_shard(self, shard: int, nrows: int):
+        """Encode rows [0, nrows) of the buffer as shard ``shard`` of every array and
+        write each array's shard object atomically."""
+        R = self.schema.shard_rows
+        jobs = []
+        for a in self._arrays:
+            for lo in range(0, R, a.chunk_rows):
+                jobs.append((a, lo, lo + a.chunk_rows))
+        encoded = list(self._pool.map(lambda j: self._encode_chunk(j[0], j[1], j[2], nrows), jobs))
+        writes, i = [], 0
+        for a in self._arrays:
+            n_chunks = R // a.chunk_rows
+            parts = build_shard(encoded[i: i + n_chunks])
+            i += n_chunks
+            writes.append((shard_key(self.segment, a, shard), parts))
+        for f in [self._pool.submit(self.storage.write_atomic, k, p) for k, p in writes]:
+            f.result()
+        self._dirty = False
+
+    def _write_shapes(self, rows: int):
+        for a in self._arrays:
+            doc = array_doc(a, rows, self.schema.shard_rows, self._codec)
+            self.storage.write_atomic(f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode())
+
+    def _write_commit(self, rows: int):
+        self._write_shapes(rows)
+        self._seq += 1
+        record = {
+            "format_version": FORMAT_VERSION,
+            "segment": self.segment,
+            "path": self._prefix,
+            "seq": self._seq,
+            "rows": rows,
+            "shard_rows": self.schema.shard_rows,
+            "time": _now(),
+            "actstore_version": __version__,
+            "stats": {h: s.to_json() for h, s in self._stats.items()},
+        }
+        doc = group_doc({"actstore_commit": record})
+        self.storage.write_atomic(commit_key(self.segment, self._seq), json.dumps(doc).encode())
+        self.committed_rows = rows
+        for old in self.storage.list(f"{self._prefix}/commits"):
+            if old.isdigit() and int(old) <= self._seq - _KEEP_COMMITS:
+                self.storage.delete_prefix(f"{self._prefix}/commits/{old}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
