@@ -22,10 +22,14 @@ _COMMIT = re.compile(r"^(\d{10})$")
 
 def load_latest_commit(storage: Storage, segment: str, schema: Schema) -> dict | None:
     """Return the newest valid commit record of ``segment``, or None if it has none."""
-    seqs = [int(m.group(1)) for n in storage.list(f"{SEGMENTS}/{segment}/commits") if (m := _COMMIT.match(n))]
-    if not seqs:
+    seqs = sorted((int(m.group(1)) for n in storage.list(f"{SEGMENTS}/{segment}/commits") if (m := _COMMIT.match(n))),
+                  reverse=True)
+    # A commit's folder can exist without its zarr.json: the writer died (or is working)
+    # between making the folder and renaming the record into place. That commit never
+    # happened; the next older one is the truth.
+    seq = next((q for q in seqs if storage.exists(commit_key(segment, q))), None)
+    if seq is None:
         return None
-    seq = max(seqs)
     key = commit_key(segment, seq)
     where = f"commit record {key!r}"
     try:

@@ -134,21 +134,17 @@ class SegmentWriter:
         staged: dict[str, np.ndarray] = {f"tokens/{k}": _as_column(k, v, n) for k, v in cols.items()}
         if n == 0:
             return
-        batch_stats = {}
         for h, x in tensors.items():
-            st = RunningStats(hooks[h].d)
-            bad = st.update(x)
-            if bad and hooks[h].dtype.scaled:
-                raise AppendError(f"hook {h!r}: {bad} of {n} rows hold NaN/inf, which {hooks[h].dtype.name} cannot store; "
-                                  "fix the model or drop those rows")
-            batch_stats[h] = st
+            if hooks[h].dtype.scaled:
+                bad = int((~torch.isfinite(x).all(dim=1)).sum())
+                if bad:
+                    raise AppendError(f"hook {h!r}: {bad} of {n} rows hold NaN/inf, which {hooks[h].dtype.name} cannot "
+                                      "store; fix the model or drop those rows")
             stored, scale = to_stored(hooks[h].dtype, x)
             staged[hooks[h].array] = stored
             if scale is not None:
                 staged[hooks[h].scale_array] = scale
-        for h, st in batch_stats.items():
-            self._stats[h].merge(st)
-        self._buffer(staged, n)
+        self._buffer(staged, tensors, n)
 
     def commit(self) -> int:
         """Make every appended row durable and visible; returns the committed row count."""
@@ -243,11 +239,15 @@ class SegmentWriter:
         for a in self._arrays:
             self._buf[a.path][: self._buf_rows] = seg.read_rows(a, lo, lo + self._buf_rows)
 
-    def _buffer(self, staged: dict[str, np.ndarray], n: int):
+    def _buffer(self, staged: dict[str, np.ndarray], tensors: dict[str, torch.Tensor], n: int):
         R = self.schema.shard_rows
         done = 0
         while done < n:
             take = min(n - done, R - self._buf_rows)
+            # Statistics follow the rows piece by piece, so that a commit at a shard
+            # boundary inside this batch records the statistics of exactly its rows.
+            for h, x in tensors.items():
+                self._stats[h].update(x[done: done + take])
             for path, v in staged.items():
                 self._buf[path][self._buf_rows: self._buf_rows + take] = v[done: done + take]
             self._buf_rows += take
