@@ -1,0 +1,291 @@
+// pybind11 module `actstore._C`: NumPy-facing wrappers around csrc/cpu.
+//
+// Every wrapper validates all of its arguments while holding the GIL (so bad
+// input raises a one-line ValueError/IndexError/TypeError and never touches
+// memory), then releases the GIL for the real work. The Python-side entry
+// points, with allocation of `out` and the NumPy fallbacks, live in
+// actstore/_native.py; keep the two in step (same checks, same error types).
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "actstore/bf16.h"
+#include "actstore/gather.h"
+#include "actstore/parallel.h"
+
+namespace py = pybind11;
+
+#define ACTSTORE_STRINGIFY_(x) #x
+#define ACTSTORE_STRINGIFY(x) ACTSTORE_STRINGIFY_(x)
+
+namespace {
+
+// Bumped whenever a signature or semantics below changes; actstore/_native.py
+// refuses a stale build with a different number.
+constexpr int kAbiVersion = 1;
+
+std::string type_name(const py::handle& obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__"));
+}
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()); }
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d) s += ", ";
+    s += std::to_string(a.shape(d));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+py::array as_ndarray(const py::handle& obj, const char* fn, const std::string& name) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(fn) + ": " + name + " must be a numpy.ndarray, got " +
+                         type_name(obj));
+  }
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+void require_c_contiguous(const py::array& a, const char* fn, const std::string& name) {
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(fn) + ": " + name + " must be C-contiguous (shape " +
+                          shape_str(a) + ", dtype " + dtype_name(a) +
+                          "); pass numpy.ascontiguousarray(...)");
+  }
+}
+
+void require_writeable(const py::array& a, const char* fn, const std::string& name) {
+  if (!a.writeable()) {
+    throw py::value_error(std::string(fn) + ": " + name + " is read-only");
+  }
+}
+
+// memcpy of Python object pointers would corrupt reference counts.
+void require_plain_data(const py::array& a, const char* fn, const std::string& name) {
+  if (a.dtype().attr("hasobject").cast<bool>()) {
+    throw py::value_error(std::string(fn) + ": " + name + " has dtype " + dtype_name(a) +
+                          ", which holds Python objects; only plain data can be copied");
+  }
+}
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+  // array_t<T>::check_ compares with PyArray_EquivTypes, so a non-native byte
+  // order does not pass.
+  return py::array_t<T>::check_(a);
+}
+
+int check_threads(int threads, const char* fn) {
+  if (threads < 0) {
+    throw py::value_error(std::string(fn) + ": threads must be >= 0 (0 = default), got " +
+                          std::to_string(threads));
+  }
+  return threads;
+}
+
+// Byte ranges of two buffers intersect (same test as numpy.may_share_memory).
+bool overlaps(const py::array& a, const py::array& b) {
+  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+  const auto* a0 = static_cast<const std::byte*>(a.data());
+  const auto* b0 = static_cast<const std::byte*>(b.data());
+  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+void gather_rows_py(const py::sequence& sources, const py::object& src_ids_obj,
+                    const py::object& rows_obj, const py::object& out_obj, int threads) {
+  constexpr const char* fn = "gather_rows";
+  check_threads(threads, fn);
+
+  py::array out = as_ndarray(out_obj, fn, "out");
+  if (out.ndim() != 2) {
+    throw py::value_error(std::string(fn) + ": out must be 2-D (rows, cols), got shape " +
+                          shape_str(out));
+  }
+  require_c_contiguous(out, fn, "out");
+  require_writeable(out, fn, "out");
+  require_plain_data(out, fn, "out");
+  const std::size_t row_bytes = static_cast<std::size_t>(out.itemsize() * out.shape(1));
+
+  py::array src_ids = as_ndarray(src_ids_obj, fn, "src_ids");
+  py::array rows = as_ndarray(rows_obj, fn, "rows");
+  if (!has_dtype<std::int32_t>(src_ids) || src_ids.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": src_ids must be a 1-D int32 array, got dtype " +
+                          dtype_name(src_ids) + " shape " + shape_str(src_ids));
+  }
+  if (!has_dtype<std::int64_t>(rows) || rows.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": rows must be a 1-D int64 array, got dtype " +
+                          dtype_name(rows) + " shape " + shape_str(rows));
+  }
+  require_c_contiguous(src_ids, fn, "src_ids");
+  require_c_contiguous(rows, fn, "rows");
+  const py::ssize_t n = out.shape(0);
+  if (src_ids.shape(0) != n || rows.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": len(src_ids)=" + std::to_string(src_ids.shape(0)) +
+                          ", len(rows)=" + std::to_string(rows.shape(0)) +
+                          " and out.shape[0]=" + std::to_string(n) + " must be equal");
+  }
+
+  // Keep the source arrays referenced (alive) while the GIL is released.
+  const py::ssize_t num_sources = py::len(sources);
+  std::vector<py::array> keep;
+  std::vector<actstore::GatherSource> srcs;
+  keep.reserve(static_cast<std::size_t>(num_sources));
+  srcs.reserve(static_cast<std::size_t>(num_sources));
+  for (py::ssize_t k = 0; k < num_sources; ++k) {
+    const std::string name = "sources[" + std::to_string(k) + "]";
+    py::array a = as_ndarray(sources[k], fn, name);
+    if (a.ndim() != 2) {
+      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " +
+                            shape_str(a));
+    }
+    require_c_contiguous(a, fn, name);
+    require_plain_data(a, fn, name);
+    const std::size_t width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
+    if (width != row_bytes) {
+      throw py::value_error(std::string(fn) + ": " + name + " rows are " + std::to_string(width) +
+                            " bytes (" + std::to_string(a.shape(1)) + " x " + dtype_name(a) +
+                            ") but out rows are " + std::to_string(row_bytes) + " bytes (" +
+                            std::to_string(out.shape(1)) + " x " + dtype_name(out) + ")");
+    }
+    if (overlaps(a, out)) {
+      throw py::value_error(std::string(fn) + ": out overlaps " + name + " in memory");
+    }
+    srcs.push_back({static_cast<const std::byte*>(a.data()), static_cast<std::int64_t>(a.shape(0))});
+    keep.push_back(std::move(a));
+  }
+
+  const auto* ids = static_cast<const std::int32_t*>(src_ids.data());
+  const auto* rws = static_cast<const std::int64_t*>(rows.data());
+  auto raise_index = [&](const actstore::GatherStatus& st, const char* suffix) {
+    const std::int64_t i = st.index;
+    if (st.error == actstore::GatherError::kSrcId) {
+      throw py::index_error(std::string(fn) + ": src_ids[" + std::to_string(i) + "] = " +
+                            std::to_string(ids[i]) + " is out of range for " +
+                            std::to_string(num_sources) + " sources" + suffix);
+    }
+    const std::int32_t s = ids[i];
+    const std::string count =
+        (s >= 0 && s < num_sources) ? std::to_string(srcs[static_cast<std::size_t>(s)].rows) : "?";
+    throw py::index_error(std::string(fn) + ": rows[" + std::to_string(i) + "] = " +
+                          std::to_string(rws[i]) + " is out of range for sources[" +
+                          std::to_string(s) + "] with " + count + " rows" + suffix);
+  };
+
+  // The O(n) index check runs under the GIL (about 1 ms per million rows) so
+  // that invalid input raises before any row of `out` is written.
+  const auto checked = actstore::check_gather_indices(srcs.data(), num_sources, ids, rws, n);
+  if (!checked.ok()) raise_index(checked, "");
+
+  actstore::GatherStatus st;
+  {
+    py::gil_scoped_release release;
+    st = actstore::gather_rows(srcs.data(), num_sources, ids, rws, n, row_bytes,
+                               static_cast<std::byte*>(out.mutable_data()), threads);
+  }
+  // Only reachable if another thread rewrote the index arrays during the copy;
+  // the kernel re-checks every index, so nothing was read out of bounds.
+  if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
+}
+
+void fp32_to_bf16_py(const py::object& src_obj, const py::object& out_obj, int threads) {
+  constexpr const char* fn = "fp32_to_bf16";
+  check_threads(threads, fn);
+  py::array src = as_ndarray(src_obj, fn, "x");
+  py::array out = as_ndarray(out_obj, fn, "out");
+  if (!has_dtype<float>(src)) {
+    throw py::value_error(std::string(fn) + ": x must be float32, got " + dtype_name(src));
+  }
+  if (!has_dtype<std::uint16_t>(out) && !has_dtype<std::int16_t>(out)) {
+    throw py::value_error(std::string(fn) + ": out must be uint16 (or int16) bf16 bits, got " +
+                          dtype_name(out));
+  }
+  require_c_contiguous(src, fn, "x");
+  require_c_contiguous(out, fn, "out");
+  require_writeable(out, fn, "out");
+  if (src.size() != out.size()) {
+    throw py::value_error(std::string(fn) + ": x has " + std::to_string(src.size()) +
+                          " elements but out has " + std::to_string(out.size()));
+  }
+  if (overlaps(src, out)) throw py::value_error(std::string(fn) + ": out overlaps x in memory");
+  const auto* s = static_cast<const float*>(src.data());
+  auto* d = static_cast<std::uint16_t*>(out.mutable_data());
+  const std::int64_t n = src.size();
+  py::gil_scoped_release release;
+  actstore::fp32_to_bf16(s, d, n, threads);
+}
+
+void bf16_to_fp32_py(const py::object& src_obj, const py::object& out_obj, int threads) {
+  constexpr const char* fn = "bf16_to_fp32";
+  check_threads(threads, fn);
+  py::array src = as_ndarray(src_obj, fn, "x");
+  py::array out = as_ndarray(out_obj, fn, "out");
+  if (!has_dtype<std::uint16_t>(src) && !has_dtype<std::int16_t>(src)) {
+    throw py::value_error(std::string(fn) + ": x must be uint16 (or int16) bf16 bits, got " +
+                          dtype_name(src));
+  }
+  if (!has_dtype<float>(out)) {
+    throw py::value_error(std::string(fn) + ": out must be float32, got " + dtype_name(out));
+  }
+  require_c_contiguous(src, fn, "x");
+  require_c_contiguous(out, fn, "out");
+  require_writeable(out, fn, "out");
+  if (src.size() != out.size()) {
+    throw py::value_error(std::string(fn) + ": x has " + std::to_string(src.size()) +
+                          " elements but out has " + std::to_string(out.size()));
+  }
+  if (overlaps(src, out)) throw py::value_error(std::string(fn) + ": out overlaps x in memory");
+  const auto* s = static_cast<const std::uint16_t*>(src.data());
+  auto* d = static_cast<float*>(out.mutable_data());
+  const std::int64_t n = src.size();
+  py::gil_scoped_release release;
+  actstore::bf16_to_fp32(s, d, n, threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() =
+      "actstore native CPU kernels (row gather, bf16 conversion). Use actstore._native, "
+      "which allocates outputs and falls back to NumPy when this module is missing.";
+#ifdef ACTSTORE_VERSION
+  m.attr("__version__") = ACTSTORE_STRINGIFY(ACTSTORE_VERSION);
+#else
+  m.attr("__version__") = "unknown";
+#endif
+  m.attr("ABI_VERSION") = kAbiVersion;
+
+  m.def("default_threads", &actstore::default_threads,
+        "Default worker count: min(os.cpu_count(), 8).");
+
+  m.def("gather_rows", &gather_rows_py, py::arg("sources"), py::arg("src_ids"), py::arg("rows"),
+        py::arg("out"), py::arg("threads") = 0,
+        R"doc(out[i, :] = sources[src_ids[i]][rows[i], :] for every i, in place.
+
+sources: sequence of 2-D C-contiguous arrays whose rows are as many bytes as
+    out's rows (itemsize * cols); dtypes may differ, bytes are copied as-is.
+src_ids: int32, shape (n,). rows: int64, shape (n,).
+out: writable 2-D C-contiguous array, shape (n, cols).
+threads: worker threads, 0 = default_threads(); under 1 MiB runs single-threaded.
+Raises IndexError for an out-of-range index, ValueError/TypeError for bad
+arrays, before anything is written. Releases the GIL while copying.)doc");
+
+  m.def("fp32_to_bf16", &fp32_to_bf16_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
+        R"doc(out = bfloat16 bits of x, round-to-nearest-even, in place.
+
+x: float32, any shape, C-contiguous. out: uint16 (or int16), same number of
+elements, C-contiguous. NaN stays NaN (quiet bit set, sign kept), overflow
+rounds to +-inf. Releases the GIL.)doc");
+
+  m.def("bf16_to_fp32", &bf16_to_fp32_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
+        R"doc(out = float32 value of bfloat16 bits x (exact), in place.
+
+x: uint16 (or int16) bf16 bits, any shape, C-contiguous. out: float32, same
+number of elements, C-contiguous. Releases the GIL.)doc");
+}

