@@ -194,6 +194,19 @@ void gather_rows_py(const py::sequence& sources, const py::object& src_ids_obj,
   if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
 }
 
+// Shared checks of both conversions: C-contiguous, writeable out, equal element
+// counts, no overlap. Dtypes are checked by each caller.
+void check_convert_pair(const py::array& src, const py::array& out, const char* fn) {
+  require_c_contiguous(src, fn, "x");
+  require_c_contiguous(out, fn, "out");
+  require_writeable(out, fn, "out");
+  if (src.size() != out.size()) {
+    throw py::value_error(std::string(fn) + ": x has " + std::to_string(src.size()) +
+                          " elements but out has " + std::to_string(out.size()));
+  }
+  if (overlaps(src, out)) throw py::value_error(std::string(fn) + ": out overlaps x in memory");
+}
+
 void fp32_to_bf16_py(const py::object& src_obj, const py::object& out_obj, int threads) {
   constexpr const char* fn = "fp32_to_bf16";
   check_threads(threads, fn);
@@ -206,14 +219,7 @@ void fp32_to_bf16_py(const py::object& src_obj, const py::object& out_obj, int t
     throw py::value_error(std::string(fn) + ": out must be uint16 (or int16) bf16 bits, got " +
                           dtype_name(out));
   }
-  require_c_contiguous(src, fn, "x");
-  require_c_contiguous(out, fn, "out");
-  require_writeable(out, fn, "out");
-  if (src.size() != out.size()) {
-    throw py::value_error(std::string(fn) + ": x has " + std::to_string(src.size()) +
-                          " elements but out has " + std::to_string(out.size()));
-  }
-  if (overlaps(src, out)) throw py::value_error(std::string(fn) + ": out overlaps x in memory");
+  check_convert_pair(src, out, fn);
   const auto* s = static_cast<const float*>(src.data());
   auto* d = static_cast<std::uint16_t*>(out.mutable_data());
   const std::int64_t n = src.size();
@@ -233,14 +239,7 @@ void bf16_to_fp32_py(const py::object& src_obj, const py::object& out_obj, int t
   if (!has_dtype<float>(out)) {
     throw py::value_error(std::string(fn) + ": out must be float32, got " + dtype_name(out));
   }
-  require_c_contiguous(src, fn, "x");
-  require_c_contiguous(out, fn, "out");
-  require_writeable(out, fn, "out");
-  if (src.size() != out.size()) {
-    throw py::value_error(std::string(fn) + ": x has " + std::to_string(src.size()) +
-                          " elements but out has " + std::to_string(out.size()));
-  }
-  if (overlaps(src, out)) throw py::value_error(std::string(fn) + ": out overlaps x in memory");
+  check_convert_pair(src, out, fn);
   const auto* s = static_cast<const std::uint16_t*>(src.data());
   auto* d = static_cast<float*>(out.mutable_data());
   const std::int64_t n = src.size();
