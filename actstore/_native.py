@@ -46,7 +46,7 @@ __all__ = [
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 
 
 def _env_flag(name: str) -> bool:
@@ -413,3 +413,32 @@ def bf16_to_fp32(x: np.ndarray, out: Optional[np.ndarray] = None, threads: int =
         return bf16_to_fp32_numpy(x, out, threads)
     _C.bf16_to_fp32(x, out, threads)
     return out
+
+
+def row_moments_numpy(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """NumPy version of :func:`row_moments`."""
+    x64 = x.astype(np.float64)
+    c = x64 - shift
+    return c.sum(0), (c * c).sum(0), float(np.sqrt((x64 * x64).sum(1)).sum())
+
+
+def row_moments(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Shifted column moments of ``x`` for mergeable statistics.
+
+    Args:
+        x: float32 ``[n, d]``, C-contiguous.
+        shift: float64 ``[d]``, a value near the column means (subtracted before
+            squaring so that M2 does not cancel).
+
+    Returns:
+        ``(sum [d], sumsq [d], norm_sum)`` in float64: the sums of ``x - shift`` and of
+        its squares per column, and the sum of the rows' L2 norms. NaN/inf propagate.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    if _C is None:
+        return row_moments_numpy(x, shift)
+    s1 = np.empty(x.shape[1], dtype=np.float64)
+    s2 = np.empty(x.shape[1], dtype=np.float64)
+    norm = _C.row_moments(x, shift, s1, s2, threads)
+    return s1, s2, float(norm)

@@ -16,6 +16,7 @@
 
 #include "actstore/bf16.h"
 #include "actstore/gather.h"
+#include "actstore/moments.h"
 #include "actstore/parallel.h"
 
 namespace py = pybind11;
@@ -27,7 +28,7 @@ namespace {
 
 // Bumped whenever a signature or semantics below changes; actstore/_native.py
 // refuses a stale build with a different number.
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
@@ -247,6 +248,36 @@ void bf16_to_fp32_py(const py::object& src_obj, const py::object& out_obj, int t
   actstore::bf16_to_fp32(s, d, n, threads);
 }
 
+double row_moments_py(const py::object& x_obj, const py::object& shift_obj, const py::object& sum_obj,
+                      const py::object& sumsq_obj, int threads) {
+  constexpr const char* fn = "row_moments";
+  check_threads(threads, fn);
+  py::array x = as_ndarray(x_obj, fn, "x");
+  py::array shift = as_ndarray(shift_obj, fn, "shift");
+  py::array sum = as_ndarray(sum_obj, fn, "sum");
+  py::array sumsq = as_ndarray(sumsq_obj, fn, "sumsq");
+  if (!has_dtype<float>(x) || x.ndim() != 2) {
+    throw py::value_error(std::string(fn) + ": x must be a 2-D float32 array, got " + dtype_name(x));
+  }
+  require_c_contiguous(x, fn, "x");
+  const std::int64_t n = x.shape(0), d = x.shape(1);
+  for (const auto* a : {&shift, &sum, &sumsq}) {
+    if (!has_dtype<double>(*a) || a->ndim() != 1 || a->shape(0) != d) {
+      throw py::value_error(std::string(fn) + ": shift, sum and sumsq must be float64 of shape (" +
+                            std::to_string(d) + ",)");
+    }
+    require_c_contiguous(*a, fn, "shift/sum/sumsq");
+  }
+  require_writeable(sum, fn, "sum");
+  require_writeable(sumsq, fn, "sumsq");
+  const auto* xp = static_cast<const float*>(x.data());
+  const auto* sh = static_cast<const double*>(shift.data());
+  auto* s1 = static_cast<double*>(sum.mutable_data());
+  auto* s2 = static_cast<double*>(sumsq.mutable_data());
+  py::gil_scoped_release release;
+  return actstore::row_moments(xp, n, d, sh, s1, s2, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -281,6 +312,14 @@ arrays, before anything is written. Releases the GIL while copying.)doc");
 x: float32, any shape, C-contiguous. out: uint16 (or int16), same number of
 elements, C-contiguous. NaN stays NaN (quiet bit set, sign kept), overflow
 rounds to +-inf. Releases the GIL.)doc");
+
+  m.def("row_moments", &row_moments_py, py::arg("x"), py::arg("shift"), py::arg("sum"),
+        py::arg("sumsq"), py::arg("threads") = 0,
+        R"doc(Shifted column moments of x, in place; returns the sum of row L2 norms.
+
+x: float32 (n, d) C-contiguous. shift, sum, sumsq: float64 (d,).
+sum[j] = sum_i (x[i,j] - shift[j]); sumsq[j] = sum_i (x[i,j] - shift[j])^2.
+float64 accumulators; NaN/inf propagate. Releases the GIL.)doc");
 
   m.def("bf16_to_fp32", &bf16_to_fp32_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
         R"doc(out = float32 value of bfloat16 bits x (exact), in place.

@@ -535,3 +535,40 @@ def test_no_native_env_forces_fallback(tmp_path):
     for k in fallback:
         assert fallback[k].dtype == default[k].dtype
         np.testing.assert_array_equal(fallback[k], default[k])
+
+
+# --- row_moments: the statistics pass of the writer -------------------------------------
+
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1000, 48), (4099, 385)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_row_moments_matches_numpy(n, d, threads):
+    rng = np.random.default_rng(n * 7 + d)
+    x = (rng.standard_normal((n, d)) * 3 + rng.standard_normal(d) * 50).astype(np.float32)
+    shift = x[0].astype(np.float64)
+    s1, s2, norm = nat.row_moments(x, shift, threads=threads)
+    r1, r2, rn = nat.row_moments_numpy(x, shift)
+    np.testing.assert_allclose(s1, r1, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(s2, r2, rtol=1e-12, atol=1e-9)
+    assert abs(norm - rn) <= 1e-9 * max(1.0, rn)
+
+
+def test_row_moments_propagates_nonfinite():
+    x = np.ones((5, 4), dtype=np.float32)
+    x[2, 1] = np.nan
+    s1, s2, _ = nat.row_moments(x, np.zeros(4))
+    assert np.isnan(s1[1]) and np.isfinite(s1[0])
+
+
+def test_stats_precise_when_mean_dwarfs_spread():
+    import torch
+
+    from actstore.store.stats import RunningStats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 16, generator=g, dtype=torch.float64) * 1e-2 + 1e4
+    st = RunningStats(16)
+    for part in x.float().split(3000):
+        st.update(part)
+    ref = x.float().double()
+    np.testing.assert_allclose(st.var, ref.var(0, unbiased=False).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(st.mean, ref.mean(0).numpy(), rtol=1e-12)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import _native
+
 
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode("ascii")
@@ -50,20 +52,26 @@ class RunningStats:
     def update(self, x: torch.Tensor) -> int:
         """Add rows ``x [n, d]`` (any float dtype, any device). Returns the number of
         non-finite rows found (they are counted, not added)."""
-        x = x.detach().to(torch.float64)
-        finite = torch.isfinite(x).all(dim=1)
-        bad = int((~finite).sum())
-        if bad:
-            x = x[finite]
-        self.nonfinite_rows += bad
-        n = x.shape[0]
-        if n == 0:
+        x = x.detach()
+        if x.shape[0] == 0:
+            return 0
+        x32 = x.to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        # Shift by the running mean (or the first row): the moments below then stay
+        # small and M2 = sumsq - sum^2/n does not cancel.
+        shift = self.mean if self.count else x32[0].astype(np.float64)
+        s1, s2, norm_sum = _native.row_moments(x32, shift)
+        if not (np.isfinite(s1).all() and np.isfinite(s2).all() and np.isfinite(norm_sum)):
+            # Rare path: some row holds NaN/inf. Count those rows, add the rest.
+            finite = torch.isfinite(x).all(dim=1).cpu()
+            bad = int((~finite).sum())
+            self.nonfinite_rows += bad
+            if bad < x.shape[0]:
+                self.update(x.cpu()[finite])
             return bad
-        mean = x.mean(dim=0)
-        m2 = ((x - mean) ** 2).sum(dim=0)
-        other = RunningStats(self.d, n, mean.cpu().numpy(), m2.cpu().numpy(), float(x.norm(dim=1).sum()))
-        self.merge(other)
-        return bad
+        n = x32.shape[0]
+        m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
+        self.merge(RunningStats(self.d, n, shift + s1 / n, m2, norm_sum))
+        return 0
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """Fold ``other`` into ``self`` (Chan's parallel update); returns self."""
