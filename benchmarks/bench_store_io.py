@@ -141,7 +141,12 @@ def main(argv=None) -> int:
                                                  "store_nodurable_bf16", "zarr", "np_durable", "np_nodurable")}
 
         def clean(k):
-            return lambda: shutil.rmtree(wdirs[k], ignore_errors=True)
+            # Start every timed write from an empty directory and no dirty pages: otherwise a
+            # durable write's fsync also pays for the previous non-durable variant's writeback.
+            def run():
+                shutil.rmtree(wdirs[k], ignore_errors=True)
+                os.sync()
+            return run
 
         write_variants = {
             "codec_encode_1thread": lambda: list(pool1.map(codec.encode, chunks)),
@@ -154,10 +159,11 @@ def main(argv=None) -> int:
             "numpy_tofile_fsync": lambda: np_write(wdirs["np_durable"], True),
             "numpy_tofile_nofsync": lambda: np_write(wdirs["np_nodurable"], False),
         }
-        setup = {name: clean(k) for name, k in [
+        setup = {"codec_encode_1thread": os.sync, f"codec_encode_{threads}threads": os.sync}
+        setup.update({name: clean(k) for name, k in [
             ("actstore_write_durable_fp32in", "store_durable_fp32"), ("actstore_write_nodurable_fp32in", "store_nodurable_fp32"),
             ("actstore_write_durable_bf16in", "store_durable_bf16"), ("actstore_write_nodurable_bf16in", "store_nodurable_bf16"),
-            ("zarr_python_write", "zarr"), ("numpy_tofile_fsync", "np_durable"), ("numpy_tofile_nofsync", "np_nodurable")]}
+            ("zarr_python_write", "zarr"), ("numpy_tofile_fsync", "np_durable"), ("numpy_tofile_nofsync", "np_nodurable")]})
         # Pieces of an fp32 append, to explain the write figures: statistics and bf16 rounding.
         breakdown_variants = {
             "append_part_stats_fp32": lambda: [RunningStats(d).update(b[h]) for b in fp32_batches for h in hooks],
@@ -354,7 +360,8 @@ def main(argv=None) -> int:
             "zarr_python_array": {"chunks": [chunk_rows, d], "shards": [64 * chunk_rows, d], "compressors": zarr_blosc},
             "tensorstore": "cache_pool 0 bytes, its own default thread pools" if ts is not None else "not installed",
             "page_cache": "reads are from the page cache: every store was read once before timing (dropping caches needs root)",
-            "write_dir": "a temporary directory on the same file system as /tmp; each timed write starts from an empty directory",
+            "write_dir": "a temporary directory on the same file system as /tmp; each timed write starts from an empty "
+                         "directory after os.sync() (untimed), so no variant pays for another's writeback",
             "append_columns": "activations only; token/doc/pos/flags columns left to their defaults",
             "read_consumption": "each hook's result is dropped before the next hook is read (all readers alike)",
             "random_read": f"{RANDOM_READS} reads of {RANDOM_ROWS} random rows of one hook per timed call (odd ones sorted)",
