@@ -121,10 +121,6 @@ class ArraySpec:
     chunk_rows: int
     attributes: dict = field(default_factory=dict, compare=False)
 
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-
 
 @dataclass(frozen=True)
 class Schema:

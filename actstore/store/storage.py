@@ -47,13 +47,6 @@ class Storage:
     def read(self, key: str) -> bytes:
         raise NotImplementedError
 
-    def read_range(self, key: str, start: int, length: int) -> bytes:
-        raise NotImplementedError
-
-    def read_tail(self, key: str, length: int) -> tuple[bytes, int]:
-        """Return the last ``length`` bytes of ``key`` and the object's total size."""
-        raise NotImplementedError
-
     def write_atomic(self, key: str, data) -> None:
         """Write ``data`` (bytes-like or a list of them) so that readers see either
         the old object or the whole new one, and it is durable on return."""
@@ -175,24 +168,6 @@ class LocalStorage(Storage):
     def read(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"missing object {key!r} in store {self.url}") from None
-
-    def read_range(self, key: str, start: int, length: int) -> bytes:
-        try:
-            with open(self._path(key), "rb") as f:
-                f.seek(start)
-                data = f.read(length)
-        except FileNotFoundError:
-            raise StoreError(f"missing object {key!r} in store {self.url}") from None
-        return data
-
-    def read_tail(self, key: str, length: int) -> tuple[bytes, int]:
-        try:
-            with open(self._path(key), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(max(0, size - length))
-                return f.read(length), size
         except FileNotFoundError:
             raise StoreError(f"missing object {key!r} in store {self.url}") from None
 
