@@ -98,6 +98,7 @@ class SegmentWriter:
         self._shard = 0
         self._seq = 0
         self.committed_rows = 0
+        self.resume_meta: dict | None = None  # ``meta`` of the newest commit
         self._stats = {h: RunningStats(s.d) for h, s in schema.hooks.items()}
         try:
             self._open_or_create()
@@ -146,15 +147,54 @@ class SegmentWriter:
                 staged[hooks[h].scale_array] = scale
         self._buffer(staged, tensors, n)
 
-    def commit(self) -> int:
-        """Make every appended row durable and visible; returns the committed row count."""
+    def append_packed(self, arrays: Mapping[str, np.ndarray], stats: Mapping[str, RunningStats], *,
+                      tokens=None, doc=None, pos=None, flags=None) -> None:
+        """Append ``n`` rows already in the stored representation, with their statistics.
+
+        arrays: every activation array path (``acts/<hook>``, and ``scales/<hook>`` for
+            fp8/int8) -> ``[n, d]`` (``[n]`` for scales) numpy array of the stored dtype.
+        stats: hook -> :class:`RunningStats` of exactly these rows, merged whole.
+        Only for writers made with ``commit_every_shard=False``: their commits fall
+        between appends, so every commit's statistics cover exactly its rows. The capture
+        pipeline uses this; the conversion and statistics were done on the device.
+        """
+        self._check_open()
+        if self.commit_every_shard:
+            raise AppendError("append_packed needs a writer created with commit_every_shard=False")
+        want = {a.path: a for a in self._arrays if not a.path.startswith("tokens/")}
+        if set(arrays) != set(want) or set(stats) != set(self.schema.hooks):
+            raise AppendError(f"append_packed must give arrays {sorted(want)} and stats for {sorted(self.schema.hooks)}; "
+                              f"got {sorted(arrays)} and {sorted(stats)}")
+        ns = {int(v.shape[0]) for v in arrays.values()}
+        if len(ns) != 1:
+            raise AppendError(f"arrays have different row counts {sorted(ns)}")
+        n = ns.pop()
+        for path, v in arrays.items():
+            a = want[path]
+            if v.dtype != a.dtype or tuple(v.shape[1:]) != a.row_shape:
+                raise AppendError(f"array {path!r}: expected {a.dtype} rows of shape {a.row_shape}, got {v.dtype} {tuple(v.shape)}")
+        cols = {"token": tokens, "doc": doc, "pos": pos, "flags": flags}
+        staged = {f"tokens/{k}": _as_column(k, v, n) for k, v in cols.items()}
+        staged.update(arrays)
+        if n:
+            self._buffer(staged, None, n)
+        for h, st in stats.items():
+            self._stats[h].merge(st)
+
+    def commit(self, meta: dict | None = None) -> int:
+        """Make every appended row durable and visible; returns the committed row count.
+
+        meta: optional JSON object stored in the commit record (``meta``) and handed back
+        as ``resume_meta`` when the segment is reopened; a capture records its progress
+        through the data there.
+        """
         self._check_open()
         if self._dirty:
             self._write_shard(self._shard, self._buf_rows)
         total = self.rows
-        if total == self.committed_rows and self._seq > 0:
+        if total == self.committed_rows and self._seq > 0 and meta == self.resume_meta:
             return total
-        self._write_commit(total)
+        self._write_commit(total, meta)
         return total
 
     def close(self) -> None:
@@ -217,6 +257,7 @@ class SegmentWriter:
         if commit is not None:
             self._seq = commit["seq"]
             self.committed_rows = commit["rows"]
+            self.resume_meta = commit.get("meta")
             self._stats = {h: RunningStats.from_json(commit["stats"][h]) for h in self.schema.hooks}
         rows = self.committed_rows
         self._shard, self._buf_rows = divmod(rows, R)
@@ -239,14 +280,14 @@ class SegmentWriter:
         for a in self._arrays:
             self._buf[a.path][: self._buf_rows] = seg.read_rows(a, lo, lo + self._buf_rows)
 
-    def _buffer(self, staged: dict[str, np.ndarray], tensors: dict[str, torch.Tensor], n: int):
+    def _buffer(self, staged: dict[str, np.ndarray], tensors: dict[str, torch.Tensor] | None, n: int):
         R = self.schema.shard_rows
         done = 0
         while done < n:
             take = min(n - done, R - self._buf_rows)
             # Statistics follow the rows piece by piece, so that a commit at a shard
             # boundary inside this batch records the statistics of exactly its rows.
-            for h, x in tensors.items():
+            for h, x in (tensors or {}).items():
                 self._stats[h].update(x[done: done + take])
             for path, v in staged.items():
                 self._buf[path][self._buf_rows: self._buf_rows + take] = v[done: done + take]
@@ -294,7 +335,7 @@ class SegmentWriter:
             doc = array_doc(a, rows, self.schema.shard_rows, self._codec)
             self.storage.write_atomic(f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode())
 
-    def _write_commit(self, rows: int):
+    def _write_commit(self, rows: int, meta: dict | None = None):
         self._write_shapes(rows)
         self._seq += 1
         record = {
@@ -308,9 +349,12 @@ class SegmentWriter:
             "actstore_version": __version__,
             "stats": {h: s.to_json() for h, s in self._stats.items()},
         }
+        if meta is not None:
+            record["meta"] = meta
         doc = group_doc({"actstore_commit": record})
         self.storage.write_atomic(commit_key(self.segment, self._seq), json.dumps(doc).encode())
         self.committed_rows = rows
+        self.resume_meta = meta
         for old in self.storage.list(f"{self._prefix}/commits"):
             if old.isdigit() and int(old) <= self._seq - _KEEP_COMMITS:
                 self.storage.delete_prefix(f"{self._prefix}/commits/{old}")

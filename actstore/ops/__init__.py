@@ -1,0 +1,6 @@
+"""Dispatching ops: Triton kernels (``actstore.kernels``) for CUDA tensors, the pure
+PyTorch references (``actstore.reference``) otherwise. One op per file."""
+
+from .capture_pack import capture_pack
+
+__all__ = ["capture_pack"]
