@@ -22,3 +22,7 @@ class UnknownHookError(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class CaptureError(StoreError):
+    """A capture cannot start or go on: bad hook names, data, options, or a failed write."""

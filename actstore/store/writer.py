@@ -98,6 +98,7 @@ class SegmentWriter:
         self._shard = 0
         self._seq = 0
         self.committed_rows = 0
+        self.bytes_written = 0  # shard bytes written by this writer (rewrites of partial shards included)
         self.resume_meta: dict | None = None  # ``meta`` of the newest commit
         self._stats = {h: RunningStats(s.d) for h, s in schema.hooks.items()}
         try:
@@ -326,6 +327,7 @@ class SegmentWriter:
             parts = build_shard(encoded[i: i + n_chunks])
             i += n_chunks
             writes.append((shard_key(self.segment, a, shard), parts))
+            self.bytes_written += sum(len(p) for p in parts)
         for f in [self._pool.submit(self.storage.write_atomic, k, p) for k, p in writes]:
             f.result()
         self._dirty = False

@@ -1,0 +1,123 @@
+"""Loading a model for capture, and how to call it.
+
+Three kinds are accepted:
+
+- ``hf``: a Hugging Face transformers model (a local directory, loaded with the class
+  named in its config's ``architectures``; or a ``PreTrainedModel`` built in code);
+- ``tl``: a TransformerLens ``HookedTransformer`` (hook names like
+  ``blocks.6.hook_resid_post``);
+- ``module``: any ``nn.Module`` called as ``model(input_ids)``.
+
+On the command line ``--model`` is a local HF directory, or ``python:pkg.mod:fn`` for a
+function that returns a model or ``(model, tokenizer)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..store.errors import CaptureError
+
+
+@dataclass
+class CaptureModel:
+    model: nn.Module
+    tokenizer: object | None
+    kind: str  # hf | tl | module
+    name: str  # for provenance
+    max_context: int | None  # longest sequence the model accepts, if it says
+    forward: Callable[[torch.Tensor, torch.Tensor | None], object]  # (ids [B, S], mask or None)
+
+
+def _is_hf(model) -> bool:
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+
+
+def _is_tl(model) -> bool:
+    return any(c.__name__ == "HookedTransformer" for c in type(model).__mro__) and hasattr(model, "cfg")
+
+
+def _load_hf(path: str, dtype: torch.dtype | None):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: weights are local
+    import transformers
+
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise CaptureError(f"--model {path!r} is not a local Hugging Face model directory ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0]}); give a folder holding config.json and weights") from None
+    arch = (getattr(cfg, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    cls = cls or transformers.AutoModel
+    kw = {"dtype": dtype} if dtype is not None else {}
+    model = cls.from_pretrained(path, **kw)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+    except Exception:
+        tok = None  # pre-tokenized data still works
+    return model, tok
+
+
+def _load_factory(spec: str):
+    target = spec[len("python:"):]
+    mod, _, attr = target.partition(":")
+    if not mod or not attr:
+        raise CaptureError(f"--model {spec!r}: write python:package.module:function")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise CaptureError(f"--model {spec!r}: cannot import it ({e})") from None
+    got = fn()
+    return got if isinstance(got, tuple) else (got, None)
+
+
+def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.dtype | None = None) -> CaptureModel:
+    """Load (if a path or factory spec) and wrap ``model`` for capture, on ``device``, in eval mode."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    name = model if isinstance(model, str) else type(model).__name__
+    if isinstance(model, str):
+        if model.startswith("python:"):
+            model, tok = _load_factory(model)
+        elif os.path.isdir(model):
+            model, tok = _load_hf(model, dtype)
+        else:
+            raise CaptureError(f"--model {model!r} is neither a local model directory nor python:module:function")
+        tokenizer = tokenizer or tok
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"model must be an nn.Module, got {type(model).__name__}")
+    model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    if _is_tl(model):
+        tokenizer = tokenizer or getattr(model, "tokenizer", None)
+
+        def fwd(ids, mask):
+            # Right padding in a causal model changes no kept token, so no mask is needed.
+            return model(ids, return_type=None)
+
+        return CaptureModel(model, tokenizer, "tl", name, int(model.cfg.n_ctx), fwd)
+    if _is_hf(model):
+        cfg = model.config
+        limit = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if isinstance(getattr(cfg, a, None), int)), None)
+        if getattr(cfg, "model_type", "") in ("bert", "roberta", "xlm-roberta") and limit:
+            # Learned absolute positions: RoBERTa-style models offset them by padding_idx + 1.
+            limit -= (getattr(cfg, "pad_token_id", 0) or 0) + 1 if cfg.model_type != "bert" else 0
+
+        def fwd(ids, mask):
+            return model(input_ids=ids, attention_mask=mask)
+
+        return CaptureModel(model, tokenizer, "hf", name, limit, fwd)
+
+    def fwd(ids, mask):
+        return model(ids)
+
+    return CaptureModel(model, tokenizer, "module", name, None, fwd)

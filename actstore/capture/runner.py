@@ -1,0 +1,273 @@
+"""``actstore.capture``: one forward per batch with every hook, into this rank's segment.
+
+The run is a pure function of (model, hooks, data, options): batches are fixed by the
+data order, rank ``r`` of ``W`` takes global batches ``r, r+W, ...`` and writes segment
+``rank{r:05d}``. Each commit records how many of this rank's batches its rows cover, so a
+re-run of the same command skips exactly those and goes on; options that would change
+the batches (model, hooks, data, context, batch size, policy, budget, world size) must
+match the store's record, or the run refuses to start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..store.errors import CaptureError
+from ..store.format import FLAG_PAD
+from .data import describe, iter_documents
+from .hooks import HookRecorder, resolve_hooks
+from .models import prepare_model
+from .pipeline import Sink
+from .plan import default_policy, iter_batches, iter_windows, parse_drop
+
+# Options that fix which rows land where; a resumed run must repeat them exactly.
+_RESUME_KEYS = ("model", "hooks", "data", "context", "batch_size", "packing", "bos", "eos", "drop", "tokens",
+                "world_size", "text_column", "nonfinite")
+
+
+def _rank_world(rank, world_size):
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = None, context: int = 128,
+            batch_size: int = 32, dtype: str = "bf16", codec: str = "zstd", packing: str = "pack",
+            bos: str = "auto", eos: str = "auto", drop=None, nonfinite: str = "drop", device=None,
+            model_dtype: str | None = None, text_column: str = "text", stop_early: bool = True,
+            progress: bool = True, slots: int = 3, commit_every: float = 60.0, rank: int | None = None,
+            world_size: int | None = None, chunks_per_shard: int | None = None, chunk_bytes: int | None = None,
+            durable: bool = True, _after_batch=None) -> dict:
+    """Capture activations of ``model`` at ``hooks`` over ``data`` into the store ``out``.
+
+    model: a local HF model directory, ``python:module:function``, or an nn.Module (HF,
+        TransformerLens HookedTransformer, or any module called as ``model(ids)``).
+    hooks: module paths (``*`` wildcards, ``:input`` suffix) or TransformerLens hook names.
+    data: see :mod:`actstore.capture.data`. tokens: stop after this many stored tokens
+        (all ranks together); None takes all data. context: window length in tokens.
+    dtype: storage dtype (bf16, fp16, fp32, fp8, int8); codec: zstd, lz4 or none.
+    packing: pack (documents run on across windows) or truncate (one window per
+        document). bos/eos: see :class:`actstore.capture.plan.Policy`; auto reads the
+        tokenizer. drop: flags to leave out ("bos", "special"); pad never is stored.
+    nonfinite: drop (rows with NaN/inf in any hook are left out and counted) or error.
+    model_dtype: load/cast the model to fp32/bf16/fp16 (default: as loaded).
+
+    Returns a summary dict (rows stored this run, committed rows, seconds, tokens/s,
+    bytes written, rows dropped for NaN/inf, where it resumed from). Ctrl-C commits what
+    is complete and raises KeyboardInterrupt; the same call then resumes.
+    """
+    import actstore
+
+    t_start = time.perf_counter()
+    dev = _device(device)
+    rank, world = _rank_world(rank, world_size)
+    if tokens is not None and tokens <= 0:
+        raise CaptureError(f"tokens={tokens}: must be positive (or omitted for all data)")
+    if context < 2:
+        raise CaptureError(f"context {context}: must be at least 2 tokens")
+    mdt = _DTYPES.get(model_dtype) if model_dtype else None
+    if model_dtype and mdt is None:
+        raise CaptureError(f"model dtype {model_dtype!r}: use fp32, bf16 or fp16")
+    cm = prepare_model(model, tokenizer, device=dev, dtype=mdt)
+    points = resolve_hooks(cm.model, hooks)
+    if cm.max_context is not None and context > cm.max_context:
+        raise CaptureError(f"context {context} is longer than the model allows ({cm.max_context} positions); "
+                           f"use --context {cm.max_context} or less")
+    policy = default_policy(cm.tokenizer, context, packing, bos, eos)
+    drop_bits = parse_drop(drop)
+    recorder = HookRecorder(cm.model, points, stop_early=stop_early)
+    try:
+        widths = _probe_widths(cm, recorder, policy, dev)
+        config = {"model": cm.name if isinstance(model, str) else f"<{cm.kind}:{cm.name}>",
+                  "hooks": [p.name for p in points], "data": describe(data), "context": context,
+                  "batch_size": batch_size, "packing": policy.packing, "bos": policy.bos, "eos": policy.eos,
+                  "drop": drop_bits, "tokens": tokens, "world_size": world, "text_column": text_column,
+                  "nonfinite": nonfinite, "kind": cm.kind}
+        prov = {"capture": config, "model": config["model"], "dataset": config["data"], "context_size": context,
+                "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points]}
+        writer = actstore.create(out, widths, segment=f"rank{rank:05d}", dtype=dtype, codec=codec,
+                                 provenance=prov, commit_every_shard=False, chunks_per_shard=chunks_per_shard,
+                                 chunk_bytes=chunk_bytes, durable=durable)
+        try:
+            return _run(cm, recorder, writer, config, policy, data, text_column, tokens, batch_size, drop_bits,
+                        rank, world, dev, dtype, nonfinite, slots, commit_every, progress, t_start, _after_batch)
+        finally:
+            writer.abort()  # no-op after a normal close; otherwise releases the lock, keeping commits
+    finally:
+        recorder.remove()
+
+
+def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
+    """Run a 1 x 4 token forward to learn each hook's width (trailing dims flattened)."""
+    S = min(4, policy.context)
+    ids = torch.full((1, S), policy.bos_id if policy.bos_id is not None else policy.pad_id, dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        got = recorder.run(lambda: cm.forward(ids, torch.ones_like(ids)))
+    widths = {}
+    for h, t in got.items():
+        if t.dim() < 3 or tuple(t.shape[:2]) != (1, S):
+            raise CaptureError(f"hook {h!r} gives shape {tuple(t.shape)} for a [1, {S}] input; only hooks shaped "
+                               "[batch, seq, ...] can be captured")
+        if not t.is_floating_point():
+            raise CaptureError(f"hook {h!r} gives dtype {t.dtype}, not floating-point activations")
+        widths[h] = int(math.prod(t.shape[2:]))
+    return widths
+
+
+def _check_resume(writer, config) -> tuple[int, int]:
+    """(batches done, NaN rows dropped) from the segment's newest commit; refuses a store
+    captured with other options."""
+    held = (writer.schema.provenance or {}).get("capture")
+    if held is None:
+        if writer.committed_rows:
+            raise CaptureError(f"store {writer.storage.url} was not written by actstore capture; use another --out")
+        return 0, 0
+    diff = [k for k in _RESUME_KEYS if held.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise CaptureError(f"store {writer.storage.url} was captured with {k}={held.get(k)!r}, this run has "
+                           f"{k}={config.get(k)!r}; re-run with the same options to resume, or use another --out")
+    meta = (writer.resume_meta or {}).get("capture") or {}
+    if writer.committed_rows and "batches_done" not in meta:
+        raise CaptureError(f"segment {writer.segment} has {writer.committed_rows} rows but no capture progress record; "
+                           "use another --out")
+    return int(meta.get("batches_done", 0)), int(meta.get("nonfinite_dropped", 0))
+
+
+def _run(cm, recorder, writer, config, policy, data, text_column, tokens, batch_size, drop_bits, rank, world, dev,
+         dtype, nonfinite, slots, commit_every, progress, t_start, after_batch) -> dict:
+    done, dropped = _check_resume(writer, config)
+    resumed_rows = writer.committed_rows
+    docs = iter_documents(data, cm.tokenizer, text_column)
+    batches = iter_batches(iter_windows(docs, policy), batch_size, max_tokens=tokens, drop_flags=drop_bits,
+                           rank=rank, world=world)
+    # Skip the batches the committed rows already hold, checking that they add up.
+    skipped_rows = 0
+    for _ in range(done):
+        b = next(batches, None)
+        if b is None:
+            break
+        skipped_rows += b.n_keep
+    if skipped_rows - dropped != writer.committed_rows:
+        raise CaptureError(f"segment {writer.segment} holds {writer.committed_rows} rows, but its first {done} batches "
+                           f"of this data give {skipped_rows - dropped}; the data changed since it was written, "
+                           "use another --out")
+    widths = {h: writer.schema.hooks[h].d for h in config["hooks"]}
+    sink = Sink(writer, widths, dtype, dev, max_rows=batch_size * policy.context, slots=slots, nonfinite=nonfinite,
+                commit_every=commit_every, batches_done=done, meta={"nonfinite_dropped": dropped})
+    bar = _progress_bar(progress, tokens, world, resumed_rows, rank)
+    t_loop = time.perf_counter()
+    interrupted = False
+    fwd_s = 0.0
+    n_batches = 0
+    try:
+        for b in batches:
+            if n_batches == 0 and resumed_rows and rank == 0 and bar is not None:
+                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} after {resumed_rows:,} rows")
+            ids = torch.from_numpy(b.ids).to(dev, non_blocking=True)
+            mask = torch.from_numpy((b.flags != FLAG_PAD).astype(np.int64)).to(dev, non_blocking=True)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                got = recorder.run(lambda: cm.forward(ids, mask))
+                acts = {}
+                for h, t in got.items():
+                    if tuple(t.shape[:2]) != tuple(b.ids.shape):
+                        raise CaptureError(f"hook {h!r} gives shape {tuple(t.shape)} for a {list(b.ids.shape)} batch; "
+                                           "expected [batch, seq, ...]")
+                    acts[h] = t.reshape(b.ids.size, widths[h])
+                fwd_s += time.perf_counter() - t0
+                sink.put(acts, b)
+            n_batches += 1
+            sink.meta["nonfinite_dropped"] = dropped + sink.progress.nonfinite_rows
+            if bar is not None:
+                _update_bar(bar, sink, writer, resumed_rows)
+            if after_batch is not None:
+                after_batch(n_batches)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        try:
+            sink.close(commit=True)
+        except Exception:
+            pass
+        if bar is not None:
+            bar.close()
+        raise
+    sink.meta["nonfinite_dropped"] = dropped + sink.progress.nonfinite_rows
+    sink.close(commit=True)
+    writer.close()
+    if bar is not None:
+        _update_bar(bar, sink, writer, resumed_rows)
+        bar.close()
+    if n_batches == 0 and done == 0 and writer.committed_rows == 0 and rank == 0 and world == 1:
+        raise CaptureError(f"no tokens in data {config['data']!r}: it holds no documents (or every token was dropped)")
+    loop_s = time.perf_counter() - t_loop
+    _barrier(world)
+    secs = time.perf_counter() - t_start
+    pr = sink.progress
+    summary = {"store": writer.storage.url, "segment": writer.segment, "rank": rank, "world_size": world,
+               "rows_this_run": pr.rows, "committed_rows": writer.committed_rows, "resumed_from": resumed_rows,
+               "batches_this_run": n_batches, "seconds": secs, "capture_seconds": loop_s,
+               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0, "bytes_written": writer.bytes_written,
+               "nonfinite_rows_dropped": pr.nonfinite_rows, "store_wait_seconds": pr.wait_s,
+               "interrupted": interrupted}
+    if interrupted:
+        print(f"actstore: interrupted; {writer.committed_rows:,} rows committed in {writer.storage.url} "
+              f"(segment {writer.segment}); re-run the same command to resume", file=sys.stderr)
+        raise KeyboardInterrupt
+    return summary
+
+
+def _barrier(world):
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def _progress_bar(enabled, tokens, world, resumed, rank):
+    if not enabled or rank != 0:
+        return None
+    from tqdm import tqdm
+
+    total = -(-tokens // world) if tokens else None
+    return tqdm(total=total, initial=resumed, unit="tok", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                desc="capture", mininterval=0.5)
+
+
+def _update_bar(bar, sink, writer, resumed):
+    pr = sink.progress
+    el = max(time.perf_counter() - pr.started, 1e-9)
+    bar.n = resumed + pr.rows
+    post = {"tok/s": f"{pr.rows / el:,.0f}", "GB": f"{writer.bytes_written / 1e9:.3f}"}
+    if pr.wait_s > 0.05 * el:
+        # The model waited for the store: the disk (or the encoders) is the bottleneck.
+        post["store-bound"] = f"{100 * pr.wait_s / el:.0f}% waiting"
+    if pr.nonfinite_rows:
+        post["NaN/inf rows"] = pr.nonfinite_rows
+    bar.set_postfix(post, refresh=False)
+    bar.refresh()
