@@ -17,6 +17,7 @@ install: $(STAMP)
 
 # Main job: real all-MiniLM-L6-v2 activations over English text into ./demo_store, then `actstore info`.
 demo: install
+	rm -rf demo_store
 	$(PY) -m actstore.cli demo --out demo_store
 
 # The whole test suite (CI runs exactly this). The native extension must have built.
@@ -28,4 +29,4 @@ bench: install
 	$(PY) benchmarks/bench_store_io.py
 
 clean:
-	rm -rf build demo_store actstore/_C*.so *.egg-info
+	rm -rf build demo_store demo_data actstore/_C*.so *.egg-info

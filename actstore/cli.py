@@ -1,4 +1,4 @@
-"""The ``actstore`` command line: ``info`` and ``demo`` so far.
+"""The ``actstore`` command line: ``capture``, ``info`` and ``demo``.
 
 Exit codes: 0 on success, 1 on a store error, 2 on bad usage; failures print one line
 to stderr starting with ``actstore:``.
@@ -63,6 +63,100 @@ def _cmd_demo(args) -> int:
     return _cmd_info(args)
 
 
+# capture options: name -> (type, default, help). The same names (dashes or underscores)
+# are read from a --config YAML/JSON file; flags given on the command line win.
+CAPTURE_OPTIONS = {
+    "model": (str, None, "local HF model folder, or python:module:function returning a model (or (model, tokenizer))"),
+    "hooks": (str, None, "comma-separated module paths ('*' = one path component, ':input' for inputs) or TransformerLens hook names"),
+    "data": (str, None, "text/jsonl/json/parquet/npy file, a folder (or a save_to_disk dataset), or a glob"),
+    "out": (str, None, "the store to write (created, or resumed if it exists)"),
+    "tokens": (int, None, "stop after this many stored tokens, all ranks together (default: all data)"),
+    "context": (int, 128, "window length in tokens"),
+    "batch_size": (int, 32, "windows per forward pass"),
+    "dtype": (str, "bf16", "storage dtype: bf16, fp16, fp32, fp8, int8"),
+    "codec": (str, "zstd", "zstd, lz4 or none"),
+    "packing": (str, "pack", "pack (documents run across windows) or truncate (one window per document)"),
+    "bos": (str, "auto", "prepend or none (auto: from the tokenizer)"),
+    "eos": (str, "auto", "none, doc (after each document) or window (closing each window, BERT [SEP]); auto: from the tokenizer"),
+    "drop": (str, None, "flags of rows not to store, e.g. 'bos' or 'bos,special' (pad rows never are)"),
+    "nonfinite": (str, "drop", "rows holding NaN/inf: drop (counted and reported) or error"),
+    "device": (str, "auto", "cpu, cuda, cuda:1 (auto: this rank's GPU if any)"),
+    "model_dtype": (str, None, "cast the model to fp32, bf16 or fp16"),
+    "text_column": (str, "text", "text column of json/parquet/dataset inputs"),
+}
+
+
+def _load_config(path: str) -> dict:
+    from .store.errors import CaptureError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise CaptureError(f"config {path!r}: {e.strerror}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            cfg = yaml.safe_load(text)
+        else:
+            cfg = json.loads(text)
+    except Exception as e:  # yaml.YAMLError or ValueError
+        raise CaptureError(f"config {path!r} does not parse ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise CaptureError(f"config {path!r} must hold a mapping of option: value")
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(set(cfg) - set(CAPTURE_OPTIONS))
+    if unknown:
+        raise CaptureError(f"config {path!r}: unknown options {unknown}; known: {', '.join(CAPTURE_OPTIONS)}")
+    if isinstance(cfg.get("hooks"), list):
+        cfg["hooks"] = ",".join(cfg["hooks"])
+    return cfg
+
+
+def _cmd_capture(args) -> int:
+    import os
+
+    import actstore
+    from .store.errors import CaptureError
+
+    opts = {k: default for k, (_, default, _) in CAPTURE_OPTIONS.items()}
+    if args.config:
+        opts.update(_load_config(args.config))
+    opts.update({k: getattr(args, k) for k in CAPTURE_OPTIONS if getattr(args, k) is not None})
+    missing = [k for k in ("model", "hooks", "data", "out") if not opts.get(k)]
+    if missing:
+        raise CaptureError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (on the command line or in --config)")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        summary = actstore.capture(opts.pop("model"), opts.pop("hooks"), opts.pop("data"), opts.pop("out"),
+                                   progress=not args.no_progress, **opts)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if args.json:
+        print(json.dumps(summary))
+    elif summary["rank"] == 0:
+        extra = ""
+        if summary["resumed_from"]:
+            extra += f", resumed after {summary['resumed_from']:,}"
+        if summary["nonfinite_rows_dropped"]:
+            extra += f", {summary['nonfinite_rows_dropped']} rows with NaN/inf dropped"
+        print(f"captured {summary['rows_this_run']:,} tokens in {summary['capture_seconds']:.1f} s "
+              f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['bytes_written'] / 1e9:.3f} GB written{extra}) "
+              f"into {summary['store']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="actstore", description="Capture, store and stream transformer activations.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -79,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8", "int8"])
     pd.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "none"])
     pd.set_defaults(fn=_cmd_demo)
+    pc = sub.add_parser("capture", help="capture activations of a model at hooks over data into a store (resumable)")
+    pc.add_argument("--config", help="YAML or JSON file with any of the options below")
+    for k, (typ, default, help_) in CAPTURE_OPTIONS.items():
+        pc.add_argument("--" + k.replace("_", "-"), type=typ, default=None,
+                        help=help_ + (f" (default {default})" if default is not None else ""))
+    pc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pc.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    pc.set_defaults(fn=_cmd_capture)
     args = p.parse_args(argv)
     from .store.errors import StoreError
 

