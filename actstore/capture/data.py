@@ -134,6 +134,8 @@ def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[
     elif hasattr(data, "column_names"):
         yield from _from_dataset(data, text_column, tokenizer)
     elif isinstance(data, (list, tuple)):
+        if not data:
+            return
         if all(isinstance(d, str) for d in data):
             if data and all(os.path.exists(d) for d in data):
                 for d in data:

@@ -61,6 +61,8 @@ def _load_hf(path: str, dtype: torch.dtype | None):
         tok = transformers.AutoTokenizer.from_pretrained(path)
     except Exception:
         tok = None  # pre-tokenized data still works
+    if tok is not None and len(tok) <= 1:
+        tok = None  # a folder without tokenizer files yields an empty stand-in: no tokenizer at all
     return model, tok
 
 

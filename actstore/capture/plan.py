@@ -111,7 +111,7 @@ def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndar
     if p.packing == "truncate":
         for k, toks in enumerate(docs):
             toks = toks[:body]
-            if not toks:
+            if len(toks) == 0:
                 continue
             n = len(toks)
             yield window(np.asarray(toks, np.int64), np.full(n, k, np.int64), np.arange(n, dtype=np.int64),

@@ -10,6 +10,7 @@ match the store's record, or the run refuses to start.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -108,12 +109,19 @@ def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = Non
                   "nonfinite": nonfinite, "kind": cm.kind}
         prov = {"capture": config, "model": config["model"], "dataset": config["data"], "context_size": context,
                 "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points]}
+        docs = iter_documents(data, cm.tokenizer, text_column)
+        batches = iter_batches(iter_windows(docs, policy), batch_size, max_tokens=tokens, drop_flags=drop_bits,
+                               rank=rank, world=world)
+        first = next(batches, None)
+        if first is None and world == 1:
+            raise CaptureError(f"no tokens in data {config['data']!r}: it holds no documents (or every token was dropped)")
+        batches = itertools.chain([first] if first is not None else [], batches)
         writer = actstore.create(out, widths, segment=f"rank{rank:05d}", dtype=dtype, codec=codec,
                                  provenance=prov, commit_every_shard=False, chunks_per_shard=chunks_per_shard,
                                  chunk_bytes=chunk_bytes, durable=durable)
         try:
-            return _run(cm, recorder, writer, config, policy, data, text_column, tokens, batch_size, drop_bits,
-                        rank, world, dev, dtype, nonfinite, slots, commit_every, progress, t_start, _after_batch)
+            return _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank, world, dev, dtype,
+                        nonfinite, slots, commit_every, progress, t_start, _after_batch)
         finally:
             writer.abort()  # no-op after a normal close; otherwise releases the lock, keeping commits
     finally:
@@ -157,13 +165,10 @@ def _check_resume(writer, config) -> tuple[int, int]:
     return int(meta.get("batches_done", 0)), int(meta.get("nonfinite_dropped", 0))
 
 
-def _run(cm, recorder, writer, config, policy, data, text_column, tokens, batch_size, drop_bits, rank, world, dev,
-         dtype, nonfinite, slots, commit_every, progress, t_start, after_batch) -> dict:
+def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank, world, dev, dtype, nonfinite, slots,
+         commit_every, progress, t_start, after_batch) -> dict:
     done, dropped = _check_resume(writer, config)
     resumed_rows = writer.committed_rows
-    docs = iter_documents(data, cm.tokenizer, text_column)
-    batches = iter_batches(iter_windows(docs, policy), batch_size, max_tokens=tokens, drop_flags=drop_bits,
-                           rank=rank, world=world)
     # Skip the batches the committed rows already hold, checking that they add up.
     skipped_rows = 0
     for _ in range(done):
@@ -222,8 +227,6 @@ def _run(cm, recorder, writer, config, policy, data, text_column, tokens, batch_
     if bar is not None:
         _update_bar(bar, sink, writer, resumed_rows)
         bar.close()
-    if n_batches == 0 and done == 0 and writer.committed_rows == 0 and rank == 0 and world == 1:
-        raise CaptureError(f"no tokens in data {config['data']!r}: it holds no documents (or every token was dropped)")
     loop_s = time.perf_counter() - t_loop
     _barrier(world)
     secs = time.perf_counter() - t_start

@@ -187,9 +187,10 @@ class SegmentWriter:
 
         meta: optional JSON object stored in the commit record (``meta``) and handed back
         as ``resume_meta`` when the segment is reopened; a capture records its progress
-        through the data there.
+        through the data there. None keeps the newest commit's meta.
         """
         self._check_open()
+        meta = self.resume_meta if meta is None else meta
         if self._dirty:
             self._write_shard(self._shard, self._buf_rows)
         total = self.rows
