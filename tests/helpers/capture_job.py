@@ -1,0 +1,53 @@
+"""Subprocess for the capture kill/rank/full-disk tests: a deterministic capture run.
+
+Usage: python capture_job.py STORE [--slow SECONDS] [--fsize BYTES]
+Prints "batch N" after each batch (flushed), so a parent can kill it mid-run. --fsize
+sets RLIMIT_FSIZE: writes past that size fail with EFBIG, a real failing store write.
+Under torchrun, each rank writes its own segment.
+"""
+
+import argparse
+import os
+import resource
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture_models import TinyLM, token_docs  # noqa: E402
+
+import actstore  # noqa: E402
+
+HOOKS = "layers.0,layers.2"
+OPTIONS = dict(context=16, batch_size=4, chunk_bytes=1024, chunks_per_shard=2, progress=False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store")
+    ap.add_argument("--slow", type=float, default=0.0)
+    ap.add_argument("--fsize", type=int, default=0)
+    ap.add_argument("--docs", type=int, default=150)
+    ap.add_argument("--chunks-per-shard", type=int, default=2)
+    ap.add_argument("--commit-every", type=float, default=60.0)
+    a = ap.parse_args()
+    if a.fsize:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize, a.fsize))
+
+    def paced(n):
+        print(f"batch {n}", flush=True)
+        if a.slow:
+            time.sleep(a.slow)
+
+    try:
+        opts = {**OPTIONS, "chunks_per_shard": a.chunks_per_shard, "commit_every": a.commit_every}
+        s = actstore.capture(TinyLM(), HOOKS, token_docs(a.docs, seed=11), a.store, _after_batch=paced, **opts)
+    except actstore.StoreError as e:
+        print(f"actstore: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"done {s['committed_rows']} {s['rank']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
