@@ -240,9 +240,12 @@ def test_attribute_naming_a_path_outside_is_refused(store, path):
 
 
 def test_nothing_is_ever_unpickled():
-    """No code path in the package can unpickle: no pickle/torch.load/np.load with pickles."""
+    """No code path in the package can unpickle: no pickle/torch.load/np.load with pickles
+    (np.load only with an explicit allow_pickle=False, as capture reads .npy token files)."""
     pkg = pathlib.Path(actstore.__file__).parent
     pattern = re.compile(r"\bpickle\b|torch\.load\(|allow_pickle\s*=\s*True|\bnp\.load\(|\bmarshal\b|\bdill\b")
+    safe_npy = re.compile(r"\bnp\.load\([^#]*allow_pickle=False")
     hits = [f"{p.relative_to(pkg)}:{i + 1}" for p in pkg.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines()) if pattern.search(line)]
+            for i, line in enumerate(p.read_text().splitlines())
+            if pattern.search(line) and not (safe_npy.search(line) and "pickle" not in line.replace("allow_pickle", ""))]
     assert hits == []
