@@ -83,6 +83,26 @@ def test_sigkill_at_random_moments_then_rerun_matches(tmp_path, reference):
     _assert_same(_snapshot(out), reference)
 
 
+def test_ctrl_c_commits_what_is_complete_and_rerun_finishes(tmp_path, reference):
+    out = tmp_path / "store"
+    p = subprocess.Popen([sys.executable, str(JOB), str(out), "--slow", "0.02"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for _ in range(5):
+        assert p.stdout.readline().startswith("batch")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted;" in err and "re-run the same command to resume" in err
+    n = int(err.split("interrupted;")[1].split("rows committed")[0].replace(",", ""))
+    snap = _snapshot(out)
+    assert snap["token"].numel() == n >= 5 * 64
+    for k in ("token", "layers.0", "layers.2"):
+        assert torch.equal(snap[k], reference[k][:n])
+    r = _run(out)
+    assert r.returncode == 0, r.stderr
+    _assert_same(_snapshot(out), reference)
+
+
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_store_every_token_once(tmp_path, reference):
     out = tmp_path / "store"

@@ -46,6 +46,8 @@ def main():
     except actstore.StoreError as e:
         print(f"actstore: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)  # capture already committed and said so on stderr
     print(f"done {s['committed_rows']} {s['rank']}", flush=True)
 
 
