@@ -13,8 +13,8 @@ A writer thread takes slots in order, waits for their copy events, turns the mom
 into statistics, handles NaN/inf rows, appends to the segment (whose encoder pool
 compresses whole shards; Blosc releases the GIL) and frees the slot. It commits after
 any batch that completed a shard, and at least every ``commit_every`` seconds, recording
-how many batches the committed rows cover. On the CPU the same path runs with the
-reference pack and no copies; the forward of the next batch overlaps the writing.
+how many batches the committed rows cover. On the CPU the writer thread also runs the
+reference pack (no copies), so the model's thread does nothing but forwards.
 
 A failed write (full disk, I/O error) stops the writer; the next ``put`` raises it as a
 one-line CaptureError, and everything committed before it stays readable.
@@ -151,11 +151,8 @@ class Sink:
                 s.event.record(self._side)
             self._work.put((slot, batch, None))
         else:
-            packs = {}
-            for h, x in acts.items():
-                shift = x[first].float()
-                packs[h] = (capture_pack(x, keep, shift, self.dtype), shift)
-            self._work.put((slot, batch, packs))
+            # CPU: the writer thread packs, so the model thread only runs forwards.
+            self._work.put((slot, batch, (acts, first)))
 
     def close(self, commit: bool = True) -> None:
         """Drain the queue, commit (unless a write failed) and stop the thread."""
@@ -180,7 +177,14 @@ class Sink:
     def _host_packs(self, slot: int, batch, packs):
         """(per hook: Packed on host, shift numpy float64)."""
         if packs is not None:
-            return {h: (p, sh.double().numpy()) for h, (p, sh) in packs.items()}
+            acts, first = packs
+            keep = torch.from_numpy(batch.keep)
+            out = {}
+            with torch.inference_mode():
+                for h, x in acts.items():
+                    shift = x[first].float()
+                    out[h] = (capture_pack(x, keep, shift, self.dtype), shift.double().numpy())
+            return out
         s = self._slots[slot]
         s.event.synchronize()
         n = batch.n_keep
