@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         ap.error(f"--sequences must be a multiple of {BATCH_SEQS} (SAELens caches whole batches)")
 
     meta = C.metadata()
-    meta["versions"].update({k: C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")})
+    meta["versions"].update({k.replace("-", "_"): C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")})
     meta["machine"]["torch_threads"] = torch.get_num_threads()
     datasets.disable_progress_bars()
 

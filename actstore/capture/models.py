@@ -94,8 +94,10 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
         tokenizer = tokenizer or tok
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be an nn.Module, got {type(model).__name__}")
-    model = model.to(device)
-    if dtype is not None:
+    p0 = next(model.parameters(), None)
+    if p0 is not None and p0.device != torch.device(device):
+        model = model.to(device)
+    if dtype is not None and p0 is not None and p0.dtype != dtype:
         model = model.to(dtype)
     model.eval()
     if _is_tl(model):
