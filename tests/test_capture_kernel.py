@@ -92,3 +92,20 @@ def test_reference_statistics_give_mean_and_m2():
     assert torch.allclose(mean, kept.mean(0), atol=1e-5)
     assert torch.allclose(m2, ((kept - kept.mean(0)) ** 2).sum(0), rtol=1e-4)
     assert torch.allclose(p.norm_sum.double(), kept.norm(dim=1).sum().reshape(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "fp8"])
+def test_native_cpu_path_matches_reference(dtype):
+    x, keep, shift = _inputs(90, 100, seed=5, nan_rows=[(4, float("nan")), (11, float("inf"))])
+    x, keep, shift = x.cpu(), keep.cpu(), shift.cpu()
+    got = capture_pack(x, keep, shift, dtype, backend="native")
+    ref = capture_pack_reference(x, keep, shift, dtype)
+    assert torch.equal(got.bad, ref.bad) and int(ref.bad.sum()) == int(keep[4]) + int(keep[11])
+    good = ~ref.bad
+    bits = {"fp32": torch.int32, "fp16": torch.int16, "bf16": torch.int16, "int8": torch.int8, "fp8": torch.uint8}
+    assert torch.equal(got.data[good].view(bits[dtype]), ref.data[good].view(bits[dtype]))
+    if ref.scale is not None:
+        assert torch.equal(got.scale[good], ref.scale[good])
+    assert torch.allclose(got.s1.double(), ref.s1.double(), rtol=1e-6, atol=1e-3)
+    assert torch.allclose(got.s2.double(), ref.s2.double(), rtol=1e-6)
+    assert torch.allclose(got.norm_sum.double(), ref.norm_sum.double(), rtol=1e-6)

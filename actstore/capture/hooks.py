@@ -114,6 +114,7 @@ class HookRecorder:
         self.points = points
         self.stop_early = stop_early
         self._captured: dict[str, torch.Tensor] = {}
+        self._active = False
         self._handles = []
         for p in points:
             mod = model.get_submodule(p.module)
@@ -123,8 +124,8 @@ class HookRecorder:
                 self._handles.append(mod.register_forward_hook(self._make_post(p)))
 
     def _record(self, p: HookPoint, value):
-        if p.name in self._captured:
-            return
+        if not self._active or p.name in self._captured:
+            return  # outside run() the model behaves as if unhooked
         t = _first_tensor(value)
         if t is None:
             raise CaptureError(f"hook {p.name!r}: the module's {'input' if p.input else 'output'} holds no tensor")
@@ -144,10 +145,13 @@ class HookRecorder:
 
     def run(self, fn) -> dict[str, torch.Tensor]:
         self._captured = {}
+        self._active = True
         try:
             fn()
         except StopForward:
             pass
+        finally:
+            self._active = False
         missing = [p.name for p in self.points if p.name not in self._captured]
         if missing:
             raise CaptureError(f"hooks {missing} did not run during the forward pass; hook modules that the model calls")

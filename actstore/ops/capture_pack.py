@@ -1,16 +1,22 @@
 """``capture_pack``: compact, convert and summarize one hook's batch of activations.
 
 CUDA tensors go to the Triton kernel ``actstore.kernels.capture_pack`` (one pass over
-the activations); CPU tensors to ``actstore.reference.capture_pack``. ``backend``
-forces one ("triton" also runs on CPU tensors under ``TRITON_INTERPRET=1``, which is how
-the CPU tests check the kernel).
+the activations). CPU tensors go to the ``native`` path: the same results from
+``actstore._C`` (bf16 rounding, shifted moments) on ONE thread, because on the CPU
+capture packs in a background thread while the model's forward owns torch's intra-op
+threads (packing with torch ops there slowed the forward by ~9%). ``backend`` forces one:
+``reference`` (``actstore.reference.capture_pack``, the oracle), ``native``, or
+``triton`` (also on CPU tensors under ``TRITON_INTERPRET=1``, how CPU tests check it).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .. import _native
 from ..reference.capture_pack import Packed, capture_pack_reference
+from ..reference.quantize import quantize_fp8, quantize_int8
 
 
 def triton_available() -> bool:
@@ -29,9 +35,11 @@ def capture_pack(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype
     ``n_keep`` may be passed precomputed to avoid a device sync; ``buffers`` holds
     preallocated staging outputs for the Triton path (keys out, scale, bad, moments)."""
     if backend is None:
-        backend = "triton" if x.is_cuda and triton_available() else "reference"
+        backend = "triton" if x.is_cuda and triton_available() else ("native" if not x.is_cuda else "reference")
     if backend == "reference":
         return capture_pack_reference(x, keep, shift, dtype)
+    if backend == "native":
+        return _capture_pack_native(x, keep, shift, dtype)
     if backend != "triton":
         raise ValueError(f"unknown backend {backend!r}: use 'triton' or 'reference'")
     from ..kernels.capture_pack import capture_pack_fwd
@@ -43,3 +51,33 @@ def capture_pack(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype
     data, scale, bad, s1, s2, norm = capture_pack_fwd(x, keep, dst, shift.to(torch.float32), dtype, n_keep,
                                                       **(buffers or {}))
     return Packed(data, scale, bad.to(torch.bool), s1, s2, norm)
+
+
+def _capture_pack_native(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype: str) -> Packed:
+    """CPU path on one thread; statistics come back in float64 (more exact than needed)."""
+    keep_np = keep.numpy().astype(bool, copy=False)
+    if x.dtype == torch.float32:
+        kept = x.numpy()[keep_np]  # NumPy fancy indexing: one thread, a contiguous copy
+    else:
+        kept = x[keep].to(torch.float32).numpy()
+    kept = np.ascontiguousarray(kept)
+    sh = shift.double().numpy()
+    s1, s2, norm = _native.row_moments(kept, sh, threads=1)
+    bad = np.zeros(kept.shape[0], dtype=bool)
+    if not (np.isfinite(s1).all() and np.isfinite(s2).all() and np.isfinite(norm)):
+        # Rare path: some row holds NaN/inf. Flag those rows, sum the others.
+        bad = ~np.isfinite(kept).all(axis=1)
+        s1, s2, norm = _native.row_moments(np.ascontiguousarray(kept[~bad]), sh, threads=1)
+    scale = None
+    if dtype == "bf16":
+        data = torch.from_numpy(_native.fp32_to_bf16(kept, threads=1).view(np.int16)).view(torch.bfloat16)
+    elif dtype == "fp16":
+        data = torch.from_numpy(kept.astype(np.float16))
+    elif dtype == "fp32":
+        data = torch.from_numpy(kept)
+    elif dtype in ("fp8", "int8"):
+        data, scale = (quantize_fp8 if dtype == "fp8" else quantize_int8)(torch.from_numpy(kept))
+    else:
+        raise ValueError(f"unknown storage dtype {dtype!r}")
+    return Packed(data, scale, torch.from_numpy(bad), torch.from_numpy(s1), torch.from_numpy(s2),
+                  torch.tensor([norm], dtype=torch.float64))
