@@ -15,11 +15,11 @@ Variants (each one a full pass over the same tokens):
 - ``capture_mid_nostop``: the same with ``stop_early=False``: what stopping saves;
 - ``capture_3hooks``: three blocks at once, one forward.
 
-Reported: seconds (median of repeats), tokens/s, and the ratios capture / forward for the
-same depth. With a GPU (``--device cuda``) the same runs use a larger model, and the
+Reported: seconds (median of 5 repeats), tokens/s, and the ratios capture / forward for
+the same depth, both as a ratio of medians and as the median of per-round ratios. With a GPU (``--device cuda``) the same runs use a larger model, and the
 capture kernel's GB/s is timed against a device-to-device copy of the same bytes.
 
-    python benchmarks/bench_capture.py            # ~4 min on 2 CPU cores
+    python benchmarks/bench_capture.py            # ~10 min on 2 CPU cores
     python benchmarks/bench_capture.py --quick    # smoke run
 """
 
@@ -79,7 +79,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seqs", type=int, default=None)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -149,24 +149,28 @@ def main():
     shutil.rmtree(scratch, ignore_errors=True) if a.dir is None else None
     res = {k: {**summary(v), "tokens_per_s": tokens / summary(v)["median_s"]} for k, v in times.items()}
     med = {k: v["median_s"] for k, v in res.items()}
-    ratios = {
-        "capture_last_over_forward_full": med["capture_last"] / med["forward_full"],
-        "capture_3hooks_over_forward_full": med["capture_3hooks"] / med["forward_full"],
-        f"capture_mid_over_forward_to_{mid}": med["capture_mid"] / med[f"forward_to_{mid}"],
-        "capture_mid_over_forward_full": med["capture_mid"] / med["forward_full"],
-        "capture_mid_over_capture_mid_nostop": med["capture_mid"] / med["capture_mid_nostop"],
-    }
+    pairs = {"capture_last_over_forward_full": ("capture_last", "forward_full"),
+             "capture_3hooks_over_forward_full": ("capture_3hooks", "forward_full"),
+             f"capture_mid_over_forward_to_{mid}": ("capture_mid", f"forward_to_{mid}"),
+             "capture_mid_over_forward_full": ("capture_mid", "forward_full"),
+             "capture_mid_over_capture_mid_nostop": ("capture_mid", "capture_mid_nostop")}
+    ratios = {k: med[a] / med[b] for k, (a, b) in pairs.items()}
+    # The median of per-round ratios: the two variants of a pair ran seconds apart in every
+    # round, so this moves less when another job takes a core for part of the run.
+    paired = {k: float(np.median([x / y for x, y in zip(times[a], times[b])])) for k, (a, b) in pairs.items()}
     rows = [[k, f"{v['median_s']:.2f}", f"{v['tokens_per_s']:,.0f}"] for k, v in res.items()]
     print(fmt_table(rows, ["variant", "median s", "tokens/s"]))
+    print(f"{'ratio':<40} {'of medians':>10} {'paired median':>14}")
     for k, v in ratios.items():
-        print(f"{k:<40} {v:.3f}")
+        print(f"{k:<40} {v:>10.3f} {paired[k]:>14.3f}")
     doc = {"meta": metadata(), "benchmark": "capture_overhead", "device": str(dev),
            "model": {"arch": "GPT2Model (random weights, from config)", "n_layer": n_layer, "d_model": d,
                      "dtype": str(mdtype), "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
                                                                        if "wte" not in n and "wpe" not in n)},
            "tokens": tokens, "context": a.context, "batch_size": bs, "hook_mid": f"h.{mid}",
            "store": {"dtype": "bf16", "codec": "zstd", "durable": True},
-           "results_seconds_and_tokens_per_s": res, "ratios": ratios,
+           "results_seconds_and_tokens_per_s": res, "ratios": ratios, "ratios_paired_median": paired,
+           "seconds_per_round": times,
            "capture_summaries": {k: {kk: v[kk] for kk in ("rows_this_run", "bytes_written", "store_wait_seconds",
                                                           "forward_seconds", "capture_seconds")}
                                  for k, v in summaries.items()},

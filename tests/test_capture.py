@@ -286,6 +286,18 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
     with pytest.raises(CaptureError, match="NaN/inf"):
         actstore.capture(TinyLM(nan_token=5), "layers.2", docs, tmp_path / "e", context=16, batch_size=4,
                          nonfinite="error", progress=False)
+    # Interrupted and resumed, the dropped rows still add up: same rows as the run above.
+    def stop(n):
+        if n == 3:
+            raise KeyboardInterrupt
+    kw = dict(context=16, batch_size=4, dtype="fp32", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", _after_batch=stop, **kw)
+    r = actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", **kw)
+    assert r["resumed_from"] > 0
+    again = actstore.open(tmp_path / "r")
+    assert torch.equal(again.tokens()["token"], st.tokens()["token"])
+    assert again.stats("layers.2")["nonfinite_rows"] == n_bad
 
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])

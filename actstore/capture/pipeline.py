@@ -73,12 +73,14 @@ class Sink:
 
     hooks: stored hook name -> width d. ``put(acts, batch)`` takes ``[B*L, d]`` tensors
     (any float dtype, on ``device``) and a :class:`actstore.capture.plan.Batch`.
-    ``close()`` drains the queue and commits; ``meta`` is recorded with every commit.
+    ``close()`` drains the queue and commits. Every commit records the batches done and
+    the NaN/inf rows dropped so far (over all runs of this segment), which a resumed run
+    starts from (``batches_done``, ``nonfinite_dropped``).
     """
 
     def __init__(self, writer: SegmentWriter, hooks: dict[str, int], dtype: str, device: torch.device, *,
                  max_rows: int, slots: int = 3, nonfinite: str = "drop", commit_every: float = 60.0,
-                 batches_done: int = 0, meta: dict | None = None):
+                 batches_done: int = 0, nonfinite_dropped: int = 0):
         if nonfinite not in ("drop", "error"):
             raise CaptureError(f"nonfinite={nonfinite!r}: use drop or error")
         self.writer = writer
@@ -89,7 +91,7 @@ class Sink:
         self.nonfinite = nonfinite
         self.commit_every = commit_every
         self.batches_done = batches_done
-        self.meta = dict(meta or {})
+        self.nonfinite_before = nonfinite_dropped
         self.progress = Progress()
         self.error: BaseException | None = None
         self._free: queue.Queue = queue.Queue()
@@ -269,5 +271,7 @@ class Sink:
                                f"non-finite activations (use --nonfinite drop to skip and count such rows)")
 
     def _commit(self):
-        self.writer.commit(meta={"capture": {**self.meta, "batches_done": self.batches_done}})
+        # Both counters are the writer thread's own, so they match the committed rows.
+        self.writer.commit(meta={"capture": {"batches_done": self.batches_done,
+                                             "nonfinite_dropped": self.nonfinite_before + self.progress.nonfinite_rows}})
         self._last_commit = time.monotonic()

@@ -182,7 +182,7 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
                            "use another --out")
     widths = {h: writer.schema.hooks[h].d for h in config["hooks"]}
     sink = Sink(writer, widths, dtype, dev, max_rows=batch_size * policy.context, slots=slots, nonfinite=nonfinite,
-                commit_every=commit_every, batches_done=done, meta={"nonfinite_dropped": dropped})
+                commit_every=commit_every, batches_done=done, nonfinite_dropped=dropped)
     bar = _progress_bar(progress, tokens, world, resumed_rows, rank)
     t_loop = time.perf_counter()
     interrupted = False
@@ -206,7 +206,6 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
                 fwd_s += time.perf_counter() - t0
                 sink.put(acts, b)
             n_batches += 1
-            sink.meta["nonfinite_dropped"] = dropped + sink.progress.nonfinite_rows
             if bar is not None:
                 _update_bar(bar, sink, writer, resumed_rows)
             if after_batch is not None:
@@ -221,7 +220,6 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
         if bar is not None:
             bar.close()
         raise
-    sink.meta["nonfinite_dropped"] = dropped + sink.progress.nonfinite_rows
     sink.close(commit=True)
     writer.close()
     if bar is not None:
