@@ -125,7 +125,6 @@ class Sink:
             s = self._slots[slot]
             keep_d = keep.pin_memory().to(self.device, non_blocking=True)
             dst = torch.from_numpy(np.cumsum(batch.keep, dtype=np.int64) - 1).pin_memory().to(self.device, non_blocking=True)
-            packs = {}
             for h, x in acts.items():
                 d = self.hooks[h]
                 mom = s.dev[h]["moments"]
@@ -135,7 +134,8 @@ class Sink:
                 shift.copy_(x[first].float())
                 bufs = {"out": s.dev[h]["out"], "scale": s.dev[h]["scale"], "bad": s.dev[h]["bad"],
                         "moments": mom[: 2 * d + 1]}
-                packs[h] = capture_pack(x, keep_d, shift, self.dtype, dst=dst, n_keep=batch.n_keep, buffers=bufs)
+                # Results land in this slot's staging buffers; the copies below read them there.
+                capture_pack(x, keep_d, shift, self.dtype, dst=dst, n_keep=batch.n_keep, buffers=bufs)
             ready = torch.cuda.Event()
             ready.record()
             self._side.wait_event(ready)
