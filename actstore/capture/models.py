@@ -112,9 +112,9 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
         cfg = model.config
         limit = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
                       if isinstance(getattr(cfg, a, None), int)), None)
-        if getattr(cfg, "model_type", "") in ("bert", "roberta", "xlm-roberta") and limit:
-            # Learned absolute positions: RoBERTa-style models offset them by padding_idx + 1.
-            limit -= (getattr(cfg, "pad_token_id", 0) or 0) + 1 if cfg.model_type != "bert" else 0
+        if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta") and limit:
+            # RoBERTa-style models start their learned positions at padding_idx + 1.
+            limit -= (getattr(cfg, "pad_token_id", 0) or 0) + 1
 
         def fwd(ids, mask):
             return model(input_ids=ids, attention_mask=mask)
