@@ -231,16 +231,15 @@ class Sink:
                 arrays[spec.array] = p.data.numpy()
             if spec.scale_array:
                 arrays[spec.scale_array] = p.scale.numpy()
-            n = batch.n_keep - int(p.bad.sum())
-            st = RunningStats(spec.d)
-            if n:
-                s1 = p.s1.double().numpy()
-                s2 = p.s2.double().numpy()
-                st = RunningStats(spec.d, n, shift + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0), float(p.norm_sum[0]))
+            st = RunningStats.from_moments(spec.d, batch.n_keep - int(p.bad.sum()), shift, p.s1.double().numpy(),
+                                           p.s2.double().numpy(), float(p.norm_sum[0]))
             st.nonfinite_rows = int(p.bad.sum())
             stats[h] = st
         if bad.any():
-            self._handle_nonfinite(bad, packs, batch)
+            if self.nonfinite == "error":
+                worst = {h: int(p.bad.sum()) for h, (p, _) in packs.items() if int(p.bad.sum())}
+                raise CaptureError(f"batch {batch.index}: rows holding NaN/inf per hook {worst}; the model produced "
+                                   f"non-finite activations (use --nonfinite drop to skip and count such rows)")
             good = ~bad
             arrays = {k: v[good] for k, v in arrays.items()}
             cols = {k: v[good] for k, v in cols.items()}
@@ -263,12 +262,6 @@ class Sink:
         pr.nonfinite_rows += int(bad.sum())
         if w.rows // w.schema.shard_rows != shard_before or time.monotonic() - self._last_commit > self.commit_every:
             self._commit()
-
-    def _handle_nonfinite(self, bad, packs, batch):
-        if self.nonfinite == "error":
-            worst = {h: int(p.bad.sum()) for h, (p, _) in packs.items() if int(p.bad.sum())}
-            raise CaptureError(f"batch {batch.index}: rows holding NaN/inf per hook {worst}; the model produced "
-                               f"non-finite activations (use --nonfinite drop to skip and count such rows)")
 
     def _commit(self):
         # Both counters are the writer thread's own, so they match the committed rows.

@@ -68,10 +68,19 @@ class RunningStats:
             if bad < x.shape[0]:
                 self.update(x.cpu()[finite])
             return bad
-        n = x32.shape[0]
-        m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
-        self.merge(RunningStats(self.d, n, shift + s1 / n, m2, norm_sum))
+        self.merge(RunningStats.from_moments(self.d, x32.shape[0], shift, s1, s2, norm_sum))
         return 0
+
+    @classmethod
+    def from_moments(cls, d: int, n: int, shift, s1, s2, norm_sum: float) -> "RunningStats":
+        """Statistics of ``n`` rows from their shifted moments: ``s1 = sum(x - shift)``,
+        ``s2 = sum((x - shift)^2)`` (``[d]`` each) and the sum of row norms."""
+        if n == 0:
+            return cls(d)
+        s1 = np.asarray(s1, dtype=np.float64)
+        s2 = np.asarray(s2, dtype=np.float64)
+        return cls(d, n, np.asarray(shift, dtype=np.float64) + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
+                   float(norm_sum))
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """Fold ``other`` into ``self`` (Chan's parallel update); returns self."""
