@@ -7,9 +7,11 @@ Public entry points: :func:`open` (read a store), :func:`create` (write a segmen
 from ._version import __version__
 from .api import create, open
 from .capture import capture
+from .loader import ActivationDataset, ActivationLoader
 from .store import (FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FORMAT_VERSION, AppendError, CaptureError, CorruptDataError,
-                    FormatVersionError, SegmentWriter, Store, StoreError, UnknownHookError)
+                    FormatVersionError, LoaderError, SegmentWriter, Store, StoreError, UnknownHookError)
 
-__all__ = ["__version__", "create", "open", "capture", "Store", "SegmentWriter", "StoreError", "AppendError", "CaptureError",
+__all__ = ["__version__", "create", "open", "capture", "ActivationLoader", "ActivationDataset", "LoaderError", "Store",
+           "SegmentWriter", "StoreError", "AppendError", "CaptureError",
            "CorruptDataError", "FormatVersionError", "UnknownHookError", "FORMAT_VERSION",
            "FLAG_BOS", "FLAG_PAD", "FLAG_SPECIAL"]

@@ -26,3 +26,7 @@ class UnknownHookError(StoreError, KeyError):
 
 class CaptureError(StoreError):
     """A capture cannot start or go on: bad hook names, data, options, or a failed write."""
+
+
+class LoaderError(StoreError, ValueError):
+    """A loader cannot start or resume: bad options, no rows, or a state that does not fit."""

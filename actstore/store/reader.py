@@ -77,8 +77,9 @@ class SegmentReader:
                 self._index_cache[key] = index
         return index
 
-    def decode_chunk(self, a: ArraySpec, chunk: int, blob, index: np.ndarray) -> np.ndarray:
-        """Decode chunk ``chunk`` (counted from the segment's start) -> ``[chunk_rows, ...]``."""
+    def decode_chunk(self, a: ArraySpec, chunk: int, blob, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode chunk ``chunk`` (counted from the segment's start) -> ``[chunk_rows, ...]``,
+        into ``out`` (C-contiguous, that shape and dtype) when given."""
         per_shard = self.schema.shard_rows // a.chunk_rows
         j = chunk % per_shard
         lo = chunk * a.chunk_rows
@@ -90,7 +91,8 @@ class SegmentReader:
         data = blob.pread(int(off), int(nbytes))
         if len(data) != nbytes:
             raise CorruptDataError(f"{where} is short: {len(data)} of {nbytes} bytes; the store is damaged")
-        out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
+        if out is None:
+            out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
         codec = self.schema.codec
         if codec.cname:
             codec = codec.with_typesize(a.dtype.itemsize)

@@ -1,0 +1,556 @@
+"""``actstore.ActivationLoader``: shuffled, deterministic, resumable, rank-split batches.
+
+The order of the rows is the plan's (``actstore.loader.plan``: blocks permuted per epoch,
+a contiguous share of the stream per rank, a seeded shuffle window of many blocks). The
+hot path, per window of blocks:
+
+1. a thread pool reads each block's chunks through the shard index and decodes them
+   (``BlockFetcher``; GIL released), one window ahead of the batches being served;
+2. a producer thread gathers each batch's rows from the decoded blocks with the native
+   ``gather_rows`` (GIL released) into a fresh host buffer, pinned when the batches go
+   to a GPU;
+3. on a GPU the consumer copies the stored bytes with ``non_blocking=True`` and the Triton
+   ``dequant_normalize`` kernel decodes bf16/fp8/int8, applies the per-row scale and the
+   normalization, and writes the asked dtype; on the CPU the producer does that step.
+
+Resume rule (``state_dict`` / ``load_state_dict``): the position is (epoch, batches yielded
+in it), plus the options that fix the order and the store snapshot (segment names and row
+counts when the loader was made). A state resumes exactly, with the same batches as an
+uninterrupted run, when the seed, shuffle, hooks, flag filter and snapshot match; in the
+middle of an epoch the batch size, buffer, drop_last and rank count must match too. At
+an epoch boundary (``batch == 0``, which includes a state saved after an epoch's last
+batch) any rank count resumes it, because every epoch's split is computed afresh.
+Anything else is refused with a one-line error naming the option.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+
+import numpy as np
+import torch
+
+from .. import _native
+from ..ops.dequant_normalize import dequant_normalize
+from ..store.errors import LoaderError, StoreError
+from ..store.format import FLAGS, ArraySpec
+from ..store.reader import SegmentReader, Store
+from ..store.writer import default_threads
+from .fetch import BlockFetcher
+from .plan import Block, EpochPlan, make_blocks
+
+STATE_VERSION = 1
+NORMALIZE = ("mean_norm", "standardize")
+TOKEN_KEYS = ("token", "doc", "pos")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Stored numpy dtype -> the torch dtype of the same width used to hold it (torch has no
+# general uint16 support, and only the bits matter).
+_HOLDER = {np.dtype("uint16"): np.dtype("int16")}
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def parse_drop_flags(drop_flags) -> int:
+    """None, an int bit mask, or flag names ("bos,special" or a list) -> bit mask."""
+    if drop_flags is None:
+        return 0
+    if isinstance(drop_flags, (int, np.integer)) and not isinstance(drop_flags, bool):
+        if not 0 <= int(drop_flags) <= 255:
+            raise LoaderError(f"drop_flags mask {drop_flags} is not a uint8 bit mask (1 bos, 2 pad, 4 special)")
+        return int(drop_flags)
+    names = drop_flags.split(",") if isinstance(drop_flags, str) else list(drop_flags)
+    mask = 0
+    for n in names:
+        n = str(n).strip().lower()
+        if not n:
+            continue
+        if n not in FLAGS:
+            raise LoaderError(f"unknown flag {n!r} in drop_flags: use {', '.join(FLAGS)}")
+        mask |= FLAGS[n]
+    return mask
+
+
+class ActivationLoader:
+    """Batches of stored activations, shuffled, deterministic and resumable.
+
+    Args:
+        store: a path / URL or an open :class:`Store`.
+        hooks: one hook name (batches are ``[B, d]`` tensors) or a list of them (batches
+            are dicts ``{hook: [B, d_hook]}``, row ``i`` of every hook from the same token).
+        batch_size: rows per batch (>= 1); the last batch of an epoch is shorter unless
+            ``drop_last``.
+        shuffle: permute blocks per epoch and rows within each shuffle window. False reads
+            in store order (for analysis passes).
+        seed: the seed of every permutation; the same seed gives the same batches.
+        epochs: how many epochs one iteration runs (None: without end).
+        device, dtype: where the batches land and their dtype (float32, bfloat16, float16).
+        normalize: None; ``"mean_norm"`` scales each hook by ``sqrt(d) / mean_norm`` from
+            the store's statistics (SAELens' convention: mean row norm becomes sqrt(d);
+            the factors are in ``scale_factors``); ``"standardize"`` gives
+            ``(x - mean) / std`` per dimension.
+        drop_flags: rows to leave out, by flag ("bos", "special", "pad") or bit mask.
+        tokens: also return ``token`` (int32), ``doc`` (int64) and ``pos`` (int32) ``[B]``
+            (batches are then dicts).
+        drop_last: every rank yields the same number of full batches, ``(N // W) // B``
+            (what DDP needs); the rows past that are skipped this epoch.
+        buffer_rows: rows in one shuffle window (rounded up to whole blocks of ~2 MiB
+            chunks). Host memory is about 2-3 windows of stored bytes: 65536 rows of
+            d=4096 bf16 is 512 MiB per window.
+        threads: decode threads (default min(CPU count, 8)).
+        prefetch: batches prepared ahead of the consumer.
+        rank, world_size: this process's share; default from ``torch.distributed`` when
+            it is initialized, else 0 of 1.
+
+    Iterating runs from the current position to the end of ``epochs``; ``state_dict()``
+    taken between batches resumes exactly there (the rule is in this module's docstring).
+    The rows are the store's committed rows when the loader was made (its snapshot).
+    """
+
+    def __init__(self, store: Store | str, hooks: str | list[str], batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, epochs: int | None = 1, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, normalize: str | None = None, drop_flags=None,
+                 tokens: bool = False, drop_last: bool = False, buffer_rows: int = 65536,
+                 threads: int | None = None, prefetch: int = 4, rank: int | None = None,
+                 world_size: int | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise LoaderError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, (int, np.integer)) or buffer_rows < 1:
+            raise LoaderError(f"buffer_rows must be a positive integer, got {buffer_rows!r}")
+        if epochs is not None and (not isinstance(epochs, (int, np.integer)) or epochs < 0):
+            raise LoaderError(f"epochs must be a non-negative integer or None, got {epochs!r}")
+        if dtype not in _DTYPES:
+            raise LoaderError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.float16")
+        if normalize is not None and normalize not in NORMALIZE:
+            raise LoaderError(f"unknown normalize {normalize!r}: use None, 'mean_norm' or 'standardize'")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise LoaderError(f"prefetch must be a positive integer, got {prefetch!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise LoaderError(f"device {device} asked for, but torch sees no CUDA device; use device='cpu'")
+        if self.device.type not in ("cpu", "cuda"):
+            raise LoaderError(f"device {device} is not supported: use 'cpu' or 'cuda'")
+
+        self._own_store = not isinstance(store, Store)
+        if self._own_store:
+            from ..api import open as _open  # api imports this package; import at use
+
+            store = _open(store)
+        self.store: Store = store
+        self._fetcher: BlockFetcher | None = None
+        self._active = None
+        self._single = isinstance(hooks, str)
+        self.hooks = [hooks] if self._single else list(hooks)
+        if not self.hooks:
+            raise LoaderError("no hooks given: pass a hook name or a list of them")
+        if len(set(self.hooks)) != len(self.hooks):
+            raise LoaderError(f"hooks {self.hooks} name a hook twice")
+        self._specs = [self.store._hook(h) for h in self.hooks]  # UnknownHookError, one line
+        if tokens and set(self.hooks) & set(TOKEN_KEYS):
+            raise LoaderError(f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
+                              "columns of tokens=True; read the tokens with Store.tokens instead")
+
+        r, w = _dist_rank_world()
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise LoaderError(f"rank {self.rank} of world size {self.world_size} is not a valid share")
+
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.epochs = None if epochs is None else int(epochs)
+        self.dtype = dtype
+        self.normalize = normalize
+        self.drop_mask = parse_drop_flags(drop_flags)
+        self.tokens = bool(tokens)
+        self.drop_last = bool(drop_last)
+        self.buffer_rows = int(buffer_rows)
+        self.threads = int(threads) if threads else default_threads()
+        self.prefetch = prefetch
+
+        arrays = {a.path: a for a in self.store.schema.arrays()}
+        self._arrays: list[ArraySpec] = []
+        for spec in self._specs:
+            self._arrays.append(arrays[spec.array])
+            if spec.scale_array:
+                self._arrays.append(arrays[spec.scale_array])
+        if self.tokens:
+            self._arrays += [arrays[f"tokens/{k}"] for k in TOKEN_KEYS]
+        self._flags_spec = arrays["tokens/flags"]
+        self.block_rows = max(spec.chunk_rows for spec in self._specs)
+        self.window_blocks = max(1, -(-self.buffer_rows // self.block_rows))
+
+        self._set_snapshot([(s.name, s.rows) for s in self.store.segments])
+        self._set_normalization(None)
+        self._epoch = 0
+        self._batch = 0
+
+    # -- snapshot and normalization -----------------------------------------------------
+
+    def _set_snapshot(self, seg_rows: list[tuple[str, int]]) -> None:
+        """Plan over rows ``[0, rows)`` of each named segment."""
+        by_name = {s.name: s for s in self.store.segments}
+        segs = []
+        for name, rows in seg_rows:
+            cur = by_name.get(name)
+            if cur is None or cur.rows < rows:
+                have = 0 if cur is None else cur.rows
+                raise LoaderError(f"segment {name!r} had {rows} committed rows when the state was saved, the store at "
+                                  f"{self.store.path} has {have}; resume against the same store")
+            if rows:
+                segs.append(SegmentReader(self.store.storage, self.store.schema, name, rows, cur.commit))
+        self._snapshot = [(s.name, s.rows) for s in segs]
+        self._segments = segs
+        if not segs:
+            raise LoaderError(f"store {self.store.path} has no committed rows: capture or append activations first")
+        self.blocks: list[Block] = make_blocks([s.rows for s in segs], self.block_rows)
+        self._kept_local: dict[int, np.ndarray] = {}
+        if self.drop_mask:
+            kept = np.empty(len(self.blocks), dtype=np.int64)
+            flags = [s.read_rows(self._flags_spec, 0, s.rows) for s in segs]
+            for b, blk in enumerate(self.blocks):
+                f = flags[blk.segment][blk.start:blk.start + blk.rows]
+                self._kept_local[b] = np.flatnonzero((f & self.drop_mask) == 0).astype(np.int64)
+                kept[b] = self._kept_local[b].size
+            if kept.sum() == 0:
+                raise LoaderError(f"drop_flags={self.drop_mask} leaves no rows of store {self.store.path}: "
+                                  "every committed row carries a dropped flag")
+        else:
+            kept = np.array([b.rows for b in self.blocks], dtype=np.int64)
+        self._kept = kept
+        if self._fetcher is not None:  # it holds the old segment readers
+            self._fetcher.close()
+            self._fetcher = None
+
+    def _set_normalization(self, saved: dict | None) -> None:
+        """Per hook ``(shift [d] | None, mul [d] | None)`` float32 on the device."""
+        self._norm: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self.scale_factors: dict[str, float] = {}
+        for spec in self._specs:
+            shift = mul = None
+            if saved is not None:
+                s = saved[spec.name]
+                shift = None if s["shift"] is None else torch.tensor(s["shift"], dtype=torch.float32)
+                mul = None if s["mul"] is None else torch.tensor(s["mul"], dtype=torch.float32)
+            elif self.normalize == "mean_norm":
+                mean_norm = self.store.stats(spec.name)["mean_norm"]
+                if not mean_norm or not math.isfinite(mean_norm) or mean_norm <= 0:
+                    raise LoaderError(f"hook {spec.name!r} has no usable mean norm in the store's statistics "
+                                      f"({mean_norm}); use normalize=None")
+                mul = torch.full((spec.d,), math.sqrt(spec.d) / mean_norm, dtype=torch.float32)
+            elif self.normalize == "standardize":
+                st = self.store.stats(spec.name)
+                std = np.asarray(st["std"], dtype=np.float64)
+                shift = torch.from_numpy(np.asarray(st["mean"], dtype=np.float32))
+                mul = torch.from_numpy(np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0).astype(np.float32))
+            if mul is not None and self.normalize == "mean_norm":
+                self.scale_factors[spec.name] = float(mul[0])
+            self._norm[spec.name] = (None if shift is None else shift.to(self.device),
+                                     None if mul is None else mul.to(self.device))
+
+    # -- plan ----------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """This rank's :class:`EpochPlan` for ``epoch``."""
+        return EpochPlan(self._kept, seed=self.seed, epoch=epoch, rank=self.rank, world=self.world_size,
+                         shuffle=self.shuffle, window_blocks=self.window_blocks, batch_size=self.batch_size,
+                         drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return self.plan(0).batches
+
+    @property
+    def rows(self) -> int:
+        """Rows per epoch, all ranks together (after the flag filter)."""
+        return int(self._kept.sum())
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the beginning of ``epoch``."""
+        self._stop_active()
+        self._epoch, self._batch = int(epoch), 0
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The position and everything that fixes the order; JSON-ready."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "batch": self._batch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "hooks": list(self.hooks),
+            "drop_flags": self.drop_mask,
+            "batch_size": self.batch_size,
+            "buffer_rows": self.buffer_rows,
+            "drop_last": self.drop_last,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "segments": [list(x) for x in self._snapshot],
+            "normalize": self.normalize,
+            "norm": {h: {"shift": None if s is None else s.cpu().tolist(), "mul": None if m is None else m.cpu().tolist()}
+                     for h, (s, m) in self._norm.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (see the resume rule in this module's docstring)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise LoaderError(f"not an ActivationLoader state of version {STATE_VERSION} "
+                              f"(got version {state.get('version') if isinstance(state, dict) else type(state).__name__})")
+        mine = self.state_dict()
+        for key in ("hooks", "seed", "shuffle", "drop_flags", "normalize"):
+            if state[key] != mine[key]:
+                raise LoaderError(f"the state was saved with {key}={state[key]!r}, this loader has {key}={mine[key]!r}; "
+                                  f"make the loader with {key}={state[key]!r} to resume")
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if batch:
+            for key in ("batch_size", "buffer_rows", "drop_last"):
+                if state[key] != mine[key]:
+                    raise LoaderError(f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) with "
+                                      f"{key}={state[key]!r}, this loader has {key}={mine[key]!r}; use the same "
+                                      f"{key}, or resume from a state saved at an epoch boundary")
+            if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
+                raise LoaderError(f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) by rank "
+                                  f"{state['rank']} of {state['world_size']}, this is rank {self.rank} of "
+                                  f"{self.world_size}; resume with {state['world_size']} ranks, or from a state "
+                                  "saved at an epoch boundary")
+        self._stop_active()
+        self._set_snapshot([(n, int(r)) for n, r in state["segments"]])
+        self._set_normalization(state["norm"])
+        self._epoch, self._batch = epoch, batch
+
+    # -- iteration -----------------------------------------------------------------------
+
+    def __iter__(self):
+        self._stop_active()
+        return self._iterate()
+
+    def _iterate(self):
+        while self.epochs is None or self._epoch < self.epochs:
+            plan = self.plan(self._epoch)
+            if self._batch >= plan.batches:
+                self._epoch, self._batch = self._epoch + 1, 0
+                continue
+            if self._fetcher is None:
+                self._fetcher = BlockFetcher(self._segments, self._arrays, self.block_rows, self.threads)
+            producer = _Producer(self, plan, self._batch)
+            self._active = producer
+            try:
+                for host in producer:
+                    batch = self._finish(host)
+                    self._batch += 1
+                    if self._batch >= plan.batches:
+                        self._epoch, self._batch = self._epoch + 1, 0
+                    yield batch
+            finally:
+                producer.stop()
+                if self._active is producer:
+                    self._active = None
+
+    def _stop_active(self) -> None:
+        if self._active is not None:
+            self._active.stop()
+            self._active = None
+
+    def _convert(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Stored rows (on the target device) -> the batch: dequantized, normalized, dtype."""
+        out = {}
+        for spec in self._specs:
+            scale = stored.get(spec.scale_array) if spec.scale_array else None
+            shift, mul = self._norm[spec.name]
+            out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype.logical, scale, shift, mul, self.dtype)
+        if self.tokens:
+            for k in TOKEN_KEYS:
+                out[k] = stored[f"tokens/{k}"].reshape(-1)
+        return out
+
+    def _finish(self, host: dict[str, torch.Tensor]):
+        """Consumer side: on a GPU copy the pinned stored rows and convert there."""
+        if self.device.type == "cuda":
+            host = self._convert({k: v.to(self.device, non_blocking=True) for k, v in host.items()})
+        return host[self.hooks[0]] if self._single and not self.tokens else host
+
+    def close(self) -> None:
+        """Stop the background work and release the threads (and the store, if opened here)."""
+        self._stop_active()
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self._stop_active()
+            if self._fetcher is not None:
+                self._fetcher.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"ActivationLoader({self.store.path!r}, hooks={self.hooks}, batch_size={self.batch_size}, "
+                f"rank={self.rank}/{self.world_size}, epoch={self._epoch}, batch={self._batch})")
+
+
+class _Window:
+    """A window's decoded blocks and where each of its kept rows is.
+
+    ``sources[path]``: one 2-D array per block; ``offsets[path]``: ``[blocks]`` row offset
+    of the block in its source; ``src[i]``, ``local[i]``: block (in the window) and row
+    (in the block) of the window's kept row ``i``.
+    """
+
+    def __init__(self, fetched: list[dict], src: np.ndarray, local: np.ndarray):
+        paths = fetched[0].keys()
+        self.sources = {p: [f[p][0] for f in fetched] for p in paths}
+        self.offsets = {p: np.array([f[p][1] for f in fetched], dtype=np.int64) for p in paths}
+        self.src = src
+        self.local = local
+
+
+_END = object()
+
+
+class _Error:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _Producer:
+    """A thread that turns one epoch's plan, from batch ``first``, into host batches."""
+
+    def __init__(self, loader: ActivationLoader, plan: EpochPlan, first: int):
+        self.loader = loader
+        self.plan = plan
+        self.first = first
+        self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
+        self._stop = threading.Event()
+        self._futures: dict[int, list] = {}
+        self.thread = threading.Thread(target=self._run, name="actstore-loader", daemon=True)
+        self.thread.start()
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Error):
+                raise item.exc
+            yield item
+
+    def stop(self) -> None:
+        self._stop.set()
+        while self.thread.is_alive():
+            try:
+                while True:
+                    self.q.get_nowait()
+            except queue.Empty:
+                pass
+            self.thread.join(timeout=0.05)
+        for futs in self._futures.values():
+            for f in futs:
+                f.cancel()
+        self._futures.clear()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for batch in self._batches():
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(_Error(e))
+
+    # -- windows -------------------------------------------------------------------------
+
+    def _submit(self, w: int) -> None:
+        if w < len(self.plan.windows) and w not in self._futures:
+            fetcher = self.loader._fetcher
+            self._futures[w] = [fetcher.submit(self.loader.blocks[p.block]) for p in self.plan.windows[w]]
+
+    def _window(self, w: int) -> _Window:
+        self._submit(w)
+        self._submit(w + 1)  # decode the next window while this one is served
+        fetched = [f.result() for f in self._futures.pop(w)]
+        loader = self.loader
+        src, local = [], []
+        for k, p in enumerate(self.plan.windows[w]):
+            kept = loader._kept_local.get(p.block)
+            rows = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo:p.hi]
+            src.append(np.full(rows.size, k, dtype=np.int32))
+            local.append(rows)
+        return _Window(fetched, np.concatenate(src), np.concatenate(local))
+
+    def _batches(self):
+        plan, B = self.plan, self.plan.batch_size
+        row, end = self.first * B, plan.yield_rows
+        w = plan.window_of_row(row)
+        parts, have = [], 0
+        while row < end and not self._stop.is_set():
+            win = self._window(w)
+            order = plan.window_order(w)
+            ws = int(plan.window_starts[w])
+            pos, stop = row - ws, min(int(plan.window_starts[w + 1]), end) - ws
+            while pos < stop:
+                take = min(B - have, stop - pos)
+                parts.append((win, order[pos:pos + take]))
+                have += take
+                pos += take
+                if have == B:
+                    yield self._assemble(parts, have)
+                    parts, have = [], 0
+            row = ws + stop
+            w += 1
+        if have and not self._stop.is_set():
+            yield self._assemble(parts, have)
+
+    def _assemble(self, parts: list, n: int) -> dict[str, torch.Tensor]:
+        """Gather ``n`` rows from the windows' decoded blocks into host tensors."""
+        loader = self.loader
+        pin = loader.device.type == "cuda"
+        out = {}
+        for a in loader._arrays:
+            holder = _HOLDER.get(a.dtype, a.dtype)
+            width = int(np.prod(a.row_shape)) if a.row_shape else 1
+            t = torch.empty((n, width), dtype=_torch_dtype(holder), pin_memory=pin)
+            buf = t.numpy()
+            off = 0
+            for win, sel in parts:
+                ids = win.src[sel]
+                rows = win.local[sel] + win.offsets[a.path][ids]
+                _native.gather_rows(win.sources[a.path], ids, rows, out=buf[off:off + sel.size])
+                off += sel.size
+            out[a.path] = t if a.row_shape else t.reshape(-1)
+        if pin:
+            return out
+        return loader._convert(out)
+
+
+def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype

@@ -1,0 +1,45 @@
+"""``dequant_normalize``: stored rows ``[n, d]`` -> normalized floats on their device.
+
+CUDA tensors go to the Triton kernel ``actstore.kernels.dequant_normalize`` (one read of
+the stored bytes, one write). CPU tensors go to the reference
+(``actstore.reference.dequant_normalize``), except the two conversions that need no
+arithmetic beyond a widening: bf16 -> bf16 is a view and bf16 -> float32 with no
+normalization uses the native converter. ``backend`` forces one path: ``reference`` or
+``triton`` (also on CPU tensors under ``TRITON_INTERPRET=1``, how CPU tests check it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _native
+from ..reference.dequant_normalize import LOGICAL, dequant_normalize_reference
+from .capture_pack import triton_available
+
+
+def dequant_normalize(x: torch.Tensor, logical: str, scale: torch.Tensor | None = None,
+                      shift: torch.Tensor | None = None, mul: torch.Tensor | None = None,
+                      out_dtype: torch.dtype = torch.float32, *, backend: str | None = None) -> torch.Tensor:
+    """x ``[n, d]`` stored (int16 bf16 bits, fp16, fp32, uint8 e4m3fn bits or int8), scale
+    ``[n]`` float32 (fp8/int8), shift/mul ``[d]`` float32 -> ``[n, d]`` of ``out_dtype``:
+    ``(decode(x) * scale[:, None] - shift) * mul``, each term optional."""
+    if logical not in LOGICAL:
+        raise ValueError(f"unknown stored dtype {logical!r}: use one of {', '.join(LOGICAL)}")
+    if x.dim() != 2:
+        raise ValueError(f"dequant_normalize: x must be [n, d], got shape {tuple(x.shape)}")
+    if backend is None:
+        backend = "triton" if x.is_cuda and triton_available() else "reference"
+    if backend == "triton":
+        from ..kernels.dequant_normalize import dequant_normalize_fwd
+
+        return dequant_normalize_fwd(x, logical, scale, shift, mul, out_dtype)
+    if backend != "reference":
+        raise ValueError(f"unknown backend {backend!r}: use 'triton' or 'reference'")
+    plain = scale is None and shift is None and mul is None
+    if plain and logical == "bfloat16" and not x.is_cuda:
+        if out_dtype == torch.bfloat16:
+            return x.view(torch.bfloat16)
+        if out_dtype == torch.float32 and x.is_contiguous():
+            return torch.from_numpy(_native.bf16_to_fp32(x.numpy().view(np.uint16)))
+    return dequant_normalize_reference(x, logical, scale, shift, mul, out_dtype)

@@ -1,0 +1,86 @@
+"""Triton kernel of the loader's last step: decode stored rows, scale, shift, multiply.
+
+``out[i, j] = (decode(x[i, j]) * scale[i] - shift[j]) * mul[j]`` in float32, one rounding to
+the output dtype; see ``actstore.reference.dequant_normalize`` (the oracle).
+
+Shapes: x ``[n, d]`` (row stride ``stride_x``, last dim contiguous), scale ``[n]`` float32,
+shift/mul ``[d]`` float32, out ``[n, d]`` contiguous (float32, bfloat16 or float16).
+
+The decodes are integer arithmetic, exact on every backend and Triton version: bf16 bits
+shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
+(no fp8 dtype needed, so the same code runs under TRITON_INTERPRET=1, where fp8 casts
+are unreliable, and on GPUs without native fp8). The kernel is purely memory-bound: one
+read of the stored bytes and one write of the output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Stored kind -> KIND constexpr.
+KINDS = {"bfloat16": 0, "float16": 1, "float32": 1, "int8": 1, "float8_e4m3fn": 2}
+
+
+@triton.jit
+def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr, out_ptr, N, D,
+                                  KIND: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                                  HAS_MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    cmask = cols < D
+    m = rmask[:, None] & cmask[None, :]
+    raw = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=m, other=0)
+    if KIND == 0:
+        # bf16 bits are the upper half of a float32.
+        v = ((raw.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+    elif KIND == 1:
+        v = raw.to(tl.float32)
+    else:
+        # e4m3fn: s eeee mmm, bias 7; exponent 0 is subnormal (m * 2^-9); 0x7F/0xFF are NaN.
+        b = raw.to(tl.int32) & 0xFF
+        e = (b >> 3) & 0xF
+        mant = b & 0x7
+        pow2 = ((e + 117) << 23).to(tl.float32, bitcast=True)  # 2^(e - 10), exact
+        normal = (mant + 8).to(tl.float32) * pow2
+        sub = mant.to(tl.float32) * 0.001953125  # 2^-9
+        mag = tl.where(e == 0, sub, normal)
+        mag = tl.where((e == 15) & (mant == 7), float("nan"), mag)
+        v = tl.where((b & 0x80) != 0, -mag, mag)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
+        v = v * s[:, None]
+    if HAS_SHIFT:
+        sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+        v = v - sh[None, :]
+    if HAS_MUL:
+        mu = tl.load(mul_ptr + cols, mask=cmask, other=0.0)
+        v = v * mu[None, :]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def dequant_normalize_fwd(x: torch.Tensor, logical: str, scale: torch.Tensor | None, shift: torch.Tensor | None,
+                          mul: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the kernel; arguments as in ``actstore.reference.dequant_normalize``."""
+    n, d = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if out is None:
+        out = torch.empty((n, d), dtype=out_dtype, device=x.device)
+    if n == 0 or d == 0:
+        return out
+    # 2D tiles of 4096 elements (16 KiB of fp32 out): enough bytes in flight per program
+    # for a memory-bound kernel, and few programs under the interpreter.
+    block_d = min(256, triton.next_power_of_2(d))
+    block_n = max(1, 4096 // block_d)
+    dummy = x  # never read when the matching HAS_* is False
+    grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
+    _dequant_normalize_fwd_kernel[grid](
+        x, x.stride(0),
+        scale if scale is not None else dummy, shift if shift is not None else dummy,
+        mul if mul is not None else dummy, out, n, d,
+        KIND=KINDS[logical], HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_MUL=mul is not None,
+        BLOCK_N=block_n, BLOCK_D=block_d)
+    return out
