@@ -1,0 +1,328 @@
+"""ActivationLoader on real stores: exactly once per epoch across ranks, determinism,
+resume, multi-hook alignment, flag filtering, dequantization, normalization, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import actstore
+from actstore import ActivationLoader, CorruptDataError, LoaderError, UnknownHookError
+from actstore.loader import EpochPlan
+
+# Two hooks of different widths, so their chunks hold different row counts (a block is
+# one chunk of "narrow" and two of "wide"), and two segments of odd lengths.
+WIDE, NARROW = 40, 20
+SEGMENTS = {"rank00000": 1337, "rank00001": 901}
+
+
+def _acts(tok: np.ndarray, d: int, salt: float) -> torch.Tensor:
+    """Activations that are a known function of the token id (to check alignment)."""
+    g = torch.Generator().manual_seed(int(salt * 1000))
+    base = torch.randn(d, generator=g)
+    t = torch.from_numpy(tok.astype(np.float32))[:, None]
+    return torch.sin(t * 0.37 + base) * (1 + t / 1000.0) + salt
+
+
+def _build(path, dtype="fp32", segments=SEGMENTS):
+    start = 0
+    for seg, n in segments.items():
+        tok = np.arange(start, start + n, dtype=np.int64)
+        with actstore.create(path, {"wide": WIDE, "narrow": NARROW}, segment=seg, dtype=dtype, durable=False,
+                             chunk_bytes=64 * WIDE * 4 if dtype == "fp32" else 64 * WIDE * 2,
+                             chunks_per_shard=4) as w:
+            for lo in range(0, n, 500):  # several appends and commits
+                t = tok[lo:lo + 500]
+                w.append({"wide": _acts(t, WIDE, 1.0), "narrow": _acts(t, NARROW, 2.0)}, tokens=t, doc=t // 50,
+                         pos=t % 50, flags=((t % 50) == 0).astype(np.uint8))
+                w.commit()
+        start += n
+    return actstore.open(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("loader") / "acts")
+
+
+TOTAL = sum(SEGMENTS.values())
+
+
+def _tokens(loader) -> list[np.ndarray]:
+    return [b["token"].numpy().copy() for b in loader]
+
+
+def test_layout_of_the_fixture(store):
+    # The test store must exercise: several blocks per segment, unequal chunk rows.
+    assert store.rows == TOTAL and len(store.segments) == 2
+    assert store.schema.hooks["narrow"].chunk_rows == 2 * store.schema.hooks["wide"].chunk_rows
+    ld = ActivationLoader(store, ["wide", "narrow"], 64, tokens=True, buffer_rows=200)
+    assert ld.block_rows == max(h.chunk_rows for h in store.schema.hooks.values())
+    assert len(ld.blocks) > 10 and ld.window_blocks > 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_row_exactly_once_per_epoch_across_ranks(store, world):
+    per_rank = []
+    for r in range(world):
+        ld = ActivationLoader(store, "wide", 97, tokens=True, seed=3, rank=r, world_size=world, buffer_rows=300)
+        toks = _tokens(ld)
+        assert len(toks) == len(ld)
+        assert all(t.size == 97 for t in toks[:-1]) and 0 < toks[-1].size <= 97
+        per_rank.append(np.concatenate(toks))
+    got = np.concatenate(per_rank)
+    assert got.size == TOTAL and np.array_equal(np.sort(got), np.arange(TOTAL))
+    sizes = [p.size for p in per_rank]
+    assert max(sizes) - min(sizes) <= 1  # balanced to one row
+    if world == 1:
+        assert not np.array_equal(got, np.arange(TOTAL))  # actually shuffled
+
+
+def test_batches_hold_the_stored_rows_of_every_hook(store):
+    ld = ActivationLoader(store, ["wide", "narrow"], 128, tokens=True, seed=5, buffer_rows=256)
+    n = 0
+    for b in ld:
+        t = b["token"].numpy()
+        assert torch.equal(b["wide"], _acts(t, WIDE, 1.0))  # fp32 storage: exact
+        assert torch.equal(b["narrow"], _acts(t, NARROW, 2.0))
+        assert torch.equal(b["doc"], torch.from_numpy(t // 50)) and torch.equal(b["pos"], torch.from_numpy(t % 50).int())
+        assert b["wide"].dtype == torch.float32 and b["token"].dtype == torch.int32
+        n += t.size
+    assert n == TOTAL
+
+
+def test_same_seed_same_batches_other_seed_or_epoch_other_order(store):
+    a = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=11, epochs=2, buffer_rows=300))
+    b = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=11, epochs=2, buffer_rows=300, threads=1,
+                                 prefetch=1))
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=12, buffer_rows=300))
+    assert not np.array_equal(np.concatenate(a[:len(c)]), np.concatenate(c))
+    half = len(a) // 2
+    e0, e1 = np.concatenate(a[:half]), np.concatenate(a[half:])
+    assert np.array_equal(np.sort(e0), np.arange(TOTAL)) and np.array_equal(np.sort(e1), np.arange(TOTAL))
+    assert not np.array_equal(e0, e1)
+
+
+def test_shuffle_mixes_documents(store):
+    # A window spans many blocks: a batch draws from documents all over the window.
+    ld = ActivationLoader(store, "wide", 128, tokens=True, seed=0, buffer_rows=1024)
+    docs = [np.unique(b["doc"].numpy()).size for b in ld]
+    assert np.mean(docs[:-1]) > 15  # rows of 50-token documents from >= 16 blocks
+    ordered = ActivationLoader(store, "wide", 128, tokens=True, shuffle=False)
+    got = np.concatenate(_tokens(ordered))
+    assert np.array_equal(got, np.arange(TOTAL))  # store order
+
+
+@pytest.mark.parametrize("stop_after", [1, 7, 23])
+def test_resume_mid_epoch_gives_the_uninterrupted_batches(store, stop_after):
+    opts = dict(tokens=True, seed=2, epochs=2, buffer_rows=300, rank=1, world_size=2)
+    full = _tokens(ActivationLoader(store, ["wide", "narrow"], 50, **opts))
+    first = ActivationLoader(store, ["wide", "narrow"], 50, **opts)
+    it = iter(first)
+    head = [next(it)["token"].numpy().copy() for _ in range(stop_after)]
+    state = json.loads(json.dumps(first.state_dict()))  # JSON round trip
+    first.close()
+    second = ActivationLoader(store, ["wide", "narrow"], 50, **opts)
+    second.load_state_dict(state)
+    tail = _tokens(second)
+    assert len(head) + len(tail) == len(full)
+    assert all(np.array_equal(x, y) for x, y in zip(head + tail, full))
+
+
+def test_break_and_iterate_again_continues(store):
+    full = _tokens(ActivationLoader(store, "wide", 64, tokens=True, seed=4))
+    ld = ActivationLoader(store, "wide", 64, tokens=True, seed=4)
+    head = []
+    for b in ld:
+        head.append(b["token"].numpy().copy())
+        if len(head) == 5:
+            break
+    rest = _tokens(ld)
+    assert all(np.array_equal(x, y) for x, y in zip(head + rest, full)) and len(head + rest) == len(full)
+
+
+def test_resume_at_an_epoch_boundary_on_another_rank_count(store):
+    one = ActivationLoader(store, "wide", 100, tokens=True, seed=9, epochs=1)
+    _tokens(one)
+    state = one.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 0)
+    got = []
+    for r in range(3):
+        ld = ActivationLoader(store, "wide", 100, tokens=True, seed=9, epochs=2, rank=r, world_size=3)
+        ld.load_state_dict(state)
+        got.append(np.concatenate(_tokens(ld)))
+    assert np.array_equal(np.sort(np.concatenate(got)), np.arange(TOTAL))
+    # The same batches as 3 ranks that ran epoch 0 themselves.
+    ref = ActivationLoader(store, "wide", 100, tokens=True, seed=9, epochs=2, rank=2, world_size=3)
+    ref.set_epoch(1)
+    assert np.array_equal(np.concatenate(_tokens(ref)), got[2])
+
+
+def test_mid_epoch_state_refuses_another_rank_count_or_option(store):
+    ld = ActivationLoader(store, "wide", 100, seed=9, rank=0, world_size=2)
+    it = iter(ld)
+    next(it)
+    state = ld.state_dict()
+    other = ActivationLoader(store, "wide", 100, seed=9, rank=0, world_size=3)
+    with pytest.raises(LoaderError, match=r"mid-epoch .* rank 0 of 2, this is rank 0 of 3; resume with 2 ranks"):
+        other.load_state_dict(state)
+    with pytest.raises(LoaderError, match="batch_size=100, this loader has batch_size=64"):
+        ActivationLoader(store, "wide", 64, seed=9, rank=0, world_size=2).load_state_dict(state)
+    with pytest.raises(LoaderError, match="seed=9, this loader has seed=1"):
+        ActivationLoader(store, "wide", 100, seed=1, rank=0, world_size=2).load_state_dict(state)
+
+
+def test_resume_keeps_the_snapshot_when_the_store_grew(tmp_path):
+    st = _build(tmp_path / "acts", segments={"a": 700})
+    ld = ActivationLoader(st, "wide", 64, tokens=True, seed=1)
+    full = _tokens(ActivationLoader(st, "wide", 64, tokens=True, seed=1))
+    it = iter(ld)
+    head = [next(it)["token"].numpy().copy() for _ in range(3)]
+    state = ld.state_dict()
+    ld.close()
+    with actstore.create(tmp_path / "acts", segment="b", dtype="fp32", durable=False) as w:  # more rows arrive
+        t = np.arange(10_000, 10_300)
+        w.append({"wide": _acts(t, WIDE, 1.0), "narrow": _acts(t, NARROW, 2.0)}, tokens=t)
+    grown = actstore.open(tmp_path / "acts")
+    again = ActivationLoader(grown, "wide", 64, tokens=True, seed=1)
+    assert again.rows == 1000
+    again.load_state_dict(state)
+    assert again.rows == 700
+    assert all(np.array_equal(x, y) for x, y in zip(head + _tokens(again), full))
+
+
+def test_drop_last_gives_every_rank_the_same_full_batches(store):
+    counts = []
+    for r in range(3):
+        toks = _tokens(ActivationLoader(store, "wide", 100, tokens=True, drop_last=True, rank=r, world_size=3))
+        assert all(t.size == 100 for t in toks)
+        counts.append(len(toks))
+    assert counts == [(TOTAL // 3) // 100] * 3
+
+
+def test_drop_flags_filters_rows_and_keeps_exactly_once(store):
+    flagged = np.arange(TOTAL)[np.arange(TOTAL) % 50 == 0]
+    got = []
+    for r in range(2):
+        ld = ActivationLoader(store, "narrow", 77, tokens=True, drop_flags="bos", rank=r, world_size=2)
+        assert ld.rows == TOTAL - flagged.size
+        got.append(np.concatenate(_tokens(ld)))
+    got = np.concatenate(got)
+    assert np.array_equal(np.sort(got), np.setdiff1d(np.arange(TOTAL), flagged))
+    assert ActivationLoader(store, "narrow", 77, drop_flags=actstore.FLAG_BOS).rows == TOTAL - flagged.size
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "bf16", "fp16"])
+def test_quantized_and_half_stores_match_the_reader(tmp_path, dtype):
+    st = _build(tmp_path / "acts", dtype=dtype, segments={"a": 600})
+    for out in (torch.float32, torch.float16):
+        for b in ActivationLoader(st, ["wide", "narrow"], 128, tokens=True, dtype=out, seed=1):
+            rows = b["token"].long()
+            for h in ("wide", "narrow"):
+                assert b[h].dtype == out
+                assert torch.equal(b[h], st.read(h, rows, dtype=torch.float32).to(out))
+
+
+def test_bf16_store_read_as_bf16_is_bit_exact(tmp_path):
+    st = _build(tmp_path / "acts", dtype="bf16", segments={"a": 300})
+    for b in ActivationLoader(st, "wide", 64, tokens=True, dtype=torch.bfloat16):
+        ref = st.read("wide", b["token"].long(), dtype=torch.bfloat16)
+        assert torch.equal(b["wide"].view(torch.int16), ref.view(torch.int16))
+
+
+def test_mean_norm_normalization_follows_saelens(store):
+    ld = ActivationLoader(store, "wide", 256, normalize="mean_norm")
+    factor = ld.scale_factors["wide"]
+    assert factor == pytest.approx(np.sqrt(WIDE) / store.stats("wide")["mean_norm"], rel=1e-6)
+    norms = torch.cat([b.norm(dim=1) for b in ld])
+    assert norms.numel() == TOTAL
+    assert norms.double().mean().item() == pytest.approx(np.sqrt(WIDE), rel=1e-5)
+
+
+def test_standardize_gives_zero_mean_unit_std(store):
+    x = torch.cat(list(ActivationLoader(store, "narrow", 256, normalize="standardize")))
+    assert x.shape == (TOTAL, NARROW)
+    assert x.double().mean(0).abs().max().item() < 1e-5
+    assert torch.allclose(x.double().std(0, unbiased=False), torch.ones(NARROW, dtype=torch.float64), atol=1e-4)
+
+
+def test_plan_is_exactly_once_for_many_shapes():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        kept = rng.integers(0, 40, size=rng.integers(1, 30))
+        world = int(rng.integers(1, 6))
+        B = int(rng.integers(1, 50))
+        seen = []
+        for r in range(world):
+            p = EpochPlan(kept, seed=1, epoch=2, rank=r, world=world, shuffle=True,
+                          window_blocks=int(rng.integers(1, 5)), batch_size=B, drop_last=False)
+            for w, win in enumerate(p.windows):
+                assert sorted(p.window_order(w)) == list(range(sum(x.hi - x.lo for x in win)))
+                seen += [(x.block, i) for x in win for i in range(x.lo, x.hi)]
+            assert p.batches == -(-p.rows // B)
+        want = [(b, i) for b, k in enumerate(kept) for i in range(k)]
+        assert sorted(seen) == want
+
+
+# -- errors --------------------------------------------------------------------------------
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+def test_unknown_hook_is_one_line_naming_the_hooks(store):
+    with pytest.raises(UnknownHookError) as e:
+        ActivationLoader(store, ["wide", "blocks.9"], 10)
+    assert "unknown hook 'blocks.9'" in _one_line(e) and "wide" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, None])
+def test_bad_batch_size_is_one_line(store, bad):
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(store, "wide", bad)
+    assert "batch_size must be a positive integer" in _one_line(e)
+
+
+def test_store_with_no_rows_is_one_line(tmp_path):
+    w = actstore.create(tmp_path / "empty", {"h": 8}, segment="s", durable=False)
+    w.close()
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(tmp_path / "empty", "h", 4)
+    assert "has no committed rows" in _one_line(e)
+
+
+def test_other_bad_options_are_one_line(store):
+    for kwargs, text in [(dict(dtype=torch.int32), "dtype"), (dict(normalize="l2"), "unknown normalize"),
+                         (dict(drop_flags="eos"), "unknown flag 'eos'"), (dict(rank=2, world_size=2), "rank 2"),
+                         (dict(buffer_rows=0), "buffer_rows")]:
+        with pytest.raises(LoaderError) as e:
+            ActivationLoader(store, "wide", 8, **kwargs)
+        assert text in _one_line(e)
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(store, "wide", 8).load_state_dict({"version": 99})
+    assert "not an ActivationLoader state" in _one_line(e)
+
+
+def test_every_row_filtered_is_one_line(tmp_path):
+    with actstore.create(tmp_path / "s", {"h": 8}, segment="s", durable=False) as w:
+        w.append({"h": torch.randn(10, 8)}, flags=np.full(10, actstore.FLAG_BOS, np.uint8))
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(tmp_path / "s", "h", 4, drop_flags="bos")
+    assert "leaves no rows" in _one_line(e)
+
+
+def test_a_corrupt_chunk_is_an_error_naming_it_never_zeros(tmp_path):
+    st = _build(tmp_path / "acts", segments={"a": 600})
+    shard = tmp_path / "acts" / "segments" / "a" / "acts" / "wide" / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[100:120] = bytes(20)  # zero bytes inside the first chunk
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDataError, match=r"segment 'a', array 'acts/wide', chunk 0"):
+        for _ in ActivationLoader(st, "wide", 64, shuffle=False):
+            pass

@@ -1,0 +1,82 @@
+"""The loader's dequantize/normalize kernel against its reference.
+
+Without a GPU the Triton kernel runs under TRITON_INTERPRET=1 (tests/conftest.py). Its
+decodes are integer arithmetic, so every stored dtype must match the reference bit for
+bit, for fp32 and fp16 outputs (bf16 output is checked only on a GPU: the interpreter's
+bf16 downcast truncates, DESIGN.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actstore.ops import dequant_normalize
+from actstore.reference.dequant_normalize import dequant_normalize_reference
+from actstore.reference.quantize import quantize_fp8, quantize_int8
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+OUT = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
+
+
+def _stored(logical: str, x: torch.Tensor):
+    if logical == "float8_e4m3fn":
+        return quantize_fp8(x)
+    if logical == "int8":
+        return quantize_int8(x)
+    if logical == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16), None
+    return x.to(getattr(torch, logical)), None
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.float().nan_to_num(7.0), b.float().nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("logical", ["bfloat16", "float16", "float32", "float8_e4m3fn", "int8"])
+@pytest.mark.parametrize("n,d", [(1, 48), (37, 100), (64, 64), (5, 300)])
+@pytest.mark.parametrize("affine", ["none", "mul", "shift_mul"])
+def test_kernel_matches_reference(logical, n, d, affine):
+    g = torch.Generator().manual_seed(n * 1000 + d)
+    x = torch.randn(n, d, generator=g) * 3
+    stored, scale = _stored(logical, x)
+    shift = torch.randn(d, generator=g) if affine == "shift_mul" else None
+    mul = (torch.rand(d, generator=g) + 0.5) if affine != "none" else None
+    for out in OUT:
+        ref = dequant_normalize_reference(stored, logical, scale, shift, mul, out)
+        mv = lambda t: None if t is None else t.to(DEV)  # noqa: E731
+        got = dequant_normalize(stored.to(DEV), logical, mv(scale), mv(shift), mv(mul), out, backend="triton")
+        assert _same(got.cpu(), ref), (logical, out, (got.cpu().float() - ref.float()).abs().max())
+
+
+def test_every_fp8_code_decodes_exactly_including_nan_and_subnormals():
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(4, 64)
+    ref = dequant_normalize_reference(codes, "float8_e4m3fn")
+    got = dequant_normalize(codes.to(DEV), "float8_e4m3fn", backend="triton").cpu()
+    assert torch.isnan(ref).sum() == 2 and torch.equal(torch.isnan(got), torch.isnan(ref))
+    assert torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0))
+    assert torch.equal(torch.signbit(got), torch.signbit(ref))  # -0.0 stays negative
+
+
+def test_bf16_bits_cover_inf_nan_and_negative_zero():
+    bits = torch.tensor([[0x7F80, 0xFF80, 0x7FC0, 0x8000, 0x0001, 0x3F80, 0xC000, 0x7F7F]], dtype=torch.int32)
+    stored = (bits - (bits >= 0x8000).int() * 0x10000).to(torch.int16)  # the same bits as int16
+    ref = dequant_normalize_reference(stored, "bfloat16")
+    got = dequant_normalize(stored.to(DEV), "bfloat16", backend="triton").cpu()
+    assert torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0)) and torch.equal(torch.isnan(got), torch.isnan(ref))
+    assert torch.equal(torch.signbit(got), torch.signbit(ref))
+
+
+def test_strided_rows_are_read_in_place():
+    x = torch.randn(20, 96)
+    stored = x.to(torch.float16)[:, :80]  # row stride 96, last dim contiguous
+    assert not stored.is_contiguous()
+    ref = dequant_normalize_reference(stored, "float16")
+    got = dequant_normalize(stored.to(DEV), "float16", backend="triton").cpu()
+    assert torch.equal(got, ref)
+
+
+def test_bad_arguments_are_one_line():
+    with pytest.raises(ValueError, match="unknown stored dtype 'float64'"):
+        dequant_normalize(torch.zeros(2, 2), "float64")
+    with pytest.raises(ValueError, match=r"x must be \[n, d\]"):
+        dequant_normalize(torch.zeros(2), "float32")
