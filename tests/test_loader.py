@@ -4,6 +4,8 @@ resume, multi-hook alignment, flag filtering, dequantization, normalization, err
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,42 +15,13 @@ import actstore
 from actstore import ActivationLoader, CorruptDataError, LoaderError, UnknownHookError
 from actstore.loader import EpochPlan
 
-# Two hooks of different widths, so their chunks hold different row counts (a block is
-# one chunk of "narrow" and two of "wide"), and two segments of odd lengths.
-WIDE, NARROW = 40, 20
-SEGMENTS = {"rank00000": 1337, "rank00001": 901}
-
-
-def _acts(tok: np.ndarray, d: int, salt: float) -> torch.Tensor:
-    """Activations that are a known function of the token id (to check alignment)."""
-    g = torch.Generator().manual_seed(int(salt * 1000))
-    base = torch.randn(d, generator=g)
-    t = torch.from_numpy(tok.astype(np.float32))[:, None]
-    return torch.sin(t * 0.37 + base) * (1 + t / 1000.0) + salt
-
-
-def _build(path, dtype="fp32", segments=SEGMENTS):
-    start = 0
-    for seg, n in segments.items():
-        tok = np.arange(start, start + n, dtype=np.int64)
-        with actstore.create(path, {"wide": WIDE, "narrow": NARROW}, segment=seg, dtype=dtype, durable=False,
-                             chunk_bytes=64 * WIDE * 4 if dtype == "fp32" else 64 * WIDE * 2,
-                             chunks_per_shard=4) as w:
-            for lo in range(0, n, 500):  # several appends and commits
-                t = tok[lo:lo + 500]
-                w.append({"wide": _acts(t, WIDE, 1.0), "narrow": _acts(t, NARROW, 2.0)}, tokens=t, doc=t // 50,
-                         pos=t % 50, flags=((t % 50) == 0).astype(np.uint8))
-                w.commit()
-        start += n
-    return actstore.open(path)
-
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from loader_store import NARROW, TOTAL, WIDE, acts, build  # noqa: E402
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return _build(tmp_path_factory.mktemp("loader") / "acts")
+    return build(tmp_path_factory.mktemp("loader") / "acts")
 
-
-TOTAL = sum(SEGMENTS.values())
 
 
 def _tokens(loader) -> list[np.ndarray]:
@@ -86,8 +59,8 @@ def test_batches_hold_the_stored_rows_of_every_hook(store):
     n = 0
     for b in ld:
         t = b["token"].numpy()
-        assert torch.equal(b["wide"], _acts(t, WIDE, 1.0))  # fp32 storage: exact
-        assert torch.equal(b["narrow"], _acts(t, NARROW, 2.0))
+        assert torch.equal(b["wide"], acts(t, WIDE, 1.0))  # fp32 storage: exact
+        assert torch.equal(b["narrow"], acts(t, NARROW, 2.0))
         assert torch.equal(b["doc"], torch.from_numpy(t // 50)) and torch.equal(b["pos"], torch.from_numpy(t % 50).int())
         assert b["wide"].dtype == torch.float32 and b["token"].dtype == torch.int32
         n += t.size
@@ -177,7 +150,7 @@ def test_mid_epoch_state_refuses_another_rank_count_or_option(store):
 
 
 def test_resume_keeps_the_snapshot_when_the_store_grew(tmp_path):
-    st = _build(tmp_path / "acts", segments={"a": 700})
+    st = build(tmp_path / "acts", segments={"a": 700})
     ld = ActivationLoader(st, "wide", 64, tokens=True, seed=1)
     full = _tokens(ActivationLoader(st, "wide", 64, tokens=True, seed=1))
     it = iter(ld)
@@ -186,7 +159,7 @@ def test_resume_keeps_the_snapshot_when_the_store_grew(tmp_path):
     ld.close()
     with actstore.create(tmp_path / "acts", segment="b", dtype="fp32", durable=False) as w:  # more rows arrive
         t = np.arange(10_000, 10_300)
-        w.append({"wide": _acts(t, WIDE, 1.0), "narrow": _acts(t, NARROW, 2.0)}, tokens=t)
+        w.append({"wide": acts(t, WIDE, 1.0), "narrow": acts(t, NARROW, 2.0)}, tokens=t)
     grown = actstore.open(tmp_path / "acts")
     again = ActivationLoader(grown, "wide", 64, tokens=True, seed=1)
     assert again.rows == 1000
@@ -218,7 +191,7 @@ def test_drop_flags_filters_rows_and_keeps_exactly_once(store):
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8", "bf16", "fp16"])
 def test_quantized_and_half_stores_match_the_reader(tmp_path, dtype):
-    st = _build(tmp_path / "acts", dtype=dtype, segments={"a": 600})
+    st = build(tmp_path / "acts", dtype=dtype, segments={"a": 600})
     for out in (torch.float32, torch.float16):
         for b in ActivationLoader(st, ["wide", "narrow"], 128, tokens=True, dtype=out, seed=1):
             rows = b["token"].long()
@@ -228,7 +201,7 @@ def test_quantized_and_half_stores_match_the_reader(tmp_path, dtype):
 
 
 def test_bf16_store_read_as_bf16_is_bit_exact(tmp_path):
-    st = _build(tmp_path / "acts", dtype="bf16", segments={"a": 300})
+    st = build(tmp_path / "acts", dtype="bf16", segments={"a": 300})
     for b in ActivationLoader(st, "wide", 64, tokens=True, dtype=torch.bfloat16):
         ref = st.read("wide", b["token"].long(), dtype=torch.bfloat16)
         assert torch.equal(b["wide"].view(torch.int16), ref.view(torch.int16))
@@ -318,7 +291,7 @@ def test_every_row_filtered_is_one_line(tmp_path):
 
 
 def test_a_corrupt_chunk_is_an_error_naming_it_never_zeros(tmp_path):
-    st = _build(tmp_path / "acts", segments={"a": 600})
+    st = build(tmp_path / "acts", segments={"a": 600})
     shard = tmp_path / "acts" / "segments" / "a" / "acts" / "wide" / "c" / "0" / "0"
     raw = bytearray(shard.read_bytes())
     raw[100:120] = bytes(20)  # zero bytes inside the first chunk
