@@ -198,6 +198,40 @@ def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | No
     return {h: np.load(files[h], mmap_mode="r") for h in hooks}
 
 
+def load_token_columns(context: int = CONTEXT) -> dict[str, np.ndarray]:
+    """The token-aligned columns of the rows :func:`load_activations` returns, in the same
+    order: ``{"token": int32, "doc": int64, "pos": int32, "flags": uint8}``.
+
+    Rebuilt with the tokenizer alone (no forward pass, ~0.5 s), with the same windowing as
+    :func:`actstore.demo.iter_minilm_batches`: each document of ``english_documents()`` is
+    cut into windows of ``context - 2`` tokens, each window stored as ``[CLS] ... [SEP]``
+    (CLS flagged BOS, SEP flagged special, both at position -1), pad rows dropped. Callers
+    should check the row count against the activations. Only for full (``max_tokens=None``)
+    activations.
+    """
+    from actstore.demo import english_documents, minilm_path
+    from actstore.store.format import FLAG_BOS, FLAG_SPECIAL
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    tok.model_max_length = 1 << 30  # whole documents, split below (as the demo does)
+    body = context - 2
+    token, doc, pos, flags = [], [], [], []
+    for doc_id, (_, text) in enumerate(english_documents()):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), body):
+            w = ids[start:start + body]
+            n = len(w)
+            token += [tok.cls_token_id, *w, tok.sep_token_id]
+            doc += [doc_id] * (n + 2)
+            pos += [-1, *range(start, start + n), -1]
+            flags += [FLAG_BOS] + [0] * n + [FLAG_SPECIAL]
+    return {"token": np.asarray(token, dtype=np.int32), "doc": np.asarray(doc, dtype=np.int64),
+            "pos": np.asarray(pos, dtype=np.int32), "flags": np.asarray(flags, dtype=np.uint8)}
+
+
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """fp32 ``[n, d]`` -> bf16 bit patterns as uint16 (round to nearest even, via torch)."""
     import torch

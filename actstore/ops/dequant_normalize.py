@@ -20,10 +20,12 @@ from .capture_pack import triton_available
 
 def dequant_normalize(x: torch.Tensor, logical: str, scale: torch.Tensor | None = None,
                       shift: torch.Tensor | None = None, mul: torch.Tensor | None = None,
-                      out_dtype: torch.dtype = torch.float32, *, backend: str | None = None) -> torch.Tensor:
+                      out_dtype: torch.dtype = torch.float32, *, backend: str | None = None,
+                      threads: int = 0) -> torch.Tensor:
     """x ``[n, d]`` stored (int16 bf16 bits, fp16, fp32, uint8 e4m3fn bits or int8), scale
     ``[n]`` float32 (fp8/int8), shift/mul ``[d]`` float32 -> ``[n, d]`` of ``out_dtype``:
-    ``(decode(x) * scale[:, None] - shift) * mul``, each term optional."""
+    ``(decode(x) * scale[:, None] - shift) * mul``, each term optional. ``threads`` is for
+    the native CPU conversion (0: default)."""
     if logical not in LOGICAL:
         raise ValueError(f"unknown stored dtype {logical!r}: use one of {', '.join(LOGICAL)}")
     if x.dim() != 2:
@@ -41,5 +43,5 @@ def dequant_normalize(x: torch.Tensor, logical: str, scale: torch.Tensor | None 
         if out_dtype == torch.bfloat16:
             return x.view(torch.bfloat16)
         if out_dtype == torch.float32 and x.is_contiguous():
-            return torch.from_numpy(_native.bf16_to_fp32(x.numpy().view(np.uint16)))
+            return torch.from_numpy(_native.bf16_to_fp32(x.numpy().view(np.uint16), threads=threads))
     return dequant_normalize_reference(x, logical, scale, shift, mul, out_dtype)
