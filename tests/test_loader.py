@@ -299,3 +299,17 @@ def test_a_corrupt_chunk_is_an_error_naming_it_never_zeros(tmp_path):
     with pytest.raises(CorruptDataError, match=r"segment 'a', array 'acts/wide', chunk 0"):
         for _ in ActivationLoader(st, "wide", 64, shuffle=False):
             pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the pinned copy and the Triton kernel path")
+@pytest.mark.parametrize("dtype", ["fp8", "bf16"])
+def test_cuda_batches_equal_the_cpu_batches(tmp_path, dtype):
+    st = build(tmp_path / "acts", dtype=dtype, segments={"a": 900})
+    opts = dict(tokens=True, seed=4, normalize="mean_norm", dtype=torch.float32)
+    cpu = list(ActivationLoader(st, ["wide", "narrow"], 100, **opts))
+    gpu = list(ActivationLoader(st, ["wide", "narrow"], 100, device="cuda", **opts))
+    assert len(cpu) == len(gpu)
+    for a, b in zip(cpu, gpu):
+        assert b["wide"].is_cuda and b["token"].is_cuda
+        for k in a:
+            assert torch.equal(a[k], b[k].cpu()), k
