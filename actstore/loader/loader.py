@@ -368,14 +368,14 @@ class ActivationLoader:
             self._active.stop()
             self._active = None
 
-    def _convert(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _convert(self, stored: dict[str, torch.Tensor], threads: int = 0) -> dict[str, torch.Tensor]:
         """Stored rows (on the target device) -> the batch: dequantized, normalized, dtype."""
         out = {}
         for spec in self._specs:
             scale = stored.get(spec.scale_array) if spec.scale_array else None
             shift, mul = self._norm[spec.name]
             out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype.logical, scale, shift, mul, self.dtype,
-                                               threads=self.gather_threads)
+                                               threads=threads)
         if self.tokens:
             for k in TOKEN_KEYS:
                 out[k] = stored[f"tokens/{k}"].reshape(-1)
@@ -425,6 +425,7 @@ class _Window:
 
     def __init__(self, fetched: list[dict], src: np.ndarray, local: np.ndarray):
         paths = fetched[0].keys()
+        self.fetched = fetched
         self.sources = {p: [f[p][0] for f in fetched] for p in paths}
         self.offsets = {p: np.array([f[p][1] for f in fetched], dtype=np.int64) for p in paths}
         self.src = src
@@ -518,6 +519,7 @@ class _Producer:
         row, end = self.first * B, plan.yield_rows
         w = plan.window_of_row(row)
         parts, have = [], 0
+        done: list[_Window] = []  # windows read to the end, released once no batch needs them
         while row < end and not self._stop.is_set():
             win = self._window(w)
             order = plan.window_order(w)
@@ -529,17 +531,30 @@ class _Producer:
                 have += take
                 pos += take
                 if have == B:
-                    yield self._assemble(parts, have)
+                    batch = self._assemble(parts, have)  # a copy: the windows may be reused now
                     parts, have = [], 0
+                    self._release(done)
+                    yield batch
+            done.append(win)
+            if not have:
+                self._release(done)
             row = ws + stop
             w += 1
         if have and not self._stop.is_set():
             yield self._assemble(parts, have)
 
+    def _release(self, done: list) -> None:
+        for win in done:
+            for f in win.fetched:
+                self.loader._fetcher.release(f)
+        done.clear()
+
     def _assemble(self, parts: list, n: int) -> dict[str, torch.Tensor]:
         """Gather ``n`` rows from the windows' decoded blocks into host tensors."""
         loader = self.loader
         pin = loader.device.type == "cuda"
+        # With no window left to decode the pool is idle: gather on every thread.
+        threads = loader.gather_threads if self._futures else loader.threads
         out = {}
         for a in loader._arrays:
             holder = _HOLDER.get(a.dtype, a.dtype)
@@ -550,13 +565,12 @@ class _Producer:
             for win, sel in parts:
                 ids = win.src[sel]
                 rows = win.local[sel] + win.offsets[a.path][ids]
-                _native.gather_rows(win.sources[a.path], ids, rows, out=buf[off:off + sel.size],
-                                    threads=loader.gather_threads)
+                _native.gather_rows(win.sources[a.path], ids, rows, out=buf[off:off + sel.size], threads=threads)
                 off += sel.size
             out[a.path] = t if a.row_shape else t.reshape(-1)
         if pin:
             return out
-        return loader._convert(out)
+        return loader._convert(out, threads)
 
 
 def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:
