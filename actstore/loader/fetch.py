@@ -35,7 +35,7 @@ class BlockFetcher:
     """
 
     def __init__(self, segments: list[SegmentReader], arrays: list[ArraySpec], block_rows: int, threads: int,
-                 cache_chunks: int = 256, keep_free: int = 64):
+                 cache_chunks: int = 256, keep_free: int = 3):
         self.segments = segments
         self.arrays = arrays
         self.block_rows = block_rows
@@ -43,10 +43,12 @@ class BlockFetcher:
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
         self._cache_cap = cache_chunks
         self._lock = threading.Lock()
-        # Block buffers handed back by release(), reused by the next blocks: decoding into
-        # fresh memory page-faults every time (glibc returns big blocks to the OS), which
-        # cost 15-100% of the decode time here (blosc into fresh vs reused 1.5 MiB arrays).
-        self._free: dict[tuple, list[np.ndarray]] = {}
+        # Window slabs handed back by release(), reused by later windows. Decoding into
+        # fresh memory page-faults on every page (glibc returns big blocks to the OS):
+        # blosc into fresh 1.5 MiB arrays cost 15-100% more than into reused ones here.
+        # A slab per window is also >= 4 MiB, for which numpy asks for transparent huge
+        # pages, so even the first window faults 512x less often.
+        self._free: dict[str, list[np.ndarray]] = {}
         self._keep_free = keep_free
         self._shards: OrderedDict[tuple, _Shard] = OrderedDict()
         self._max_open = 64
@@ -54,30 +56,57 @@ class BlockFetcher:
             for a in arrays:
                 seg.check_array(a)
 
-    def submit(self, block: Block) -> Future:
-        return self.pool.submit(self.fetch, block)
+    def submit_window(self, blocks: list[Block]) -> tuple[list[Future], dict[str, np.ndarray]]:
+        """Decode ``blocks`` on the pool into one slab per activation array.
 
-    def fetch(self, block: Block) -> dict[str, tuple[np.ndarray, int]]:
+        Returns the futures of :meth:`fetch` (in block order) and the slabs, to hand back
+        with :meth:`release` once nothing reads the window any more."""
+        slabs, outs = {}, [{} for _ in blocks]
+        for a in self.arrays:
+            if a.chunk_rows > self.block_rows:
+                continue
+            sizes = [-(-b.rows // a.chunk_rows) * a.chunk_rows for b in blocks]
+            base = self._take(a, sum(sizes))
+            slabs[a.path] = base
+            off = 0
+            for out, size in zip(outs, sizes):
+                out[a.path] = base[off:off + size]
+                off += size
+        return [self.pool.submit(self.fetch, b, out) for b, out in zip(blocks, outs)], slabs
+
+    def fetch(self, block: Block, out: dict[str, np.ndarray] | None = None) -> dict[str, tuple[np.ndarray, int]]:
+        """Decode one block; ``out[path]`` (``[padded rows, width]``) receives an activation array."""
         seg = self.segments[block.segment]
-        out = {}
+        got = {}
         for a in self.arrays:
             if a.chunk_rows <= self.block_rows:
-                out[a.path] = (self._decode_block(seg, a, block), 0)
+                buf = out[a.path] if out is not None else self._alloc(a, -(-block.rows // a.chunk_rows) * a.chunk_rows)
+                got[a.path] = (self._decode_block(seg, a, block, buf), 0)
             else:
                 c = block.start // a.chunk_rows
                 chunk = self._cached_chunk(block.segment, a, c)
-                out[a.path] = (chunk, block.start - c * a.chunk_rows)
-        return out
+                got[a.path] = (chunk, block.start - c * a.chunk_rows)
+        return got
 
-    def release(self, fetched: dict[str, tuple[np.ndarray, int]]) -> None:
-        """Hand a fetched block's buffers back for reuse; nothing may read them afterwards."""
+    def release(self, slabs: dict[str, np.ndarray]) -> None:
+        """Hand a window's slabs back for reuse; nothing may read them afterwards."""
         with self._lock:
-            for a in self.arrays:
-                if a.chunk_rows <= self.block_rows:
-                    buf = fetched[a.path][0]
-                    free = self._free.setdefault((buf.shape, buf.dtype.str), [])
-                    if len(free) < self._keep_free:
-                        free.append(buf)
+            for path, base in slabs.items():
+                free = self._free.setdefault(path, [])
+                if len(free) < self._keep_free:
+                    free.append(base)
+
+    def _alloc(self, a: ArraySpec, rows: int) -> np.ndarray:
+        return np.empty((rows, int(np.prod(a.row_shape)) if a.row_shape else 1), dtype=a.dtype)
+
+    def _take(self, a: ArraySpec, rows: int) -> np.ndarray:
+        """A free slab of at least ``rows`` rows (sliced to ``rows``), or a new one."""
+        with self._lock:
+            free = self._free.get(a.path, [])
+            for i, base in enumerate(free):
+                if base.shape[0] >= rows:
+                    return free.pop(i)[:rows]
+        return self._alloc(a, rows)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -99,16 +128,12 @@ class BlockFetcher:
             raise CorruptDataError(f"segment {seg.name!r}, array {a.path!r}, shard {shard} is missing though "
                                    f"committed ({e}); the store is damaged") from None
 
-    def _decode_block(self, seg: SegmentReader, a: ArraySpec, block: Block) -> np.ndarray:
-        """Whole chunks covering the block -> ``[k * chunk_rows, width]`` (rows past the
-        block's end are the chunk's padding, never read)."""
+    def _decode_block(self, seg: SegmentReader, a: ArraySpec, block: Block, buf: np.ndarray) -> np.ndarray:
+        """Whole chunks covering the block into ``buf`` ``[k * chunk_rows, width]`` (rows past
+        the block's end are the chunk's padding, never read)."""
         cr = a.chunk_rows
         first = block.start // cr
         n_chunks = -(-block.rows // cr)
-        shape = (n_chunks * cr, int(np.prod(a.row_shape)) if a.row_shape else 1)
-        with self._lock:
-            free = self._free.get((shape, a.dtype.str))
-            buf = free.pop() if free else np.empty(shape, dtype=a.dtype)
         blocks = buf.reshape(n_chunks * cr, *a.row_shape)
         per_shard = seg.schema.shard_rows // cr
         for shard in range(first // per_shard, (first + n_chunks - 1) // per_shard + 1):

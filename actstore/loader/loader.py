@@ -423,9 +423,9 @@ class _Window:
     (in the block) of the window's kept row ``i``.
     """
 
-    def __init__(self, fetched: list[dict], src: np.ndarray, local: np.ndarray):
+    def __init__(self, fetched: list[dict], slabs: dict[str, np.ndarray], src: np.ndarray, local: np.ndarray):
         paths = fetched[0].keys()
-        self.fetched = fetched
+        self.slabs = slabs
         self.sources = {p: [f[p][0] for f in fetched] for p in paths}
         self.offsets = {p: np.array([f[p][1] for f in fetched], dtype=np.int64) for p in paths}
         self.src = src
@@ -471,7 +471,7 @@ class _Producer:
             except queue.Empty:
                 pass
             self.thread.join(timeout=0.05)
-        for futs in self._futures.values():
+        for futs, _ in self._futures.values():
             for f in futs:
                 f.cancel()
         self._futures.clear()
@@ -498,13 +498,14 @@ class _Producer:
 
     def _submit(self, w: int) -> None:
         if w < len(self.plan.windows) and w not in self._futures:
-            fetcher = self.loader._fetcher
-            self._futures[w] = [fetcher.submit(self.loader.blocks[p.block]) for p in self.plan.windows[w]]
+            blocks = [self.loader.blocks[p.block] for p in self.plan.windows[w]]
+            self._futures[w] = self.loader._fetcher.submit_window(blocks)
 
     def _window(self, w: int) -> _Window:
         self._submit(w)
         self._submit(w + 1)  # decode the next window while this one is served
-        fetched = [f.result() for f in self._futures.pop(w)]
+        futures, slabs = self._futures.pop(w)
+        fetched = [f.result() for f in futures]
         loader = self.loader
         src, local = [], []
         for k, p in enumerate(self.plan.windows[w]):
@@ -512,7 +513,7 @@ class _Producer:
             rows = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo:p.hi]
             src.append(np.full(rows.size, k, dtype=np.int32))
             local.append(rows)
-        return _Window(fetched, np.concatenate(src), np.concatenate(local))
+        return _Window(fetched, slabs, np.concatenate(src), np.concatenate(local))
 
     def _batches(self):
         plan, B = self.plan, self.plan.batch_size
@@ -545,8 +546,7 @@ class _Producer:
 
     def _release(self, done: list) -> None:
         for win in done:
-            for f in win.fetched:
-                self.loader._fetcher.release(f)
+            self.loader._fetcher.release(win.slabs)
         done.clear()
 
     def _assemble(self, parts: list, n: int) -> dict[str, torch.Tensor]:
@@ -559,8 +559,12 @@ class _Producer:
         for a in loader._arrays:
             holder = _HOLDER.get(a.dtype, a.dtype)
             width = int(np.prod(a.row_shape)) if a.row_shape else 1
-            t = torch.empty((n, width), dtype=_torch_dtype(holder), pin_memory=pin)
-            buf = t.numpy()
+            if pin:
+                t = torch.empty((n, width), dtype=_torch_dtype(holder), pin_memory=True)
+                buf = t.numpy()
+            else:  # numpy asks for huge pages for arrays >= 4 MiB: fewer page faults
+                buf = np.empty((n, width), dtype=holder)
+                t = torch.from_numpy(buf)
             off = 0
             for win, sel in parts:
                 ids = win.src[sel]
