@@ -46,7 +46,7 @@ __all__ = [
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 
 def _env_flag(name: str) -> bool:
@@ -369,6 +369,99 @@ def gather_rows(
         return gather_rows_numpy(sources, src_ids, rows, out, threads)
     _C.gather_rows(sources, src_ids, rows, out, threads)
     return out
+
+
+def _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads) -> list:
+    """Validate scatter_rows arguments (same order and messages as the binding)."""
+    fn = "scatter_rows"
+    _threads(threads, fn)
+    src = _ndarray(src, fn, "src")
+    if src.ndim != 2:
+        raise ValueError(f"{fn}: src must be 2-D (rows, cols), got shape {src.shape}")
+    _c_contiguous(src, fn, "src")
+    _plain_data(src, fn, "src")
+    row_bytes = src.itemsize * src.shape[1]
+    rows, dst_ids, dst_rows = (_ndarray(rows, fn, "rows"), _ndarray(dst_ids, fn, "dst_ids"),
+                               _ndarray(dst_rows, fn, "dst_rows"))
+    for name, a, dt, desc in (("rows", rows, np.int64, "int64"), ("dst_ids", dst_ids, np.int32, "int32"),
+                              ("dst_rows", dst_rows, np.int64, "int64")):
+        if a.dtype != dt or a.ndim != 1:
+            raise ValueError(f"{fn}: {name} must be a 1-D {desc} array, got dtype {a.dtype} shape {a.shape}")
+    for name, a in (("rows", rows), ("dst_ids", dst_ids), ("dst_rows", dst_rows)):
+        _c_contiguous(a, fn, name)
+    n = rows.shape[0]
+    if dst_ids.shape[0] != n or dst_rows.shape[0] != n:
+        raise ValueError(f"{fn}: len(rows)={n}, len(dst_ids)={dst_ids.shape[0]} and "
+                         f"len(dst_rows)={dst_rows.shape[0]} must be equal")
+    out = []
+    for k, a in enumerate(dsts):
+        name = f"dsts[{k}]"
+        a = _ndarray(a, fn, name)
+        if a.ndim != 2:
+            raise ValueError(f"{fn}: {name} must be 2-D (rows, cols), got shape {a.shape}")
+        _c_contiguous(a, fn, name)
+        _writeable(a, fn, name)
+        _plain_data(a, fn, name)
+        if a.itemsize * a.shape[1] != row_bytes:
+            raise ValueError(f"{fn}: {name} rows are {a.itemsize * a.shape[1]} bytes ({a.shape[1]} x {a.dtype}) "
+                             f"but src rows are {row_bytes} bytes ({src.shape[1]} x {src.dtype})")
+        if np.may_share_memory(a, src):
+            raise ValueError(f"{fn}: {name} overlaps src in memory")
+        out.append(a)
+    if n:
+        bad = (rows < 0) | (rows >= src.shape[0])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise IndexError(f"{fn}: rows[{i}] = {int(rows[i])} is out of range for src with {src.shape[0]} rows")
+        bad = (dst_ids < 0) | (dst_ids >= len(out))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise IndexError(f"{fn}: dst_ids[{i}] = {int(dst_ids[i])} is out of range for {len(out)} destinations")
+        counts = np.fromiter((a.shape[0] for a in out), dtype=np.int64, count=len(out))
+        bad = (dst_rows < 0) | (dst_rows >= counts[dst_ids])
+        if bad.any():
+            i = int(np.argmax(bad))
+            d = int(dst_ids[i])
+            raise IndexError(f"{fn}: dst_rows[{i}] = {int(dst_rows[i])} is out of range for dsts[{d}] "
+                             f"with {int(counts[d])} rows")
+    return out
+
+
+def scatter_rows_numpy(src: np.ndarray, rows: np.ndarray, dsts: Sequence[np.ndarray], dst_ids: np.ndarray,
+                       dst_rows: np.ndarray, threads: int = 0) -> None:
+    """NumPy version of :func:`scatter_rows` (same arguments, result and errors)."""
+    outs = _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads)
+    if rows.size == 0 or src.nbytes == 0:
+        return
+    src_b = src.view(np.uint8)
+    for k in np.unique(dst_ids):
+        sel = np.flatnonzero(dst_ids == k)
+        outs[int(k)].view(np.uint8)[dst_rows[sel]] = src_b[rows[sel]]
+
+
+def scatter_rows(src: np.ndarray, rows: np.ndarray, dsts: Sequence[np.ndarray], dst_ids: np.ndarray,
+                 dst_rows: np.ndarray, threads: int = 0) -> None:
+    """Scatter rows of one source into several outputs:
+    ``dsts[dst_ids[i]][dst_rows[i], :] = src[rows[i], :]``.
+
+    Args:
+        src: 2-D C-contiguous array ``(rows_src, cols)``.
+        rows: int64 ``(n,)``: row of ``src`` for each entry.
+        dsts: sequence of writable 2-D C-contiguous arrays whose rows are as many bytes
+            as a row of ``src`` (dtypes may differ; bytes are copied unchanged).
+        dst_ids: int32 ``(n,)``: which destination; dst_rows: int64 ``(n,)``: its row.
+        threads: worker threads; 0 = :func:`default_threads`. Copies under 1 MiB run on
+            one thread.
+
+    Raises:
+        IndexError: an index out of range (message names the position, the value and the
+            bound), checked before anything is written.
+        ValueError / TypeError: wrong dtypes, shapes, widths, non-contiguous, read-only
+            or overlapping arrays.
+    """
+    if _C is None:
+        return scatter_rows_numpy(src, rows, dsts, dst_ids, dst_rows, threads)
+    _C.scatter_rows(src, rows, dsts, dst_ids, dst_rows, threads)
 
 
 def fp32_to_bf16(x: np.ndarray, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:

@@ -18,6 +18,7 @@
 #include "actstore/gather.h"
 #include "actstore/moments.h"
 #include "actstore/parallel.h"
+#include "actstore/scatter.h"
 
 namespace py = pybind11;
 
@@ -28,7 +29,7 @@ namespace {
 
 // Bumped whenever a signature or semantics below changes; actstore/_native.py
 // refuses a stale build with a different number.
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
@@ -195,6 +196,101 @@ void gather_rows_py(const py::sequence& sources, const py::object& src_ids_obj,
   if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
 }
 
+void scatter_rows_py(const py::object& src_obj, const py::object& rows_obj, const py::sequence& dsts,
+                     const py::object& dst_ids_obj, const py::object& dst_rows_obj, int threads) {
+  constexpr const char* fn = "scatter_rows";
+  check_threads(threads, fn);
+  py::array src = as_ndarray(src_obj, fn, "src");
+  if (src.ndim() != 2) {
+    throw py::value_error(std::string(fn) + ": src must be 2-D (rows, cols), got shape " + shape_str(src));
+  }
+  require_c_contiguous(src, fn, "src");
+  require_plain_data(src, fn, "src");
+  const std::size_t row_bytes = static_cast<std::size_t>(src.itemsize() * src.shape(1));
+
+  py::array rows = as_ndarray(rows_obj, fn, "rows");
+  py::array dst_ids = as_ndarray(dst_ids_obj, fn, "dst_ids");
+  py::array dst_rows = as_ndarray(dst_rows_obj, fn, "dst_rows");
+  if (!has_dtype<std::int64_t>(rows) || rows.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": rows must be a 1-D int64 array, got dtype " + dtype_name(rows) +
+                          " shape " + shape_str(rows));
+  }
+  if (!has_dtype<std::int32_t>(dst_ids) || dst_ids.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": dst_ids must be a 1-D int32 array, got dtype " +
+                          dtype_name(dst_ids) + " shape " + shape_str(dst_ids));
+  }
+  if (!has_dtype<std::int64_t>(dst_rows) || dst_rows.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": dst_rows must be a 1-D int64 array, got dtype " +
+                          dtype_name(dst_rows) + " shape " + shape_str(dst_rows));
+  }
+  require_c_contiguous(rows, fn, "rows");
+  require_c_contiguous(dst_ids, fn, "dst_ids");
+  require_c_contiguous(dst_rows, fn, "dst_rows");
+  const py::ssize_t n = rows.shape(0);
+  if (dst_ids.shape(0) != n || dst_rows.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": len(rows)=" + std::to_string(n) + ", len(dst_ids)=" +
+                          std::to_string(dst_ids.shape(0)) + " and len(dst_rows)=" +
+                          std::to_string(dst_rows.shape(0)) + " must be equal");
+  }
+
+  const py::ssize_t num_dsts = py::len(dsts);
+  std::vector<py::array> keep;
+  std::vector<actstore::ScatterTarget> targets;
+  keep.reserve(static_cast<std::size_t>(num_dsts));
+  targets.reserve(static_cast<std::size_t>(num_dsts));
+  for (py::ssize_t k = 0; k < num_dsts; ++k) {
+    const std::string name = "dsts[" + std::to_string(k) + "]";
+    py::array a = as_ndarray(dsts[k], fn, name);
+    if (a.ndim() != 2) {
+      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " + shape_str(a));
+    }
+    require_c_contiguous(a, fn, name);
+    require_writeable(a, fn, name);
+    require_plain_data(a, fn, name);
+    const std::size_t width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
+    if (width != row_bytes) {
+      throw py::value_error(std::string(fn) + ": " + name + " rows are " + std::to_string(width) +
+                            " bytes (" + std::to_string(a.shape(1)) + " x " + dtype_name(a) +
+                            ") but src rows are " + std::to_string(row_bytes) + " bytes (" +
+                            std::to_string(src.shape(1)) + " x " + dtype_name(src) + ")");
+    }
+    if (overlaps(a, src)) throw py::value_error(std::string(fn) + ": " + name + " overlaps src in memory");
+    targets.push_back({static_cast<std::byte*>(a.mutable_data()), static_cast<std::int64_t>(a.shape(0))});
+    keep.push_back(std::move(a));
+  }
+
+  const auto* rw = static_cast<const std::int64_t*>(rows.data());
+  const auto* ids = static_cast<const std::int32_t*>(dst_ids.data());
+  const auto* drw = static_cast<const std::int64_t*>(dst_rows.data());
+  const std::int64_t src_rows = src.shape(0);
+  auto raise_index = [&](const actstore::GatherStatus& st, const char* suffix) {
+    const std::int64_t i = st.index;
+    if (st.error == actstore::GatherError::kRow) {
+      throw py::index_error(std::string(fn) + ": rows[" + std::to_string(i) + "] = " + std::to_string(rw[i]) +
+                            " is out of range for src with " + std::to_string(src_rows) + " rows" + suffix);
+    }
+    if (st.error == actstore::GatherError::kSrcId) {
+      throw py::index_error(std::string(fn) + ": dst_ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+                            " is out of range for " + std::to_string(num_dsts) + " destinations" + suffix);
+    }
+    const std::int32_t d = ids[i];
+    const std::string count =
+        (d >= 0 && d < num_dsts) ? std::to_string(targets[static_cast<std::size_t>(d)].rows) : "?";
+    throw py::index_error(std::string(fn) + ": dst_rows[" + std::to_string(i) + "] = " + std::to_string(drw[i]) +
+                          " is out of range for dsts[" + std::to_string(d) + "] with " + count + " rows" + suffix);
+  };
+  const auto checked =
+      actstore::check_scatter_indices(src_rows, rw, targets.data(), num_dsts, ids, drw, n);
+  if (!checked.ok()) raise_index(checked, "");
+  actstore::GatherStatus st;
+  {
+    py::gil_scoped_release release;
+    st = actstore::scatter_rows(static_cast<const std::byte*>(src.data()), src_rows, rw, targets.data(), num_dsts,
+                                ids, drw, n, row_bytes, threads);
+  }
+  if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
+}
+
 // Shared checks of both conversions: C-contiguous, writeable out, equal element
 // counts, no overlap. Dtypes are checked by each caller.
 void check_convert_pair(const py::array& src, const py::array& out, const char* fn) {
@@ -305,6 +401,15 @@ out: writable 2-D C-contiguous array, shape (n, cols).
 threads: worker threads, 0 = default_threads(); under 1 MiB runs single-threaded.
 Raises IndexError for an out-of-range index, ValueError/TypeError for bad
 arrays, before anything is written. Releases the GIL while copying.)doc");
+
+  m.def("scatter_rows", &scatter_rows_py, py::arg("src"), py::arg("rows"), py::arg("dsts"), py::arg("dst_ids"),
+        py::arg("dst_rows"), py::arg("threads") = 0,
+        R"doc(dsts[dst_ids[i]][dst_rows[i], :] = src[rows[i], :] for every i, in place.
+
+src: 2-D C-contiguous array. rows: int64 (n,). dsts: sequence of writable 2-D
+C-contiguous arrays whose rows are as many bytes as src's. dst_ids: int32 (n,).
+dst_rows: int64 (n,). threads: 0 = default_threads(); under 1 MiB single-threaded.
+Raises IndexError / ValueError / TypeError before anything is written. Releases the GIL.)doc");
 
   m.def("fp32_to_bf16", &fp32_to_bf16_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
         R"doc(out = bfloat16 bits of x, round-to-nearest-even, in place.

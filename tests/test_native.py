@@ -572,3 +572,63 @@ def test_stats_precise_when_mean_dwarfs_spread():
     ref = x.float().double()
     np.testing.assert_allclose(st.var, ref.var(0, unbiased=False).numpy(), rtol=1e-6)
     np.testing.assert_allclose(st.mean, ref.mean(0).numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# scatter_rows
+
+SCATTER = {
+    "native": pytest.param(nat.scatter_rows, marks=needs_native, id="native"),
+    "numpy": pytest.param(nat.scatter_rows_numpy, id="numpy"),
+}
+
+
+@pytest.mark.parametrize("impl", SCATTER.values())
+@pytest.mark.parametrize("n,cols,threads", [(0, 8, 0), (1, 3, 1), (777, 384, 0), (20011, 384, 2)])
+def test_scatter_matches_reference(impl, n, cols, threads):
+    rng = np.random.default_rng(n + cols)
+    src = rng.integers(0, 60000, size=(max(n, 1) + 13, cols), dtype=np.uint16)
+    sizes = [n // 3 + 1, n // 2 + 1, n - n // 3 - n // 2 + 5]
+    dsts = [np.full((s, cols), 7, dtype=np.uint16) for s in sizes]
+    # Distinct destination rows: a random injective map into the destinations.
+    slots = np.array([(k, r) for k, s in enumerate(sizes) for r in range(s)])[rng.permutation(sum(sizes))[:n]]
+    dst_ids = slots[:, 0].astype(np.int32) if n else np.zeros(0, np.int32)
+    dst_rows = slots[:, 1].astype(np.int64) if n else np.zeros(0, np.int64)
+    rows = rng.integers(0, src.shape[0], size=n).astype(np.int64)
+    want = [d.copy() for d in dsts]
+    for i in range(n):
+        want[dst_ids[i]][dst_rows[i]] = src[rows[i]]
+    impl(src, rows, dsts, dst_ids, dst_rows, threads=threads)
+    for got, exp in zip(dsts, want):
+        np.testing.assert_array_equal(got, exp)
+
+
+@pytest.mark.parametrize("impl", SCATTER.values())
+@pytest.mark.parametrize("case,exc,msg", [
+    ("row", IndexError, "rows[1] = 10 is out of range for src with 10 rows"),
+    ("dst_id", IndexError, "dst_ids[2] = 2 is out of range for 2 destinations"),
+    ("dst_row", IndexError, "dst_rows[0] = 4 is out of range for dsts[0] with 4 rows"),
+    ("width", ValueError, "dsts[1] rows are 12 bytes (3 x uint32) but src rows are 16 bytes (4 x uint32)"),
+    ("dtype", ValueError, "dst_ids must be a 1-D int32 array"),
+    ("length", ValueError, "len(rows)=3, len(dst_ids)=2 and len(dst_rows)=3 must be equal"),
+])
+def test_scatter_errors_are_one_line_and_write_nothing(impl, case, exc, msg):
+    src = np.arange(40, dtype=np.uint32).reshape(10, 4)
+    dsts = [np.zeros((4, 4), np.uint32), np.zeros((4, 4), np.uint32)]
+    rows, ids, drows = np.array([0, 1, 2], np.int64), np.array([0, 1, 1], np.int32), np.array([1, 2, 3], np.int64)
+    if case == "row":
+        rows[1] = 10
+    elif case == "dst_id":
+        ids[2] = 2
+    elif case == "dst_row":
+        drows[0] = 4
+    elif case == "width":
+        dsts[1] = np.zeros((4, 3), np.uint32)
+    elif case == "dtype":
+        ids = ids.astype(np.int64)
+    elif case == "length":
+        ids = ids[:2]
+    with pytest.raises(exc) as e:
+        impl(src, rows, dsts, ids, drows)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+    assert all(not d.any() for d in dsts)

@@ -21,6 +21,7 @@ enum class GatherError : std::int32_t {
   kNone = 0,
   kSrcId = 1,  // src_ids[index] is outside [0, num_sources)
   kRow = 2,    // rows[index] is outside [0, sources[src_ids[index]].rows)
+  kDstRow = 3,  // scatter only: dst_rows[index] is outside its destination
 };
 
 struct GatherStatus {
