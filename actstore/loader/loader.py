@@ -415,23 +415,6 @@ class ActivationLoader:
                 f"rank={self.rank}/{self.world_size}, epoch={self._epoch}, batch={self._batch})")
 
 
-class _Window:
-    """A window's decoded blocks and where each of its kept rows is.
-
-    ``sources[path]``: one 2-D array per block; ``offsets[path]``: ``[blocks]`` row offset
-    of the block in its source; ``src[i]``, ``local[i]``: block (in the window) and row
-    (in the block) of the window's kept row ``i``.
-    """
-
-    def __init__(self, fetched: list[dict], slabs: dict[str, np.ndarray], src: np.ndarray, local: np.ndarray):
-        paths = fetched[0].keys()
-        self.slabs = slabs
-        self.sources = {p: [f[p][0] for f in fetched] for p in paths}
-        self.offsets = {p: np.array([f[p][1] for f in fetched], dtype=np.int64) for p in paths}
-        self.src = src
-        self.local = local
-
-
 _END = object()
 
 
@@ -449,7 +432,8 @@ class _Producer:
         self.first = first
         self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self._stop = threading.Event()
-        self._futures: dict[int, list] = {}
+        self._futures: dict[int, list] = {}  # window -> futures of its blocks
+        self._buffers: dict[int, dict] = {}  # batch -> host buffers being filled
         self.thread = threading.Thread(target=self._run, name="actstore-loader", daemon=True)
         self.thread.start()
 
@@ -471,7 +455,7 @@ class _Producer:
             except queue.Empty:
                 pass
             self.thread.join(timeout=0.05)
-        for futs, _ in self._futures.values():
+        for futs in self._futures.values():
             for f in futs:
                 f.cancel()
         self._futures.clear()
@@ -496,67 +480,46 @@ class _Producer:
 
     # -- windows -------------------------------------------------------------------------
 
-    def _submit(self, w: int) -> None:
-        if w < len(self.plan.windows) and w not in self._futures:
-            blocks = [self.loader.blocks[p.block] for p in self.plan.windows[w]]
-            self._futures[w] = self.loader._fetcher.submit_window(blocks)
+    def _scatter_window(self, w: int, start: int, end: int) -> list:
+        """Submit the decode-and-scatter of window ``w``'s blocks; returns their futures.
 
-    def _window(self, w: int) -> _Window:
-        self._submit(w)
-        self._submit(w + 1)  # decode the next window while this one is served
-        futures, slabs = self._futures.pop(w)
-        fetched = [f.result() for f in futures]
-        loader = self.loader
-        src, local = [], []
-        for k, p in enumerate(self.plan.windows[w]):
+        Kept row ``j`` of the window goes to stream row ``ws + inv[j]`` (``inv`` inverts
+        the window's order), i.e. batch ``// B``, row ``% B``; rows outside ``[start, end)``
+        (before a resume point, past ``drop_last``) are not read. Batch buffers are made
+        here, before any block writes to them.
+        """
+        plan, B, loader = self.plan, self.plan.batch_size, self.loader
+        ws = int(plan.window_starts[w])
+        n = int(plan.window_starts[w + 1]) - ws
+        inv = np.empty(n, dtype=np.int64)
+        inv[plan.window_order(w)] = np.arange(n, dtype=np.int64)
+        stream = inv + ws
+        b_lo = max(ws, start) // B
+        b_hi = (min(ws + n, end) - 1) // B
+        for b in range(b_lo, b_hi + 1):
+            if b not in self._buffers:
+                self._buffers[b] = self._new_batch(min(B, end - b * B))
+        dsts = {a.path: [self._buffers[b][a.path][1] for b in range(b_lo, b_hi + 1)] for a in loader._arrays}
+        futures, j = [], 0
+        for p in plan.windows[w]:
+            k = p.hi - p.lo
+            rows = stream[j:j + k]
+            keep = (rows >= start) & (rows < end)
             kept = loader._kept_local.get(p.block)
-            rows = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo:p.hi]
-            src.append(np.full(rows.size, k, dtype=np.int32))
-            local.append(rows)
-        return _Window(fetched, slabs, np.concatenate(src), np.concatenate(local))
+            local = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo:p.hi]
+            if not keep.all():
+                rows, local = rows[keep], local[keep]
+            if rows.size:
+                futures.append(loader._fetcher.submit(loader.blocks[p.block], np.ascontiguousarray(local),
+                                                      (rows // B - b_lo).astype(np.int32), rows % B, dsts))
+            j += k
+        return futures
 
-    def _batches(self):
-        plan, B = self.plan, self.plan.batch_size
-        row, end = self.first * B, plan.yield_rows
-        w = plan.window_of_row(row)
-        parts, have = [], 0
-        done: list[_Window] = []  # windows read to the end, released once no batch needs them
-        while row < end and not self._stop.is_set():
-            win = self._window(w)
-            order = plan.window_order(w)
-            ws = int(plan.window_starts[w])
-            pos, stop = row - ws, min(int(plan.window_starts[w + 1]), end) - ws
-            while pos < stop:
-                take = min(B - have, stop - pos)
-                parts.append((win, order[pos:pos + take]))
-                have += take
-                pos += take
-                if have == B:
-                    batch = self._assemble(parts, have)  # a copy: the windows may be reused now
-                    parts, have = [], 0
-                    self._release(done)
-                    yield batch
-            done.append(win)
-            if not have:
-                self._release(done)
-            row = ws + stop
-            w += 1
-        if have and not self._stop.is_set():
-            yield self._assemble(parts, have)
-
-    def _release(self, done: list) -> None:
-        for win in done:
-            self.loader._fetcher.release(win.slabs)
-        done.clear()
-
-    def _assemble(self, parts: list, n: int) -> dict[str, torch.Tensor]:
-        """Gather ``n`` rows from the windows' decoded blocks into host tensors."""
-        loader = self.loader
-        pin = loader.device.type == "cuda"
-        # With no window left to decode the pool is idle: gather on every thread.
-        threads = loader.gather_threads if self._futures else loader.threads
+    def _new_batch(self, n: int) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+        """Host buffers of one batch: ``{path: (tensor, 2-D numpy view)}``, pinned for a GPU."""
+        pin = self.loader.device.type == "cuda"
         out = {}
-        for a in loader._arrays:
+        for a in self.loader._arrays:
             holder = _HOLDER.get(a.dtype, a.dtype)
             width = int(np.prod(a.row_shape)) if a.row_shape else 1
             if pin:
@@ -565,16 +528,37 @@ class _Producer:
             else:  # numpy asks for huge pages for arrays >= 4 MiB: fewer page faults
                 buf = np.empty((n, width), dtype=holder)
                 t = torch.from_numpy(buf)
-            off = 0
-            for win, sel in parts:
-                ids = win.src[sel]
-                rows = win.local[sel] + win.offsets[a.path][ids]
-                _native.gather_rows(win.sources[a.path], ids, rows, out=buf[off:off + sel.size], threads=threads)
-                off += sel.size
-            out[a.path] = t if a.row_shape else t.reshape(-1)
-        if pin:
+            out[a.path] = (t if a.row_shape else t.reshape(-1), buf)
+        return out
+
+    def _batches(self):
+        plan, B = self.plan, self.plan.batch_size
+        start, end = self.first * B, plan.yield_rows
+        if start >= end:
+            return
+        self._buffers: dict[int, dict] = {}
+        w_first, w_last = plan.window_of_row(start), plan.window_of_row(end - 1)
+        emit = self.first
+        for w in range(w_first, w_last + 1):
+            for ww in (w, w + 1):  # decode the next window while this one finishes
+                if ww <= w_last and ww not in self._futures:
+                    self._futures[ww] = self._scatter_window(ww, start, end)
+            for f in self._futures.pop(w):
+                f.result()
+            done = min(int(plan.window_starts[w + 1]), end)  # stream rows [start, done) are in place
+            while emit * B < end and min((emit + 1) * B, end) <= done:
+                if self._stop.is_set():
+                    return
+                yield self._finish(self._buffers.pop(emit))
+                emit += 1
+
+    def _finish(self, bufs: dict) -> dict[str, torch.Tensor]:
+        out = {path: t for path, (t, _) in bufs.items()}
+        if self.loader.device.type == "cuda":
             return out
-        return loader._convert(out, threads)
+        # The CPU conversion runs here; with no window left to decode it takes every thread.
+        loader = self.loader
+        return loader._convert(out, loader.gather_threads if self._futures else loader.threads)
 
 
 def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:
