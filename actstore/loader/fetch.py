@@ -36,8 +36,11 @@ class BlockFetcher:
     parsed indexes and the decoded 1-D chunks are kept between blocks."""
 
     def __init__(self, segments: list[SegmentReader], arrays: list[ArraySpec], block_rows: int, threads: int,
-                 cache_chunks: int = 256):
+                 cache_chunks: int = 256, widen: frozenset[str] = frozenset()):
         self.segments = segments
+        # Arrays of bf16 bits delivered as float32: widened per chunk, in cache, before the
+        # scatter, instead of a second pass over every finished batch.
+        self.widen = widen
         self.arrays = arrays
         self.block_rows = block_rows
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="actstore-load")
@@ -91,20 +94,24 @@ class BlockFetcher:
                     if lo == hi:
                         continue  # no wanted row here (resume point, filtered flags)
                     seg.decode_chunk(a, c, handle.blob, handle.index, out=scratch.reshape(cr, *a.row_shape))
-                    _native.scatter_rows(scratch, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi],
-                                         threads=1)
+                    src = scratch
+                    if a.path in self.widen:
+                        src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
+                    _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi], threads=1)
             finally:
                 self._unuse(handle)
 
-    def _scratch(self, a: ArraySpec) -> np.ndarray:
-        """This thread's decode buffer for ``a``: one chunk, ``[chunk_rows, width]``."""
+    def _scratch(self, a: ArraySpec, dtype=None) -> np.ndarray:
+        """This thread's buffer of one chunk of ``a`` (``[chunk_rows, width]``, ``dtype`` or
+        the stored one)."""
+        dtype = np.dtype(dtype or a.dtype)
         bufs = getattr(self._local, "bufs", None)
         if bufs is None:
             bufs = self._local.bufs = {}
-        buf = bufs.get(a.path)
+        buf = bufs.get((a.path, dtype.str))
         if buf is None:
             width = int(np.prod(a.row_shape)) if a.row_shape else 1
-            buf = bufs[a.path] = np.empty((a.chunk_rows, width), dtype=a.dtype)
+            buf = bufs[(a.path, dtype.str)] = np.empty((a.chunk_rows, width), dtype=dtype)
         return buf
 
     def close(self) -> None:

@@ -348,7 +348,8 @@ class ActivationLoader:
                 self._epoch, self._batch = self._epoch + 1, 0
                 continue
             if self._fetcher is None:
-                self._fetcher = BlockFetcher(self._segments, self._arrays, self.block_rows, self.threads)
+                self._fetcher = BlockFetcher(self._segments, self._arrays, self.block_rows, self.threads,
+                                             widen=self._widened())
             producer = _Producer(self, plan, self._batch)
             self._active = producer
             try:
@@ -363,6 +364,14 @@ class ActivationLoader:
                 if self._active is producer:
                     self._active = None
 
+    def _widened(self) -> frozenset[str]:
+        """Arrays that reach the batch already in their final form: bf16 bits read as plain
+        float32 on the CPU are widened per chunk by the fetcher (see BlockFetcher)."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return frozenset()
+        return frozenset(spec.array for spec in self._specs
+                         if spec.dtype.name == "bf16" and all(t is None for t in self._norm[spec.name]))
+
     def _stop_active(self) -> None:
         if self._active is not None:
             self._active.stop()
@@ -371,7 +380,11 @@ class ActivationLoader:
     def _convert(self, stored: dict[str, torch.Tensor], threads: int = 0) -> dict[str, torch.Tensor]:
         """Stored rows (on the target device) -> the batch: dequantized, normalized, dtype."""
         out = {}
+        widened = self._fetcher.widen if self._fetcher is not None else frozenset()
         for spec in self._specs:
+            if spec.array in widened:
+                out[spec.name] = stored[spec.array]
+                continue
             scale = stored.get(spec.scale_array) if spec.scale_array else None
             shift, mul = self._norm[spec.name]
             out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype.logical, scale, shift, mul, self.dtype,
@@ -519,8 +532,9 @@ class _Producer:
         """Host buffers of one batch: ``{path: (tensor, 2-D numpy view)}``, pinned for a GPU."""
         pin = self.loader.device.type == "cuda"
         out = {}
+        widened = self.loader._fetcher.widen
         for a in self.loader._arrays:
-            holder = _HOLDER.get(a.dtype, a.dtype)
+            holder = np.dtype(np.float32) if a.path in widened else _HOLDER.get(a.dtype, a.dtype)
             width = int(np.prod(a.row_shape)) if a.row_shape else 1
             if pin:
                 t = torch.empty((n, width), dtype=_torch_dtype(holder), pin_memory=True)
