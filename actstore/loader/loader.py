@@ -4,11 +4,12 @@ The order of the rows is the plan's (``actstore.loader.plan``: blocks permuted p
 a contiguous share of the stream per rank, a seeded shuffle window of many blocks). The
 hot path, per window of blocks:
 
-1. a thread pool reads each block's chunks through the shard index and decodes them
-   (``BlockFetcher``; GIL released), one window ahead of the batches being served;
-2. a producer thread gathers each batch's rows from the decoded blocks with the native
-   ``gather_rows`` (GIL released) into a fresh host buffer, pinned when the batches go
-   to a GPU;
+1. a producer thread makes the window's batch buffers (pinned when the batches go to a
+   GPU) and works out where each kept row goes (inverse of the window's permutation);
+2. a thread pool reads each block's chunks through the shard index, decodes each chunk
+   into a per-thread scratch buffer and scatters its rows there with the native
+   ``scatter_rows`` (``BlockFetcher``; GIL released), one window ahead of the batches
+   being served;
 3. on a GPU the consumer copies the stored bytes with ``non_blocking=True`` and the Triton
    ``dequant_normalize`` kernel decodes bf16/fp8/int8, applies the per-row scale and the
    normalization, and writes the asked dtype; on the CPU the producer does that step.
@@ -32,7 +33,6 @@ import threading
 import numpy as np
 import torch
 
-from .. import _native
 from ..ops.dequant_normalize import dequant_normalize
 from ..store.errors import LoaderError, StoreError
 from ..store.format import FLAGS, ArraySpec
@@ -45,7 +45,7 @@ STATE_VERSION = 1
 NORMALIZE = ("mean_norm", "standardize")
 TOKEN_KEYS = ("token", "doc", "pos")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Stored numpy dtype -> the torch dtype of the same width used to hold it (torch has no
+# Stored numpy dtype -> a numpy dtype of the same width that torch can hold (torch has no
 # general uint16 support, and only the bits matter).
 _HOLDER = {np.dtype("uint16"): np.dtype("int16")}
 
