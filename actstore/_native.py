@@ -131,6 +131,31 @@ def _threads(threads, fn: str) -> int:
 _I16 = (np.dtype(np.uint16), np.dtype(np.int16))
 
 
+def _check_row_arrays(arrays, fn: str, label: str, ref: np.ndarray, ref_name: str, *, writeable: bool,
+                      overlap: str) -> list:
+    """Validate a sequence of 2-D row arrays whose rows must be as wide (in bytes) as
+    ``ref``'s and must not overlap it; same checks, order and messages as the binding."""
+    row_bytes = ref.itemsize * ref.shape[1]
+    checked = []
+    for k, a in enumerate(arrays):
+        name = f"{label}[{k}]"
+        a = _ndarray(a, fn, name)
+        if a.ndim != 2:
+            raise ValueError(f"{fn}: {name} must be 2-D (rows, cols), got shape {a.shape}")
+        _c_contiguous(a, fn, name)
+        if writeable:
+            _writeable(a, fn, name)
+        _plain_data(a, fn, name)
+        width = a.itemsize * a.shape[1]
+        if width != row_bytes:
+            raise ValueError(f"{fn}: {name} rows are {width} bytes ({a.shape[1]} x {a.dtype}) "
+                             f"but {ref_name} rows are {row_bytes} bytes ({ref.shape[1]} x {ref.dtype})")
+        if np.may_share_memory(a, ref):
+            raise ValueError(overlap.format(fn=fn, name=name))
+        checked.append(a)
+    return checked
+
+
 def _check_gather(sources, src_ids, rows, out, threads) -> list:
     """Validate gather_rows arguments; return the sources as a list of arrays."""
     fn = "gather_rows"
@@ -162,23 +187,8 @@ def _check_gather(sources, src_ids, rows, out, threads) -> list:
             f"and out.shape[0]={n} must be equal"
         )
 
-    srcs = []
-    for k, a in enumerate(sources):
-        name = f"sources[{k}]"
-        a = _ndarray(a, fn, name)
-        if a.ndim != 2:
-            raise ValueError(f"{fn}: {name} must be 2-D (rows, cols), got shape {a.shape}")
-        _c_contiguous(a, fn, name)
-        _plain_data(a, fn, name)
-        width = a.itemsize * a.shape[1]
-        if width != row_bytes:
-            raise ValueError(
-                f"{fn}: {name} rows are {width} bytes ({a.shape[1]} x {a.dtype}) "
-                f"but out rows are {row_bytes} bytes ({out.shape[1]} x {out.dtype})"
-            )
-        if np.may_share_memory(a, out):
-            raise ValueError(f"{fn}: out overlaps {name} in memory")
-        srcs.append(a)
+    srcs = _check_row_arrays(sources, fn, "sources", out, "out", writeable=False,
+                             overlap="{fn}: out overlaps {name} in memory")
 
     if n:
         # Vectorized bounds checks; report the first bad position like the C++ loop.
@@ -393,21 +403,8 @@ def _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads) -> list:
     if dst_ids.shape[0] != n or dst_rows.shape[0] != n:
         raise ValueError(f"{fn}: len(rows)={n}, len(dst_ids)={dst_ids.shape[0]} and "
                          f"len(dst_rows)={dst_rows.shape[0]} must be equal")
-    out = []
-    for k, a in enumerate(dsts):
-        name = f"dsts[{k}]"
-        a = _ndarray(a, fn, name)
-        if a.ndim != 2:
-            raise ValueError(f"{fn}: {name} must be 2-D (rows, cols), got shape {a.shape}")
-        _c_contiguous(a, fn, name)
-        _writeable(a, fn, name)
-        _plain_data(a, fn, name)
-        if a.itemsize * a.shape[1] != row_bytes:
-            raise ValueError(f"{fn}: {name} rows are {a.itemsize * a.shape[1]} bytes ({a.shape[1]} x {a.dtype}) "
-                             f"but src rows are {row_bytes} bytes ({src.shape[1]} x {src.dtype})")
-        if np.may_share_memory(a, src):
-            raise ValueError(f"{fn}: {name} overlaps src in memory")
-        out.append(a)
+    out = _check_row_arrays(dsts, fn, "dsts", src, "src", writeable=True,
+                            overlap="{fn}: {name} overlaps src in memory")
     if n:
         bad = (rows < 0) | (rows >= src.shape[0])
         if bad.any():

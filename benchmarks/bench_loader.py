@@ -427,21 +427,19 @@ def main(argv=None) -> int:
                           chunk_order))
             return n
 
-        def memmap_epoch():
-            m = np.load(npath, mmap_mode="r")
-            rows = 0
-            for bt in windowed_batches(lambda c: m[c * chunk_rows: min(n, (c + 1) * chunk_rows)], n, chunk_rows,
-                                       buffer_rows, B, SEED):
-                rows += torch.from_numpy(bt.view(np.int16)).view(torch.bfloat16).shape[0]
-            return rows
-
-        def zarr_epoch():
-            arr = zarr.open_array(str(spath / f"segments/{SEGMENT}/acts/{hook}"), mode="r")
+        def chunked_epoch(arr) -> int:
+            """One epoch of windowed shuffled batches read a chunk at a time from ``arr``."""
             rows = 0
             for bt in windowed_batches(lambda c: arr[c * chunk_rows: min(n, (c + 1) * chunk_rows)], n, chunk_rows,
                                        buffer_rows, B, SEED):
                 rows += torch.from_numpy(bt.view(np.int16)).view(torch.bfloat16).shape[0]
             return rows
+
+        def memmap_epoch():
+            return chunked_epoch(np.load(npath, mmap_mode="r"))
+
+        def zarr_epoch():
+            return chunked_epoch(zarr.open_array(str(spath / f"segments/{SEGMENT}/acts/{hook}"), mode="r"))
 
         def saelens_epoch():
             torch.manual_seed(SEED)
