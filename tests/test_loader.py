@@ -313,3 +313,51 @@ def test_cuda_batches_equal_the_cpu_batches(tmp_path, dtype):
         assert b["wide"].is_cuda and b["token"].is_cuda
         for k in a:
             assert torch.equal(a[k], b[k].cpu()), k
+
+
+def test_a_rank_with_no_batch_and_endless_epochs_is_an_error_not_a_hang(tmp_path):
+    st = build(tmp_path / "acts", segments={"a": 10})
+    with pytest.raises(LoaderError) as e:
+        next(iter(ActivationLoader(st, "wide", 16, drop_last=True, epochs=None)))
+    assert "gets no batch" in _one_line(e)
+    # Finite epochs: an empty share simply yields nothing.
+    assert list(ActivationLoader(st, "wide", 4, rank=0, world_size=20, epochs=2)) == []  # rows [0, 10//20)
+
+
+@pytest.mark.parametrize("how", ["iter", "set_epoch", "load_state_dict", "close"])
+def test_an_older_iterator_ends_when_the_loader_is_restarted(store, how):
+    ld = ActivationLoader(store, "wide", 4, tokens=True, prefetch=1, buffer_rows=8, shuffle=False)
+    old = iter(ld)
+    next(old)
+    state = ld.state_dict()
+    if how == "iter":
+        new = iter(ld)
+    elif how == "set_epoch":
+        ld.set_epoch(0)
+    elif how == "load_state_dict":
+        ld.load_state_dict(state)
+    else:
+        ld.close()
+    assert list(old) == []  # ends at once: no hang, no stale batch
+    if how != "close":
+        assert ld.state_dict()["batch"] == (0 if how == "set_epoch" else 1)  # the old one moved nothing
+        got = next(iter(ld) if how != "iter" else new)["token"].numpy()
+        assert np.array_equal(got, np.arange(4) + (0 if how == "set_epoch" else 4))
+
+
+def test_drop_flags_true_is_refused(store):
+    with pytest.raises(LoaderError, match="is not a flag"):
+        ActivationLoader(store, "wide", 8, drop_flags=True)
+
+
+def test_odd_chunks_per_shard_with_unequal_hooks_reads_back(tmp_path):
+    # 3 chunks of the widest hook would split a chunk of the narrower one: shards round up.
+    with actstore.create(tmp_path / "s", {"a": 16, "b": 8}, segment="s", dtype="fp32", durable=False,
+                         chunk_bytes=256, chunks_per_shard=3) as w:
+        t = np.arange(100)
+        w.append({"a": acts(t, 16, 1.0), "b": acts(t, 8, 2.0)}, tokens=t)
+    st = actstore.open(tmp_path / "s")
+    assert all(st.schema.shard_rows % h.chunk_rows == 0 for h in st.schema.hooks.values())
+    for b in ActivationLoader(st, ["a", "b"], 32, tokens=True):
+        assert torch.equal(b["b"], acts(b["token"].numpy(), 8, 2.0))
+    assert torch.equal(st.read("a"), acts(t, 16, 1.0))

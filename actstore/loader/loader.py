@@ -60,6 +60,8 @@ def parse_drop_flags(drop_flags) -> int:
     """None, an int bit mask, or flag names ("bos,special" or a list) -> bit mask."""
     if drop_flags is None:
         return 0
+    if isinstance(drop_flags, bool):
+        raise LoaderError(f"drop_flags={drop_flags} is not a flag: give names ('bos,special') or a bit mask")
     if isinstance(drop_flags, (int, np.integer)) and not isinstance(drop_flags, bool):
         if not 0 <= int(drop_flags) <= 255:
             raise LoaderError(f"drop_flags mask {drop_flags} is not a uint8 bit mask (1 bos, 2 pad, 4 special)")
@@ -128,7 +130,7 @@ class ActivationLoader:
             raise LoaderError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.float16")
         if normalize is not None and normalize not in NORMALIZE:
             raise LoaderError(f"unknown normalize {normalize!r}: use None, 'mean_norm' or 'standardize'")
-        if not isinstance(prefetch, int) or prefetch < 1:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
             raise LoaderError(f"prefetch must be a positive integer, got {prefetch!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -144,6 +146,7 @@ class ActivationLoader:
         self.store: Store = store
         self._fetcher: BlockFetcher | None = None
         self._active = None
+        self._generation = 0
         self._single = isinstance(hooks, str)
         self.hooks = [hooks] if self._single else list(hooks)
         if not self.hooks:
@@ -177,7 +180,7 @@ class ActivationLoader:
         # (which fight the decoders). One per 4 decode threads keeps it ahead of decode
         # (~1 GB/s per thread) on big machines.
         self.gather_threads = max(1, self.threads // 4)
-        self.prefetch = prefetch
+        self.prefetch = int(prefetch)
 
         arrays = {a.path: a for a in self.store.schema.arrays()}
         self._arrays: list[ArraySpec] = []
@@ -342,8 +345,16 @@ class ActivationLoader:
         return self._iterate()
 
     def _iterate(self):
+        # Only the newest iterator moves the position: iter(), set_epoch(), load_state_dict()
+        # and close() stop this one's producer, which ends it at its next step.
+        self._generation += 1
+        gen = self._generation
         while self.epochs is None or self._epoch < self.epochs:
             plan = self.plan(self._epoch)
+            if plan.batches == 0 and self.epochs is None:
+                raise LoaderError(f"rank {self.rank} of {self.world_size} gets no batch of {self.batch_size} rows from "
+                                  f"the {plan.total} rows of an epoch{' (drop_last)' if self.drop_last else ''}, so "
+                                  "epochs=None would never yield; use fewer ranks, a smaller batch_size or finite epochs")
             if self._batch >= plan.batches:
                 self._epoch, self._batch = self._epoch + 1, 0
                 continue
@@ -354,11 +365,15 @@ class ActivationLoader:
             self._active = producer
             try:
                 for host in producer:
+                    if gen != self._generation:
+                        return
                     batch = self._finish(host)
                     self._batch += 1
                     if self._batch >= plan.batches:
                         self._epoch, self._batch = self._epoch + 1, 0
                     yield batch
+                if gen != self._generation:
+                    return
             finally:
                 producer.stop()
                 if self._active is producer:
@@ -373,6 +388,7 @@ class ActivationLoader:
                          if spec.dtype.name == "bf16" and all(t is None for t in self._norm[spec.name]))
 
     def _stop_active(self) -> None:
+        self._generation += 1
         if self._active is not None:
             self._active.stop()
             self._active = None
@@ -460,18 +476,24 @@ class _Producer:
             yield item
 
     def stop(self) -> None:
+        """Stop the thread; an iterator still reading this producer then ends."""
         self._stop.set()
         while self.thread.is_alive():
-            try:
-                while True:
-                    self.q.get_nowait()
-            except queue.Empty:
-                pass
+            self._drain()
             self.thread.join(timeout=0.05)
+        self._drain()  # a batch put just before the thread saw the stop
+        self.q.put_nowait(_END)
         for futs in self._futures.values():
             for f in futs:
                 f.cancel()
         self._futures.clear()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self.q.get_nowait()
+        except queue.Empty:
+            pass
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -557,8 +579,14 @@ class _Producer:
             for ww in (w, w + 1):  # decode the next window while this one finishes
                 if ww <= w_last and ww not in self._futures:
                     self._futures[ww] = self._scatter_window(ww, start, end)
-            for f in self._futures.pop(w):
-                f.result()
+            futures = self._futures.pop(w)
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
             done = min(int(plan.window_starts[w + 1]), end)  # stream rows [start, done) are in place
             while emit * B < end and min((emit + 1) * B, end) <= done:
                 if self._stop.is_set():

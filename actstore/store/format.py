@@ -201,8 +201,8 @@ def make_schema(hooks: dict[str, int], dtype: str = "bf16", codec: str = "zstd",
     """Build a schema for ``hooks`` (name -> width d).
 
     Every array shares one shard row count so that a shard of every array covers the
-    same rows: ``chunks_per_shard`` chunks of the widest hook (a power of two, so a
-    multiple of every chunk row count).
+    same rows: about ``chunks_per_shard`` chunks of the widest hook, rounded up to a whole
+    number of chunks of every hook.
     """
     if not hooks:
         raise StoreError("no hooks given: pass at least one hook name with its width")
@@ -217,7 +217,10 @@ def make_schema(hooks: dict[str, int], dtype: str = "bf16", codec: str = "zstd",
         specs[name] = HookSpec(name, int(d), dt, chunk_rows_for(row_bytes, chunk_bytes))
     min_rows = min(s.chunk_rows for s in specs.values())
     max_rows = max(s.chunk_rows for s in specs.values())
-    shard_rows = max(max_rows, chunks_per_shard * min_rows)
+    # A whole number of chunks of every hook: chunk row counts are powers of two, so a
+    # multiple of the largest is a multiple of all (with chunks_per_shard=3 and chunks of
+    # 4 and 8 rows, 12-row shards would split an 8-row chunk).
+    shard_rows = -(-max(max_rows, chunks_per_shard * min_rows) // max_rows) * max_rows
     return Schema(specs, codec, shard_rows, dict(provenance or {}))
 
 
