@@ -317,6 +317,9 @@ class ActivationLoader:
             raise LoaderError(f"not an ActivationLoader state of version {STATE_VERSION} "
                               f"(got version {state.get('version') if isinstance(state, dict) else type(state).__name__})")
         mine = self.state_dict()
+        missing = [k for k in mine if k not in state] or [h for h in self.hooks if h not in (state.get("norm") or {})]
+        if missing:
+            raise LoaderError(f"the state lacks {missing[0]!r}: it is damaged or not from this loader's hooks")
         for key in ("hooks", "seed", "shuffle", "drop_flags", "normalize"):
             if state[key] != mine[key]:
                 raise LoaderError(f"the state was saved with {key}={state[key]!r}, this loader has {key}={mine[key]!r}; "
