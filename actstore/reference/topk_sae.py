@@ -1,0 +1,105 @@
+"""Pure PyTorch references of the TopK / BatchTopK SAE ops: the test oracle and CPU fallback.
+
+Shapes and layout (the fused ops follow the same convention):
+
+- x ``[n, d]``; ``W_enc`` ``[m, d]`` (one row per latent, as ``nn.Linear.weight``: the
+  encoder tile loads and the sparse encoder gradients then touch contiguous rows);
+  ``b_enc`` ``[m]``; ``pre_bias`` ``[d]`` (subtracted from x before encoding; SAELens and
+  sparsify pass ``b_dec`` here);
+- ``W_dec`` ``[m, d]`` (one row per latent); ``b_dec`` ``[d]``;
+- top-k results: ``values [n, k]`` (after ReLU) and ``indices [n, k]`` int64, each row in
+  descending order of the pre-activation.
+
+Every product is computed in float32 (or float64 when the inputs are float64, for
+gradcheck) and autograd flows through these functions, so their gradients are the
+oracle of the sparse backward kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def check_k(k: int, m: int, name: str = "k") -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    if k > m:
+        raise ValueError(f"{name}={k} is larger than the number of latents m={m}: use {name} <= {m}")
+
+
+def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                    pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - pre_bias) @ W_enc.T + b_enc`` -> ``[n, m]`` in the accumulation dtype."""
+    acc = _acc_dtype(x)
+    xc = x.to(acc)
+    if pre_bias is not None:
+        xc = xc - pre_bias.to(acc)
+    return xc @ W_enc.to(acc).t() + b_enc.to(acc)
+
+
+def topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
+                          pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
+                          k_aux: int = 0):
+    """x ``[n, d]`` -> ``(values [n, k], indices [n, k])``: the k largest pre-activations
+    per row, ReLU applied to them.
+
+    With ``dead_mask`` (``[m]`` bool) and ``k_aux > 0`` also returns the AuxK top-k over
+    the dead latents only: ``(values, indices, aux_values [n, k_aux], aux_indices)``.
+    """
+    check_k(k, W_enc.shape[0])
+    pre = pre_activations(x, W_enc, b_enc, pre_bias)
+    v, i = pre.topk(k, dim=1)
+    out = (torch.relu(v), i)
+    if dead_mask is None or not k_aux:
+        return out
+    check_k(k_aux, W_enc.shape[0], "k_aux")
+    masked = pre.masked_fill(~dead_mask.to(torch.bool)[None, :], float("-inf"))
+    av, ai = masked.topk(k_aux, dim=1)
+    # Rows with fewer dead latents than k_aux get -inf values: they contribute nothing.
+    return out + (torch.relu(av).nan_to_num(0.0, neginf=0.0), ai)
+
+
+def sparse_decode_reference(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
+                            b_dec: torch.Tensor | None = None) -> torch.Tensor:
+    """``values [n, k]``, ``indices [n, k]`` -> ``[n, d] = sum_j values[:, j] W_dec[indices[:, j]] + b_dec``."""
+    acc = _acc_dtype(values)
+    out = torch.einsum("nk,nkd->nd", values.to(acc), W_dec.to(acc)[indices])
+    return out if b_dec is None else out + b_dec.to(acc)
+
+
+def batch_topk_threshold_reference(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The BatchTopK threshold of a batch: the ``n*k``-th largest ReLU'd pre-activation
+    (a 0-d tensor). Kept latents are ``pre > threshold`` (and ``pre > 0``)."""
+    n, m = pre.shape
+    check_k(k, m)
+    flat = torch.relu(pre).flatten()
+    return flat.kthvalue(flat.numel() - n * k + 1).values
+
+
+def batch_topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
+                                pre_bias: torch.Tensor | None = None, threshold: float | None = None):
+    """BatchTopK encode in CSR form: ``(row_ptr [n+1] int64, cols [nnz] int64, vals [nnz],
+    threshold)``. Keeps every latent whose pre-activation exceeds the batch's threshold
+    (``threshold=None``: computed from the batch; a float: the inference-time JumpReLU
+    form) and is positive. Ties at the threshold are dropped, so nnz <= n*k."""
+    pre = pre_activations(x, W_enc, b_enc, pre_bias)
+    t = batch_topk_threshold_reference(pre, k) if threshold is None else torch.tensor(threshold, dtype=pre.dtype)
+    keep = (pre > t) & (pre > 0)
+    rows, cols = keep.nonzero(as_tuple=True)
+    row_ptr = torch.zeros(pre.shape[0] + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(keep.sum(1), 0)
+    return row_ptr, cols, pre[rows, cols], t
+
+
+def csr_decode_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor,
+                         b_dec: torch.Tensor | None = None) -> torch.Tensor:
+    """CSR latents (as from :func:`batch_topk_encode_reference`) -> ``[n, d]``."""
+    n = row_ptr.numel() - 1
+    acc = _acc_dtype(vals)
+    rows = torch.repeat_interleave(torch.arange(n), row_ptr[1:] - row_ptr[:-1])
+    out = torch.zeros(n, W_dec.shape[1], dtype=acc).index_add_(0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols])
+    return out if b_dec is None else out + b_dec.to(acc)
