@@ -73,7 +73,7 @@ def sparse_decode_reference(values: torch.Tensor, indices: torch.Tensor, W_dec: 
 
 def batch_topk_threshold_reference(pre: torch.Tensor, k: int) -> torch.Tensor:
     """The BatchTopK threshold of a batch: the ``n*k``-th largest ReLU'd pre-activation
-    (a 0-d tensor). Kept latents are ``pre > threshold`` (and ``pre > 0``)."""
+    (a 0-d tensor)."""
     n, m = pre.shape
     check_k(k, m)
     flat = torch.relu(pre).flatten()
@@ -83,12 +83,18 @@ def batch_topk_threshold_reference(pre: torch.Tensor, k: int) -> torch.Tensor:
 def batch_topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
                                 pre_bias: torch.Tensor | None = None, threshold: float | None = None):
     """BatchTopK encode in CSR form: ``(row_ptr [n+1] int64, cols [nnz] int64, vals [nnz],
-    threshold)``. Keeps every latent whose pre-activation exceeds the batch's threshold
-    (``threshold=None``: computed from the batch; a float: the inference-time JumpReLU
-    form) and is positive. Ties at the threshold are dropped, so nnz <= n*k."""
+    threshold)``, only positive pre-activations kept.
+
+    ``threshold=None`` (training): the ``n*k`` largest of the batch, ``pre >= t`` with ``t``
+    the ``n*k``-th largest (ties at ``t`` are all kept). A float (inference, the JumpReLU
+    form with one theta): ``pre > threshold``."""
     pre = pre_activations(x, W_enc, b_enc, pre_bias)
-    t = batch_topk_threshold_reference(pre, k) if threshold is None else torch.tensor(threshold, dtype=pre.dtype)
-    keep = (pre > t) & (pre > 0)
+    if threshold is None:
+        t = batch_topk_threshold_reference(pre, k)
+        keep = (pre >= t) & (pre > 0)
+    else:
+        t = torch.tensor(threshold, dtype=pre.dtype)
+        keep = (pre > t) & (pre > 0)
     rows, cols = keep.nonzero(as_tuple=True)
     row_ptr = torch.zeros(pre.shape[0] + 1, dtype=torch.int64)
     row_ptr[1:] = torch.cumsum(keep.sum(1), 0)
