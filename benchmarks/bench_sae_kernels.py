@@ -84,23 +84,19 @@ def main(argv=None) -> int:
             for p in params:
                 p.grad = None
 
-        def step_eager(fwd_only=False):
-            v, i = topk_encode_reference(x, W_enc, b_enc, k, b_dec)
-            out = sparse_decode_reference(v, i, W_dec, b_dec)
-            loss = (out.float() - x.float()).pow(2).sum(1).mean()
-            if not fwd_only:
-                zero()
-                loss.backward()
-            return loss
+        def make_step(encode, decode):
+            """One training step: encode, decode, MSE; backward unless ``fwd_only``."""
+            def step(fwd_only=False):
+                v, i = encode(x, W_enc, b_enc, k, b_dec)
+                loss = (decode(v, i, W_dec, b_dec).float() - x.float()).pow(2).sum(1).mean()
+                if not fwd_only:
+                    zero()
+                    loss.backward()
+                return loss
+            return step
 
-        def step_actstore(fwd_only=False):
-            v, i = topk_encode(x, W_enc, b_enc, k, b_dec)
-            out = sparse_decode(v, i, W_dec, b_dec)
-            loss = (out.float() - x.float()).pow(2).sum(1).mean()
-            if not fwd_only:
-                zero()
-                loss.backward()
-            return loss
+        step_eager = make_step(topk_encode_reference, sparse_decode_reference)
+        step_actstore = make_step(topk_encode, sparse_decode)
 
         variants = {"eager": step_eager, "actstore": step_actstore}
         notes = []
@@ -115,14 +111,14 @@ def main(argv=None) -> int:
                 from sparsify.fused_encoder import fused_encoder
                 from sparsify.utils import decoder_impl
 
-                def step_sparsify(fwd_only=False):
-                    v, i, _ = fused_encoder(x - b_dec, W_enc, b_enc, k, "topk")
-                    out = decoder_impl(i, v.to(W_dec.dtype), W_dec.mT) + b_dec
-                    loss = (out.float() - x.float()).pow(2).sum(1).mean()
-                    if not fwd_only:
-                        zero()
-                        loss.backward()
-                    return loss
+                def sparsify_encode(x, W_enc, b_enc, k, pre_bias):
+                    v, i, _ = fused_encoder(x - pre_bias, W_enc, b_enc, k, "topk")
+                    return v, i
+
+                def sparsify_decode(v, i, W_dec, b_dec):
+                    return decoder_impl(i, v.to(W_dec.dtype), W_dec.mT) + b_dec
+
+                step_sparsify = make_step(sparsify_encode, sparsify_decode)
                 step_sparsify()
                 variants["sparsify"] = step_sparsify
             except Exception as e:  # noqa: BLE001
