@@ -24,8 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from .. import _native
-from ..store.errors import CorruptDataError, StoreError
-from ..store.format import ArraySpec, shard_key
+from ..store.format import ArraySpec
 from ..store.reader import SegmentReader
 from .plan import Block
 
@@ -124,15 +123,6 @@ class BlockFetcher:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _open(self, seg: SegmentReader, a: ArraySpec, shard: int):
-        try:
-            return seg.storage.open_blob(shard_key(seg.name, a, shard))
-        except CorruptDataError:
-            raise
-        except StoreError as e:
-            raise CorruptDataError(f"segment {seg.name!r}, array {a.path!r}, shard {shard} is missing though "
-                                   f"committed ({e}); the store is damaged") from None
-
     def _shard(self, s: int, a: ArraySpec, shard: int) -> "_Shard":
         """The open shard object with its parsed index, kept open across blocks (opening
         and parsing the index for every block cost ~10% of a block's decode)."""
@@ -144,7 +134,7 @@ class BlockFetcher:
                 h.users += 1
                 return h
         seg = self.segments[s]
-        blob = self._open(seg, a, shard)
+        blob = seg.open_shard(a, shard)
         try:
             h = _Shard(blob, seg.shard_index(a, shard, blob))
         except BaseException:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..ops.dequant_normalize import dequant_normalize
-from ..store.errors import LoaderError, StoreError
+from ..store.errors import LoaderError
 from ..store.format import FLAGS, ArraySpec
 from ..store.reader import SegmentReader, Store
 from ..store.writer import default_threads
@@ -175,11 +175,9 @@ class ActivationLoader:
         self.drop_last = bool(drop_last)
         self.buffer_rows = int(buffer_rows)
         self.threads = int(threads) if threads else default_threads()
-        # The producer's gather and CPU conversion run while the pool decodes the next
-        # window: on 2 cores one gather thread measured 6.5 GB/s against 5.0 for two
-        # (which fight the decoders). One per 4 decode threads keeps it ahead of decode
-        # (~1 GB/s per thread) on big machines.
-        self.gather_threads = max(1, self.threads // 4)
+        # Threads of the producer's CPU conversion while the pool still decodes (it gets
+        # them all once decoding is done): few, so that it does not fight the decoders.
+        self.convert_threads = max(1, self.threads // 4)
         self.prefetch = int(prefetch)
 
         arrays = {a.path: a for a in self.store.schema.arrays()}
@@ -256,7 +254,7 @@ class ActivationLoader:
                 st = self.store.stats(spec.name)
                 std = np.asarray(st["std"], dtype=np.float64)
                 shift = torch.from_numpy(np.asarray(st["mean"], dtype=np.float32))
-                mul = torch.from_numpy(np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0).astype(np.float32))
+                mul = torch.from_numpy((1.0 / np.where(std > 0, std, 1.0)).astype(np.float32))  # constant dims: 1
             if mul is not None and self.normalize == "mean_norm":
                 self.scale_factors[spec.name] = float(mul[0])
             self._norm[spec.name] = (None if shift is None else shift.to(self.device),
@@ -337,7 +335,9 @@ class ActivationLoader:
                                   f"{self.world_size}; resume with {state['world_size']} ranks, or from a state "
                                   "saved at an epoch boundary")
         self._stop_active()
-        self._set_snapshot([(n, int(r)) for n, r in state["segments"]])
+        snapshot = [(n, int(r)) for n, r in state["segments"]]
+        if snapshot != self._snapshot:  # the same rows need no new plan (nor a re-read of the flags)
+            self._set_snapshot(snapshot)
         self._set_normalization(state["norm"])
         self._epoch, self._batch = epoch, batch
 
@@ -575,7 +575,6 @@ class _Producer:
         start, end = self.first * B, plan.yield_rows
         if start >= end:
             return
-        self._buffers: dict[int, dict] = {}
         w_first, w_last = plan.window_of_row(start), plan.window_of_row(end - 1)
         emit = self.first
         for w in range(w_first, w_last + 1):
@@ -603,7 +602,7 @@ class _Producer:
             return out
         # The CPU conversion runs here; with no window left to decode it takes every thread.
         loader = self.loader
-        return loader._convert(out, loader.gather_threads if self._futures else loader.threads)
+        return loader._convert(out, loader.convert_threads if self._futures else loader.threads)
 
 
 def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:

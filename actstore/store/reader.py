@@ -54,6 +54,14 @@ class SegmentReader:
             raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json disagrees with the store schema")
         self._checked.add(a.path)
 
+    def open_shard(self, a: ArraySpec, shard: int):
+        """Open shard ``shard`` of array ``a``; a committed shard that is missing is damage."""
+        try:
+            return self.storage.open_blob(shard_key(self.name, a, shard))
+        except StoreError as e:
+            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}, shard {shard} is missing though "
+                                   f"committed ({e}); the store is damaged") from None
+
     def shard_index(self, a: ArraySpec, shard: int, blob) -> np.ndarray:
         """The parsed index of one shard, cached once the shard is full (never rewritten)."""
         key = (a.path, shard)
@@ -109,7 +117,7 @@ class SegmentReader:
         per_shard = self.schema.shard_rows // a.chunk_rows
         for c in chunks:
             s = c // per_shard
-            with self.storage.open_blob(shard_key(self.name, a, s)) as blob:
+            with self.open_shard(a, s) as blob:
                 block = self.decode_chunk(a, c, blob, self.shard_index(a, s, blob))
             c_lo = c * a.chunk_rows
             r0, r1 = max(lo, c_lo), min(hi, c_lo + a.chunk_rows)
@@ -322,21 +330,16 @@ class Store:
             def open_shard(sk):
                 s, sh = sk
                 seg = self.segments[s]
-                blob = self.storage.open_blob(shard_key(seg.name, a, sh))
+                blob = seg.open_shard(a, sh)
                 blobs[sk] = blob  # registered before parsing, so it is closed on error
                 return sk, seg.shard_index(a, sh, blob)
 
             # Wait for every open before acting on an error, so that no blob opened by a
             # still-running task escapes the finally below.
             futures = [self._pool.submit(open_shard, sk) for sk in shards]
-            done = [(f, f.exception()) for f in futures]
-            for f, exc in done:
-                if isinstance(exc, CorruptDataError) or (exc is not None and not isinstance(exc, StoreError)):
-                    raise exc
-            for (s, sh), (f, exc) in zip(shards, done):
-                if exc is not None:
-                    raise CorruptDataError(f"segment {self.segments[s].name!r}, array {a.path!r}, shard {sh} is missing "
-                                           f"though committed ({exc}); the store is damaged") from None
+            for f in futures:
+                if f.exception() is not None:
+                    raise f.exception()
             indexes = dict(f.result() for f in futures)
 
             def decode(sc):
