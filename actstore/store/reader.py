@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -337,6 +337,7 @@ class Store:
             # Wait for every open before acting on an error, so that no blob opened by a
             # still-running task escapes the finally below.
             futures = [self._pool.submit(open_shard, sk) for sk in shards]
+            wait(futures)
             for f in futures:
                 if f.exception() is not None:
                     raise f.exception()
@@ -347,7 +348,10 @@ class Store:
                 sk = (s, c // per_shard)
                 return self.segments[s].decode_chunk(a, c, blobs[sk], indexes[sk])
 
-            return list(self._pool.map(decode, chunks))
+            # Every decode finishes before the finally closes the blobs it reads.
+            futures = [self._pool.submit(decode, sc) for sc in chunks]
+            wait(futures)
+            return [f.result() for f in futures]
         finally:
-            for b in blobs.values():
+            for b in list(blobs.values()):
                 b.close()
