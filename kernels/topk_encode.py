@@ -32,14 +32,51 @@ MAX_KEY = tl.constexpr(2 ** 63 - 1)  # fills the slots past k (KP is a power of 
 
 
 @triton.jit
-def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr,
+def _merge_topk(best, cand, kk, K: tl.constexpr):
+    """Insert the keys of ``cand`` ``[BLOCK_N, BLOCK_M]`` (MIN_KEY where absent) that beat
+    the running set ``best`` ``[BLOCK_N, KP]``, largest first, each replacing the set's
+    minimum. Returns the new set."""
+    thr = tl.min(best, axis=1)
+    cand = tl.where(cand > thr[:, None], cand, MIN_KEY)
+    rounds = tl.minimum(tl.max(tl.sum((cand > MIN_KEY).to(tl.int32), axis=1), axis=0), K)
+    j = 0
+    while j < rounds:
+        top = tl.max(cand, axis=1)
+        low = tl.min(best, axis=1)
+        pos = tl.argmin(best, axis=1)
+        put = (kk[None, :] == pos[:, None]) & (top > low)[:, None]
+        best = tl.where(put, top[:, None], best)
+        cand = tl.where(cand == top[:, None], MIN_KEY, cand)  # keys are unique: removes one
+        j += 1
+    return best
+
+
+@triton.jit
+def _store_topk(best, rows, rmask, kk, val_ptr, idx_ptr, K: tl.constexpr):
+    """Unpack keys into (value float32, column int64) and store ``[BLOCK_N, K]``."""
+    col = 0xFFFFFFFF - (best & 0xFFFFFFFF)
+    ordered = (best >> 32) + 0x80000000
+    bits = tl.where(ordered >= 0x80000000, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
+    val = (bits & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)
+    out = rows.to(tl.int64)[:, None] * K + kk[None, :]
+    omask = rmask[:, None] & (kk < K)[None, :]
+    tl.store(val_ptr + out, val, mask=omask)
+    tl.store(idx_ptr + out, col, mask=omask)
+
+
+@triton.jit
+def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, dead_ptr, aval_ptr, aidx_ptr,
                             N, D, M, stride_x, stride_w,
-                            K: tl.constexpr, KP: tl.constexpr, IEEE: tl.constexpr,
+                            K: tl.constexpr, KP: tl.constexpr, KA: tl.constexpr, KAP: tl.constexpr,
+                            IEEE: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     kk = tl.arange(0, KP)
     best = tl.where((kk < K)[None, :], tl.full((BLOCK_N, KP), MIN_KEY, dtype=tl.int64), MAX_KEY)
+    ka = tl.arange(0, KAP)
+    # AuxK: a second running set over the dead latents only, from the same tiles (KA=0: off).
+    aux = tl.where((ka < KA)[None, :], tl.full((BLOCK_N, KAP), MIN_KEY, dtype=tl.int64), MAX_KEY)
     for m0 in range(0, M, BLOCK_M):
         cols = m0 + tl.arange(0, BLOCK_M)
         cmask = cols < M
@@ -60,31 +97,24 @@ def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr,
         bits = acc.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
         ordered = tl.where(bits < 0x80000000, bits | 0x80000000, bits ^ 0xFFFFFFFF)
         keys = ((ordered - 0x80000000) << 32) + (0xFFFFFFFF - cols.to(tl.int64))[None, :]
-        thr = tl.min(best, axis=1)
-        cand = tl.where(cmask[None, :] & (keys > thr[:, None]), keys, MIN_KEY)
-        rounds = tl.minimum(tl.max(tl.sum((cand > MIN_KEY).to(tl.int32), axis=1), axis=0), K)
-        j = 0
-        while j < rounds:
-            top = tl.max(cand, axis=1)
-            low = tl.min(best, axis=1)
-            pos = tl.argmin(best, axis=1)
-            put = (kk[None, :] == pos[:, None]) & (top > low)[:, None]
-            best = tl.where(put, top[:, None], best)
-            cand = tl.where(cand == top[:, None], MIN_KEY, cand)  # keys are unique: removes one
-            j += 1
-    col = 0xFFFFFFFF - (best & 0xFFFFFFFF)
-    ordered = (best >> 32) + 0x80000000
-    bits = tl.where(ordered >= 0x80000000, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
-    val = (bits & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)
-    out = rows.to(tl.int64)[:, None] * K + kk[None, :]
-    omask = rmask[:, None] & (kk < K)[None, :]
-    tl.store(val_ptr + out, val, mask=omask)
-    tl.store(idx_ptr + out, col, mask=omask)
+        best = _merge_topk(best, tl.where(cmask[None, :], keys, MIN_KEY), kk, K)
+        if KA > 0:
+            dead = tl.load(dead_ptr + cols, mask=cmask, other=0) != 0
+            aux = _merge_topk(aux, tl.where((cmask & dead)[None, :], keys, MIN_KEY), ka, KA)
+    _store_topk(best, rows, rmask, kk, val_ptr, idx_ptr, K)
+    if KA > 0:
+        _store_topk(aux, rows, rmask, ka, aval_ptr, aidx_ptr, KA)
 
 
 def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                    pre_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused encoder + top-k; returns ``(values [n, k] float32, indices [n, k] int64)``."""
+                    pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
+                    k_aux: int = 0):
+    """Launch the fused encoder + top-k.
+
+    Returns ``(values [n, k] float32, indices [n, k] int64, aux_values [n, k_aux],
+    aux_indices [n, k_aux])``, each row descending, ReLU applied. The aux pair is the top-k
+    over latents where ``dead_mask`` ``[m]`` is true (empty when ``k_aux`` is 0); a row
+    with fewer dead latents than ``k_aux`` fills the rest with value 0 (a -inf key)."""
     n, d = x.shape
     m = W_enc.shape[0]
     if x.stride(1) != 1:
@@ -98,21 +128,34 @@ def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
     b = b_enc.to(torch.float32)
     if pre_bias is not None:
         b = b - W_enc.to(torch.float32) @ pre_bias.to(torch.float32)
+    ka = k_aux if dead_mask is not None else 0
     values = torch.empty((n, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
+    aux_values = torch.empty((n, ka), dtype=torch.float32, device=x.device)
+    aux_indices = torch.empty((n, ka), dtype=torch.int64, device=x.device)
     if n == 0:
-        return values, indices
-    kp = triton.next_power_of_2(k)
+        return values, indices, aux_values, aux_indices
+    dead = dead_mask.to(torch.int8).contiguous() if ka else values  # unused pointer when KA=0
     # Tiles: 16 rows (the smallest tl.dot), 64 latents, d in tiles of 16-64. GPU tuning
     # is owed (no GPU in this session).
     block_m = 64
     block_d = min(64, max(16, triton.next_power_of_2(d)))
     grid = (triton.cdiv(n, 16),)
     _topk_encode_fwd_kernel[grid](
-        x, W_enc, b.contiguous(), values, indices,
+        x, W_enc, b.contiguous(), values, indices, dead, aux_values, aux_indices,
         n, d, m, x.stride(0), W_enc.stride(0),
-        K=k, KP=kp, IEEE=x.dtype == torch.float32,
+        K=k, KP=triton.next_power_of_2(k), KA=ka, KAP=triton.next_power_of_2(max(ka, 1)),
+        IEEE=x.dtype == torch.float32,
         BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=block_d)
     # Descending per row; ReLU as torch.relu (NaN stays NaN, sorted first like torch.topk).
     values, order = values.sort(dim=1, descending=True)
-    return torch.relu(values), indices.gather(1, order)
+    values, indices = torch.relu(values), indices.gather(1, order)
+    if ka:
+        # Slots left empty (a row with fewer dead latents than k_aux) decode to a column
+        # past m: make them latent 0 with value 0, which adds nothing and gets no gradient.
+        empty = aux_indices >= m
+        aux_values = aux_values.masked_fill(empty, float("-inf"))
+        aux_values, order = aux_values.sort(dim=1, descending=True)
+        aux_values = torch.relu(aux_values)
+        aux_indices = aux_indices.masked_fill(empty, 0).gather(1, order)
+    return values, indices, aux_values, aux_indices

@@ -1,86 +1,118 @@
-"""``topk_encode``: SAE encoder + top-k, with a sparse backward.
+"""``topk_encode``: SAE encoder + top-k (+ AuxK), with a sparse backward.
 
-Forward: CUDA tensors go to the fused Triton kernel ``actstore.kernels.topk_encode`` (the
-``[n, m]`` pre-activations never reach memory); others to
-``actstore.reference.topk_sae.topk_encode_reference``. ``backend`` forces ``triton`` (also
-on CPU tensors under TRITON_INTERPRET=1) or ``reference``.
+Forward: the fused Triton kernel ``actstore.kernels.topk_encode`` for CUDA tensors (the
+``[n, m]`` pre-activations never reach memory; the AuxK top-k over dead latents comes out
+of the same pass); ``actstore.reference.topk_sae.topk_encode_reference`` otherwise.
+``backend`` forces ``triton`` (also on CPU tensors under TRITON_INTERPRET=1) or
+``reference``.
 
-Backward, through the k selected latents only (O(n*k*d), no dense ``[n, m]`` tensor):
-with ``g [n, k]`` the gradient of the values, masked where ReLU was inactive,
+Backward (``actstore.ops.encoder_grads``): through the k (+ k_aux) selected latents only,
+``O(n (k + k_aux) d)``, with the gradient of a value masked where ReLU was inactive.
 
-- ``grad_x = sum_j g[:, j] W_enc[idx[:, j]]`` (``[n, d]``), ``grad_pre_bias = -grad_x.sum(0)``;
-- ``grad_W_enc[idx[i, j]] += g[i, j] (x[i] - pre_bias)`` (rows of ``[m, d]``, index_add);
-- ``grad_b_enc[idx[i, j]] += g[i, j]``.
-
-These are PyTorch index ops for now (``embedding_bag`` and ``index_add_``); fused Triton
-backward kernels are owed. Shapes and layout: ``actstore.reference.topk_sae``.
+Registered as the ``torch.library`` custom op ``actstore::topk_encode`` with its autograd,
+so ``torch.compile(fullgraph=True)`` traces through it. Shapes and layout:
+``actstore.reference.topk_sae``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..reference.topk_sae import check_k, topk_encode_reference
-from .capture_pack import triton_available
+from ._dispatch import check_accumulate, resolve_backend, value_dtype
+from .encoder_grads import encoder_grads
 
 
-def _check(x, W_enc, b_enc, k, pre_bias):
+@torch.library.custom_op("actstore::topk_encode", mutates_args=())
+def _topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None,
+                    dead_mask: torch.Tensor | None, k: int, k_aux: int, backend: str,
+                    accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "triton" and x.dtype != torch.float64:
+        from ..kernels.topk_encode import topk_encode_fwd
+
+        return topk_encode_fwd(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    out = topk_encode_reference(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    if len(out) == 2:
+        out = out + (out[0].new_empty((x.shape[0], 0)), out[1].new_empty((x.shape[0], 0)))
+    return tuple(t.contiguous() for t in out)
+
+
+@_topk_encode_op.register_fake
+def _(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate):
+    n = x.shape[0]
+    ka = k_aux if dead_mask is not None else 0
+    vd = value_dtype(x)
+    return (x.new_empty((n, k), dtype=vd), x.new_empty((n, k), dtype=torch.int64),
+            x.new_empty((n, ka), dtype=vd), x.new_empty((n, ka), dtype=torch.int64))
+
+
+def _setup_context(ctx, inputs, output):
+    x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate = inputs
+    values, indices, aux_values, aux_indices = output
+    ctx.save_for_backward(x, W_enc, pre_bias, values, indices, aux_values, aux_indices)
+    ctx.backend, ctx.accumulate = backend, accumulate
+    ctx.mark_non_differentiable(indices, aux_indices)
+
+
+def _backward(ctx, grad_values, _gi, grad_aux, _gai):
+    x, W_enc, pre_bias, values, indices, aux_values, aux_indices = ctx.saved_tensors
+    n = x.shape[0]
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    gs, vs, cs = [], [], []
+    for grad, v, idx in ((grad_values, values, indices), (grad_aux, aux_values, aux_indices)):
+        if grad is not None and v.shape[1]:
+            gs.append(torch.where(v > 0, grad.to(v.dtype), zero))
+            cs.append(idx)
+    needs = tuple(ctx.needs_input_grad[:4])
+    if not gs:
+        return (None,) * 9
+    g = torch.cat(gs, 1) if len(gs) > 1 else gs[0]
+    cols = torch.cat(cs, 1) if len(cs) > 1 else cs[0]
+    kt = g.shape[1]
+    row_ptr = torch.arange(n + 1, device=x.device) * kt
+    rows = torch.arange(n, device=x.device).repeat_interleave(kt)
+    grads = encoder_grads(needs, x, W_enc, pre_bias, row_ptr, rows, cols.reshape(-1), g.reshape(-1),
+                          ctx.backend, ctx.accumulate)
+    return grads + (None,) * 5
+
+
+_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux):
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
         raise ValueError(f"topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}")
-    if b_enc.shape != (W_enc.shape[0],):
-        raise ValueError(f"topk_encode: b_enc must be [m={W_enc.shape[0]}], got {tuple(b_enc.shape)}")
+    m = W_enc.shape[0]
+    if b_enc.shape != (m,):
+        raise ValueError(f"topk_encode: b_enc must be [m={m}], got {tuple(b_enc.shape)}")
     if pre_bias is not None and pre_bias.shape != (x.shape[1],):
         raise ValueError(f"topk_encode: pre_bias must be [d={x.shape[1]}], got {tuple(pre_bias.shape)}")
-    check_k(k, W_enc.shape[0])
-
-
-class _TopKEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, pre_bias, k, backend):
-        if backend == "triton":
-            from ..kernels.topk_encode import topk_encode_fwd
-
-            values, indices = topk_encode_fwd(x, W_enc, b_enc, k, pre_bias)
-        else:
-            with torch.no_grad():
-                values, indices = topk_encode_reference(x, W_enc, b_enc, k, pre_bias)
-        ctx.save_for_backward(x, W_enc, pre_bias, values, indices)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_indices):
-        x, W_enc, pre_bias, values, indices = ctx.saved_tensors
-        acc = values.dtype
-        g = torch.where(values > 0, grad_values.to(acc), torch.zeros((), dtype=acc, device=values.device))
-        grad_x = grad_W = grad_b = grad_pb = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            # sum_j g[:, j] W_enc[idx[:, j]] without an [n, k, d] tensor.
-            gx = F.embedding_bag(indices, W_enc.to(acc), per_sample_weights=g, mode="sum")
-            grad_x = gx.to(x.dtype) if ctx.needs_input_grad[0] else None
-            grad_pb = (-gx.sum(0)).to(pre_bias.dtype) if ctx.needs_input_grad[3] else None
-        if ctx.needs_input_grad[1]:
-            xc = x.to(acc) if pre_bias is None else x.to(acc) - pre_bias.to(acc)
-            flat = indices.reshape(-1)
-            rows = (g[:, :, None] * xc[:, None, :]).reshape(-1, x.shape[1])
-            grad_W = torch.zeros(W_enc.shape, dtype=acc, device=x.device).index_add_(0, flat, rows).to(W_enc.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_enc.shape[0], dtype=acc, device=x.device).index_add_(0, indices.reshape(-1),
-                                                                                       g.reshape(-1))
-        return grad_x, grad_W, grad_b, grad_pb, None, None
+    check_k(k, m)
+    if dead_mask is not None:
+        if dead_mask.shape != (m,) or dead_mask.dtype != torch.bool:
+            raise ValueError(f"topk_encode: dead_mask must be a [m={m}] bool tensor, got {tuple(dead_mask.shape)} "
+                             f"{dead_mask.dtype}")
+        check_k(k_aux, m, "k_aux")
 
 
 def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                pre_bias: torch.Tensor | None = None, *, backend: str | None = None):
+                pre_bias: torch.Tensor | None = None, *, dead_mask: torch.Tensor | None = None, k_aux: int = 0,
+                backend: str | None = None, accumulate: str = "sorted"):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(values [n, k], indices [n, k])``:
     the k largest of ``(x - pre_bias) @ W_enc.T + b_enc`` per row, ReLU applied, in
-    descending order. Differentiable in x, W_enc, b_enc and pre_bias.
+    descending order (values float32; float64 for float64 x). Differentiable in x, W_enc,
+    b_enc and pre_bias.
+
+    With ``dead_mask`` (``[m]`` bool) and ``k_aux`` >= 1, also the AuxK top-k over the dead
+    latents from the same pass: ``(values, indices, aux_values [n, k_aux], aux_indices)``;
+    slots a row cannot fill (fewer dead latents than k_aux) hold value 0. Gradients flow
+    through both sets. ``accumulate``: ``sorted`` (deterministic) or ``atomic`` weight
+    gradients on the Triton backend.
 
     Raises ValueError (one line) for k < 1, k > m, or mismatched shapes."""
-    _check(x, W_enc, b_enc, k, pre_bias)
-    if backend is None:
-        backend = "triton" if x.is_cuda and triton_available() else "reference"
-    if backend not in ("triton", "reference"):
-        raise ValueError(f"unknown backend {backend!r}: use 'triton' or 'reference'")
-    return _TopKEncode.apply(x, W_enc, b_enc, pre_bias, k, backend)
+    _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    backend = resolve_backend(x, backend)
+    check_accumulate(accumulate)
+    out = _topk_encode_op(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux if dead_mask is not None else 0, backend,
+                          accumulate)
+    return out if dead_mask is not None else out[:2]

@@ -1,0 +1,153 @@
+"""``batch_topk_encode``: BatchTopK SAE encode in CSR form, and its fixed-threshold
+inference path (the JumpReLU form with one theta), with the sparse encoder backward.
+
+Training (``threshold=None``) keeps the ``n*k`` largest ReLU'd pre-activations of the
+whole batch: ``pre >= t`` with ``t`` their ``n*k``-th largest. Inference keeps
+``pre > threshold``. Only positive values are kept.
+
+Triton path, one encoder GEMM and no ``[n, m]`` tensor:
+
+1. the fused encoder + top-k kernel (``actstore.kernels.topk_encode``) keeps each row's
+   ``c = cand_factor * k`` largest candidates;
+2. training: ``t`` = the ``n*k``-th largest candidate, by radix select
+   (``actstore.kernels.radix_select``: byte histograms, no sort);
+3. a row whose c-th candidate still passes the test may hold more passing latents than
+   it kept: such rows (rare at ``cand_factor`` 4) are recomputed densely, in slices of
+   rows, and for training ``t`` is re-selected with their full rows in. ``t`` can only
+   rise, so the rows that were complete stay complete: the result is exact;
+4. the passing candidates become CSR (row order; within a row, descending value).
+
+Reference (other devices, float64): ``actstore.reference.topk_sae.batch_topk_encode_reference``
+(within a row, ascending latent). Registered as the custom op
+``actstore::batch_topk_encode`` (the nnz is data-dependent) with its autograd.
+Returns ``(row_ptr [n+1] int64, cols [nnz] int64, vals [nnz] float32, threshold 0-d)``;
+vals are differentiable in x, W_enc, b_enc and pre_bias.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reference.sparse_matmul import rows_of
+from ..reference.topk_sae import batch_topk_encode_reference, check_k
+from ._dispatch import check_accumulate, resolve_backend, value_dtype
+from .encoder_grads import encoder_grads
+from .kth_largest import kth_largest
+
+_DENSE_ROWS = 1024  # rows per slice of the dense fallback: 1024 x m float32
+
+
+def _dense_rows(x, W_enc, b, rows):
+    """Pre-activations ``[len(rows), m]`` float32 of some rows (b has pre_bias folded in)."""
+    return x[rows].to(torch.float32) @ W_enc.to(torch.float32).t() + b
+
+
+def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k):
+    from ..kernels.topk_encode import topk_encode_fwd
+
+    n, m = x.shape[0], W_enc.shape[0]
+    dev = x.device
+    c = min(m, cand_k)
+    v, i, _, _ = topk_encode_fwd(x, W_enc, b_enc, c, pre_bias)  # [n, c], ReLU'd, descending
+    if threshold is None:
+        t = kth_largest(v.reshape(-1), n * k, "triton")
+        passes = lambda a: (a >= t) & (a > 0)  # noqa: E731
+    else:
+        t = torch.tensor(float(threshold), dtype=torch.float32, device=dev)
+        passes = lambda a: (a > t) & (a > 0)  # noqa: E731
+    last = v[:, -1]
+    bad = passes(last) if c < m else torch.zeros(n, dtype=torch.bool, device=dev)
+    bad_rows = bad.nonzero().reshape(-1)  # the one host sync (CSR sizes need one anyway)
+    extra_r, extra_c, extra_v = [], [], []
+    if bad_rows.numel():
+        b = b_enc.to(torch.float32)
+        if pre_bias is not None:
+            b = b - W_enc.to(torch.float32) @ pre_bias.to(torch.float32)
+        floor = t  # every passing value of a bad row is >= the current t (t only rises)
+        for s in range(0, bad_rows.numel(), _DENSE_ROWS):
+            rs = bad_rows[s:s + _DENSE_ROWS]
+            pre = _dense_rows(x, W_enc, b, rs)
+            keep = (pre >= floor) & (pre > 0) if threshold is None else passes(pre)
+            r, col = keep.nonzero(as_tuple=True)
+            extra_r.append(rs[r]), extra_c.append(col), extra_v.append(pre[r, col])
+        if threshold is None:
+            good_v = v[~bad].reshape(-1)
+            t = kth_largest(torch.cat([good_v] + extra_v), n * k, "triton") if good_v.numel() + sum(
+                e.numel() for e in extra_v) >= n * k else t
+    keep = passes(v) & ~bad[:, None]
+    r, j = keep.nonzero(as_tuple=True)
+    rows, cols, vals = r, i[r, j], v[r, j]
+    if extra_r:
+        er, ec, ev = torch.cat(extra_r), torch.cat(extra_c), torch.cat(extra_v)
+        ok = passes(ev)
+        rows = torch.cat([rows, er[ok]])
+        cols = torch.cat([cols, ec[ok]])
+        vals = torch.cat([vals, ev[ok]])
+        order = torch.sort(rows, stable=True).indices
+        rows, cols, vals = rows[order], cols[order], vals[order]
+    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return row_ptr, cols.contiguous(), vals.contiguous(), t.reshape(())
+
+
+@torch.library.custom_op("actstore::batch_topk_encode", mutates_args=())
+def _batch_topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None,
+                          k: int, threshold: float | None, cand_k: int, backend: str,
+                          accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "triton" and x.dtype != torch.float64:
+        return _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k)
+    row_ptr, cols, vals, t = batch_topk_encode_reference(x, W_enc, b_enc, k, pre_bias, threshold)
+    return row_ptr.to(x.device), cols, vals.contiguous(), t.reshape(()).to(vals.dtype).clone()
+
+
+@_batch_topk_encode_op.register_fake
+def _(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, backend, accumulate):
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    vd = value_dtype(x)
+    return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
+            x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd))
+
+
+def _setup_context(ctx, inputs, output):
+    x, W_enc, b_enc, pre_bias, k, threshold, cand_k, backend, accumulate = inputs
+    row_ptr, cols, vals, t = output
+    ctx.save_for_backward(x, W_enc, pre_bias, row_ptr, cols)
+    ctx.backend, ctx.accumulate = backend, accumulate
+    ctx.mark_non_differentiable(row_ptr, cols, t)
+
+
+def _backward(ctx, _grp, _gc, grad_vals, _gt):
+    x, W_enc, pre_bias, row_ptr, cols = ctx.saved_tensors
+    if grad_vals is None:
+        return (None,) * 9
+    rows = rows_of(row_ptr, cols.shape[0])
+    # Every kept value is positive (ReLU active), so the gradient passes unmasked.
+    grads = encoder_grads(tuple(ctx.needs_input_grad[:4]), x, W_enc, pre_bias, row_ptr, rows, cols, grad_vals,
+                          ctx.backend, ctx.accumulate)
+    return grads + (None,) * 5
+
+
+_batch_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
+                      pre_bias: torch.Tensor | None = None, *, threshold: float | None = None,
+                      cand_factor: int = 4, backend: str | None = None, accumulate: str = "sorted"):
+    """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(row_ptr [n+1], cols [nnz], vals [nnz],
+    threshold)``: BatchTopK latents in CSR form (see the module docstring). ``k`` is the
+    mean number of latents per row; ``threshold`` switches to the inference form.
+    ``cand_factor`` sets the candidates kept per row on the Triton path (exact for any
+    value; larger means fewer dense fallbacks, a costlier kernel)."""
+    if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
+        raise ValueError(f"batch_topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and "
+                         f"{tuple(W_enc.shape)}")
+    m = W_enc.shape[0]
+    if b_enc.shape != (m,) or (pre_bias is not None and pre_bias.shape != (x.shape[1],)):
+        raise ValueError(f"batch_topk_encode: b_enc must be [m={m}] and pre_bias [d={x.shape[1]}]")
+    check_k(k, m)
+    check_k(cand_factor, m, "cand_factor")
+    check_accumulate(accumulate)
+    if x.shape[0] == 0:
+        raise ValueError("batch_topk_encode: the batch is empty (n=0): BatchTopK needs at least one row")
+    return _batch_topk_encode_op(x, W_enc, b_enc, pre_bias, k, None if threshold is None else float(threshold),
+                                 min(m, cand_factor * k), resolve_backend(x, backend), accumulate)

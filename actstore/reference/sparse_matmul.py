@@ -1,0 +1,69 @@
+"""Pure PyTorch references of the sparse products behind the SAE ops (the test oracle and
+the CPU fallback of ``actstore.kernels.csr_*`` and ``actstore.kernels.radix_select``).
+
+Sparse latents are CSR: ``row_ptr [n+1]`` int64, ``cols [nnz]`` int64 (latent ids),
+``vals [nnz]``; ``rows [nnz]`` is the row of each entry (``rows_of(row_ptr)``). A TopK
+result ``[n, k]`` is the CSR matrix with ``row_ptr = arange(n+1) * k``. Products run in
+float32 (float64 for float64 inputs). Work is done in slices of ``_SLICE`` entries so that
+the ``[nnz, d]`` intermediates stay bounded (64k x d floats).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SLICE = 65536
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
+    """``[nnz]`` int64: the row of each CSR entry."""
+    n = row_ptr.numel() - 1
+    counts = row_ptr[1:] - row_ptr[:-1]
+    return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=nnz)
+
+
+def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``out[i] = sum_{e in row i} vals[e] W[cols[e]]`` -> ``[n, d]``."""
+    acc = _acc(vals)
+    n = row_ptr.numel() - 1
+    if cols.numel() == 0:
+        return torch.zeros(n, W.shape[1], dtype=acc, device=W.device)
+    # embedding_bag with offsets is exactly CSR; include_last_offset takes row_ptr whole.
+    return F.embedding_bag(cols, W.to(acc), offsets=row_ptr, per_sample_weights=vals.to(acc), mode="sum",
+                           include_last_offset=True)
+
+
+def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``out[e] = G[rows[e]] . W[cols[e]]`` -> ``[nnz]``."""
+    acc = _acc(G)
+    out = torch.empty(cols.numel(), dtype=acc, device=G.device)
+    for s in range(0, cols.numel(), _SLICE):
+        r, c = rows[s:s + _SLICE], cols[s:s + _SLICE]
+        out[s:s + _SLICE] = (G[r].to(acc) * W[c].to(acc)).sum(1)
+    return out
+
+
+def csr_transpose_matmul_reference(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, X: torch.Tensor,
+                                   m: int, shift: torch.Tensor | None = None):
+    """``grad_W[cols[e]] += vals[e] (X[rows[e]] - shift)``, ``grad_b[cols[e]] += vals[e]``
+    -> ``(grad_W [m, d], grad_b [m])``."""
+    acc = _acc(vals)
+    gw = torch.zeros(m, X.shape[1], dtype=acc, device=X.device)
+    for s in range(0, cols.numel(), _SLICE):
+        xs = X[rows[s:s + _SLICE]].to(acc)
+        if shift is not None:
+            xs = xs - shift.to(acc)
+        gw.index_add_(0, cols[s:s + _SLICE], vals[s:s + _SLICE].to(acc)[:, None] * xs)
+    gb = torch.zeros(m, dtype=acc, device=X.device).index_add_(0, cols, vals.to(acc))
+    return gw, gb
+
+
+def kth_largest_reference(values: torch.Tensor, r: int) -> torch.Tensor:
+    """The r-th largest (1-based) of a flat tensor, as a 0-d tensor."""
+    flat = values.reshape(-1)
+    return flat.kthvalue(flat.numel() - r + 1).values
