@@ -6,6 +6,12 @@ Sparse latents are CSR: ``row_ptr [n+1]`` int64, ``cols [nnz]`` int64 (latent id
 result ``[n, k]`` is the CSR matrix with ``row_ptr = arange(n+1) * k``. Products run in
 float32 (float64 for float64 inputs). Work is done in slices of ``_SLICE`` entries so that
 the ``[nnz, d]`` intermediates stay bounded (64k x d floats).
+
+CPU speed: while ``n * m`` is at most ``_DENSE_MAX`` elements the gather-dot and the
+transposed product go through one dense GEMM instead (the sparse matrix scattered into
+``[n, m]``): on this 2-core CPU a TopK step at n=4096, d=384, m=1536, k=32 spent 3.6 of its
+4.2 s in the ``[nnz, d]`` gathers, and the GEMM form takes a fraction of that (the
+Triton kernels are the sparse path on a GPU).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 _SLICE = 65536
+_DENSE_MAX = 1 << 25  # n*m elements (128 MiB of float32) up to which the dense GEMM form is used
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:
@@ -41,6 +48,8 @@ def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.
 def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``out[e] = G[rows[e]] . W[cols[e]]`` -> ``[nnz]``."""
     acc = _acc(G)
+    if G.shape[0] * W.shape[0] <= _DENSE_MAX:
+        return (G.to(acc) @ W.to(acc).t())[rows, cols]
     out = torch.empty(cols.numel(), dtype=acc, device=G.device)
     for s in range(0, cols.numel(), _SLICE):
         r, c = rows[s:s + _SLICE], cols[s:s + _SLICE]
@@ -53,6 +62,14 @@ def csr_transpose_matmul_reference(rows: torch.Tensor, cols: torch.Tensor, vals:
     """``grad_W[cols[e]] += vals[e] (X[rows[e]] - shift)``, ``grad_b[cols[e]] += vals[e]``
     -> ``(grad_W [m, d], grad_b [m])``."""
     acc = _acc(vals)
+    n = X.shape[0]
+    if n * m <= _DENSE_MAX:
+        S = torch.zeros(n, m, dtype=acc, device=X.device).index_put_((rows, cols), vals.to(acc), accumulate=True)
+        gb = S.sum(0)
+        gw = S.t() @ X.to(acc)
+        if shift is not None:
+            gw -= gb[:, None] * shift.to(acc)
+        return gw, gb
     gw = torch.zeros(m, X.shape[1], dtype=acc, device=X.device)
     for s in range(0, cols.numel(), _SLICE):
         xs = X[rows[s:s + _SLICE]].to(acc)

@@ -1,0 +1,24 @@
+"""``actstore.sae``: the SAE family on actstore's fused ops, their file formats, and the
+trainer.
+
+- modules: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`,
+  :class:`GatedSAE`, :class:`ReLUSAE` (one interface: ``encode`` / ``decode`` /
+  ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig`;
+- formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
+  :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`;
+- training: :func:`train` (``actstore train`` on the command line).
+"""
+
+from .base import SparseAutoencoder
+from .config import ARCHS, SAEConfig
+from .gated import GatedSAE
+from .io import build, from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
+from .train import TrainConfig, train
+from .jumprelu import JumpReLUSAE
+from .latents import Latents
+from .relu import ReLUSAE
+from .topk import BatchTopKSAE, TopKSAE
+
+__all__ = ["ARCHS", "SAEConfig", "SparseAutoencoder", "Latents", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
+           "GatedSAE", "ReLUSAE", "build", "save", "load", "to_saelens", "from_saelens", "from_sparsify",
+           "to_sparsify", "TrainConfig", "train"]

@@ -1,0 +1,128 @@
+"""``SparseAutoencoder``: what every SAE in ``actstore.sae`` shares.
+
+Parameters (layout of ``actstore.reference.topk_sae``): ``W_enc [m, d]`` (one row per latent),
+``W_dec [m, d]``, ``b_dec [d]``, which is also subtracted from the input before encoding
+(SAELens' ``apply_b_dec_to_input``; sparsify does the same), plus the arch's own encoder
+biases. Interface:
+
+- ``encode(x [n, d])`` -> :class:`~actstore.sae.latents.Latents` (CSR), or ``[n, m]`` with
+  ``dense=True``;
+- ``decode(latents)`` -> ``[n, d]``; ``forward(x)`` = ``decode(encode(x))``;
+- ``loss(x, dead_mask=None)`` -> a dict with ``loss`` (differentiable), ``mse`` (squared
+  error summed over d, mean over rows), ``fvu`` (fraction of variance unexplained),
+  ``l0`` and the arch's own terms, plus ``latents``.
+
+Reconstruction losses are float32 whatever the parameter dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops import csr_decode
+from .config import SAEConfig
+from .latents import Latents
+
+# Dense-encoded archs (relu, gated, jumprelu) decode with the sparse kernel below this
+# density (nnz / (n*m)) and with one dense GEMM above it. Measured on this CPU
+# (benchmarks/bench_sae_decode_crossover.py): see results/sae_decode_crossover_cpu.json.
+DENSE_DECODE_ABOVE = 0.02
+
+
+class SparseAutoencoder(nn.Module):
+    arch = ""
+
+    def __init__(self, cfg: SAEConfig, *, device=None, dtype=None, seed: int = 0):
+        super().__init__()
+        if cfg.arch != self.arch:
+            raise ValueError(f"{type(self).__name__} needs arch {self.arch!r}, got {cfg.arch!r}")
+        self.cfg = cfg
+        dtype = dtype or getattr(torch, cfg.dtype)
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.m, cfg.d, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.m, cfg.d, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d, **kw))
+        self._init_arch_params(kw)
+        self.reset_parameters(seed)
+
+    # -- arch hooks ----------------------------------------------------------------------
+
+    def _init_arch_params(self, kw) -> None:
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.m, **kw))
+
+    def encode(self, x: torch.Tensor, dense: bool = False):
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Decoder rows: random unit vectors; encoder: the decoder's transpose (the tied
+        initialization of Gao et al. 2024 and sparsify); biases 0."""
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(self.cfg.m, self.cfg.d, generator=g)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w)
+        self.b_dec.zero_()
+
+    def decode(self, latents: Latents) -> torch.Tensor:
+        return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
+
+    def _decode_dense_or_sparse(self, f: torch.Tensor) -> tuple[torch.Tensor, Latents]:
+        """Decode dense activations ``[n, m]``: the sparse kernel when few are active, one
+        GEMM otherwise (see DENSE_DECODE_ABOVE)."""
+        lat = Latents.from_dense(f)
+        if lat.cols.numel() <= DENSE_DECODE_ABOVE * f.numel():
+            return self.decode(lat), lat
+        return f.float() @ self.W_dec.float() + self.b_dec.float(), lat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def _recon_terms(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict:
+        xf = x.float()
+        err = x_hat - xf
+        mse = err.pow(2).sum(1).mean()
+        total = (xf - xf.mean(0)).pow(2).sum(1).mean()
+        return {"mse": mse, "fvu": mse / total.clamp_min(1e-12), "err": err, "total_variance": total}
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (latents then carry the scale)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop the part of the decoder gradient along each (unit) row, so a step does not
+        fight the renormalization that follows it."""
+        if self.W_dec.grad is None:
+            return
+        g, w = self.W_dec.grad, self.W_dec
+        g -= (g * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def fold_scale(self) -> None:
+        """Fold the training normalization ``x' = scale * x`` into the weights so that the
+        SAE takes raw activations: ``W_enc *= s``, ``W_dec /= s``, ``b_dec /= s``; the
+        latents are unchanged (so thresholds stay as they are)."""
+        s = float(self.cfg.scale)
+        if s == 1.0:
+            return
+        if not math.isfinite(s) or s <= 0:
+            raise ValueError(f"cannot fold scale {s}: it must be a positive finite number")
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.cfg.scale = 1.0
+
+    def init_b_dec(self, mean: torch.Tensor) -> None:
+        """Start the decoder bias at the data mean ``[d]`` (in the training scale)."""
+        with torch.no_grad():
+            self.b_dec.copy_(mean.to(self.b_dec))

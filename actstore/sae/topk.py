@@ -1,0 +1,94 @@
+"""``TopKSAE`` and ``BatchTopKSAE`` (Gao et al. 2024; Bussmann et al. 2024) on the fused
+ops: ``topk_encode`` / ``batch_topk_encode`` (one encoder GEMM, no ``[n, m]`` tensor on a
+GPU) and the sparse decode.
+
+Loss: ``fvu + aux_coef * aux_fvu`` (sparsify's form). AuxK: with ``dead_mask`` given and
+any latent dead, the ``k_aux`` largest dead latents reconstruct the residual
+``x - x_hat`` (detached), scaled by ``min(dead / k_aux, 1)``; for TopK they come out of
+the same fused pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import batch_topk_encode, sparse_decode, topk_encode
+from .base import SparseAutoencoder
+from .latents import Latents
+
+
+class _TopKLoss:
+    def _aux_terms(self, rec: dict, dead_mask, av, ai) -> dict:
+        if av is None:
+            return {"aux_fvu": torch.zeros((), device=rec["mse"].device)}
+        e_hat = sparse_decode(av, ai, self.W_dec)
+        aux_sse = (e_hat - rec["err"].detach().neg()).pow(2).sum(1).mean()  # residual = x - x_hat = -err
+        n_dead = dead_mask.sum()
+        scale = (n_dead.float() / self.cfg.k_aux).clamp(max=1.0)
+        return {"aux_fvu": scale * aux_sse / rec["total_variance"].clamp_min(1e-12)}
+
+
+class TopKSAE(SparseAutoencoder, _TopKLoss):
+    arch = "topk"
+
+    def encode(self, x: torch.Tensor, dense: bool = False):
+        v, i = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec)
+        lat = Latents.from_topk(v, i, self.cfg.m)
+        return lat.dense() if dense else lat
+
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+        use_aux = dead_mask is not None and bool(dead_mask.any())
+        if use_aux:
+            v, i, av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec, dead_mask=dead_mask,
+                                       k_aux=min(self.cfg.k_aux, self.cfg.m))
+        else:
+            (v, i), av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec), None, None
+        x_hat = sparse_decode(v, i, self.W_dec, self.b_dec)
+        rec = self._recon_terms(x, x_hat)
+        out = {**rec, **self._aux_terms(rec, dead_mask, av, ai)}
+        out["loss"] = out["fvu"] + self.cfg.aux_coef * out["aux_fvu"]
+        out["latents"] = Latents.from_topk(v, i, self.cfg.m)
+        return out
+
+
+class BatchTopKSAE(SparseAutoencoder, _TopKLoss):
+    """k active latents per row on average over a batch. In training mode the threshold is
+    the batch's ``n*k``-th activation; each training batch moves the ``threshold`` buffer
+    (an exponential mean, rate 0.01) towards it, and eval mode encodes with that fixed
+    threshold (the JumpReLU form), so a row's code no longer depends on its batch."""
+
+    arch = "batchtopk"
+
+    def _init_arch_params(self, kw) -> None:
+        super()._init_arch_params(kw)
+        t = self.cfg.threshold
+        self.register_buffer("threshold", torch.tensor(-1.0 if t is None else float(t), dtype=torch.float32,
+                                                       device=kw["device"]))
+
+    def _encode_csr(self, x: torch.Tensor):
+        fixed = not self.training and float(self.threshold) >= 0
+        rp, c, v, t = batch_topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec,
+                                        threshold=float(self.threshold) if fixed else None)
+        if self.training:
+            with torch.no_grad():
+                new = t.float() if float(self.threshold) < 0 else 0.99 * self.threshold + 0.01 * t.float()
+                self.threshold.copy_(new)
+                self.cfg.threshold = float(self.threshold)
+        return Latents(rp, c, v, self.cfg.m)
+
+    def encode(self, x: torch.Tensor, dense: bool = False):
+        lat = self._encode_csr(x)
+        return lat.dense() if dense else lat
+
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+        lat = self._encode_csr(x)
+        rec = self._recon_terms(x, self.decode(lat))
+        av = ai = None
+        if dead_mask is not None and bool(dead_mask.any()):
+            # The dead latents' top-k needs its own pass here (batch_topk_encode has no aux output).
+            _, _, av, ai = topk_encode(x, self.W_enc, self.b_enc, 1, self.b_dec, dead_mask=dead_mask,
+                                       k_aux=min(self.cfg.k_aux, self.cfg.m))
+        out = {**rec, **self._aux_terms(rec, dead_mask, av, ai)}
+        out["loss"] = out["fvu"] + self.cfg.aux_coef * out["aux_fvu"]
+        out["latents"] = lat
+        return out

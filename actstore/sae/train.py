@@ -1,0 +1,314 @@
+"""``actstore.sae.train``: from a store to a trained SAE (``actstore train`` on the CLI).
+
+One loop on every rank: an :class:`~actstore.ActivationLoader` batch (shuffled,
+normalized to mean row norm sqrt(d)), the SAE's loss on the fused ops, backward, gradients
+averaged over ranks (``torch.distributed`` all-reduce: gloo on CPU, NCCL on GPUs, started
+by ``torchrun``), AdamW with linear warmup and a linear decay to 0 over the last
+``decay_frac`` of the steps, then unit-norm decoder rows (topk, batchtopk, jumprelu).
+
+Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; TopK and
+BatchTopK train the dead ones with AuxK.
+
+Metrics every ``log_every`` steps, on a tqdm bar and as JSON lines in ``OUT/log.jsonl``:
+step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s.
+
+Checkpoints (``OUT/ckpt-<step>/``, the newest named by ``OUT/latest.json``, which is
+replaced atomically once the folder is complete): the SAE (unfolded), AdamW's state
+(safetensors + JSON: no pickles), the trainer counters and each rank's loader state. A
+run started again with the same ``OUT`` continues from the newest checkpoint and gives
+the same weights, bit for bit, as a run that was never stopped. At the end ``OUT/sae/``
+holds the SAE with the normalization folded in (it takes raw activations) and
+``OUT/summary.json`` the final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..loader import ActivationLoader
+from .. import api
+from ..store.reader import Store
+from .base import SparseAutoencoder
+from .config import ARCHS, SAEConfig
+from .io import _write_atomic, build, load, save
+
+ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
+
+
+@dataclass
+class TrainConfig:
+    store: str
+    hook: str
+    arch: str
+    latents: int
+    out: str
+    tokens: int
+    k: int | None = None
+    batch_size: int = 4096
+    lr: float | None = None  # None: 2e-4 / sqrt(latents / 2^14), sparsify's rule
+    warmup_steps: int = 50
+    decay_frac: float = 0.2
+    weight_decay: float = 0.0
+    seed: int = 0
+    normalize: str | None = "mean_norm"
+    dead_tokens: int = 1_000_000
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "auto"
+    buffer_rows: int = 65536
+    threads: int | None = None
+    sae: dict = field(default_factory=dict)  # SAEConfig overrides: k_aux, aux_coef, l1_coef, ...
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: use one of {', '.join(ARCHS)}")
+        for name in ("latents", "tokens", "batch_size", "checkpoint_every", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        unknown = set(self.sae) - set(ARCH_KEYS)
+        if unknown:
+            raise ValueError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
+
+    @classmethod
+    def from_file(cls, path, **overrides) -> "TrainConfig":
+        doc = json.loads(Path(path).read_text())
+        doc.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown training option(s) {sorted(unknown)}")
+        return cls(**doc)
+
+
+def _lr(cfg: TrainConfig, base: float, step: int, total: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    decay_start = int(total * (1 - cfg.decay_frac))
+    decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
+    return base * warm * decay
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for idx, st in sd["state"].items():
+        meta["state"][str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                meta["state"][str(idx)][k] = v
+    _write_atomic(path / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+    _write_atomic(path / "optimizer.json", lambda p: p.write_text(json.dumps(meta)))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
+    meta = json.loads((path / "optimizer.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state = {}
+    for idx, extra in meta["state"].items():
+        st = dict(extra)
+        for key, t in tensors.items():
+            i, name = key.split(".", 1)
+            if i == idx:
+                st[name] = t if name == "step" else t.to(device)
+        state[int(idx)] = st
+    for g in meta["param_groups"]:
+        g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig | None = None, *, progress: bool = True, **kwargs) -> dict:
+    """Train an SAE (see the module docstring). Pass a :class:`TrainConfig` or its fields
+    as keywords. Returns the summary (also in ``OUT/summary.json``)."""
+    cfg = cfg or TrainConfig(**kwargs)
+    dist, rank, world = _dist()
+    out = Path(cfg.out)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
+    if cfg.hook not in store.hooks:
+        raise ValueError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)})")
+    loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=None, device=dev,
+                              normalize=cfg.normalize, drop_last=True, buffer_rows=cfg.buffer_rows,
+                              threads=cfg.threads, rank=rank, world_size=world)
+    scale = loader.scale_factors.get(cfg.hook, 1.0)
+    global_batch = cfg.batch_size * world
+    total = math.ceil(cfg.tokens / global_batch)
+
+    latest = out / "latest.json"
+    resumed = latest.exists()
+    if resumed:
+        pointer = json.loads(latest.read_text())
+        saved = pointer["train_config"]
+        mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        diff = sorted(k for k in mine if k not in ("device", "threads") and mine[k] != saved.get(k))
+        if diff:
+            raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}): "
+                             "use a new --out, or the same settings to resume")
+        ck = out / pointer["checkpoint"]
+        sae = load(ck / "sae").to(dev)
+        counters = json.loads((ck / "trainer.json").read_text())
+        step, tokens = counters["step"], counters["tokens"]
+        since_fired = load_file(str(ck / "trainer.safetensors"))["tokens_since_fired"].to(dev)
+        loader.load_state_dict(json.loads((ck / f"loader-rank{rank}.json").read_text()))
+    else:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        d = int(store.read(cfg.hook, slice(0, 1)).shape[1])
+        scfg = SAEConfig(cfg.arch, d, cfg.latents, k=cfg.k, scale=scale, hook=cfg.hook, **cfg.sae)
+        sae = build(scfg, seed=cfg.seed).to(dev)
+        mean = torch.as_tensor(store.stats(cfg.hook)["mean"], dtype=torch.float32)
+        sae.init_b_dec(mean * scale if cfg.normalize != "standardize" else torch.zeros_like(mean))
+        step, tokens = 0, 0
+        since_fired = torch.zeros(cfg.latents, dtype=torch.int64, device=dev)
+    sae.train()
+    base_lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(cfg.latents / 2 ** 14)
+    opt = torch.optim.AdamW(sae.parameters(), lr=base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    if resumed:
+        _load_optimizer(opt, ck, dev)
+    renorm = sae.arch in ("topk", "batchtopk", "jumprelu") and sae.cfg.normalize_decoder
+    if renorm and not resumed:
+        sae.normalize_decoder()
+
+    log_path = out / "log.jsonl"
+    if rank == 0 and resumed and log_path.exists():
+        # Keep the log lines up to the checkpoint: the resumed run writes the rest again.
+        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in lines))
+
+    bar = None
+    if rank == 0 and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", desc=f"train {cfg.arch}", dynamic_ncols=True)
+    t_last, tok_last = time.perf_counter(), tokens
+    metrics = {}
+    it = iter(loader)
+    while step < total:
+        x = next(it)
+        dead = since_fired >= cfg.dead_tokens
+        res = sae.loss(x, dead_mask=dead if sae.arch in ("topk", "batchtopk") else None)
+        opt.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        fired = res["latents"].fired()
+        if dist is not None:
+            for p in sae.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            f = fired.to(torch.int32)
+            dist.all_reduce(f, op=dist.ReduceOp.MAX)
+            fired = f > 0
+            if sae.arch == "batchtopk":
+                dist.all_reduce(sae.threshold)
+                sae.threshold /= world
+                sae.cfg.threshold = float(sae.threshold)
+        if renorm:
+            sae.remove_parallel_decoder_grad()
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, base_lr, step, total)
+        opt.step()
+        if renorm:
+            sae.normalize_decoder()
+        since_fired += global_batch
+        since_fired[fired] = 0
+        step += 1
+        tokens += global_batch
+        if step % cfg.log_every == 0 or step == total:
+            vals = torch.stack([res["loss"].detach().float(), res["fvu"].detach().float(),
+                                torch.tensor(res["latents"].l0(), device=dev)])
+            if dist is not None:
+                dist.all_reduce(vals)
+                vals /= world
+            now = time.perf_counter()
+            metrics = {"step": step, "tokens": tokens, "loss": float(vals[0]), "fvu": float(vals[1]),
+                       "l0": float(vals[2]), "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean()),
+                       "lr": opt.param_groups[0]["lr"], "tokens_per_s": (tokens - tok_last) / max(1e-9, now - t_last)}
+            t_last, tok_last = now, tokens
+            if rank == 0:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+                if bar is not None:
+                    bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", l0=f"{metrics['l0']:.1f}",
+                                    dead=f"{metrics['dead_frac']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == total:
+            _checkpoint(cfg, out, sae, opt, loader, step, tokens, since_fired, dist, rank)
+    if bar is not None:
+        bar.close()
+    loader.close()
+    summary = {"steps": step, "tokens": tokens, "final": metrics, "out": str(out), "arch": cfg.arch,
+               "latents": cfg.latents, "k": cfg.k, "world_size": world}
+    if rank == 0:
+        save(sae, out / "sae")
+        _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    if dist is not None:
+        dist.barrier()
+    return summary
+
+
+def _checkpoint(cfg, out: Path, sae: SparseAutoencoder, opt, loader, step, tokens, since_fired, dist, rank) -> None:
+    """Write ``ckpt-<step>/`` (every rank its loader state, rank 0 the rest), then point
+    ``latest.json`` at it and delete the older folder."""
+    ck = out / f"ckpt-{step:08d}"
+    if rank == 0:
+        if ck.exists():
+            shutil.rmtree(ck)
+        ck.mkdir(parents=True)
+    if dist is not None:
+        dist.barrier()
+    _write_atomic(ck / f"loader-rank{rank}.json", lambda p: p.write_text(json.dumps(loader.state_dict())))
+    if rank == 0:
+        save(sae, ck / "sae", fold_scale=False)
+        _save_optimizer(opt, ck)
+        _write_atomic(ck / "trainer.json", lambda p: p.write_text(json.dumps({"step": step, "tokens": tokens})))
+        _write_atomic(ck / "trainer.safetensors",
+                      lambda p: save_file({"tokens_since_fired": since_fired.cpu().contiguous()}, str(p)))
+    if dist is not None:
+        dist.barrier()
+    if rank == 0:
+        _fsync_dir(ck)
+        prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
+        doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
+        _write_atomic(out / "latest.json", lambda p: p.write_text(json.dumps(doc)))
+        _fsync_dir(out)
+        if prev and prev != ck.name:
+            shutil.rmtree(out / prev, ignore_errors=True)
