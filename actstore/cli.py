@@ -157,6 +157,58 @@ def _cmd_capture(args) -> int:
     return 0
 
 
+TRAIN_OPTIONS = {  # name: (type, help); defaults live in actstore.sae.TrainConfig
+    "store": (str, "the store to train on"),
+    "hook": (str, "the hook whose activations the SAE reconstructs"),
+    "arch": (str, "topk | batchtopk | jumprelu | gated | relu"),
+    "latents": (int, "number of latents m"),
+    "k": (int, "active latents per row (topk; batch mean for batchtopk)"),
+    "tokens": (int, "training tokens (all ranks together)"),
+    "out": (str, "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"),
+    "batch_size": (int, "rows per step per rank (default 4096)"),
+    "lr": (float, "peak learning rate (default 2e-4 / sqrt(latents / 2^14))"),
+    "warmup_steps": (int, "linear warmup steps (default 50)"),
+    "decay_frac": (float, "fraction of the steps at the end with a linear decay to 0 (default 0.2)"),
+    "seed": (int, "initialization and shuffle seed (default 0)"),
+    "dead_tokens": (int, "tokens without firing after which a latent counts as dead (default 1e6)"),
+    "checkpoint_every": (int, "steps between checkpoints (default 200)"),
+    "log_every": (int, "steps between metric lines (default 10)"),
+    "device": (str, "auto | cpu | cuda (default auto)"),
+}
+
+
+def _cmd_train(args) -> int:
+    from .sae import TrainConfig, train
+
+    given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.sae_option:
+        given["sae"] = {}
+        for kv in args.sae_option:
+            key, _, val = kv.partition("=")
+            given["sae"][key] = json.loads(val)
+    try:
+        if args.config:
+            cfg = TrainConfig.from_file(args.config, **given)
+        else:
+            missing = [k for k in ("store", "hook", "arch", "latents", "tokens", "out") if k not in given]
+            if missing:
+                raise ValueError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} "
+                                 "(on the command line or in --config)")
+            cfg = TrainConfig(**given)
+        summary = train(cfg, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"actstore train: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    elif summary.get("final"):
+        f = summary["final"]
+        print(f"trained {summary['arch']} m={summary['latents']} for {summary['steps']} steps "
+              f"({summary['tokens']:,} tokens): fvu {f['fvu']:.3f}, l0 {f['l0']:.1f}, dead {f['dead_frac']:.3f}; "
+              f"SAE in {summary['out']}/sae")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="actstore", description="Capture, store and stream transformer activations.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -181,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     pc.add_argument("--no-progress", action="store_true", help="no progress bar")
     pc.add_argument("--json", action="store_true", help="print the run summary as JSON")
     pc.set_defaults(fn=_cmd_capture)
+    pt = sub.add_parser("train", help="train an SAE on a store's activations (resumable; torchrun for many ranks)")
+    pt.add_argument("--config", help="JSON file with any of the options below (the command line wins)")
+    for k, (typ, help_) in TRAIN_OPTIONS.items():
+        pt.add_argument("--" + k.replace("_", "-"), type=typ, default=None, help=help_)
+    pt.add_argument("--sae-option", action="append", metavar="KEY=JSON",
+                    help="SAE setting, repeatable: k_aux, aux_coef, l1_coef, l0_coef, bandwidth, init_threshold")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    pt.set_defaults(fn=_cmd_train)
     args = p.parse_args(argv)
     from .store.errors import StoreError
 

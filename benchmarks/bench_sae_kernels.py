@@ -99,7 +99,7 @@ def _kernel_figures(timer, x, W_enc, b_enc, W_dec, k, figs) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", action="append", choices=list(SHAPES), help="repeatable; default small+big on CUDA, tiny on CPU")

@@ -106,6 +106,22 @@ def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, dead_ptr, ava
         _store_topk(aux, rows, rmask, ka, aval_ptr, aidx_ptr, KA)
 
 
+def fold_pre_bias(W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None) -> torch.Tensor:
+    """``b_enc - W_enc @ pre_bias`` ``[m]`` float32: ``(x - p) W^T + b = x W^T + (b - W p)``, so
+    the pre-bias folds into the bias and x stays in its own dtype for tl.dot (subtracting in
+    the kernel would round x - p to fp16/bf16 before the product). The GEMV runs in float32
+    over slices of 8192 rows, so no float32 copy of a bf16 W_enc (2 GiB at m=131072,
+    d=4096) is ever made."""
+    b = b_enc.to(torch.float32)
+    if pre_bias is None:
+        return b
+    p = pre_bias.to(torch.float32)
+    out = torch.empty_like(b)
+    for s in range(0, W_enc.shape[0], 8192):
+        out[s:s + 8192] = b[s:s + 8192] - W_enc[s:s + 8192].to(torch.float32) @ p
+    return out
+
+
 def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
                     pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
                     k_aux: int = 0):
@@ -121,13 +137,9 @@ def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
         x = x.contiguous()
     if W_enc.stride(1) != 1:
         W_enc = W_enc.contiguous()
-    W_enc = W_enc.to(x.dtype)
-    # (x - p) W^T + b = x W^T + (b - W p): the pre-bias folds into the bias (one GEMV), so
-    # x stays in its own dtype for tl.dot (subtracting in the kernel would round x - p to
-    # fp16/bf16 before the product).
-    b = b_enc.to(torch.float32)
-    if pre_bias is not None:
-        b = b - W_enc.to(torch.float32) @ pre_bias.to(torch.float32)
+    if x.dtype != W_enc.dtype:
+        x = x.to(W_enc.dtype)  # tl.dot needs one dtype; copying x ([n, d]) is cheaper than W ([m, d])
+    b = fold_pre_bias(W_enc, b_enc, pre_bias)
     ka = k_aux if dead_mask is not None else 0
     values = torch.empty((n, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((n, k), dtype=torch.int64, device=x.device)

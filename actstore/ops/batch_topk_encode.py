@@ -15,7 +15,8 @@ Triton path, one encoder GEMM and no ``[n, m]`` tensor:
    it kept: such rows (rare at ``cand_factor`` 4) are recomputed densely, in slices of
    rows, and for training ``t`` is re-selected with their full rows in. ``t`` can only
    rise, so the rows that were complete stay complete: the result is exact;
-4. the passing candidates become CSR (row order; within a row, descending value).
+4. the passing candidates become CSR (row order; within a row, descending value, except
+   fallback rows, in ascending latent order).
 
 Reference (other devices, float64): ``actstore.reference.topk_sae.batch_topk_encode_reference``
 (within a row, ascending latent). Registered as the custom op
@@ -39,11 +40,17 @@ _DENSE_ROWS = 1024  # rows per slice of the dense fallback: 1024 x m float32
 
 def _dense_rows(x, W_enc, b, rows):
     """Pre-activations ``[len(rows), m]`` float32 of some rows (b has pre_bias folded in)."""
-    return x[rows].to(torch.float32) @ W_enc.to(torch.float32).t() + b
+    # x rounded to W's dtype as the kernel sees it, products summed in float32: the same
+    # values as the kernel's candidates up to summation order.
+    xr = x[rows].to(W_enc.dtype).to(torch.float32)
+    out = torch.empty(len(rows), W_enc.shape[0], dtype=torch.float32, device=x.device)
+    for s in range(0, W_enc.shape[0], 8192):
+        out[:, s:s + 8192] = xr @ W_enc[s:s + 8192].to(torch.float32).t()
+    return out + b
 
 
 def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k):
-    from ..kernels.topk_encode import topk_encode_fwd
+    from ..kernels.topk_encode import fold_pre_bias, topk_encode_fwd
 
     n, m = x.shape[0], W_enc.shape[0]
     dev = x.device
@@ -60,9 +67,7 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k):
     bad_rows = bad.nonzero().reshape(-1)  # the one host sync (CSR sizes need one anyway)
     extra_r, extra_c, extra_v = [], [], []
     if bad_rows.numel():
-        b = b_enc.to(torch.float32)
-        if pre_bias is not None:
-            b = b - W_enc.to(torch.float32) @ pre_bias.to(torch.float32)
+        b = fold_pre_bias(W_enc, b_enc, pre_bias)
         floor = t  # every passing value of a bad row is >= the current t (t only rises)
         for s in range(0, bad_rows.numel(), _DENSE_ROWS):
             rs = bad_rows[s:s + _DENSE_ROWS]
@@ -145,7 +150,8 @@ def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     if b_enc.shape != (m,) or (pre_bias is not None and pre_bias.shape != (x.shape[1],)):
         raise ValueError(f"batch_topk_encode: b_enc must be [m={m}] and pre_bias [d={x.shape[1]}]")
     check_k(k, m)
-    check_k(cand_factor, m, "cand_factor")
+    if isinstance(cand_factor, bool) or not isinstance(cand_factor, int) or cand_factor < 1:
+        raise ValueError(f"cand_factor must be a positive integer, got {cand_factor!r}")
     check_accumulate(accumulate)
     if x.shape[0] == 0:
         raise ValueError("batch_topk_encode: the batch is empty (n=0): BatchTopK needs at least one row")

@@ -58,7 +58,7 @@ def _backward(ctx, grad_values, _gi, grad_aux, _gai):
     x, W_enc, pre_bias, values, indices, aux_values, aux_indices = ctx.saved_tensors
     n = x.shape[0]
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    gs, vs, cs = [], [], []
+    gs, cs = [], []
     for grad, v, idx in ((grad_values, values, indices), (grad_aux, aux_values, aux_indices)):
         if grad is not None and v.shape[1]:
             gs.append(torch.where(v > 0, grad.to(v.dtype), zero))

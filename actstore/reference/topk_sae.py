@@ -93,12 +93,12 @@ def batch_topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: tor
         t = batch_topk_threshold_reference(pre, k)
         keep = (pre >= t) & (pre > 0)
     else:
-        t = torch.tensor(threshold, dtype=pre.dtype)
+        t = torch.tensor(threshold, dtype=pre.dtype, device=pre.device)
         keep = (pre > t) & (pre > 0)
     rows, cols = keep.nonzero(as_tuple=True)
-    row_ptr = torch.zeros(pre.shape[0] + 1, dtype=torch.int64)
+    row_ptr = torch.zeros(pre.shape[0] + 1, dtype=torch.int64, device=pre.device)
     row_ptr[1:] = torch.cumsum(keep.sum(1), 0)
-    return row_ptr, cols, pre[rows, cols], t
+    return row_ptr, cols.clone(), pre[rows, cols], t  # clone: nonzero's columns are a view of one buffer
 
 
 def csr_decode_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor,
@@ -106,6 +106,6 @@ def csr_decode_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.
     """CSR latents (as from :func:`batch_topk_encode_reference`) -> ``[n, d]``."""
     n = row_ptr.numel() - 1
     acc = _acc_dtype(vals)
-    rows = torch.repeat_interleave(torch.arange(n), row_ptr[1:] - row_ptr[:-1])
-    out = torch.zeros(n, W_dec.shape[1], dtype=acc).index_add_(0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols])
+    rows = torch.repeat_interleave(torch.arange(n, device=row_ptr.device), row_ptr[1:] - row_ptr[:-1])
+    out = torch.zeros(n, W_dec.shape[1], dtype=acc, device=W_dec.device).index_add_(0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols])
     return out if b_dec is None else out + b_dec.to(acc)
