@@ -68,11 +68,10 @@ def read_batches(args, dev) -> list[torch.Tensor]:
     s = actstore.open(args.store)
     d = int(s.read(args.hook, slice(0, 1)).shape[1])
     scale = math.sqrt(d) / float(s.stats(args.hook)["mean_norm"])
-    n = s.read(args.hook, slice(0, 1)).shape[0] and None  # noqa: F841 (row count not needed)
-    g = torch.Generator().manual_seed(0)
+    starts = torch.randperm(int(s.rows) // args.batch, generator=torch.Generator().manual_seed(0))
     batches = []
-    for _ in range(args.batches):
-        a = int(torch.randint(0, 100_000, (1,), generator=g)) // args.batch * args.batch
+    for b in starts[:args.batches].tolist():
+        a = b * args.batch
         batches.append((s.read(args.hook, slice(a, a + args.batch)).float() * scale).to(dev).contiguous())
     return batches
 
@@ -106,7 +105,7 @@ def run_steps(args, dev) -> dict:
         a_opt.step()
         a_sae.normalize_decoder()
         sync()
-        last["actstore_fvu"] = float(res["fvu"])
+        last["actstore"] = (res["mse"].detach(), x)
 
     def step_saelens():
         x = batches[i["saelens"] % len(batches)]
@@ -119,15 +118,14 @@ def run_steps(args, dev) -> dict:
         l_opt.step()
         l_opt.zero_grad()
         sync()
-        with torch.no_grad():  # after the timed part is irrelevant: the float() syncs outside the clock? no: inside
-            pass
-        last["saelens_mse"] = float(o.losses["mse_loss"])
+        last["saelens"] = (o.losses["mse_loss"].detach(), x)
 
     times = C.interleaved({"actstore": step_actstore, "saelens": step_saelens}, repeats=args.steps, warmup=1)
     res = {name: {**C.summary(ts), "tokens_per_s_at_median": args.batch / statistics.median(ts), "all_s": ts}
            for name, ts in times.items()}
     res["saelens_over_actstore_time_ratio"] = res["saelens"]["median_s"] / res["actstore"]["median_s"]
-    res["last_step_losses"] = last
+    # sanity (both really train): FVU of each library's last timed step, its batch's MSE / total variance
+    res["last_step_fvu"] = {k: float(mse / (x - x.mean(0)).pow(2).sum(1).mean()) for k, (mse, x) in last.items()}
     return res
 
 
@@ -163,7 +161,8 @@ def main(argv=None) -> dict:
                         f"{steps[n]['max_s'] * 1e3:.1f}", f"{steps[n]['tokens_per_s_at_median']:.0f}"]
                        for n in ("actstore", "saelens")],
                       ["step", "median ms", "min ms", "max ms", "tokens/s"]))
-    print(f"SAELens median / actstore median: {steps['saelens_over_actstore_time_ratio']:.2f}", flush=True)
+    print(f"SAELens median / actstore median: {steps['saelens_over_actstore_time_ratio']:.2f}; FVU at the last "
+          "timed step: " + ", ".join(f"{k} {v:.3f}" for k, v in steps["last_step_fvu"].items()), flush=True)
 
     curve = None
     if not args.skip_curve:

@@ -124,8 +124,9 @@ def fold_pre_bias(W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tens
 
 def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
                     pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
-                    k_aux: int = 0):
-    """Launch the fused encoder + top-k.
+                    k_aux: int = 0, relu: bool = True):
+    """Launch the fused encoder + top-k (``relu=False``: the raw k largest, which the
+    threshold ops use as candidates).
 
     Returns ``(values [n, k] float32, indices [n, k] int64, aux_values [n, k_aux],
     aux_indices [n, k_aux])``, each row descending, ReLU applied. The aux pair is the top-k
@@ -161,7 +162,7 @@ def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
         BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=block_d)
     # Descending per row; ReLU as torch.relu (NaN stays NaN, sorted first like torch.topk).
     values, order = values.sort(dim=1, descending=True)
-    values, indices = torch.relu(values), indices.gather(1, order)
+    values, indices = (torch.relu(values) if relu else values), indices.gather(1, order)
     if ka:
         # Slots left empty (a row with fewer dead latents than k_aux) decode to a column
         # past m: make them latent 0 with value 0, which adds nothing and gets no gradient.

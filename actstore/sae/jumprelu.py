@@ -1,10 +1,11 @@
 """``JumpReLUSAE`` (Rajamanoharan et al. 2024): ``f = pre * H(pre - theta)`` with a learned
 per-latent threshold ``theta = exp(log_threshold)``.
 
-Loss: ``mse + l0_coef * L0``, where the threshold learns through the straight-through
-pseudo-gradients of ``actstore.reference.jumprelu`` (rectangle kernel of width
-``bandwidth``). The encode is dense (``[n, m]`` pre-activations: a fused kernel is owed);
-the decode is sparse below ``DENSE_DECODE_ABOVE`` density.
+Encode: ``actstore.ops.jumprelu_encode`` (one encoder GEMM, CSR output holding the kept
+latents and, with value 0, the ones just below their threshold, whose gradients train
+theta). Loss: ``mse + l0_coef * L0``, where the threshold learns through the
+straight-through pseudo-gradients (rectangle kernel of width ``bandwidth``); the dense
+oracle is ``actstore.reference.jumprelu``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ..reference.jumprelu import jumprelu_reference, step_reference
-from ..reference.topk_sae import pre_activations
+from ..ops import jumprelu_encode
 from .base import SparseAutoencoder
 from .latents import Latents
 
@@ -28,20 +28,19 @@ class JumpReLUSAE(SparseAutoencoder):
         self.log_threshold = nn.Parameter(torch.full((self.cfg.m,), math.log(self.cfg.init_threshold),
                                                      device=kw["device"], dtype=torch.float32))
 
-    def _pre(self, x):
-        return pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
+    def _encode(self, x):
+        rp, c, v, _, l0 = jumprelu_encode(x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec,
+                                          eps=self.cfg.bandwidth)
+        return Latents(rp, c, v, self.cfg.m), l0
 
     def encode(self, x: torch.Tensor, dense: bool = False):
-        f = jumprelu_reference(self._pre(x), self.log_threshold.exp(), self.cfg.bandwidth)
-        return f if dense else Latents.from_dense(f)
+        lat, _ = self._encode(x)
+        return lat.dense() if dense else lat
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
-        pre = self._pre(x)
-        theta = self.log_threshold.exp()
-        f = jumprelu_reference(pre, theta, self.cfg.bandwidth)
-        x_hat, lat = self._decode_dense_or_sparse(f)
-        out = self._recon_terms(x, x_hat)
-        out["l0_penalty"] = step_reference(pre, theta, self.cfg.bandwidth).sum(1).mean()
-        out["loss"] = out["mse"] + self.cfg.l0_coef * out["l0_penalty"]
+        lat, l0 = self._encode(x)
+        out = self._recon_terms(x, self.decode(lat))
+        out["l0_penalty"] = l0
+        out["loss"] = out["mse"] + self.cfg.l0_coef * l0
         out["latents"] = lat
         return out
