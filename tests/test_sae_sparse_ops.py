@@ -226,3 +226,23 @@ def test_torch_compile_fullgraph_through_batch_topk_with_its_data_dependent_size
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     for a, r in zip(grads(compiled), grads(step)):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_topk_auxk_comes_out_of_the_same_pass_with_gradients():
+    x, W, b, pb = _inputs(14, 48, 96, seed=12)
+    dead = torch.rand(96, generator=torch.Generator().manual_seed(3)) < 0.4
+    Wd = torch.randn(96, 48) / 7
+    leaves = [t.clone().to(DEV).requires_grad_() for t in (x, W, b, pb)]
+    rp, c, v, t, av, ai = batch_topk_encode(*leaves[:3], 4, leaves[3], dead_mask=dead.to(DEV), k_aux=6,
+                                            backend="triton")
+    loss = (csr_decode(rp, c, v, Wd.to(DEV)) ** 2).sum() + (sparse_decode(av, ai, Wd.to(DEV)) ** 2).sum()
+    loss.backward()
+    refs = [t_.clone().requires_grad_() for t_ in (x, W, b, pb)]
+    rrp, rc, rv, _ = batch_topk_encode_reference(*refs[:3], 4, refs[3])
+    _, _, rav, rai = topk_encode_reference(*refs[:3], 1, refs[3], dead_mask=dead, k_aux=6)
+    rloss = (csr_decode_reference(rrp, rc, rv, Wd) ** 2).sum() + (sparse_decode_reference(rav, rai, Wd) ** 2).sum()
+    rloss.backward()
+    torch.testing.assert_close(av.detach().cpu(), rav.detach(), atol=2e-5, rtol=2e-5)
+    assert dead[ai.cpu()[av.detach().cpu() > 0]].all()
+    for name, a, r in zip(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs):
+        torch.testing.assert_close(a.grad.cpu(), r.grad, atol=1e-4, rtol=1e-4, msg=name)

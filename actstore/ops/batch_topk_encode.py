@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..reference.sparse_matmul import rows_of
-from ..reference.topk_sae import batch_topk_encode_reference, check_k
+from ..reference.topk_sae import batch_topk_encode_reference, check_k, topk_encode_reference
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
 from .encoder_grads import encoder_grads
 from .kth_largest import kth_largest
@@ -49,13 +49,14 @@ def _dense_rows(x, W_enc, b, rows):
     return out + b
 
 
-def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k):
+def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask=None, k_aux=0):
     from ..kernels.topk_encode import fold_pre_bias, topk_encode_fwd
 
     n, m = x.shape[0], W_enc.shape[0]
     dev = x.device
     c = min(m, cand_k)
-    v, i, _, _ = topk_encode_fwd(x, W_enc, b_enc, c, pre_bias)  # [n, c], ReLU'd, descending
+    # [n, c] ReLU'd, descending; the AuxK top-k over dead latents comes out of the same pass.
+    v, i, av, ai = topk_encode_fwd(x, W_enc, b_enc, c, pre_bias, dead_mask, k_aux)
     if threshold is None:
         t = kth_largest(v.reshape(-1), n * k, "triton")
         passes = lambda a: (a >= t) & (a > 0)  # noqa: E731
@@ -92,44 +93,60 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k):
         rows, cols, vals = rows[order], cols[order], vals[order]
     row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return row_ptr, cols.contiguous(), vals.contiguous(), t.reshape(())
+    return row_ptr, cols.contiguous(), vals.contiguous(), t.reshape(()), av, ai
 
 
 @torch.library.custom_op("actstore::batch_topk_encode", mutates_args=())
 def _batch_topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None,
-                          k: int, threshold: float | None, cand_k: int, backend: str,
-                          accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                          k: int, threshold: float | None, cand_k: int, dead_mask: torch.Tensor | None, k_aux: int,
+                          backend: str, accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton" and x.dtype != torch.float64:
-        return _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k)
+        return _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux)
     row_ptr, cols, vals, t = batch_topk_encode_reference(x, W_enc, b_enc, k, pre_bias, threshold)
-    return row_ptr.to(x.device), cols, vals.contiguous(), t.reshape(()).to(vals.dtype).clone()
+    if dead_mask is not None and k_aux:
+        _, _, av, ai = topk_encode_reference(x, W_enc, b_enc, 1, pre_bias, dead_mask, k_aux)
+    else:
+        av, ai = vals.new_empty((x.shape[0], 0)), cols.new_empty((x.shape[0], 0))
+    return (row_ptr.to(x.device), cols, vals.contiguous(), t.reshape(()).to(vals.dtype).clone(), av.contiguous(),
+            ai.contiguous())
 
 
 @_batch_topk_encode_op.register_fake
-def _(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, backend, accumulate):
+def _(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux, backend, accumulate):
     nnz = torch.library.get_ctx().new_dynamic_size()
     vd = value_dtype(x)
+    ka = k_aux if dead_mask is not None else 0
     return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
-            x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd))
+            x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd), x.new_empty((x.shape[0], ka), dtype=vd),
+            x.new_empty((x.shape[0], ka), dtype=torch.int64))
 
 
 def _setup_context(ctx, inputs, output):
-    x, W_enc, b_enc, pre_bias, k, threshold, cand_k, backend, accumulate = inputs
-    row_ptr, cols, vals, t = output
-    ctx.save_for_backward(x, W_enc, pre_bias, row_ptr, cols)
+    x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux, backend, accumulate = inputs
+    row_ptr, cols, vals, t, av, ai = output
+    ctx.save_for_backward(x, W_enc, pre_bias, row_ptr, cols, av, ai)
     ctx.backend, ctx.accumulate = backend, accumulate
-    ctx.mark_non_differentiable(row_ptr, cols, t)
+    ctx.mark_non_differentiable(row_ptr, cols, t, ai)
 
 
-def _backward(ctx, _grp, _gc, grad_vals, _gt):
-    x, W_enc, pre_bias, row_ptr, cols = ctx.saved_tensors
-    if grad_vals is None:
-        return (None,) * 9
-    rows = rows_of(row_ptr, cols.shape[0])
-    # Every kept value is positive (ReLU active), so the gradient passes unmasked.
-    grads = encoder_grads(tuple(ctx.needs_input_grad[:4]), x, W_enc, pre_bias, row_ptr, rows, cols, grad_vals,
-                          ctx.backend, ctx.accumulate)
-    return grads + (None,) * 5
+def _backward(ctx, _grp, _gc, grad_vals, _gt, grad_aux, _gai):
+    x, W_enc, pre_bias, row_ptr, cols, av, ai = ctx.saved_tensors
+    needs = tuple(ctx.needs_input_grad[:4])
+    total = [None] * 4
+    parts = []
+    if grad_vals is not None:
+        # Every kept value is positive (ReLU active), so the gradient passes unmasked.
+        parts.append((row_ptr, rows_of(row_ptr, cols.shape[0]), cols, grad_vals))
+    if grad_aux is not None and av.shape[1]:
+        n, ka = av.shape
+        g = torch.where(av > 0, grad_aux.to(av.dtype), torch.zeros((), dtype=av.dtype, device=av.device))
+        parts.append((torch.arange(n + 1, device=x.device) * ka, torch.arange(n, device=x.device).repeat_interleave(ka),
+                      ai.reshape(-1), g.reshape(-1)))
+    for rp, rows, cc, g in parts:
+        grads = encoder_grads(needs, x, W_enc, pre_bias, rp, rows, cc, g, ctx.backend, ctx.accumulate)
+        total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads)]
+    return tuple(total) + (None,) * 7
 
 
 _batch_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
@@ -137,10 +154,13 @@ _batch_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
                       pre_bias: torch.Tensor | None = None, *, threshold: float | None = None,
-                      cand_factor: int = 4, backend: str | None = None, accumulate: str = "sorted"):
+                      cand_factor: int = 4, dead_mask: torch.Tensor | None = None, k_aux: int = 0,
+                      backend: str | None = None, accumulate: str = "sorted"):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(row_ptr [n+1], cols [nnz], vals [nnz],
     threshold)``: BatchTopK latents in CSR form (see the module docstring). ``k`` is the
-    mean number of latents per row; ``threshold`` switches to the inference form.
+    mean number of latents per row; ``threshold`` switches to the inference form. With
+    ``dead_mask`` (``[m]`` bool) and ``k_aux``, also ``(aux_values [n, k_aux], aux_indices)``,
+    the AuxK top-k over dead latents from the same encoder pass (differentiable).
     ``cand_factor`` sets the candidates kept per row on the Triton path (exact for any
     value; larger means fewer dense fallbacks, a costlier kernel)."""
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
@@ -155,5 +175,11 @@ def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     check_accumulate(accumulate)
     if x.shape[0] == 0:
         raise ValueError("batch_topk_encode: the batch is empty (n=0): BatchTopK needs at least one row")
-    return _batch_topk_encode_op(x, W_enc, b_enc, pre_bias, k, None if threshold is None else float(threshold),
-                                 min(m, cand_factor * k), resolve_backend(x, backend), accumulate)
+    if dead_mask is not None:
+        if dead_mask.shape != (m,) or dead_mask.dtype != torch.bool:
+            raise ValueError(f"batch_topk_encode: dead_mask must be a [m={m}] bool tensor")
+        check_k(k_aux, m, "k_aux")
+    out = _batch_topk_encode_op(x, W_enc, b_enc, pre_bias, k, None if threshold is None else float(threshold),
+                                min(m, cand_factor * k), dead_mask, k_aux if dead_mask is not None else 0,
+                                resolve_backend(x, backend), accumulate)
+    return out if dead_mask is not None else out[:4]

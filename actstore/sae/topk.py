@@ -5,7 +5,7 @@ GPU) and the sparse decode.
 Loss: ``fvu + aux_coef * aux_fvu`` (sparsify's form). AuxK: with ``dead_mask`` given and
 any latent dead, the ``k_aux`` largest dead latents reconstruct the residual
 ``x - x_hat`` (detached), scaled by ``min(dead / k_aux, 1)``; for TopK they come out of
-the same fused pass.
+the same fused pass (for BatchTopK too).
 """
 
 from __future__ import annotations
@@ -65,29 +65,31 @@ class BatchTopKSAE(SparseAutoencoder, _TopKLoss):
         self.register_buffer("threshold", torch.tensor(-1.0 if t is None else float(t), dtype=torch.float32,
                                                        device=kw["device"]))
 
-    def _encode_csr(self, x: torch.Tensor):
+    def _encode_csr(self, x: torch.Tensor, dead_mask=None):
         fixed = not self.training and float(self.threshold) >= 0
-        rp, c, v, t = batch_topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec,
-                                        threshold=float(self.threshold) if fixed else None)
+        aux = {} if dead_mask is None else {"dead_mask": dead_mask, "k_aux": min(self.cfg.k_aux, self.cfg.m)}
+        out = batch_topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec,
+                                threshold=float(self.threshold) if fixed else None, **aux)
+        rp, c, v, t = out[:4]
         if self.training:
             with torch.no_grad():
                 new = t.float() if float(self.threshold) < 0 else 0.99 * self.threshold + 0.01 * t.float()
                 self.threshold.copy_(new)
                 self.cfg.threshold = float(self.threshold)
-        return Latents(rp, c, v, self.cfg.m)
+        lat = Latents(rp, c, v, self.cfg.m)
+        return (lat, out[4], out[5]) if dead_mask is not None else lat
 
     def encode(self, x: torch.Tensor, dense: bool = False):
         lat = self._encode_csr(x)
         return lat.dense() if dense else lat
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
-        lat = self._encode_csr(x)
+        use_aux = dead_mask is not None and bool(dead_mask.any())
+        if use_aux:  # the dead latents' top-k comes out of the same encoder pass
+            lat, av, ai = self._encode_csr(x, dead_mask)
+        else:
+            lat, av, ai = self._encode_csr(x), None, None
         rec = self._recon_terms(x, self.decode(lat))
-        av = ai = None
-        if dead_mask is not None and bool(dead_mask.any()):
-            # The dead latents' top-k needs its own pass here (batch_topk_encode has no aux output).
-            _, _, av, ai = topk_encode(x, self.W_enc, self.b_enc, 1, self.b_dec, dead_mask=dead_mask,
-                                       k_aux=min(self.cfg.k_aux, self.cfg.m))
         out = {**rec, **self._aux_terms(rec, dead_mask, av, ai)}
         out["loss"] = out["fvu"] + self.cfg.aux_coef * out["aux_fvu"]
         out["latents"] = lat
