@@ -13,6 +13,7 @@ from actstore.ops import batch_topk_encode, csr_decode, kth_largest, sparse_deco
 from actstore.reference.sparse_matmul import rows_of
 from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, pre_activations,
                                          sparse_decode_reference, topk_encode_reference)
+from helpers.compile_check import assert_compiled_grads_match
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -198,15 +199,7 @@ def test_torch_compile_fullgraph_traces_through_the_custom_ops(backend):
         v, i = topk_encode(x, W, b, 8, pb, backend=backend)
         return ((sparse_decode(v, i, Wd, bd, backend=backend) - x) ** 2).mean()
 
-    def grads(fn):
-        leaves = [t.clone().to(DEV).requires_grad_() for t in (x, W, b, pb, Wd, bd)]
-        fn(*leaves).backward()
-        return [t.grad.cpu() for t in leaves]
-
-    torch._dynamo.reset()
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    for a, r in zip(grads(compiled), grads(step)):
-        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    assert_compiled_grads_match(step, (x, W, b, pb, Wd, bd), DEV)
 
 
 def test_torch_compile_fullgraph_through_batch_topk_with_its_data_dependent_size():
@@ -217,15 +210,7 @@ def test_torch_compile_fullgraph_through_batch_topk_with_its_data_dependent_size
         rp, c, v, _ = batch_topk_encode(x, W, b, 4, pb, backend="triton")
         return ((csr_decode(rp, c, v, Wd, backend="triton") - x) ** 2).mean()
 
-    def grads(fn):
-        leaves = [t.clone().to(DEV).requires_grad_() for t in (x, W, b, pb, Wd)]
-        fn(*leaves).backward()
-        return [t.grad.cpu() for t in leaves]
-
-    torch._dynamo.reset()
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    for a, r in zip(grads(compiled), grads(step)):
-        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    assert_compiled_grads_match(step, (x, W, b, pb, Wd), DEV)
 
 
 def test_batch_topk_auxk_comes_out_of_the_same_pass_with_gradients():

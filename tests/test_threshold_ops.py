@@ -13,6 +13,7 @@ from actstore.reference.gated import gated_encode_reference
 from actstore.reference.jumprelu import jumprelu_reference, step_reference
 from actstore.reference.topk_sae import pre_activations
 from actstore.sae import Latents
+from helpers.compile_check import assert_compiled_grads_match
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -108,12 +109,4 @@ def test_torch_compile_fullgraph_through_jumprelu_and_gated():
         return (((csr_decode(rp, c, v, Wd) - x) ** 2).mean() + l0
                 + ((csr_decode(rp2, c2, f, Wd) - x) ** 2).mean() + gate.sum())
 
-    def grads(fn):
-        leaves = [t.clone().to(DEV).requires_grad_() for t in (x, W, b, theta, Wd)]
-        fn(*leaves).backward()
-        return [t.grad.cpu() for t in leaves]
-
-    torch._dynamo.reset()
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    for a, r in zip(grads(compiled), grads(step)):
-        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    assert_compiled_grads_match(step, (x, W, b, theta, Wd), DEV)

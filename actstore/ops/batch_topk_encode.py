@@ -49,6 +49,30 @@ def _dense_rows(x, W_enc, b, rows):
     return out + b
 
 
+def threshold_candidates(x, W_enc, b, cand_k, lo):
+    """Every ``(row, latent, score)`` with ``score > lo``, where ``score = x @ W_enc.T + b``
+    (``b`` float32, any pre-bias and threshold already folded in): the fused encoder + top-k
+    kernel keeps each row's ``cand_k`` highest scores, and a row whose last candidate still
+    passes (it may hold more) is recomputed densely in slices of rows. Exact; one encoder
+    GEMM when few rows overflow. Returns ``(rows, cols, scores)``, unsorted by row."""
+    from ..kernels.topk_encode import topk_encode_fwd
+
+    n, m = x.shape[0], W_enc.shape[0]
+    c = min(m, cand_k)
+    v, i, _, _ = topk_encode_fwd(x, W_enc, b, c, None, relu=False)  # [n, c] descending
+    bad = (v[:, -1] > lo) if c < m else torch.zeros(n, dtype=torch.bool, device=x.device)
+    keep = (v > lo) & ~bad[:, None]
+    r, j = keep.nonzero(as_tuple=True)
+    rows, cols, scores = [r], [i[r, j]], [v[r, j]]
+    bad_rows = bad.nonzero().reshape(-1)
+    for s in range(0, bad_rows.numel(), _DENSE_ROWS):
+        rs = bad_rows[s:s + _DENSE_ROWS]
+        sc = _dense_rows(x, W_enc, b, rs)
+        rr, cc = (sc > lo).nonzero(as_tuple=True)
+        rows.append(rs[rr]), cols.append(cc), scores.append(sc[rr, cc])
+    return torch.cat(rows), torch.cat(cols), torch.cat(scores)
+
+
 def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask=None, k_aux=0):
     from ..kernels.topk_encode import fold_pre_bias, topk_encode_fwd
 

@@ -27,29 +27,16 @@ import torch
 from ..reference.sparse_matmul import rows_of
 from ..reference.topk_sae import pre_activations
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
-from .batch_topk_encode import _dense_rows
+from .batch_topk_encode import threshold_candidates
 from .encoder_grads import encoder_grads
 from .jumprelu_encode import _csr
 
 
 def _open_gates_triton(x, W_enc, b_gate, pre_bias, cand_k):
-    from ..kernels.topk_encode import fold_pre_bias, topk_encode_fwd
+    from ..kernels.topk_encode import fold_pre_bias
 
-    n, m = x.shape[0], W_enc.shape[0]
-    b = fold_pre_bias(W_enc, b_gate, pre_bias)
-    c = min(m, cand_k)
-    v, i, _, _ = topk_encode_fwd(x, W_enc, b, c, None, relu=False)
-    bad = (v[:, -1] > 0) if c < m else torch.zeros(n, dtype=torch.bool, device=x.device)
-    keep = (v > 0) & ~bad[:, None]
-    r, j = keep.nonzero(as_tuple=True)
-    rows, cols, gates = [r], [i[r, j]], [v[r, j]]
-    bad_rows = bad.nonzero().reshape(-1)
-    for s in range(0, bad_rows.numel(), 1024):
-        rs = bad_rows[s:s + 1024]
-        pg = _dense_rows(x, W_enc, b, rs)
-        rr, cc = (pg > 0).nonzero(as_tuple=True)
-        rows.append(rs[rr]), cols.append(cc), gates.append(pg[rr, cc])
-    return _csr(n, torch.cat(rows), torch.cat(cols), torch.cat(gates), x.device)
+    rows, cols, gates = threshold_candidates(x, W_enc, fold_pre_bias(W_enc, b_gate, pre_bias), cand_k, 0.0)
+    return _csr(x.shape[0], rows, cols, gates, x.device)
 
 
 @torch.library.custom_op("actstore::gated_encode", mutates_args=())

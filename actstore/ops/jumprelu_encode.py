@@ -30,7 +30,7 @@ import torch
 from ..reference.sparse_matmul import rows_of
 from ..reference.topk_sae import pre_activations
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
-from .batch_topk_encode import _dense_rows
+from .batch_topk_encode import threshold_candidates
 from .encoder_grads import encoder_grads
 
 
@@ -43,24 +43,11 @@ def _csr(n, rows, cols, margins, dev):
 
 
 def _jumprelu_triton(x, W_enc, b_enc, theta, pre_bias, eps, cand_k):
-    from ..kernels.topk_encode import fold_pre_bias, topk_encode_fwd
+    from ..kernels.topk_encode import fold_pre_bias
 
-    n, m = x.shape[0], W_enc.shape[0]
-    b = fold_pre_bias(W_enc, b_enc, pre_bias) - theta.to(torch.float32)
-    c = min(m, cand_k)
-    v, i, _, _ = topk_encode_fwd(x, W_enc, b, c, None, relu=False)  # margins, descending
-    lo = -eps / 2
-    bad = (v[:, -1] > lo) if c < m else torch.zeros(n, dtype=torch.bool, device=x.device)
-    keep = (v > lo) & ~bad[:, None]
-    r, j = keep.nonzero(as_tuple=True)
-    rows, cols, margins = [r], [i[r, j]], [v[r, j]]
-    bad_rows = bad.nonzero().reshape(-1)
-    for s in range(0, bad_rows.numel(), 1024):
-        rs = bad_rows[s:s + 1024]
-        mg = _dense_rows(x, W_enc, b, rs)
-        rr, cc = (mg > lo).nonzero(as_tuple=True)
-        rows.append(rs[rr]), cols.append(cc), margins.append(mg[rr, cc])
-    return _csr(n, torch.cat(rows), torch.cat(cols), torch.cat(margins), x.device)
+    b = fold_pre_bias(W_enc, b_enc, pre_bias) - theta.to(torch.float32)  # scores are the margins pre - theta
+    rows, cols, margins = threshold_candidates(x, W_enc, b, cand_k, -eps / 2)
+    return _csr(x.shape[0], rows, cols, margins, x.device)
 
 
 def _jumprelu_reference(x, W_enc, b_enc, theta, pre_bias, eps):

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from ..loader import ActivationLoader
 from .. import api
 from ..store.reader import Store
+from ..store.storage import _fsync_dir
 from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
 from .io import _write_atomic, build, load, save
@@ -140,14 +141,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
     for g in meta["param_groups"]:
         g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the loop ----------------------------------------------------------------------------------
