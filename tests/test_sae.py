@@ -45,7 +45,7 @@ def test_every_arch_shares_one_interface_and_every_parameter_learns(arch):
     out["loss"].backward()
     no_grad = [n for n, p in sae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, f"{arch}: no gradient for {no_grad}"
-    assert 0 < float(out["fvu"]) and isinstance(out["latents"], Latents)
+    assert 0 < float(out["fvu"].detach()) and isinstance(out["latents"], Latents)
     sae.eval()
     lat = sae.encode(x)
     dense = sae.encode(x, dense=True)
