@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.sparse_matmul import rows_of
+from ..reference.sparse_matmul import csr_from_coo, rows_of
 from ..reference.topk_sae import batch_topk_encode_reference, check_k, topk_encode_reference
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
 from .encoder_grads import encoder_grads
@@ -113,11 +113,7 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mas
         rows = torch.cat([rows, er[ok]])
         cols = torch.cat([cols, ec[ok]])
         vals = torch.cat([vals, ev[ok]])
-        order = torch.sort(rows, stable=True).indices
-        rows, cols, vals = rows[order], cols[order], vals[order]
-    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return row_ptr, cols.contiguous(), vals.contiguous(), t.reshape(()), av, ai
+    return csr_from_coo(n, rows, cols, vals) + (t.reshape(()), av, ai)
 
 
 @torch.library.custom_op("actstore::batch_topk_encode", mutates_args=())
@@ -165,8 +161,8 @@ def _backward(ctx, _grp, _gc, grad_vals, _gt, grad_aux, _gai):
     if grad_aux is not None and av.shape[1]:
         n, ka = av.shape
         g = torch.where(av > 0, grad_aux.to(av.dtype), torch.zeros((), dtype=av.dtype, device=av.device))
-        parts.append((torch.arange(n + 1, device=x.device) * ka, torch.arange(n, device=x.device).repeat_interleave(ka),
-                      ai.reshape(-1), g.reshape(-1)))
+        aux_ptr = torch.arange(n + 1, device=x.device) * ka
+        parts.append((aux_ptr, rows_of(aux_ptr, n * ka), ai.reshape(-1), g.reshape(-1)))
     for rp, rows, cc, g in parts:
         grads = encoder_grads(needs, x, W_enc, pre_bias, rp, rows, cc, g, ctx.backend, ctx.accumulate)
         total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads)]

@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.sparse_matmul import rows_of
+from ..reference.sparse_matmul import csr_from_coo, rows_of
 from ..reference.topk_sae import pre_activations
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
 from .batch_topk_encode import threshold_candidates
 from .encoder_grads import encoder_grads
-from .jumprelu_encode import _csr
 
 
 def _open_gates_triton(x, W_enc, b_gate, pre_bias, cand_k):
     from ..kernels.topk_encode import fold_pre_bias
 
     rows, cols, gates = threshold_candidates(x, W_enc, fold_pre_bias(W_enc, b_gate, pre_bias), cand_k, 0.0)
-    return _csr(x.shape[0], rows, cols, gates, x.device)
+    return csr_from_coo(x.shape[0], rows, cols, gates)
 
 
 @torch.library.custom_op("actstore::gated_encode", mutates_args=())
@@ -48,7 +47,7 @@ def _gated_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor,
     else:
         pg = pre_activations(x, W_enc, b_gate, pre_bias)
         r, c = (pg > 0).nonzero(as_tuple=True)
-        row_ptr, cols, gates = _csr(x.shape[0], r, c.clone(), pg[r, c], x.device)
+        row_ptr, cols, gates = csr_from_coo(x.shape[0], r, c.clone(), pg[r, c])
     acc = gates.dtype
     G = gates - b_gate.to(acc)[cols]
     f = torch.relu(r_mag.to(acc).exp()[cols] * G + b_mag.to(acc)[cols])

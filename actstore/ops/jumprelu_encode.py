@@ -27,19 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.sparse_matmul import rows_of
+from ..reference.sparse_matmul import csr_from_coo, rows_of
 from ..reference.topk_sae import pre_activations
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
 from .batch_topk_encode import threshold_candidates
 from .encoder_grads import encoder_grads
-
-
-def _csr(n, rows, cols, margins, dev):
-    order = torch.sort(rows, stable=True).indices
-    rows, cols, margins = rows[order], cols[order], margins[order]
-    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return row_ptr, cols.contiguous(), margins.contiguous()
 
 
 def _jumprelu_triton(x, W_enc, b_enc, theta, pre_bias, eps, cand_k):
@@ -47,14 +39,14 @@ def _jumprelu_triton(x, W_enc, b_enc, theta, pre_bias, eps, cand_k):
 
     b = fold_pre_bias(W_enc, b_enc, pre_bias) - theta.to(torch.float32)  # scores are the margins pre - theta
     rows, cols, margins = threshold_candidates(x, W_enc, b, cand_k, -eps / 2)
-    return _csr(x.shape[0], rows, cols, margins, x.device)
+    return csr_from_coo(x.shape[0], rows, cols, margins)
 
 
 def _jumprelu_reference(x, W_enc, b_enc, theta, pre_bias, eps):
     pre = pre_activations(x, W_enc, b_enc, pre_bias)
     mg = pre - theta.to(pre.dtype)
     r, c = (mg > -eps / 2).nonzero(as_tuple=True)
-    return _csr(x.shape[0], r, c.clone(), mg[r, c], x.device)
+    return csr_from_coo(x.shape[0], r, c.clone(), mg[r, c])
 
 
 @torch.library.custom_op("actstore::jumprelu_encode", mutates_args=())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reference.sparse_matmul import rows_of
 from ..reference.topk_sae import check_k, topk_encode_reference
 from ._dispatch import check_accumulate, resolve_backend, value_dtype
 from .encoder_grads import encoder_grads
@@ -70,7 +71,7 @@ def _backward(ctx, grad_values, _gi, grad_aux, _gai):
     cols = torch.cat(cs, 1) if len(cs) > 1 else cs[0]
     kt = g.shape[1]
     row_ptr = torch.arange(n + 1, device=x.device) * kt
-    rows = torch.arange(n, device=x.device).repeat_interleave(kt)
+    rows = rows_of(row_ptr, n * kt)
     grads = encoder_grads(needs, x, W_enc, pre_bias, row_ptr, rows, cols.reshape(-1), g.reshape(-1),
                           ctx.backend, ctx.accumulate)
     return grads + (None,) * 5

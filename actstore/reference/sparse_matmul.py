@@ -34,6 +34,16 @@ def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=nnz)
 
 
+def csr_from_coo(n: int, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor):
+    """COO entries (any order) -> CSR ``(row_ptr [n+1], cols, vals)``, rows ascending, the
+    entries of a row in their given order (stable sort). The inverse of :func:`rows_of`."""
+    order = torch.sort(rows, stable=True).indices
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return row_ptr, cols.contiguous(), vals.contiguous()
+
+
 def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``out[i] = sum_{e in row i} vals[e] W[cols[e]]`` -> ``[n, d]``."""
     acc = _acc(vals)

@@ -75,6 +75,10 @@ class SparseAutoencoder(nn.Module):
         self.W_enc.copy_(w)
         self.b_dec.zero_()
 
+    def export_config(self) -> SAEConfig:
+        """The config to save next to the weights (arch state kept in buffers is synced in)."""
+        return self.cfg
+
     def decode(self, latents: Latents) -> torch.Tensor:
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
 

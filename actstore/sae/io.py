@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from ..store.storage import LocalStorage
 
 from .base import SparseAutoencoder
 from .config import SAEConfig
@@ -36,31 +38,27 @@ def build(cfg: SAEConfig, **kw) -> SparseAutoencoder:
     return CLASSES[cfg.arch](cfg, **kw)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def put(folder: Path, name: str, data: bytes | str) -> None:
+    """Write ``folder/name`` atomically and durably (the store's own ``write_atomic``: temp
+    file, fsync, rename, directory fsync; a full disk is a one-line StoreError)."""
+    LocalStorage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
 
 
-def _state(sae: SparseAutoencoder) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+def put_tensors(folder: Path, name: str, tensors: dict) -> None:
+    put(folder, name, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
 def save(sae: SparseAutoencoder, path, *, fold_scale: bool = True) -> Path:
     """Write ``path/config.json`` and ``path/sae.safetensors``; with ``fold_scale`` a copy
     with the normalization folded in is written (``sae`` itself is left as it is)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     if fold_scale and sae.cfg.scale != 1.0:
         import copy
 
         sae = copy.deepcopy(sae)
         sae.fold_scale()
-    state = _state(sae)
-    _write_atomic(path / "sae.safetensors", lambda p: save_file(state, str(p)))
-    _write_atomic(path / "config.json", lambda p: p.write_text(sae.cfg.to_json()))
+    put_tensors(path, "sae.safetensors", sae.state_dict())
+    put(path, "config.json", sae.export_config().to_json())
     return path
 
 
@@ -116,7 +114,6 @@ def to_saelens(sae: SparseAutoencoder, path) -> Path:
     import copy
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
     c = sae.cfg
@@ -139,8 +136,8 @@ def to_saelens(sae: SparseAutoencoder, path) -> Path:
            "architecture": _TO_SAELENS[c.arch], "metadata": {"hook_name": c.hook} if c.hook else {}}
     if c.arch == "topk":
         doc.update(k=c.k, rescale_acts_by_decoder_norm=False)
-    save_file(st, str(path / "sae_weights.safetensors"))
-    (path / "cfg.json").write_text(json.dumps(doc))
+    put_tensors(path, "sae_weights.safetensors", st)
+    put(path, "cfg.json", json.dumps(doc))
     return path
 
 
@@ -226,17 +223,16 @@ def to_sparsify(sae: TopKSAE, path) -> Path:
     if sae.arch != "topk":
         raise ValueError(f"sparsify holds TopK SAEs only, not {sae.arch!r}")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
     c = sae.cfg
     st = {"encoder.weight": sae.W_enc.detach().contiguous(), "encoder.bias": sae.b_enc.detach().contiguous(),
           "W_dec": sae.W_dec.detach().contiguous(), "b_dec": sae.b_dec.detach().contiguous()}
-    save_file(st, str(path / "sae.safetensors"))
+    put_tensors(path, "sae.safetensors", st)
     doc = {"activation": "topk", "expansion_factor": max(1, c.m // c.d), "normalize_decoder": c.normalize_decoder,
            "num_latents": c.m, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
            "d_in": c.d}
-    (path / "cfg.json").write_text(json.dumps(doc))
+    put(path, "cfg.json", json.dumps(doc))
     return path
 
 

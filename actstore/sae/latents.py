@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..reference.sparse_matmul import rows_of
+from ..reference.sparse_matmul import csr_from_coo, rows_of
 
 
 @dataclass
@@ -30,9 +30,7 @@ class Latents:
     def from_dense(cls, f: torch.Tensor) -> "Latents":
         """From dense activations ``[n, m]`` (keeps the nonzeros; vals stay differentiable)."""
         rows, cols = f.nonzero(as_tuple=True)
-        row_ptr = torch.zeros(f.shape[0] + 1, dtype=torch.int64, device=f.device)
-        row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=f.shape[0]), 0)
-        return cls(row_ptr, cols, f[rows, cols], f.shape[1])
+        return cls(*csr_from_coo(f.shape[0], rows, cols.clone(), f[rows, cols]), f.shape[1])
 
     @property
     def n(self) -> int:

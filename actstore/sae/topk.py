@@ -65,17 +65,21 @@ class BatchTopKSAE(SparseAutoencoder, _TopKLoss):
         self.register_buffer("threshold", torch.tensor(-1.0 if t is None else float(t), dtype=torch.float32,
                                                        device=kw["device"]))
 
+    def export_config(self):
+        self.cfg.threshold = float(self.threshold) if float(self.threshold) >= 0 else None
+        return self.cfg
+
     def _encode_csr(self, x: torch.Tensor, dead_mask=None):
+        # Eval reads the threshold (one host sync); training keeps it on the device.
         fixed = not self.training and float(self.threshold) >= 0
         aux = {} if dead_mask is None else {"dead_mask": dead_mask, "k_aux": min(self.cfg.k_aux, self.cfg.m)}
         out = batch_topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec,
                                 threshold=float(self.threshold) if fixed else None, **aux)
         rp, c, v, t = out[:4]
         if self.training:
-            with torch.no_grad():
-                new = t.float() if float(self.threshold) < 0 else 0.99 * self.threshold + 0.01 * t.float()
-                self.threshold.copy_(new)
-                self.cfg.threshold = float(self.threshold)
+            with torch.no_grad():  # the first batch sets it, later ones move it by 1%
+                t = t.float()
+                self.threshold.copy_(torch.where(self.threshold < 0, t, 0.99 * self.threshold + 0.01 * t))
         lat = Latents(rp, c, v, self.cfg.m)
         return (lat, out[4], out[5]) if dead_mask is not None else lat
 

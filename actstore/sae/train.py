@@ -33,15 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..loader import ActivationLoader
 from .. import api
 from ..store.reader import Store
-from ..store.storage import _fsync_dir
 from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
-from .io import _write_atomic, build, load, save
+from .io import build, load, put, put_tensors, save
 
 ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
 
@@ -120,11 +119,11 @@ def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
         meta["state"][str(idx)] = {}
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+                tensors[f"{idx}.{k}"] = v
             else:
                 meta["state"][str(idx)][k] = v
-    _write_atomic(path / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-    _write_atomic(path / "optimizer.json", lambda p: p.write_text(json.dumps(meta)))
+    put_tensors(path, "optimizer.safetensors", tensors)
+    put(path, "optimizer.json", json.dumps(meta))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
@@ -185,7 +184,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-        d = int(store.read(cfg.hook, slice(0, 1)).shape[1])
+        d = store._hook(cfg.hook).d
         scfg = SAEConfig(cfg.arch, d, cfg.latents, k=cfg.k, scale=scale, hook=cfg.hook, **cfg.sae)
         sae = build(scfg, seed=cfg.seed).to(dev)
         mean = torch.as_tensor(store.stats(cfg.hook)["mean"], dtype=torch.float32)
@@ -233,7 +232,6 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
             if sae.arch == "batchtopk":
                 dist.all_reduce(sae.threshold)
                 sae.threshold /= world
-                sae.cfg.threshold = float(sae.threshold)
         if renorm:
             sae.remove_parallel_decoder_grad()
         for g in opt.param_groups:
@@ -273,7 +271,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
                "latents": cfg.latents, "k": cfg.k, "world_size": world}
     if rank == 0:
         save(sae, out / "sae")
-        _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+        put(out, "summary.json", json.dumps(summary, indent=1))
     if dist is not None:
         dist.barrier()
     return (summary, sae) if return_sae else summary
@@ -289,20 +287,17 @@ def _checkpoint(cfg, out: Path, sae: SparseAutoencoder, opt, loader, step, token
         ck.mkdir(parents=True)
     if dist is not None:
         dist.barrier()
-    _write_atomic(ck / f"loader-rank{rank}.json", lambda p: p.write_text(json.dumps(loader.state_dict())))
+    put(ck, f"loader-rank{rank}.json", json.dumps(loader.state_dict()))
     if rank == 0:
         save(sae, ck / "sae", fold_scale=False)
         _save_optimizer(opt, ck)
-        _write_atomic(ck / "trainer.json", lambda p: p.write_text(json.dumps({"step": step, "tokens": tokens})))
-        _write_atomic(ck / "trainer.safetensors",
-                      lambda p: save_file({"tokens_since_fired": since_fired.cpu().contiguous()}, str(p)))
+        put(ck, "trainer.json", json.dumps({"step": step, "tokens": tokens}))
+        put_tensors(ck, "trainer.safetensors", {"tokens_since_fired": since_fired})
     if dist is not None:
         dist.barrier()
     if rank == 0:
-        _fsync_dir(ck)
         prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
         doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
-        _write_atomic(out / "latest.json", lambda p: p.write_text(json.dumps(doc)))
-        _fsync_dir(out)
+        put(out, "latest.json", json.dumps(doc))  # every file of ck is durable: now point at it
         if prev and prev != ck.name:
             shutil.rmtree(out / prev, ignore_errors=True)
