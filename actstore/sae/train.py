@@ -222,10 +222,17 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         res["loss"].backward()
         fired = res["latents"].fired()
         if dist is not None:
+            # One all-reduce per gradient dtype, flattened (not one per parameter).
+            by_dtype = {}
             for p in sae.parameters():
                 if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+                    by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+            for grads in by_dtype.values():
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                flat /= world
+                for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                    g.copy_(part.view_as(g))
             f = fired.to(torch.int32)
             dist.all_reduce(f, op=dist.ReduceOp.MAX)
             fired = f > 0
