@@ -1,0 +1,66 @@
+"""Runtime facts of this process: its rank and world under ``torchrun``, and its device.
+
+One home for them, so capture, the loader and the trainer agree:
+
+- ``rank_world(rank, world_size)``: explicit values win; else an initialized
+  ``torch.distributed`` group; else the ``RANK``/``WORLD_SIZE`` environment that
+  ``torchrun`` sets; else ``(0, 1)``.
+- ``init_if_launched()``: joins the process group when launched with ``WORLD_SIZE > 1``
+  (NCCL on CUDA, gloo otherwise) and says whether it did, so the caller that opened it
+  closes it.
+- ``local_device(device)``: ``None``/``"auto"`` -> this rank's GPU (``LOCAL_RANK``) or the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's ``(rank, world_size)``; both explicit values, or neither, are used."""
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def launched_world() -> int:
+    """``WORLD_SIZE`` as ``torchrun`` sets it (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_if_launched() -> bool:
+    """Join the default process group when launched by ``torchrun`` with several ranks.
+
+    Returns True when this call created the group (the caller then destroys it), False when
+    there is one process or a group already exists."""
+    import torch.distributed as dist
+
+    if launched_world() <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def group():
+    """The initialized ``torch.distributed`` module, or None when running alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def local_device(device=None) -> torch.device:
+    """``None``/``"auto"`` -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when CUDA is available, else the CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(device)

@@ -1,0 +1,49 @@
+"""Every exception actstore raises. Each message is one line naming the cause and what to do.
+
+``ActstoreError`` is the base of all of them; subclasses also inherit the builtin that is
+their contract (``ValueError`` for bad values, ``KeyError`` for unknown names), so callers
+that catch the builtin keep working. ``actstore.store.errors`` re-exports the store's.
+"""
+
+
+class ActstoreError(Exception):
+    """Any failure that actstore reports: the CLI prints it as ``actstore: <message>`` and exits 1."""
+
+
+class StoreError(ActstoreError):
+    """Any problem with a store: missing, unreadable, or refused."""
+
+
+class FormatVersionError(StoreError):
+    """The store was written in a format version this actstore does not read."""
+
+
+class CorruptDataError(StoreError):
+    """A chunk, shard or record that the manifest says is committed is missing, short, malformed or fails to decode."""
+
+
+class AppendError(StoreError, ValueError):
+    """Rows given to a writer do not match the store's schema (hooks, shapes, dtypes)."""
+
+
+class UnknownHookError(StoreError, KeyError):
+    """A hook name that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CaptureError(StoreError):
+    """A capture cannot start or go on: bad hook names, data, options, or a failed write."""
+
+
+class LoaderError(StoreError, ValueError):
+    """A loader cannot start or resume: bad options, no rows, or a state that does not fit."""
+
+
+class SAEError(ActstoreError, ValueError):
+    """An SAE cannot be built, trained, loaded or converted: bad options, weights or files."""
+
+
+class SAEFileError(SAEError, FileNotFoundError):
+    """An SAE folder, checkpoint or weight file that is missing."""
