@@ -5,7 +5,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 STAMP = build/.installed-stamp
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 $(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*/*.cpp csrc/include/actstore/*.h bindings/*.cpp)
 	$(PIP) install -q torch==2.13.0
@@ -23,6 +23,15 @@ demo: install
 # The whole test suite (CI runs exactly this). The native extension must have built.
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q
+
+# ruff lint and format check (CI runs it before the tests); `make format` rewrites in place.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 bench: install
 	$(PY) benchmarks/bench_codecs.py

