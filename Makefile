@@ -24,6 +24,10 @@ demo: install
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
+# The fast tests: all but those marked slow (the subprocess kill trials; see pyproject.toml).
+test-fast: install
+	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow"
+
 bench: install
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_store_io.py
