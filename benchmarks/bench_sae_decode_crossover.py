@@ -73,7 +73,8 @@ def main(argv=None) -> dict:
     cross = max(faster) if faster else None
     print(f"sparse decode is faster up to density {cross}")
     doc = {"meta": meta, "device": str(dev), "shape": {"n": args.n, "d": args.d, "m": args.m},
-           "rows": rows, "sparse_faster_up_to_density": cross, "units": {"sparse_s": "s (median)", "dense_s": "s (median)", "sparse_best_s": "s", "dense_best_s": "s",
+           "rows": rows, "sparse_faster_up_to_density": cross,
+           "units": {"sparse_s": "s (median)", "dense_s": "s (median)", "sparse_best_s": "s", "dense_best_s": "s",
                      "sparse_spread": "(max - min) / median", "dense_spread": "(max - min) / median"}}
     if not args.no_write:
         print(f"wrote {C.write_result(f'sae_decode_crossover_{dev.type}', doc)}")

@@ -12,10 +12,10 @@ Does I/O cost training anything? Side by side in one process, interleaved round-
 
 Each rate is the median of the rounds, with the best round and the spread beside it.
 ``e2e / step`` is the fraction of the kernel-only rate the whole pipeline keeps (1.0 = no
-loss to I/O); ``e2e_over_step_paired_median`` is the median of the per-round ratios. The store holds ``--rows`` synthetic rows of width d in bf16 with the
-default codec (Gaussian data: poorly compressible, the I/O-heavy case). Shapes: on CUDA
-n=8192, d=4096, m=131072, k=32 (the issue's H200 shape); on the CPU n=2048, d=384,
-m=3072, k=32. Result: results/sae_pipeline_<device>.json.
+loss to I/O); ``e2e_over_step_paired_median`` is the median of the per-round ratios. The
+store holds ``--rows`` synthetic rows of width d in bf16 with the default codec (Gaussian
+data: poorly compressible, the I/O-heavy case). Shapes: on CUDA n=8192, d=4096, m=131072,
+k=32 (the issue's H200 shape); on the CPU n=2048, d=384, m=3072, k=32. Result: results/sae_pipeline_<device>.json.
 """
 
 from __future__ import annotations
