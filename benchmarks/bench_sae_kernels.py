@@ -35,9 +35,9 @@ warm-up round first), ``--repeats`` rounds. One round of one variant is one
 clock on the CPU. Each figure is the median of the rounds, with the best round
 (``*_best_s``) and the spread (``(max - min) / median``) beside it. Peak memory:
 ``torch.cuda.max_memory_allocated`` during one full step, minus what was allocated before it
-(inputs and parameters), per variant on CUDA. Shapes (``--shape``): ``big`` n=8192 d=4096 m=131072 k=32, ``small`` n=4096 d=768 m=24576 k=32,
-``tiny`` n=512 d=128 m=2048 k=32 (the CPU smoke run). Results:
-benchmarks/results/sae_kernels_<device>.json.
+(inputs and parameters), per variant on CUDA. Shapes (``--shape``): ``big`` n=8192 d=4096
+m=131072 k=32, ``small`` n=4096 d=768 m=24576 k=32, ``tiny`` n=512 d=128 m=2048 k=32 (the
+CPU smoke run). Results: benchmarks/results/sae_kernels_<device>.json.
 """
 
 from __future__ import annotations
