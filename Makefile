@@ -24,6 +24,10 @@ demo: install
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
+# The fast tests: all but those marked slow (the subprocess kill trials; see pyproject.toml).
+test-fast: install
+	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow"
+
 # ruff lint and format check (CI runs it before the tests); `make format` rewrites in place.
 lint: install
 	$(PY) -m ruff check .

@@ -5,7 +5,8 @@
   cached as .npy files so that only the first run pays the ~50 s forward pass.
 - :func:`to_bf16_bits`, :func:`chunks_of`: the stored representation and ~2 MiB chunks.
 - :func:`interleaved`: time several variants round-robin, so that the noise of a shared
-  machine hits all of them alike; :func:`summary` gives median/min/max of the repeats.
+  machine hits all of them alike; :func:`summary` gives the median of the repeats with the
+  best (min), the worst (max) and the relative spread beside it.
 - :func:`write_result`: write ``benchmarks/results/<name>.json``.
 """
 
@@ -256,13 +257,25 @@ def chunks_of(a: np.ndarray, rows: int, max_chunks: int | None = None) -> list[n
 
 # --- timing -----------------------------------------------------------------------------
 
+def wall_time(fn: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn`` by the wall clock. A caller on a GPU syncs inside ``fn``
+    (or passes a synchronising ``measure`` to :func:`interleaved`)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int,
                 setup: dict[str, Callable[[], object]] | None = None,
                 teardown: dict[str, Callable[[], object]] | None = None,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, measure: Callable[[Callable[[], object]], float] = wall_time
+                ) -> dict[str, list[float]]:
     """Time every variant ``repeats`` times, round-robin (the order rotates each round), so
     that background load affects all variants alike. ``setup[name]`` / ``teardown[name]``
-    run untimed before / after each timed call. Returns seconds per call."""
+    run untimed before / after each timed call; ``warmup`` untimed rounds come first.
+    ``measure(fn)`` gives the seconds of one round of a variant: by default one call by the
+    wall clock; on CUDA e.g. ``triton.testing.do_bench`` (its median of many calls, synced).
+    Returns ``{name: [seconds per round]}``."""
     setup, teardown = setup or {}, teardown or {}
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -272,9 +285,7 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int,
             if name in setup:
                 setup[name]()
             gc.collect()
-            t0 = time.perf_counter()
-            variants[name]()
-            dt = time.perf_counter() - t0
+            dt = measure(variants[name])
             if name in teardown:
                 teardown[name]()
             if r >= warmup:
@@ -283,8 +294,12 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int,
 
 
 def summary(seconds: list[float]) -> dict:
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "repeats": len(seconds)}
+    """The median of the repeats, with the best run (``min_s``), the worst and the spread
+    beside it: ``spread`` = (max - min) / median, 0 for a quiet machine; a large one says
+    the figures moved during the run (rerun, or read the paired ratios)."""
+    med = statistics.median(seconds)
+    return {"median_s": med, "min_s": min(seconds), "max_s": max(seconds),
+            "spread": (max(seconds) - min(seconds)) / med if med > 0 else 0.0, "repeats": len(seconds)}
 
 
 def gbps(nbytes: int, seconds: float) -> float:

@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
+    meta = metadata()  # before measuring: write_result compares it with the state at the end
     dev = torch.device(a.device)
     gpu = dev.type == "cuda"
     n_layer, d = (24, 2048) if gpu else (12, 768)  # GPU: ~1.2B non-embedding parameters
@@ -163,7 +164,7 @@ def main():
     print(f"{'ratio':<40} {'of medians':>10} {'paired median':>14}")
     for k, v in ratios.items():
         print(f"{k:<40} {v:>10.3f} {paired[k]:>14.3f}")
-    doc = {"meta": metadata(), "benchmark": "capture_overhead", "device": str(dev),
+    doc = {"meta": meta, "benchmark": "capture_overhead", "device": str(dev),
            "model": {"arch": "GPT2Model (random weights, from config)", "n_layer": n_layer, "d_model": d,
                      "dtype": str(mdtype), "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
                                                                        if "wte" not in n and "wpe" not in n)},

@@ -1,7 +1,9 @@
 """Does the loader keep a TopK SAE training step fed? Loader rate against the step's rate.
 
 On the device given (``--device cuda`` on a GPU machine; ``cpu`` here), side by side in
-one process, each the median of ``--repeats`` runs:
+one process, interleaved round-robin (``_common.interleaved``: the order rotates each round,
+after one untimed warm-up round), each the median of ``--repeats`` rounds with the best
+round and the spread beside it:
 
 - ``loader``: one epoch of ``actstore.ActivationLoader(..., device=DEV, dtype=float32,
   normalize="mean_norm")`` with nothing else (rows/s delivered on the device);
@@ -27,7 +29,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="loader decode threads (default: the loader's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-rows", type=int, default=None, help="rows of the epoch (default: all; CPU runs cap it)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave results/ alone")
     args = ap.parse_args(argv)
+    meta = C.metadata()  # before measuring: write_result compares it with the state at the end
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
@@ -122,32 +125,44 @@ def main(argv=None) -> int:
         sync()
         return rows
 
-    variants = {"loader": run_loader, "step": run_step, "fed": run_fed}
-    times = {k: [] for k in variants}
+    epochs = {"loader": 0, "step": 0, "fed": 0}  # each variant's next epoch: a fresh shuffle per round
     rows = {}
-    for r in range(args.repeats + 1):  # round 0 is an untimed warm-up
-        for name, fn in variants.items():
-            sync()
-            t = time.perf_counter()
-            rows[name] = fn(r)
-            dt = time.perf_counter() - t
-            if r:
-                times[name].append(dt)
-    figures = {k: {"rows_per_s": rows[k] / statistics.median(v), "median_s": statistics.median(v),
-                   "min_s": min(v), "max_s": max(v), "rows": rows[k]} for k, v in times.items()}
+
+    def counted(name, fn):
+        def call():
+            rows[name] = fn(epochs[name])
+            epochs[name] += 1
+        return call
+
+    def measure(call):
+        sync()
+        return C.wall_time(call)  # each variant syncs before it returns
+
+    variants = {"loader": run_loader, "step": run_step, "fed": run_fed}
+    times = C.interleaved({k: counted(k, fn) for k, fn in variants.items()}, args.repeats, warmup=1,
+                          measure=measure)
+    figures = {k: {"rows_per_s": rows[k] / statistics.median(v), **C.summary(v), "rows": rows[k]}
+               for k, v in times.items()}
     ratios = {"fed_over_step": figures["fed"]["rows_per_s"] / figures["step"]["rows_per_s"],
               "loader_over_step": figures["loader"]["rows_per_s"] / figures["step"]["rows_per_s"]}
-    doc = {"meta": C.metadata(),
+    # The median of the per-round ratios: the variants of a round ran seconds apart.
+    ratios["fed_over_step_paired_median"] = statistics.median(rows["fed"] / f_ / (rows["step"] / s_)
+                                                              for s_, f_ in zip(times["step"], times["fed"]))
+    doc = {"meta": meta,
            "config": {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                       "rows": n, "d": d, "m": args.expansion * d, "k": args.k, "batch_size": args.batch_size,
                       "loader_threads": args.threads, "repeats": args.repeats, "sae": "eager TopK reference + Adam"},
-           "units": {"rows_per_s": "rows/s", "median_s": "s", "min_s": "s", "max_s": "s"},
+           "units": {"rows_per_s": "rows/s (at the median)", "median_s": "s", "min_s": "s (best round)",
+                     "max_s": "s", "spread": "(max - min) / median of the rounds", "repeats": "rounds",
+                     "rows": "rows per round"},
            "figures": figures, "ratios": ratios}
-    path = C.write_result(f"loader_feed_{dev.type}", doc)
-    print(C.fmt_table([[k, f"{f['rows_per_s']:,.0f}", f"{f['median_s']:.3f}"] for k, f in figures.items()],
-                      ["variant", "rows/s", "median s"]))
-    print(f"fed/step x{ratios['fed_over_step']:.2f}, loader/step x{ratios['loader_over_step']:.2f}")
-    print(f"wrote {path}")
+    print(C.fmt_table([[k, f"{f['rows_per_s']:,.0f}", f"{f['median_s']:.3f}", f"{f['min_s']:.3f}",
+                        f"{f['spread']:.2f}"] for k, f in figures.items()],
+                      ["variant", "rows/s", "median s", "best s", "spread"]))
+    print(f"fed/step x{ratios['fed_over_step']:.2f} (paired x{ratios['fed_over_step_paired_median']:.2f}), "
+          f"loader/step x{ratios['loader_over_step']:.2f}")
+    if not args.no_write:
+        print(f"wrote {C.write_result(f'loader_feed_{dev.type}', doc)}")
     store.close()
     shutil.rmtree(scratch, ignore_errors=True)
     return 0

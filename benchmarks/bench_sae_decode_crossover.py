@@ -3,7 +3,8 @@
 
 The dense-encoded SAEs (relu, gated, jumprelu) pick between the two by density
 (``actstore.sae.base.DENSE_DECODE_ABOVE``). For each density the two are timed
-interleaved (A, B, A, B...) and the medians compared, since this machine is noisy. On
+interleaved round-robin (``_common.interleaved``, the order rotating each round) and the
+medians compared (best round and spread beside them), since this machine is noisy. On
 CUDA ``csr_decode`` runs the Triton kernels; elsewhere its reference (embedding_bag and a
 dense-scatter GEMM for the backward). Shape: n=2048 rows, d=384, m=3072 (MiniLM-sized;
 ``--n/--d/--m`` to change). Result: results/sae_decode_crossover_<device>.json.
@@ -12,7 +13,6 @@ dense-scatter GEMM for the backward). Shape: n=2048 rows, d=384, m=3072 (MiniLM-
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    meta = C.metadata()  # before measuring: write_result compares it with the state at the end
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
@@ -51,19 +52,19 @@ def main(argv=None) -> dict:
         def dense():
             (f @ W).sum().backward()
 
-        times = {"sparse": [], "dense": []}
-        for fn in (sparse, dense):
+        def synced(fn):
+            sync()
+            t = time.perf_counter()
             fn()
-        for _ in range(args.repeats):
-            for name, fn in (("sparse", sparse), ("dense", dense)):
-                sync()
-                t = time.perf_counter()
-                fn()
-                sync()
-                times[name].append(time.perf_counter() - t)
-        s, d_ = statistics.median(times["sparse"]), statistics.median(times["dense"])
-        rows.append({"density": density, "nnz": int(lat.cols.numel()), "sparse_s": s, "dense_s": d_,
-                     "sparse_speedup": d_ / s})
+            sync()
+            return time.perf_counter() - t
+
+        times = C.interleaved({"sparse": sparse, "dense": dense}, args.repeats, warmup=1, measure=synced)
+        s, d_ = C.summary(times["sparse"]), C.summary(times["dense"])
+        rows.append({"density": density, "nnz": int(lat.cols.numel()), "sparse_s": s["median_s"],
+                     "dense_s": d_["median_s"], "sparse_speedup": d_["median_s"] / s["median_s"],
+                     "sparse_best_s": s["min_s"], "dense_best_s": d_["min_s"], "sparse_spread": s["spread"],
+                     "dense_spread": d_["spread"]})
     print(f"decode fwd+bwd, n={args.n} d={args.d} m={args.m} on {dev}")
     print(C.fmt_table([[f"{r['density']:.3f}", f"{r['sparse_s'] * 1e3:.2f}", f"{r['dense_s'] * 1e3:.2f}",
                         f"{r['sparse_speedup']:.2f}"] for r in rows],
@@ -71,8 +72,10 @@ def main(argv=None) -> dict:
     faster = [r["density"] for r in rows if r["sparse_speedup"] > 1]
     cross = max(faster) if faster else None
     print(f"sparse decode is faster up to density {cross}")
-    doc = {"meta": C.metadata(), "device": str(dev), "shape": {"n": args.n, "d": args.d, "m": args.m},
-           "rows": rows, "sparse_faster_up_to_density": cross, "units": {"sparse_s": "s", "dense_s": "s"}}
+    doc = {"meta": meta, "device": str(dev), "shape": {"n": args.n, "d": args.d, "m": args.m},
+           "rows": rows, "sparse_faster_up_to_density": cross,
+           "units": {"sparse_s": "s (median)", "dense_s": "s (median)", "sparse_best_s": "s", "dense_best_s": "s",
+                     "sparse_spread": "(max - min) / median", "dense_spread": "(max - min) / median"}}
     if not args.no_write:
         print(f"wrote {C.write_result(f'sae_decode_crossover_{dev.type}', doc)}")
     return doc

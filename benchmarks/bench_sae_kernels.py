@@ -23,20 +23,27 @@ On CUDA it also times each actstore kernel alone: the fused encoder (TFLOP/s of 
 bytes they must move (decode and gather-dot: ``nnz`` rows of d gathered; transposed
 product: ``nnz`` rows of d read plus the ``[m, d]`` float32 gradient written).
 
-Timings: ``triton.testing.do_bench`` on CUDA (median ms), ``time.perf_counter`` medians on
-the CPU. Peak memory: ``torch.cuda.max_memory_allocated`` during one full step, minus what was
-allocated before it (inputs and parameters), per variant on CUDA. Shapes
-(``--shape``): ``big`` n=8192 d=4096 m=131072 k=32, ``small`` n=4096 d=768 m=24576 k=32,
-``tiny`` n=512 d=128 m=2048 k=32 (the CPU smoke run). Results:
-benchmarks/results/sae_kernels_<device>.json.
+Before timing, every variant's loss and parameter gradients are checked against its eager
+reference (``eager``, or ``batchtopk_eager`` for the BatchTopK variants) to within ``TOL``
+(relative; float32 / bfloat16); a variant outside it stops the run with a one-line error,
+so no figure is ever taken of a step that computes something else.
+
+Timings: all variants (forward and full step), the GEMM ceiling, and then the kernels alone
+are timed round-robin (``_common.interleaved``: the order rotates each round, one untimed
+warm-up round first), ``--repeats`` rounds. One round of one variant is one
+``triton.testing.do_bench`` (median of many synced calls) on CUDA, one call by the wall
+clock on the CPU. Each figure is the median of the rounds, with the best round
+(``*_best_s``) and the spread (``(max - min) / median``) beside it. Peak memory:
+``torch.cuda.max_memory_allocated`` during one full step, minus what was allocated before it
+(inputs and parameters), per variant on CUDA. Shapes (``--shape``): ``big`` n=8192 d=4096
+m=131072 k=32, ``small`` n=4096 d=768 m=24576 k=32, ``tiny`` n=512 d=128 m=2048 k=32 (the
+CPU smoke run). Results: benchmarks/results/sae_kernels_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,29 +55,83 @@ from actstore.ops import batch_topk_encode, csr_decode, sparse_decode, topk_enco
 from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference,  # noqa: E402
                                          sparse_decode_reference, topk_encode_reference)
 
+# Relative tolerance of each variant against its eager reference, by the step's dtype:
+# (loss, gradients as ||g - g_ref|| / ||g_ref|| per parameter). The references accumulate
+# in float32 like the kernels; what is left is the rounding of bf16 outputs and gradients,
+# TF32 products in a float32 Triton dot, and top-k near-ties that flip a few selections.
+# A wrong index, bias or scale moves these by O(1).
+TOL = {torch.float32: (2e-3, 2e-2), torch.bfloat16: (1e-2, 5e-2)}
+
+SPREAD = "(max - min) / median of the rounds"
+# The unit of every figure key in results.<shape>.figures (the harness test checks the cover).
+UNITS = {"forward_s": "s (median of the rounds)", "forward_best_s": "s", "forward_spread": SPREAD,
+         "step_s": "s (median of the rounds)", "step_best_s": "s", "step_spread": SPREAD,
+         "encoder_gemm_s": "s (median of the rounds)", "encoder_gemm_best_s": "s", "encoder_gemm_spread": SPREAD,
+         "s": "s (median of the rounds)", "best_s": "s", "spread": SPREAD, "tflops": "TFLOP/s at the median",
+         "gb_s": "GB/s (1e9 B/s) at the median", "fraction_of_gemm_ceiling": "encoder GEMM s / kernel s",
+         "peak_bytes_over_inputs": "B", "loss": "mean over rows of the squared error summed over d",
+         "loss_rel_err": "|loss - reference| / |reference|", "grad_rel_err": "||g - g_ref|| / ||g_ref||"}
+
 SHAPES = {"big": (8192, 4096, 131072, 32), "small": (4096, 768, 24576, 32), "tiny": (512, 128, 2048, 32),
           "micro": (16, 32, 64, 4)}  # micro: the harness's own test (kernels under the interpreter)
 
 
-def _timer(dev: torch.device, repeats: int):
+def _measure(dev: torch.device, repeats: int):
+    """Seconds of one round of one variant: on CUDA ``do_bench`` (median of the synced calls
+    that fit in its window), elsewhere one call by the wall clock."""
     if dev.type == "cuda":
         import triton
 
-        return lambda fn: triton.testing.do_bench(fn, rep=max(100, 20 * repeats)) / 1e3
-
-    def cpu(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-    return cpu
+        rep_ms = max(25, 100 // max(repeats, 1))
+        return lambda fn: triton.testing.do_bench(fn, rep=rep_ms) / 1e3
+    return C.wall_time
 
 
-def _kernel_figures(timer, x, W_enc, b_enc, W_dec, k, figs) -> dict:
-    """Each actstore kernel alone on CUDA: seconds, TFLOP/s (encoder), GB/s (sparse)."""
+def _fig(prefix: str, secs: list[float]) -> dict:
+    """``{prefix}_s`` (median of the rounds), ``{prefix}_best_s`` and ``{prefix}_spread``."""
+    sm = C.summary(secs)
+    return {f"{prefix}_s": sm["median_s"], f"{prefix}_best_s": sm["min_s"], f"{prefix}_spread": sm["spread"]}
+
+
+def _rel_err(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
+    if got is None or want is None:
+        return 0.0 if got is None and want is None else float("inf")
+    want = want.detach().float()
+    return ((got.detach().float() - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+def _check_variants(variants: dict, reference_of: dict, params: dict, zero, tol) -> dict:
+    """Run each variant's full step once and compare its loss and every parameter gradient
+    with its reference's (relative errors). Only the references' gradients are kept (a
+    variant's are compared and dropped: at the big shape each copy is GBs). Raises
+    RuntimeError naming the first variant outside ``tol`` = (loss, gradient) tolerance."""
+    def run(fn):
+        zero()
+        loss = fn()
+        out = (float(loss.detach().float()), {p: (t.grad.detach().clone() if t.grad is not None else None)
+                                              for p, t in params.items()})
+        zero()
+        return out
+
+    refs = {r: run(variants[r]) for r in dict.fromkeys(reference_of.values())}
+    checks = {}
+    for v, ref in reference_of.items():
+        (loss, grads), (ref_loss, ref_grads) = refs[v] if v in refs else run(variants[v]), refs[ref]
+        loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
+        grad_err = {p: _rel_err(grads[p], ref_grads[p]) for p in params}
+        del grads
+        checks[v] = {"reference": ref, "loss": loss, "reference_loss": ref_loss, "loss_rel_err": loss_err,
+                     "grad_rel_err": grad_err, "tolerance": {"loss": tol[0], "grad": tol[1]}}
+        worst = max(grad_err, key=grad_err.get)
+        if not (loss_err <= tol[0] and grad_err[worst] <= tol[1]):
+            raise RuntimeError(f"variant {v} disagrees with {ref}: loss rel err {loss_err:.2e} (tol {tol[0]:.0e}), "
+                               f"grad {worst} rel err {grad_err[worst]:.2e} (tol {tol[1]:.0e}); fix it before timing")
+    return checks
+
+
+def _kernel_figures(run, x, W_enc, b_enc, W_dec, k, figs) -> dict:
+    """Each actstore kernel alone, interleaved: seconds, TFLOP/s (encoder), GB/s (sparse),
+    from the median of the rounds."""
     from actstore.kernels.csr_gather_dot import csr_gather_dot_fwd
     from actstore.kernels.csr_matmul import csr_matmul_fwd
     from actstore.kernels.csr_transpose_matmul import csr_transpose_matmul_fwd
@@ -78,10 +139,6 @@ def _kernel_figures(timer, x, W_enc, b_enc, W_dec, k, figs) -> dict:
 
     n, d = x.shape
     m = W_enc.shape[0]
-    out = {}
-    t = timer(lambda: topk_encode_fwd(x, W_enc, b_enc, k))
-    out["topk_encode_fused"] = {"s": t, "tflops": 2 * n * d * m / t / 1e12,
-                                "fraction_of_gemm_ceiling": figs["gemm_ceiling"]["encoder_gemm_s"] / t}
     v, i, _, _ = topk_encode_fwd(x, W_enc, b_enc, k)
     row_ptr = torch.arange(n + 1, device=x.device) * k
     cols, vals = i.reshape(-1), v.reshape(-1)
@@ -89,13 +146,25 @@ def _kernel_figures(timer, x, W_enc, b_enc, W_dec, k, figs) -> dict:
     es = W_dec.element_size()
     nnz = n * k
     g = torch.randn(n, d, device=x.device)
-    t = timer(lambda: csr_matmul_fwd(row_ptr, cols, vals, W_dec))
-    out["csr_matmul (decode)"] = {"s": t, "gb_s": (nnz * (d * es + 12) + n * d * 4) / t / 1e9}
-    t = timer(lambda: csr_gather_dot_fwd(rows, cols, g, W_dec))
-    out["csr_gather_dot (grad values)"] = {"s": t, "gb_s": (nnz * (d * es + d * 4 + 20)) / t / 1e9}
+    kernels = {"topk_encode_fused": lambda: topk_encode_fwd(x, W_enc, b_enc, k),
+               "csr_matmul (decode)": lambda: csr_matmul_fwd(row_ptr, cols, vals, W_dec),
+               "csr_gather_dot (grad values)": lambda: csr_gather_dot_fwd(rows, cols, g, W_dec)}
+    moved = {"csr_matmul (decode)": nnz * (d * es + 12) + n * d * 4,
+             "csr_gather_dot (grad values)": nnz * (d * es + d * 4 + 20)}
     for method in ("sorted", "atomic"):
-        t = timer(lambda: csr_transpose_matmul_fwd(rows, cols, vals, g, m, None, method))
-        out[f"csr_transpose_matmul {method} (grad W_dec)"] = {"s": t, "gb_s": (nnz * (d * 4 + 20) + m * d * 4) / t / 1e9}
+        name = f"csr_transpose_matmul {method} (grad W_dec)"
+        kernels[name] = lambda method=method: csr_transpose_matmul_fwd(rows, cols, vals, g, m, None, method)
+        moved[name] = nnz * (d * 4 + 20) + m * d * 4
+    out = {}
+    for name, secs in run(kernels).items():
+        sm = C.summary(secs)
+        t = sm["median_s"]
+        out[name] = {"s": t, "best_s": sm["min_s"], "spread": sm["spread"]}
+        if name == "topk_encode_fused":
+            out[name].update(tflops=2 * n * d * m / t / 1e12,
+                             fraction_of_gemm_ceiling=figs["gemm_ceiling"]["encoder_gemm_s"] / t)
+        else:
+            out[name]["gb_s"] = moved[name] / t / 1e9
     return out
 
 
@@ -109,12 +178,17 @@ def main(argv=None) -> dict:
                     help="time each kernel alone even off CUDA (under TRITON_INTERPRET=1: a check, not a timing)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave results/ alone")
     args = ap.parse_args(argv)
+    meta = C.metadata()  # before measuring: write_result compares it with the state at the end
     dev = torch.device(args.device)
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if dev.type == "cpu" and dt == torch.bfloat16:
         dt = torch.float32  # CPU matmuls in bf16 are not what anyone trains with
     shapes = args.shape or (["small", "big"] if dev.type == "cuda" else ["tiny"])
-    timer = _timer(dev, args.repeats)
+    measure = _measure(dev, args.repeats)
+
+    def run(callables: dict) -> dict[str, list[float]]:
+        return C.interleaved(callables, args.repeats, warmup=1, measure=measure)
+
     results = {}
     for name in shapes:
         n, d, m, k = SHAPES[name]
@@ -188,26 +262,41 @@ def main(argv=None) -> dict:
             notes.append("off CUDA every actstore variant runs the reference backend (the kernels need a GPU; "
                          "the interpreter is no timing): these figures say nothing about the Triton kernels")
 
-        figs = {}
+        checks = _check_variants(variants, {v: ("batchtopk_eager" if v.startswith("batchtopk") else "eager")
+                                            for v in variants},
+                                 dict(zip(("W_enc", "b_enc", "W_dec", "b_dec"), params)), zero, TOL[dt])
+
+        def forward(fn):
+            def fwd():
+                with torch.no_grad():
+                    fn(fwd_only=True)
+            return fwd
+
+        xg, wg = x.detach(), W_enc.detach()
+        timed = {"gemm_ceiling": lambda: xg @ wg.t()}
         for v, fn in variants.items():
-            with torch.no_grad():
-                fwd = timer(lambda: fn(fwd_only=True)) if v != "compiled" else None
-            full = timer(fn)
-            peak = None
+            if v != "compiled":
+                timed[f"{v}|forward"] = forward(fn)
+            timed[f"{v}|step"] = fn
+        secs = run(timed)
+        figs = {}
+        for v in variants:
+            figs[v] = {**(_fig("forward", secs[f"{v}|forward"]) if v != "compiled"
+                          else {"forward_s": None, "forward_best_s": None, "forward_spread": None}),
+                       **_fig("step", secs[f"{v}|step"]), "peak_bytes_over_inputs": None}
             if dev.type == "cuda":
                 zero()
                 torch.cuda.synchronize()
                 before = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
-                fn()
+                variants[v]()
                 torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() - before
-            figs[v] = {"forward_s": fwd, "step_s": full, "peak_bytes_over_inputs": peak}
-        xg, wg = x.detach(), W_enc.detach()
-        gemm = timer(lambda: xg @ wg.t())
-        figs["gemm_ceiling"] = {"encoder_gemm_s": gemm, "tflops": 2 * n * d * m / gemm / 1e12}
+                figs[v]["peak_bytes_over_inputs"] = torch.cuda.max_memory_allocated() - before
+        gemm_fig = _fig("encoder_gemm", secs["gemm_ceiling"])
+        gemm = gemm_fig["encoder_gemm_s"]
+        figs["gemm_ceiling"] = {**gemm_fig, "tflops": 2 * n * d * m / gemm / 1e12}
         if dev.type == "cuda" or args.kernels:
-            figs["kernels"] = _kernel_figures(timer, xg, wg, b_enc.detach(), W_dec.detach(), k, figs)
+            figs["kernels"] = _kernel_figures(run, xg, wg, b_enc.detach(), W_dec.detach(), k, figs)
         base = figs["eager"]["step_s"]
         ratios = {f"{v}_step_speedup_vs_eager": base / f["step_s"] for v, f in figs.items()
                   if "step_s" in f and not v.startswith("batchtopk")}
@@ -218,28 +307,31 @@ def main(argv=None) -> dict:
                                                        / figs["eager"]["peak_bytes_over_inputs"])
         if "sparsify" in figs:
             ratios["actstore_step_speedup_vs_sparsify"] = figs["sparsify"]["step_s"] / figs["actstore"]["step_s"]
-        results[name] = {"n": n, "d": d, "m": m, "k": k, "dtype": str(dt), "figures": figs, "ratios": ratios,
-                         "notes": notes}
-        print(f"{name}: n={n} d={d} m={m} k={k} {dt}")
-        print(C.fmt_table([[v, f"{f.get('forward_s') or float('nan'):.4f}", f"{f.get('step_s', float('nan')):.4f}",
-                            f"{(f.get('peak_bytes_over_inputs') or 0) / 2**20:.0f}"] for v, f in figs.items() if "step_s" in f],
-                          ["variant", "forward s", "step s", "peak MiB over inputs"]))
+        results[name] = {"n": n, "d": d, "m": m, "k": k, "dtype": str(dt), "repeats": args.repeats, "figures": figs,
+                         "ratios": ratios, "checks": checks, "notes": notes}
+        print(f"{name}: n={n} d={d} m={m} k={k} {dt}; {args.repeats} interleaved rounds, medians")
+        nan = float("nan")
+        print(C.fmt_table([[v, f"{f['forward_s'] or nan:.4f}", f"{f['step_s']:.4f}", f"{f['step_best_s']:.4f}",
+                            f"{f['step_spread']:.2f}", f"{(f['peak_bytes_over_inputs'] or 0) / 2**20:.0f}",
+                            f"{checks[v]['loss_rel_err']:.1e}", f"{max(checks[v]['grad_rel_err'].values()):.1e}"]
+                           for v, f in figs.items() if "step_s" in f],
+                          ["variant", "forward s", "step s", "best", "spread", "peak MiB over inputs",
+                           "loss err", "grad err"]))
         if "kernels" in figs:
-            print(C.fmt_table([[kn, f"{kf['s'] * 1e3:.3f}", f"{kf.get('tflops', float('nan')):.1f}",
-                                f"{kf.get('gb_s', float('nan')):.0f}"] for kn, kf in figs["kernels"].items()],
-                              ["kernel", "ms", "TFLOP/s", "GB/s"]))
+            print(C.fmt_table([[kn, f"{kf['s'] * 1e3:.3f}", f"{kf['best_s'] * 1e3:.3f}", f"{kf['spread']:.2f}",
+                                f"{kf.get('tflops', nan):.1f}", f"{kf.get('gb_s', nan):.0f}"]
+                               for kn, kf in figs["kernels"].items()],
+                              ["kernel", "ms", "best ms", "spread", "TFLOP/s", "GB/s"]))
         print(f"encoder GEMM alone: {gemm:.4f} s = {figs['gemm_ceiling']['tflops']:.2f} TFLOP/s; "
               + ", ".join(f"{k_} x{r:.2f}" for k_, r in ratios.items()))
         for note in notes:
             print("note: " + note)
-    doc = {"meta": C.metadata(), "device": str(dev),
+    doc = {"meta": meta, "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "units": {"forward_s": "s", "step_s": "s", "encoder_gemm_s": "s", "tflops": "TFLOP/s",
-                     "peak_bytes_over_inputs": "B", "gb_s": "GB/s (1e9 B/s)"},
-           "results": results}
+           "units": UNITS, "results": results}
     if not args.no_write:
         print(f"wrote {C.write_result(f'sae_kernels_{dev.type}', doc)}")
-    return results
+    return doc
 
 
 if __name__ == "__main__":

@@ -1,9 +1,31 @@
-"""Test-wide set-up. Without a GPU, Triton kernels run on CPU tensors in Triton's
-interpreter; it must be switched on before any kernel module is imported."""
+"""Test-wide set-up.
+
+- Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter; it must be
+  switched on before any kernel module is imported, hence at conftest import.
+- ``device`` fixture: the device kernel tests run on (tests/helpers/device.py).
+- Markers (registered in pyproject.toml): ``gpu`` selects the tests that run on the GPU
+  when one is present (``pytest -m gpu``, benchmarks/gpu_session.sh); ``slow`` the long
+  ones (``make test-fast`` deselects them).
+- ``ACTSTORE_REQUIRE_GPU=1`` makes a run without CUDA a usage error, so that a GPU session
+  cannot pass on the interpreter by mistake.
+"""
 
 import os
 
-import torch
+import pytest
 
-if not torch.cuda.is_available():
+from helpers.device import DEVICE
+
+if DEVICE != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    if os.environ.get("ACTSTORE_REQUIRE_GPU") == "1" and DEVICE != "cuda":
+        raise pytest.UsageError("ACTSTORE_REQUIRE_GPU=1 but torch sees no CUDA device: run on the GPU machine")
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """``"cuda"`` where a GPU is present, else ``"cpu"``."""
+    return DEVICE

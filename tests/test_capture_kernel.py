@@ -13,8 +13,9 @@ pytest.importorskip("triton")
 
 from actstore.ops import capture_pack  # noqa: E402
 from actstore.reference.capture_pack import capture_pack_reference  # noqa: E402
+from helpers.device import DEVICE as DEV  # noqa: E402
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 EXACT_ON_CPU = {"fp32", "fp16", "int8"}
 
 

@@ -301,6 +301,7 @@ def test_a_corrupt_chunk_is_an_error_naming_it_never_zeros(tmp_path):
             pass
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the pinned copy and the Triton kernel path")
 @pytest.mark.parametrize("dtype", ["fp8", "bf16"])
 def test_cuda_batches_equal_the_cpu_batches(tmp_path, dtype):

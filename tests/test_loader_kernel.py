@@ -13,8 +13,9 @@ import torch
 from actstore.ops import dequant_normalize
 from actstore.reference.dequant_normalize import dequant_normalize_reference
 from actstore.reference.quantize import quantize_fp8, quantize_int8
+from helpers.device import DEVICE as DEV
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 OUT = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
 
 

@@ -14,8 +14,9 @@ from actstore.reference.sparse_matmul import rows_of
 from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, pre_activations,
                                          sparse_decode_reference, topk_encode_reference)
 from helpers.compile_check import assert_compiled_grads_match
+from helpers.device import DEVICE as DEV
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 
 
 def _inputs(n, d, m, seed, dtype=torch.float32):

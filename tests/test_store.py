@@ -158,11 +158,16 @@ def test_commit_visibility_and_mid_shard_commits(tmp_path):
     data = []
     r = actstore.open(path)
     assert r.rows == 0
+    total = 0
     for n in (5, shard - 7, 1, 3, shard + 11, 2):
         data.append(_fill(w, [n], seed=len(data))["h"])
-        # a reader opened before the commit sees only committed rows
+        # A reader opened before the commit sees exactly the committed rows: the last explicit
+        # commit, or the last shard boundary crossed (the writer commits every full shard).
+        # No total here is a shard multiple, so the uncommitted tail is never empty.
+        committed = max(total, (total + n) // shard * shard)
+        total += n
         before = actstore.open(path).rows
-        assert before <= w.rows
+        assert before == w.committed_rows == committed < w.rows == total
         w.commit()
         assert actstore.open(path).rows == w.rows == w.committed_rows
     w.close()

@@ -14,8 +14,9 @@ from actstore.reference.jumprelu import jumprelu_reference, step_reference
 from actstore.reference.topk_sae import pre_activations
 from actstore.sae import Latents
 from helpers.compile_check import assert_compiled_grads_match
+from helpers.device import DEVICE as DEV
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 
 
 def _inputs(n, d, m, seed, dtype=torch.float32):

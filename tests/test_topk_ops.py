@@ -10,8 +10,9 @@ import torch
 from actstore.ops import sparse_decode, topk_encode
 from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, pre_activations,
                                          sparse_decode_reference, topk_encode_reference)
+from helpers.device import DEVICE as DEV
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
 
