@@ -20,6 +20,9 @@ from .latents import Latents
 
 
 class _TopKLoss:
+    """What TopK and BatchTopK share: AuxK and unit-norm decoder rows (mixed in before
+    SparseAutoencoder, so these attributes win over its defaults)."""
+
     uses_auxk = True
     unit_norm_decoder = True
 
