@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from actstore.errors import ActstoreError, SAEError, SAEFileError
 from actstore.reference.jumprelu import jumprelu_reference, step_reference
 from actstore.sae import (ARCHS, Latents, SAEConfig, build, from_saelens, from_sparsify, load, save, to_saelens,
                           to_sparsify)
@@ -54,6 +55,66 @@ def test_every_arch_shares_one_interface_and_every_parameter_learns(arch):
     torch.testing.assert_close(sae(x), dense @ sae.W_dec.float() + sae.b_dec.float(), atol=1e-4, rtol=1e-4)
     if arch == "topk":
         assert lat.l0() == 6 and ((dense > 0).sum(1) <= 6).all()
+
+
+def _reference_code(sae, x, training=False, tol=1e-5):
+    """The arch's code of ``x`` from its weights in plain float64 torch, written here
+    independently of actstore's ops: ``(f [n, m], tied [n, m] bool)``. ``tied`` marks the
+    latents whose membership float rounding may flip: those within ``tol`` of a fixed
+    threshold, or of the k-th value when another latent is also that close to it (a lone
+    k-th value is no tie: it must be kept)."""
+    p = {k: v.detach().double() for k, v in sae.state_dict().items()}
+    xc = x.double() - p["b_dec"]
+    if sae.arch == "gated":
+        G = xc @ p["W_enc"].T
+        gate = G + p["b_gate"]
+        return (gate > 0) * torch.relu(p["r_mag"].exp() * G + p["b_mag"]), gate.abs() <= tol
+    pre = xc @ p["W_enc"].T + p["b_enc"]
+    if sae.arch == "relu":
+        return torch.relu(pre), pre.abs() <= tol
+    if sae.arch == "jumprelu":
+        theta = p["log_threshold"].exp()
+        return pre * (pre > theta), (pre - theta).abs() <= tol
+    k = sae.cfg.k
+    if sae.arch == "topk":
+        kth = pre.sort(1, descending=True).values[:, k - 1:k]
+        near = (pre - kth).abs() <= tol
+        return torch.relu(pre) * (pre >= kth), near & (near.sum(1, keepdim=True) > 1)
+    if training:  # batchtopk: the batch's n*k largest positive pre-activations
+        t = torch.relu(pre).flatten().sort(descending=True).values[pre.shape[0] * k - 1]
+        near = (pre - t).abs() <= tol
+        return pre * ((pre >= t) & (pre > 0)), near & (near.sum() > 1)
+    t = float(sae.threshold)  # batchtopk at inference: one fixed threshold
+    return pre * ((pre > t) & (pre > 0)), (pre - t).abs() <= tol
+
+
+def _assert_same_code(got, want, tied, tol=1e-5):
+    """Per row: the same active latents (any that differ must be tied) with the same values."""
+    got, want = got.detach().double(), want.double()
+    assert got.shape == want.shape
+    for r in range(got.shape[0]):
+        g, w = set(got[r].nonzero().flatten().tolist()), set(want[r].nonzero().flatten().tolist())
+        untied = sorted(j for j in g ^ w if not tied[r, j])
+        assert not untied, f"row {r}: latents {untied} active in only one code"
+        both = sorted(g & w)
+        torch.testing.assert_close(got[r, both], want[r, both], atol=tol, rtol=tol)
+    assert (want > 0).sum() > 0
+
+
+ENCODE_CASES = ["topk", "batchtopk-train", "batchtopk-eval", "jumprelu", "gated", "relu"]
+
+
+@pytest.mark.parametrize("case", ENCODE_CASES)
+def test_every_arch_encodes_like_a_dense_reference_from_its_weights(case):
+    arch, training = case.split("-")[0], case.endswith("-train")
+    sae = _sae(arch).train(training)
+    x = _x()
+    want, tied = _reference_code(sae, x, training)
+    threshold = sae.threshold.clone() if arch == "batchtopk" else None
+    _assert_same_code(sae.encode(x).dense(), want, tied)
+    if threshold is not None:  # training moved the running threshold: encode again from where it was
+        sae.threshold.copy_(threshold)
+    _assert_same_code(sae.encode(x, dense=True), want, tied)
 
 
 def test_topk_training_step_uses_auxk_only_with_dead_latents():
@@ -112,7 +173,7 @@ def test_damaged_or_mismatched_files_get_one_line_errors(tmp_path):
     (tmp_path / "s" / "sae.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="damaged") as e:
         load(tmp_path / "s")
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and isinstance(e.value, SAEError) and isinstance(e.value, ActstoreError)
     save(sae, tmp_path / "t")
     doc = json.loads((tmp_path / "t" / "config.json").read_text())
     doc["m"] = 128
@@ -123,8 +184,9 @@ def test_damaged_or_mismatched_files_get_one_line_errors(tmp_path):
     (tmp_path / "t" / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="unknown keys"):
         load(tmp_path / "t")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found") as e:
         load(tmp_path / "nothing")
+    assert isinstance(e.value, SAEFileError)
     with pytest.raises(ValueError, match="unknown SAE arch"):
         SAEConfig("sparse", 4, 8)
 

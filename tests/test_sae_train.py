@@ -1,16 +1,14 @@
 """The trainer end to end on a real store: metrics and outputs, exact resume after
-SIGKILL of a real training process, two ranks under torchrun (gloo), the CLI, and its
-errors."""
+SIGKILL of a real training process (at chosen steps and checkpoint phases, never at a
+moment of the clock), two ranks under torchrun (gloo), the CLI, and its errors."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,9 +27,22 @@ def store(tmp_path_factory):
     return build(tmp_path_factory.mktemp("train") / "acts")
 
 
-def _run(store, out, arch="topk", tokens=32 * 60):
+def _run(store, out, arch="topk", tokens=32 * 60, stop=None):
+    env = {**ENV, "TRAIN_RUN_STOP": stop} if stop else ENV
     return subprocess.Popen([sys.executable, str(RUN), str(store.path), str(out), arch, str(tokens)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _kill_at(store, out, stop):
+    """Run until the child has stopped itself at ``stop`` (see helpers/train_run.py), then SIGKILL it there."""
+    p = _run(store, out, stop=stop)
+    line = p.stdout.readline()
+    if line.strip() != f"stopped {stop}":
+        p.kill()
+        _, err = p.communicate(timeout=60)
+        pytest.fail(f"the run did not stop at {stop} (printed {line!r}): {err[-2000:]}")
+    p.send_signal(signal.SIGKILL)
+    assert p.wait(timeout=60) == -signal.SIGKILL
 
 
 def _log(out):
@@ -59,32 +70,28 @@ def test_training_lowers_the_loss_and_writes_every_output(store, tmp_path, arch)
     assert len(list((tmp_path / "o").glob("ckpt-*"))) == 1  # older checkpoints are pruned
 
 
-def test_a_run_killed_at_random_moments_resumes_to_the_same_weights(store, tmp_path):
+# Kill points of the 60-step run (checkpoints every 3 steps, log lines every 2), each rerun
+# resuming from the checkpoint before it: a step before the first checkpoint (a fresh
+# restart over a log that has lines) and one mid-interval, a checkpoint folder written but
+# not yet named by latest.json (mid-run and the last), and a complete checkpoint (the first,
+# and the last before the outputs are written).
+KILL_PLANS = [["step:3", "written:9", "ckpt:60"], ["ckpt:3", "step:14", "written:60"]]
+
+
+def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_path):
     ref = _run(store, tmp_path / "ref")
-    out, err = ref.communicate(timeout=300)
+    _, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err[-2000:]
-    want = (tmp_path / "ref" / "params-rank0.sha256").read_text()
-    rng = random.Random(5)
-    for trial in range(2):
+    for trial, plan in enumerate(KILL_PLANS):
         run = tmp_path / f"kill{trial}"
-        kills = 0
-        for _ in range(3):
-            p = _run(store, run)
-            line = p.stdout.readline()
-            if not line.startswith("ready"):  # finished before the first checkpoint: the log must be whole
-                p.wait(timeout=300)
-                break
-            time.sleep(rng.uniform(0.0, 1.5))
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-                kills += 1
+        for stop in plan:
+            _kill_at(store, run, stop)
         p = _run(store, run)
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-        assert kills >= 1
-        assert (run / "params-rank0.sha256").read_text() == want, f"trial {trial}: resumed weights differ"
-        assert _log(run) == _log(tmp_path / "ref")
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.split() == ["done", "60"], err[-2000:]
+        assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text(), \
+            f"killed at {plan}: resumed weights differ"
+        assert _log(run) == _log(tmp_path / "ref"), f"killed at {plan}: the log differs"
 
 
 def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):

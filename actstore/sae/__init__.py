@@ -3,7 +3,8 @@ trainer.
 
 - modules: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`,
   :class:`GatedSAE`, :class:`ReLUSAE` (one interface: ``encode`` / ``decode`` /
-  ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig`;
+  ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig` by
+  :func:`build` (``registry.py``: arch name -> class);
 - formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
   :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`;
 - training: :func:`train` (``actstore train`` on the command line).
@@ -12,12 +13,13 @@ trainer.
 from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
 from .gated import GatedSAE
-from .io import build, from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
-from .train import TrainConfig, train
+from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
 from .jumprelu import JumpReLUSAE
 from .latents import Latents
+from .registry import build
 from .relu import ReLUSAE
 from .topk import BatchTopKSAE, TopKSAE
+from .train import TrainConfig, train
 
 __all__ = ["ARCHS", "SAEConfig", "SparseAutoencoder", "Latents", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
            "GatedSAE", "ReLUSAE", "build", "save", "load", "to_saelens", "from_saelens", "from_sparsify",

@@ -12,6 +12,14 @@ biases. Interface:
   error summed over d, mean over rows), ``fvu`` (fraction of variance unexplained),
   ``l0`` and the arch's own terms, plus ``latents``.
 
+What differs per arch lives on the class, so the trainer and the file formats ask the SAE
+instead of branching on its name: ``uses_auxk`` (the loss takes ``dead_mask``),
+``renorm_decoder`` (unit-norm decoder rows after each step), ``sync_state(dist)`` (state
+that training moves outside the gradients, averaged over ranks), and the SAELens /
+sparsify conversions (``saelens_arch``, ``saelens_reads``, ``saelens_state()``,
+``saelens_config()``, ``config_from_saelens()``, ``state_from_saelens()``,
+``sparsify_state()``). ``actstore.sae.registry`` maps arch names to the classes.
+
 Reconstruction losses are float32 whatever the parameter dtype.
 """
 
@@ -22,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import SAEError
 from ..ops import csr_decode
 from .config import SAEConfig
 from .latents import Latents
@@ -35,13 +44,27 @@ from .latents import Latents
 DENSE_DECODE_ABOVE = 0.1
 
 
+def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``bias + shift`` in float32, returned in ``dtype`` (``bias`` itself when no shift)."""
+    return bias if shift is None else (bias.float() + shift).to(dtype)
+
+
 class SparseAutoencoder(nn.Module):
     arch = ""
+    # The loss takes ``dead_mask`` and trains the dead latents with AuxK (the trainer then
+    # tracks and passes it; other archs get None).
+    uses_auxk = False
+    # Decoder rows are kept at unit norm (when ``cfg.normalize_decoder``): right for archs
+    # whose penalty ignores decoder norms; relu and gated weight their L1 by them instead.
+    unit_norm_decoder = False
+    # SAELens' ``architecture`` this arch is written as, and the one it is read from.
+    saelens_arch = ""
+    saelens_reads = ""
 
     def __init__(self, cfg: SAEConfig, *, device=None, dtype=None, seed: int = 0):
         super().__init__()
         if cfg.arch != self.arch:
-            raise ValueError(f"{type(self).__name__} needs arch {self.arch!r}, got {cfg.arch!r}")
+            raise SAEError(f"{type(self).__name__} needs arch {self.arch!r}, got {cfg.arch!r}")
         self.cfg = cfg
         dtype = dtype or getattr(torch, cfg.dtype)
         kw = {"device": device, "dtype": dtype}
@@ -75,9 +98,48 @@ class SparseAutoencoder(nn.Module):
         self.W_enc.copy_(w)
         self.b_dec.zero_()
 
+    @property
+    def renorm_decoder(self) -> bool:
+        """Whether training rescales the decoder rows to unit norm after every step."""
+        return self.unit_norm_decoder and self.cfg.normalize_decoder
+
+    def sync_state(self, dist) -> None:
+        """Make state that training moves outside the gradients agree across ranks; called
+        after the gradient all-reduce, before the optimizer step. None by default."""
+
     def export_config(self) -> SAEConfig:
         """The config to save next to the weights (arch state kept in buffers is synced in)."""
         return self.cfg
+
+    # -- SAELens and sparsify layouts (called by actstore.sae.io on a folded CPU copy) -------
+
+    def saelens_state(self) -> dict[str, torch.Tensor]:
+        """The weights in SAELens' layout: ``W_enc [d, m]`` (transposed), ``W_dec [m, d]``,
+        ``b_dec [d]``, ``b_enc [m]`` and the arch's own."""
+        return {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
+                "b_dec": self.b_dec.detach().contiguous(), "b_enc": self.b_enc.detach().contiguous()}
+
+    def saelens_config(self) -> dict:
+        """The arch's own keys of SAELens' ``cfg.json`` (beyond sizes, dtype and architecture)."""
+        return {}
+
+    @classmethod
+    def config_from_saelens(cls, doc: dict, st: dict, d: int, m: int, dtype: str) -> SAEConfig:
+        """The config of an SAE read from SAELens' ``cfg.json`` ``doc`` and tensors ``st``."""
+        k = doc.get("k")
+        return SAEConfig(cls.arch, d, m, k=int(k) if k else None, dtype=dtype)
+
+    def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
+        """This module's state dict from SAELens' tensors ``st``. ``shift`` (``[m]`` float32,
+        ``W_enc @ b_dec``) is given when SAELens did not subtract ``b_dec`` from the input:
+        the encoder biases take it, so our pre-activation ``(x - b_dec) W + b`` matches theirs."""
+        dtype = st["W_dec"].dtype
+        return {"W_enc": st["W_enc"].t(), "W_dec": st["W_dec"], "b_dec": st["b_dec"],
+                "b_enc": _shifted(st["b_enc"], shift, dtype)}
+
+    def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """``(tensors, cfg.json)`` of a sparsify checkpoint; sparsify holds TopK SAEs only."""
+        raise SAEError(f"sparsify holds TopK SAEs only, not {self.arch!r}: export it with to_saelens instead")
 
     def decode(self, latents: Latents) -> torch.Tensor:
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
@@ -123,7 +185,7 @@ class SparseAutoencoder(nn.Module):
         if s == 1.0:
             return
         if not math.isfinite(s) or s <= 0:
-            raise ValueError(f"cannot fold scale {s}: it must be a positive finite number")
+            raise SAEError(f"cannot fold scale {s}: it must be a positive finite number")
         self.W_enc.mul_(s)
         self.W_dec.div_(s)
         self.b_dec.div_(s)

@@ -12,6 +12,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from ..errors import SAEError
+
+# The arch names a config may hold; actstore.sae.registry maps each to its class (and checks
+# at import that the two agree, so a new arch cannot be half added).
 ARCHS = ("topk", "batchtopk", "jumprelu", "gated", "relu")
 FORMAT = "actstore-sae/1"
 
@@ -37,12 +41,12 @@ class SAEConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown SAE arch {self.arch!r}: use one of {', '.join(ARCHS)}")
+            raise SAEError(f"unknown SAE arch {self.arch!r}: use one of {', '.join(ARCHS)}")
         if self.d < 1 or self.m < 1:
-            raise ValueError(f"SAE sizes must be positive, got d={self.d} m={self.m}")
+            raise SAEError(f"SAE sizes must be positive, got d={self.d} m={self.m}")
         if self.arch in ("topk", "batchtopk"):
             if not self.k or not 1 <= self.k <= self.m:
-                raise ValueError(f"arch {self.arch!r} needs 1 <= k <= m={self.m}, got k={self.k}")
+                raise SAEError(f"arch {self.arch!r} needs 1 <= k <= m={self.m}, got k={self.k}")
             if self.k_aux is None:
                 self.k_aux = min(self.m, max(1, self.d // 2))
 
@@ -52,9 +56,9 @@ class SAEConfig:
     @classmethod
     def from_dict(cls, doc: dict) -> "SAEConfig":
         if doc.get("format", FORMAT) != FORMAT:
-            raise ValueError(f"SAE config format {doc.get('format')!r} is not {FORMAT!r}: upgrade actstore")
+            raise SAEError(f"SAE config format {doc.get('format')!r} is not {FORMAT!r}: upgrade actstore")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(doc) - names - {"format"}
         if unknown:
-            raise ValueError(f"SAE config has unknown keys {sorted(unknown)}: written by a newer actstore?")
+            raise SAEError(f"SAE config has unknown keys {sorted(unknown)}: written by a newer actstore?")
         return cls(**{k: v for k, v in doc.items() if k in names})

@@ -14,38 +14,32 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from ..store.storage import LocalStorage
 
+from ..errors import SAEError, SAEFileError
 from .base import SparseAutoencoder
 from .config import SAEConfig
-from .gated import GatedSAE
-from .jumprelu import JumpReLUSAE
-from .relu import ReLUSAE
-from .topk import BatchTopKSAE, TopKSAE
-
-CLASSES = {c.arch: c for c in (TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, ReLUSAE)}
+from .registry import SAELENS_READS, build, sae_class
+from .topk import TopKSAE
 
 
-def build(cfg: SAEConfig, **kw) -> SparseAutoencoder:
-    """A freshly initialized SAE of ``cfg.arch``."""
-    return CLASSES[cfg.arch](cfg, **kw)
-
-
-def put(folder: Path, name: str, data: bytes | str) -> None:
+def write_file(folder: Path, name: str, data: bytes | str) -> None:
     """Write ``folder/name`` atomically and durably (the store's own ``write_atomic``: temp
     file, fsync, rename, directory fsync; a full disk is a one-line StoreError)."""
     LocalStorage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
 
 
-def put_tensors(folder: Path, name: str, tensors: dict) -> None:
-    put(folder, name, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+def write_safetensors(folder: Path, name: str, tensors: dict) -> None:
+    """Write ``tensors`` (detached, made contiguous, moved to the CPU) as the safetensors file
+    ``folder/name``, atomically and durably as :func:`write_file`."""
+    write_file(folder, name, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
 def save(sae: SparseAutoencoder, path, *, fold_scale: bool = True) -> Path:
@@ -53,12 +47,10 @@ def save(sae: SparseAutoencoder, path, *, fold_scale: bool = True) -> Path:
     with the normalization folded in is written (``sae`` itself is left as it is)."""
     path = Path(path)
     if fold_scale and sae.cfg.scale != 1.0:
-        import copy
-
         sae = copy.deepcopy(sae)
         sae.fold_scale()
-    put_tensors(path, "sae.safetensors", sae.state_dict())
-    put(path, "config.json", sae.export_config().to_json())
+    write_safetensors(path, "sae.safetensors", sae.state_dict())
+    write_file(path, "config.json", sae.export_config().to_json())
     return path
 
 
@@ -66,30 +58,30 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a saved {what}?") from None
+        raise SAEFileError(f"{path} not found: is {path.parent} a saved {what}?") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the {what} is damaged") from None
+        raise SAEError(f"{path} is not valid JSON ({e}); the {what} is damaged") from None
 
 
 def _load_weights(path: Path, what: str) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a saved {what}?")
+        raise SAEFileError(f"{path} not found: is {path.parent} a saved {what}?")
     try:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for damage
-        raise ValueError(f"{path} could not be read as safetensors ({type(e).__name__}: {e}); "
-                         f"the {what} is damaged") from None
+        raise SAEError(f"{path} could not be read as safetensors ({type(e).__name__}: {e}); "
+                       f"the {what} is damaged") from None
 
 
 def _assign(sae: SparseAutoencoder, state: dict, source: Path) -> SparseAutoencoder:
     own = sae.state_dict()
     missing, extra = set(own) - set(state), set(state) - set(own)
     if missing or extra:
-        raise ValueError(f"{source}: weights do not match a {sae.arch} SAE (missing {sorted(missing)}, "
-                         f"unexpected {sorted(extra)})")
+        raise SAEError(f"{source}: weights do not match a {sae.arch} SAE (missing {sorted(missing)}, "
+                       f"unexpected {sorted(extra)})")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
+            raise SAEError(f"{source}: {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
     sae.load_state_dict(state)
     return sae
 
@@ -106,38 +98,19 @@ def load(path, *, device=None) -> SparseAutoencoder:
 
 # -- SAELens ---------------------------------------------------------------------------------
 
-_TO_SAELENS = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "jumprelu"}
-
 
 def to_saelens(sae: SparseAutoencoder, path) -> Path:
     """Write SAELens' on-disk format (``SAE.load_from_disk(path)`` reads it)."""
-    import copy
-
     path = Path(path)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
     c = sae.cfg
-    st = {"W_enc": sae.W_enc.detach().t().contiguous(), "W_dec": sae.W_dec.detach().contiguous(),
-          "b_dec": sae.b_dec.detach().contiguous()}
-    if c.arch == "gated":
-        st.update(b_gate=sae.b_gate.detach(), r_mag=sae.r_mag.detach(), b_mag=sae.b_mag.detach())
-    else:
-        st["b_enc"] = sae.b_enc.detach().contiguous()
-    if c.arch == "jumprelu":
-        st["threshold"] = sae.log_threshold.detach().exp().to(sae.W_enc.dtype).contiguous()
-    if c.arch == "batchtopk":
-        t = float(sae.threshold)
-        if t < 0:
-            raise ValueError("this BatchTopK SAE has no inference threshold yet (train it first): "
-                             "SAELens stores BatchTopK SAEs in their JumpReLU form")
-        st["threshold"] = torch.full((c.m,), t, dtype=sae.W_enc.dtype)
     doc = {"d_in": c.d, "d_sae": c.m, "dtype": str(sae.W_enc.dtype).removeprefix("torch."), "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-           "architecture": _TO_SAELENS[c.arch], "metadata": {"hook_name": c.hook} if c.hook else {}}
-    if c.arch == "topk":
-        doc.update(k=c.k, rescale_acts_by_decoder_norm=False)
-    put_tensors(path, "sae_weights.safetensors", st)
-    put(path, "cfg.json", json.dumps(doc))
+           "architecture": sae.saelens_arch, "metadata": {"hook_name": c.hook} if c.hook else {},
+           **sae.saelens_config()}
+    write_safetensors(path, "sae_weights.safetensors", sae.saelens_state())
+    write_file(path, "cfg.json", json.dumps(doc))
     return path
 
 
@@ -147,47 +120,23 @@ def from_saelens(path, *, device=None) -> SparseAutoencoder:
     doc = _read_json(path / "cfg.json", "SAELens SAE")
     st = _load_weights(path / "sae_weights.safetensors", "SAELens SAE")
     arch_in = doc.get("architecture", "standard")
-    arch = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
-            "batchtopk": "batchtopk"}.get(arch_in)
-    if arch is None:
-        raise ValueError(f"{path}: SAELens architecture {arch_in!r} has no actstore counterpart "
-                         "(supported: standard, topk, batchtopk, jumprelu, gated)")
+    cls = SAELENS_READS.get(arch_in)
+    if cls is None:
+        raise SAEError(f"{path}: SAELens architecture {arch_in!r} has no actstore counterpart "
+                       f"(supported: {', '.join(sorted(SAELENS_READS))})")
     if doc.get("normalize_activations", "none") != "none":
-        raise ValueError(f"{path}: normalize_activations={doc['normalize_activations']!r} is not supported; "
-                         "export the SAE with its normalization folded in")
+        raise SAEError(f"{path}: normalize_activations={doc['normalize_activations']!r} is not supported; "
+                       "export the SAE with its normalization folded in")
     if doc.get("rescale_acts_by_decoder_norm") or doc.get("reshape_activations", "none") != "none":
-        raise ValueError(f"{path}: rescale_acts_by_decoder_norm / reshape_activations are not supported")
+        raise SAEError(f"{path}: rescale_acts_by_decoder_norm / reshape_activations are not supported")
     d, m = int(doc["d_in"]), int(doc["d_sae"])
-    k = doc.get("k")
-    dtype = st["W_dec"].dtype
-    if arch == "batchtopk":
-        thr = st.get("topk_threshold")
-        cfg = SAEConfig(arch, d, m, k=int(k), threshold=None if thr is None else float(thr),
-                        dtype=str(dtype).removeprefix("torch."))
-    else:
-        cfg = SAEConfig(arch, d, m, k=int(k) if k else None, dtype=str(dtype).removeprefix("torch."))
+    cfg = cls.config_from_saelens(doc, st, d, m, str(st["W_dec"].dtype).removeprefix("torch."))
     cfg.hook = (doc.get("metadata") or {}).get("hook_name")
     sae = build(cfg)
-    W_enc = st["W_enc"].t()
-    state = {"W_enc": W_enc, "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
-    bias_key = "b_gate" if arch == "gated" else "b_enc"
-    if not doc.get("apply_b_dec_to_input", True):
-        # Their pre-activation is x W + b; ours subtracts b_dec first: fold W b_dec into the bias.
-        fix = W_enc.float() @ st["b_dec"].float()
-        st[bias_key] = (st[bias_key].float() + fix).to(dtype)
-        if arch == "gated":
-            st["b_mag"] = (st["b_mag"].float() + st["r_mag"].float().exp() * fix).to(dtype)
-    if arch == "gated":
-        state.update(b_gate=st["b_gate"], r_mag=st["r_mag"], b_mag=st["b_mag"])
-    else:
-        state["b_enc"] = st["b_enc"]
-    if arch == "jumprelu":
-        theta = st["threshold"].float()
-        if (theta <= 0).any():
-            raise ValueError(f"{path}: JumpReLU thresholds must be positive to import (log-parameterized here)")
-        state["log_threshold"] = theta.log()
-    if arch == "batchtopk":
-        state["threshold"] = torch.tensor(-1.0 if cfg.threshold is None else cfg.threshold)
+    # Their pre-activation is x W + b without apply_b_dec_to_input; ours subtracts b_dec
+    # first, so W b_dec folds into the encoder biases.
+    shift = None if doc.get("apply_b_dec_to_input", True) else st["W_enc"].t().float() @ st["b_dec"].float()
+    state = sae.state_from_saelens(st, path, shift)
     sae = _assign(sae, {k_: v.contiguous() for k_, v in state.items()}, path)
     return sae.to(device) if device is not None else sae
 
@@ -201,16 +150,16 @@ def from_sparsify(path, *, device=None) -> TopKSAE:
     doc = _read_json(path / "cfg.json", "sparsify checkpoint")
     st = _load_weights(path / "sae.safetensors", "sparsify checkpoint")
     if doc.get("activation", "topk") != "topk":
-        raise ValueError(f"{path}: sparsify activation {doc['activation']!r} is not supported (only topk)")
+        raise SAEError(f"{path}: sparsify activation {doc['activation']!r} is not supported (only topk)")
     if doc.get("transcode") or doc.get("skip_connection"):
-        raise ValueError(f"{path}: sparsify transcoders / skip connections are not supported")
+        raise SAEError(f"{path}: sparsify transcoders / skip connections are not supported")
     W = st["encoder.weight"]
     m, d = W.shape
     if int(doc.get("d_in", d)) != d:
-        raise ValueError(f"{path}: d_in={doc['d_in']} but encoder.weight is {tuple(W.shape)}")
+        raise SAEError(f"{path}: d_in={doc['d_in']} but encoder.weight is {tuple(W.shape)}")
     cfg = SAEConfig("topk", d, m, k=int(doc["k"]), normalize_decoder=bool(doc.get("normalize_decoder", True)),
                     dtype=str(W.dtype).removeprefix("torch."))
-    sae = build(cfg)
+    sae = sae_class("topk")(cfg)
     state = {"W_enc": W, "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
     sae = _assign(sae, {k_: v.contiguous() for k_, v in state.items()}, path)
     return sae.to(device) if device is not None else sae
@@ -218,22 +167,13 @@ def from_sparsify(path, *, device=None) -> TopKSAE:
 
 def to_sparsify(sae: TopKSAE, path) -> Path:
     """Write a TopK SAE as a sparsify checkpoint (``SparseCoder.load_from_disk`` reads it)."""
-    import copy
-
-    if sae.arch != "topk":
-        raise ValueError(f"sparsify holds TopK SAEs only, not {sae.arch!r}")
     path = Path(path)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
-    c = sae.cfg
-    st = {"encoder.weight": sae.W_enc.detach().contiguous(), "encoder.bias": sae.b_enc.detach().contiguous(),
-          "W_dec": sae.W_dec.detach().contiguous(), "b_dec": sae.b_dec.detach().contiguous()}
-    put_tensors(path, "sae.safetensors", st)
-    doc = {"activation": "topk", "expansion_factor": max(1, c.m // c.d), "normalize_decoder": c.normalize_decoder,
-           "num_latents": c.m, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
-           "d_in": c.d}
-    put(path, "cfg.json", json.dumps(doc))
+    st, doc = sae.sparsify_state()  # raises for archs sparsify cannot hold
+    write_safetensors(path, "sae.safetensors", st)
+    write_file(path, "cfg.json", json.dumps(doc))
     return path
 
 
-__all__ = ["build", "save", "load", "to_saelens", "from_saelens", "from_sparsify", "to_sparsify"]
+__all__ = ["save", "load", "to_saelens", "from_saelens", "from_sparsify", "to_sparsify"]

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import SAEError
 from ..ops import jumprelu_encode
 from .base import SparseAutoencoder
 from .latents import Latents
@@ -22,11 +23,23 @@ from .latents import Latents
 
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
+    unit_norm_decoder = True
+    saelens_arch = saelens_reads = "jumprelu"
 
     def _init_arch_params(self, kw) -> None:
         super()._init_arch_params(kw)
         self.log_threshold = nn.Parameter(torch.full((self.cfg.m,), math.log(self.cfg.init_threshold),
                                                      device=kw["device"], dtype=torch.float32))
+
+    def saelens_state(self) -> dict[str, torch.Tensor]:
+        theta = self.log_threshold.detach().exp().to(self.W_enc.dtype).contiguous()
+        return {**super().saelens_state(), "threshold": theta}
+
+    def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
+        theta = st["threshold"].float()
+        if (theta <= 0).any():
+            raise SAEError(f"{source}: JumpReLU thresholds must be positive to import (log-parameterized here)")
+        return {**super().state_from_saelens(st, source, shift), "log_threshold": theta.log()}
 
     def _encode(self, x):
         rp, c, v, _, l0 = jumprelu_encode(x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec,

@@ -17,6 +17,7 @@ from .latents import Latents
 
 class ReLUSAE(SparseAutoencoder):
     arch = "relu"
+    saelens_arch, saelens_reads = "standard", "standard"
 
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:

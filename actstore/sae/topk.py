@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SAEError
 from ..ops import batch_topk_encode, sparse_decode, topk_encode
 from .base import SparseAutoencoder
+from .config import SAEConfig
 from .latents import Latents
 
 
 class _TopKLoss:
+    """What TopK and BatchTopK share: AuxK and unit-norm decoder rows (mixed in before
+    SparseAutoencoder, so these attributes win over its defaults)."""
+
+    uses_auxk = True
+    unit_norm_decoder = True
+
     def _aux_terms(self, rec: dict, dead_mask, av, ai) -> dict:
         if av is None:
             return {"aux_fvu": torch.zeros((), device=rec["mse"].device)}
@@ -28,8 +36,21 @@ class _TopKLoss:
         return {"aux_fvu": scale * aux_sse / rec["total_variance"].clamp_min(1e-12)}
 
 
-class TopKSAE(SparseAutoencoder, _TopKLoss):
+class TopKSAE(_TopKLoss, SparseAutoencoder):
     arch = "topk"
+    saelens_arch = saelens_reads = "topk"
+
+    def saelens_config(self) -> dict:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+
+    def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        c = self.cfg
+        st = {"encoder.weight": self.W_enc.detach().contiguous(), "encoder.bias": self.b_enc.detach().contiguous(),
+              "W_dec": self.W_dec.detach().contiguous(), "b_dec": self.b_dec.detach().contiguous()}
+        doc = {"activation": "topk", "expansion_factor": max(1, c.m // c.d), "normalize_decoder": c.normalize_decoder,
+               "num_latents": c.m, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
+               "d_in": c.d}
+        return st, doc
 
     def encode(self, x: torch.Tensor, dense: bool = False):
         v, i = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec)
@@ -51,13 +72,16 @@ class TopKSAE(SparseAutoencoder, _TopKLoss):
         return out
 
 
-class BatchTopKSAE(SparseAutoencoder, _TopKLoss):
+class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
     """k active latents per row on average over a batch. In training mode the threshold is
     the batch's ``n*k``-th activation; each training batch moves the ``threshold`` buffer
     (an exponential mean, rate 0.01) towards it, and eval mode encodes with that fixed
     threshold (the JumpReLU form), so a row's code no longer depends on its batch."""
 
     arch = "batchtopk"
+    # SAELens runs its BatchTopK SAEs at inference as JumpReLU with one theta on every
+    # latent: that is the export; its BatchTopK training saves import.
+    saelens_arch, saelens_reads = "jumprelu", "batchtopk"
 
     def _init_arch_params(self, kw) -> None:
         super()._init_arch_params(kw)
@@ -68,6 +92,28 @@ class BatchTopKSAE(SparseAutoencoder, _TopKLoss):
     def export_config(self):
         self.cfg.threshold = float(self.threshold) if float(self.threshold) >= 0 else None
         return self.cfg
+
+    def sync_state(self, dist) -> None:
+        """Every rank moved the running threshold by its own batch: average them."""
+        dist.all_reduce(self.threshold)
+        self.threshold /= dist.get_world_size()
+
+    def saelens_state(self) -> dict[str, torch.Tensor]:
+        t = float(self.threshold)
+        if t < 0:
+            raise SAEError("this BatchTopK SAE has no inference threshold yet (train it first): "
+                           "SAELens stores BatchTopK SAEs in their JumpReLU form")
+        return {**super().saelens_state(), "threshold": torch.full((self.cfg.m,), t, dtype=self.W_enc.dtype)}
+
+    @classmethod
+    def config_from_saelens(cls, doc: dict, st: dict, d: int, m: int, dtype: str) -> SAEConfig:
+        thr = st.get("topk_threshold")
+        return SAEConfig(cls.arch, d, m, k=int(doc.get("k")), threshold=None if thr is None else float(thr),
+                         dtype=dtype)
+
+    def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
+        t = self.cfg.threshold
+        return {**super().state_from_saelens(st, source, shift), "threshold": torch.tensor(-1.0 if t is None else t)}
 
     def _encode_csr(self, x: torch.Tensor, dead_mask=None):
         # Eval reads the threshold (one host sync); training keeps it on the device.

@@ -12,6 +12,12 @@ BatchTopK train the dead ones with AuxK.
 Metrics every ``log_every`` steps, on a tqdm bar and as JSON lines in ``OUT/log.jsonl``:
 step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s.
 
+The loop is three parts: :func:`_resume_or_init` (the SAE, AdamW and the counters, from
+the newest checkpoint or fresh), :func:`_step` (one optimizer step on one batch) and
+:func:`_checkpoint` (write the folder, then point ``latest.json`` at it). What differs per
+arch is asked of the SAE (``uses_auxk``, ``renorm_decoder``, ``sync_state``), never
+branched on its name.
+
 Checkpoints (``OUT/ckpt-<step>/``, the newest named by ``OUT/latest.json``, which is
 replaced atomically once the folder is complete): the SAE (unfolded), AdamW's state
 (safetensors + JSON: no pickles), the trainer counters and each rank's loader state. A
@@ -26,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,9 +43,12 @@ from safetensors.torch import load_file
 from ..loader import ActivationLoader
 from .. import api
 from ..store.reader import Store
+from .._dist import group, init_if_launched, local_device, rank_world
+from ..errors import SAEError
 from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
-from .io import build, load, put, put_tensors, save
+from .io import load, save, write_file, write_safetensors
+from .registry import build
 
 ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
 
@@ -71,14 +79,14 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}: use one of {', '.join(ARCHS)}")
+            raise SAEError(f"unknown arch {self.arch!r}: use one of {', '.join(ARCHS)}")
         for name in ("latents", "tokens", "batch_size", "checkpoint_every", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise SAEError(f"{name} must be a positive integer, got {v!r}")
         unknown = set(self.sae) - set(ARCH_KEYS)
         if unknown:
-            raise ValueError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
+            raise SAEError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
 
     @classmethod
     def from_file(cls, path, **overrides) -> "TrainConfig":
@@ -87,8 +95,20 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(doc) - names
         if unknown:
-            raise ValueError(f"{path}: unknown training option(s) {sorted(unknown)}")
+            raise SAEError(f"{path}: unknown training option(s) {sorted(unknown)}: use the TrainConfig fields")
         return cls(**doc)
+
+
+@dataclass
+class _Run:
+    """What one run moves from step to step (and a checkpoint keeps)."""
+
+    sae: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    base_lr: float
+    step: int
+    tokens: int  # all ranks together
+    since_fired: torch.Tensor  # [m] int64: tokens since each latent last fired (on any rank)
 
 
 def _lr(cfg: TrainConfig, base: float, step: int, total: int) -> float:
@@ -98,15 +118,12 @@ def _lr(cfg: TrainConfig, base: float, step: int, total: int) -> float:
     return base * warm * decay
 
 
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist, dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
+def _device(name: str, world: int) -> torch.device:
+    """``auto`` -> this rank's GPU or the CPU; a bare ``cuda`` under torchrun is this rank's GPU too."""
+    dev = local_device(name)
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        dev = local_device("auto")
+    return dev
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -122,8 +139,8 @@ def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
                 tensors[f"{idx}.{k}"] = v
             else:
                 meta["state"][str(idx)][k] = v
-    put_tensors(path, "optimizer.safetensors", tensors)
-    put(path, "optimizer.json", json.dumps(meta))
+    write_safetensors(path, "optimizer.safetensors", tensors)
+    write_file(path, "optimizer.json", json.dumps(meta))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
@@ -142,29 +159,10 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-# -- the loop ----------------------------------------------------------------------------------
-
-
-def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: bool = False, **kwargs):
-    """Train an SAE (see the module docstring). Pass a :class:`TrainConfig` or its fields
-    as keywords. Returns the summary (also in ``OUT/summary.json``), or
-    ``(summary, sae)`` with ``return_sae`` (this rank's SAE, unfolded)."""
-    cfg = cfg or TrainConfig(**kwargs)
-    dist, rank, world = _dist()
-    out = Path(cfg.out)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
-    if cfg.hook not in store.hooks:
-        raise ValueError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)})")
-    loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=None, device=dev,
-                              normalize=cfg.normalize, drop_last=True, buffer_rows=cfg.buffer_rows,
-                              threads=cfg.threads, rank=rank, world_size=world)
-    scale = loader.scale_factors.get(cfg.hook, 1.0)
-    global_batch = cfg.batch_size * world
-    total = math.ceil(cfg.tokens / global_batch)
-
+def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader, dev: torch.device,
+                    rank: int) -> _Run:
+    """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
+    settings differ), or a new SAE (decoder bias at the data mean, in the training scale)."""
     latest = out / "latest.json"
     resumed = latest.exists()
     if resumed:
@@ -173,8 +171,8 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
         diff = sorted(k for k in mine if k not in ("device", "threads") and mine[k] != saved.get(k))
         if diff:
-            raise ValueError(f"{out} holds a run with different settings ({', '.join(diff)}): "
-                             "use a new --out, or the same settings to resume")
+            raise SAEError(f"{out} holds a run with different settings ({', '.join(diff)}): "
+                           "use a new --out, or the same settings to resume")
         ck = out / pointer["checkpoint"]
         sae = load(ck / "sae").to(dev)
         counters = json.loads((ck / "trainer.json").read_text())
@@ -184,6 +182,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
+        scale = loader.scale_factors.get(cfg.hook, 1.0)
         d = store._hook(cfg.hook).d
         scfg = SAEConfig(cfg.arch, d, cfg.latents, k=cfg.k, scale=scale, hook=cfg.hook, **cfg.sae)
         sae = build(scfg, seed=cfg.seed).to(dev)
@@ -196,71 +195,157 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     opt = torch.optim.AdamW(sae.parameters(), lr=base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     if resumed:
         _load_optimizer(opt, ck, dev)
-    renorm = sae.arch in ("topk", "batchtopk", "jumprelu") and sae.cfg.normalize_decoder
-    if renorm and not resumed:
+    elif sae.renorm_decoder:
         sae.normalize_decoder()
+    return _Run(sae, opt, base_lr, step, tokens, since_fired)
 
-    log_path = out / "log.jsonl"
-    if rank == 0 and resumed and log_path.exists():
-        # Keep the log lines up to the checkpoint: the resumed run writes the rest again.
+
+def _write_checkpoint(out: Path, run: _Run, loader: ActivationLoader, dist, rank: int) -> Path:
+    """Write ``ckpt-<step>/`` whole (every rank its loader state, rank 0 the rest); ranks
+    meet before and after."""
+    ck = out / f"ckpt-{run.step:08d}"
+    if rank == 0:
+        if ck.exists():  # left by a run killed while writing it
+            shutil.rmtree(ck)
+        ck.mkdir(parents=True)
+    if dist is not None:
+        dist.barrier()
+    write_file(ck, f"loader-rank{rank}.json", json.dumps(loader.state_dict()))
+    if rank == 0:
+        save(run.sae, ck / "sae", fold_scale=False)
+        _save_optimizer(run.opt, ck)
+        write_file(ck, "trainer.json", json.dumps({"step": run.step, "tokens": run.tokens}))
+        write_safetensors(ck, "trainer.safetensors", {"tokens_since_fired": run.since_fired})
+    if dist is not None:
+        dist.barrier()
+    return ck
+
+
+def _point_latest(cfg: TrainConfig, out: Path, ck: Path, step: int) -> None:
+    """Rank 0: replace ``latest.json`` by one naming ``ck`` (every file of it is durable by
+    now), then delete the checkpoint it named before."""
+    prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
+    doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
+    write_file(out, "latest.json", json.dumps(doc))
+    if prev and prev != ck.name:
+        shutil.rmtree(out / prev, ignore_errors=True)
+
+
+def _checkpoint(cfg: TrainConfig, out: Path, run: _Run, loader: ActivationLoader, dist, rank: int) -> None:
+    """Write ``ckpt-<step>/``, then point ``latest.json`` at it and delete the older folder."""
+    ck = _write_checkpoint(out, run, loader, dist, rank)
+    if rank == 0:
+        _point_latest(cfg, out, ck, run.step)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _all_reduce_grads(sae: SparseAutoencoder, dist) -> None:
+    """Average the gradients over ranks: one all-reduce per gradient dtype, flattened (not
+    one per parameter)."""
+    world = dist.get_world_size()
+    by_dtype = {}
+    for p in sae.parameters():
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
+
+def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, total: int, global_batch: int, dist) -> dict:
+    """One optimizer step on this rank's batch ``x [batch_size, d]``; returns the loss terms."""
+    sae, opt = run.sae, run.opt
+    dead = run.since_fired >= cfg.dead_tokens
+    res = sae.loss(x, dead_mask=dead if sae.uses_auxk else None)
+    opt.zero_grad(set_to_none=True)
+    res["loss"].backward()
+    fired = res["latents"].fired()
+    if dist is not None:
+        _all_reduce_grads(sae, dist)
+        f = fired.to(torch.int32)
+        dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        fired = f > 0
+        sae.sync_state(dist)
+    if sae.renorm_decoder:
+        sae.remove_parallel_decoder_grad()
+    for g in opt.param_groups:
+        g["lr"] = _lr(cfg, run.base_lr, run.step, total)
+    opt.step()
+    if sae.renorm_decoder:
+        sae.normalize_decoder()
+    run.since_fired += global_batch
+    run.since_fired[fired] = 0
+    run.step += 1
+    run.tokens += global_batch
+    return res
+
+
+def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
+    """The log line of this step, less ``tokens_per_s``: loss, fvu and l0 averaged over ranks."""
+    vals = torch.stack([res["loss"].detach().float(), res["fvu"].detach().float(),
+                        torch.tensor(res["latents"].l0(), device=run.since_fired.device)])
+    if dist is not None:
+        dist.all_reduce(vals)
+        vals /= dist.get_world_size()
+    return {"step": run.step, "tokens": run.tokens, "loss": float(vals[0]), "fvu": float(vals[1]),
+            "l0": float(vals[2]), "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
+            "lr": run.opt.param_groups[0]["lr"]}
+
+
+def _keep_log_until(log_path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (the checkpoint resumed from; 0 when starting
+    fresh): the run writes the later ones again."""
+    if log_path.exists():
         lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
         log_path.write_text("".join(ln + "\n" for ln in lines))
 
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=step, unit="step", desc=f"train {cfg.arch}", dynamic_ncols=True)
-    t_last, tok_last = time.perf_counter(), tokens
+def _progress_bar(cfg: TrainConfig, total: int, step: int):
+    from tqdm import tqdm  # tqdm is an optional extra (actstore[capture]): imported only to show a bar
+
+    return tqdm(total=total, initial=step, unit="step", desc=f"train {cfg.arch}", dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: bool = False, **kwargs):
+    """Train an SAE (see the module docstring). Pass a :class:`TrainConfig` or its fields
+    as keywords. Returns the summary (also in ``OUT/summary.json``), or
+    ``(summary, sae)`` with ``return_sae`` (this rank's SAE, unfolded). Under ``torchrun``
+    this joins the process group and leaves it open for the caller."""
+    cfg = cfg or TrainConfig(**kwargs)
+    init_if_launched()
+    dist = group()
+    rank, world = rank_world()
+    out = Path(cfg.out)
+    dev = _device(cfg.device, world)
+    store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
+    if cfg.hook not in store.hooks:
+        raise SAEError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
+    loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=None, device=dev,
+                              normalize=cfg.normalize, drop_last=True, buffer_rows=cfg.buffer_rows,
+                              threads=cfg.threads, rank=rank, world_size=world)
+    global_batch = cfg.batch_size * world
+    total = math.ceil(cfg.tokens / global_batch)
+    run = _resume_or_init(cfg, out, store, loader, dev, rank)
+
+    log_path = out / "log.jsonl"
+    if rank == 0:
+        _keep_log_until(log_path, run.step)
+    bar = _progress_bar(cfg, total, run.step) if rank == 0 and progress else None
+    t_last, tok_last = time.perf_counter(), run.tokens
     metrics = {}
     it = iter(loader)
-    while step < total:
-        x = next(it)
-        dead = since_fired >= cfg.dead_tokens
-        res = sae.loss(x, dead_mask=dead if sae.arch in ("topk", "batchtopk") else None)
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        fired = res["latents"].fired()
-        if dist is not None:
-            # One all-reduce per gradient dtype, flattened (not one per parameter).
-            by_dtype = {}
-            for p in sae.parameters():
-                if p.grad is not None:
-                    by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-            for grads in by_dtype.values():
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat)
-                flat /= world
-                for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-                    g.copy_(part.view_as(g))
-            f = fired.to(torch.int32)
-            dist.all_reduce(f, op=dist.ReduceOp.MAX)
-            fired = f > 0
-            if sae.arch == "batchtopk":
-                dist.all_reduce(sae.threshold)
-                sae.threshold /= world
-        if renorm:
-            sae.remove_parallel_decoder_grad()
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, base_lr, step, total)
-        opt.step()
-        if renorm:
-            sae.normalize_decoder()
-        since_fired += global_batch
-        since_fired[fired] = 0
-        step += 1
-        tokens += global_batch
-        if step % cfg.log_every == 0 or step == total:
-            vals = torch.stack([res["loss"].detach().float(), res["fvu"].detach().float(),
-                                torch.tensor(res["latents"].l0(), device=dev)])
-            if dist is not None:
-                dist.all_reduce(vals)
-                vals /= world
-            now = time.perf_counter()
-            metrics = {"step": step, "tokens": tokens, "loss": float(vals[0]), "fvu": float(vals[1]),
-                       "l0": float(vals[2]), "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean()),
-                       "lr": opt.param_groups[0]["lr"], "tokens_per_s": (tokens - tok_last) / max(1e-9, now - t_last)}
-            t_last, tok_last = now, tokens
+    while run.step < total:
+        res = _step(cfg, run, next(it), total, global_batch, dist)
+        if run.step % cfg.log_every == 0 or run.step == total:
+            metrics = _metrics(cfg, run, res, dist)
+            now = time.perf_counter()  # after the metrics' device sync, so the rate counts the step's work
+            metrics["tokens_per_s"] = (run.tokens - tok_last) / max(1e-9, now - t_last)
+            t_last, tok_last = now, run.tokens
             if rank == 0:
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(metrics) + "\n")
@@ -269,42 +354,16 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
                                     dead=f"{metrics['dead_frac']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if bar is not None:
             bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            _checkpoint(cfg, out, sae, opt, loader, step, tokens, since_fired, dist, rank)
+        if run.step % cfg.checkpoint_every == 0 or run.step == total:
+            _checkpoint(cfg, out, run, loader, dist, rank)
     if bar is not None:
         bar.close()
     loader.close()
-    summary = {"steps": step, "tokens": tokens, "final": metrics, "out": str(out), "arch": cfg.arch,
+    summary = {"steps": run.step, "tokens": run.tokens, "final": metrics, "out": str(out), "arch": cfg.arch,
                "latents": cfg.latents, "k": cfg.k, "world_size": world}
     if rank == 0:
-        save(sae, out / "sae")
-        put(out, "summary.json", json.dumps(summary, indent=1))
+        save(run.sae, out / "sae")
+        write_file(out, "summary.json", json.dumps(summary, indent=1))
     if dist is not None:
         dist.barrier()
-    return (summary, sae) if return_sae else summary
-
-
-def _checkpoint(cfg, out: Path, sae: SparseAutoencoder, opt, loader, step, tokens, since_fired, dist, rank) -> None:
-    """Write ``ckpt-<step>/`` (every rank its loader state, rank 0 the rest), then point
-    ``latest.json`` at it and delete the older folder."""
-    ck = out / f"ckpt-{step:08d}"
-    if rank == 0:
-        if ck.exists():
-            shutil.rmtree(ck)
-        ck.mkdir(parents=True)
-    if dist is not None:
-        dist.barrier()
-    put(ck, f"loader-rank{rank}.json", json.dumps(loader.state_dict()))
-    if rank == 0:
-        save(sae, ck / "sae", fold_scale=False)
-        _save_optimizer(opt, ck)
-        put(ck, "trainer.json", json.dumps({"step": step, "tokens": tokens}))
-        put_tensors(ck, "trainer.safetensors", {"tokens_since_fired": since_fired})
-    if dist is not None:
-        dist.barrier()
-    if rank == 0:
-        prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
-        doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
-        put(out, "latest.json", json.dumps(doc))  # every file of ck is durable: now point at it
-        if prev and prev != ck.name:
-            shutil.rmtree(out / prev, ignore_errors=True)
+    return (summary, run.sae) if return_sae else summary

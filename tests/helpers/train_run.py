@@ -1,36 +1,66 @@
 """Run ``actstore.sae.train`` with the settings of the trainer tests (one process or one
-torchrun rank). Prints ``ready`` once the first checkpoint exists, so a test knows when
-killing it is interesting; each rank writes the SHA-256 of its final parameters to
-OUT/params-rank<r>.sha256.
+torchrun rank). Each rank writes the SHA-256 of its final parameters to
+OUT/params-rank<r>.sha256 and prints ``done <steps>``.
+
+``TRAIN_RUN_STOP=<point>:<step>`` (read only by this helper) makes the process stop itself
+at a chosen point of the run: it prints ``stopped <point>:<step>`` and sends itself
+SIGSTOP, so the test SIGKILLs it exactly there, never at a moment of the clock. Points
+(wrappers around the trainer's own functions, no seam in its public API):
+
+- ``step:N``: optimizer step N is done, its log line and checkpoint are not written;
+- ``written:N``: checkpoint N's folder is complete, ``latest.json`` does not name it yet;
+- ``ckpt:N``: checkpoint N is complete and ``latest.json`` names it.
 
 usage: train_run.py STORE OUT ARCH TOKENS
 """
 
+import functools
 import hashlib
+import importlib
+import os
+import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from actstore.sae import TrainConfig, train
+
+# The module, not the function: ``actstore.sae.train`` the attribute is train() itself.
+trainer = importlib.import_module("actstore.sae.train")
+
+STOP_POINTS = {"step": "_step", "written": "_write_checkpoint", "ckpt": "_checkpoint"}
+
+
+def stop_at(spec: str) -> None:
+    """Wrap the trainer function of ``spec``'s point so that the process stops after the
+    call that leaves the run at its step."""
+    point, step = spec.split(":")
+    name = STOP_POINTS[point]
+    inner = getattr(trainer, name)
+
+    @functools.wraps(inner)
+    def wrapper(*args, **kwargs):
+        result = inner(*args, **kwargs)
+        run = next(a for a in args if isinstance(a, trainer._Run))
+        if run.step == int(step):
+            print(f"stopped {spec}", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            sys.exit(f"train_run: continued after stopping at {spec}; the test should have killed it")
+        return result
+
+    setattr(trainer, name, wrapper)
 
 
 def main() -> None:
     store, out, arch, tokens = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    if os.environ.get("TRAIN_RUN_STOP"):
+        stop_at(os.environ["TRAIN_RUN_STOP"])
     cfg = TrainConfig(store=store, hook="wide", arch=arch, latents=64, k=4 if "topk" in arch else None,
                       tokens=tokens, out=str(out), batch_size=32, lr=3e-3, warmup_steps=5, checkpoint_every=3,
                       log_every=2, dead_tokens=200, buffer_rows=256, threads=1)
-
-    def announce():
-        while not (out / "latest.json").exists():
-            time.sleep(0.01)
-        print("ready", flush=True)
-    threading.Thread(target=announce, daemon=True).start()
     summary, sae = train(cfg, progress=False, return_sae=True)
-    import torch.distributed as dist
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     h = hashlib.sha256()
     for name, t in sorted(sae.state_dict().items()):
