@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..store.errors import CaptureError
-from ..store.format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FLAGS
+from ..store.format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL
 
 
 @dataclass(frozen=True)
@@ -183,16 +183,3 @@ def iter_batches(windows: Iterable, batch_size: int, *, max_tokens: int | None =
         if g % world == rank and b.n_keep:
             yield b
 
-
-def parse_drop(spec) -> int:
-    """'bos,special' (or a list) -> flag bits; pad is always dropped."""
-    if spec is None or spec == "" or spec == []:
-        return 0
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    bits = 0
-    for n in names:
-        n = n.strip().lower()
-        if n not in FLAGS:
-            raise CaptureError(f"unknown flag {n!r} to drop: use {', '.join(FLAGS)}")
-        bits |= FLAGS[n]
-    return bits
