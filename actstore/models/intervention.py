@@ -26,6 +26,9 @@ registered when the Intervention is made and removed by ``remove()`` or on leavi
 ``with`` block, also when it is left by an exception. Interventions stack: hooks on the
 same module run in the order they were registered, each seeing the previous one's result,
 and a :class:`~actstore.models.recorder.HookRecorder` made afterwards records the edited tensor.
+Hooks registered before it see the unedited one: transformers (v5) installs hooks that fill
+``output_hidden_states`` on a model's first forward, so those report the activation before
+the edit, while every later module computes from the edited one.
 """
 
 from __future__ import annotations
