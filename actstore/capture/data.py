@@ -106,7 +106,7 @@ def _from_array(a) -> Iterator[list[int]]:
 def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
     low = path.lower()
     if os.path.isdir(path):
-        import datasets
+        import datasets  # deferred: an optional extra, seconds to import, needed only for these inputs
 
         yield from _from_dataset(datasets.load_from_disk(path), text_column, tokenizer)
     elif low.endswith(".npy"):
@@ -115,7 +115,7 @@ def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
         with open(path, encoding="utf-8") as f:
             yield from _tokenize([f.read()], tokenizer)
     elif low.endswith((".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")):
-        import datasets
+        import datasets  # deferred, as above
 
         kind = "parquet" if low.endswith(".parquet") else "json"
         ds = datasets.load_dataset(kind, data_files=path, split="train")
