@@ -23,7 +23,8 @@ TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          **kw)
 
 
 def _snapshot(path):

@@ -74,7 +74,8 @@ def _from_dataset(ds, text_column: str, tokenizer) -> Iterator[list[int]]:
 
 def _tokenize(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
     if tokenizer is None:
-        raise CaptureError("text data needs a tokenizer: the model has none, so pass tokenizer=... or pre-tokenized data")
+        raise CaptureError("text data needs a tokenizer: the model has none, so pass tokenizer=... "
+                           "or pre-tokenized data")
     # Documents are tokenized whole and cut into windows later; no length warnings.
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = 1 << 40
@@ -121,7 +122,8 @@ def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
         yield from _from_dataset(ds, text_column, tokenizer)
     else:
-        raise CaptureError(f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy or a saved dataset folder")
+        raise CaptureError(f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy "
+                           "or a saved dataset folder")
 
 
 def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:

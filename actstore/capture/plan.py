@@ -40,7 +40,8 @@ class Policy:
     def body(self) -> int:
         n = self.context - (self.bos == "prepend") - (self.eos == "window")
         if n < 1:
-            raise CaptureError(f"context {self.context} leaves no room for tokens after BOS/EOS; use a longer --context")
+            raise CaptureError(f"context {self.context} leaves no room for tokens after BOS/EOS; "
+                               "use a longer --context")
         return n
 
 
@@ -87,7 +88,7 @@ class Batch:
     n_keep: int
 
 
-def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndarray, ...]]:
     """Yield (ids, doc, pos, flags), each ``[context]``, per window."""
     body = p.body()
     L = p.context

@@ -111,7 +111,8 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
                                drop_flags=drop_bits, rank=rank, world=world)
         first = next(batches, None)
         if first is None and world == 1:
-            raise CaptureError(f"no tokens in data {record['data']!r}: it holds no documents (or every token was dropped)")
+            raise CaptureError(f"no tokens in data {record['data']!r}: it holds no documents "
+                               "(or every token was dropped)")
         batches = itertools.chain([first] if first is not None else [], batches)
         writer = create(out, widths, segment=f"rank{rank:05d}", dtype=cfg.dtype, codec=cfg.codec, provenance=prov,
                         commit_every_shard=False, chunks_per_shard=cfg.chunks_per_shard, chunk_bytes=cfg.chunk_bytes,
@@ -128,7 +129,8 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
 def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
     """Run a 1 x 4 token forward to learn each hook's width (trailing dims flattened)."""
     S = min(4, policy.context)
-    ids = torch.full((1, S), policy.bos_id if policy.bos_id is not None else policy.pad_id, dtype=torch.long, device=dev)
+    fill = policy.bos_id if policy.bos_id is not None else policy.pad_id
+    ids = torch.full((1, S), fill, dtype=torch.long, device=dev)
     with torch.inference_mode():
         got = recorder.run(lambda: cm.forward(ids, torch.ones_like(ids)))
     widths = {}
@@ -189,12 +191,13 @@ def _run(job: _Job, writer, after_batch) -> dict:
     try:
         for b in batches:
             if n_batches == 0 and resumed_rows and rank == 0 and bar is not None:
-                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} after {resumed_rows:,} rows")
+                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} "
+                          f"after {resumed_rows:,} rows")
             ids = torch.from_numpy(b.ids).to(dev, non_blocking=True)
             mask = torch.from_numpy((b.flags != FLAG_PAD).astype(np.int64)).to(dev, non_blocking=True)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                got = recorder.run(lambda: cm.forward(ids, mask))
+                got = recorder.run(lambda ids=ids, mask=mask: cm.forward(ids, mask))
                 acts = {}
                 for h, t in got.items():
                     if tuple(t.shape[:2]) != tuple(b.ids.shape):
@@ -230,7 +233,8 @@ def _run(job: _Job, writer, after_batch) -> dict:
     summary = {"store": writer.storage.url, "segment": writer.segment, "rank": rank, "world_size": world,
                "rows_this_run": pr.rows, "committed_rows": writer.committed_rows, "resumed_from": resumed_rows,
                "batches_this_run": n_batches, "seconds": secs, "capture_seconds": loop_s,
-               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0, "bytes_written": writer.bytes_written,
+               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0,
+               "bytes_written": writer.bytes_written,
                "nonfinite_rows_dropped": pr.nonfinite_rows, "store_wait_seconds": pr.wait_s,
                "interrupted": interrupted}
     if interrupted:

@@ -38,7 +38,8 @@ class LoadedModel:
 
 
 def _is_hf(model) -> bool:
-    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(model).__mro__)
 
 
 def _is_tl(model) -> bool:
