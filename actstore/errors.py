@@ -47,3 +47,13 @@ class SAEError(ActstoreError, ValueError):
 
 class SAEFileError(SAEError, FileNotFoundError):
     """An SAE folder, checkpoint or weight file that is missing."""
+
+
+class ModelError(CaptureError):
+    """A model that cannot be loaded, a hook spec that names no module, or a hook that gives no tensor.
+
+    A ``CaptureError`` too, since capture was its first user and callers catch that."""
+
+
+class DependencyError(ActstoreError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the pip command."""

@@ -2,7 +2,8 @@
 
 - :func:`metadata`: machine, versions, git commit and date, recorded in every result file.
 - :func:`load_activations`: real all-MiniLM-L6-v2 residual-stream activations (fp32),
-  cached as .npy files so that only the first run pays the ~50 s forward pass.
+  cached as .npy files so that only the first run pays the ~50 s forward pass;
+  :func:`iter_minilm_batches` computes them with plain forward hooks, outside capture.
 - :func:`to_bf16_bits`, :func:`chunks_of`: the stored representation and ~2 MiB chunks.
 - :func:`interleaved`: time several variants round-robin, so that the noise of a shared
   machine hits all of them alike; :func:`summary` gives the median of the repeats with the
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -164,11 +165,84 @@ def _cache_key(layers, context, batch_size, max_tokens) -> str:
     return f"minilm_L{'-'.join(map(str, layers))}_ctx{context}_{max_tokens or 'all'}_{h}"
 
 
+def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 32,
+                        max_tokens: int | None = None, model=None, tokenizer=None) -> Iterator[dict]:
+    """all-MiniLM-L6-v2 over ``english_documents()`` through plain forward hooks, outside capture.
+
+    Yield batches of kept rows: ``{"acts": {hook: [n, 384] fp32}, "tokens", "doc",
+    "pos", "flags"}``. Each document is split into windows of ``context`` tokens
+    (``[CLS] ... [SEP]``, CLS flagged BOS, SEP flagged special); pad rows are dropped.
+    ``pos`` is the position in the document's token stream (CLS/SEP get -1)."""
+    import torch
+
+    from actstore.demo import D_MODEL, english_documents, load_minilm
+    from actstore.store.format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL
+
+    if model is None:
+        model, tokenizer = load_minilm()
+    hooks = [f"encoder.layer.{i}" for i in layers]
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_hook(name):
+        def hook(_mod, _inp, out):
+            captured[name] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [model.get_submodule(h).register_forward_hook(make_hook(h)) for h in hooks]
+    body = context - 2
+    # Whole documents are tokenized once and split below; silence the "longer than 512" warning.
+    tokenizer.model_max_length = 1 << 30
+    windows = []  # (doc id, start position, ids)
+    for doc_id, (_, text) in enumerate(english_documents()):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), body):
+            windows.append((doc_id, start, ids[start:start + body]))
+    emitted = 0
+    try:
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b:b + batch_size]
+            L = max(len(w[2]) for w in chunk) + 2
+            ids = torch.full((len(chunk), L), tokenizer.pad_token_id, dtype=torch.long)
+            doc = torch.full((len(chunk), L), -1, dtype=torch.long)
+            pos = torch.full((len(chunk), L), -1, dtype=torch.long)
+            flags = torch.full((len(chunk), L), FLAG_PAD, dtype=torch.uint8)
+            for r, (doc_id, start, toks) in enumerate(chunk):
+                n = len(toks)
+                ids[r, : n + 2] = torch.tensor([tokenizer.cls_token_id, *toks, tokenizer.sep_token_id])
+                doc[r, : n + 2] = doc_id
+                pos[r, 1: n + 1] = torch.arange(start, start + n)
+                flags[r, : n + 2] = 0
+                flags[r, 0] = FLAG_BOS
+                flags[r, n + 1] = FLAG_SPECIAL
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=(flags != FLAG_PAD).long())
+            keep = (flags != FLAG_PAD).reshape(-1)
+            if max_tokens is not None:
+                room = max_tokens - emitted
+                if room <= 0:
+                    return
+                idx = keep.nonzero().squeeze(1)[:room]
+                keep = torch.zeros_like(keep)
+                keep[idx] = True
+            batch = {
+                "acts": {h: captured[h].reshape(-1, D_MODEL)[keep].float() for h in hooks},
+                "tokens": ids.reshape(-1)[keep],
+                "doc": doc.reshape(-1)[keep],
+                "pos": pos.reshape(-1)[keep],
+                "flags": flags.reshape(-1)[keep],
+            }
+            emitted += int(keep.sum())
+            yield batch
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | None = None,
                      verbose: bool = True) -> dict[str, np.ndarray]:
     """``{hook: fp32 [n, 384]}`` of all-MiniLM-L6-v2 residual streams over pydoc_data.topics.
 
-    Computed once through :func:`actstore.demo.iter_minilm_batches` (pad rows dropped, as a
+    Computed once through :func:`iter_minilm_batches` (pad rows dropped, as a
     capture would) and cached under ``$ACTSTORE_BENCH_CACHE`` (default
     /tmp/actstore-bench-cache), keyed by layers, context, token budget and versions.
     Returned arrays are memory-mapped read-only copies of the cache files.
@@ -177,7 +251,7 @@ def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | No
     hooks = [hook_name(i) for i in layers]
     files = {h: d / f"{h}.npy" for h in hooks}
     if not (d / "done").exists():
-        from actstore.demo import iter_minilm_batches, load_minilm
+        from actstore.demo import load_minilm
 
         if verbose:
             print(f"computing MiniLM activations for layers {list(layers)} (first run only; cached in {d}) ...",
@@ -204,7 +278,7 @@ def load_token_columns(context: int = CONTEXT) -> dict[str, np.ndarray]:
     order: ``{"token": int32, "doc": int64, "pos": int32, "flags": uint8}``.
 
     Rebuilt with the tokenizer alone (no forward pass, ~0.5 s), with the same windowing as
-    :func:`actstore.demo.iter_minilm_batches`: each document of ``english_documents()`` is
+    :func:`iter_minilm_batches`: each document of ``english_documents()`` is
     cut into windows of ``context - 2`` tokens, each window stored as ``[CLS] ... [SEP]``
     (CLS flagged BOS, SEP flagged special, both at position -1), pad rows dropped. Callers
     should check the row count against the activations. Only for full (``max_tokens=None``)

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import actstore
+from actstore.capture import CaptureConfig
 from actstore.capture.plan import Policy, iter_batches, iter_windows
+from actstore.capture.runner import _run_capture
 from actstore.store.errors import CaptureError
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
@@ -252,7 +254,7 @@ def test_interrupt_commits_and_rerun_resumes_exactly(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        actstore.capture(TinyLM(), "layers.0,layers.2", docs, tmp_path / "s", _after_batch=stop, **kw)
+        _run_capture(TinyLM(), "layers.0,layers.2", docs, tmp_path / "s", CaptureConfig(**kw), after_batch=stop)
     part = actstore.open(tmp_path / "s")
     assert part.rows == 7 * 64  # every completed batch was committed, nothing more
     s = actstore.capture(TinyLM(), "layers.0,layers.2", docs, tmp_path / "s", **kw)
@@ -292,7 +294,8 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
             raise KeyboardInterrupt
     kw = dict(context=16, batch_size=4, dtype="fp32", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", _after_batch=stop, **kw)
+        _run_capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", CaptureConfig(**kw),
+                     after_batch=stop)
     r = actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", **kw)
     assert r["resumed_from"] > 0
     again = actstore.open(tmp_path / "r")

@@ -1,4 +1,4 @@
-"""Capture under real faults: SIGKILL at random moments, two ranks under torchrun (gloo),
+"""Capture under real faults: SIGKILL at seeded batch numbers, two ranks under torchrun (gloo),
 a full disk (a real 1 MiB tmpfs, where mounting is allowed) and a write that fails
 with EFBIG (RLIMIT_FSIZE). Every case ends with every token stored exactly once, or a
 one-line error and committed rows that read back intact."""
@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          **kw)
 
 
 def _snapshot(path):
@@ -53,31 +53,47 @@ def reference(tmp_path_factory):
     return _snapshot(out)
 
 
+def _start_paused(out, batch):
+    """Start the job and return it stopped (SIGSTOP) right after its ``batch``-th batch, or
+    None if it completed the store (exit 0) before reaching that batch.
+
+    The child stops itself at that batch, so where the signal lands is fixed by the batch
+    number whatever the machine's speed; its writer thread stops with it wherever it was."""
+    p = subprocess.Popen([sys.executable, str(JOB), str(out), "--pause-at", str(batch)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("paused"):
+            break
+    else:
+        p.wait()
+        assert p.returncode == 0, f"the job failed before batch {batch}: {p.stderr.read()}"
+        return None
+    _, status = os.waitpid(p.pid, os.WUNTRACED)  # returns once the child is stopped, not before
+    assert os.WIFSTOPPED(status), status
+    return p
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_rerun_matches(tmp_path, reference):
+def test_sigkill_at_seeded_batches_then_rerun_matches(tmp_path, reference):
     rng = random.Random(1234)
     out = tmp_path / "store"
     kills = 0
     for trial in range(TRIALS):
-        p = subprocess.Popen([sys.executable, str(JOB), str(out), "--slow", "0.01"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        # Wait for the first batch, then kill at a random moment in the run.
-        line = p.stdout.readline()
-        assert line.startswith(("batch", "done")), p.stderr.read()
-        time.sleep(rng.uniform(0.0, 1.5))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait()
-        if p.returncode == 0:
+        # The job has ~72 batches: with the default 4 trials of at most 12 batches, every trial kills.
+        p = _start_paused(out, rng.randint(1, 12))
+        if p is None:
             break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert p.returncode == -signal.SIGKILL
+        kills += 1
         # What survived is a clean prefix of the uninterrupted run.
         if (out / "zarr.json").exists():
             snap = _snapshot(out)
             n = snap["token"].numel()
             for k in ("token", "doc", "pos", "flags", "layers.0", "layers.2"):
                 assert torch.equal(snap[k], reference[k][:n]), (trial, k)
-    assert kills >= 1
+    assert kills >= min(TRIALS, 4)
     r = _run(out)
     assert r.returncode == 0, r.stderr
     _assert_same(_snapshot(out), reference)
@@ -85,17 +101,16 @@ def test_sigkill_at_random_moments_then_rerun_matches(tmp_path, reference):
 
 def test_ctrl_c_commits_what_is_complete_and_rerun_finishes(tmp_path, reference):
     out = tmp_path / "store"
-    p = subprocess.Popen([sys.executable, str(JOB), str(out), "--slow", "0.02"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    for _ in range(5):
-        assert p.stdout.readline().startswith("batch")
-    p.send_signal(signal.SIGINT)
+    p = _start_paused(out, 5)
+    assert p is not None
+    p.send_signal(signal.SIGINT)  # pending while stopped; delivered inside batch 5's callback once continued
+    p.send_signal(signal.SIGCONT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted;" in err and "re-run the same command to resume" in err
     n = int(err.split("interrupted;")[1].split("rows committed")[0].replace(",", ""))
     snap = _snapshot(out)
-    assert snap["token"].numel() == n >= 5 * 64
+    assert snap["token"].numel() == n == 5 * 64  # batches 1-5 (64 tokens each), committed on Ctrl-C
     for k in ("token", "layers.0", "layers.2"):
         assert torch.equal(snap[k], reference[k][:n])
     r = _run(out)

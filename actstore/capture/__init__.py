@@ -1,12 +1,14 @@
 """Capture: hooks on any PyTorch transformer -> capture kernel -> async pipeline -> store.
 
-Modules: ``hooks`` (resolving specs, early-stopping forwards), ``models`` (HF,
-TransformerLens, any nn.Module), ``data`` (documents as token ids), ``plan`` (windows,
-batches, budget, ranks), ``pipeline`` (staging, pinned ring, writer thread), ``runner``
-(``capture()``: resume, progress, Ctrl-C).
+Modules: ``config`` (:class:`CaptureConfig`, every option of a run), ``data`` (documents
+as token ids), ``plan`` (windows, batches, budget, ranks), ``pipeline`` (staging, pinned
+ring, writer thread), ``runner`` (``capture()``: resume, progress, Ctrl-C). Hook
+resolution, recording and model loading live in :mod:`actstore.models`; the names capture
+exposed before are re-exported here.
 """
 
-from .hooks import HookPoint, resolve_hooks
+from ..models import HookPoint, HookRecorder, HookSite, prepare_model, resolve_hooks
+from .config import CaptureConfig
 from .runner import capture
 
-__all__ = ["capture", "resolve_hooks", "HookPoint"]
+__all__ = ["capture", "CaptureConfig", "resolve_hooks", "HookSite", "HookPoint", "HookRecorder", "prepare_model"]

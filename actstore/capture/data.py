@@ -74,7 +74,8 @@ def _from_dataset(ds, text_column: str, tokenizer) -> Iterator[list[int]]:
 
 def _tokenize(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
     if tokenizer is None:
-        raise CaptureError("text data needs a tokenizer: the model has none, so pass tokenizer=... or pre-tokenized data")
+        raise CaptureError("text data needs a tokenizer: the model has none, so pass tokenizer=... "
+                           "or pre-tokenized data")
     # Documents are tokenized whole and cut into windows later; no length warnings.
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = 1 << 40
@@ -106,7 +107,7 @@ def _from_array(a) -> Iterator[list[int]]:
 def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
     low = path.lower()
     if os.path.isdir(path):
-        import datasets
+        import datasets  # deferred: an optional extra, seconds to import, needed only for these inputs
 
         yield from _from_dataset(datasets.load_from_disk(path), text_column, tokenizer)
     elif low.endswith(".npy"):
@@ -115,13 +116,14 @@ def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
         with open(path, encoding="utf-8") as f:
             yield from _tokenize([f.read()], tokenizer)
     elif low.endswith((".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")):
-        import datasets
+        import datasets  # deferred, as above
 
         kind = "parquet" if low.endswith(".parquet") else "json"
         ds = datasets.load_dataset(kind, data_files=path, split="train")
         yield from _from_dataset(ds, text_column, tokenizer)
     else:
-        raise CaptureError(f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy or a saved dataset folder")
+        raise CaptureError(f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy "
+                           "or a saved dataset folder")
 
 
 def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..store.errors import CaptureError
-from ..store.format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FLAGS
+from ..store.format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Policy:
     def body(self) -> int:
         n = self.context - (self.bos == "prepend") - (self.eos == "window")
         if n < 1:
-            raise CaptureError(f"context {self.context} leaves no room for tokens after BOS/EOS; use a longer --context")
+            raise CaptureError(f"context {self.context} leaves no room for tokens after BOS/EOS; "
+                               "use a longer --context")
         return n
 
 
@@ -87,7 +88,7 @@ class Batch:
     n_keep: int
 
 
-def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndarray, ...]]:
     """Yield (ids, doc, pos, flags), each ``[context]``, per window."""
     body = p.body()
     L = p.context
@@ -183,16 +184,3 @@ def iter_batches(windows: Iterable, batch_size: int, *, max_tokens: int | None =
         if g % world == rank and b.n_keep:
             yield b
 
-
-def parse_drop(spec) -> int:
-    """'bos,special' (or a list) -> flag bits; pad is always dropped."""
-    if spec is None or spec == "" or spec == []:
-        return 0
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    bits = 0
-    for n in names:
-        n = n.strip().lower()
-        if n not in FLAGS:
-            raise CaptureError(f"unknown flag {n!r} to drop: use {', '.join(FLAGS)}")
-        bits |= FLAGS[n]
-    return bits

@@ -15,113 +15,111 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .._dist import group, local_device, rank_world
+from ..api import create
+from ..models import HookRecorder, LoadedModel, prepare_model, resolve_hooks
 from ..store.errors import CaptureError
-from ..store.format import FLAG_PAD
+from ..store.format import FLAG_PAD, parse_flags
+from .config import CaptureConfig
 from .data import describe, iter_documents
-from .hooks import HookRecorder, resolve_hooks
-from .models import prepare_model
 from .pipeline import Sink
-from .plan import default_policy, iter_batches, iter_windows, parse_drop
+from .plan import Policy, default_policy, iter_batches, iter_windows
 
 # Options that fix which rows land where; a resumed run must repeat them exactly.
 _RESUME_KEYS = ("model", "hooks", "data", "context", "batch_size", "packing", "bos", "eos", "drop", "tokens",
                 "world_size", "text_column", "nonfinite")
 
-
-def _rank_world(rank, world_size):
-    if rank is not None and world_size is not None:
-        return int(rank), int(world_size)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 
 
-def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = None, context: int = 128,
-            batch_size: int = 32, dtype: str = "bf16", codec: str = "zstd", packing: str = "pack",
-            bos: str = "auto", eos: str = "auto", drop=None, nonfinite: str = "drop", device=None,
-            model_dtype: str | None = None, text_column: str = "text", stop_early: bool = True,
-            progress: bool = True, slots: int = 3, commit_every: float = 60.0, rank: int | None = None,
-            world_size: int | None = None, chunks_per_shard: int | None = None, chunk_bytes: int | None = None,
-            durable: bool = True, _after_batch=None) -> dict:
+def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tokenizer=None, **overrides) -> dict:
     """Capture activations of ``model`` at ``hooks`` over ``data`` into the store ``out``.
 
     model: a local HF model directory, ``python:module:function``, or an nn.Module (HF,
         TransformerLens HookedTransformer, or any module called as ``model(ids)``).
     hooks: module paths (``*`` wildcards, ``:input`` suffix) or TransformerLens hook names.
-    data: see :mod:`actstore.capture.data`. tokens: stop after this many stored tokens
-        (all ranks together); None takes all data. context: window length in tokens.
-    dtype: storage dtype (bf16, fp16, fp32, fp8, int8); codec: zstd, lz4 or none.
-    packing: pack (documents run on across windows) or truncate (one window per
-        document). bos/eos: see :class:`actstore.capture.plan.Policy`; auto reads the
-        tokenizer. drop: flags to leave out ("bos", "special"); pad never is stored.
-    nonfinite: drop (rows with NaN/inf in any hook are left out and counted) or error.
-    model_dtype: load/cast the model to fp32/bf16/fp16 (default: as loaded).
+    data: see :mod:`actstore.capture.data`. tokenizer: for text data (a path or factory
+        model brings its own).
+    config: a :class:`CaptureConfig`; ``overrides`` are its fields as keywords, applied on
+        top (``tokens=10**6, context=128, dtype="bf16"``...). The main ones: tokens (stop
+        after this many stored tokens, all ranks together; None takes all data), context
+        (window length), dtype (bf16, fp16, fp32, fp8, int8), codec (zstd, lz4, none),
+        packing (pack or truncate), bos/eos (see :class:`actstore.capture.plan.Policy`;
+        auto reads the tokenizer), drop (flags to leave out: "bos", "special"; pad never
+        is stored), nonfinite (drop: rows with NaN/inf in any hook are left out and
+        counted; or error), model_dtype (cast the model to fp32/bf16/fp16).
 
     Returns a summary dict (rows stored this run, committed rows, seconds, tokens/s,
     bytes written, rows dropped for NaN/inf, where it resumed from). Ctrl-C commits what
     is complete and raises KeyboardInterrupt; the same call then resumes.
     """
-    import actstore
+    cfg = (config or CaptureConfig()).replace(**overrides)
+    return _run_capture(model, hooks, data, out, cfg, tokenizer=tokenizer)
 
+
+@dataclass
+class _Job:
+    """What one run works with, set up by ``_run_capture`` and consumed by ``_run``."""
+
+    cfg: CaptureConfig
+    cm: LoadedModel
+    recorder: HookRecorder
+    record: dict  # the options stored in the provenance, checked on resume
+    policy: Policy
+    batches: object  # iterator of this rank's plan.Batch
+    rank: int
+    world: int
+    dev: torch.device
+    t_start: float
+
+
+def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None, after_batch=None) -> dict:
+    """capture() with a test seam: ``after_batch(n)`` is called after the n-th batch of this
+    run has gone to the pipeline (tests raise KeyboardInterrupt or pause a child there)."""
     t_start = time.perf_counter()
-    dev = _device(device)
-    rank, world = _rank_world(rank, world_size)
-    if tokens is not None and tokens <= 0:
-        raise CaptureError(f"tokens={tokens}: must be positive (or omitted for all data)")
-    if context < 2:
-        raise CaptureError(f"context {context}: must be at least 2 tokens")
-    mdt = _DTYPES.get(model_dtype) if model_dtype else None
-    if model_dtype and mdt is None:
-        raise CaptureError(f"model dtype {model_dtype!r}: use fp32, bf16 or fp16")
+    dev = local_device(cfg.device)
+    rank, world = rank_world(cfg.rank, cfg.world_size)
+    mdt = _DTYPES.get(cfg.model_dtype) if cfg.model_dtype else None
+    if cfg.model_dtype and mdt is None:
+        raise CaptureError(f"model dtype {cfg.model_dtype!r}: use fp32, bf16 or fp16")
     cm = prepare_model(model, tokenizer, device=dev, dtype=mdt)
     points = resolve_hooks(cm.model, hooks)
-    if cm.max_context is not None and context > cm.max_context:
-        raise CaptureError(f"context {context} is longer than the model allows ({cm.max_context} positions); "
+    if cm.max_context is not None and cfg.context > cm.max_context:
+        raise CaptureError(f"context {cfg.context} is longer than the model allows ({cm.max_context} positions); "
                            f"use --context {cm.max_context} or less")
-    policy = default_policy(cm.tokenizer, context, packing, bos, eos)
-    drop_bits = parse_drop(drop)
-    recorder = HookRecorder(cm.model, points, stop_early=stop_early)
+    policy = default_policy(cm.tokenizer, cfg.context, cfg.packing, cfg.bos, cfg.eos)
+    drop_bits = parse_flags(cfg.drop, "drop", CaptureError)
+    recorder = HookRecorder(cm.model, points, stop_early=cfg.stop_early)
     try:
         widths = _probe_widths(cm, recorder, policy, dev)
-        config = {"model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
-                  "hooks": [p.name for p in points], "data": describe(data), "context": context,
-                  "batch_size": batch_size, "packing": policy.packing, "bos": policy.bos, "eos": policy.eos,
-                  "drop": drop_bits, "tokens": tokens, "world_size": world, "text_column": text_column,
-                  "nonfinite": nonfinite, "kind": cm.kind}
-        prov = {"capture": config, "model": config["model"], "dataset": config["data"], "context_size": context,
+        record = {"model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
+                  "hooks": [p.name for p in points], "data": describe(data), "context": cfg.context,
+                  "batch_size": cfg.batch_size, "packing": policy.packing, "bos": policy.bos, "eos": policy.eos,
+                  "drop": drop_bits, "tokens": cfg.tokens, "world_size": world, "text_column": cfg.text_column,
+                  "nonfinite": cfg.nonfinite, "kind": cm.kind}
+        prov = {"capture": record, "model": record["model"], "dataset": record["data"], "context_size": cfg.context,
                 "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points]}
-        docs = iter_documents(data, cm.tokenizer, text_column)
-        batches = iter_batches(iter_windows(docs, policy), batch_size, max_tokens=tokens, drop_flags=drop_bits,
-                               rank=rank, world=world)
+        docs = iter_documents(data, cm.tokenizer, cfg.text_column)
+        batches = iter_batches(iter_windows(docs, policy), cfg.batch_size, max_tokens=cfg.tokens,
+                               drop_flags=drop_bits, rank=rank, world=world)
         first = next(batches, None)
         if first is None and world == 1:
-            raise CaptureError(f"no tokens in data {config['data']!r}: it holds no documents (or every token was dropped)")
+            raise CaptureError(f"no tokens in data {record['data']!r}: it holds no documents "
+                               "(or every token was dropped)")
         batches = itertools.chain([first] if first is not None else [], batches)
-        writer = actstore.create(out, widths, segment=f"rank{rank:05d}", dtype=dtype, codec=codec,
-                                 provenance=prov, commit_every_shard=False, chunks_per_shard=chunks_per_shard,
-                                 chunk_bytes=chunk_bytes, durable=durable)
+        writer = create(out, widths, segment=f"rank{rank:05d}", dtype=cfg.dtype, codec=cfg.codec, provenance=prov,
+                        commit_every_shard=False, chunks_per_shard=cfg.chunks_per_shard, chunk_bytes=cfg.chunk_bytes,
+                        durable=cfg.durable)
         try:
-            return _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank, world, dev, dtype,
-                        nonfinite, slots, commit_every, progress, t_start, _after_batch)
+            job = _Job(cfg, cm, recorder, record, policy, batches, rank, world, dev, t_start)
+            return _run(job, writer, after_batch)
         finally:
             writer.abort()  # no-op after a normal close; otherwise releases the lock, keeping commits
     finally:
@@ -131,7 +129,8 @@ def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = Non
 def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
     """Run a 1 x 4 token forward to learn each hook's width (trailing dims flattened)."""
     S = min(4, policy.context)
-    ids = torch.full((1, S), policy.bos_id if policy.bos_id is not None else policy.pad_id, dtype=torch.long, device=dev)
+    fill = policy.bos_id if policy.bos_id is not None else policy.pad_id
+    ids = torch.full((1, S), fill, dtype=torch.long, device=dev)
     with torch.inference_mode():
         got = recorder.run(lambda: cm.forward(ids, torch.ones_like(ids)))
     widths = {}
@@ -145,7 +144,7 @@ def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
     return widths
 
 
-def _check_resume(writer, config) -> tuple[int, int]:
+def _check_resume(writer, record) -> tuple[int, int]:
     """(batches done, NaN rows dropped) from the segment's newest commit; refuses a store
     captured with other options."""
     held = (writer.schema.provenance or {}).get("capture")
@@ -153,11 +152,11 @@ def _check_resume(writer, config) -> tuple[int, int]:
         if writer.committed_rows:
             raise CaptureError(f"store {writer.storage.url} was not written by actstore capture; use another --out")
         return 0, 0
-    diff = [k for k in _RESUME_KEYS if held.get(k) != config.get(k)]
+    diff = [k for k in _RESUME_KEYS if held.get(k) != record.get(k)]
     if diff:
         k = diff[0]
         raise CaptureError(f"store {writer.storage.url} was captured with {k}={held.get(k)!r}, this run has "
-                           f"{k}={config.get(k)!r}; re-run with the same options to resume, or use another --out")
+                           f"{k}={record.get(k)!r}; re-run with the same options to resume, or use another --out")
     meta = (writer.resume_meta or {}).get("capture") or {}
     if writer.committed_rows and "batches_done" not in meta:
         raise CaptureError(f"segment {writer.segment} has {writer.committed_rows} rows but no capture progress record; "
@@ -165,9 +164,10 @@ def _check_resume(writer, config) -> tuple[int, int]:
     return int(meta.get("batches_done", 0)), int(meta.get("nonfinite_dropped", 0))
 
 
-def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank, world, dev, dtype, nonfinite, slots,
-         commit_every, progress, t_start, after_batch) -> dict:
-    done, dropped = _check_resume(writer, config)
+def _run(job: _Job, writer, after_batch) -> dict:
+    cfg, cm, recorder, rank, world = job.cfg, job.cm, job.recorder, job.rank, job.world
+    batches, dev = job.batches, job.dev
+    done, dropped = _check_resume(writer, job.record)
     resumed_rows = writer.committed_rows
     # Skip the batches the committed rows already hold, checking that they add up.
     skipped_rows = 0
@@ -180,10 +180,10 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
         raise CaptureError(f"segment {writer.segment} holds {writer.committed_rows} rows, but its first {done} batches "
                            f"of this data give {skipped_rows - dropped}; the data changed since it was written, "
                            "use another --out")
-    widths = {h: writer.schema.hooks[h].d for h in config["hooks"]}
-    sink = Sink(writer, widths, dtype, dev, max_rows=batch_size * policy.context, slots=slots, nonfinite=nonfinite,
-                commit_every=commit_every, batches_done=done, nonfinite_dropped=dropped)
-    bar = _progress_bar(progress, tokens, world, resumed_rows, rank)
+    widths = {h: writer.schema.hooks[h].d for h in job.record["hooks"]}
+    sink = Sink(writer, widths, cfg.dtype, dev, max_rows=cfg.batch_size * job.policy.context, slots=cfg.slots,
+                nonfinite=cfg.nonfinite, commit_every=cfg.commit_every, batches_done=done, nonfinite_dropped=dropped)
+    bar = _progress_bar(cfg.progress, cfg.tokens, world, resumed_rows, rank)
     t_loop = time.perf_counter()
     interrupted = False
     fwd_s = 0.0
@@ -191,12 +191,13 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
     try:
         for b in batches:
             if n_batches == 0 and resumed_rows and rank == 0 and bar is not None:
-                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} after {resumed_rows:,} rows")
+                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} "
+                          f"after {resumed_rows:,} rows")
             ids = torch.from_numpy(b.ids).to(dev, non_blocking=True)
             mask = torch.from_numpy((b.flags != FLAG_PAD).astype(np.int64)).to(dev, non_blocking=True)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                got = recorder.run(lambda: cm.forward(ids, mask))
+                got = recorder.run(lambda ids=ids, mask=mask: cm.forward(ids, mask))
                 acts = {}
                 for h, t in got.items():
                     if tuple(t.shape[:2]) != tuple(b.ids.shape):
@@ -226,13 +227,14 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
         _update_bar(bar, sink, writer, resumed_rows)
         bar.close()
     loop_s = time.perf_counter() - t_loop
-    _barrier(world)
-    secs = time.perf_counter() - t_start
+    _barrier()
+    secs = time.perf_counter() - job.t_start
     pr = sink.progress
     summary = {"store": writer.storage.url, "segment": writer.segment, "rank": rank, "world_size": world,
                "rows_this_run": pr.rows, "committed_rows": writer.committed_rows, "resumed_from": resumed_rows,
                "batches_this_run": n_batches, "seconds": secs, "capture_seconds": loop_s,
-               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0, "bytes_written": writer.bytes_written,
+               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0,
+               "bytes_written": writer.bytes_written,
                "nonfinite_rows_dropped": pr.nonfinite_rows, "store_wait_seconds": pr.wait_s,
                "interrupted": interrupted}
     if interrupted:
@@ -242,19 +244,15 @@ def _run(cm, recorder, writer, config, policy, batches, tokens, batch_size, rank
     return summary
 
 
-def _barrier(world):
-    if world > 1:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+def _barrier():
+    dist = group()
+    if dist is not None:
+        dist.barrier()
 
 
 def _progress_bar(enabled, tokens, world, resumed, rank):
     if not enabled or rank != 0:
         return None
-    from tqdm import tqdm
-
     total = -(-tokens // world) if tokens else None
     return tqdm(total=total, initial=resumed, unit="tok", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                 desc="capture", mininterval=0.5)

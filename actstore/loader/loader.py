@@ -35,7 +35,7 @@ import torch
 
 from ..ops.dequant_normalize import dequant_normalize
 from ..store.errors import LoaderError
-from ..store.format import FLAGS, ArraySpec
+from ..store.format import ArraySpec, parse_flags
 from ..store.reader import SegmentReader, Store
 from ..store.writer import default_threads
 from .fetch import BlockFetcher
@@ -58,24 +58,7 @@ def _dist_rank_world() -> tuple[int, int]:
 
 def parse_drop_flags(drop_flags) -> int:
     """None, an int bit mask, or flag names ("bos,special" or a list) -> bit mask."""
-    if drop_flags is None:
-        return 0
-    if isinstance(drop_flags, bool):
-        raise LoaderError(f"drop_flags={drop_flags} is not a flag: give names ('bos,special') or a bit mask")
-    if isinstance(drop_flags, (int, np.integer)) and not isinstance(drop_flags, bool):
-        if not 0 <= int(drop_flags) <= 255:
-            raise LoaderError(f"drop_flags mask {drop_flags} is not a uint8 bit mask (1 bos, 2 pad, 4 special)")
-        return int(drop_flags)
-    names = drop_flags.split(",") if isinstance(drop_flags, str) else list(drop_flags)
-    mask = 0
-    for n in names:
-        n = str(n).strip().lower()
-        if not n:
-            continue
-        if n not in FLAGS:
-            raise LoaderError(f"unknown flag {n!r} in drop_flags: use {', '.join(FLAGS)}")
-        mask |= FLAGS[n]
-    return mask
+    return parse_flags(drop_flags, "drop_flags", LoaderError)
 
 
 class ActivationLoader:

@@ -280,3 +280,30 @@ def commit_key(segment: str, seq: int) -> str:
     """Commit records are zarr groups (the record is in their attributes), so the whole
     store stays a plain zarr hierarchy."""
     return f"{SEGMENTS}/{segment}/commits/{seq:010d}/zarr.json"
+
+
+def parse_flags(spec, option: str = "drop_flags", error: type[Exception] = StoreError) -> int:
+    """Flags as the user gives them -> a ``flags``-column bit mask.
+
+    ``spec``: None (no flags), an int bit mask (0..255), or flag names: ``"bos,special"``
+    or a list of names (any case; see FLAGS). ``option`` names the setting in messages and
+    ``error`` is the exception class raised (each caller's own: CaptureError, LoaderError).
+    """
+    if spec is None:
+        return 0
+    if isinstance(spec, bool):
+        raise error(f"{option}={spec} is not a flag: give names ('bos,special') or a bit mask")
+    if isinstance(spec, (int, np.integer)):
+        if not 0 <= int(spec) <= 255:
+            raise error(f"{option} mask {spec} is not a uint8 bit mask (1 bos, 2 pad, 4 special)")
+        return int(spec)
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    mask = 0
+    for n in names:
+        n = str(n).strip().lower()
+        if not n:
+            continue
+        if n not in FLAGS:
+            raise error(f"unknown flag {n!r} in {option}: use {', '.join(FLAGS)}")
+        mask |= FLAGS[n]
+    return mask

@@ -1,4 +1,4 @@
-"""Loading a model for capture, and how to call it.
+"""Loading a model, and how to call it: what capture, analysis and interventions run.
 
 Three kinds are accepted:
 
@@ -22,11 +22,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..store.errors import CaptureError
+from ..errors import ModelError
 
 
 @dataclass
-class CaptureModel:
+class LoadedModel:
+    """A model ready to run: ``forward(ids [B, S] long, mask [B, S] or None)`` calls it the way its kind expects."""
+
     model: nn.Module
     tokenizer: object | None
     kind: str  # hf | tl | module
@@ -36,7 +38,8 @@ class CaptureModel:
 
 
 def _is_hf(model) -> bool:
-    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(model).__mro__)
 
 
 def _is_tl(model) -> bool:
@@ -45,12 +48,14 @@ def _is_tl(model) -> bool:
 
 def _load_hf(path: str, dtype: torch.dtype | None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: weights are local
+    # Deferred: transformers takes seconds to import, only HF folders need it, and the
+    # variable above must be set before it loads.
     import transformers
 
     try:
         cfg = transformers.AutoConfig.from_pretrained(path)
     except Exception as e:
-        raise CaptureError(f"--model {path!r} is not a local Hugging Face model directory ({type(e).__name__}: "
+        raise ModelError(f"--model {path!r} is not a local Hugging Face model directory ({type(e).__name__}: "
                            f"{str(e).splitlines()[0]}); give a folder holding config.json and weights") from None
     arch = (getattr(cfg, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
@@ -70,17 +75,17 @@ def _load_factory(spec: str):
     target = spec[len("python:"):]
     mod, _, attr = target.partition(":")
     if not mod or not attr:
-        raise CaptureError(f"--model {spec!r}: write python:package.module:function")
+        raise ModelError(f"--model {spec!r}: write python:package.module:function")
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as e:
-        raise CaptureError(f"--model {spec!r}: cannot import it ({e})") from None
+        raise ModelError(f"--model {spec!r}: cannot import it ({e})") from None
     got = fn()
     return got if isinstance(got, tuple) else (got, None)
 
 
-def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.dtype | None = None) -> CaptureModel:
-    """Load (if a path or factory spec) and wrap ``model`` for capture, on ``device``, in eval mode."""
+def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load (if a path or factory spec) and wrap ``model`` to be run, on ``device``, in eval mode."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     name = model if isinstance(model, str) else type(model).__name__
@@ -90,10 +95,10 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
         elif os.path.isdir(model):
             model, tok = _load_hf(model, dtype)
         else:
-            raise CaptureError(f"--model {model!r} is neither a local model directory nor python:module:function")
+            raise ModelError(f"--model {model!r} is neither a local model directory nor python:module:function")
         tokenizer = tokenizer or tok
     if not isinstance(model, nn.Module):
-        raise CaptureError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise ModelError(f"model must be an nn.Module, got {type(model).__name__}")
     p0 = next(model.parameters(), None)
     if p0 is not None and p0.device != torch.device(device):
         model = model.to(device)
@@ -107,7 +112,7 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
             # Right padding in a causal model changes no kept token, so no mask is needed.
             return model(ids, return_type=None)
 
-        return CaptureModel(model, tokenizer, "tl", name, int(model.cfg.n_ctx), fwd)
+        return LoadedModel(model, tokenizer, "tl", name, int(model.cfg.n_ctx), fwd)
     if _is_hf(model):
         cfg = model.config
         limit = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
@@ -119,9 +124,9 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
         def fwd(ids, mask):
             return model(input_ids=ids, attention_mask=mask)
 
-        return CaptureModel(model, tokenizer, "hf", name, limit, fwd)
+        return LoadedModel(model, tokenizer, "hf", name, limit, fwd)
 
     def fwd(ids, mask):
         return model(ids)
 
-    return CaptureModel(model, tokenizer, "module", name, None, fwd)
+    return LoadedModel(model, tokenizer, "module", name, None, fwd)
