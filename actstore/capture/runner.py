@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..store.errors import CaptureError
-from ..store.format import FLAG_PAD
+from ..store.format import DTYPES, FLAG_PAD
 from .data import describe, iter_documents
 from .hooks import HookRecorder, resolve_hooks
 from .models import prepare_model
@@ -51,8 +51,8 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+# Model dtypes: the unscaled storage dtypes, by name or logical alias (bf16 or bfloat16, ...).
+_DTYPES = {n: d.torch_dtype for d in DTYPES.values() if not d.scaled for n in (d.name, d.logical)}
 
 
 def capture(model, hooks, data, out, *, tokenizer=None, tokens: int | None = None, context: int = 128,
