@@ -9,13 +9,18 @@ scale ``[n]`` float32 (fp8/int8), bad ``[n]`` int8, s1/s2 ``[d]`` float32 and no
 
 Each program owns BLOCK_M rows. It walks d twice: the first walk finds each row's squared
 norm, absmax (for the fp8/int8 scale) and non-finite count; the second converts and
-stores the row and adds its centred moments. When d fits one tile the second walk reads
-from L1/L2, so global memory is read once. ``MODE`` is the storage dtype's ``DType.mode``
-(``actstore/store/format.py``: 0 fp32, 1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the
-launcher; this module imports nothing from actstore. Matches ``actstore.reference.capture_pack``:
-bit-exact for fp32/fp16/bf16/int8 data and scales on a GPU; statistics to fp32 rounding.
-Under TRITON_INTERPRET=1 bf16 and fp8 downcasts are not exact (DESIGN.md), so CPU tests
-use fp32/fp16/int8.
+stores the row and adds its centred moments. When d fits one tile the second walk is
+meant to hit L1/L2, so that global memory is read once (a design intent, not measured).
+
+``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 0 fp32,
+1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the launcher with ``SCALED`` and ``QMAX``;
+this module imports nothing from actstore.
+
+Checked against ``actstore.reference.capture_pack`` by tests/test_capture_kernel.py under
+TRITON_INTERPRET=1 on a CPU: fp32/fp16/int8 data and the scales bit-exact, statistics to
+fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (DESIGN.md), so
+there bf16 is checked to one step and fp8 loosely. On a GPU the same test asks all five
+to be bit-exact; it has not yet run on one (see benchmarks/README.md, gpu_session.sh).
 """
 
 from __future__ import annotations

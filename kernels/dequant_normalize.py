@@ -6,13 +6,17 @@ the output dtype; see ``actstore.reference.dequant_normalize`` (the oracle).
 Shapes: x ``[n, d]`` (row stride ``stride_x``, last dim contiguous), scale ``[n]`` float32,
 shift/mul ``[d]`` float32, out ``[n, d]`` contiguous (float32, bfloat16 or float16).
 
-The decodes are integer arithmetic, exact on every backend and Triton version: bf16 bits
-shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
+The decodes are integer arithmetic, so they do not depend on a backend's float casts: bf16
+bits shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
 (no fp8 dtype needed, so the same code runs under TRITON_INTERPRET=1, where fp8 casts
-are unreliable, and on GPUs without native fp8). The kernel is purely memory-bound: one
-read of the stored bytes and one write of the output. ``MODE`` is the storage dtype's
-``DType.mode`` (``actstore/store/format.py``: 2 bf16 bits, 3 fp8 bits, else values), passed
-in by the launcher; this module imports nothing from actstore.
+are unreliable, and on GPUs without native fp8). tests/test_loader_kernel.py checks every
+stored dtype bit for bit against the reference under the interpreter on a CPU; it has not
+yet run on a GPU (see benchmarks/README.md). One read of the stored bytes and one write
+of the output: the kernel is memory-bound by design (its bandwidth is not yet measured).
+
+``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 2 bf16 bits,
+3 fp8 bits, else values), passed in by the launcher; this module imports nothing from
+actstore.
 """
 
 from __future__ import annotations
