@@ -26,6 +26,10 @@ class AppendError(StoreError, ValueError):
     """Rows given to a writer do not match the store's schema (hooks, shapes, dtypes)."""
 
 
+class DTypeError(StoreError, ValueError):
+    """A storage dtype name that actstore does not know (``actstore.store.format.parse_dtype``)."""
+
+
 class UnknownHookError(StoreError, KeyError):
     """A hook name that the store does not hold."""
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from numcodecs import Blosc, Zstd  # noqa: E402
 
 import actstore  # noqa: E402
-from actstore.reference import quantize as Q  # noqa: E402
+from actstore.store import quantize as Q  # noqa: E402
 from actstore.store.codecs import PRESETS, ChunkCodec  # noqa: E402
 from actstore.store.format import chunk_rows_for  # noqa: E402
 

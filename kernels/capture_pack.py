@@ -9,11 +9,18 @@ scale ``[n]`` float32 (fp8/int8), bad ``[n]`` int8, s1/s2 ``[d]`` float32 and no
 
 Each program owns BLOCK_M rows. It walks d twice: the first walk finds each row's squared
 norm, absmax (for the fp8/int8 scale) and non-finite count; the second converts and
-stores the row and adds its centred moments. When d fits one tile the second walk reads
-from L1/L2, so global memory is read once. Matches ``actstore.reference.capture_pack``:
-bit-exact for fp32/fp16/bf16/int8 data and scales on a GPU; statistics to fp32 rounding.
-Under TRITON_INTERPRET=1 bf16 and fp8 downcasts are not exact (DESIGN.md), so CPU tests
-use fp32/fp16/int8.
+stores the row and adds its centred moments. When d fits one tile the second walk is
+meant to hit L1/L2, so that global memory is read once (a design intent, not measured).
+
+``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 0 fp32,
+1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the launcher with ``SCALED`` and ``QMAX``;
+this module imports nothing from actstore.
+
+Checked against ``actstore.reference.capture_pack`` by tests/test_capture_kernel.py under
+TRITON_INTERPRET=1 on a CPU: fp32/fp16/int8 data and the scales bit-exact, statistics to
+fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (DESIGN.md), so
+there bf16 is checked to one step and fp8 loosely. On a GPU the same test asks all five
+to be bit-exact; it has not yet run on one (see benchmarks/README.md, gpu_session.sh).
 """
 
 from __future__ import annotations
@@ -22,16 +29,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Storage dtype -> (MODE, torch dtype of the output, QMAX). MODE is a constexpr branch.
-MODES = {"fp32": (0, torch.float32, 1.0), "fp16": (1, torch.float16, 1.0), "bf16": (2, torch.bfloat16, 1.0),
-         "fp8": (3, torch.uint8, 448.0), "int8": (4, torch.int8, 127.0)}
-
 
 @triton.jit
 def _capture_pack_fwd_kernel(x_ptr, stride_x, keep_ptr, dst_ptr, shift_ptr,
                              out_ptr, scale_ptr, bad_ptr, s1_ptr, s2_ptr, norm_ptr,
                              N, D,
-                             MODE: tl.constexpr, QMAX: tl.constexpr,
+                             MODE: tl.constexpr, SCALED: tl.constexpr, QMAX: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -69,16 +72,16 @@ def _capture_pack_fwd_kernel(x_ptr, stride_x, keep_ptr, dst_ptr, shift_ptr,
         c = tl.where(good[:, None] & cmask[None, :], x - sh[None, :], 0.0)
         tl.atomic_add(s1_ptr + cols, tl.sum(c, axis=0), mask=cmask)
         tl.atomic_add(s2_ptr + cols, tl.sum(c * c, axis=0), mask=cmask)
-        if MODE == 0:
+        if MODE == 0:  # fp32
             y = x
-        elif MODE == 1:
+        elif MODE == 1:  # fp16
             y = x.to(tl.float16)
-        elif MODE == 2:
+        elif MODE == 2:  # bf16
             y = x.to(tl.bfloat16)
-        elif MODE == 3:
+        elif MODE == 3:  # fp8 e4m3fn bits
             q = tl.minimum(tl.maximum(tl.math.div_rn(x, safe[:, None]), -QMAX), QMAX)
             y = q.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        else:
+        else:  # int8
             q = tl.math.div_rn(x, safe[:, None])
             r = tl.floor(q + 0.5)
             # Round half to even, as torch.round: a tie that landed on an odd value steps back.
@@ -87,30 +90,31 @@ def _capture_pack_fwd_kernel(x_ptr, stride_x, keep_ptr, dst_ptr, shift_ptr,
             y = tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
         tl.store(out_row + cols[None, :], y, mask=m)
     tl.atomic_add(norm_ptr, tl.sum(tl.where(good, tl.sqrt(sq), 0.0), axis=0))
-    if MODE >= 3:
+    if SCALED:
         tl.store(scale_ptr + dst, scale, mask=keep)
     tl.store(bad_ptr + dst, tl.where(nbad > 0, 1, 0).to(tl.int8), mask=keep)
 
 
-def capture_pack_fwd(x: torch.Tensor, keep: torch.Tensor, dst: torch.Tensor, shift: torch.Tensor, dtype: str,
+def capture_pack_fwd(x: torch.Tensor, keep: torch.Tensor, dst: torch.Tensor, shift: torch.Tensor, dtype,
                      n_keep: int, *, out: torch.Tensor | None = None, scale: torch.Tensor | None = None,
                      bad: torch.Tensor | None = None, moments: torch.Tensor | None = None,
                      block_m: int = 32, block_d: int | None = None):
     """Launch the kernel. ``x [N, d]`` with unit last stride; ``keep [N]`` int8/bool;
-    ``dst [N]`` int64; ``shift [d]`` float32. Optional preallocated outputs (staging
-    buffers, at least ``n_keep`` rows; ``moments`` ``[2*d + 1]`` float32, zeroed here).
+    ``dst [N]`` int64; ``shift [d]`` float32; ``dtype`` an ``actstore.store.format.DType``
+    (its ``mode``, ``torch_dtype`` and ``qmax`` select the conversion). Optional
+    preallocated outputs (staging buffers, at least ``n_keep`` rows; ``moments``
+    ``[2*d + 1]`` float32, zeroed here).
 
     Returns (data ``[n_keep, d]``, scale ``[n_keep]`` or None, bad ``[n_keep]`` int8,
     s1 ``[d]``, s2 ``[d]``, norm_sum ``[1]``), views into the buffers.
     """
     N, D = x.shape
-    mode, tdt, qmax = MODES[dtype]
     dev = x.device
     if x.stride(1) != 1:
         x = x.contiguous()
-    out = torch.empty((max(n_keep, 1), D), dtype=tdt, device=dev) if out is None else out
+    out = torch.empty((max(n_keep, 1), D), dtype=dtype.torch_dtype, device=dev) if out is None else out
     bad = torch.empty(max(n_keep, 1), dtype=torch.int8, device=dev) if bad is None else bad
-    scaled = mode >= 3
+    scaled = dtype.scaled
     if scaled and scale is None:
         scale = torch.empty(max(n_keep, 1), dtype=torch.float32, device=dev)
     moments = torch.empty(2 * D + 1, dtype=torch.float32, device=dev) if moments is None else moments
@@ -124,5 +128,6 @@ def capture_pack_fwd(x: torch.Tensor, keep: torch.Tensor, dst: torch.Tensor, shi
         grid = (triton.cdiv(N, block_m),)
         _capture_pack_fwd_kernel[grid](x, x.stride(0), keep.view(torch.int8) if keep.dtype == torch.bool else keep,
                                        dst, shift, out, scale if scaled else out, bad, s1, s2, norm, N, D,
-                                       MODE=mode, QMAX=qmax, BLOCK_M=block_m, BLOCK_D=block_d)
+                                       MODE=dtype.mode, SCALED=scaled, QMAX=dtype.qmax or 1.0,
+                                       BLOCK_M=block_m, BLOCK_D=block_d)
     return out[:n_keep], (scale[:n_keep] if scaled else None), bad[:n_keep], s1, s2, norm

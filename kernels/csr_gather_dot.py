@@ -43,7 +43,7 @@ def csr_gather_dot_fwd(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, 
     out = torch.empty(nnz, dtype=torch.float32, device=W.device)
     if nnz == 0:
         return out
-    # 32 entries x 128 columns per step; GPU tuning is owed (no GPU in this session).
+    # 32 entries x 128 columns per step. Tiles not tuned on a GPU; see benchmarks/README.md.
     block_d = min(128, max(16, triton.next_power_of_2(d)))
     _csr_gather_dot_fwd_kernel[(triton.cdiv(nnz, 32),)](rows.contiguous(), cols.contiguous(), G, W, out, nnz, d,
                                                         G.stride(0), W.stride(0), BLOCK_E=32, BLOCK_D=block_d)

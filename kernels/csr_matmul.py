@@ -48,7 +48,7 @@ def csr_matmul_fwd(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor
     if n == 0 or d == 0:
         return out
     # BLOCK_D 128 keeps a row's k gathered slices in registers; 16 entries per step covers
-    # k=32 in two steps. GPU tuning is owed (no GPU in this session).
+    # k=32 in two steps. Tiles not tuned on a GPU; see benchmarks/README.md.
     block_d = min(128, triton.next_power_of_2(d))
     grid = (n, triton.cdiv(d, block_d))
     _csr_matmul_fwd_kernel[grid](row_ptr.contiguous(), cols.contiguous(), vals.contiguous(), W, out, d,

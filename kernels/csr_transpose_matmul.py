@@ -7,7 +7,8 @@ pre-activations, ``X = x``, ``shift = pre_bias``). Only the ``nnz`` selected (ro
 pairs are touched: ``O(nnz * d)`` work, where the dense form would be an ``[m, n] @ [n, d]``
 GEMM.
 
-Two accumulation strategies, selectable because their speed must be measured on a GPU:
+Two accumulation strategies, selectable because their relative speed is a GPU question
+(not yet measured on one; see benchmarks/README.md):
 
 - ``sorted``: entries are sorted by latent (``torch.sort``, stable), then one program per
   (latent, ``BLOCK_D`` slice) sums its run of entries in registers and writes its row of
@@ -86,7 +87,7 @@ def csr_transpose_matmul_fwd(rows: torch.Tensor, cols: torch.Tensor, vals: torch
     has_shift = shift is not None
     shift_arg = shift.contiguous() if has_shift else X
     block_d = min(128, max(16, triton.next_power_of_2(d)))
-    # GPU tuning of both variants is owed (no GPU in this session).
+    # Tiles of both variants not tuned on a GPU; see benchmarks/README.md.
     if method == "sorted":
         gw = torch.empty((m, d), dtype=torch.float32, device=X.device)
         gb = torch.empty(m, dtype=torch.float32, device=X.device)

@@ -6,11 +6,17 @@ the output dtype; see ``actstore.reference.dequant_normalize`` (the oracle).
 Shapes: x ``[n, d]`` (row stride ``stride_x``, last dim contiguous), scale ``[n]`` float32,
 shift/mul ``[d]`` float32, out ``[n, d]`` contiguous (float32, bfloat16 or float16).
 
-The decodes are integer arithmetic, exact on every backend and Triton version: bf16 bits
-shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
+The decodes are integer arithmetic, so they do not depend on a backend's float casts: bf16
+bits shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
 (no fp8 dtype needed, so the same code runs under TRITON_INTERPRET=1, where fp8 casts
-are unreliable, and on GPUs without native fp8). The kernel is purely memory-bound: one
-read of the stored bytes and one write of the output.
+are unreliable, and on GPUs without native fp8). tests/test_loader_kernel.py checks every
+stored dtype bit for bit against the reference under the interpreter on a CPU; it has not
+yet run on a GPU (see benchmarks/README.md). One read of the stored bytes and one write
+of the output: the kernel is memory-bound by design (its bandwidth is not yet measured).
+
+``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 2 bf16 bits,
+3 fp8 bits, else values), passed in by the launcher; this module imports nothing from
+actstore.
 """
 
 from __future__ import annotations
@@ -19,13 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-# Stored kind -> KIND constexpr.
-KINDS = {"bfloat16": 0, "float16": 1, "float32": 1, "int8": 1, "float8_e4m3fn": 2}
-
 
 @triton.jit
 def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr, out_ptr, N, D,
-                                  KIND: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                                  MODE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
                                   HAS_MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -33,12 +36,10 @@ def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr
     cmask = cols < D
     m = rmask[:, None] & cmask[None, :]
     raw = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=m, other=0)
-    if KIND == 0:
+    if MODE == 2:
         # bf16 bits are the upper half of a float32.
         v = ((raw.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
-    elif KIND == 1:
-        v = raw.to(tl.float32)
-    else:
+    elif MODE == 3:
         # e4m3fn: s eeee mmm, bias 7; exponent 0 is subnormal (m * 2^-9); 0x7F/0xFF are NaN.
         b = raw.to(tl.int32) & 0xFF
         e = (b >> 3) & 0xF
@@ -49,6 +50,8 @@ def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr
         mag = tl.where(e == 0, sub, normal)
         mag = tl.where((e == 15) & (mant == 7), float("nan"), mag)
         v = tl.where((b & 0x80) != 0, -mag, mag)
+    else:  # fp32, fp16, int8: the values
+        v = raw.to(tl.float32)
     if HAS_SCALE:
         s = tl.load(scale_ptr + rows, mask=rmask, other=0.0)
         v = v * s[:, None]
@@ -61,9 +64,10 @@ def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def dequant_normalize_fwd(x: torch.Tensor, logical: str, scale: torch.Tensor | None, shift: torch.Tensor | None,
+def dequant_normalize_fwd(x: torch.Tensor, dtype, scale: torch.Tensor | None, shift: torch.Tensor | None,
                           mul: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch the kernel; arguments as in ``actstore.reference.dequant_normalize``."""
+    """Launch the kernel; arguments as in ``actstore.reference.dequant_normalize``, with
+    ``dtype`` an ``actstore.store.format.DType`` (its ``mode`` selects the decode)."""
     n, d = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -81,6 +85,6 @@ def dequant_normalize_fwd(x: torch.Tensor, logical: str, scale: torch.Tensor | N
         x, x.stride(0),
         scale if scale is not None else dummy, shift if shift is not None else dummy,
         mul if mul is not None else dummy, out, n, d,
-        KIND=KINDS[logical], HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_MUL=mul is not None,
+        MODE=dtype.mode, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_MUL=mul is not None,
         BLOCK_N=block_n, BLOCK_D=block_d)
     return out

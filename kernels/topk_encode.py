@@ -149,8 +149,8 @@ def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
     if n == 0:
         return values, indices, aux_values, aux_indices
     dead = dead_mask.to(torch.int8).contiguous() if ka else values  # unused pointer when KA=0
-    # Tiles: 16 rows (the smallest tl.dot), 64 latents, d in tiles of 16-64. GPU tuning
-    # is owed (no GPU in this session).
+    # Tiles: 16 rows (the smallest tl.dot), 64 latents, d in tiles of 16-64. Tiles not
+    # tuned on a GPU; see benchmarks/README.md.
     block_m = 64
     block_d = min(64, max(16, triton.next_power_of_2(d)))
     grid = (triton.cdiv(n, 16),)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from actstore._numerics import pre_activations
 from actstore.ops import batch_topk_encode, csr_decode, kth_largest, sparse_decode, topk_encode
 from actstore.reference.sparse_matmul import rows_of
-from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, pre_activations,
-                                         sparse_decode_reference, topk_encode_reference)
+from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, sparse_decode_reference,
+                                         topk_encode_reference)
 from helpers.compile_check import assert_compiled_grads_match
 from helpers.device import DEVICE as DEV
+from helpers.tolerances import DTYPE_TOL, GRAD_TOL, assert_grads_close, assert_values_close
 
 pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 
@@ -53,9 +55,8 @@ def test_csr_decode_and_its_gradients_match_the_reference(accumulate, d, m):
     ref = [t.clone().requires_grad_() for t in (vals, Wd, bd)]
     rout = csr_decode_reference(row_ptr, cols, ref[0], ref[1], ref[2])
     ((rout - target) ** 2).sum().backward()
-    torch.testing.assert_close(out.detach().cpu(), rout.detach(), atol=1e-4, rtol=1e-5)
-    for name, a, r in zip(["vals", "W_dec", "b_dec"], got, ref):
-        torch.testing.assert_close(a.grad.cpu(), r.grad, atol=1e-3, rtol=1e-4, msg=name)
+    assert_values_close(out, rout)
+    assert_grads_close(["vals", "W_dec", "b_dec"], got, ref)
     assert torch.equal(out[0].detach().cpu(), bd)  # the empty row decodes to b_dec alone
 
 
@@ -66,7 +67,7 @@ def test_sparse_decode_fp16_decoder_on_the_kernel():
     Wd = (torch.randn(96, 100, generator=g) / 10).half()
     out = sparse_decode(v.to(DEV), i.to(DEV), Wd.to(DEV), backend="triton")
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.cpu(), sparse_decode_reference(v, i, Wd), atol=1e-4, rtol=1e-4)
+    assert_values_close(out, sparse_decode_reference(v, i, Wd))
 
 
 @pytest.mark.parametrize("accumulate", ["sorted", "atomic"])
@@ -83,7 +84,8 @@ def test_sorted_accumulation_is_bitwise_repeatable_and_agrees_with_atomic(accumu
     lW = W.clone().requires_grad_()
     rv, _ = topk_encode_reference(x, lW, b, 8, pb)
     (rv * torch.arange(8)).sum().backward()
-    torch.testing.assert_close(grads[0], lW.grad, atol=1e-4, rtol=1e-4)
+    atol, rtol = GRAD_TOL[torch.float32]
+    torch.testing.assert_close(grads[0], lW.grad, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("m,k_aux", [(96, 8), (512, 32)])
@@ -94,11 +96,11 @@ def test_auxk_comes_out_of_the_same_pass(m, k_aux):
     v, i, av, ai = topk_encode(x.to(DEV), W.to(DEV), b.to(DEV), 8, pb.to(DEV), dead_mask=dead.to(DEV), k_aux=k_aux,
                                backend="triton")
     rv, ri, rav, rai = topk_encode_reference(x, W, b, 8, pb, dead_mask=dead, k_aux=k_aux)
-    torch.testing.assert_close(v.cpu(), rv, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(av.cpu(), rav, atol=2e-5, rtol=2e-5)
+    assert_values_close(v, rv)
+    assert_values_close(av, rav)
     assert dead[ai.cpu()[av.cpu() > 0]].all()  # aux latents are dead ones
     pre = pre_activations(x, W, b, pb)
-    torch.testing.assert_close(torch.relu(pre.gather(1, ai.cpu())), av.cpu(), atol=2e-5, rtol=2e-5)
+    assert_values_close(torch.relu(pre.gather(1, ai.cpu())), av.cpu())
     same = sum(set(a[p > 0].tolist()) == set(c[q > 0].tolist()) for a, p, c, q in zip(ai.cpu(), av.cpu(), rai, rav))
     assert same >= 20
 
@@ -117,8 +119,7 @@ def test_auxk_rows_with_fewer_dead_latents_than_k_aux_and_gradients():
     rv, ri, rav, rai = topk_encode_reference(*refs[:3], 8, refs[3], dead_mask=dead, k_aux=6)
     rloss = (sparse_decode_reference(rv, ri, Wd) ** 2).sum() + (sparse_decode_reference(rav, rai, Wd) ** 2).sum()
     rloss.backward()
-    for name, a, r in zip(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs):
-        torch.testing.assert_close(a.grad.cpu(), r.grad, atol=1e-4, rtol=1e-4, msg=name)
+    assert_grads_close(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs)
 
 
 @pytest.mark.parametrize("n", [1, 100, 3001])
@@ -148,9 +149,10 @@ def test_batch_topk_matches_the_reference_including_the_dense_fallback(threshold
                                     cand_factor=cand_factor, backend="triton")
     rrp, rc, rv, rt = batch_topk_encode_reference(x, W, b, 4, pb, threshold=threshold)
     assert torch.equal(rp.cpu(), rrp) and _csr_sets(rp.cpu(), c.cpu()) == _csr_sets(rrp, rc)
-    torch.testing.assert_close(float(t), float(rt), atol=1e-5, rtol=1e-5)
+    atol, rtol = DTYPE_TOL[torch.float32]
+    torch.testing.assert_close(float(t), float(rt), atol=atol, rtol=rtol)
     pre = pre_activations(x, W, b, pb)
-    torch.testing.assert_close(v.cpu(), pre[rows_of(rp.cpu()), c.cpu()], atol=2e-5, rtol=2e-5)
+    assert_values_close(v, pre[rows_of(rp.cpu()), c.cpu()])
     if threshold is None:
         # Row 5 keeps more than k: at cand_factor=1 only the dense fallback could find them.
         assert c.numel() == 24 * 4 and int(rp[6] - rp[5]) > 4
@@ -166,8 +168,7 @@ def test_batch_topk_gradients_match_autograd_through_the_reference():
     refs = [t.clone().requires_grad_() for t in (x, W, b, pb)]
     rrp, rc, rv, _ = batch_topk_encode_reference(*refs[:3], 4, refs[3])
     ((csr_decode_reference(rrp, rc, rv, Wd) - target) ** 2).sum().backward()
-    for name, a, r in zip(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs):
-        torch.testing.assert_close(a.grad.cpu(), r.grad, atol=1e-4, rtol=1e-4, msg=name)
+    assert_grads_close(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs)
 
 
 def test_batch_topk_reference_backend_and_errors():
@@ -228,7 +229,6 @@ def test_batch_topk_auxk_comes_out_of_the_same_pass_with_gradients():
     _, _, rav, rai = topk_encode_reference(*refs[:3], 1, refs[3], dead_mask=dead, k_aux=6)
     rloss = (csr_decode_reference(rrp, rc, rv, Wd) ** 2).sum() + (sparse_decode_reference(rav, rai, Wd) ** 2).sum()
     rloss.backward()
-    torch.testing.assert_close(av.detach().cpu(), rav.detach(), atol=2e-5, rtol=2e-5)
+    assert_values_close(av, rav)
     assert dead[ai.cpu()[av.detach().cpu() > 0]].all()
-    for name, a, r in zip(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs):
-        torch.testing.assert_close(a.grad.cpu(), r.grad, atol=1e-4, rtol=1e-4, msg=name)
+    assert_grads_close(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs)

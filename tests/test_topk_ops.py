@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from actstore._numerics import pre_activations
 from actstore.ops import sparse_decode, topk_encode
-from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, pre_activations,
-                                         sparse_decode_reference, topk_encode_reference)
+from actstore.reference.topk_sae import (batch_topk_encode_reference, csr_decode_reference, sparse_decode_reference,
+                                         topk_encode_reference)
 from helpers.device import DEVICE as DEV
+from helpers.tolerances import assert_grads_close, assert_values_close
 
 pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
-TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
 
 def _inputs(n, d, m, dtype, seed):
@@ -25,14 +26,14 @@ def _inputs(n, d, m, dtype, seed):
     return x.to(dtype), W.to(dtype), b, pb
 
 
-def _check_topk(values, indices, x, W, b, pb, k, tol):
+def _check_topk(values, indices, x, W, b, pb, k, dtype):
     """values/indices are a correct top-k: they agree with the reference's values, and the
     chosen indices' own pre-activations are those values (robust to near-ties)."""
     ref_v, ref_i = topk_encode_reference(x, W, b, k, pb)
     pre = pre_activations(x, W, b, pb)
     assert values.shape == ref_v.shape and indices.dtype == torch.int64
-    torch.testing.assert_close(values.cpu().float(), ref_v, atol=tol, rtol=tol)
-    torch.testing.assert_close(torch.relu(pre.gather(1, indices.cpu())), values.cpu().float(), atol=tol, rtol=tol)
+    assert_values_close(values.float(), ref_v, dtype)
+    assert_values_close(torch.relu(pre.gather(1, indices.cpu())), values.cpu().float(), dtype)
     assert all(len(set(r.tolist())) == k for r in indices.cpu())  # distinct latents per row
     same = sum(set(a.tolist()) == set(c.tolist()) for a, c in zip(indices.cpu(), ref_i))
     assert same >= indices.shape[0] - 1  # index sets equal (a near-tie may swap one row's last)
@@ -45,13 +46,13 @@ def test_fused_topk_encode_matches_reference(dtype, d, m, k):
     n = 37
     x, W, b, pb = _inputs(n, d, m, dtype, seed=d * m + k)
     v, i = topk_encode(x.to(DEV), W.to(DEV), b.to(DEV), k, pb.to(DEV), backend="triton")
-    _check_topk(v, i, x, W, b, pb, k, TOL[dtype])
+    _check_topk(v, i, x, W, b, pb, k, dtype)
 
 
 def test_k_equal_to_m_n_1_and_no_pre_bias():
     x, W, b, _ = _inputs(1, 48, 96, torch.float32, seed=1)
     v, i = topk_encode(x.to(DEV), W.to(DEV), b.to(DEV), 96, backend="triton")
-    _check_topk(v, i, x, W, b, None, 96, TOL[torch.float32])
+    _check_topk(v, i, x, W, b, None, 96, torch.float32)
     assert sorted(i[0].tolist()) == list(range(96))
 
 
@@ -68,7 +69,7 @@ def test_non_contiguous_inputs():
     xs = x[:, ::2]  # [20, 48], row stride 96, column stride 2
     Wt = W[:, :48].t().contiguous().t()  # [96, 48] column-major
     v, i = topk_encode(xs.to(DEV), Wt.to(DEV), b.to(DEV), 8, pb[:48].to(DEV), backend="triton")
-    _check_topk(v, i, xs, Wt, b, pb[:48], 8, TOL[torch.float32])
+    _check_topk(v, i, xs, Wt, b, pb[:48], 8, torch.float32)
 
 
 def test_nan_rows_come_out_nan_like_the_reference():
@@ -77,7 +78,7 @@ def test_nan_rows_come_out_nan_like_the_reference():
     v, i = topk_encode(x.to(DEV), W.to(DEV), b.to(DEV), 8, pb.to(DEV), backend="triton")
     rv, _ = topk_encode_reference(x, W, b, 8, pb)
     assert torch.isnan(v[1].cpu()).all() and torch.isnan(rv[1]).all()
-    torch.testing.assert_close(v[[0, 2, 3]].cpu(), rv[[0, 2, 3]], atol=2e-5, rtol=2e-5)
+    assert_values_close(v[[0, 2, 3]], rv[[0, 2, 3]])
 
 
 @pytest.mark.parametrize("k,m", [(0, 96), (97, 96), (-1, 96)])
@@ -105,8 +106,7 @@ def test_every_gradient_matches_autograd_through_the_reference(backend):
     refs = [t.clone().requires_grad_() for t in (x, W, b, pb, Wd, bd)]
     rx, rW, rb, rpb, rWd, rbd = refs
     loss(topk_encode_reference(rx, rW, rb, 8, rpb), lambda v, i: sparse_decode_reference(v, i, rWd, rbd)).backward()
-    for name, got, ref in zip(["x", "W_enc", "b_enc", "pre_bias", "W_dec", "b_dec"], leaves, refs):
-        torch.testing.assert_close(got.grad.cpu(), ref.grad, atol=1e-4, rtol=1e-4, msg=name)
+    assert_grads_close(["x", "W_enc", "b_enc", "pre_bias", "W_dec", "b_dec"], leaves, refs)
 
 
 def test_reference_gradcheck_in_float64():
@@ -125,7 +125,7 @@ def test_sparse_decode_matches_reference():
     v = torch.randn(33, 8, generator=g)
     i = torch.randint(0, 96, (33, 8), generator=g)
     Wd, bd = torch.randn(96, 100, generator=g), torch.randn(100, generator=g)
-    torch.testing.assert_close(sparse_decode(v, i, Wd, bd), sparse_decode_reference(v, i, Wd, bd), atol=1e-5, rtol=1e-5)
+    assert_values_close(sparse_decode(v, i, Wd, bd), sparse_decode_reference(v, i, Wd, bd))
     with pytest.raises(ValueError, match="both be"):
         sparse_decode(v, i[:, :4], Wd, bd)
 
@@ -140,7 +140,7 @@ def test_batch_topk_reference_keeps_n_times_k_and_decodes():
     dense[rows, cols] = vals
     assert torch.equal(dense, torch.where(pre >= t, pre, 0.0))
     Wd = torch.randn(96, 48)
-    torch.testing.assert_close(csr_decode_reference(row_ptr, cols, vals, Wd), dense @ Wd, atol=1e-5, rtol=1e-5)
+    assert_values_close(csr_decode_reference(row_ptr, cols, vals, Wd), dense @ Wd)
     # The inference form: a fixed threshold (JumpReLU with one theta), strict.
     rp2, c2, v2, _ = batch_topk_encode_reference(x, W, b, 4, pb, threshold=float(t))
     assert c2.numel() == 16 * 4 - 1 and (v2 > t).all()

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..ops.capture_pack import capture_pack
-from ..reference.capture_pack import STORAGE_TORCH_DTYPE, Packed
-from ..store.convert import from_stored
+from ..store.convert import Packed, from_stored
 from ..store.errors import CaptureError
+from ..store.format import parse_dtype
 from ..store.stats import RunningStats
 from ..store.writer import SegmentWriter
 
@@ -53,8 +53,8 @@ class _Slot:
     """Staging (device) and pinned host buffers for one batch of every hook."""
 
     def __init__(self, hooks: dict[str, int], dtype: str, rows: int, device: torch.device):
-        tdt = STORAGE_TORCH_DTYPE[dtype]
-        scaled = dtype in ("fp8", "int8")
+        spec = parse_dtype(dtype)
+        tdt, scaled = spec.torch_dtype, spec.scaled
         self.dev: dict[str, dict] = {}
         self.host: dict[str, dict] = {}
         for h, d in hooks.items():

@@ -25,7 +25,7 @@ from .._dist import group, local_device, rank_world
 from ..api import create
 from ..models import HookRecorder, LoadedModel, prepare_model, resolve_hooks
 from ..store.errors import CaptureError
-from ..store.format import FLAG_PAD, parse_flags
+from ..store.format import DTYPES, FLAG_PAD, parse_flags
 from .config import CaptureConfig
 from .data import describe, iter_documents
 from .pipeline import Sink
@@ -35,8 +35,8 @@ from .plan import Policy, default_policy, iter_batches, iter_windows
 _RESUME_KEYS = ("model", "hooks", "data", "context", "batch_size", "packing", "bos", "eos", "drop", "tokens",
                 "world_size", "text_column", "nonfinite")
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+# Model dtypes: the unscaled storage dtypes, by name or logical alias (bf16 or bfloat16, ...).
+_DTYPES = {n: d.torch_dtype for d in DTYPES.values() if not d.scaled for n in (d.name, d.logical)}
 
 
 def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tokenizer=None, **overrides) -> dict:

@@ -29,48 +29,13 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype, check_k
 from ..reference.sparse_matmul import csr_from_coo, rows_of
-from ..reference.topk_sae import batch_topk_encode_reference, check_k, topk_encode_reference
-from ._dispatch import check_accumulate, resolve_backend, value_dtype
+from ..reference.topk_sae import batch_topk_encode_reference, topk_encode_reference
+from ._candidates import DENSE_ROWS, dense_rows
+from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads
 from .kth_largest import kth_largest
-
-_DENSE_ROWS = 1024  # rows per slice of the dense fallback: 1024 x m float32
-
-
-def _dense_rows(x, W_enc, b, rows):
-    """Pre-activations ``[len(rows), m]`` float32 of some rows (b has pre_bias folded in)."""
-    # x rounded to W's dtype as the kernel sees it, products summed in float32: the same
-    # values as the kernel's candidates up to summation order.
-    xr = x[rows].to(W_enc.dtype).to(torch.float32)
-    out = torch.empty(len(rows), W_enc.shape[0], dtype=torch.float32, device=x.device)
-    for s in range(0, W_enc.shape[0], 8192):
-        out[:, s:s + 8192] = xr @ W_enc[s:s + 8192].to(torch.float32).t()
-    return out + b
-
-
-def threshold_candidates(x, W_enc, b, cand_k, lo):
-    """Every ``(row, latent, score)`` with ``score > lo``, where ``score = x @ W_enc.T + b``
-    (``b`` float32, any pre-bias and threshold already folded in): the fused encoder + top-k
-    kernel keeps each row's ``cand_k`` highest scores, and a row whose last candidate still
-    passes (it may hold more) is recomputed densely in slices of rows. Exact; one encoder
-    GEMM when few rows overflow. Returns ``(rows, cols, scores)``, unsorted by row."""
-    from ..kernels.topk_encode import topk_encode_fwd
-
-    n, m = x.shape[0], W_enc.shape[0]
-    c = min(m, cand_k)
-    v, i, _, _ = topk_encode_fwd(x, W_enc, b, c, None, relu=False)  # [n, c] descending
-    bad = (v[:, -1] > lo) if c < m else torch.zeros(n, dtype=torch.bool, device=x.device)
-    keep = (v > lo) & ~bad[:, None]
-    r, j = keep.nonzero(as_tuple=True)
-    rows, cols, scores = [r], [i[r, j]], [v[r, j]]
-    bad_rows = bad.nonzero().reshape(-1)
-    for s in range(0, bad_rows.numel(), _DENSE_ROWS):
-        rs = bad_rows[s:s + _DENSE_ROWS]
-        sc = _dense_rows(x, W_enc, b, rs)
-        rr, cc = (sc > lo).nonzero(as_tuple=True)
-        rows.append(rs[rr]), cols.append(cc), scores.append(sc[rr, cc])
-    return torch.cat(rows), torch.cat(cols), torch.cat(scores)
 
 
 def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask=None, k_aux=0):
@@ -94,9 +59,9 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mas
     if bad_rows.numel():
         b = fold_pre_bias(W_enc, b_enc, pre_bias)
         floor = t  # every passing value of a bad row is >= the current t (t only rises)
-        for s in range(0, bad_rows.numel(), _DENSE_ROWS):
-            rs = bad_rows[s:s + _DENSE_ROWS]
-            pre = _dense_rows(x, W_enc, b, rs)
+        for s in range(0, bad_rows.numel(), DENSE_ROWS):
+            rs = bad_rows[s:s + DENSE_ROWS]
+            pre = dense_rows(x, W_enc, b, rs)
             keep = (pre >= floor) & (pre > 0) if threshold is None else passes(pre)
             r, col = keep.nonzero(as_tuple=True)
             extra_r.append(rs[r]), extra_c.append(col), extra_v.append(pre[r, col])
@@ -135,7 +100,7 @@ def _batch_topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Ten
 @_batch_topk_encode_op.register_fake
 def _(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux, backend, accumulate):
     nnz = torch.library.get_ctx().new_dynamic_size()
-    vd = value_dtype(x)
+    vd = acc_dtype(x)
     ka = k_aux if dead_mask is not None else 0
     return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
             x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd), x.new_empty((x.shape[0], ka), dtype=vd),

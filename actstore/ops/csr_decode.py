@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype
 from ..reference.sparse_matmul import rows_of
-from ._dispatch import check_accumulate, resolve_backend, value_dtype
+from ._dispatch import check_accumulate, resolve_backend
 from .csr_gather_dot import csr_gather_dot
 from .csr_matmul import csr_matmul
 from .csr_transpose_matmul import csr_transpose_matmul
@@ -34,7 +35,7 @@ def _csr_decode_op(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor
 
 @_csr_decode_op.register_fake
 def _(row_ptr, cols, vals, W_dec, b_dec, backend, accumulate):
-    return W_dec.new_empty((row_ptr.shape[0] - 1, W_dec.shape[1]), dtype=value_dtype(vals))
+    return W_dec.new_empty((row_ptr.shape[0] - 1, W_dec.shape[1]), dtype=acc_dtype(vals))
 
 
 def _setup_context(ctx, inputs, output):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype
 from ..reference.sparse_matmul import csr_gather_dot_reference
-from ._dispatch import value_dtype
 
 
 @torch.library.custom_op("actstore::csr_gather_dot", mutates_args=())
@@ -28,4 +28,4 @@ def csr_gather_dot(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: t
 
 @csr_gather_dot.register_fake
 def _(rows, cols, G, W, backend):
-    return G.new_empty(cols.shape, dtype=value_dtype(G))
+    return G.new_empty(cols.shape, dtype=acc_dtype(G))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype
 from ..reference.sparse_matmul import csr_matmul_reference
-from ._dispatch import value_dtype
 
 
 @torch.library.custom_op("actstore::csr_matmul", mutates_args=())
@@ -28,4 +28,4 @@ def csr_matmul(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W:
 
 @csr_matmul.register_fake
 def _(row_ptr, cols, vals, W, backend):
-    return W.new_empty((row_ptr.shape[0] - 1, W.shape[1]), dtype=value_dtype(vals))
+    return W.new_empty((row_ptr.shape[0] - 1, W.shape[1]), dtype=acc_dtype(vals))

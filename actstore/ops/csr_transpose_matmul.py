@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype
 from ..reference.sparse_matmul import csr_transpose_matmul_reference
-from ._dispatch import value_dtype
 
 
 @torch.library.custom_op("actstore::csr_transpose_matmul", mutates_args=())
@@ -30,5 +30,5 @@ def csr_transpose_matmul(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Ten
 
 @csr_transpose_matmul.register_fake
 def _(rows, cols, vals, X, m, shift, backend, accumulate):
-    acc = value_dtype(vals)
+    acc = acc_dtype(vals)
     return X.new_empty((m, X.shape[1]), dtype=acc), X.new_empty((m,), dtype=acc)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype, pre_activations
 from ..reference.sparse_matmul import csr_from_coo, rows_of
-from ..reference.topk_sae import pre_activations
-from ._dispatch import check_accumulate, resolve_backend, value_dtype
-from .batch_topk_encode import threshold_candidates
+from ._candidates import threshold_candidates
+from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads
 
 
@@ -67,7 +67,7 @@ def _jumprelu_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tenso
 @_jumprelu_encode_op.register_fake
 def _(x, W_enc, b_enc, theta, pre_bias, eps, cand_k, backend, accumulate):
     nnz = torch.library.get_ctx().new_dynamic_size()
-    vd = value_dtype(x)
+    vd = acc_dtype(x)
     return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
             x.new_empty((nnz,), dtype=vd), x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd))
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import acc_dtype, check_k
 from ..reference.sparse_matmul import rows_of
-from ..reference.topk_sae import check_k, topk_encode_reference
-from ._dispatch import check_accumulate, resolve_backend, value_dtype
+from ..reference.topk_sae import topk_encode_reference
+from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads
 
 
@@ -42,7 +43,7 @@ def _topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, p
 def _(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate):
     n = x.shape[0]
     ka = k_aux if dead_mask is not None else 0
-    vd = value_dtype(x)
+    vd = acc_dtype(x)
     return (x.new_empty((n, k), dtype=vd), x.new_empty((n, k), dtype=torch.int64),
             x.new_empty((n, ka), dtype=vd), x.new_empty((n, ka), dtype=torch.int64))
 

@@ -8,9 +8,10 @@ Inputs (one hook, one batch):
     shift  ``[d]`` float32: a centre for the moments, the running mean so far (it keeps
            ``sum((x - shift)^2)`` from cancelling when a dimension's mean dwarfs its std)
 
-Outputs (:class:`Packed`), for the ``n = keep.sum()`` kept rows in order:
-    data      ``[n, d]`` stored representation: bf16 (bits of round-to-nearest-even),
-              fp16, fp32, fp8 e4m3fn bits (uint8) or int8
+Outputs (:class:`actstore.store.convert.Packed`), for the ``n = keep.sum()`` kept rows in order:
+    data      ``[n, d]`` stored representation (``DType.torch_dtype``): bf16 (round to
+              nearest even), fp16, fp32, fp8 e4m3fn bits (uint8) or int8; the quantizer
+              is the store's (``actstore.store.quantize``)
     scale     ``[n]`` float32 per-row scale for fp8/int8, else None
     bad       ``[n]`` bool: the row holds NaN or inf (its bytes are not meaningful)
     s1, s2    ``[d]`` float32: sum of ``x - shift`` and of its square over kept finite rows
@@ -20,31 +21,17 @@ Outputs (:class:`Packed`), for the ``n = keep.sum()`` kept rows in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .quantize import quantize_fp8, quantize_int8
-
-STORAGE_TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                       "fp8": torch.uint8, "int8": torch.int8}
-
-
-@dataclass
-class Packed:
-    data: torch.Tensor
-    scale: torch.Tensor | None
-    bad: torch.Tensor
-    s1: torch.Tensor
-    s2: torch.Tensor
-    norm_sum: torch.Tensor
+from ..store.convert import Packed
+from ..store.format import DType, parse_dtype
+from ..store.quantize import quantize
 
 
-def capture_pack_reference(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype: str) -> Packed:
+def capture_pack_reference(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype: str | DType) -> Packed:
     """See the module docstring. Statistics are computed in float64 and returned as
     float32, so the reference is at least as accurate as any kernel it judges."""
-    if dtype not in STORAGE_TORCH_DTYPE:
-        raise ValueError(f"unknown storage dtype {dtype!r}: use one of {', '.join(STORAGE_TORCH_DTYPE)}")
+    spec = parse_dtype(dtype)
     kept = x[keep.to(torch.bool)]
     x32 = kept.to(torch.float32)
     bad = ~torch.isfinite(x32).all(dim=1)
@@ -54,10 +41,8 @@ def capture_pack_reference(x: torch.Tensor, keep: torch.Tensor, shift: torch.Ten
     s2 = (centred * centred).sum(dim=0).to(torch.float32)
     norm_sum = good.norm(dim=1).sum().reshape(1).to(torch.float32)
     scale = None
-    if dtype == "fp8":
-        data, scale = quantize_fp8(x32)
-    elif dtype == "int8":
-        data, scale = quantize_int8(x32)
+    if spec.scaled:
+        data, scale = quantize(x32, spec)
     else:
-        data = x32.to(STORAGE_TORCH_DTYPE[dtype])
+        data = x32.to(spec.torch_dtype)
     return Packed(data, scale, bad, s1, s2, norm_sum)

@@ -1,12 +1,14 @@
 """Reference of the loader's last step: stored rows -> normalized floats.
 
 ``y[i, j] = (decode(x[i, j]) * scale[i] - shift[j]) * mul[j]``, computed in float32 and
-rounded once to the output dtype. ``decode`` reads the stored representation exactly:
+rounded once to the output dtype. ``dtype`` is the storage dtype (``store/format.DTYPES``:
+a name such as ``"bf16"``, its logical alias ``"bfloat16"``, or the ``DType``); ``decode``
+reads the stored representation exactly:
 
-- ``bfloat16``: int16 holding bf16 bits (the store keeps them as uint16);
-- ``float16`` / ``float32``: the values;
-- ``float8_e4m3fn``: uint8 bits, times the per-row ``scale``;
-- ``int8``: the integers, times the per-row ``scale``.
+- bf16: int16 (or uint16) holding bf16 bits;
+- fp16 / fp32: the values;
+- fp8: uint8 e4m3fn bits, times the per-row ``scale``;
+- int8: the integers, times the per-row ``scale``.
 
 ``shift`` and ``mul`` are optional ``[d]`` float32 vectors: the loader passes
 ``mul = sqrt(d) / mean_norm`` for SAELens' norm scaling (mean norm -> sqrt(d)) and
@@ -17,25 +19,23 @@ from __future__ import annotations
 
 import torch
 
-LOGICAL = ("bfloat16", "float16", "float32", "float8_e4m3fn", "int8")
+from ..store.format import DType, parse_dtype
 
 
-def decode_stored(x: torch.Tensor, logical: str) -> torch.Tensor:
-    """Stored ``[n, d]`` -> float32 ``[n, d]`` values (before the per-row scale)."""
-    if logical == "bfloat16":
-        return x.view(torch.bfloat16).to(torch.float32)
-    if logical == "float8_e4m3fn":
-        return x.view(torch.float8_e4m3fn).to(torch.float32)
-    if logical in ("float16", "float32", "int8"):
-        return x.to(torch.float32)
-    raise ValueError(f"unknown stored dtype {logical!r}: use one of {', '.join(LOGICAL)}")
+def decode_stored(x: torch.Tensor, dtype: str | DType) -> torch.Tensor:
+    """Stored ``[n, d]`` -> float32 ``[n, d]`` values (before the per-row scale). Integer
+    tensors holding a float format's bits (bf16, fp8) are reinterpreted; values are converted."""
+    value = parse_dtype(dtype).value_dtype
+    if value.is_floating_point and not x.dtype.is_floating_point:
+        x = x.view(value)
+    return x.to(torch.float32)
 
 
-def dequant_normalize_reference(x: torch.Tensor, logical: str, scale: torch.Tensor | None = None,
+def dequant_normalize_reference(x: torch.Tensor, dtype: str | DType, scale: torch.Tensor | None = None,
                                 shift: torch.Tensor | None = None, mul: torch.Tensor | None = None,
                                 out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x ``[n, d]`` stored, scale ``[n]``, shift/mul ``[d]`` -> ``[n, d]`` of ``out_dtype``."""
-    v = decode_stored(x, logical)
+    v = decode_stored(x, dtype)
     if scale is not None:
         v = v * scale.to(torch.float32)[:, None]
     if shift is not None:

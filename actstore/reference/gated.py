@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .topk_sae import pre_activations
+from .._numerics import pre_activations
 
 
 def gated_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,

@@ -19,12 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._numerics import acc_dtype
+
 _SLICE = 65536
 _DENSE_MAX = 1 << 25  # n*m elements (128 MiB of float32) up to which the dense GEMM form is used
-
-
-def _acc(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
@@ -46,7 +44,7 @@ def csr_from_coo(n: int, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Ten
 
 def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``out[i] = sum_{e in row i} vals[e] W[cols[e]]`` -> ``[n, d]``."""
-    acc = _acc(vals)
+    acc = acc_dtype(vals)
     n = row_ptr.numel() - 1
     if cols.numel() == 0:
         return torch.zeros(n, W.shape[1], dtype=acc, device=W.device)
@@ -57,7 +55,7 @@ def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.
 
 def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``out[e] = G[rows[e]] . W[cols[e]]`` -> ``[nnz]``."""
-    acc = _acc(G)
+    acc = acc_dtype(G)
     if G.shape[0] * W.shape[0] <= _DENSE_MAX:
         return (G.to(acc) @ W.to(acc).t())[rows, cols]
     out = torch.empty(cols.numel(), dtype=acc, device=G.device)
@@ -71,7 +69,7 @@ def csr_transpose_matmul_reference(rows: torch.Tensor, cols: torch.Tensor, vals:
                                    m: int, shift: torch.Tensor | None = None):
     """``grad_W[cols[e]] += vals[e] (X[rows[e]] - shift)``, ``grad_b[cols[e]] += vals[e]``
     -> ``(grad_W [m, d], grad_b [m])``."""
-    acc = _acc(vals)
+    acc = acc_dtype(vals)
     n = X.shape[0]
     if n * m <= _DENSE_MAX:
         S = torch.zeros(n, m, dtype=acc, device=X.device).index_put_((rows, cols), vals.to(acc), accumulate=True)

@@ -11,34 +11,16 @@ Shapes and layout (the fused ops follow the same convention):
   descending order of the pre-activation.
 
 Every product is computed in float32 (or float64 when the inputs are float64, for
-gradcheck) and autograd flows through these functions, so their gradients are the
-oracle of the sparse backward kernels.
+gradcheck: ``actstore._numerics.acc_dtype``) and autograd flows through these functions,
+so their gradients are the oracle of the sparse backward kernels. The pre-activations and
+the check of ``k`` are shared with the ops (``actstore._numerics``).
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def check_k(k: int, m: int, name: str = "k") -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}")
-    if k > m:
-        raise ValueError(f"{name}={k} is larger than the number of latents m={m}: use {name} <= {m}")
-
-
-def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
-                    pre_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x - pre_bias) @ W_enc.T + b_enc`` -> ``[n, m]`` in the accumulation dtype."""
-    acc = _acc_dtype(x)
-    xc = x.to(acc)
-    if pre_bias is not None:
-        xc = xc - pre_bias.to(acc)
-    return xc @ W_enc.to(acc).t() + b_enc.to(acc)
+from .._numerics import acc_dtype, check_k, pre_activations
 
 
 def topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
@@ -66,7 +48,7 @@ def topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Ten
 def sparse_decode_reference(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
                             b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """``values [n, k]``, ``indices [n, k]`` -> ``[n, d] = sum_j values[:, j] W_dec[indices[:, j]] + b_dec``."""
-    acc = _acc_dtype(values)
+    acc = acc_dtype(values)
     out = torch.einsum("nk,nkd->nd", values.to(acc), W_dec.to(acc)[indices])
     return out if b_dec is None else out + b_dec.to(acc)
 
@@ -105,7 +87,7 @@ def csr_decode_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.
                          b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """CSR latents (as from :func:`batch_topk_encode_reference`) -> ``[n, d]``."""
     n = row_ptr.numel() - 1
-    acc = _acc_dtype(vals)
+    acc = acc_dtype(vals)
     rows = torch.repeat_interleave(torch.arange(n, device=row_ptr.device), row_ptr[1:] - row_ptr[:-1])
     out = torch.zeros(n, W_dec.shape[1], dtype=acc, device=W_dec.device).index_add_(0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols])
     return out if b_dec is None else out + b_dec.to(acc)

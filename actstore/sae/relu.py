@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.topk_sae import pre_activations
+from .._numerics import pre_activations
 from .base import SparseAutoencoder
 from .latents import Latents
 

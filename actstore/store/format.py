@@ -20,7 +20,9 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from ..errors import DTypeError
 from .codecs import ChunkCodec, codec_from_preset, codec_from_zarr
 from .errors import FormatVersionError, StoreError
 from .storage import check_key
@@ -37,21 +39,41 @@ FLAGS = {"bos": FLAG_BOS, "pad": FLAG_PAD, "special": FLAG_SPECIAL}
 
 @dataclass(frozen=True)
 class DType:
-    """A storage dtype: how one activation element is stored."""
+    """A storage dtype: how one activation element is stored, and every fact that follows.
+
+    This is the one table of dtype facts (zarr's enums + ``parse_enum`` are the model): the
+    store's arrays, the quantizer (``store/quantize.py``), conversion (``store/convert.py``),
+    the capture and dequantize ops and kernels, and capture's model dtype read them here,
+    through :func:`parse_dtype`.
+    """
 
     name: str  # user-facing name: bf16, fp16, fp32, fp8, int8
     stored: str  # numpy/zarr data_type of the stored array
-    logical: str  # what the bits mean
-    scaled: bool  # a per-row float32 scale array sits beside it
+    logical: str  # what the bits mean, a torch dtype name; accepted as an alias of ``name``
+    torch_dtype: torch.dtype  # the stored values as a torch tensor: bf16 as bfloat16, fp8 as its uint8 bits
+    mode: int  # the MODE constexpr of kernels/capture_pack.py and kernels/dequant_normalize.py
+    qmax: float | None = None  # scaled dtypes: the largest code; scale = row absmax / qmax
+
+    @property
+    def scaled(self) -> bool:
+        """A per-row float32 scale array sits beside the stored one (fp8, int8)."""
+        return self.qmax is not None
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The torch dtype of the values the bits mean (``float8_e4m3fn`` for fp8)."""
+        return getattr(torch, self.logical)
 
 
 DTYPES = {
-    "bf16": DType("bf16", "uint16", "bfloat16", False),
-    "fp16": DType("fp16", "float16", "float16", False),
-    "fp32": DType("fp32", "float32", "float32", False),
-    "fp8": DType("fp8", "uint8", "float8_e4m3fn", True),
-    "int8": DType("int8", "int8", "int8", True),
+    "bf16": DType("bf16", "uint16", "bfloat16", torch.bfloat16, 2),
+    "fp16": DType("fp16", "float16", "float16", torch.float16, 1),
+    "fp32": DType("fp32", "float32", "float32", torch.float32, 0),
+    "fp8": DType("fp8", "uint8", "float8_e4m3fn", torch.uint8, 3, qmax=448.0),  # largest finite e4m3fn
+    "int8": DType("int8", "int8", "int8", torch.int8, 4, qmax=127.0),  # symmetric: -128 is never used
 }
+# Every accepted spelling: the names and the logical (torch) names as aliases.
+_BY_NAME = {**{d.logical: d for d in DTYPES.values()}, **DTYPES}
 
 # Token-aligned columns: name -> stored dtype. Missing values are -1 (token/doc/pos).
 COLUMNS = {"token": "int32", "doc": "int64", "pos": "int32", "flags": "uint8"}
@@ -65,11 +87,15 @@ CHUNKS_PER_SHARD = 64
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]]*$")
 
 
-def dtype_spec(name: str) -> DType:
+def parse_dtype(dtype: str | DType) -> DType:
+    """A :class:`DType`, its name (``"bf16"``) or its logical alias (``"bfloat16"``) -> the :class:`DType`."""
+    if isinstance(dtype, DType):
+        return dtype
     try:
-        return DTYPES[name]
-    except KeyError:
-        raise StoreError(f"unknown storage dtype {name!r}: use one of {', '.join(DTYPES)}") from None
+        return _BY_NAME[dtype]
+    except (KeyError, TypeError):
+        raise DTypeError(f"unknown storage dtype {dtype!r}: use one of {', '.join(DTYPES)} "
+                         f"(or {', '.join(d.logical for d in DTYPES.values() if d.logical != d.name)})") from None
 
 
 def check_hook_name(name: str) -> str:
@@ -183,7 +209,7 @@ class Schema:
             hooks = {}
             for name, h in attrs["hooks"].items():
                 check_hook_name(name)
-                spec = HookSpec(name, int(h["d"]), dtype_spec(h["dtype"]), int(h["chunk_rows"]))
+                spec = HookSpec(name, int(h["d"]), parse_dtype(h["dtype"]), int(h["chunk_rows"]))
                 # Paths come from the file; refuse anything that is not exactly ours.
                 if check_key(h["array"]) != spec.array or (h.get("scale_array") or None) != spec.scale_array:
                     raise StoreError(f"{where}: hook {name!r} names array {h['array']!r}, expected {spec.array!r}")
@@ -191,11 +217,13 @@ class Schema:
             if check_key(attrs.get("segments", SEGMENTS)) != SEGMENTS:
                 raise StoreError(f"{where}: unexpected segments path {attrs.get('segments')!r}")
             return cls(hooks, attrs["codec"]["preset"], int(attrs["shard_rows"]), attrs.get("provenance", {}))
+        except StoreError:
+            raise  # already one line naming the cause (DTypeError is also a ValueError)
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: malformed actstore attributes ({type(e).__name__}: {e})") from None
 
 
-def make_schema(hooks: dict[str, int], dtype: str = "bf16", codec: str = "zstd",
+def make_schema(hooks: dict[str, int], dtype: str | DType = "bf16", codec: str = "zstd",
                 chunks_per_shard: int = CHUNKS_PER_SHARD, provenance: dict | None = None,
                 chunk_bytes: int = CHUNK_BYTES) -> Schema:
     """Build a schema for ``hooks`` (name -> width d).
@@ -206,7 +234,7 @@ def make_schema(hooks: dict[str, int], dtype: str = "bf16", codec: str = "zstd",
     """
     if not hooks:
         raise StoreError("no hooks given: pass at least one hook name with its width")
-    dt = dtype_spec(dtype)
+    dt = parse_dtype(dtype)
     codec_from_preset(codec)
     specs = {}
     for name, d in hooks.items():

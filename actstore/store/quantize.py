@@ -1,0 +1,74 @@
+"""Per-row quantization of activations to the store's scaled dtypes, fp8-e4m3 and int8.
+
+Both use a symmetric per-row scale from the row's absolute maximum, ``scale = absmax / qmax``
+(``qmax`` from the dtype registry, ``store/format.DTYPES``: 448 for fp8, 127 for int8), so
+one outlier row cannot flatten the others. Error bounds (per element, original units,
+finite rows):
+
+- fp8 e4m3fn (3 mantissa bits, scale = absmax/448):
+  ``|x - x_hat| <= 2**-4 * |x| + 2**-10 * absmax / 448``
+  (half an ulp relative for normals; half the subnormal step 2**-9 near zero).
+- int8 (scale = absmax/127): ``|x - x_hat| <= absmax / 254`` (half a quantization step).
+
+A row of zeros gets scale 0 and decodes to zeros. Rows must be finite: NaN/inf have no
+faithful encoding here, so the writer refuses them for these dtypes.
+
+Shapes: x ``[n, d]`` float (any device) -> codes ``[n, d]`` in ``dtype.torch_dtype`` (fp8 as
+its uint8 bits) and scale ``[n]`` float32. The capture kernel (``kernels/capture_pack.py``)
+computes the same codes bit for bit on a GPU; this module is the store's quantizer and the
+CPU path of ``actstore.ops.capture_pack``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .format import DTYPES, DType
+
+
+def _row_scale(x: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scale [n] float32, safe divisor [n, 1]) for rows of ``x [n, d]``."""
+    absmax = x.abs().amax(dim=1) if x.shape[1] else torch.zeros(x.shape[0], device=x.device)
+    scale = (absmax / qmax).to(torch.float32)
+    # A zero row would divide by zero; any divisor gives q = 0 there, and scale 0 decodes to 0.
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, safe[:, None]
+
+
+def quantize(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, d]`` float -> (codes ``[n, d]`` in ``dtype.torch_dtype``, scale float32 ``[n]``)
+    for a scaled ``dtype``. fp8 rounds to nearest even in the cast; int8 rounds half to even."""
+    if not dtype.scaled:
+        raise ValueError(f"quantize: {dtype.name} is not a scaled dtype: use one of "
+                         f"{', '.join(d.name for d in DTYPES.values() if d.scaled)}")
+    x = x.to(torch.float32)
+    scale, safe = _row_scale(x, dtype.qmax)
+    q = (x / safe).clamp(-dtype.qmax, dtype.qmax)
+    if not dtype.value_dtype.is_floating_point:
+        q = torch.round(q)  # an integer cast would truncate
+    return q.to(dtype.value_dtype).view(dtype.torch_dtype), scale
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: DType, out_dtype=torch.float32) -> torch.Tensor:
+    """Codes ``[n, d]`` (as from :func:`quantize`) and scale ``[n]`` -> ``[n, d]`` in ``out_dtype``."""
+    return (codes.view(dtype.value_dtype).to(torch.float32) * scale.to(torch.float32)[:, None]).to(out_dtype)
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, d]`` float -> (e4m3fn bits as uint8 ``[n, d]``, scale float32 ``[n]``)."""
+    return quantize(x, DTYPES["fp8"])
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, d]`` float -> (int8 ``[n, d]``, scale float32 ``[n]``), round half to even."""
+    return quantize(x, DTYPES["int8"])
+
+
+def dequantize_fp8(bits: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 e4m3fn bits ``[n, d]`` and scale ``[n]`` -> ``[n, d]`` in ``dtype``."""
+    return dequantize(bits, scale, DTYPES["fp8"], dtype)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """int8 ``[n, d]`` and scale ``[n]`` -> ``[n, d]`` in ``dtype``."""
+    return dequantize(q, scale, DTYPES["int8"], dtype)
