@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import actstore
+import actstore.analysis as an
 from actstore.sae import ReLUSAE, SAEConfig, TopKSAE
 
 N, D, M, BLOCK = 300, 16, 24, 64
@@ -21,6 +22,7 @@ N, D, M, BLOCK = 300, 16, 24, 64
 def write_store(path, n=N, d=D, seed=0, tokens=True):
     g = np.random.default_rng(seed)
     x = (g.standard_normal((n, d)) * 2).astype(np.float32)
+    x[n - 20:n - 10] = x[10:20]  # repeated rows: tied activations in other blocks
     lens, total = [], 0
     while total < n:
         lens.append(int(g.integers(3, 41)))
@@ -39,8 +41,10 @@ def write_store(path, n=N, d=D, seed=0, tokens=True):
 def relu_sae(m=M, d=D, seed=1):
     sae = ReLUSAE(SAEConfig("relu", d, m, hook="h"), seed=seed)
     with torch.no_grad():
-        sae.W_enc.mul_(10.0)  # activations spread over [0, ~20]: several absolute bins
+        sae.W_enc.mul_(40.0)  # activations spread over [0, ~20]: several absolute bins
         sae.b_enc.copy_(torch.linspace(-3.0, 0.5, m))
+        sae.W_enc[0] = 0.0  # latent 0 is dead
+        sae.b_enc[0] = -1.0
     return sae
 
 
@@ -66,3 +70,26 @@ def planted(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "s"
     cols = write_store(path)
     return path, cols
+
+
+@pytest.fixture(scope="module")
+def relu():
+    return relu_sae()
+
+
+def docs_contiguous_count(f, doc):
+    """Per latent, the number of distinct documents it fires in (docs are contiguous here)."""
+    return np.array([np.unique(doc[f[:, j] > 0]).size for j in range(f.shape[1])])
+
+
+JOBS = {"stats": {}, "top": {"k": 5}, "bins": {"width": 4.0, "n_abs": 4, "quantiles": 3, "n_equal": 4, "samples": 3,
+                                               "seed": 7},
+        "contexts": {"window": 3}, "top_tokens": {"t": 4}}
+
+
+@pytest.fixture(scope="module")
+def full(planted, relu, tmp_path_factory):
+    """Every job over the planted store: (analysis, columns, dense code)."""
+    path, cols = planted
+    out = an.run(path, relu, JOBS, tmp_path_factory.mktemp("a") / "o", block_rows=BLOCK)
+    return an.open(out), cols, dense_code(relu, cols["x"])
