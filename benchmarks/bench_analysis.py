@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import interleaved, metadata, summary, write_result
 
 import actstore

@@ -33,7 +33,7 @@ def test_block_tree_any_split_is_bit_identical():
     seq = np.zeros(5)
     for p in leaves:
         seq = seq + p["s"]
-    for trial in range(20):
+    for _ in range(20):
         cuts = sorted(g.choice(np.arange(1, 37), size=int(g.integers(1, 6)), replace=False).tolist())
         parts, lo = [], 0
         for hi in cuts + [37]:

@@ -43,7 +43,7 @@ def test_top_merge_order_invariance():
     f = np.where(g.random((400, 12)) < 0.3, np.round(g.random((400, 12)) * 4, 1), 0).astype(np.float32)  # many ties
     batches = _batches(f, 50)
     want = brute_top(f, 6)
-    for seed in range(4):
+    for _ in range(4):
         parts = [Top(12, k=6) for _ in range(3)]
         for b in batches:
             parts[int(g.integers(3))].update(b)  # any split, any order
