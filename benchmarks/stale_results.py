@@ -47,7 +47,7 @@ SAE = ["actstore/sae", *KERNELS, *LOADER]
 
 # script (in benchmarks/) -> (full-match pattern of the result names it writes, measured paths)
 MEASURES: dict[str, tuple[str, list[str]]] = {
-    "bench_codecs.py": (r"codecs(_quick)?", ["actstore/reference/quantize.py", *STORE]),
+    "bench_codecs.py": (r"codecs(_quick)?", ["actstore/store/quantize.py", *STORE]),
     "bench_store_io.py": (r"store_io(_quick)?", STORE),
     "bench_loader.py": (r"loader(_quick)?", LOADER),
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),
@@ -57,6 +57,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_sae_decode_crossover.py": (r"sae_decode_crossover_\w+", ["actstore/sae/latents.py", *KERNELS]),
     "bench_sae_pipeline.py": (r"sae_pipeline_\w+", SAE),
     "bench_sae_train.py": (r"sae_train_\w+", SAE),
+    "bench_analysis.py": (r"analysis_\w+", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
 }
 
 

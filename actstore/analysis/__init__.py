@@ -1,0 +1,27 @@
+"""``actstore.analysis``: feature analyses over a whole store, as one streaming pass.
+
+- :func:`run` (store, SAE, jobs, out): reads the selected rows in store order in blocks,
+  encodes each block once with the SAE and feeds every job; resumable after any crash
+  (byte-identical output), split across ranks with an exact merge. See ``_run.py``.
+- Jobs (:data:`JOBS`), one file each: ``stats`` (feature_stats.py), ``top`` (top.py),
+  ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py).
+- :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
+  group; layout in docs/FORMAT.md, "Analysis output").
+"""
+
+from ._pass import AnalysisError, Batch, Reducer
+from ._run import JOBS, run
+from .bins import Bins, EqualWidthBins
+from .feature_stats import FeatureStats
+from .output import Analysis, LatentView
+from .top import Top
+from .top_tokens import TopTokens
+
+
+def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
+    """The finished analysis at ``path``, with per-latent views (``a[i].top``, ``.bins``, ...)."""
+    return Analysis(path)
+
+
+__all__ = ["run", "open", "JOBS", "Analysis", "LatentView", "AnalysisError", "Reducer", "Batch", "FeatureStats",
+           "Top", "Bins", "EqualWidthBins", "TopTokens"]

@@ -1,0 +1,312 @@
+"""``run``: one analysis of a store with an SAE, resumable and split across ranks.
+
+Steps: validate (hook, SAE width, token columns, output folder); stream this rank's
+contiguous share of the selected blocks through every streaming job (``stats``, ``top``,
+``bins``, ``top_tokens``), committing the jobs' state every ``commit_rows`` rows; once every
+share is done, merge the shares in rank order, run the second pass of ``bins``' equal-width
+mode if asked, collect ``contexts``, and write the output group.
+
+Resume: ``out/_state/<share>/state.json`` names the committed ``state-<seq>.npz`` (the
+jobs' arrays, ``np.load(allow_pickle=False)``) and the next block; each file is written to
+a temporary name, fsynced and renamed into place, the npz first. A rerun of the same
+analysis continues from the committed block, and because blocks are aligned to global rows
+and the float sums are tree-shaped (``_tree.py``), its output is byte-identical to an
+uninterrupted run's. A folder holding another analysis (different store snapshot, hook,
+SAE, rows, jobs or options) is refused.
+
+Ranks: ``rank``/``world_size`` (default: torch.distributed's, else 0/1). Share r takes blocks
+``[n*r//w, n*(r+1)//w)`` of the selection. Under torch.distributed rank 0 finishes after a
+barrier; without it (shares run one after another, e.g. in tests) the call that completes
+the last share finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import _dist
+from ..api import open as open_store
+from ..sae import load as load_sae
+from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
+from .bins import Bins, EqualWidthBins
+from .contexts import contexts as collect_contexts
+from .feature_stats import FeatureStats
+from .output import FORMAT, read_attrs, write_group
+from .top import Top
+from .top_tokens import TopTokens
+
+STREAMING = {"stats": FeatureStats, "top": Top, "bins": Bins, "top_tokens": TopTokens}
+JOBS = ("stats", "top", "bins", "contexts", "top_tokens")
+STATE = "_state"
+
+
+def _parse_jobs(jobs) -> dict[str, dict]:
+    if isinstance(jobs, str):
+        jobs = [j.strip() for j in jobs.split(",") if j.strip()]
+    spec = dict(jobs) if isinstance(jobs, dict) else {j: {} for j in jobs}
+    bad = [j for j in spec if j not in JOBS]
+    if bad or not spec:
+        raise AnalysisError(f"unknown analysis job(s) {bad or '(none given)'}: use some of {', '.join(JOBS)}")
+    if "contexts" in spec and not {"top", "bins"} & set(spec):
+        raise AnalysisError("contexts are taken around the examples of top or bins: add top or bins to the jobs")
+    return {j: dict(spec[j] or {}) for j in JOBS if j in spec}
+
+
+def _sae_hash(sae) -> str:
+    h = hashlib.sha256(sae.cfg.to_json().encode())
+    for k, v in sorted(sae.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _selection(store, rows, drop_flags, docs) -> Selection:
+    n = store.rows
+    if rows is None:
+        lo, hi = 0, n
+    elif isinstance(rows, slice):
+        lo, hi, step = rows.indices(n)
+        if step != 1:
+            raise AnalysisError(f"rows={rows} has a step: select a contiguous range, then filter by flags or docs")
+    else:
+        lo, hi = (int(x) for x in rows)
+    if not 0 <= lo <= hi <= n:
+        raise AnalysisError(f"rows [{lo}, {hi}) are not inside the store's {n} rows")
+    d = None if docs is None else tuple(int(x) for x in np.unique(np.asarray(docs, dtype=np.int64)))
+    return Selection(lo, hi, parse_flags(drop_flags), d)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _ShareState:
+    """The committed state of one share (or of the second pass) under ``out/_state/<name>``."""
+
+    def __init__(self, out: Path, name: str, identity: str):
+        self.dir, self.identity = out / STATE / name, identity
+        self.doc = {"identity": identity, "next_block": None, "rows": 0, "done": False, "seq": 0, "npz": None}
+
+    def load(self, reducers: list[Reducer]) -> bool:
+        try:
+            doc = json.loads((self.dir / "state.json").read_text())
+        except FileNotFoundError:
+            return False
+        if doc.get("identity") != self.identity:
+            raise AnalysisError(f"{self.dir.parent.parent} holds a different analysis in progress: pick another "
+                                "output folder, or delete it to start again")
+        with np.load(self.dir / doc["npz"], allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for r in reducers:
+            head = f"{r.name}/"
+            r.load_state_dict({k[len(head):]: v for k, v in arrays.items() if k.startswith(head)})
+        self.doc = doc
+        return True
+
+    def save(self, reducers: list[Reducer], next_block: int, rows: int, done: bool) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        seq = self.doc["seq"] + 1
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{r.name}/{k}": v for r in reducers for k, v in r.state_dict().items()})
+        name = f"state-{seq:08d}.npz"
+        _write_atomic(self.dir / name, buf.getvalue())
+        old = self.doc.get("npz")
+        self.doc = {"identity": self.identity, "next_block": int(next_block), "rows": int(rows), "done": bool(done),
+                    "seq": seq, "npz": name}
+        _write_atomic(self.dir / "state.json", json.dumps(self.doc, indent=1).encode())
+        if old and old != name:
+            (self.dir / old).unlink(missing_ok=True)
+        return seq
+
+
+def _make(spec: dict, m: int) -> list[Reducer]:
+    try:
+        return [STREAMING[j](m, **opts) for j, opts in spec.items() if j in STREAMING]
+    except TypeError as e:
+        raise AnalysisError(f"bad job option: {e}") from None
+
+
+def _pass_share(store, hook, encoder, sel, blocks: range, block_rows, reducers, state: _ShareState, commit_rows,
+                on_commit, progress: bool, label: str) -> int:
+    """Stream ``blocks`` into ``reducers`` from where ``state`` left off; returns rows seen."""
+    start = blocks.start if state.doc["next_block"] is None else state.doc["next_block"]
+    todo = range(start, blocks.stop)
+    seen, since, t0 = state.doc["rows"], 0, time.perf_counter()
+
+    def after(block: int, n: int) -> None:
+        nonlocal seen, since
+        seen, since = seen + n, since + n
+        if since >= commit_rows and block + 1 < blocks.stop:
+            seq = state.save(reducers, block + 1, seen, False)
+            since = 0
+            if progress:
+                dt = time.perf_counter() - t0
+                print(f"actstore analyze {label}: {seen} rows, {(seen - state0) / max(dt, 1e-9):,.0f} rows/s",
+                      file=sys.stderr, flush=True)
+            if on_commit is not None:
+                on_commit(seq, seen)
+
+    state0 = seen
+    stream(store, hook, encoder, sel, todo, block_rows, reducers, after)
+    if not state.doc["done"]:
+        seq = state.save(reducers, blocks.stop, seen, True)
+        if on_commit is not None:
+            on_commit(seq, seen)
+    return seen
+
+
+def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str | None = None, rows=None,
+        drop_flags=None, docs=None, block_rows: int = 4096, commit_rows: int = 1 << 20, rank: int | None = None,
+        world_size: int | None = None, device=None, progress: bool = False,
+        on_commit: Callable[[int, int], None] | None = None) -> Path | None:
+    """Analyse ``store`` (a Store or path) with ``sae`` (an SAE module or saved folder) into
+    the Zarr group ``out``; returns ``out``, or None for a share that did not finish the run.
+
+    jobs: names (list or "stats,top") or {name: options}: ``stats`` (per_decade, lo_exp,
+        hi_exp, dense_threshold), ``top`` (k), ``bins`` (width, n_abs, quantiles, n_equal,
+        samples, seed), ``top_tokens`` (t), ``contexts`` (window).
+    rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
+        docs: document ids to keep.
+    block_rows: rows read and encoded at once; commit_rows: rows between state commits.
+    """
+    store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
+    sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    out = Path(out)
+    spec = _parse_jobs(jobs)
+    if hook is None:
+        hook = sae.cfg.hook if sae.cfg.hook in store.hooks else (store.hooks[0] if len(store.hooks) == 1 else None)
+        if hook is None:
+            raise AnalysisError(f"which hook? the SAE names none of {', '.join(store.hooks)}: pass hook=")
+    if hook not in store.hooks:
+        raise AnalysisError(f"unknown hook {hook!r}: this store holds {', '.join(store.hooks)}")
+    d = len(store.stats(hook)["mean"])
+    if sae.cfg.d != d:
+        raise AnalysisError(f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained "
+                            "on this hook")
+    sel = _selection(store, rows, drop_flags, docs)
+    if {"contexts", "top_tokens"} & set(spec) and sel.hi > sel.lo:
+        probe = store.tokens(slice(sel.lo, min(sel.hi, sel.lo + block_rows)))["token"]
+        if bool((probe < 0).all()):
+            raise AnalysisError(f"store {store.path} holds no token ids (token column is -1): contexts and top_tokens "
+                                "need a store captured with tokens")
+    rank, world = _dist.rank_world(rank, world_size)
+    if not 0 <= rank < world:
+        raise AnalysisError(f"rank {rank} is not in 0..{world - 1}")
+    sae = sae.to(_dist.local_device(device))
+    m = sae.cfg.m
+    cfg = json.loads(sae.cfg.to_json())
+    info = store.info()
+    ident = {"format": FORMAT, "store": {"path": str(store.path), "rows": store.rows,
+                                         "segments": [[s["name"], s["rows"]] for s in info["segments"]]},
+             "hook": hook, "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
+             "selection": sel.to_json(), "block_rows": int(block_rows),
+             "jobs": {j: ({"window": int(o.get("window", 8))} if j == "contexts" else _make({j: o}, 1)[0].config())
+                      for j, o in spec.items()}}
+    identity = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    done = read_attrs(out) if out.exists() else None
+    if done is not None:
+        if done.get("identity") != identity:
+            raise AnalysisError(f"{out} holds a different analysis: pick another output folder or delete it")
+        return out
+    if out.exists() and any(p.name not in (STATE, "_build") for p in out.iterdir()) and not (out / STATE).exists():
+        raise AnalysisError(f"{out} exists and holds no actstore analysis: pick another output folder")
+    if (out / STATE).exists():
+        others = [p.name for p in (out / STATE).iterdir() if p.name.startswith("share-") and
+                  not p.name.endswith(f"of{world:05d}")]
+        if others:
+            raise AnalysisError(f"{out} holds an analysis in progress with another world size ({others[0]}): rerun it "
+                                "with that world size, or delete the folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    encoder = Encoder(sae)
+    share_name = lambda r: f"share-{r:05d}of{world:05d}"  # noqa: E731
+    reducers = _make(spec, m)
+    st = _ShareState(out, share_name(rank), identity)
+    st.load(reducers)
+    blocks = sel.share(block_rows, rank, world)
+    _pass_share(store, hook, encoder, sel, blocks, block_rows, reducers, st, commit_rows, on_commit, progress,
+                f"share {rank}/{world}")
+
+    dist = _dist.group()
+    if world > 1:
+        if dist is not None:
+            dist.barrier()
+            if rank != 0:
+                dist.barrier()  # wait for rank 0 to write the output
+                return None
+        else:
+            states = [_ShareState(out, share_name(r), identity) for r in range(world)]
+            for s in states:
+                if not s.load([]) or not s.doc["done"]:
+                    return None  # another share is still to run; the call that ends the last one finishes
+    result = _finish(store, hook, encoder, sel, spec, m, out, identity, ident, world, share_name, block_rows,
+                     commit_rows, on_commit, progress)
+    if world > 1 and dist is not None:
+        dist.barrier()
+    return result
+
+
+def _finish(store, hook, encoder, sel, spec, m, out, identity, ident, world, share_name, block_rows, commit_rows,
+            on_commit, progress) -> Path:
+    merged = None
+    rows_seen = 0
+    for r in range(world):
+        red = _make(spec, m)
+        st = _ShareState(out, share_name(r), identity)
+        st.load(red)
+        rows_seen += st.doc["rows"]
+        if merged is None:
+            merged = red
+        else:
+            for a, b in zip(merged, red):
+                a.merge(b)
+    arrays: dict[str, np.ndarray] = {}
+    summary = {}
+    for r in merged:
+        arrays.update(r.result())
+        summary[r.name] = r.attrs()
+    bins = next((r for r in merged if isinstance(r, Bins)), None)
+    if bins is not None and bins.opts["n_equal"] > 0:
+        eq = EqualWidthBins(m, bins.max, **bins.opts)
+        st = _ShareState(out, "pass2-equal", identity)
+        st.load([eq])
+        _pass_share(store, hook, encoder, sel, sel.blocks(block_rows), block_rows, [eq], st, commit_rows, on_commit,
+                    progress, "bins equal-width pass")
+        arrays.update(eq.result())
+    attrs = {**ident, "identity": identity, "rows_seen": int(rows_seen), "summary": summary}
+    if "contexts" in spec:
+        w = int(spec["contexts"].get("window", 8))
+        srcs = {}
+        if "top/rows" in arrays:
+            srcs["top"] = arrays["top/rows"]
+        for mode in ("abs", "quantile", "equal"):
+            if f"bins/{mode}/rows" in arrays:
+                srcs[f"bins/{mode}"] = arrays[f"bins/{mode}/rows"]
+        arrays.update(collect_contexts(store, hook, encoder, srcs, w, block_rows))
+        attrs["contexts"] = {"window": w, "sources": list(srcs)}
+    write_group(out, arrays, attrs)
+    shutil.rmtree(out / STATE, ignore_errors=True)
+    return out

@@ -1,0 +1,195 @@
+"""``bins`` ("uniform examples"): per latent and activation bin, a count and a uniform
+random sample of ``samples`` (S) examples, exact, mergeable and deterministic for a seed.
+
+Sampling: every firing entry (latent l, row r) gets the key ``splitmix64`` of
+``(seed, l, r)``; a bin keeps the S entries with the smallest keys (ties by row). That is a
+uniform sample without replacement of the bin's entries, the same whatever the order of
+the rows or the split into shares, and two bins' samples merge by keeping the S smallest
+again. The first pass (:class:`Bins`) serves two modes; :class:`EqualWidthBins` is a second
+pass for the third:
+
+- ``abs``: absolute edges ``[0, w), [w, 2w), ...`` (``width`` w, ``n_abs`` bins, the last
+  one open: ``[(n_abs-1) w, inf)``). Exact counts and samples.
+- ``quantile``: rank quantiles (delphi). The pass keeps a uniform sample of ``quantiles*S``
+  of the latent's entries (smallest keys over all of them); at the end it is sorted by value
+  and cut into ``quantiles`` equal groups, group j serving as the sample of quantile bin j
+  (its rank stratum in the sample, so its membership is exact only in expectation: exact
+  quantile edges would need every activation in memory, which is what delphi does). Counts
+  are the exact rank-bin sizes ``n*(j+1)//Q - n*j//Q``; ``edges [m, Q+1]`` are the sample's.
+- ``equal``: ``n_equal`` equal-width bins on ``[0, max]`` (SAEDashboard's intervals). The
+  edges need each latent's exact max, which is known only after the first pass, and no
+  one-pass summary gives exact counts at edges fixed afterwards; so the engine runs a
+  second pass over the same rows (re-read and re-encoded) for this mode alone, only when it
+  is asked for (``n_equal > 0``). The value equal to max falls in the last bin.
+
+Output (m latents, B bins, S samples): ``bins/<mode>/count [m, B]`` int64,
+``bins/<mode>/rows [m, B, S]`` int64 (-1 pad), ``bins/<mode>/values [m, B, S]`` float32 (0
+pad), samples in key order; ``bins/abs/edges [B+1]``, ``bins/quantile/edges [m, B+1]``,
+``bins/equal/edges [m, B+1]`` float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._pass import Batch, Reducer
+from ._select import keep_best
+
+NOKEY = np.iinfo(np.uint64).max
+_M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer on uint64 arrays (wrapping arithmetic)."""
+    z = np.asarray(x, dtype=np.uint64) + _G
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_keys(seed: int, latents: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    s = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    return splitmix64(splitmix64(s ^ latents.astype(np.uint64)) ^ rows.astype(np.uint64))
+
+
+def _order(a: dict) -> list:
+    return [a["rows"], a["keys"]]  # smallest key first, then lower row
+
+
+class _Samples:
+    """``groups`` bottom-S tables: keys uint64, rows int64, vals float32, each ``[G, S]``."""
+
+    def __init__(self, groups: int, s: int):
+        self.t = {"keys": np.full((groups, s), NOKEY, np.uint64), "rows": np.full((groups, s), -1, np.int64),
+                  "vals": np.zeros((groups, s), np.float32)}
+
+    def offer(self, g, keys, rows, vals) -> None:
+        tk, tr = self.t["keys"][g, -1], self.t["rows"][g, -1]
+        hit = (keys < tk) | ((keys == tk) & (rows < tr) & (tr >= 0)) | (tr < 0)
+        keep_best(self.t, g[hit], {"keys": keys[hit], "rows": rows[hit], "vals": vals[hit]}, _order)
+
+    def merge(self, other: "_Samples") -> None:
+        real = other.t["rows"] >= 0
+        g = np.broadcast_to(np.arange(real.shape[0])[:, None], real.shape)[real]
+        self.offer(g, other.t["keys"][real], other.t["rows"][real], other.t["vals"][real])
+
+    def state(self, prefix: str) -> dict:
+        return {f"{prefix}{k}": v for k, v in self.t.items()}
+
+    def load(self, sd: dict, prefix: str) -> None:
+        self.t = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
+
+
+class Bins(Reducer):
+    name = "bins"
+
+    def __init__(self, m: int, *, width: float = 1.0, n_abs: int = 10, quantiles: int = 10, n_equal: int = 10,
+                 samples: int = 10, seed: int = 0):
+        super().__init__(m)
+        self.opts = {"width": float(width), "n_abs": int(n_abs), "quantiles": int(quantiles), "n_equal": int(n_equal),
+                     "samples": int(samples), "seed": int(seed)}
+        self.na, self.q, self.s = int(n_abs), int(quantiles), int(samples)
+        self.abs_count = np.zeros((m, self.na), np.int64)
+        self.abs = _Samples(m * self.na, self.s)
+        self.quant = _Samples(m, self.q * self.s)
+        self.count = np.zeros(m, np.int64)
+        self.max = np.zeros(m, np.float32)
+
+    def config(self) -> dict:
+        return dict(self.opts)
+
+    def update(self, b: Batch) -> None:
+        c, v, rows = b.cols, b.vals, b.rows[b.ent_row]
+        keys = sample_keys(self.opts["seed"], c, rows)
+        g = c * self.na + np.minimum(np.floor(v.astype(np.float64) / self.opts["width"]), self.na - 1).astype(np.int64)
+        self.abs_count += np.bincount(g, minlength=self.m * self.na).reshape(self.m, self.na)
+        self.abs.offer(g, keys, rows, v)
+        self.quant.offer(c, keys, rows, v)
+        self.count += np.bincount(c, minlength=self.m)
+        np.maximum.at(self.max, c, v)
+
+    def merge(self, other: "Bins") -> None:
+        self.abs_count += other.abs_count
+        self.abs.merge(other.abs)
+        self.quant.merge(other.quant)
+        self.count += other.count
+        np.maximum(self.max, other.max, out=self.max)
+
+    def state_dict(self) -> dict:
+        return {"abs_count": self.abs_count, "count": self.count, "max": self.max, **self.abs.state("abs/"),
+                **self.quant.state("quant/")}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.abs_count, self.count, self.max = (np.array(sd[k]) for k in ("abs_count", "count", "max"))
+        self.abs.load(sd, "abs/")
+        self.quant.load(sd, "quant/")
+
+    def result(self) -> dict:
+        m, na, q, s = self.m, self.na, self.q, self.s
+        w = self.opts["width"]
+        out = {"bins/abs/count": self.abs_count,
+               "bins/abs/rows": self.abs.t["rows"].reshape(m, na, s),
+               "bins/abs/values": self.abs.t["vals"].reshape(m, na, s),
+               "bins/abs/edges": np.r_[np.arange(na) * w, np.inf]}
+        # Quantiles: the kept sample sorted by (value, row), cut into q equal groups.
+        qr = np.full((m, q, s), -1, np.int64)
+        qv = np.zeros((m, q, s), np.float32)
+        qe = np.zeros((m, q + 1), np.float64)
+        rows, vals = self.quant.t["rows"], self.quant.t["vals"]
+        n_kept = (rows >= 0).sum(1)
+        for lat in np.flatnonzero(n_kept):
+            nk = int(n_kept[lat])
+            o = np.lexsort((rows[lat, :nk], vals[lat, :nk]))
+            rs, vs = rows[lat, :nk][o], vals[lat, :nk][o]
+            for j in range(q):
+                a, b = nk * j // q, nk * (j + 1) // q
+                take = min(b - a, s)
+                qr[lat, j, :take], qv[lat, j, :take] = rs[a:a + take], vs[a:a + take]
+                qe[lat, j] = vs[a] if b > a else (qe[lat, j - 1] if j else 0.0)
+            qe[lat, q] = vs[-1]
+        n = self.count[:, None]
+        j = np.arange(q)[None, :]
+        out.update({"bins/quantile/count": n * (j + 1) // q - n * j // q, "bins/quantile/rows": qr,
+                    "bins/quantile/values": qv, "bins/quantile/edges": qe})
+        return out
+
+
+class EqualWidthBins(Reducer):
+    """The second pass of ``bins``: ``n_equal`` bins of equal width on ``[0, max[l]]``."""
+
+    name = "bins_equal"
+
+    def __init__(self, m: int, max_: np.ndarray, *, n_equal: int = 10, samples: int = 10, seed: int = 0, **_):
+        super().__init__(m)
+        self.ne, self.s, self.seed = int(n_equal), int(samples), int(seed)
+        self.max = np.asarray(max_, np.float32)
+        self.count = np.zeros((m, self.ne), np.int64)
+        self.samples = _Samples(m * self.ne, self.s)
+
+    def config(self) -> dict:
+        return {"n_equal": self.ne, "samples": self.s, "seed": self.seed}
+
+    def update(self, b: Batch) -> None:
+        c, v, rows = b.cols, b.vals, b.rows[b.ent_row]
+        top = self.max[c].astype(np.float64)
+        j = np.floor(v.astype(np.float64) * self.ne / np.where(top > 0, top, 1.0)).astype(np.int64)
+        g = c * self.ne + np.clip(j, 0, self.ne - 1)
+        self.count += np.bincount(g, minlength=self.m * self.ne).reshape(self.m, self.ne)
+        self.samples.offer(g, sample_keys(self.seed, c, rows), rows, v)
+
+    def merge(self, other: "EqualWidthBins") -> None:
+        self.count += other.count
+        self.samples.merge(other.samples)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "max": self.max, **self.samples.state("s/")}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.count, self.max = np.array(sd["count"]), np.array(sd["max"])
+        self.samples.load(sd, "s/")
+
+    def result(self) -> dict:
+        m, ne, s = self.m, self.ne, self.s
+        return {"bins/equal/count": self.count, "bins/equal/rows": self.samples.t["rows"].reshape(m, ne, s),
+                "bins/equal/values": self.samples.t["vals"].reshape(m, ne, s),
+                "bins/equal/edges": self.max.astype(np.float64)[:, None] * np.arange(ne + 1) / ne}

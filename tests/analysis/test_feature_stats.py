@@ -1,0 +1,47 @@
+"""``stats`` against brute force over the planted store (dense code, numpy)."""
+
+import numpy as np
+
+import actstore.analysis as an
+from tests.analysis.conftest import BLOCK, M, dense_code, docs_contiguous_count
+
+
+def test_stats_match_brute_force(planted, relu, tmp_path):
+    path, cols = planted
+    out = an.run(path, relu, ["stats"], tmp_path / "o", block_rows=BLOCK)
+    a = an.open(out)
+    f = dense_code(relu, cols["x"])
+    fd = f.astype(np.float64)
+    fires = f > 0
+    assert (a.array("latents/count") == fires.sum(0)).all()
+    assert (a.array("latents/max") == f.max(0)).all()
+    np.testing.assert_allclose(a.array("latents/sum"), fd.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(a.array("latents/sumsq"), (fd * fd).sum(0), rtol=1e-12)
+    assert (a.array("latents/doc_count") == docs_contiguous_count(f, cols["doc"])).all()
+    edges = a.array("latents/hist_edges")
+    hist = np.zeros((M, edges.size + 1), np.int64)
+    for j in range(M):
+        hist[j] = np.bincount(np.searchsorted(edges, fd[fires[:, j], j], "right"), minlength=edges.size + 1)
+    assert (a.array("latents/hist") == hist).all()
+    assert (a.array("summary/l0_hist") == np.bincount(fires.sum(1), minlength=M + 1)).all()
+    dens = fires.mean(0)
+    assert (a.array("latents/dead") == (dens == 0)).all() and (a.array("latents/dense") == (dens > 0.1)).all()
+    assert a.array("summary/log_density_hist").sum() == (dens > 0).sum()
+    assert a.attrs["summary"]["stats"]["rows"] == f.shape[0] and 0 < (dens > 0).sum() < M  # some dead, some live
+    v = a[int(np.argmax(dens))].stats
+    assert v["count"] == fires.sum(0).max() and not v["dead"]
+
+
+def test_stats_row_selection(planted, relu, tmp_path):
+    path, cols = planted
+    f = dense_code(relu, cols["x"])
+    out = an.run(path, relu, {"stats": {}}, tmp_path / "o", block_rows=BLOCK, rows=(50, 250), drop_flags="bos")
+    keep = np.zeros(f.shape[0], bool)
+    keep[50:250] = True
+    keep &= cols["flags"] == 0
+    a = an.open(out)
+    assert a.attrs["rows_seen"] == keep.sum()
+    assert (a.array("latents/count") == (f[keep] > 0).sum(0)).all()
+    out2 = an.run(path, relu, ["stats"], tmp_path / "o2", block_rows=BLOCK, docs=[1, 3])
+    keep = np.isin(cols["doc"], [1, 3])
+    assert (an.open(out2).array("latents/count") == (f[keep] > 0).sum(0)).all()

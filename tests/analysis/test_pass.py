@@ -1,0 +1,111 @@
+"""The pass engine: exact share merges, SIGKILL + rerun gives identical bytes, the errors."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import actstore.analysis as an
+from actstore.analysis import AnalysisError
+from actstore.analysis._tree import BlockTree
+from actstore.errors import ActstoreError
+from actstore.sae import ReLUSAE, SAEConfig
+from tests.analysis.conftest import BLOCK, JOBS, relu_sae, write_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_block_tree_any_split_is_bit_identical():
+    g = np.random.default_rng(0)
+    leaves = [{"s": g.standard_normal(5) * 10.0 ** g.integers(-8, 8, 5)} for _ in range(37)]
+    whole = BlockTree()
+    for b, p in enumerate(leaves):
+        whole.push(b + 3, p)
+    want = whole.total({"s": np.zeros(5)})["s"]
+    seq = np.zeros(5)
+    for p in leaves:
+        seq = seq + p["s"]
+    for _ in range(20):
+        cuts = sorted(g.choice(np.arange(1, 37), size=int(g.integers(1, 6)), replace=False).tolist())
+        parts, lo = [], 0
+        for hi in cuts + [37]:
+            t = BlockTree()
+            for b in range(lo, hi):
+                t.push(b + 3, leaves[b])
+            parts.append(t)
+            lo = hi
+        while len(parts) > 1:  # merge adjacent parts in a random grouping
+            i = int(g.integers(len(parts) - 1))
+            parts[i].merge(parts.pop(i + 1))
+        assert parts[0].total({"s": np.zeros(5)})["s"].tobytes() == want.tobytes()
+    assert np.allclose(want, seq)
+
+
+def test_two_shares_merge_to_the_single_pass(planted, relu, tmp_path):
+    path, _ = planted
+    one = an.run(path, relu, JOBS, tmp_path / "one", block_rows=BLOCK)
+    assert an.run(path, relu, JOBS, tmp_path / "two", block_rows=BLOCK, rank=1, world_size=2) is None
+    assert not (tmp_path / "two" / "zarr.json").exists()
+    two = an.run(path, relu, JOBS, tmp_path / "two", block_rows=BLOCK, rank=0, world_size=2)
+    assert files(two) == files(one)
+    assert an.run(path, relu, JOBS, one, block_rows=BLOCK) == one  # finished: nothing to do
+
+
+def test_sigkill_then_rerun_is_byte_identical(planted, tmp_path):
+    path, _ = planted
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ref = an.run(path, relu_sae(), JOBS, tmp_path / "ref", block_rows=BLOCK, commit_rows=1)
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "tests.analysis.kill_job", str(path), str(out), "3"], cwd=ROOT,
+                             env=env)
+    _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after commit 3
+    assert os.WIFSTOPPED(status)
+    os.kill(child.pid, signal.SIGKILL)
+    os.waitpid(child.pid, 0)
+    child.returncode = -9
+    assert not (out / "zarr.json").exists() and (out / "_state").exists()
+    seqs = []
+    an.run(path, relu_sae(), JOBS, out, block_rows=BLOCK, commit_rows=1, on_commit=lambda s, r: seqs.append(s))
+    assert seqs[0] == 4  # it went on from commit 3
+    assert files(out) == files(ref)
+
+
+def one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg and isinstance(exc_info.value, ActstoreError) and isinstance(exc_info.value, ValueError)
+    return msg
+
+
+def test_errors(planted, relu, tmp_path):
+    path, _ = planted
+    with pytest.raises(AnalysisError) as e:
+        an.run(path, ReLUSAE(SAEConfig("relu", 8, 4)), ["stats"], tmp_path / "a", hook="h")
+    assert "width 8" in one_line(e) and "width 16" in str(e.value)
+    with pytest.raises(AnalysisError) as e:
+        an.run(path, relu, ["stats"], tmp_path / "a", hook="nope")
+    assert "unknown hook 'nope'" in one_line(e)
+    with pytest.raises(AnalysisError) as e:
+        an.run(path, relu, ["stats", "lens2"], tmp_path / "a")
+    assert "lens2" in one_line(e)
+    out = an.run(path, relu, {"top": {"k": 3}}, tmp_path / "b", block_rows=BLOCK)
+    with pytest.raises(AnalysisError) as e:
+        an.open(out).latent(relu.cfg.m)
+    assert "unknown latent 24" in one_line(e)
+    with pytest.raises(AnalysisError) as e:
+        an.run(path, relu, {"top": {"k": 4}}, out, block_rows=BLOCK)
+    assert "different analysis" in one_line(e)
+    bare = tmp_path / "bare"
+    write_store(bare, tokens=False)
+    for job in ("contexts", "top_tokens"):
+        with pytest.raises(AnalysisError) as e:
+            an.run(bare, relu, ["top", job], tmp_path / "c")
+        assert "no token ids" in one_line(e)
+    assert not (tmp_path / "c").exists()  # nothing written
