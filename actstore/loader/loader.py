@@ -33,11 +33,14 @@ import threading
 import numpy as np
 import torch
 
+from .._dist import initialized_rank_world
+from .._native import default_threads
+from ..api import open as open_store
 from ..ops.dequant_normalize import dequant_normalize
 from ..store.errors import LoaderError
 from ..store.format import FLAGS, ArraySpec
-from ..store.reader import SegmentReader, Store
-from ..store.writer import default_threads
+from ..store.reader import Store
+from ..store.segment import SegmentReader
 from .fetch import BlockFetcher
 from .plan import Block, EpochPlan, make_blocks
 
@@ -48,12 +51,6 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Stored numpy dtype -> a numpy dtype of the same width that torch can hold (torch has no
 # general uint16 support, and only the bits matter).
 _HOLDER = {np.dtype("uint16"): np.dtype("int16")}
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def parse_drop_flags(drop_flags) -> int:
@@ -140,9 +137,7 @@ class ActivationLoader:
 
         self._own_store = not isinstance(store, Store)
         if self._own_store:
-            from ..api import open as _open  # api imports this package; import at use
-
-            store = _open(store)
+            store = open_store(store)
         self.store: Store = store
         self._fetcher: BlockFetcher | None = None
         self._active = None
@@ -158,7 +153,7 @@ class ActivationLoader:
             raise LoaderError(f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
                               "columns of tokens=True; read the tokens with Store.tokens instead")
 
-        r, w = _dist_rank_world()
+        r, w = initialized_rank_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:

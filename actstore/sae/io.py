@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..store.storage import LocalStorage
+from ..store.storage import open_storage
 
 from .base import SparseAutoencoder
 from .config import SAEConfig
@@ -41,7 +41,7 @@ def build(cfg: SAEConfig, **kw) -> SparseAutoencoder:
 def put(folder: Path, name: str, data: bytes | str) -> None:
     """Write ``folder/name`` atomically and durably (the store's own ``write_atomic``: temp
     file, fsync, rename, directory fsync; a full disk is a one-line StoreError)."""
-    LocalStorage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
+    open_storage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
 
 
 def put_tensors(folder: Path, name: str, tensors: dict) -> None:
