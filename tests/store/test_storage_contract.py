@@ -181,8 +181,12 @@ class StorageContract:
         if not storage.conditional_put:
             pytest.skip("no conditional put")
         wins = []
-        ts = [threading.Thread(target=lambda i=i: wins.append(i) if storage.write_exclusive("race", bytes([i])) else None)
-              for i in range(8)]
+
+        def put(i):
+            if storage.write_exclusive("race", bytes([i])):
+                wins.append(i)
+
+        ts = [threading.Thread(target=put, args=(i,)) for i in range(8)]
         for t in ts:
             t.start()
         for t in ts:
