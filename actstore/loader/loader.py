@@ -26,9 +26,11 @@ Anything else is refused with a one-line error naming the option.
 
 from __future__ import annotations
 
+import atexit
 import math
 import queue
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -51,6 +53,26 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Stored numpy dtype -> a numpy dtype of the same width that torch can hold (torch has no
 # general uint16 support, and only the bits matter).
 _HOLDER = {np.dtype("uint16"): np.dtype("int16")}
+
+
+# Loaders alive in this process. At exit their threads are stopped while the interpreter is
+# still whole: an iterator left unfinished (``it = iter(loader); next(it)``) is otherwise
+# finalized during module teardown, when its producer's stop() would meet module globals
+# already set to None and print "Exception ignored in: <generator ...>" after the user's
+# script has ended.
+_LIVE: "weakref.WeakSet[ActivationLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_loaders() -> None:
+    for loader in list(_LIVE):
+        try:
+            loader._stop_active()
+            if loader._fetcher is not None:
+                loader._fetcher.close()
+                loader._fetcher = None
+        except Exception:  # noqa: BLE001 - exiting: nothing left to report to
+            pass
 
 
 def parse_drop_flags(drop_flags) -> int:
@@ -135,6 +157,7 @@ class ActivationLoader:
         if self.device.type not in ("cpu", "cuda"):
             raise LoaderError(f"device {device} is not supported: use 'cpu' or 'cuda'")
 
+        _LIVE.add(self)
         self._own_store = not isinstance(store, Store)
         if self._own_store:
             store = open_store(store)
@@ -459,6 +482,7 @@ class _Producer:
         self.first = first
         self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self._stop = threading.Event()
+        self._stopped = False
         self._futures: dict[int, list] = {}  # window -> futures of its blocks
         self._buffers: dict[int, dict] = {}  # batch -> host buffers being filled
         self.thread = threading.Thread(target=self._run, name="actstore-loader", daemon=True)
@@ -474,7 +498,12 @@ class _Producer:
             yield item
 
     def stop(self) -> None:
-        """Stop the thread; an iterator still reading this producer then ends."""
+        """Stop the thread; an iterator still reading this producer then ends. Idempotent:
+        a second call (the iterator's ``finally`` after the loader stopped it) does nothing,
+        so a generator finalized at interpreter exit touches no module state."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         while self.thread.is_alive():
             self._drain()
