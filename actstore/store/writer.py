@@ -239,6 +239,10 @@ class SegmentWriter:
 
     def _open_or_create(self):
         st = self.storage
+        # Leftovers of interrupted writes, a resumed segment's or a creation's that never
+        # finished; the segment's lock is held, so none is a live writer's.
+        if st.atomic_rename:
+            st.discard_temporaries(self._prefix)
         if st.exists(f"{self._prefix}/zarr.json"):
             self._resume()
             return
@@ -253,8 +257,6 @@ class SegmentWriter:
 
     def _resume(self):
         st = self.storage
-        if st.atomic_rename:  # only rename-based puts leave temporaries behind
-            st.discard_temporaries(self._prefix)
         commit = load_latest_commit(st, self.segment, self.schema)
         R = self.schema.shard_rows
         if commit is not None:
