@@ -96,17 +96,19 @@ class BlockFetcher:
                 continue
             handle = reader.acquire(a, shard)
             try:
-                stored = reader.read(handle, a, wanted)
+                # One get at a time (one chunk on local disk), decoded right after it is read.
+                for group in reader.gets(handle, a, wanted):
+                    for c, data in zip(group, reader.read(handle, a, group)):
+                        k = c - first
+                        lo, hi = cuts[k], cuts[k + 1]
+                        reader.decode(a, c, data, out=scratch.reshape(cr, *a.row_shape))
+                        src = scratch
+                        if a.path in self.widen:
+                            src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
+                        _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi],
+                                             threads=1)
             finally:
                 reader.release(handle)
-            for c, data in zip(wanted, stored):
-                k = c - first
-                lo, hi = cuts[k], cuts[k + 1]
-                reader.decode(a, c, data, out=scratch.reshape(cr, *a.row_shape))
-                src = scratch
-                if a.path in self.widen:
-                    src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
-                _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi], threads=1)
 
     def _scratch(self, a: ArraySpec, dtype=None) -> np.ndarray:
         """This thread's buffer of one chunk of ``a`` (``[chunk_rows, width]``, ``dtype`` or

@@ -18,9 +18,10 @@ a capability flag, and callers check the flag instead of assuming the method wor
 - ``conditional_put``: :meth:`Storage.write_exclusive` creates an object only if it is
   absent, atomically (a local hard link; ``If-None-Match: *`` on object storage).
 
-``max_gap_bytes``: ranged reads of one object closer than this are merged into one get
-(see ``store/chunks.py``); 0 merges only back-to-back ranges, which is right where a get
-costs a system call, not a round trip.
+``max_gap_bytes``, ``max_get_bytes``: ranged reads of one object no further apart than
+the gap are merged into one get of at most ``max_get_bytes`` (see ``store/chunks.py``).
+Where a get costs a system call, not a round trip (local disk, memory), ``max_get_bytes``
+is 0: nothing is merged.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Storage(ABC):
     atomic_rename: bool = False
     conditional_put: bool = False
     max_gap_bytes: int = 0
+    max_get_bytes: int = 0
 
     @abstractmethod
     def read(self, key: str) -> bytes:

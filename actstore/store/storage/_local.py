@@ -63,7 +63,8 @@ class LocalStorage(Storage):
     supports_lock = True
     atomic_rename = True
     conditional_put = True
-    max_gap_bytes = 0  # a pread costs a system call, not a round trip: merge only adjacent ranges
+    max_gap_bytes = 0
+    max_get_bytes = 0  # a pread costs a system call, not a round trip: never merge (see store/chunks.py)
 
     def __init__(self, root: str | os.PathLike, *, durable: bool = True):
         self.root = Path(root).absolute()

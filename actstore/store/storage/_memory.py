@@ -65,6 +65,7 @@ class MemoryStorage(Storage):
     atomic_rename = False
     conditional_put = True
     max_gap_bytes = 0
+    max_get_bytes = 0
 
     def __init__(self, name: str | None = None):
         self.name = name or uuid.uuid4().hex
