@@ -29,6 +29,19 @@ def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def initialized_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialized ``torch.distributed`` group, else ``(0, 1)``.
+
+    Unlike :func:`rank_world` it never reads ``RANK``/``WORLD_SIZE``: the loader splits its
+    rows by a group that exists, not by the environment of a launcher whose processes may
+    each want the whole store."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def launched_world() -> int:
     """``WORLD_SIZE`` as ``torchrun`` sets it (1 when not launched by it)."""
     return int(os.environ.get("WORLD_SIZE", 1))

@@ -50,10 +50,14 @@ def create(path: str | os.PathLike, hooks: dict[str, int] | None = None, *, segm
         kw = {k: v for k, v in (("chunks_per_shard", chunks_per_shard), ("chunk_bytes", chunk_bytes)) if v}
         schema = make_schema(hooks, dtype=dtype, codec=codec, provenance=prov, **kw)
         doc = group_doc({"actstore": schema.to_json()})
-        if not storage.write_exclusive("zarr.json", json.dumps(doc, indent=1).encode()):
-            existing = _load_schema(storage)  # another rank created it first
-        else:
-            existing = schema
+        data = json.dumps(doc, indent=1).encode()
+        if storage.conditional_put:
+            created = storage.write_exclusive("zarr.json", data)
+        else:  # no create-if-absent: ranks that race here must write the same schema
+            created = not storage.exists("zarr.json")
+            if created:
+                storage.write_atomic("zarr.json", data)
+        existing = schema if created else _load_schema(storage)  # else another rank created it first
     schema = existing
     if hooks is not None:
         want = {h: int(d) for h, d in hooks.items()}

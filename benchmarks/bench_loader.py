@@ -22,7 +22,7 @@ the whole epoch, each batch dropped before the next.
   decoded with the store's own ``ChunkCodec.decode_into`` (crc32c check + Blosc) into
   preallocated buffers by a ``ThreadPoolExecutor(T)``, in the epoch's shuffled chunk order.
   Nothing else: no shuffle, no batches.
-- ``read_decode_{T}threads``: the same chunks through ``SegmentReader.decode_chunk`` (pread
+- ``read_decode_{T}threads``: the same chunks through ``ChunkReader.read_chunk`` (pread
   of the chunk from the shard file, which is in the page cache, crc32c, decode into a new
   array), shard files opened and indexes parsed beforehand.
 - ``numpy_memmap``: an uncompressed bf16 (uint16) ``.npy`` copy; ``np.load(mmap_mode="r")``,
@@ -87,7 +87,6 @@ import torch  # noqa: E402
 import zarr  # noqa: E402
 
 import actstore  # noqa: E402
-from actstore.store.format import shard_key  # noqa: E402
 
 SEGMENT = "rank00000"
 SEED = 0
@@ -304,8 +303,8 @@ def main(argv=None) -> int:
         assert a.chunk_rows == chunk_rows, (a.chunk_rows, chunk_rows)
         per_shard = s.schema.shard_rows // chunk_rows
         n_shards = -(-n_chunks // per_shard)
-        blobs = [s.storage.open_blob(shard_key(seg.name, a, k)) for k in range(n_shards)]
-        indexes = [seg.shard_index(a, k, blobs[k]) for k in range(n_shards)]
+        handles = [seg.chunks.acquire(a, k) for k in range(n_shards)]
+        blobs, indexes = [h.blob for h in handles], [h.index for h in handles]
         encoded = []
         for c in range(n_chunks):
             off, nb = indexes[c // per_shard][c % per_shard]
@@ -323,7 +322,7 @@ def main(argv=None) -> int:
             codec.decode_into(encoded[c], dec_out[c])
             lo, hi = c * chunk_rows, min(n, (c + 1) * chunk_rows)
             assert np.array_equal(dec_out[c][:hi - lo], bf16[lo:hi]), f"codec decode of chunk {c}"
-            assert np.array_equal(seg.decode_chunk(a, int(c), blobs[c // per_shard], indexes[c // per_shard])[:hi - lo],
+            assert np.array_equal(seg.chunks.read_chunk(handles[c // per_shard], a, int(c))[:hi - lo],
                                   bf16[lo:hi]), f"decode_chunk {c}"
         z = zarr.open_array(str(spath / f"segments/{SEGMENT}/acts/{hook}"), mode="r")
         checks["zarr_array"] = {"shape": list(z.shape), "dtype": str(z.dtype), "chunks": list(z.chunks),
@@ -423,7 +422,7 @@ def main(argv=None) -> int:
             return n
 
         def read_decode():
-            list(pool.map(lambda c: seg.decode_chunk(a, int(c), blobs[c // per_shard], indexes[c // per_shard]).shape,
+            list(pool.map(lambda c: seg.chunks.read_chunk(handles[c // per_shard], a, int(c)).shape,
                           chunk_order))
             return n
 
@@ -554,7 +553,7 @@ def main(argv=None) -> int:
     desc = {
         names["ceiling"]: f"ChunkCodec.decode_into (crc32c + Blosc) of every chunk, compressed bytes preread into memory, "
                           f"into preallocated buffers, ThreadPoolExecutor({T}), shuffled chunk order",
-        names["read_decode"]: f"SegmentReader.decode_chunk (pread from the shard file + crc32c + decode into a new array) "
+        names["read_decode"]: f"ChunkReader.read_chunk (pread from the shard file + crc32c + decode into a new array) "
                               f"of every chunk, ThreadPoolExecutor({T}); shard files opened and indexes parsed beforehand",
         "numpy_memmap": "np.load(mmap_mode='r') of an uncompressed bf16 .npy; chunk-order shuffle + in-memory window "
                         "shuffle (np.concatenate of the window, fancy-index batches); 1 thread",

@@ -43,7 +43,7 @@ import actstore  # noqa: E402
 from actstore import _native  # noqa: E402
 from actstore.store.codecs import PRESETS  # noqa: E402
 from actstore.store.stats import RunningStats  # noqa: E402
-from actstore.store.writer import default_threads  # noqa: E402
+from actstore._native import default_threads  # noqa: E402
 
 try:
     import tensorstore as ts

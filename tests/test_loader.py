@@ -362,3 +362,20 @@ def test_odd_chunks_per_shard_with_unequal_hooks_reads_back(tmp_path):
     for b in ActivationLoader(st, ["a", "b"], 32, tokens=True):
         assert torch.equal(b["b"], acts(b["token"].numpy(), 8, 2.0))
     assert torch.equal(st.read("a"), acts(t, 16, 1.0))
+
+
+@pytest.mark.parametrize("script", [
+    "it = iter(loader)\nnext(it)\n",                       # an iterator left unfinished at exit
+    "for x in loader:\n    break\n",                        # a loop left early, loader still alive
+    "it = iter(loader)\nnext(it)\nit2 = iter(loader)\nnext(it2)\n",  # a second iterator stops the first
+])
+def test_unfinished_iterator_ends_the_script_quietly(store, script):
+    """A real interpreter exit with a loader mid-iteration prints nothing: its threads are
+    stopped before module teardown, not by a generator finalized after it."""
+    import subprocess
+
+    code = (f"import actstore\nloader = actstore.ActivationLoader({str(store.path)!r}, 'wide', batch_size=64, "
+            f"seed=0, threads=2, prefetch=2, epochs=None)\n{script}print('done')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout == "done\n", p.stderr
+    assert p.stderr == ""

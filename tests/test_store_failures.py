@@ -249,3 +249,106 @@ def test_nothing_is_ever_unpickled():
             for i, line in enumerate(p.read_text().splitlines())
             if pattern.search(line) and not (safe_npy.search(line) and "pickle" not in line.replace("allow_pickle", ""))]
     assert hits == []
+
+
+# -- every field of a commit record and of the schema is checked before use ---------------
+
+def _edit_commit(store, edit):
+    commits = pathlib.Path(store) / "segments/seg0/commits"
+    newest = sorted(p for p in commits.iterdir() if p.is_dir())[-1] / "zarr.json"
+    doc = json.loads(newest.read_text())
+    edit(doc["attributes"]["actstore_commit"])
+    newest.write_text(json.dumps(doc))
+
+
+def _set(key, value):
+    def edit(rec):
+        rec[key] = value
+    return edit
+
+
+def _drop(key):
+    def edit(rec):
+        del rec[key]
+    return edit
+
+
+def _set_stat(field, value):
+    def edit(rec):
+        rec["stats"]["h"][field] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    _set("rows", 2**62), _set("rows", -1), _set("rows", "1000"), _set("rows", 1000.0), _set("rows", True),
+    _set("rows", None), _set("rows", 10**6), _set("rows", 1001), _set("seq", "1"), _set("seq", 10**9),
+    _set("shard_rows", 64), _set("shard_rows", "128"), _set("time", 5), _set("actstore_version", None),
+    _set("meta", [1, 2]), _set("segment", "seg1"), _set("path", None), _set("stats", []), _set("stats", {"h": {}}),
+    _set_stat("count", -1), _set_stat("count", 1001), _set_stat("count", 1.5), _set_stat("d", 63),
+    _set_stat("mean", "not base64!"), _set_stat("m2", "AAAA"), _set_stat("norm_sum", "1"),
+    _set_stat("nonfinite_rows", -2),
+    *[_drop(k) for k in ("format_version", "segment", "path", "seq", "rows", "shard_rows", "time", "actstore_version",
+                         "stats")],
+], ids=lambda e: f"{e.__name__}-{e.__closure__[0].cell_contents}-"
+                 f"{e.__closure__[1].cell_contents if len(e.__closure__) > 1 else ''}")
+def test_every_commit_record_field_is_checked(store, edit):
+    _edit_commit(store, edit)
+    with pytest.raises(StoreError) as e:  # at open: no array allocated from a bad row count
+        actstore.open(store)
+    assert "commit record" in _one_line(e.value)
+    with pytest.raises(StoreError):  # the writer's resume reads the same record
+        actstore.create(store, segment="seg0")
+
+
+def test_commit_rows_past_the_shards_is_corrupt_data(store):
+    _edit_commit(store, _set("rows", 2**40))
+    with pytest.raises(CorruptDataError) as e:
+        actstore.open(store)
+    assert "does not exist" in _one_line(e.value)
+
+
+def _edit_schema(store, edit):
+    root = pathlib.Path(store) / "zarr.json"
+    doc = json.loads(root.read_text())
+    edit(doc["attributes"]["actstore"])
+    root.write_text(json.dumps(doc))
+
+
+def _hook(field, value):
+    def edit(attrs):
+        if value is _MISSING:
+            del attrs["hooks"]["h"][field]
+        else:
+            attrs["hooks"]["h"][field] = value
+    return edit
+
+
+def _top(field, value):
+    def edit(attrs):
+        if value is _MISSING:
+            del attrs[field]
+        else:
+            attrs[field] = value
+    return edit
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize("edit", [
+    _hook("d", "64"), _hook("d", 64.0), _hook("d", 0), _hook("d", -64), _hook("d", True), _hook("d", 2**40),
+    _hook("d", _MISSING), _hook("chunk_rows", 0), _hook("chunk_rows", 48), _hook("chunk_rows", "32"),
+    _hook("dtype", "fp64"), _hook("dtype", None), _hook("stored_dtype", "float32"), _hook("logical_dtype", "int8"),
+    _hook("array", None), _top("shard_rows", 0), _top("shard_rows", -128), _top("shard_rows", "128"),
+    _top("shard_rows", 2**40), _top("shard_rows", _MISSING), _top("hooks", {}), _top("hooks", [1]),
+    _top("hooks", _MISSING), _top("codec", {"preset": "brotli"}), _top("codec", "zstd"), _top("codec", _MISSING),
+    _top("provenance", [1]), _top("columns", {"token": {"dtype": "int64", "array": "tokens/token"}}),
+    _top("flags", {"bos": 2}),
+])
+def test_every_schema_field_is_checked(store, edit):
+    _edit_schema(store, edit)
+    with pytest.raises(StoreError) as e:
+        actstore.open(store)
+    _one_line(e.value)
+    with pytest.raises(StoreError):
+        actstore.create(store, segment="seg1")

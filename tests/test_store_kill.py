@@ -1,4 +1,10 @@
-"""SIGKILL a real writer subprocess at random moments; committed rows must survive intact."""
+"""SIGKILL a real writer subprocess in the middle of its writes; committed rows must survive intact.
+
+Kill points are chosen by write number, never wall time: the child (helpers/kill_writer.py)
+stops inside its W-th object write (temporary written, rename not done), says so, and
+waits; the parent then SIGKILLs it. So every kill lands mid-protocol, at a seeded point,
+however fast or busy the machine is.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,8 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import actstore
@@ -20,6 +24,9 @@ sys.path.insert(0, str(HELPER.parent))
 from kill_writer import HOOKS, rows  # noqa: E402
 
 TRIALS = int(os.environ.get("ACTSTORE_KILL_TRIALS", "20"))
+# A shard of this store is 13 writes (6 shards, 6 shapes, 1 commit record) plus the seeded
+# commits between shards; 300 writes reach ~20 shards in.
+MAX_WRITE = 300
 
 
 def _spawn(*args):
@@ -41,33 +48,52 @@ def _check_prefix(store, total=None):
     return n
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path):
+def _kill_at_write(path, seg, seed, write) -> tuple[int | None, int | None]:
+    """Run the writer until it stops inside write number ``write``, SIGKILL it; returns the
+    committed rows it reported at start (None if it stopped while opening) and at the stop."""
+    p = _spawn(path, seg, seed, "--stop-at-write", write)
+    ready = None
+    while True:
+        line = p.stdout.readline()
+        assert line, f"the writer ended before write {write}: {p.stderr.read()}"
+        if line.startswith("ready"):
+            ready = int(line.split()[1])
+        elif line.startswith("stopped"):
+            break
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    word = line.split()[1]
+    return ready, None if word == "none" else int(word)
+
+
+def test_sigkill_mid_write_then_resume(tmp_path):
     rng = random.Random(1234)
     killed_with_rows = []
     for trial in range(TRIALS):
         path = tmp_path / f"s{trial}"
         seg = "rank0"
-        # One to three kills per trial, each mid-append, at a random moment.
+        committed = 0
+        # One to three kills per trial, each inside a seeded write.
         for kill in range(rng.randint(1, 3)):
-            p = _spawn(path, seg, trial * 10 + kill)
-            line = p.stdout.readline()
-            assert line.startswith("ready"), p.stderr.read()
-            time.sleep(rng.uniform(0.0, 0.6))
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            assert p.returncode == -signal.SIGKILL
+            ready, stopped = _kill_at_write(path, seg, trial * 10 + kill, rng.randint(1, MAX_WRITE))
             s = actstore.open(path)
-            committed = _check_prefix(s)
-            assert int(line.split()[1]) <= committed  # commits never go backwards
+            now = _check_prefix(s)
+            assert now >= committed and (ready is None or ready == committed)  # commits never go backwards
+            if stopped is not None:
+                assert now == stopped  # exactly what the writer had committed; the half-done write is not visible
+            committed = now
             killed_with_rows.append(committed)
         # Resume and finish: no gap, no duplicate, bytes identical to an uninterrupted run.
         total = committed + rng.randint(1, 3000)
-        p = _spawn(path, seg, 999, total)
+        p = _spawn(path, seg, 999, "--total", total)
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert out.splitlines()[0] == f"ready {committed}"
+        assert out.splitlines()[-1] == f"done {total}"
         s = actstore.open(path)
         _check_prefix(s, total)
+        assert not list((Path(path) / "segments" / seg).rglob(".tmp-*")), "a resumed writer leaves no temporaries"
         st = s.stats("g")
         ref = rows(0, total)["g"].double()
         assert st["count"] == total

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import torch
 
+from .._dist import initialized_rank_world
+from .._native import default_threads
 from ..store.errors import LoaderError
 from ..store.reader import Store
-from ..store.writer import default_threads
-from .loader import ActivationLoader, _dist_rank_world
+from .loader import ActivationLoader
 
 
 class ActivationDataset(torch.utils.data.IterableDataset):
@@ -48,7 +49,7 @@ class ActivationDataset(torch.utils.data.IterableDataset):
         self.path = str(store.path) if isinstance(store, Store) else str(store)
         self.hooks = hooks
         self.batch_size = batch_size
-        r, w = _dist_rank_world()
+        r, w = initialized_rank_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
         self.options = dict(loader_options)

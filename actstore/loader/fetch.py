@@ -12,7 +12,8 @@ scattered from there.
 Everything here runs on the pool's threads: ``os.pread`` and the Blosc decoder release the
 GIL, so ``threads`` workers decode ``threads`` chunks at once. A chunk that is missing,
 short or fails its checksum or decode raises :class:`CorruptDataError` naming the segment,
-array and chunk (from ``SegmentReader.decode_chunk``); nothing is ever read as zeros.
+array and chunk (from ``store/chunks.py``, the one chunk-read path, which also keeps the
+open shard handles and their parsed indexes); nothing is ever read as zeros.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from .. import _native
+from ..store.chunks import ChunkReader, HandleCache
 from ..store.format import ArraySpec
-from ..store.reader import SegmentReader
+from ..store.segment import SegmentReader
 from .plan import Block
 
 
@@ -47,8 +49,10 @@ class BlockFetcher:
         self._cache_cap = cache_chunks
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._shards: OrderedDict[tuple, _Shard] = OrderedDict()
-        self._max_open = 64
+        # Open shards stay open across blocks (opening and parsing the index for every block
+        # cost ~10% of a block's decode), at most 64 over all segments.
+        self._handles = HandleCache(max_open=64)
+        self._readers = [ChunkReader(seg.storage, seg.schema, seg.name, seg.rows, self._handles) for seg in segments]
         for seg in segments:
             for a in arrays:
                 seg.check_array(a)
@@ -65,40 +69,46 @@ class BlockFetcher:
         Each chunk is decoded into a per-thread scratch buffer and scattered while it is
         still in cache, so decoded activations cross DRAM once, into the batches (a
         separate decode-to-memory then gather pass measured ~40% slower on 2 cores)."""
-        seg = self.segments[block.segment]
+        reader = self._readers[block.segment]
         for a in self.arrays:
             if a.chunk_rows <= self.block_rows:
-                self._scatter_dense(seg, block, a, local, dst_ids, dst_rows, dsts[a.path])
+                self._scatter_dense(reader, block, a, local, dst_ids, dst_rows, dsts[a.path])
             else:
                 c = block.start // a.chunk_rows
                 chunk = self._cached_chunk(block.segment, a, c)
                 _native.scatter_rows(chunk, local + (block.start - c * a.chunk_rows), dsts[a.path], dst_ids,
                                      dst_rows, threads=1)
 
-    def _scatter_dense(self, seg: SegmentReader, block: Block, a: ArraySpec, local: np.ndarray,
+    def _scatter_dense(self, reader: ChunkReader, block: Block, a: ArraySpec, local: np.ndarray,
                        dst_ids: np.ndarray, dst_rows: np.ndarray, dsts: list[np.ndarray]) -> None:
         cr = a.chunk_rows
         first = block.start // cr
         n_chunks = -(-block.rows // cr)
-        per_shard = seg.schema.shard_rows // cr
+        per_shard = reader.per_shard(a)
         scratch = self._scratch(a)
         # Rows of chunk k are local rows [k*cr, (k+1)*cr): split the ascending list once.
         cuts = np.searchsorted(local, np.arange(n_chunks + 1, dtype=np.int64) * cr)
         for shard in range(first // per_shard, (first + n_chunks - 1) // per_shard + 1):
-            handle = self._shard(block.segment, a, shard)
+            # Chunks with no wanted row (resume point, filtered flags) are not read.
+            wanted = [c for c in range(max(first, shard * per_shard), min(first + n_chunks, (shard + 1) * per_shard))
+                      if cuts[c - first] < cuts[c - first + 1]]
+            if not wanted:
+                continue
+            handle = reader.acquire(a, shard)
             try:
-                for c in range(max(first, shard * per_shard), min(first + n_chunks, (shard + 1) * per_shard)):
-                    k = c - first
-                    lo, hi = cuts[k], cuts[k + 1]
-                    if lo == hi:
-                        continue  # no wanted row here (resume point, filtered flags)
-                    seg.decode_chunk(a, c, handle.blob, handle.index, out=scratch.reshape(cr, *a.row_shape))
-                    src = scratch
-                    if a.path in self.widen:
-                        src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
-                    _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi], threads=1)
+                # One get at a time (one chunk on local disk), decoded right after it is read.
+                for group in reader.gets(handle, a, wanted):
+                    for c, data in zip(group, reader.read(handle, a, group)):
+                        k = c - first
+                        lo, hi = cuts[k], cuts[k + 1]
+                        reader.decode(a, c, data, out=scratch.reshape(cr, *a.row_shape))
+                        src = scratch
+                        if a.path in self.widen:
+                            src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
+                        _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi],
+                                             threads=1)
             finally:
-                self._unuse(handle)
+                reader.release(handle)
 
     def _scratch(self, a: ArraySpec, dtype=None) -> np.ndarray:
         """This thread's buffer of one chunk of ``a`` (``[chunk_rows, width]``, ``dtype`` or
@@ -117,49 +127,9 @@ class BlockFetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._cache.clear()
-            for h in self._shards.values():
-                h.blob.close()
-            self._shards.clear()
+        self._handles.close()
 
     # -- internals ---------------------------------------------------------------------
-
-    def _shard(self, s: int, a: ArraySpec, shard: int) -> "_Shard":
-        """The open shard object with its parsed index, kept open across blocks (opening
-        and parsing the index for every block cost ~10% of a block's decode)."""
-        key = (s, a.path, shard)
-        with self._lock:
-            h = self._shards.get(key)
-            if h is not None:
-                self._shards.move_to_end(key)
-                h.users += 1
-                return h
-        seg = self.segments[s]
-        blob = seg.open_shard(a, shard)
-        try:
-            h = _Shard(blob, seg.shard_index(a, shard, blob))
-        except BaseException:
-            blob.close()
-            raise
-        with self._lock:
-            if key in self._shards:  # another thread opened it meanwhile: use that one
-                blob.close()
-                h = self._shards[key]
-                self._shards.move_to_end(key)
-            else:
-                self._shards[key] = h
-                while len(self._shards) > self._max_open:
-                    _, old = self._shards.popitem(last=False)
-                    old.dead = True
-                    if not old.users:
-                        old.blob.close()
-            h.users += 1
-        return h
-
-    def _unuse(self, h: "_Shard") -> None:
-        with self._lock:
-            h.users -= 1
-            if h.dead and not h.users:
-                h.blob.close()
 
     def _cached_chunk(self, s: int, a: ArraySpec, c: int) -> np.ndarray:
         """Decoded chunk ``c`` of a 1-D array as ``[chunk_rows, 1]``, decoded once while cached."""
@@ -175,14 +145,13 @@ class BlockFetcher:
             else:
                 self._cache.move_to_end(key)
         if owner:
-            seg = self.segments[s]
-            per_shard = seg.schema.shard_rows // a.chunk_rows
+            reader = self._readers[s]
             try:
-                h = self._shard(s, a, c // per_shard)
+                h = reader.acquire(a, c // reader.per_shard(a))
                 try:
-                    chunk = seg.decode_chunk(a, c, h.blob, h.index)
+                    chunk = reader.read_chunk(h, a, c)
                 finally:
-                    self._unuse(h)
+                    reader.release(h)
                 fut.set_result(chunk.reshape(chunk.shape[0], -1))
             except BaseException as e:
                 fut.set_exception(e)
@@ -190,13 +159,3 @@ class BlockFetcher:
                     self._cache.pop(key, None)
                 raise
         return fut.result()
-
-
-
-class _Shard:
-    """An open shard object, its parsed index, and how many threads are reading it."""
-
-    __slots__ = ("blob", "index", "users", "dead")
-
-    def __init__(self, blob, index: np.ndarray):
-        self.blob, self.index, self.users, self.dead = blob, index, 0, False

@@ -26,18 +26,23 @@ Anything else is refused with a one-line error naming the option.
 
 from __future__ import annotations
 
+import atexit
 import math
 import queue
 import threading
+import weakref
 
 import numpy as np
 import torch
 
+from .._dist import initialized_rank_world
+from .._native import default_threads
+from ..api import open as open_store
 from ..ops.dequant_normalize import dequant_normalize
 from ..store.errors import LoaderError
 from ..store.format import ArraySpec, parse_flags
-from ..store.reader import SegmentReader, Store
-from ..store.writer import default_threads
+from ..store.reader import Store
+from ..store.segment import SegmentReader
 from .fetch import BlockFetcher
 from .plan import Block, EpochPlan, make_blocks
 
@@ -50,10 +55,24 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HOLDER = {np.dtype("uint16"): np.dtype("int16")}
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+# Loaders alive in this process. At exit their threads are stopped while the interpreter is
+# still whole: an iterator left unfinished (``it = iter(loader); next(it)``) is otherwise
+# finalized during module teardown, when its producer's stop() would meet module globals
+# already set to None and print "Exception ignored in: <generator ...>" after the user's
+# script has ended.
+_LIVE: "weakref.WeakSet[ActivationLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_loaders() -> None:
+    for loader in list(_LIVE):
+        try:
+            loader._stop_active()
+            if loader._fetcher is not None:
+                loader._fetcher.close()
+                loader._fetcher = None
+        except Exception:  # noqa: BLE001 - exiting: nothing left to report to
+            pass
 
 
 def parse_drop_flags(drop_flags) -> int:
@@ -121,11 +140,10 @@ class ActivationLoader:
         if self.device.type not in ("cpu", "cuda"):
             raise LoaderError(f"device {device} is not supported: use 'cpu' or 'cuda'")
 
+        _LIVE.add(self)
         self._own_store = not isinstance(store, Store)
         if self._own_store:
-            from ..api import open as _open  # api imports this package; import at use
-
-            store = _open(store)
+            store = open_store(store)
         self.store: Store = store
         self._fetcher: BlockFetcher | None = None
         self._active = None
@@ -141,7 +159,7 @@ class ActivationLoader:
             raise LoaderError(f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
                               "columns of tokens=True; read the tokens with Store.tokens instead")
 
-        r, w = _dist_rank_world()
+        r, w = initialized_rank_world()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -389,7 +407,7 @@ class ActivationLoader:
                 continue
             scale = stored.get(spec.scale_array) if spec.scale_array else None
             shift, mul = self._norm[spec.name]
-            out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype.logical, scale, shift, mul, self.dtype,
+            out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype, scale, shift, mul, self.dtype,
                                                threads=threads)
         if self.tokens:
             for k in TOKEN_KEYS:
@@ -447,6 +465,7 @@ class _Producer:
         self.first = first
         self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self._stop = threading.Event()
+        self._stopped = False
         self._futures: dict[int, list] = {}  # window -> futures of its blocks
         self._buffers: dict[int, dict] = {}  # batch -> host buffers being filled
         self.thread = threading.Thread(target=self._run, name="actstore-loader", daemon=True)
@@ -462,7 +481,12 @@ class _Producer:
             yield item
 
     def stop(self) -> None:
-        """Stop the thread; an iterator still reading this producer then ends."""
+        """Stop the thread; an iterator still reading this producer then ends. Idempotent:
+        a second call (the iterator's ``finally`` after the loader stopped it) does nothing,
+        so a generator finalized at interpreter exit touches no module state."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         while self.thread.is_alive():
             self._drain()

@@ -21,7 +21,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..store.storage import LocalStorage
+from ..store.storage import open_storage
 
 from ..errors import SAEError, SAEFileError
 from .base import SparseAutoencoder
@@ -33,7 +33,7 @@ from .topk import TopKSAE
 def write_file(folder: Path, name: str, data: bytes | str) -> None:
     """Write ``folder/name`` atomically and durably (the store's own ``write_atomic``: temp
     file, fsync, rename, directory fsync; a full disk is a one-line StoreError)."""
-    LocalStorage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
+    open_storage(folder).write_atomic(name, data.encode() if isinstance(data, str) else data)
 
 
 def write_safetensors(folder: Path, name: str, tensors: dict) -> None:

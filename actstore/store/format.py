@@ -206,21 +206,62 @@ class Schema:
             raise FormatVersionError(
                 f"{where} has format_version {version!r}, this actstore reads only {FORMAT_VERSION}; upgrade actstore")
         try:
+            shard_rows = _count(attrs["shard_rows"], "shard_rows", where)
+            if shard_rows * 8 > MAX_CHUNK_BYTES:  # the int64 doc column is one chunk per shard
+                raise StoreError(f"{where}: shard_rows {shard_rows} is more than format v1 ever writes")
+            if not isinstance(attrs["hooks"], dict) or not attrs["hooks"]:
+                raise StoreError(f"{where}: hooks must be a non-empty JSON object, got {attrs['hooks']!r}")
             hooks = {}
             for name, h in attrs["hooks"].items():
                 check_hook_name(name)
+                _count(h["d"], f"hook {name!r} d", where)
+                _count(h["chunk_rows"], f"hook {name!r} chunk_rows", where)
                 spec = HookSpec(name, int(h["d"]), parse_dtype(h["dtype"]), int(h["chunk_rows"]))
                 # Paths come from the file; refuse anything that is not exactly ours.
                 if check_key(h["array"]) != spec.array or (h.get("scale_array") or None) != spec.scale_array:
                     raise StoreError(f"{where}: hook {name!r} names array {h['array']!r}, expected {spec.array!r}")
+                _check_layout(spec, shard_rows, h, where)
                 hooks[name] = spec
             if check_key(attrs.get("segments", SEGMENTS)) != SEGMENTS:
                 raise StoreError(f"{where}: unexpected segments path {attrs.get('segments')!r}")
-            return cls(hooks, attrs["codec"]["preset"], int(attrs["shard_rows"]), attrs.get("provenance", {}))
+            want_columns = {n: {"dtype": dt, "array": f"tokens/{n}"} for n, dt in COLUMNS.items()}
+            if attrs.get("columns", want_columns) != want_columns or attrs.get("flags", FLAGS) != FLAGS:
+                raise StoreError(f"{where}: token columns or flag bits differ from format v1's")
+            preset = attrs["codec"]["preset"]
+            codec_from_preset(preset)  # an unknown preset: one line now, not at the first read
+            provenance = attrs.get("provenance", {})
+            if not isinstance(provenance, dict):
+                raise StoreError(f"{where}: provenance must be a JSON object, got {type(provenance).__name__}")
+            return cls(hooks, preset, shard_rows, provenance)
         except StoreError:
             raise  # already one line naming the cause (DTypeError is also a ValueError)
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: malformed actstore attributes ({type(e).__name__}: {e})") from None
+
+
+# Bounds of a stored layout read from a file: a chunk must fit one blosc frame, a shard
+# index must stay small. What make_schema builds is far inside them.
+MAX_CHUNK_BYTES = 2**31 - 2**16
+MAX_CHUNKS_PER_SHARD = 2**20
+
+
+def _count(v, name: str, where: str) -> int:
+    """``v`` if it is a positive integer (JSON int, not bool), else a one-line StoreError."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise StoreError(f"{where}: {name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _check_layout(spec: HookSpec, shard_rows: int, h: dict, where: str) -> None:
+    """A hook's stored layout is one we can have written: its dtype names agree, its chunks
+    divide the shards and fit a blosc frame, a shard has a bounded number of chunks."""
+    for key, value in (("stored_dtype", spec.dtype.stored), ("logical_dtype", spec.dtype.logical)):
+        if h.get(key, value) != value:
+            raise StoreError(f"{where}: hook {spec.name!r} has {key} {h[key]!r}, {spec.dtype.name} stores {value!r}")
+    if (shard_rows % spec.chunk_rows or spec.chunk_rows * spec.row_bytes > MAX_CHUNK_BYTES
+            or shard_rows // spec.chunk_rows > MAX_CHUNKS_PER_SHARD):
+        raise StoreError(f"{where}: hook {spec.name!r} has chunks of {spec.chunk_rows} rows x {spec.row_bytes} bytes "
+                         f"in shards of {shard_rows} rows, a layout format v1 never writes")
 
 
 def make_schema(hooks: dict[str, int], dtype: str | DType = "bf16", codec: str = "zstd",

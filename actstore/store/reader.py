@@ -1,8 +1,8 @@
 """Reading a store: whole chunks decoded in a thread pool, rows gathered natively.
 
 There is no per-row zarr selection anywhere: for any set of rows we find the chunks that
-hold them, read each chunk's bytes once through the shard index, verify and decode them
-in a thread pool (numcodecs releases the GIL), and gather the rows with
+hold them, read each chunk's bytes once through the shard index and verify and decode them
+in a thread pool (``chunks.decode_chunks``; numcodecs releases the GIL), and gather the rows with
 ``actstore._C.gather_rows``. Only rows named by a commit record are ever read; a chunk
 that the index lacks, that is short, or that fails its crc32c or decode is an error naming
 the segment, array and chunk, never zeros.
@@ -11,118 +11,20 @@ the segment, array and chunk, never zeros.
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from .. import _native
-from .errors import CorruptDataError, StoreError, UnknownHookError
-from .format import SEGMENTS, ArraySpec, Schema, parse_array_doc, shard_key
+from .chunks import decode_chunks
+from .convert import from_stored
+from .errors import StoreError, UnknownHookError
+from .format import SEGMENTS, ArraySpec, Schema
 from .manifest import load_latest_commit
-from .shard import MISSING, index_nbytes, parse_index
+from .segment import SegmentReader
 from .stats import RunningStats
 from .storage import Storage
-from .writer import default_threads
-
-
-class SegmentReader:
-    """Committed rows ``[0, rows)`` of one segment."""
-
-    def __init__(self, storage: Storage, schema: Schema, segment: str, rows: int, commit: dict | None = None):
-        self.storage = storage
-        self.schema = schema
-        self.name = segment
-        self.rows = rows
-        self.commit = commit
-        self._index_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._cache_lock = threading.Lock()
-        self._checked: set[str] = set()
-
-    def check_array(self, a: ArraySpec) -> None:
-        """Verify once that the array's zarr.json agrees with the store schema."""
-        if a.path in self._checked:
-            return
-        key = f"{SEGMENTS}/{self.name}/{a.path}/zarr.json"
-        try:
-            doc = json.loads(self.storage.read(key))
-        except ValueError as e:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json is not valid JSON ({e})") from None
-        shard_rows, chunk_rows, _ = parse_array_doc(doc, f"segment {self.name!r}, array {a.path!r}")
-        if shard_rows != self.schema.shard_rows or chunk_rows != a.chunk_rows or doc.get("data_type") != a.dtype.name:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json disagrees with the store schema")
-        self._checked.add(a.path)
-
-    def open_shard(self, a: ArraySpec, shard: int):
-        """Open shard ``shard`` of array ``a``; a committed shard that is missing is damage."""
-        try:
-            return self.storage.open_blob(shard_key(self.name, a, shard))
-        except StoreError as e:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}, shard {shard} is missing though "
-                                   f"committed ({e}); the store is damaged") from None
-
-    def shard_index(self, a: ArraySpec, shard: int, blob) -> np.ndarray:
-        """The parsed index of one shard, cached once the shard is full (never rewritten)."""
-        key = (a.path, shard)
-        R = self.schema.shard_rows
-        full = (shard + 1) * R <= self.rows
-        if full:
-            with self._cache_lock:
-                hit = self._index_cache.get(key)
-            if hit is not None:
-                return hit
-        n_chunks = R // a.chunk_rows
-        want = index_nbytes(n_chunks)
-        tail = blob.pread(max(0, blob.size - want), want) if blob.size >= want else b""
-        try:
-            index = parse_index(tail, n_chunks, blob.size)
-        except ValueError as e:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}, shard {shard}: {e}; the store is damaged, "
-                                   "re-capture or restore this segment") from None
-        if full:
-            with self._cache_lock:
-                self._index_cache[key] = index
-        return index
-
-    def decode_chunk(self, a: ArraySpec, chunk: int, blob, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Decode chunk ``chunk`` (counted from the segment's start) -> ``[chunk_rows, ...]``,
-        into ``out`` (C-contiguous, that shape and dtype) when given."""
-        per_shard = self.schema.shard_rows // a.chunk_rows
-        j = chunk % per_shard
-        lo = chunk * a.chunk_rows
-        where = (f"segment {self.name!r}, array {a.path!r}, chunk {chunk} "
-                 f"(rows {lo}-{lo + a.chunk_rows - 1}, shard {chunk // per_shard})")
-        off, nbytes = index[j]
-        if off == MISSING:
-            raise CorruptDataError(f"{where} is missing from its shard index though committed; the store is damaged")
-        data = blob.pread(int(off), int(nbytes))
-        if len(data) != nbytes:
-            raise CorruptDataError(f"{where} is short: {len(data)} of {nbytes} bytes; the store is damaged")
-        if out is None:
-            out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
-        codec = self.schema.codec
-        if codec.cname:
-            codec = codec.with_typesize(a.dtype.itemsize)
-        try:
-            codec.decode_into(data, out)
-        except ValueError as e:
-            raise CorruptDataError(f"{where} fails to decode ({e}); the store is damaged, re-capture or restore it") from None
-        return out
-
-    def read_rows(self, a: ArraySpec, lo: int, hi: int) -> np.ndarray:
-        """Rows ``[lo, hi)`` of array ``a`` (single-threaded; used when resuming)."""
-        out = np.empty((hi - lo, *a.row_shape), dtype=a.dtype)
-        chunks = range(lo // a.chunk_rows, (hi - 1) // a.chunk_rows + 1) if hi > lo else range(0)
-        per_shard = self.schema.shard_rows // a.chunk_rows
-        for c in chunks:
-            s = c // per_shard
-            with self.open_shard(a, s) as blob:
-                block = self.decode_chunk(a, c, blob, self.shard_index(a, s, blob))
-            c_lo = c * a.chunk_rows
-            r0, r1 = max(lo, c_lo), min(hi, c_lo + a.chunk_rows)
-            out[r0 - lo: r1 - lo] = block[r0 - c_lo: r1 - c_lo]
-        return out
 
 
 def _row_index(rows, total: int) -> tuple[np.ndarray, bool]:
@@ -174,7 +76,7 @@ class Store:
         if root.get("zarr_format") != 3 or root.get("node_type") != "group":
             raise StoreError(f"{storage.url} is not a zarr v3 group")
         self.schema = Schema.from_json((root.get("attributes") or {}).get("actstore"), storage.url)
-        self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-dec")
+        self._pool = ThreadPoolExecutor(threads or _native.default_threads(), thread_name_prefix="actstore-dec")
         self.refresh()
 
     def refresh(self) -> "Store":
@@ -219,8 +121,6 @@ class Store:
         idx, scalar = _row_index(rows, self.rows)
         arrays = {a.path: a for a in self.schema.arrays()}
         got = self._gather([arrays[spec.array]] + ([arrays[spec.scale_array]] if spec.scale_array else []), idx)
-        from .convert import from_stored
-
         out = from_stored(spec.dtype, got[spec.array], got.get(spec.scale_array), dtype)
         return out[0] if scalar else out
 
@@ -312,7 +212,8 @@ class Store:
             # One key per (segment, chunk): every needed chunk is decoded exactly once.
             key = seg.astype(np.int64) * (1 << 40) + chunk
             uniq, inverse = np.unique(key, return_inverse=True)
-            blocks = self._decode_many(a, [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq])
+            blocks = decode_chunks(self._pool, [s.chunks for s in self.segments], a,
+                                   [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq])
             out = np.empty((idx.size, *a.row_shape), dtype=a.dtype)
             if idx.size:
                 sources = [b.reshape(b.shape[0], -1) for b in blocks]
@@ -320,38 +221,3 @@ class Store:
                                     out=out.reshape(idx.size, -1))
             result[a.path] = out
         return result
-
-    def _decode_many(self, a: ArraySpec, chunks: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Decode ``(segment, chunk)`` pairs in the thread pool, each shard opened once."""
-        per_shard = self.schema.shard_rows // a.chunk_rows
-        shards = sorted({(s, c // per_shard) for s, c in chunks})
-        blobs = {}
-        try:
-            def open_shard(sk):
-                s, sh = sk
-                seg = self.segments[s]
-                blob = seg.open_shard(a, sh)
-                blobs[sk] = blob  # registered before parsing, so it is closed on error
-                return sk, seg.shard_index(a, sh, blob)
-
-            # Wait for every open before acting on an error, so that no blob opened by a
-            # still-running task escapes the finally below.
-            futures = [self._pool.submit(open_shard, sk) for sk in shards]
-            wait(futures)
-            for f in futures:
-                if f.exception() is not None:
-                    raise f.exception()
-            indexes = dict(f.result() for f in futures)
-
-            def decode(sc):
-                s, c = sc
-                sk = (s, c // per_shard)
-                return self.segments[s].decode_chunk(a, c, blobs[sk], indexes[sk])
-
-            # Every decode finishes before the finally closes the blobs it reads.
-            futures = [self._pool.submit(decode, sc) for sc in chunks]
-            wait(futures)
-            return [f.result() for f in futures]
-        finally:
-            for b in list(blobs.values()):
-                b.close()

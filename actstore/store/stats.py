@@ -117,9 +117,19 @@ class RunningStats:
 
     @classmethod
     def from_json(cls, j: dict) -> "RunningStats":
-        d = int(j["d"])
-        return cls(d, int(j["count"]), _unb64(j["mean"], d), _unb64(j["m2"], d),
-                   float(j["norm_sum"]), int(j.get("nonfinite_rows", 0)))
+        """Parse and check ``to_json``'s output; ``ValueError``/``KeyError``/``TypeError`` name the bad field."""
+        if not isinstance(j, dict):
+            raise TypeError(f"statistics must be a JSON object, got {type(j).__name__}")
+        d, count, nonfinite = j["d"], j["count"], j.get("nonfinite_rows", 0)
+        for name, v in (("d", d), ("count", count), ("nonfinite_rows", nonfinite)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}={v!r} is not a non-negative integer")
+        norm_sum = j["norm_sum"]
+        if not isinstance(norm_sum, (int, float)) or isinstance(norm_sum, bool) or norm_sum < 0:
+            raise ValueError(f"norm_sum={norm_sum!r} is not a non-negative number")
+        if not isinstance(j["mean"], str) or not isinstance(j["m2"], str):
+            raise TypeError("mean and m2 must be base64 strings")
+        return cls(d, count, _unb64(j["mean"], d), _unb64(j["m2"], d), float(norm_sum), nonfinite)
 
     def as_dict(self) -> dict:
         """User-facing view: torch float64 tensors for the per-dimension fields."""

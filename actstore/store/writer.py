@@ -25,7 +25,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .._native import default_threads
 from .._version import __version__
+from .chunks import ChunkReader
 from .codecs import ChunkCodec
 from .convert import to_stored
 from .errors import AppendError, StoreError
@@ -37,10 +39,6 @@ from .stats import RunningStats
 from .storage import Storage
 
 _KEEP_COMMITS = 3  # older commit records are deleted; readers only use the newest
-
-
-def default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _as_tensor(name: str, x, d: int) -> torch.Tensor:
@@ -89,7 +87,8 @@ class SegmentWriter:
         self._arrays: list[ArraySpec] = schema.arrays()
         self._codec: ChunkCodec = schema.codec
         self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-enc")
-        self._lock = storage.lock(self._prefix)
+        # Where the backend has no lock (object storage), one writer per segment is the caller's promise.
+        self._lock = storage.lock(self._prefix) if storage.supports_lock else None
         self._closed = False
         R = schema.shard_rows
         self._buf = {a.path: np.zeros((R, *a.row_shape), dtype=a.dtype) for a in self._arrays}
@@ -235,10 +234,15 @@ class SegmentWriter:
         if not self._closed:
             self._closed = True
             self._pool.shutdown(wait=True)
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
     def _open_or_create(self):
         st = self.storage
+        # Leftovers of interrupted writes, a resumed segment's or a creation's that never
+        # finished; the segment's lock is held, so none is a live writer's.
+        if st.atomic_rename:
+            st.discard_temporaries(self._prefix)
         if st.exists(f"{self._prefix}/zarr.json"):
             self._resume()
             return
@@ -253,7 +257,6 @@ class SegmentWriter:
 
     def _resume(self):
         st = self.storage
-        st.discard_temporaries(self._prefix)
         commit = load_latest_commit(st, self.segment, self.schema)
         R = self.schema.shard_rows
         if commit is not None:
@@ -274,10 +277,7 @@ class SegmentWriter:
         self._write_shapes(rows)
 
     def _load_partial_shard(self):
-        # Local import: the reader module imports this one's neighbours, not this module.
-        from .reader import SegmentReader
-
-        seg = SegmentReader(self.storage, self.schema, self.segment, self.committed_rows)
+        seg = ChunkReader(self.storage, self.schema, self.segment, self.committed_rows)
         lo = self._shard * self.schema.shard_rows
         for a in self._arrays:
             self._buf[a.path][: self._buf_rows] = seg.read_rows(a, lo, lo + self._buf_rows)

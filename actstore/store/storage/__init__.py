@@ -1,0 +1,44 @@
+"""The one storage layer every store read and write goes through.
+
+``open_storage(location)`` picks the backend from the location; callers never branch on
+the kind of storage, only on its declared capabilities (``supports_lock``,
+``atomic_rename``, ``conditional_put``; see ``_base``). One module per backend:
+
+- ``_local``: a local path or ``file://`` URL (durable puts by fsync + rename, flock).
+- ``_memory``: ``memory://NAME``, a dict in this process (tests, throw-away pipelines).
+
+Object storage (s3://, gs://, ...) will be a third module here; until then such URLs get a
+one-line error rather than a silent local directory named "s3:".
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import StoreError
+from ._base import URL, Blob, Lock, Storage, check_key
+from ._local import LocalStorage
+from ._memory import MemoryStorage, forget, named
+
+__all__ = ["Blob", "Lock", "Storage", "LocalStorage", "MemoryStorage", "check_key", "open_storage", "forget"]
+
+
+def open_storage(location: str | os.PathLike, *, durable: bool = True) -> Storage:
+    """The storage for a local path, a ``file://`` URL or ``memory://NAME``.
+
+    durable: fsync local objects before they are renamed into place (benchmarks of the codec
+        path turn it off; memory is never durable).
+    """
+    loc = os.fspath(location)
+    if loc.startswith("file://"):
+        return LocalStorage(loc[len("file://"):], durable=durable)
+    if loc.startswith("memory://"):
+        name = loc[len("memory://"):]
+        if not name or "/" in name:
+            raise StoreError(f"memory store URL {loc!r} needs one name without '/', like memory://scratch")
+        return named(name)
+    if URL.match(loc):
+        scheme = loc.split("://", 1)[0]
+        raise StoreError(f"unsupported store URL scheme {scheme!r}: only local paths and memory:// are supported so "
+                         "far; copy the store to local disk")
+    return LocalStorage(loc, durable=durable)
