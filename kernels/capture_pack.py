@@ -18,7 +18,7 @@ this module imports nothing from actstore.
 
 Checked against ``actstore.reference.capture_pack`` by tests/test_capture_kernel.py under
 TRITON_INTERPRET=1 on a CPU: fp32/fp16/int8 data and the scales bit-exact, statistics to
-fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (DESIGN.md), so
+fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (docs/ARCHITECTURE.md), so
 there bf16 is checked to one step and fp8 loosely. On a GPU the same test asks all five
 to be bit-exact; it has not yet run on one (see benchmarks/README.md, gpu_session.sh).
 """

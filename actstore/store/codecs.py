@@ -34,7 +34,7 @@ numcodecs.blosc.use_threads = False
 _BLOSC_SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 
 # Blosc's default block size (typesize- and clevel-dependent, ~32-256 KiB) cost both ratio
-# and speed on bf16 activations (DESIGN.md); 1 MiB blocks were best.
+# and speed on bf16 activations (docs/ARCHITECTURE.md); 1 MiB blocks were best.
 BLOCKSIZE = 1 << 20
 
 

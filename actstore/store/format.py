@@ -78,7 +78,7 @@ _BY_NAME = {**{d.logical: d for d in DTYPES.values()}, **DTYPES}
 # Token-aligned columns: name -> stored dtype. Missing values are -1 (token/doc/pos).
 COLUMNS = {"token": "int32", "doc": "int64", "pos": "int32", "flags": "uint8"}
 
-# Inner chunks hold about this many uncompressed bytes (DESIGN.md: ~2 MiB; smaller chunks
+# Inner chunks hold about this many uncompressed bytes (docs/ARCHITECTURE.md: ~2 MiB; smaller chunks
 # pay zarr's ~250 us per-chunk overhead, larger ones waste reads of a few rows).
 CHUNK_BYTES = 2 << 20
 # Inner chunks per shard on local disk: ~128 MiB shard objects, few files.

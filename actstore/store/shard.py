@@ -7,7 +7,7 @@ that was never written has ``(2**64-1, 2**64-1)``.
 
 We write shards ourselves rather than through zarr-python so that a shard is one atomic
 object write (zarr's partial-shard path reads, modifies and writes), and we read them
-ourselves because zarr's whole-array path was 3-7x slower than the codec (DESIGN.md).
+ourselves because zarr's whole-array path was 3-7x slower than the codec (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
