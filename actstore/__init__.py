@@ -8,10 +8,41 @@ from ._version import __version__
 from .api import create, open
 from .capture import CaptureConfig, capture
 from .loader import ActivationDataset, ActivationLoader
-from .store import (FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FORMAT_VERSION, AppendError, CaptureError, CorruptDataError,
-                    FormatVersionError, LoaderError, SegmentWriter, Store, StoreError, UnknownHookError)
+from .store import (
+    FLAG_BOS,
+    FLAG_PAD,
+    FLAG_SPECIAL,
+    FORMAT_VERSION,
+    AppendError,
+    CaptureError,
+    CorruptDataError,
+    FormatVersionError,
+    LoaderError,
+    SegmentWriter,
+    Store,
+    StoreError,
+    UnknownHookError,
+)
 
-__all__ = ["__version__", "create", "open", "capture", "ActivationLoader", "ActivationDataset", "LoaderError", "Store",
-           "SegmentWriter", "StoreError", "AppendError", "CaptureError", "CaptureConfig",
-           "CorruptDataError", "FormatVersionError", "UnknownHookError", "FORMAT_VERSION",
-           "FLAG_BOS", "FLAG_PAD", "FLAG_SPECIAL"]
+__all__ = [
+    "__version__",
+    "create",
+    "open",
+    "capture",
+    "ActivationLoader",
+    "ActivationDataset",
+    "LoaderError",
+    "Store",
+    "SegmentWriter",
+    "StoreError",
+    "AppendError",
+    "CaptureError",
+    "CaptureConfig",
+    "CorruptDataError",
+    "FormatVersionError",
+    "UnknownHookError",
+    "FORMAT_VERSION",
+    "FLAG_BOS",
+    "FLAG_PAD",
+    "FLAG_SPECIAL",
+]

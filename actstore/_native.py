@@ -103,8 +103,7 @@ def _ndarray(obj, fn: str, name: str) -> np.ndarray:
 def _c_contiguous(a: np.ndarray, fn: str, name: str) -> None:
     if not a.flags.c_contiguous:
         raise ValueError(
-            f"{fn}: {name} must be C-contiguous (shape {a.shape}, dtype {a.dtype}); "
-            "pass numpy.ascontiguousarray(...)"
+            f"{fn}: {name} must be C-contiguous (shape {a.shape}, dtype {a.dtype}); pass numpy.ascontiguousarray(...)"
         )
 
 
@@ -115,10 +114,7 @@ def _writeable(a: np.ndarray, fn: str, name: str) -> None:
 
 def _plain_data(a: np.ndarray, fn: str, name: str) -> None:
     if a.dtype.hasobject:
-        raise ValueError(
-            f"{fn}: {name} has dtype {a.dtype}, which holds Python objects; "
-            "only plain data can be copied"
-        )
+        raise ValueError(f"{fn}: {name} has dtype {a.dtype}, which holds Python objects; only plain data can be copied")
 
 
 def _threads(threads, fn: str) -> int:
@@ -131,8 +127,9 @@ def _threads(threads, fn: str) -> int:
 _I16 = (np.dtype(np.uint16), np.dtype(np.int16))
 
 
-def _check_row_arrays(arrays, fn: str, label: str, ref: np.ndarray, ref_name: str, *, writeable: bool,
-                      overlap: str) -> list:
+def _check_row_arrays(
+    arrays, fn: str, label: str, ref: np.ndarray, ref_name: str, *, writeable: bool, overlap: str
+) -> list:
     """Validate a sequence of 2-D row arrays whose rows must be as wide (in bytes) as
     ``ref``'s and must not overlap it; same checks, order and messages as the binding."""
     row_bytes = ref.itemsize * ref.shape[1]
@@ -148,8 +145,10 @@ def _check_row_arrays(arrays, fn: str, label: str, ref: np.ndarray, ref_name: st
         _plain_data(a, fn, name)
         width = a.itemsize * a.shape[1]
         if width != row_bytes:
-            raise ValueError(f"{fn}: {name} rows are {width} bytes ({a.shape[1]} x {a.dtype}) "
-                             f"but {ref_name} rows are {row_bytes} bytes ({ref.shape[1]} x {ref.dtype})")
+            raise ValueError(
+                f"{fn}: {name} rows are {width} bytes ({a.shape[1]} x {a.dtype}) "
+                f"but {ref_name} rows are {row_bytes} bytes ({ref.shape[1]} x {ref.dtype})"
+            )
         if np.may_share_memory(a, ref):
             raise ValueError(overlap.format(fn=fn, name=name))
         checked.append(a)
@@ -166,38 +165,31 @@ def _check_gather(sources, src_ids, rows, out, threads) -> list:
     _c_contiguous(out, fn, "out")
     _writeable(out, fn, "out")
     _plain_data(out, fn, "out")
-    row_bytes = out.itemsize * out.shape[1]
 
     src_ids = _ndarray(src_ids, fn, "src_ids")
     rows = _ndarray(rows, fn, "rows")
     if src_ids.dtype != np.int32 or src_ids.ndim != 1:
-        raise ValueError(
-            f"{fn}: src_ids must be a 1-D int32 array, got dtype {src_ids.dtype} shape {src_ids.shape}"
-        )
+        raise ValueError(f"{fn}: src_ids must be a 1-D int32 array, got dtype {src_ids.dtype} shape {src_ids.shape}")
     if rows.dtype != np.int64 or rows.ndim != 1:
-        raise ValueError(
-            f"{fn}: rows must be a 1-D int64 array, got dtype {rows.dtype} shape {rows.shape}"
-        )
+        raise ValueError(f"{fn}: rows must be a 1-D int64 array, got dtype {rows.dtype} shape {rows.shape}")
     _c_contiguous(src_ids, fn, "src_ids")
     _c_contiguous(rows, fn, "rows")
     n = out.shape[0]
     if src_ids.shape[0] != n or rows.shape[0] != n:
         raise ValueError(
-            f"{fn}: len(src_ids)={src_ids.shape[0]}, len(rows)={rows.shape[0]} "
-            f"and out.shape[0]={n} must be equal"
+            f"{fn}: len(src_ids)={src_ids.shape[0]}, len(rows)={rows.shape[0]} and out.shape[0]={n} must be equal"
         )
 
-    srcs = _check_row_arrays(sources, fn, "sources", out, "out", writeable=False,
-                             overlap="{fn}: out overlaps {name} in memory")
+    srcs = _check_row_arrays(
+        sources, fn, "sources", out, "out", writeable=False, overlap="{fn}: out overlaps {name} in memory"
+    )
 
     if n:
         # Vectorized bounds checks; report the first bad position like the C++ loop.
         bad_src = (src_ids < 0) | (src_ids >= len(srcs))
         if bad_src.any():
             i = int(np.argmax(bad_src))
-            raise IndexError(
-                f"{fn}: src_ids[{i}] = {int(src_ids[i])} is out of range for {len(srcs)} sources"
-            )
+            raise IndexError(f"{fn}: src_ids[{i}] = {int(src_ids[i])} is out of range for {len(srcs)} sources")
         counts = np.fromiter((a.shape[0] for a in srcs), dtype=np.int64, count=len(srcs))
         limit = counts[src_ids]
         bad_row = (rows < 0) | (rows >= limit)
@@ -205,8 +197,7 @@ def _check_gather(sources, src_ids, rows, out, threads) -> list:
             i = int(np.argmax(bad_row))
             s = int(src_ids[i])
             raise IndexError(
-                f"{fn}: rows[{i}] = {int(rows[i])} is out of range for sources[{s}] "
-                f"with {int(counts[s])} rows"
+                f"{fn}: rows[{i}] = {int(rows[i])} is out of range for sources[{s}] with {int(counts[s])} rows"
             )
     return srcs
 
@@ -230,15 +221,27 @@ def _check_convert(x, out, threads, fn, x_dtypes, x_desc, out_dtypes, out_desc) 
 
 def _check_fp32_to_bf16(x, out, threads) -> None:
     _check_convert(
-        x, out, threads, "fp32_to_bf16",
-        (np.dtype(np.float32),), "float32", _I16, "uint16 (or int16) bf16 bits",
+        x,
+        out,
+        threads,
+        "fp32_to_bf16",
+        (np.dtype(np.float32),),
+        "float32",
+        _I16,
+        "uint16 (or int16) bf16 bits",
     )
 
 
 def _check_bf16_to_fp32(x, out, threads) -> None:
     _check_convert(
-        x, out, threads, "bf16_to_fp32",
-        _I16, "uint16 (or int16) bf16 bits", (np.dtype(np.float32),), "float32",
+        x,
+        out,
+        threads,
+        "bf16_to_fp32",
+        _I16,
+        "uint16 (or int16) bf16 bits",
+        (np.dtype(np.float32),),
+        "float32",
     )
 
 
@@ -278,9 +281,7 @@ def gather_rows_numpy(
     return out
 
 
-def fp32_to_bf16_numpy(
-    x: np.ndarray, out: Optional[np.ndarray] = None, threads: int = 0
-) -> np.ndarray:
+def fp32_to_bf16_numpy(x: np.ndarray, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
     """NumPy version of :func:`fp32_to_bf16` (same arguments, result and errors)."""
     if out is None:
         out = np.empty(_shape_of(x, "fp32_to_bf16"), dtype=np.uint16)
@@ -305,17 +306,13 @@ def fp32_to_bf16_numpy(
     return out
 
 
-def bf16_to_fp32_numpy(
-    x: np.ndarray, out: Optional[np.ndarray] = None, threads: int = 0
-) -> np.ndarray:
+def bf16_to_fp32_numpy(x: np.ndarray, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
     """NumPy version of :func:`bf16_to_fp32` (same arguments, result and errors)."""
     if out is None:
         out = np.empty(_shape_of(x, "bf16_to_fp32"), dtype=np.float32)
     _check_bf16_to_fp32(x, out, threads)
     # Exact: a bf16 is the upper 16 bits of a float32.
-    np.left_shift(
-        x.reshape(-1).view(np.uint16), 16, out=out.reshape(-1).view(np.uint32), dtype=np.uint32
-    )
+    np.left_shift(x.reshape(-1).view(np.uint16), 16, out=out.reshape(-1).view(np.uint32), dtype=np.uint32)
     return out
 
 
@@ -328,9 +325,7 @@ def _alloc_gather_out(sources, rows) -> np.ndarray:
     fn = "gather_rows"
     rows = _ndarray(rows, fn, "rows")
     if rows.ndim != 1:
-        raise ValueError(
-            f"{fn}: rows must be a 1-D int64 array, got dtype {rows.dtype} shape {rows.shape}"
-        )
+        raise ValueError(f"{fn}: rows must be a 1-D int64 array, got dtype {rows.dtype} shape {rows.shape}")
     if len(sources) == 0:
         raise ValueError(f"{fn}: sources is empty; pass out= to give the row width and dtype")
     s0 = _ndarray(sources[0], fn, "sources[0]")
@@ -390,21 +385,26 @@ def _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads) -> list:
         raise ValueError(f"{fn}: src must be 2-D (rows, cols), got shape {src.shape}")
     _c_contiguous(src, fn, "src")
     _plain_data(src, fn, "src")
-    row_bytes = src.itemsize * src.shape[1]
-    rows, dst_ids, dst_rows = (_ndarray(rows, fn, "rows"), _ndarray(dst_ids, fn, "dst_ids"),
-                               _ndarray(dst_rows, fn, "dst_rows"))
-    for name, a, dt, desc in (("rows", rows, np.int64, "int64"), ("dst_ids", dst_ids, np.int32, "int32"),
-                              ("dst_rows", dst_rows, np.int64, "int64")):
+    rows, dst_ids, dst_rows = (
+        _ndarray(rows, fn, "rows"),
+        _ndarray(dst_ids, fn, "dst_ids"),
+        _ndarray(dst_rows, fn, "dst_rows"),
+    )
+    for name, a, dt, desc in (
+        ("rows", rows, np.int64, "int64"),
+        ("dst_ids", dst_ids, np.int32, "int32"),
+        ("dst_rows", dst_rows, np.int64, "int64"),
+    ):
         if a.dtype != dt or a.ndim != 1:
             raise ValueError(f"{fn}: {name} must be a 1-D {desc} array, got dtype {a.dtype} shape {a.shape}")
     for name, a in (("rows", rows), ("dst_ids", dst_ids), ("dst_rows", dst_rows)):
         _c_contiguous(a, fn, name)
     n = rows.shape[0]
     if dst_ids.shape[0] != n or dst_rows.shape[0] != n:
-        raise ValueError(f"{fn}: len(rows)={n}, len(dst_ids)={dst_ids.shape[0]} and "
-                         f"len(dst_rows)={dst_rows.shape[0]} must be equal")
-    out = _check_row_arrays(dsts, fn, "dsts", src, "src", writeable=True,
-                            overlap="{fn}: {name} overlaps src in memory")
+        raise ValueError(
+            f"{fn}: len(rows)={n}, len(dst_ids)={dst_ids.shape[0]} and len(dst_rows)={dst_rows.shape[0]} must be equal"
+        )
+    out = _check_row_arrays(dsts, fn, "dsts", src, "src", writeable=True, overlap="{fn}: {name} overlaps src in memory")
     if n:
         bad = (rows < 0) | (rows >= src.shape[0])
         if bad.any():
@@ -419,13 +419,20 @@ def _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads) -> list:
         if bad.any():
             i = int(np.argmax(bad))
             d = int(dst_ids[i])
-            raise IndexError(f"{fn}: dst_rows[{i}] = {int(dst_rows[i])} is out of range for dsts[{d}] "
-                             f"with {int(counts[d])} rows")
+            raise IndexError(
+                f"{fn}: dst_rows[{i}] = {int(dst_rows[i])} is out of range for dsts[{d}] with {int(counts[d])} rows"
+            )
     return out
 
 
-def scatter_rows_numpy(src: np.ndarray, rows: np.ndarray, dsts: Sequence[np.ndarray], dst_ids: np.ndarray,
-                       dst_rows: np.ndarray, threads: int = 0) -> None:
+def scatter_rows_numpy(
+    src: np.ndarray,
+    rows: np.ndarray,
+    dsts: Sequence[np.ndarray],
+    dst_ids: np.ndarray,
+    dst_rows: np.ndarray,
+    threads: int = 0,
+) -> None:
     """NumPy version of :func:`scatter_rows` (same arguments, result and errors)."""
     outs = _check_scatter(src, rows, dsts, dst_ids, dst_rows, threads)
     if rows.size == 0 or src.nbytes == 0:
@@ -436,8 +443,14 @@ def scatter_rows_numpy(src: np.ndarray, rows: np.ndarray, dsts: Sequence[np.ndar
         outs[int(k)].view(np.uint8)[dst_rows[sel]] = src_b[rows[sel]]
 
 
-def scatter_rows(src: np.ndarray, rows: np.ndarray, dsts: Sequence[np.ndarray], dst_ids: np.ndarray,
-                 dst_rows: np.ndarray, threads: int = 0) -> None:
+def scatter_rows(
+    src: np.ndarray,
+    rows: np.ndarray,
+    dsts: Sequence[np.ndarray],
+    dst_ids: np.ndarray,
+    dst_rows: np.ndarray,
+    threads: int = 0,
+) -> None:
     """Scatter rows of one source into several outputs:
     ``dsts[dst_ids[i]][dst_rows[i], :] = src[rows[i], :]``.
 

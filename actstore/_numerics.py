@@ -26,8 +26,9 @@ def check_k(k: int, m: int, name: str = "k") -> None:
         raise ValueError(f"{name}={k} is larger than the number of latents m={m}: use {name} <= {m}")
 
 
-def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
-                    pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+def pre_activations(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(x - pre_bias) @ W_enc.T + b_enc`` -> ``[n, m]`` in the accumulation dtype, for x
     ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]``, pre_bias ``[d]``."""
     acc = acc_dtype(x)

@@ -20,10 +20,20 @@ def open(path: str | os.PathLike, *, threads: int | None = None) -> Store:  # no
     return Store(open_storage(path), threads=threads)
 
 
-def create(path: str | os.PathLike, hooks: dict[str, int] | None = None, *, segment: str | None = None,
-           dtype: str = "bf16", codec: str = "zstd", chunks_per_shard: int | None = None,
-           provenance: dict | None = None, threads: int | None = None,
-           commit_every_shard: bool = True, durable: bool = True, chunk_bytes: int | None = None) -> SegmentWriter:
+def create(
+    path: str | os.PathLike,
+    hooks: dict[str, int] | None = None,
+    *,
+    segment: str | None = None,
+    dtype: str = "bf16",
+    codec: str = "zstd",
+    chunks_per_shard: int | None = None,
+    provenance: dict | None = None,
+    threads: int | None = None,
+    commit_every_shard: bool = True,
+    durable: bool = True,
+    chunk_bytes: int | None = None,
+) -> SegmentWriter:
     """Create (or extend) the store at ``path`` and return a writer for one segment.
 
     hooks: name -> width ``d`` of every hook the store holds. Required for a new store;
@@ -45,8 +55,11 @@ def create(path: str | os.PathLike, hooks: dict[str, int] | None = None, *, segm
     if existing is None:
         if not hooks:
             raise StoreError(f"no store at {storage.url} yet: pass hooks={{name: d}} to create one")
-        prov = {"actstore_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(provenance or {})}
+        prov = {
+            "actstore_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(provenance or {}),
+        }
         kw = {k: v for k, v in (("chunks_per_shard", chunks_per_shard), ("chunk_bytes", chunk_bytes)) if v}
         schema = make_schema(hooks, dtype=dtype, codec=codec, provenance=prov, **kw)
         doc = group_doc({"actstore": schema.to_json()})
@@ -66,7 +79,10 @@ def create(path: str | os.PathLike, hooks: dict[str, int] | None = None, *, segm
             raise StoreError(f"store at {storage.url} holds hooks {have}, you asked for {want}; use another path")
         if dtype != next(iter(schema.hooks.values())).dtype.name or codec != schema.codec_preset:
             held = next(iter(schema.hooks.values())).dtype.name
-            raise StoreError(f"store at {storage.url} is {held}/{schema.codec_preset}, you asked for {dtype}/{codec}; use another path")
+            raise StoreError(
+                f"store at {storage.url} is {held}/{schema.codec_preset}, you asked for {dtype}/{codec}; use "
+                f"another path"
+            )
     name = segment or f"seg-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     return SegmentWriter(storage, schema, name, threads=threads, commit_every_shard=commit_every_shard)
 

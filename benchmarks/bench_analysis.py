@@ -54,8 +54,12 @@ def main() -> None:
         g = np.random.default_rng(0)
         x = g.standard_normal((args.rows, args.d)).astype(np.float32)
         with actstore.create(tmp / "store", {"h": args.d}, segment="a") as w:
-            w.append({"h": x}, tokens=g.integers(0, 50000, args.rows), doc=np.arange(args.rows) // 512,
-                     pos=np.arange(args.rows) % 512)
+            w.append(
+                {"h": x},
+                tokens=g.integers(0, 50000, args.rows),
+                doc=np.arange(args.rows) // 512,
+                pos=np.arange(args.rows) % 512,
+            )
         store = actstore.open(tmp / "store")
         sae = TopKSAE(SAEConfig("topk", args.d, args.m, k=args.k, hook="h")).eval()
         xs = [store.read("h", slice(a, a + args.block)) for a in range(0, args.rows, args.block)]
@@ -80,21 +84,31 @@ def main() -> None:
         def full_run():
             an.run(store, sae, JOBS, tmp / "out", block_rows=args.block)
 
-        times = interleaved({"encode": encode, "read_encode": read_encode, "stats_top_bins": jobs, "run": full_run},
-                            args.repeats, teardown={"run": lambda: shutil.rmtree(tmp / "out", ignore_errors=True)})
+        times = interleaved(
+            {"encode": encode, "read_encode": read_encode, "stats_top_bins": jobs, "run": full_run},
+            args.repeats,
+            teardown={"run": lambda: shutil.rmtree(tmp / "out", ignore_errors=True)},
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {name: {**summary(t), "rows_per_s_median": args.rows / summary(t)["median_s"]} for name, t in times.items()}
     base = res["encode"]["median_s"]
     for name in res:
         res[name]["overhead_vs_encode"] = res[name]["median_s"] / base - 1
-    doc = {"meta": meta, "config": vars(args), "jobs": JOBS, "results": res,
-           "overhead_stats_top_bins_vs_encode": res["stats_top_bins"]["overhead_vs_encode"],
-           "target_overhead": 0.15}
+    doc = {
+        "meta": meta,
+        "config": vars(args),
+        "jobs": JOBS,
+        "results": res,
+        "overhead_stats_top_bins_vs_encode": res["stats_top_bins"]["overhead_vs_encode"],
+        "target_overhead": 0.15,
+    }
     path = write_result(args.out, doc)
     for name, r in res.items():
-        print(f"{name:15s} {r['rows_per_s_median']:>12,.0f} rows/s  median {r['median_s']:.3f}s "
-              f"[{r['min_s']:.3f}, {r['max_s']:.3f}]  overhead {r['overhead_vs_encode']:+.1%}")
+        print(
+            f"{name:15s} {r['rows_per_s_median']:>12,.0f} rows/s  median {r['median_s']:.3f}s "
+            f"[{r['min_s']:.3f}, {r['max_s']:.3f}]  overhead {r['overhead_vs_encode']:+.1%}"
+        )
     print(path)
 
 

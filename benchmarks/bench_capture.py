@@ -16,8 +16,9 @@ Variants (each one a full pass over the same tokens):
 - ``capture_3hooks``: three blocks at once, one forward.
 
 Reported: seconds (median of 5 repeats), tokens/s, and the ratios capture / forward for
-the same depth, both as a ratio of medians and as the median of per-round ratios. With a GPU (``--device cuda``) the same runs use a larger model, and the
-capture kernel's GB/s is timed against a device-to-device copy of the same bytes.
+the same depth, both as a ratio of medians and as the median of per-round ratios. With a
+GPU (``--device cuda``) the same runs use a larger model, and the capture kernel's GB/s
+is timed against a device-to-device copy of the same bytes.
 
     python benchmarks/bench_capture.py            # ~10 min on 2 CPU cores
     python benchmarks/bench_capture.py --quick    # smoke run
@@ -55,8 +56,9 @@ def build_model(n_layer, d, device, dtype):
 
 def kernel_bandwidth(d: int, rows: int, device) -> dict:
     """GPU only: capture kernel (bf16 out, stats) against a device copy of the same bytes."""
-    from actstore.ops import capture_pack
     from triton.testing import do_bench
+
+    from actstore.ops import capture_pack
 
     x = torch.randn(rows, d, device=device, dtype=torch.bfloat16)
     keep = torch.rand(rows, device=device) > 0.05
@@ -109,13 +111,15 @@ def main():
         def run():
             h = None
             if stop_at is not None:
+
                 def raise_(*_):
                     raise _Stop
+
                 h = model.h[stop_at].register_forward_hook(raise_)
             try:
                 with torch.inference_mode():
                     for i in range(0, seqs, bs):
-                        x = torch.from_numpy(ids[i:i + bs]).to(dev)
+                        x = torch.from_numpy(ids[i : i + bs]).to(dev)
                         try:
                             model(input_ids=x)
                         except _Stop:
@@ -124,6 +128,7 @@ def main():
             finally:
                 if h is not None:
                     h.remove()
+
         return run
 
     summaries = {}
@@ -132,16 +137,31 @@ def main():
         path = os.path.join(scratch, name)
 
         def run():
-            summaries[name] = actstore.capture(model, hooks, ids, path, context=a.context, batch_size=bs,
-                                               bos="none", eos="none", progress=False, device=dev, **kw)
+            summaries[name] = actstore.capture(
+                model,
+                hooks,
+                ids,
+                path,
+                context=a.context,
+                batch_size=bs,
+                bos="none",
+                eos="none",
+                progress=False,
+                device=dev,
+                **kw,
+            )
             sync()
+
         return run, lambda: shutil.rmtree(path, ignore_errors=True)
 
     variants = {"forward_full": forward(), f"forward_to_{mid}": forward(mid)}
     setup = {}
-    for name, hooks, kw in [("capture_last", f"h.{n_layer - 1}", {}), ("capture_mid", f"h.{mid}", {}),
-                            ("capture_mid_nostop", f"h.{mid}", {"stop_early": False}),
-                            ("capture_3hooks", f"h.{mid // 2},h.{mid},h.{n_layer - 1}", {})]:
+    for name, hooks, kw in [
+        ("capture_last", f"h.{n_layer - 1}", {}),
+        ("capture_mid", f"h.{mid}", {}),
+        ("capture_mid_nostop", f"h.{mid}", {"stop_early": False}),
+        ("capture_3hooks", f"h.{mid // 2},h.{mid},h.{n_layer - 1}", {}),
+    ]:
         run, clean = capture(name, hooks, **kw)
         variants[name] = run
         setup[name] = clean
@@ -150,11 +170,13 @@ def main():
     shutil.rmtree(scratch, ignore_errors=True) if a.dir is None else None
     res = {k: {**summary(v), "tokens_per_s": tokens / summary(v)["median_s"]} for k, v in times.items()}
     med = {k: v["median_s"] for k, v in res.items()}
-    pairs = {"capture_last_over_forward_full": ("capture_last", "forward_full"),
-             "capture_3hooks_over_forward_full": ("capture_3hooks", "forward_full"),
-             f"capture_mid_over_forward_to_{mid}": ("capture_mid", f"forward_to_{mid}"),
-             "capture_mid_over_forward_full": ("capture_mid", "forward_full"),
-             "capture_mid_over_capture_mid_nostop": ("capture_mid", "capture_mid_nostop")}
+    pairs = {
+        "capture_last_over_forward_full": ("capture_last", "forward_full"),
+        "capture_3hooks_over_forward_full": ("capture_3hooks", "forward_full"),
+        f"capture_mid_over_forward_to_{mid}": ("capture_mid", f"forward_to_{mid}"),
+        "capture_mid_over_forward_full": ("capture_mid", "forward_full"),
+        "capture_mid_over_capture_mid_nostop": ("capture_mid", "capture_mid_nostop"),
+    }
     ratios = {k: med[a] / med[b] for k, (a, b) in pairs.items()}
     # The median of per-round ratios: the two variants of a pair ran seconds apart in every
     # round, so this moves less when another job takes a core for part of the run.
@@ -164,18 +186,37 @@ def main():
     print(f"{'ratio':<40} {'of medians':>10} {'paired median':>14}")
     for k, v in ratios.items():
         print(f"{k:<40} {v:>10.3f} {paired[k]:>14.3f}")
-    doc = {"meta": meta, "benchmark": "capture_overhead", "device": str(dev),
-           "model": {"arch": "GPT2Model (random weights, from config)", "n_layer": n_layer, "d_model": d,
-                     "dtype": str(mdtype), "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
-                                                                       if "wte" not in n and "wpe" not in n)},
-           "tokens": tokens, "context": a.context, "batch_size": bs, "hook_mid": f"h.{mid}",
-           "store": {"dtype": "bf16", "codec": "zstd", "durable": True},
-           "results_seconds_and_tokens_per_s": res, "ratios": ratios, "ratios_paired_median": paired,
-           "seconds_per_round": times,
-           "capture_summaries": {k: {kk: v[kk] for kk in ("rows_this_run", "bytes_written", "store_wait_seconds",
-                                                          "forward_seconds", "capture_seconds")}
-                                 for k, v in summaries.items()},
-           "wall_s": time.perf_counter() - t0}
+    doc = {
+        "meta": meta,
+        "benchmark": "capture_overhead",
+        "device": str(dev),
+        "model": {
+            "arch": "GPT2Model (random weights, from config)",
+            "n_layer": n_layer,
+            "d_model": d,
+            "dtype": str(mdtype),
+            "non_embedding_params": sum(
+                p.numel() for n, p in model.named_parameters() if "wte" not in n and "wpe" not in n
+            ),
+        },
+        "tokens": tokens,
+        "context": a.context,
+        "batch_size": bs,
+        "hook_mid": f"h.{mid}",
+        "store": {"dtype": "bf16", "codec": "zstd", "durable": True},
+        "results_seconds_and_tokens_per_s": res,
+        "ratios": ratios,
+        "ratios_paired_median": paired,
+        "seconds_per_round": times,
+        "capture_summaries": {
+            k: {
+                kk: v[kk]
+                for kk in ("rows_this_run", "bytes_written", "store_wait_seconds", "forward_seconds", "capture_seconds")
+            }
+            for k, v in summaries.items()
+        },
+        "wall_s": time.perf_counter() - t0,
+    }
     if gpu:
         doc["kernel"] = kernel_bandwidth(d, bs * a.context, dev)
         print(doc["kernel"])

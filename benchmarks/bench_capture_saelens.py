@@ -68,14 +68,12 @@ from unittest import mock  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
-
 import sae_lens.cache_activations_runner as sl_runner  # noqa: E402
+import torch  # noqa: E402
 from sae_lens import CacheActivationsRunnerConfig  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 import actstore  # noqa: E402
 
@@ -88,8 +86,19 @@ QUICK_SEQUENCES = 64
 WARMUP_SEQUENCES = 32
 CHECK_SEQS = 2  # sequences compared against run_with_cache
 SEED = 0
-MODEL_CFG = dict(n_layers=4, d_model=512, n_heads=8, d_head=64, d_mlp=2048, n_ctx=CONTEXT, d_vocab=5000,
-                 act_fn="gelu", normalization_type="LN", seed=SEED, device="cpu")
+MODEL_CFG = dict(
+    n_layers=4,
+    d_model=512,
+    n_heads=8,
+    d_head=64,
+    d_mlp=2048,
+    n_ctx=CONTEXT,
+    d_vocab=5000,
+    act_fn="gelu",
+    normalization_type="LN",
+    seed=SEED,
+    device="cpu",
+)
 VARIANTS = ("saelens_fp32", "actstore_fp32", "actstore_bf16", "forward_only")
 
 
@@ -110,6 +119,7 @@ def dir_bytes(path: Path) -> int:
 
 # --- the three ways of running the model ------------------------------------------------
 
+
 def saelens_config(tokens: np.ndarray, out: Path, d_in: int) -> CacheActivationsRunnerConfig:
     """A CacheActivationsRunnerConfig whose single buffer holds exactly the token budget."""
     n_tokens = tokens.size
@@ -117,9 +127,18 @@ def saelens_config(tokens: np.ndarray, out: Path, d_in: int) -> CacheActivations
     cfg = CacheActivationsRunnerConfig(
         dataset_path="in-memory/random-token-ids",  # never loaded: override_dataset is given
         model_name="random-init-hooked-transformer",  # never loaded: load_model is patched
-        model_class_name="HookedTransformer", hook_name=HOOK, d_in=d_in, training_tokens=n_tokens,
-        context_size=CONTEXT, model_batch_size=BATCH_SEQS, new_cached_activations_path=str(out),
-        shuffle=False, dtype="float32", device="cpu", prepend_bos=False, streaming=False,
+        model_class_name="HookedTransformer",
+        hook_name=HOOK,
+        d_in=d_in,
+        training_tokens=n_tokens,
+        context_size=CONTEXT,
+        model_batch_size=BATCH_SEQS,
+        new_cached_activations_path=str(out),
+        shuffle=False,
+        dtype="float32",
+        device="cpu",
+        prepend_bos=False,
+        streaming=False,
         # Half a token of slack so that float rounding cannot drop the last batch.
         buffer_size_gb=(n_tokens * bytes_per_token + bytes_per_token // 2) / 1e9,
     )
@@ -141,22 +160,46 @@ def run_saelens(model, tokens: np.ndarray, ds: datasets.Dataset, out: Path) -> d
 
 def run_actstore(model, tokens: np.ndarray, out: Path, dtype: str) -> dict:
     t0 = time.perf_counter()
-    s = actstore.capture(model, HOOK, tokens, str(out), context=CONTEXT, batch_size=BATCH_SEQS, dtype=dtype,
-                         progress=False, bos="none", eos="none")
+    s = actstore.capture(
+        model,
+        HOOK,
+        tokens,
+        str(out),
+        context=CONTEXT,
+        batch_size=BATCH_SEQS,
+        dtype=dtype,
+        progress=False,
+        bos="none",
+        eos="none",
+    )
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "summary": {k: s[k] for k in ("rows_this_run", "capture_seconds", "forward_seconds", "seconds",
-                                                          "tokens_per_s", "bytes_written", "store_wait_seconds")}}
+    return {
+        "wall_s": wall,
+        "summary": {
+            k: s[k]
+            for k in (
+                "rows_this_run",
+                "capture_seconds",
+                "forward_seconds",
+                "seconds",
+                "tokens_per_s",
+                "bytes_written",
+                "store_wait_seconds",
+            )
+        },
+    }
 
 
 def run_forward(model, tokens: np.ndarray) -> dict:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(tokens), BATCH_SEQS):
-            model(torch.from_numpy(tokens[lo:lo + BATCH_SEQS]), stop_at_layer=STOP_AT_LAYER)
+            model(torch.from_numpy(tokens[lo : lo + BATCH_SEQS]), stop_at_layer=STOP_AT_LAYER)
     return {"wall_s": time.perf_counter() - t0}
 
 
 # --- checks -----------------------------------------------------------------------------
+
 
 def reference_acts(model, tokens: np.ndarray) -> torch.Tensor:
     with torch.inference_mode():
@@ -167,9 +210,15 @@ def reference_acts(model, tokens: np.ndarray) -> torch.Tensor:
 def compare(got: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> dict:
     got = got.float()
     err = (got - ref).abs()
-    return {"rows_compared": int(ref.shape[0]), "allclose": bool(torch.allclose(got, ref, rtol=rtol, atol=atol)),
-            "rtol": rtol, "atol": atol, "max_abs_err": float(err.max()),
-            "max_rel_err": float((err / ref.abs().clamp_min(1e-6)).max()), "bit_exact": bool(torch.equal(got, ref))}
+    return {
+        "rows_compared": int(ref.shape[0]),
+        "allclose": bool(torch.allclose(got, ref, rtol=rtol, atol=atol)),
+        "rtol": rtol,
+        "atol": atol,
+        "max_abs_err": float(err.max()),
+        "max_rel_err": float((err / ref.abs().clamp_min(1e-6)).max()),
+        "bit_exact": bool(torch.equal(got, ref)),
+    }
 
 
 def check_actstore(out: Path, tokens: np.ndarray, ref: torch.Tensor, dtype: str) -> dict:
@@ -180,10 +229,14 @@ def check_actstore(out: Path, tokens: np.ndarray, ref: torch.Tensor, dtype: str)
         rows = s.rows
     # fp32: other batch shapes may change the last bits of the model's output; bf16 keeps
     # 8 significant bits, so rounding to nearest is off by at most 2^-8 of the value.
-    rtol, atol = (1e-5, 1e-5) if dtype == "fp32" else (2.0 ** -8, 1e-5)
-    out = {"tokens_stored": rows, "tokens_expected": int(tokens.size), "token_count_ok": rows == tokens.size,
-           "token_ids_match_input": bool(np.array_equal(tok, tokens.reshape(-1))),
-           f"first_{n}_rows_vs_run_with_cache": compare(got, ref, rtol, atol)}
+    rtol, atol = (1e-5, 1e-5) if dtype == "fp32" else (2.0**-8, 1e-5)
+    out = {
+        "tokens_stored": rows,
+        "tokens_expected": int(tokens.size),
+        "token_count_ok": rows == tokens.size,
+        "token_ids_match_input": bool(np.array_equal(tok, tokens.reshape(-1))),
+        f"first_{n}_rows_vs_run_with_cache": compare(got, ref, rtol, atol),
+    }
     if dtype == "bf16":
         out[f"first_{n}_rows_equal_run_with_cache_rounded_to_bf16"] = bool(torch.equal(got, ref.bfloat16().float()))
     return out
@@ -195,15 +248,22 @@ def check_saelens(out: Path, tokens: np.ndarray, ref: torch.Tensor) -> dict:
     head = ds[:CHECK_SEQS]
     n_tok = len(ds) * CONTEXT
     ids = np.concatenate([np.asarray(r) for r in ds.with_format("numpy")["token_ids"]]).reshape(-1)
-    return {"tokens_stored": n_tok, "tokens_expected": int(tokens.size), "token_count_ok": n_tok == tokens.size,
-            "token_ids_match_input": bool(np.array_equal(ids, tokens.reshape(-1))),
-            "stored_dtype": str(ds.features[HOOK].dtype), "stored_shape_per_row": list(ds.features[HOOK].shape),
-            "columns": ds.column_names,
-            f"first_{CHECK_SEQS * CONTEXT}_rows_vs_run_with_cache":
-                compare(head[HOOK].reshape(CHECK_SEQS * CONTEXT, -1), ref, 1e-5, 1e-5)}
+    return {
+        "tokens_stored": n_tok,
+        "tokens_expected": int(tokens.size),
+        "token_count_ok": n_tok == tokens.size,
+        "token_ids_match_input": bool(np.array_equal(ids, tokens.reshape(-1))),
+        "stored_dtype": str(ds.features[HOOK].dtype),
+        "stored_shape_per_row": list(ds.features[HOOK].shape),
+        "columns": ds.column_names,
+        f"first_{CHECK_SEQS * CONTEXT}_rows_vs_run_with_cache": compare(
+            head[HOOK].reshape(CHECK_SEQS * CONTEXT, -1), ref, 1e-5, 1e-5
+        ),
+    }
 
 
 # --- main -------------------------------------------------------------------------------
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -218,7 +278,9 @@ def main(argv=None) -> int:
         ap.error(f"--sequences must be a multiple of {BATCH_SEQS} (SAELens caches whole batches)")
 
     meta = C.metadata()
-    meta["versions"].update({k.replace("-", "_"): C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")})
+    meta["versions"].update(
+        {k.replace("-", "_"): C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")}
+    )
     meta["machine"]["torch_threads"] = torch.get_num_threads()
     datasets.disable_progress_bars()
 
@@ -227,13 +289,18 @@ def main(argv=None) -> int:
     n_tokens = tokens.size
     d = model.cfg.d_model
     warm_tokens = tokens[:WARMUP_SEQUENCES]
-    print(f"model: {MODEL_CFG['n_layers']} layers, d_model {d}, d_vocab {MODEL_CFG['d_vocab']}, fp32, random init; "
-          f"hook {HOOK}; {n_seq} x {CONTEXT} = {n_tokens:,} tokens; batch {BATCH_SEQS}; "
-          f"torch threads {torch.get_num_threads()}; {repeats} timed runs each", flush=True)
+    print(
+        f"model: {MODEL_CFG['n_layers']} layers, d_model {d}, d_vocab {MODEL_CFG['d_vocab']}, fp32, random init; "
+        f"hook {HOOK}; {n_seq} x {CONTEXT} = {n_tokens:,} tokens; batch {BATCH_SEQS}; "
+        f"torch threads {torch.get_num_threads()}; {repeats} timed runs each",
+        flush=True,
+    )
 
     def as_dataset(t: np.ndarray) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"input_ids": t.tolist()},
-                                          features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64"))}))
+        return datasets.Dataset.from_dict(
+            {"input_ids": t.tolist()},
+            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64"))}),
+        )
 
     ds_full, ds_warm = as_dataset(tokens), as_dataset(warm_tokens)
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="actstore-bench-capture-"))
@@ -241,6 +308,7 @@ def main(argv=None) -> int:
     outs = {v: scratch / v for v in VARIANTS if v != "forward_only"}
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     try:
+
         def fresh(path: Path):
             shutil.rmtree(path, ignore_errors=True)
             os.sync()  # no variant pays for another's writeback
@@ -273,30 +341,50 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    stored_dtype = {"saelens_fp32": checks["saelens_fp32"]["stored_dtype"], "actstore_fp32": "fp32",
-                    "actstore_bf16": "bf16", "forward_only": None}
+    stored_dtype = {
+        "saelens_fp32": checks["saelens_fp32"]["stored_dtype"],
+        "actstore_fp32": "fp32",
+        "actstore_bf16": "bf16",
+        "forward_only": None,
+    }
     figures = {}
     for name in VARIANTS:
         walls = [r["wall_s"] for r in runs[name]]
         best = min(range(len(walls)), key=walls.__getitem__)
-        f = {"tokens_per_s": n_tokens / walls[best], "wall_s_best": walls[best], "wall_s_all": walls,
-             "tokens_per_s_median": n_tokens / statistics.median(walls),
-             "tokens_per_s_all": [n_tokens / w for w in walls], "stored_dtype": stored_dtype[name]}
+        f = {
+            "tokens_per_s": n_tokens / walls[best],
+            "wall_s_best": walls[best],
+            "wall_s_all": walls,
+            "tokens_per_s_median": n_tokens / statistics.median(walls),
+            "tokens_per_s_all": [n_tokens / w for w in walls],
+            "stored_dtype": stored_dtype[name],
+        }
         if name in outs:
             tok_stored = checks[name]["tokens_stored"]
-            f.update({"bytes_on_disk": on_disk[name], "tokens_stored": tok_stored,
-                      "bytes_per_token": on_disk[name] / tok_stored,
-                      "activation_bytes_per_token_uncompressed": d * (2 if name == "actstore_bf16" else 4)})
+            f.update(
+                {
+                    "bytes_on_disk": on_disk[name],
+                    "tokens_stored": tok_stored,
+                    "bytes_per_token": on_disk[name] / tok_stored,
+                    "activation_bytes_per_token_uncompressed": d * (2 if name == "actstore_bf16" else 4),
+                }
+            )
         if name == "saelens_fp32":
-            f.update({"runner_setup_s_best_run": runs[name][best]["setup_s"], "run_s_best_run": runs[name][best]["run_s"]})
+            f.update(
+                {"runner_setup_s_best_run": runs[name][best]["setup_s"], "run_s_best_run": runs[name][best]["run_s"]}
+            )
         if name.startswith("actstore_"):
             sm = runs[name][best]["summary"]
-            f.update({"actstore_reported_tokens_per_s_best_run": sm["tokens_per_s"],
-                      "actstore_reported_capture_s_best_run": sm["capture_seconds"],
-                      "actstore_reported_forward_s_best_run": sm["forward_seconds"],
-                      "actstore_reported_store_wait_s_best_run": sm["store_wait_seconds"],
-                      "actstore_reported_bytes_written_best_run": sm["bytes_written"],
-                      "summaries_all": [r["summary"] for r in runs[name]]})
+            f.update(
+                {
+                    "actstore_reported_tokens_per_s_best_run": sm["tokens_per_s"],
+                    "actstore_reported_capture_s_best_run": sm["capture_seconds"],
+                    "actstore_reported_forward_s_best_run": sm["forward_seconds"],
+                    "actstore_reported_store_wait_s_best_run": sm["store_wait_seconds"],
+                    "actstore_reported_bytes_written_best_run": sm["bytes_written"],
+                    "summaries_all": [r["summary"] for r in runs[name]],
+                }
+            )
         figures[name] = f
 
     sl = figures["saelens_fp32"]
@@ -305,40 +393,67 @@ def main(argv=None) -> int:
         a = figures[f"actstore_{dt}"]
         ratios[f"actstore_{dt}_vs_saelens"] = {
             "tokens_per_s_actstore_over_saelens": a["tokens_per_s"] / sl["tokens_per_s"],
-            "bytes_per_token_saelens_over_actstore": sl["bytes_per_token"] / a["bytes_per_token"]}
+            "bytes_per_token_saelens_over_actstore": sl["bytes_per_token"] / a["bytes_per_token"],
+        }
     for name in VARIANTS[:-1]:
-        ratios[f"{name}_tokens_per_s_over_forward_only"] = figures[name]["tokens_per_s"] / figures["forward_only"]["tokens_per_s"]
+        ratios[f"{name}_tokens_per_s_over_forward_only"] = (
+            figures[name]["tokens_per_s"] / figures["forward_only"]["tokens_per_s"]
+        )
 
     doc = {
         "benchmark": "capture_saelens",
         "meta": meta,
         "config": {
-            "quick": args.quick, "repeats": repeats, "statistic": "best (shortest) of the timed runs; runs interleaved "
-                                                                 "round-robin, order rotating each round, after an untimed warm-up",
-            "warmup_tokens": int(warm_tokens.size), "tokens": n_tokens, "sequences": n_seq, "context": CONTEXT,
-            "batch_size_sequences": BATCH_SEQS, "hook": HOOK, "d": d, "stop_at_layer": STOP_AT_LAYER,
-            "model": {"class": "transformer_lens.HookedTransformer", "weights": f"random init, seed {SEED}", "dtype": "fp32",
-                      **{k: v for k, v in MODEL_CFG.items() if k != "device"}},
+            "quick": args.quick,
+            "repeats": repeats,
+            "statistic": "best (shortest) of the timed runs; runs interleaved "
+            "round-robin, order rotating each round, after an untimed warm-up",
+            "warmup_tokens": int(warm_tokens.size),
+            "tokens": n_tokens,
+            "sequences": n_seq,
+            "context": CONTEXT,
+            "batch_size_sequences": BATCH_SEQS,
+            "hook": HOOK,
+            "d": d,
+            "stop_at_layer": STOP_AT_LAYER,
+            "model": {
+                "class": "transformer_lens.HookedTransformer",
+                "weights": f"random init, seed {SEED}",
+                "dtype": "fp32",
+                **{k: v for k, v in MODEL_CFG.items() if k != "device"},
+            },
             "tokens_source": f"uniform random ids in [0, {MODEL_CFG['d_vocab']}), numpy default_rng({SEED}), int64",
-            "saelens": {"runner": "sae_lens.CacheActivationsRunner(cfg, override_dataset=datasets.Dataset({'input_ids': ...}))",
-                        "load_model": "sae_lens.cache_activations_runner.load_model patched to return the shared model",
-                        "dtype": "float32", "shuffle": False, "prepend_bos": False, "model_batch_size": BATCH_SEQS,
-                        "training_tokens": n_tokens, "buffer": "one buffer of exactly training_tokens "
-                                                               "(buffer_size_gb = tokens x d x 4 B / 1e9, plus half a token)",
-                        "writes": "datasets Arrow files: activations [context, d] float32 + token_ids int32 per sequence; "
-                                  "no fsync"},
-            "actstore": {"call": "actstore.capture(model, hook, int64 array [sequences, 128], out, context=128, "
-                                 "batch_size=32, dtype=..., progress=False, bos='none', eos='none')",
-                         "codec": "zstd (default)", "durable": "True (default: fsync on commit)"},
-            "forward_only": f"model(tokens, stop_at_layer={STOP_AT_LAYER}) under torch.inference_mode, batches of {BATCH_SEQS}",
-            "output_dir": "a temporary directory on the same file system as /tmp; emptied and os.sync()'ed before each run",
+            "saelens": {
+                "runner": "sae_lens.CacheActivationsRunner(cfg, override_dataset=datasets.Dataset({'input_ids': ...}))",
+                "load_model": "sae_lens.cache_activations_runner.load_model patched to return the shared model",
+                "dtype": "float32",
+                "shuffle": False,
+                "prepend_bos": False,
+                "model_batch_size": BATCH_SEQS,
+                "training_tokens": n_tokens,
+                "buffer": "one buffer of exactly training_tokens "
+                "(buffer_size_gb = tokens x d x 4 B / 1e9, plus half a token)",
+                "writes": "datasets Arrow files: activations [context, d] float32 + token_ids int32 per sequence; "
+                "no fsync",
+            },
+            "actstore": {
+                "call": "actstore.capture(model, hook, int64 array [sequences, 128], out, context=128, "
+                "batch_size=32, dtype=..., progress=False, bos='none', eos='none')",
+                "codec": "zstd (default)",
+                "durable": "True (default: fsync on commit)",
+            },
+            "forward_only": f"model(tokens, stop_at_layer={STOP_AT_LAYER}) under torch.inference_mode, batches "
+            f"of {BATCH_SEQS}",
+            "output_dir": "a temporary directory on the same file system as /tmp; emptied and os.sync()'ed "
+            "before each run",
             "files_written_last_run": files,
         },
         "units": {
             "tokens_per_s": "tokens captured (or run, for forward_only) per second of wall time of the whole call, "
-                            "best run",
+            "best run",
             "tokens_per_s_median": "the same for the median run",
-            "*_s*": "seconds", "bytes_per_token": "bytes of all files in the output directory / tokens stored",
+            "*_s*": "seconds",
+            "bytes_per_token": "bytes of all files in the output directory / tokens stored",
             "activation_bytes_per_token_uncompressed": "d x itemsize of the stored dtype",
             "tokens_per_s_actstore_over_saelens": "throughput ratio (higher is better for actstore)",
             "bytes_per_token_saelens_over_actstore": "size ratio (higher is better for actstore)",
@@ -355,21 +470,32 @@ def main(argv=None) -> int:
     tab = []
     for name in VARIANTS:
         f = figures[name]
-        tab.append([name, f["stored_dtype"] or "-", f"{f['tokens_per_s']:,.0f}", f"{f['wall_s_best']:.2f}",
-                    f"{f['bytes_per_token']:.1f}" if "bytes_per_token" in f else "-",
-                    f"{ratios[name + '_tokens_per_s_over_forward_only']:.2f}" if name != "forward_only" else "1.00"])
+        tab.append(
+            [
+                name,
+                f["stored_dtype"] or "-",
+                f"{f['tokens_per_s']:,.0f}",
+                f"{f['wall_s_best']:.2f}",
+                f"{f['bytes_per_token']:.1f}" if "bytes_per_token" in f else "-",
+                f"{ratios[name + '_tokens_per_s_over_forward_only']:.2f}" if name != "forward_only" else "1.00",
+            ]
+        )
     print(C.fmt_table(tab, ["variant", "stored", "tokens/s", "wall s", "bytes/token", "x forward"]))
     print()
     for dt in ("fp32", "bf16"):
         r = ratios[f"actstore_{dt}_vs_saelens"]
-        print(f"actstore {dt} vs SAELens: tokens/s x{r['tokens_per_s_actstore_over_saelens']:.2f}, "
-              f"bytes/token SAELens/actstore x{r['bytes_per_token_saelens_over_actstore']:.2f}")
+        print(
+            f"actstore {dt} vs SAELens: tokens/s x{r['tokens_per_s_actstore_over_saelens']:.2f}, "
+            f"bytes/token SAELens/actstore x{r['bytes_per_token_saelens_over_actstore']:.2f}"
+        )
     ok = []
     for name, c in checks.items():
         cmp = next(v for k, v in c.items() if k.endswith("_vs_run_with_cache"))
-        ok.append(f"{name}: tokens {c['tokens_stored']:,}/{c['tokens_expected']:,}, ids "
-                  f"{'match' if c['token_ids_match_input'] else 'DIFFER'}, first rows "
-                  f"{'allclose' if cmp['allclose'] else 'NOT CLOSE'} (max abs err {cmp['max_abs_err']:.2g})")
+        ok.append(
+            f"{name}: tokens {c['tokens_stored']:,}/{c['tokens_expected']:,}, ids "
+            f"{'match' if c['token_ids_match_input'] else 'DIFFER'}, first rows "
+            f"{'allclose' if cmp['allclose'] else 'NOT CLOSE'} (max abs err {cmp['max_abs_err']:.2g})"
+        )
     print("checks: " + "; ".join(ok))
     print(f"wrote {path}")
     return 0

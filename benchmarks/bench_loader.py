@@ -81,7 +81,6 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zarr  # noqa: E402
@@ -100,8 +99,8 @@ QUICK_BUFFER_ROWS = 16384
 
 # --- the baselines' shuffled-window loop -------------------------------------------------
 
-def windowed_batches(read_chunk, n: int, chunk_rows: int, buffer_rows: int, batch: int, seed: int,
-                     track: bool = False):
+
+def windowed_batches(read_chunk, n: int, chunk_rows: int, buffer_rows: int, batch: int, seed: int, track: bool = False):
     """Yield shuffled batches: chunks in a seeded random order, ``buffer_rows // chunk_rows``
     chunks at a time concatenated and permuted in memory, batches cut by fancy indexing.
     Rows left at the end of a window are carried into the next; the last batch may be short.
@@ -112,7 +111,7 @@ def windowed_batches(read_chunk, n: int, chunk_rows: int, buffer_rows: int, batc
     per_window = max(1, buffer_rows // chunk_rows)
     rest = rest_idx = None
     for w in range(0, n_chunks, per_window):
-        ids = order[w:w + per_window]
+        ids = order[w : w + per_window]
         parts = [read_chunk(int(c)) for c in ids]
         if rest is not None:
             parts.insert(0, rest)
@@ -125,7 +124,7 @@ def windowed_batches(read_chunk, n: int, chunk_rows: int, buffer_rows: int, batc
         perm = rng.permutation(len(buf))
         full = len(buf) // batch * batch
         for b in range(0, full, batch):
-            sel = perm[b:b + batch]
+            sel = perm[b : b + batch]
             yield (buf[sel], ibuf[sel]) if track else buf[sel]
         rest = buf[perm[full:]]
         if track:
@@ -135,6 +134,7 @@ def windowed_batches(read_chunk, n: int, chunk_rows: int, buffer_rows: int, batc
 
 
 # --- shuffle quality ----------------------------------------------------------------------
+
 
 def shuffle_quality(doc_batches: list[np.ndarray]) -> dict:
     """Mean distinct documents per batch, lag-1 Pearson correlation of document ids between
@@ -156,7 +156,9 @@ def row_hashes(bits: np.ndarray) -> np.ndarray:
     fixed odd weights, summed modulo 2^64): equal rows give equal hashes."""
     bits = np.ascontiguousarray(bits)
     words = bits.view(np.uint64).reshape(bits.shape[0], -1)
-    w = (np.random.default_rng(12345).integers(0, 2**63, size=words.shape[1], dtype=np.uint64) * 2 + 1).astype(np.uint64)
+    w = (np.random.default_rng(12345).integers(0, 2**63, size=words.shape[1], dtype=np.uint64) * 2 + 1).astype(
+        np.uint64
+    )
     with np.errstate(over="ignore"):
         return (words * w).sum(axis=1, dtype=np.uint64)
 
@@ -166,6 +168,7 @@ def bf16_bits(t: torch.Tensor) -> np.ndarray:
 
 
 # --- SAELens ----------------------------------------------------------------------------
+
 
 def saelens_write_cache(out: Path, hook: str, acts: torch.Tensor, token_ids: torch.Tensor):
     """Write ``acts`` ``[n, d]`` as a CacheActivationsRunner cache, with the runner's own
@@ -177,16 +180,32 @@ def saelens_write_cache(out: Path, hook: str, acts: torch.Tensor, token_ids: tor
 
     n, d = acts.shape
     cfg = CacheActivationsRunnerConfig(
-        dataset_path="in-memory/minilm-windows", model_name="precomputed-minilm", model_class_name="HookedTransformer",
-        hook_name=hook, d_in=d, training_tokens=n, context_size=SL_CONTEXT, model_batch_size=SL_SEQS_PER_READ,
-        new_cached_activations_path=str(out), shuffle=False, dtype="float32", device="cpu", prepend_bos=False,
-        streaming=False, buffer_size_gb=(n * d * 4 + d * 2) / 1e9)  # one buffer of exactly n rows
+        dataset_path="in-memory/minilm-windows",
+        model_name="precomputed-minilm",
+        model_class_name="HookedTransformer",
+        hook_name=hook,
+        d_in=d,
+        training_tokens=n,
+        context_size=SL_CONTEXT,
+        model_batch_size=SL_SEQS_PER_READ,
+        new_cached_activations_path=str(out),
+        shuffle=False,
+        dtype="float32",
+        device="cpu",
+        prepend_bos=False,
+        streaming=False,
+        buffer_size_gb=(n * d * 4 + d * 2) / 1e9,
+    )  # one buffer of exactly n rows
     assert cfg.n_buffers == 1 and cfg.n_tokens_in_buffer == n, (cfg.n_buffers, cfg.n_tokens_in_buffer, n)
     runner = object.__new__(R.CacheActivationsRunner)  # skips __init__: it would load a model by name
     runner.cfg = cfg
     runner.context_size = SL_CONTEXT
-    runner.features = Features({hook: Array2D(shape=(SL_CONTEXT, d), dtype="float32"),
-                                "token_ids": Sequence(Value(dtype="int32"), length=SL_CONTEXT)})
+    runner.features = Features(
+        {
+            hook: Array2D(shape=(SL_CONTEXT, d), dtype="float32"),
+            "token_ids": Sequence(Value(dtype="int32"), length=SL_CONTEXT),
+        }
+    )
     tmp = out / ".tmp_shards"
     tmp.mkdir(parents=True)
     runner._create_shard((acts, token_ids)).save_to_disk(f"{tmp}/shard_00000", num_shards=1)
@@ -201,22 +220,37 @@ def saelens_store(path: Path, hook: str, d: int, n: int, batch: int, buffer_rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = LanguageModelSAERunnerConfig(
-            sae=StandardTrainingSAEConfig(d_in=d, d_sae=4 * d), model_name="precomputed-minilm", hook_name=hook,
-            dataset_path="in-memory/minilm-windows", is_dataset_tokenized=True, context_size=SL_CONTEXT,
-            use_cached_activations=True, cached_activations_path=str(path),
-            n_batches_in_buffer=buffer_rows // SL_CONTEXT, store_batch_size_prompts=SL_SEQS_PER_READ,
-            train_batch_size_tokens=batch, training_tokens=n, device="cpu", dtype="float32", prepend_bos=False,
-            verbose=False, checkpoint_path=None, output_path=None)
+            sae=StandardTrainingSAEConfig(d_in=d, d_sae=4 * d),
+            model_name="precomputed-minilm",
+            hook_name=hook,
+            dataset_path="in-memory/minilm-windows",
+            is_dataset_tokenized=True,
+            context_size=SL_CONTEXT,
+            use_cached_activations=True,
+            cached_activations_path=str(path),
+            n_batches_in_buffer=buffer_rows // SL_CONTEXT,
+            store_batch_size_prompts=SL_SEQS_PER_READ,
+            train_batch_size_tokens=batch,
+            training_tokens=n,
+            device="cpu",
+            dtype="float32",
+            prepend_bos=False,
+            verbose=False,
+            checkpoint_path=None,
+            output_path=None,
+        )
         # model=None: with a cache, ActivationsStore never runs the model.
         return ActivationsStore.from_config(None, cfg, override_dataset=token_ds), cfg
 
 
 # --- main ---------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_BLOCKS * BLOCK} rows, buffer {QUICK_BUFFER_ROWS} rows, 3 repeats")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_BLOCKS * BLOCK} rows, buffer {QUICK_BUFFER_ROWS} rows, 3 repeats"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, quick 3)")
     ap.add_argument("--threads", type=int, default=2, help="loader / decode threads (default 2)")
     ap.add_argument("--batch-size", type=int, default=4096, help="rows per batch (default 4096)")
@@ -232,10 +266,13 @@ def main(argv=None) -> int:
         ap.error(f"--buffer-rows must be a multiple of {SL_CONTEXT} and at least --batch-size (SAELens' mixing buffer)")
 
     import datasets
+
     datasets.disable_progress_bars()
 
     meta = C.metadata()
-    meta["versions"].update({k.replace("-", "_"): C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")})
+    meta["versions"].update(
+        {k.replace("-", "_"): C._version(k) for k in ("sae-lens", "transformer-lens", "datasets", "pyarrow")}
+    )
     meta["machine"]["torch_threads"] = torch.get_num_threads()
 
     Loader = getattr(actstore, "ActivationLoader", None)
@@ -264,8 +301,11 @@ def main(argv=None) -> int:
     doc = cols["doc"]
     n_chunks = -(-n // chunk_rows)
     row_bytes = d * 2
-    print(f"{hook}: {n:,} of {total:,} rows x {d} bf16 = {n * row_bytes / 1e6:.0f} MB; chunk {chunk_rows} rows "
-          f"({n_chunks} chunks); batch {B}; buffer {buffer_rows} rows; {T} threads; {repeats} repeats", flush=True)
+    print(
+        f"{hook}: {n:,} of {total:,} rows x {d} bf16 = {n * row_bytes / 1e6:.0f} MB; chunk {chunk_rows} rows "
+        f"({n_chunks} chunks); batch {B}; buffer {buffer_rows} rows; {T} threads; {repeats} repeats",
+        flush=True,
+    )
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="actstore-bench-loader-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -282,8 +322,13 @@ def main(argv=None) -> int:
         w = actstore.create(spath, {hook: d}, segment=SEGMENT, dtype="bf16", codec="zstd", durable=False)
         for lo in range(0, n, APPEND_ROWS):
             hi = min(n, lo + APPEND_ROWS)
-            w.append({hook: torch.from_numpy(fp32[lo:hi])}, tokens=cols["token"][lo:hi], doc=doc[lo:hi],
-                     pos=cols["pos"][lo:hi], flags=cols["flags"][lo:hi])
+            w.append(
+                {hook: torch.from_numpy(fp32[lo:hi])},
+                tokens=cols["token"][lo:hi],
+                doc=doc[lo:hi],
+                pos=cols["pos"][lo:hi],
+                flags=cols["flags"][lo:hi],
+            )
         w.close()
         np.save(npath, bf16)
         token_ids = torch.from_numpy(cols["token"].astype(np.int64))
@@ -293,7 +338,8 @@ def main(argv=None) -> int:
         saelens_write_cache(sltag, hook, torch.arange(n, dtype=torch.float32)[:, None], token_ids)
         token_ds = datasets.Dataset.from_dict(
             {"input_ids": cols["token"].astype(np.int64).reshape(-1, SL_CONTEXT).tolist()},
-            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64"))}))
+            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64"))}),
+        )
 
         # The actstore array, its chunks and their compressed bytes.
         s = actstore.open(spath)
@@ -318,18 +364,25 @@ def main(argv=None) -> int:
         compressed_bytes = sum(len(e) for e in encoded)
 
         # ---- correctness (untimed) --------------------------------------------------------
-        for i, c in enumerate(chunk_order[:4]):
+        for c in chunk_order[:4]:
             codec.decode_into(encoded[c], dec_out[c])
             lo, hi = c * chunk_rows, min(n, (c + 1) * chunk_rows)
-            assert np.array_equal(dec_out[c][:hi - lo], bf16[lo:hi]), f"codec decode of chunk {c}"
-            assert np.array_equal(seg.chunks.read_chunk(handles[c // per_shard], a, int(c))[:hi - lo],
-                                  bf16[lo:hi]), f"decode_chunk {c}"
+            assert np.array_equal(dec_out[c][: hi - lo], bf16[lo:hi]), f"codec decode of chunk {c}"
+            assert np.array_equal(seg.chunks.read_chunk(handles[c // per_shard], a, int(c))[: hi - lo], bf16[lo:hi]), (
+                f"decode_chunk {c}"
+            )
         z = zarr.open_array(str(spath / f"segments/{SEGMENT}/acts/{hook}"), mode="r")
-        checks["zarr_array"] = {"shape": list(z.shape), "dtype": str(z.dtype), "chunks": list(z.chunks),
-                                "shards": list(z.shards) if z.shards else None}
+        checks["zarr_array"] = {
+            "shape": list(z.shape),
+            "dtype": str(z.dtype),
+            "chunks": list(z.chunks),
+            "shards": list(z.shards) if z.shards else None,
+        }
         mm = np.load(npath, mmap_mode="r")
-        for name, reader in (("numpy_memmap", lambda c: mm[c * chunk_rows: min(n, (c + 1) * chunk_rows)]),
-                             ("zarr_python_naive", lambda c: z[c * chunk_rows: min(n, (c + 1) * chunk_rows)])):
+        for name, reader in (
+            ("numpy_memmap", lambda c: mm[c * chunk_rows : min(n, (c + 1) * chunk_rows)]),
+            ("zarr_python_naive", lambda c: z[c * chunk_rows : min(n, (c + 1) * chunk_rows)]),
+        ):
             got, idx = [], []
             for bt, ix in windowed_batches(reader, n, chunk_rows, buffer_rows, B, SEED, track=True):
                 if not np.array_equal(bt, bf16[ix]):
@@ -337,10 +390,13 @@ def main(argv=None) -> int:
                 got.append(doc[ix])
                 idx.append(ix)
             allidx = np.concatenate(idx)
-            checks[name] = {"rows_delivered": int(allidx.size), "every_row_once": bool(np.array_equal(np.sort(allidx), np.arange(n))),
-                            "batches_equal_written_rows": True}
+            checks[name] = {
+                "rows_delivered": int(allidx.size),
+                "every_row_once": bool(np.array_equal(np.sort(allidx), np.arange(n))),
+                "batches_equal_written_rows": True,
+            }
             quality[name] = shuffle_quality(got)
-        del mm, z
+        mm = z = None  # drop the memmap and the array before the timed runs
 
         # SAELens: the same code path over the row-tagged cache.
         n_sl_batches = n // B
@@ -352,38 +408,60 @@ def main(argv=None) -> int:
         def counting(*a_, **k_):
             reads[0] += 1
             return inner(*a_, **k_)
+
         st_tag.get_filtered_llm_batch = counting
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "All samples in the training dataset have been exhausted": its stream wraps
+            warnings.simplefilter(
+                "ignore"
+            )  # "All samples in the training dataset have been exhausted": its stream wraps
             sl_rows = [next(st_tag)[:, 0].numpy().astype(np.int64) for _ in range(n_sl_batches)]
         sl_all = np.concatenate(sl_rows)
         sl_rows_read = reads[0] * BLOCK
         quality["saelens_fp32"] = shuffle_quality([doc[r] for r in sl_rows])
         checks["saelens_fp32"] = {
-            "rows_delivered": int(sl_all.size), "distinct_rows_delivered": int(np.unique(sl_all).size),
+            "rows_delivered": int(sl_all.size),
+            "distinct_rows_delivered": int(np.unique(sl_all).size),
             "rows_read_from_cache": sl_rows_read,
-            "note": "SAELens' stream is endless: its mixing buffer holds back buffer x mix_fraction rows, so delivering "
-                    "one epoch's worth of batches reads past the end of the cache and wraps to its start (some rows of "
-                    "the epoch are not delivered, some are delivered twice)"}
+            "note": "SAELens' stream is endless: its mixing buffer holds back buffer x mix_fraction rows, so "
+            "delivering "
+            "one epoch's worth of batches reads past the end of the cache and wraps to its start (some rows of "
+            "the epoch are not delivered, some are delivered twice)",
+        }
         st, sl_cfg = saelens_store(slpath, hook, d, n, B, buffer_rows, token_ds)
         fp32_hash = np.sort(row_hashes(fp32))
         first = next(st).numpy()
-        checks["saelens_fp32"]["first_batch_rows_are_written_rows"] = bool(
-            np.isin(row_hashes(first), fp32_hash).all())
+        checks["saelens_fp32"]["first_batch_rows_are_written_rows"] = bool(np.isin(row_hashes(first), fp32_hash).all())
         checks["saelens_fp32"]["first_batch_dtype"] = str(first.dtype)
-        sl_desc = {"n_batches_in_buffer": sl_cfg.n_batches_in_buffer, "buffer_rows": sl_cfg.n_batches_in_buffer * SL_CONTEXT,
-                   "activations_mixing_fraction": sl_cfg.activations_mixing_fraction,
-                   "store_batch_size_prompts": sl_cfg.store_batch_size_prompts, "train_batch_size_tokens": B,
-                   "dtype": sl_cfg.dtype, "prefetch_llm_batches": sl_cfg.prefetch_llm_batches,
-                   "batches_per_epoch": n_sl_batches, "rows_read_per_timed_call": sl_rows_read}
+        sl_desc = {
+            "n_batches_in_buffer": sl_cfg.n_batches_in_buffer,
+            "buffer_rows": sl_cfg.n_batches_in_buffer * SL_CONTEXT,
+            "activations_mixing_fraction": sl_cfg.activations_mixing_fraction,
+            "store_batch_size_prompts": sl_cfg.store_batch_size_prompts,
+            "train_batch_size_tokens": B,
+            "dtype": sl_cfg.dtype,
+            "prefetch_llm_batches": sl_cfg.prefetch_llm_batches,
+            "batches_per_epoch": n_sl_batches,
+            "rows_read_per_timed_call": sl_rows_read,
+        }
         del st, st_tag, first
 
         # actstore: a pass with tokens=True (doc ids), checked against the written rows.
         bf16_hash = np.sort(row_hashes(bf16))
         if Loader is not None:
             try:
-                ld = Loader(str(spath), hook, B, shuffle=True, seed=SEED, epochs=1, device="cpu", dtype=torch.bfloat16,
-                            threads=T, buffer_rows=buffer_rows, tokens=True)
+                ld = Loader(
+                    str(spath),
+                    hook,
+                    B,
+                    shuffle=True,
+                    seed=SEED,
+                    epochs=1,
+                    device="cpu",
+                    dtype=torch.bfloat16,
+                    threads=T,
+                    buffer_rows=buffer_rows,
+                    tokens=True,
+                )
                 docs_b, hashes, sizes = [], [], []
                 for bt in ld:
                     x = bt[hook]
@@ -394,19 +472,25 @@ def main(argv=None) -> int:
                     ld.close()
                 hashes = np.sort(np.concatenate(hashes))
                 alldoc = np.sort(np.concatenate(docs_b))
-                checks["actstore"] = {"rows_delivered": int(sum(sizes)), "batches": len(sizes),
-                                      "batch_sizes_first_last": [sizes[0], sizes[-1]],
-                                      "every_row_once": bool(np.array_equal(hashes, bf16_hash)),
-                                      "doc_column_matches": bool(np.array_equal(alldoc, np.sort(doc)))}
+                checks["actstore"] = {
+                    "rows_delivered": int(sum(sizes)),
+                    "batches": len(sizes),
+                    "batch_sizes_first_last": [sizes[0], sizes[-1]],
+                    "every_row_once": bool(np.array_equal(hashes, bf16_hash)),
+                    "doc_column_matches": bool(np.array_equal(alldoc, np.sort(doc))),
+                }
                 quality["actstore"] = shuffle_quality(docs_b)
                 if not checks["actstore"]["every_row_once"]:
                     print("WARNING: actstore's epoch did not deliver every written row exactly once", file=sys.stderr)
             except Exception as e:  # a missing feature of a loader in progress: note it, time the rest
-                notes.append(f"actstore tokens=True pass failed ({type(e).__name__}: {e}); no shuffle quality for actstore")
+                notes.append(
+                    f"actstore tokens=True pass failed ({type(e).__name__}: {e}); no shuffle quality for actstore"
+                )
                 print("note: " + notes[-1], file=sys.stderr, flush=True)
                 traceback.print_exc()
         quality["reference_full_uniform_shuffle"] = shuffle_quality(
-            [doc[p] for p in np.array_split(np.random.default_rng(SEED).permutation(n), range(B, n, B))])
+            [doc[p] for p in np.array_split(np.random.default_rng(SEED).permutation(n), range(B, n, B))]
+        )
         quality["reference_no_shuffle"] = shuffle_quality(np.array_split(doc, range(B, n, B)))
 
         # ---- timed variants -------------------------------------------------------------
@@ -415,6 +499,7 @@ def main(argv=None) -> int:
 
             def run():
                 counts[name].append(fn())
+
             return run
 
         def ceiling():
@@ -422,15 +507,15 @@ def main(argv=None) -> int:
             return n
 
         def read_decode():
-            list(pool.map(lambda c: seg.chunks.read_chunk(handles[c // per_shard], a, int(c)).shape,
-                          chunk_order))
+            list(pool.map(lambda c: seg.chunks.read_chunk(handles[c // per_shard], a, int(c)).shape, chunk_order))
             return n
 
         def chunked_epoch(arr) -> int:
             """One epoch of windowed shuffled batches read a chunk at a time from ``arr``."""
             rows = 0
-            for bt in windowed_batches(lambda c: arr[c * chunk_rows: min(n, (c + 1) * chunk_rows)], n, chunk_rows,
-                                       buffer_rows, B, SEED):
+            for bt in windowed_batches(
+                lambda c: arr[c * chunk_rows : min(n, (c + 1) * chunk_rows)], n, chunk_rows, buffer_rows, B, SEED
+            ):
                 rows += torch.from_numpy(bt.view(np.int16)).view(torch.bfloat16).shape[0]
             return rows
 
@@ -464,14 +549,25 @@ def main(argv=None) -> int:
 
         def actstore_epoch(dtype):
             def run():
-                ld = Loader(str(spath), hook, B, shuffle=True, seed=SEED, epochs=1, device="cpu", dtype=dtype,
-                            threads=T, buffer_rows=buffer_rows)
+                ld = Loader(
+                    str(spath),
+                    hook,
+                    B,
+                    shuffle=True,
+                    seed=SEED,
+                    epochs=1,
+                    device="cpu",
+                    dtype=dtype,
+                    threads=T,
+                    buffer_rows=buffer_rows,
+                )
                 rows = 0
                 for bt in ld:
                     rows += bt.shape[0]
                 if hasattr(ld, "close"):
                     ld.close()
                 return rows
+
             return run
 
         names = {"ceiling": f"codec_decode_{T}threads", "read_decode": f"read_decode_{T}threads"}
@@ -498,8 +594,18 @@ def main(argv=None) -> int:
             if "actstore_bf16" in variants:
                 # A loader made once, as a training run makes it: one epoch per call, so the
                 # thread pool, open shards and window slabs are already there.
-                warm = Loader(str(spath), hook, B, shuffle=True, seed=SEED, epochs=None, device="cpu",
-                              dtype=torch.bfloat16, threads=T, buffer_rows=buffer_rows)
+                warm = Loader(
+                    str(spath),
+                    hook,
+                    B,
+                    shuffle=True,
+                    seed=SEED,
+                    epochs=None,
+                    device="cpu",
+                    dtype=torch.bfloat16,
+                    threads=T,
+                    buffer_rows=buffer_rows,
+                )
                 warm_epoch = [0]
 
                 def actstore_warm():
@@ -511,6 +617,7 @@ def main(argv=None) -> int:
                         if warm.epoch != warm_epoch[0] - 1:
                             break
                     return rows
+
                 variants["actstore_bf16_warm"] = counted("actstore_bf16_warm", actstore_warm)
         print(f"timing {len(variants)} variants ...", flush=True)
         times = C.interleaved(variants, repeats)
@@ -519,95 +626,128 @@ def main(argv=None) -> int:
             if len(set(counts[name])) != 1:
                 notes.append(f"{name}: rows delivered changed between calls: {counts[name]}")
             med = statistics.median(ts_)
-            figures[name] = {"GBps": C.gbps(rows * row_bytes, med), "rows_per_s": rows / med, "rows_delivered": rows,
-                             "batches": None if name in names.values() or "_part_" in name else -(-rows // B), **C.summary(ts_),
-                             "seconds_all": ts_}
+            figures[name] = {
+                "GBps": C.gbps(rows * row_bytes, med),
+                "rows_per_s": rows / med,
+                "rows_delivered": rows,
+                "batches": None if name in names.values() or "_part_" in name else -(-rows // B),
+                **C.summary(ts_),
+                "seconds_all": ts_,
+            }
         figures[names["ceiling"]]["compressed_GBps"] = C.gbps(compressed_bytes, figures[names["ceiling"]]["median_s"])
         figures["saelens_fp32"]["GBps_read"] = C.gbps(sl_rows_read * row_bytes, figures["saelens_fp32"]["median_s"])
         for p in blobs:
             p.close()
         s.close()
         pool.shutdown()
-        disk = {"actstore_store_bytes": sum(f.stat().st_size for f in spath.rglob("*") if f.is_file()),
-                "actstore_array_bytes": sum(f.stat().st_size for f in (spath / f"segments/{SEGMENT}/acts/{hook}").rglob("*")
-                                            if f.is_file()),
-                "npy_bytes": npath.stat().st_size,
-                "saelens_cache_bytes": sum(f.stat().st_size for f in slpath.rglob("*") if f.is_file())}
+        disk = {
+            "actstore_store_bytes": sum(f.stat().st_size for f in spath.rglob("*") if f.is_file()),
+            "actstore_array_bytes": sum(
+                f.stat().st_size for f in (spath / f"segments/{SEGMENT}/acts/{hook}").rglob("*") if f.is_file()
+            ),
+            "npy_bytes": npath.stat().st_size,
+            "saelens_cache_bytes": sum(f.stat().st_size for f in slpath.rglob("*") if f.is_file()),
+        }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     # ---- ratios ----------------------------------------------------------------------------
-    base = {"vs_codec_ceiling": names["ceiling"], "vs_read_decode": names["read_decode"],
-            "vs_naive_zarr": "zarr_python_naive", "vs_saelens": "saelens_fp32", "vs_memmap": "numpy_memmap"}
+    base = {
+        "vs_codec_ceiling": names["ceiling"],
+        "vs_read_decode": names["read_decode"],
+        "vs_naive_zarr": "zarr_python_naive",
+        "vs_saelens": "saelens_fp32",
+        "vs_memmap": "numpy_memmap",
+    }
     ratios: dict = {}
     paired: dict = {}
     for v in ("actstore_bf16", "actstore_fp32", "actstore_bf16_warm"):
         if v not in figures:
             continue
         ratios[v] = {k: figures[v]["rows_per_s"] / figures[b]["rows_per_s"] for k, b in base.items()}
-        paired[v] = {k: statistics.median((counts[v][i] / times[v][i]) / (counts[b][i] / times[b][i])
-                                          for i in range(repeats)) for k, b in base.items()}
+        paired[v] = {
+            k: statistics.median((counts[v][i] / times[v][i]) / (counts[b][i] / times[b][i]) for i in range(repeats))
+            for k, b in base.items()
+        }
     if ratios:
         ratios["paired_median"] = paired
 
     desc = {
-        names["ceiling"]: f"ChunkCodec.decode_into (crc32c + Blosc) of every chunk, compressed bytes preread into memory, "
-                          f"into preallocated buffers, ThreadPoolExecutor({T}), shuffled chunk order",
+        names[
+            "ceiling"
+        ]: f"ChunkCodec.decode_into (crc32c + Blosc) of every chunk, compressed bytes preread into memory, "
+        f"into preallocated buffers, ThreadPoolExecutor({T}), shuffled chunk order",
         names["read_decode"]: f"ChunkReader.read_chunk (pread from the shard file + crc32c + decode into a new array) "
-                              f"of every chunk, ThreadPoolExecutor({T}); shard files opened and indexes parsed beforehand",
+        f"of every chunk, ThreadPoolExecutor({T}); shard files opened and indexes parsed beforehand",
         "numpy_memmap": "np.load(mmap_mode='r') of an uncompressed bf16 .npy; chunk-order shuffle + in-memory window "
-                        "shuffle (np.concatenate of the window, fancy-index batches); 1 thread",
+        "shuffle (np.concatenate of the window, fancy-index batches); 1 thread",
         "zarr_python_naive": "zarr.open_array(<store>/segments/rank00000/acts/<hook>) and arr[lo:hi] per chunk; same "
-                             "shuffle loop as numpy_memmap; 1 consumer thread, zarr-python's default async settings",
-        "saelens_fp32": "sae_lens ActivationsStore.from_config(None, LanguageModelSAERunnerConfig(use_cached_activations="
-                        "True, ...), override_dataset=<token windows>) and next(store) per batch (what SAETrainer.fit "
-                        "calls): _load_raw_llm_batch_from_cached (datasets slice -> torch fp32) -> mixing_buffer "
-                        "(torch.cat + torch.randperm over the buffer); returns fp32; torch intra-op threads as set",
+        "shuffle loop as numpy_memmap; 1 consumer thread, zarr-python's default async settings",
+        "saelens_fp32": "sae_lens ActivationsStore.from_config(None, "
+        "LanguageModelSAERunnerConfig(use_cached_activations="
+        "True, ...), override_dataset=<token windows>) and next(store) per batch (what SAETrainer.fit "
+        "calls): _load_raw_llm_batch_from_cached (datasets slice -> torch fp32) -> mixing_buffer "
+        "(torch.cat + torch.randperm over the buffer); returns fp32; torch intra-op threads as set",
         "saelens_part_cache_read": "the SAELens cache read alone, to explain saelens_fp32: a fresh ActivationsStore "
-                                   "as above, get_raw_llm_batch(raise_on_epoch_end=True) until StopIteration (datasets "
-                                   "slice of 32 sequences -> torch fp32 [4096, d]); no mixing buffer, no batches; not "
-                                   "in the ratios",
-        "actstore_bf16": f"actstore.ActivationLoader(path, hook, {B}, shuffle=True, seed={SEED}, epochs=1, device='cpu', "
-                         f"dtype=torch.bfloat16, threads={T}, buffer_rows={buffer_rows}), iterated to the end",
+        "as above, get_raw_llm_batch(raise_on_epoch_end=True) until StopIteration (datasets "
+        "slice of 32 sequences -> torch fp32 [4096, d]); no mixing buffer, no batches; not "
+        "in the ratios",
+        "actstore_bf16": f"actstore.ActivationLoader(path, hook, {B}, shuffle=True, seed={SEED}, epochs=1, "
+        f"device='cpu', "
+        f"dtype=torch.bfloat16, threads={T}, buffer_rows={buffer_rows}), iterated to the end",
         "actstore_fp32": "the same with dtype=torch.float32",
         "actstore_bf16_warm": "actstore_bf16 on one loader made before timing (epochs=None), one epoch per call via "
-                              "set_epoch: what each epoch of a training run costs",
+        "set_epoch: what each epoch of a training run costs",
     }
     doc_out = {
         "benchmark": "loader",
         "meta": meta,
         "config": {
-            "quick": args.quick, "repeats": repeats,
+            "quick": args.quick,
+            "repeats": repeats,
             "statistic": "median of interleaved repeats (order rotates each round, one untimed warm-up round)",
-            "hook": hook, "rows": n, "rows_available": total, "d": d, "uncompressed_bf16_bytes": n * row_bytes,
-            "batch_size": B, "buffer_rows": buffer_rows, "threads": T, "seed": SEED,
-            "chunk_rows": chunk_rows, "chunks": n_chunks, "shard_rows": s.schema.shard_rows,
-            "codec": codec.describe(), "compressed_bytes_of_chunks": compressed_bytes,
-            "store": f"actstore.create(path, {{hook: {d}}}, segment='{SEGMENT}', dtype='bf16', codec='zstd', durable=False), "
-                     f"appends of {APPEND_ROWS} rows with token/doc/pos/flags columns",
+            "hook": hook,
+            "rows": n,
+            "rows_available": total,
+            "d": d,
+            "uncompressed_bf16_bytes": n * row_bytes,
+            "batch_size": B,
+            "buffer_rows": buffer_rows,
+            "threads": T,
+            "seed": SEED,
+            "chunk_rows": chunk_rows,
+            "chunks": n_chunks,
+            "shard_rows": s.schema.shard_rows,
+            "codec": codec.describe(),
+            "compressed_bytes_of_chunks": compressed_bytes,
+            "store": f"actstore.create(path, {{hook: {d}}}, segment='{SEGMENT}', dtype='bf16', codec='zstd', "
+            f"durable=False), "
+            f"appends of {APPEND_ROWS} rows with token/doc/pos/flags columns",
             "on_disk_bytes": disk,
-            "rows_cut": f"rows cut to a multiple of lcm({BLOCK}, chunk_rows) = {unit}: whole store chunks and whole SAELens "
-                        f"cache reads ({SL_SEQS_PER_READ} sequences x {SL_CONTEXT} rows); SAELens sequences are consecutive "
-                        f"128-row slices of the captured rows",
+            "rows_cut": f"rows cut to a multiple of lcm({BLOCK}, chunk_rows) = {unit}: whole store chunks and "
+            f"whole SAELens "
+            f"cache reads ({SL_SEQS_PER_READ} sequences x {SL_CONTEXT} rows); SAELens sequences are consecutive "
+            f"128-row slices of the captured rows",
             "timed": "construction (open file / array / store, build the loader) + one whole epoch; each batch is "
-                     "dropped before the next; the ceilings time only their decode loop",
+            "dropped before the next; the ceilings time only their decode loop",
             "page_cache": "every file is in the page cache (written just before, read in the warm-up round); dropping "
-                          "the cache needs root",
+            "the cache needs root",
             "variants": desc,
             "saelens": sl_desc,
             "zarr_config": {"async": zarr.config.get("async"), "threading": zarr.config.get("threading")},
             "torch_threads": torch.get_num_threads(),
             "shuffle_quality": "untimed passes of the same code with row tracking; actstore: a pass with tokens=True "
-                               "(doc column); SAELens: the same code path and seed over a one-wide cache holding each "
-                               "row's number; references: a uniform permutation of all rows, and the stored order",
+            "(doc column); SAELens: the same code path and seed over a one-wide cache holding each "
+            "row's number; references: a uniform permutation of all rows, and the stored order",
         },
         "units": {
             "GBps": "uncompressed bf16 bytes delivered per second (rows_delivered x d x 2 B), 1e9 B/s",
             "compressed_GBps": "compressed chunk bytes decoded per second",
             "GBps_read": "SAELens: bf16-equivalent bytes of the rows it read from its cache per second",
-            "rows_per_s": "rows delivered per second", "*_s": "seconds per timed call (one epoch)",
+            "rows_per_s": "rows delivered per second",
+            "*_s": "seconds per timed call (one epoch)",
             "ratios": "rows/s of actstore / rows/s of the baseline (higher is better for actstore; vs the ceilings it "
-                      "is the fraction of the ceiling reached)",
+            "is the fraction of the ceiling reached)",
             "paired_median": "median over rounds of the per-round rows/s ratio",
             "distinct_docs_per_batch_mean": "distinct document ids per batch, mean over batches",
             "lag1_doc_pearson": "Pearson correlation of doc ids of rows i and i+1 within a batch (0 = no order left)",
@@ -622,21 +762,43 @@ def main(argv=None) -> int:
     path = C.write_result("loader_quick" if args.quick else "loader", doc_out)
 
     print()
-    print(f"{hook}, {n:,} rows x {d}; batch {B}; buffer {buffer_rows} rows; {T} threads; median of {repeats}; page cache")
-    tab = [[name, f"{f['GBps']:.3f}", f"{f['rows_per_s']:,.0f}", f"{f['median_s']:.3f}",
-            f"{f['min_s']:.3f}-{f['max_s']:.3f}"] for name, f in figures.items()]
+    print(
+        f"{hook}, {n:,} rows x {d}; batch {B}; buffer {buffer_rows} rows; {T} threads; median of {repeats}; page cache"
+    )
+    tab = [
+        [
+            name,
+            f"{f['GBps']:.3f}",
+            f"{f['rows_per_s']:,.0f}",
+            f"{f['median_s']:.3f}",
+            f"{f['min_s']:.3f}-{f['max_s']:.3f}",
+        ]
+        for name, f in figures.items()
+    ]
     print(C.fmt_table(tab, ["variant", "GB/s (bf16)", "rows/s", "median s", "range s"]))
     print()
     for v in ("actstore_bf16", "actstore_fp32", "actstore_bf16_warm"):
         if v in ratios:
             print(f"{v}: " + ", ".join(f"{k} x{r:.2f} (paired {paired[v][k]:.2f})" for k, r in ratios[v].items()))
     print()
-    tab = [[name, f"{q['distinct_docs_per_batch_mean']:.1f}", f"{q['lag1_doc_pearson']:.3f}",
-            f"{q['adjacent_same_doc_fraction']:.3f}"] for name, q in quality.items()]
+    tab = [
+        [
+            name,
+            f"{q['distinct_docs_per_batch_mean']:.1f}",
+            f"{q['lag1_doc_pearson']:.3f}",
+            f"{q['adjacent_same_doc_fraction']:.3f}",
+        ]
+        for name, q in quality.items()
+    ]
     print(C.fmt_table(tab, ["shuffle quality", "docs/batch", "lag-1 r", "same doc adj."]))
-    print("checks: " + "; ".join(f"{k}: {v.get('rows_delivered', '')} rows"
-                                 + (", every row once" if v.get("every_row_once") else "") for k, v in checks.items()
-                                 if k != "zarr_array"))
+    print(
+        "checks: "
+        + "; ".join(
+            f"{k}: {v.get('rows_delivered', '')} rows" + (", every row once" if v.get("every_row_once") else "")
+            for k, v in checks.items()
+            if k != "zarr_array"
+        )
+    )
     for note in notes:
         print("note: " + note)
     print(f"wrote {path}")

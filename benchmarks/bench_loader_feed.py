@@ -33,7 +33,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -48,7 +47,7 @@ class TopKSAE(torch.nn.Module):
     def __init__(self, d: int, m: int, k: int):
         super().__init__()
         self.k = k
-        self.W_enc = torch.nn.Parameter(torch.randn(d, m) / d ** 0.5)
+        self.W_enc = torch.nn.Parameter(torch.randn(d, m) / d**0.5)
         self.b_enc = torch.nn.Parameter(torch.zeros(m))
         self.W_dec = torch.nn.Parameter(self.W_enc.detach().t().clone())
         self.b_dec = torch.nn.Parameter(torch.zeros(d))
@@ -78,12 +77,12 @@ def main(argv=None) -> int:
     acts = C.load_activations()
     x = np.concatenate([np.asarray(a) for a in acts.values()])
     if args.max_rows:
-        x = x[:args.max_rows]
+        x = x[: args.max_rows]
     n, d = x.shape
     scratch = Path(tempfile.mkdtemp(prefix="actstore-bench-feed-"))
     with actstore.create(scratch / "store", {HOOK: d}, segment="rank00000", durable=False) as w:
         for lo in range(0, n, 65536):
-            w.append({HOOK: torch.from_numpy(x[lo:lo + 65536])})
+            w.append({HOOK: torch.from_numpy(x[lo : lo + 65536])})
     store = actstore.open(scratch / "store")
 
     torch.manual_seed(0)
@@ -97,8 +96,16 @@ def main(argv=None) -> int:
         opt.step()
 
     def loader(epoch: int):
-        ld = actstore.ActivationLoader(store, HOOK, args.batch_size, seed=epoch, device=dev, dtype=torch.float32,
-                                       normalize="mean_norm", threads=args.threads)
+        ld = actstore.ActivationLoader(
+            store,
+            HOOK,
+            args.batch_size,
+            seed=epoch,
+            device=dev,
+            dtype=torch.float32,
+            normalize="mean_norm",
+            threads=args.threads,
+        )
         return ld
 
     fixed = next(iter(loader(0)))
@@ -132,6 +139,7 @@ def main(argv=None) -> int:
         def call():
             rows[name] = fn(epochs[name])
             epochs[name] += 1
+
         return call
 
     def measure(call):
@@ -139,28 +147,57 @@ def main(argv=None) -> int:
         return C.wall_time(call)  # each variant syncs before it returns
 
     variants = {"loader": run_loader, "step": run_step, "fed": run_fed}
-    times = C.interleaved({k: counted(k, fn) for k, fn in variants.items()}, args.repeats, warmup=1,
-                          measure=measure)
-    figures = {k: {"rows_per_s": rows[k] / statistics.median(v), **C.summary(v), "rows": rows[k]}
-               for k, v in times.items()}
-    ratios = {"fed_over_step": figures["fed"]["rows_per_s"] / figures["step"]["rows_per_s"],
-              "loader_over_step": figures["loader"]["rows_per_s"] / figures["step"]["rows_per_s"]}
+    times = C.interleaved({k: counted(k, fn) for k, fn in variants.items()}, args.repeats, warmup=1, measure=measure)
+    figures = {
+        k: {"rows_per_s": rows[k] / statistics.median(v), **C.summary(v), "rows": rows[k]} for k, v in times.items()
+    }
+    ratios = {
+        "fed_over_step": figures["fed"]["rows_per_s"] / figures["step"]["rows_per_s"],
+        "loader_over_step": figures["loader"]["rows_per_s"] / figures["step"]["rows_per_s"],
+    }
     # The median of the per-round ratios: the variants of a round ran seconds apart.
-    ratios["fed_over_step_paired_median"] = statistics.median(rows["fed"] / f_ / (rows["step"] / s_)
-                                                              for s_, f_ in zip(times["step"], times["fed"]))
-    doc = {"meta": meta,
-           "config": {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                      "rows": n, "d": d, "m": args.expansion * d, "k": args.k, "batch_size": args.batch_size,
-                      "loader_threads": args.threads, "repeats": args.repeats, "sae": "eager TopK reference + Adam"},
-           "units": {"rows_per_s": "rows/s (at the median)", "median_s": "s", "min_s": "s (best round)",
-                     "max_s": "s", "spread": "(max - min) / median of the rounds", "repeats": "rounds",
-                     "rows": "rows per round"},
-           "figures": figures, "ratios": ratios}
-    print(C.fmt_table([[k, f"{f['rows_per_s']:,.0f}", f"{f['median_s']:.3f}", f"{f['min_s']:.3f}",
-                        f"{f['spread']:.2f}"] for k, f in figures.items()],
-                      ["variant", "rows/s", "median s", "best s", "spread"]))
-    print(f"fed/step x{ratios['fed_over_step']:.2f} (paired x{ratios['fed_over_step_paired_median']:.2f}), "
-          f"loader/step x{ratios['loader_over_step']:.2f}")
+    ratios["fed_over_step_paired_median"] = statistics.median(
+        rows["fed"] / f_ / (rows["step"] / s_) for s_, f_ in zip(times["step"], times["fed"])
+    )
+    doc = {
+        "meta": meta,
+        "config": {
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "rows": n,
+            "d": d,
+            "m": args.expansion * d,
+            "k": args.k,
+            "batch_size": args.batch_size,
+            "loader_threads": args.threads,
+            "repeats": args.repeats,
+            "sae": "eager TopK reference + Adam",
+        },
+        "units": {
+            "rows_per_s": "rows/s (at the median)",
+            "median_s": "s",
+            "min_s": "s (best round)",
+            "max_s": "s",
+            "spread": "(max - min) / median of the rounds",
+            "repeats": "rounds",
+            "rows": "rows per round",
+        },
+        "figures": figures,
+        "ratios": ratios,
+    }
+    print(
+        C.fmt_table(
+            [
+                [k, f"{f['rows_per_s']:,.0f}", f"{f['median_s']:.3f}", f"{f['min_s']:.3f}", f"{f['spread']:.2f}"]
+                for k, f in figures.items()
+            ],
+            ["variant", "rows/s", "median s", "best s", "spread"],
+        )
+    )
+    print(
+        f"fed/step x{ratios['fed_over_step']:.2f} (paired x{ratios['fed_over_step_paired_median']:.2f}), "
+        f"loader/step x{ratios['loader_over_step']:.2f}"
+    )
     if not args.no_write:
         print(f"wrote {C.write_result(f'loader_feed_{dev.type}', doc)}")
     store.close()

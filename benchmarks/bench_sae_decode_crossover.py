@@ -19,11 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
-from actstore.sae.latents import Latents  # noqa: E402
 from actstore.ops import csr_decode  # noqa: E402
+from actstore.sae.latents import Latents  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -61,21 +60,52 @@ def main(argv=None) -> dict:
 
         times = C.interleaved({"sparse": sparse, "dense": dense}, args.repeats, warmup=1, measure=synced)
         s, d_ = C.summary(times["sparse"]), C.summary(times["dense"])
-        rows.append({"density": density, "nnz": int(lat.cols.numel()), "sparse_s": s["median_s"],
-                     "dense_s": d_["median_s"], "sparse_speedup": d_["median_s"] / s["median_s"],
-                     "sparse_best_s": s["min_s"], "dense_best_s": d_["min_s"], "sparse_spread": s["spread"],
-                     "dense_spread": d_["spread"]})
+        rows.append(
+            {
+                "density": density,
+                "nnz": int(lat.cols.numel()),
+                "sparse_s": s["median_s"],
+                "dense_s": d_["median_s"],
+                "sparse_speedup": d_["median_s"] / s["median_s"],
+                "sparse_best_s": s["min_s"],
+                "dense_best_s": d_["min_s"],
+                "sparse_spread": s["spread"],
+                "dense_spread": d_["spread"],
+            }
+        )
     print(f"decode fwd+bwd, n={args.n} d={args.d} m={args.m} on {dev}")
-    print(C.fmt_table([[f"{r['density']:.3f}", f"{r['sparse_s'] * 1e3:.2f}", f"{r['dense_s'] * 1e3:.2f}",
-                        f"{r['sparse_speedup']:.2f}"] for r in rows],
-                      ["density", "sparse ms", "dense ms", "sparse speedup"]))
+    print(
+        C.fmt_table(
+            [
+                [
+                    f"{r['density']:.3f}",
+                    f"{r['sparse_s'] * 1e3:.2f}",
+                    f"{r['dense_s'] * 1e3:.2f}",
+                    f"{r['sparse_speedup']:.2f}",
+                ]
+                for r in rows
+            ],
+            ["density", "sparse ms", "dense ms", "sparse speedup"],
+        )
+    )
     faster = [r["density"] for r in rows if r["sparse_speedup"] > 1]
     cross = max(faster) if faster else None
     print(f"sparse decode is faster up to density {cross}")
-    doc = {"meta": meta, "device": str(dev), "shape": {"n": args.n, "d": args.d, "m": args.m},
-           "rows": rows, "sparse_faster_up_to_density": cross,
-           "units": {"sparse_s": "s (median)", "dense_s": "s (median)", "sparse_best_s": "s", "dense_best_s": "s",
-                     "sparse_spread": "(max - min) / median", "dense_spread": "(max - min) / median"}}
+    doc = {
+        "meta": meta,
+        "device": str(dev),
+        "shape": {"n": args.n, "d": args.d, "m": args.m},
+        "rows": rows,
+        "sparse_faster_up_to_density": cross,
+        "units": {
+            "sparse_s": "s (median)",
+            "dense_s": "s (median)",
+            "sparse_best_s": "s",
+            "dense_best_s": "s",
+            "sparse_spread": "(max - min) / median",
+            "dense_spread": "(max - min) / median",
+        },
+    }
     if not args.no_write:
         print(f"wrote {C.write_result(f'sae_decode_crossover_{dev.type}', doc)}")
     return doc

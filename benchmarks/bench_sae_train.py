@@ -39,7 +39,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 import actstore  # noqa: E402
@@ -50,18 +49,37 @@ def run_curve(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_sae_train_") as tmp:
         out = Path(tmp) / "run"
         t0 = time.perf_counter()
-        summary = train(store=args.store, hook=args.hook, arch="topk", latents=args.latents, k=args.k,
-                        tokens=args.tokens, out=str(out), batch_size=args.batch, lr=args.lr,
-                        log_every=args.log_every, checkpoint_every=10**9, device=args.device, progress=False)
+        summary = train(
+            store=args.store,
+            hook=args.hook,
+            arch="topk",
+            latents=args.latents,
+            k=args.k,
+            tokens=args.tokens,
+            out=str(out),
+            batch_size=args.batch,
+            lr=args.lr,
+            log_every=args.log_every,
+            checkpoint_every=10**9,
+            device=args.device,
+            progress=False,
+        )
         wall = time.perf_counter() - t0
         log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln]
     curve = [{k: r[k] for k in ("step", "tokens", "fvu", "l0", "dead_frac", "tokens_per_s")} for r in log]
     below = next((r["tokens"] for r in curve if r["fvu"] < 0.3), None)
     interval_tps = [r["tokens_per_s"] for r in curve[1:]] or [r["tokens_per_s"] for r in curve]
-    return {"curve": curve, "tokens_to_fvu_below_0.3": below, "final_fvu": curve[-1]["fvu"],
-            "final_l0": curve[-1]["l0"], "steps": summary["steps"], "tokens": summary["tokens"],
-            "wall_s": wall, "end_to_end_tokens_per_s_wall": summary["tokens"] / wall,
-            "end_to_end_tokens_per_s_log_median": statistics.median(interval_tps)}
+    return {
+        "curve": curve,
+        "tokens_to_fvu_below_0.3": below,
+        "final_fvu": curve[-1]["fvu"],
+        "final_l0": curve[-1]["l0"],
+        "steps": summary["steps"],
+        "tokens": summary["tokens"],
+        "wall_s": wall,
+        "end_to_end_tokens_per_s_wall": summary["tokens"] / wall,
+        "end_to_end_tokens_per_s_log_median": statistics.median(interval_tps),
+    }
 
 
 def read_batches(args, dev) -> list[torch.Tensor]:
@@ -70,7 +88,7 @@ def read_batches(args, dev) -> list[torch.Tensor]:
     scale = math.sqrt(d) / float(s.stats(args.hook)["mean_norm"])
     starts = torch.randperm(int(s.rows) // args.batch, generator=torch.Generator().manual_seed(0))
     batches = []
-    for b in starts[:args.batches].tolist():
+    for b in starts[: args.batches].tolist():
         a = b * args.batch
         batches.append((s.read(args.hook, slice(a, a + args.batch)).float() * scale).to(dev).contiguous())
     return batches
@@ -110,9 +128,11 @@ def run_steps(args, dev) -> dict:
     def step_saelens():
         x = batches[i["saelens"] % len(batches)]
         i["saelens"] += 1
-        o = l_sae.training_forward_pass(step_input=TrainStepInput(
-            sae_in=x, coefficients={}, dead_neuron_mask=l_dead, n_training_steps=i["saelens"],
-            is_logging_step=False))
+        o = l_sae.training_forward_pass(
+            step_input=TrainStepInput(
+                sae_in=x, coefficients={}, dead_neuron_mask=l_dead, n_training_steps=i["saelens"], is_logging_step=False
+            )
+        )
         o.loss.backward()
         torch.nn.utils.clip_grad_norm_(l_sae.parameters(), 1.0)
         l_opt.step()
@@ -121,8 +141,10 @@ def run_steps(args, dev) -> dict:
         last["saelens"] = (o.losses["mse_loss"].detach(), x)
 
     times = C.interleaved({"actstore": step_actstore, "saelens": step_saelens}, repeats=args.steps, warmup=1)
-    res = {name: {**C.summary(ts), "tokens_per_s_at_median": args.batch / statistics.median(ts), "all_s": ts}
-           for name, ts in times.items()}
+    res = {
+        name: {**C.summary(ts), "tokens_per_s_at_median": args.batch / statistics.median(ts), "all_s": ts}
+        for name, ts in times.items()
+    }
     res["saelens_over_actstore_time_ratio"] = res["saelens"]["median_s"] / res["actstore"]["median_s"]
     res["saelens_over_actstore_min_time_ratio"] = res["saelens"]["min_s"] / res["actstore"]["min_s"]  # least loaded
     # sanity (both really train): FVU of each library's last timed step, its batch's MSE / total variance
@@ -151,32 +173,64 @@ def main(argv=None) -> dict:
     if dev.type == "cuda":
         meta["machine"]["gpu"] = torch.cuda.get_device_name(dev)
     import sae_lens
+
     meta["versions"]["sae_lens"] = sae_lens.__version__
     settings = {k: v for k, v in vars(args).items() if k != "no_write"}
     settings["torch_threads"] = torch.get_num_threads()
 
-    print(f"step comparison: {args.steps} interleaved steps each, batch {args.batch}, d->m={args.latents}, "
-          f"k={args.k}, {args.device}", flush=True)
+    print(
+        f"step comparison: {args.steps} interleaved steps each, batch {args.batch}, d->m={args.latents}, "
+        f"k={args.k}, {args.device}",
+        flush=True,
+    )
     steps = run_steps(args, dev)
-    print(C.fmt_table([[n, f"{steps[n]['median_s'] * 1e3:.1f}", f"{steps[n]['min_s'] * 1e3:.1f}",
-                        f"{steps[n]['max_s'] * 1e3:.1f}", f"{steps[n]['tokens_per_s_at_median']:.0f}"]
-                       for n in ("actstore", "saelens")],
-                      ["step", "median ms", "min ms", "max ms", "tokens/s"]))
-    print(f"SAELens / actstore step time: {steps['saelens_over_actstore_time_ratio']:.2f} (medians), "
-          f"{steps['saelens_over_actstore_min_time_ratio']:.2f} (minima); FVU at the last "
-          "timed step: " + ", ".join(f"{k} {v:.3f}" for k, v in steps["last_step_fvu"].items()), flush=True)
+    print(
+        C.fmt_table(
+            [
+                [
+                    n,
+                    f"{steps[n]['median_s'] * 1e3:.1f}",
+                    f"{steps[n]['min_s'] * 1e3:.1f}",
+                    f"{steps[n]['max_s'] * 1e3:.1f}",
+                    f"{steps[n]['tokens_per_s_at_median']:.0f}",
+                ]
+                for n in ("actstore", "saelens")
+            ],
+            ["step", "median ms", "min ms", "max ms", "tokens/s"],
+        )
+    )
+    print(
+        f"SAELens / actstore step time: {steps['saelens_over_actstore_time_ratio']:.2f} (medians), "
+        f"{steps['saelens_over_actstore_min_time_ratio']:.2f} (minima); FVU at the last "
+        "timed step: " + ", ".join(f"{k} {v:.3f}" for k, v in steps["last_step_fvu"].items()),
+        flush=True,
+    )
 
     curve = None
     if not args.skip_curve:
         print(f"\ncurve: actstore train() for {args.tokens} tokens ...", flush=True)
         curve = run_curve(args)
-        print(C.fmt_table([[r["tokens"], f"{r['fvu']:.4f}", f"{r['l0']:.1f}", f"{r['dead_frac']:.3f}",
-                            f"{r['tokens_per_s']:.0f}"] for r in curve["curve"]],
-                          ["tokens", "fvu", "l0", "dead_frac", "tokens/s"]))
-        print(f"tokens to FVU < 0.3: {curve['tokens_to_fvu_below_0.3']}; final FVU {curve['final_fvu']:.4f} "
-              f"at {curve['tokens']} tokens; end-to-end {curve['end_to_end_tokens_per_s_wall']:.0f} tokens/s "
-              f"(wall, {curve['wall_s']:.0f} s), {curve['end_to_end_tokens_per_s_log_median']:.0f} tokens/s "
-              "(median of log intervals)")
+        print(
+            C.fmt_table(
+                [
+                    [
+                        r["tokens"],
+                        f"{r['fvu']:.4f}",
+                        f"{r['l0']:.1f}",
+                        f"{r['dead_frac']:.3f}",
+                        f"{r['tokens_per_s']:.0f}",
+                    ]
+                    for r in curve["curve"]
+                ],
+                ["tokens", "fvu", "l0", "dead_frac", "tokens/s"],
+            )
+        )
+        print(
+            f"tokens to FVU < 0.3: {curve['tokens_to_fvu_below_0.3']}; final FVU {curve['final_fvu']:.4f} "
+            f"at {curve['tokens']} tokens; end-to-end {curve['end_to_end_tokens_per_s_wall']:.0f} tokens/s "
+            f"(wall, {curve['wall_s']:.0f} s), {curve['end_to_end_tokens_per_s_log_median']:.0f} tokens/s "
+            "(median of log intervals)"
+        )
 
     doc = {"meta": meta, "settings": settings, "step_comparison": steps, "actstore_train": curve}
     if not args.no_write:

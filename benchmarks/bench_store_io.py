@@ -33,7 +33,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zarr  # noqa: E402
@@ -41,9 +40,9 @@ from zarr.codecs import BloscCodec  # noqa: E402
 
 import actstore  # noqa: E402
 from actstore import _native  # noqa: E402
+from actstore._native import default_threads  # noqa: E402
 from actstore.store.codecs import PRESETS  # noqa: E402
 from actstore.store.stats import RunningStats  # noqa: E402
-from actstore._native import default_threads  # noqa: E402
 
 try:
     import tensorstore as ts
@@ -86,8 +85,11 @@ def main(argv=None) -> int:
     threads = default_threads()
     codec = PRESETS["zstd"]
     chunk_rows = C.store_chunk_rows(d, 2)
-    print(f"{len(hooks)} hooks x {n} rows x {d} bf16 = {raw_bytes / 1e6:.0f} MB; chunk {chunk_rows} rows; "
-          f"store threads {threads}; {repeats} repeats", flush=True)
+    print(
+        f"{len(hooks)} hooks x {n} rows x {d} bf16 = {raw_bytes / 1e6:.0f} MB; chunk {chunk_rows} rows; "
+        f"store threads {threads}; {repeats} repeats",
+        flush=True,
+    )
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="actstore-bench-io-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -100,15 +102,19 @@ def main(argv=None) -> int:
         for h in hooks:
             for lo in range(0, n, chunk_rows):
                 c = np.zeros((chunk_rows, d), dtype=np.uint16)
-                c[: min(n, lo + chunk_rows) - lo] = bf16[h][lo: lo + chunk_rows]
+                c[: min(n, lo + chunk_rows) - lo] = bf16[h][lo : lo + chunk_rows]
                 chunks.append(c)
         encoded = [codec.encode(c) for c in chunks]
         dec_out = [np.empty_like(c) for c in chunks]
         pool1 = ThreadPoolExecutor(1)
         poolT = ThreadPoolExecutor(threads)
-        fp32_batches = [{h: torch.from_numpy(fp32[h][lo: lo + APPEND_ROWS]) for h in hooks} for lo in range(0, n, APPEND_ROWS)]
-        bf16_batches = [{h: torch.from_numpy(bf16[h][lo: lo + APPEND_ROWS].view(np.int16)).view(torch.bfloat16) for h in hooks}
-                        for lo in range(0, n, APPEND_ROWS)]
+        fp32_batches = [
+            {h: torch.from_numpy(fp32[h][lo : lo + APPEND_ROWS]) for h in hooks} for lo in range(0, n, APPEND_ROWS)
+        ]
+        bf16_batches = [
+            {h: torch.from_numpy(bf16[h][lo : lo + APPEND_ROWS].view(np.int16)).view(torch.bfloat16) for h in hooks}
+            for lo in range(0, n, APPEND_ROWS)
+        ]
         hook_d = {h: d for h in hooks}
 
         def store_write(path: Path, batches, durable: bool):
@@ -121,9 +127,16 @@ def main(argv=None) -> int:
 
         def zarr_write(path: Path):
             for h in hooks:
-                arr = zarr.create_array(store=str(path / h), shape=(n, d), dtype="uint16", chunks=(chunk_rows, d),
-                                        shards=(64 * chunk_rows, d), compressors=BloscCodec(**zarr_blosc),
-                                        fill_value=0, overwrite=True)
+                arr = zarr.create_array(
+                    store=str(path / h),
+                    shape=(n, d),
+                    dtype="uint16",
+                    chunks=(chunk_rows, d),
+                    shards=(64 * chunk_rows, d),
+                    compressors=BloscCodec(**zarr_blosc),
+                    fill_value=0,
+                    overwrite=True,
+                )
                 arr[:] = bf16[h]
 
         def np_write(path: Path, durable: bool):
@@ -137,8 +150,18 @@ def main(argv=None) -> int:
                 fsync_path(path)
 
         # ---- write side -------------------------------------------------------------
-        wdirs = {k: scratch / f"w-{k}" for k in ("store_durable_fp32", "store_nodurable_fp32", "store_durable_bf16",
-                                                 "store_nodurable_bf16", "zarr", "np_durable", "np_nodurable")}
+        wdirs = {
+            k: scratch / f"w-{k}"
+            for k in (
+                "store_durable_fp32",
+                "store_nodurable_fp32",
+                "store_durable_bf16",
+                "store_nodurable_bf16",
+                "zarr",
+                "np_durable",
+                "np_nodurable",
+            )
+        }
 
         def clean(k):
             # Start every timed write from an empty directory and no dirty pages: otherwise a
@@ -146,6 +169,7 @@ def main(argv=None) -> int:
             def run():
                 shutil.rmtree(wdirs[k], ignore_errors=True)
                 os.sync()
+
             return run
 
         write_variants = {
@@ -160,24 +184,40 @@ def main(argv=None) -> int:
             "numpy_tofile_nofsync": lambda: np_write(wdirs["np_nodurable"], False),
         }
         setup = {"codec_encode_1thread": os.sync, f"codec_encode_{threads}threads": os.sync}
-        setup.update({name: clean(k) for name, k in [
-            ("actstore_write_durable_fp32in", "store_durable_fp32"), ("actstore_write_nodurable_fp32in", "store_nodurable_fp32"),
-            ("actstore_write_durable_bf16in", "store_durable_bf16"), ("actstore_write_nodurable_bf16in", "store_nodurable_bf16"),
-            ("zarr_python_write", "zarr"), ("numpy_tofile_fsync", "np_durable"), ("numpy_tofile_nofsync", "np_nodurable")]})
+        setup.update(
+            {
+                name: clean(k)
+                for name, k in [
+                    ("actstore_write_durable_fp32in", "store_durable_fp32"),
+                    ("actstore_write_nodurable_fp32in", "store_nodurable_fp32"),
+                    ("actstore_write_durable_bf16in", "store_durable_bf16"),
+                    ("actstore_write_nodurable_bf16in", "store_nodurable_bf16"),
+                    ("zarr_python_write", "zarr"),
+                    ("numpy_tofile_fsync", "np_durable"),
+                    ("numpy_tofile_nofsync", "np_nodurable"),
+                ]
+            }
+        )
         # Pieces of an fp32 append, to explain the write figures: statistics and bf16 rounding.
         breakdown_variants = {
             "append_part_stats_fp32": lambda: [RunningStats(d).update(b[h]) for b in fp32_batches for h in hooks],
             "append_part_stats_bf16": lambda: [RunningStats(d).update(b[h]) for b in bf16_batches for h in hooks],
-            "append_part_fp32_to_bf16": lambda: [_native.fp32_to_bf16(b[h].numpy()) for b in fp32_batches for h in hooks],
+            "append_part_fp32_to_bf16": lambda: [
+                _native.fp32_to_bf16(b[h].numpy()) for b in fp32_batches for h in hooks
+            ],
         }
         print(f"write side: {len(write_variants) + len(breakdown_variants)} variants ...", flush=True)
         wt = C.interleaved({**write_variants, **breakdown_variants}, repeats, setup=setup)
         for name, ts_ in wt.items():
             figures[name] = {"GBps": C.gbps(raw_bytes, statistics.median(ts_)), **C.summary(ts_)}
         for k in ("store_durable_fp32", "store_nodurable_fp32", "store_durable_bf16", "store_nodurable_bf16", "zarr"):
-            figures_key = {"store_durable_fp32": "actstore_write_durable_fp32in", "store_nodurable_fp32": "actstore_write_nodurable_fp32in",
-                           "store_durable_bf16": "actstore_write_durable_bf16in", "store_nodurable_bf16": "actstore_write_nodurable_bf16in",
-                           "zarr": "zarr_python_write"}[k]
+            figures_key = {
+                "store_durable_fp32": "actstore_write_durable_fp32in",
+                "store_nodurable_fp32": "actstore_write_nodurable_fp32in",
+                "store_durable_bf16": "actstore_write_durable_bf16in",
+                "store_nodurable_bf16": "actstore_write_nodurable_bf16in",
+                "zarr": "zarr_python_write",
+            }[k]
             on_disk = sum(f.stat().st_size for f in wdirs[k].rglob("*") if f.is_file())
             figures[figures_key]["bytes_on_disk"] = on_disk
             figures[figures_key]["ratio_x"] = raw_bytes / on_disk
@@ -196,21 +236,34 @@ def main(argv=None) -> int:
         t_act = t_own = None
         if ts is not None:
             ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-            t_act = {h: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(spath / f"segments/r0/acts/{h}")}},
-                                read=True, context=ctx).result() for h in hooks}
-            t_own = {h: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(zpath / h)}},
-                                read=True, context=ctx).result() for h in hooks}
+            t_act = {
+                h: ts.open(
+                    {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(spath / f"segments/r0/acts/{h}")}},
+                    read=True,
+                    context=ctx,
+                ).result()
+                for h in hooks
+            }
+            t_own = {
+                h: ts.open(
+                    {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(zpath / h)}}, read=True, context=ctx
+                ).result()
+                for h in hooks
+            }
         rng = np.random.default_rng(0)
         perms = {h: rng.permutation(n) for h in hooks}
-        rand_sets = [np.sort(rng.choice(n, RANDOM_ROWS, replace=False)) if i % 2 else rng.choice(n, RANDOM_ROWS, replace=False)
-                     for i in range(RANDOM_READS)]
+        rand_sets = [
+            np.sort(rng.choice(n, RANDOM_ROWS, replace=False)) if i % 2 else rng.choice(n, RANDOM_ROWS, replace=False)
+            for i in range(RANDOM_READS)
+        ]
 
         # Correctness (untimed): every reader returns exactly the bf16 bits that were written.
         for h in hooks:
             want = bf16[h]
             checks = {
                 "actstore": s.read(h, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16),
-                "zarr_on_actstore": z_act[h][:], "zarr_own": z_own[h][:],
+                "zarr_on_actstore": z_act[h][:],
+                "zarr_own": z_own[h][:],
                 "numpy": np.fromfile(npath / f"{h}.bin", dtype=np.uint16).reshape(n, d),
             }
             if ts is not None:
@@ -230,6 +283,7 @@ def main(argv=None) -> int:
             def run():
                 for h in hooks:
                     fn(h)
+
             return run
 
         def dec(pool):
@@ -241,11 +295,12 @@ def main(argv=None) -> int:
                 out = np.empty((chunk_rows, d), dtype=np.uint16)
                 codec.decode_into(encoded[i], out)
                 return out
+
             return lambda: list(pool.map(one, range(len(encoded))))
 
         # The reader's gather step alone: rows of decoded chunks copied into one new array per hook.
         per_hook_chunks = -(-n // chunk_rows)
-        gather_src = [dec_out[k * per_hook_chunks:(k + 1) * per_hook_chunks] for k in range(len(hooks))]
+        gather_src = [dec_out[k * per_hook_chunks : (k + 1) * per_hook_chunks] for k in range(len(hooks))]
         gather_ids = (np.arange(n) // chunk_rows).astype(np.int32)
         gather_rows = (np.arange(n) % chunk_rows).astype(np.int64)
 
@@ -261,7 +316,9 @@ def main(argv=None) -> int:
             "actstore_read_all_bf16": each(lambda h: s.read(h, dtype=torch.bfloat16)),
             "actstore_read_all_fp32": each(lambda h: s.read(h)),
             "actstore_read_permuted_bf16": each(lambda h: s.read(h, rows=perms[h], dtype=torch.bfloat16)),
-            "actstore_read_4096_random_bf16": lambda: [s.read(hooks[0], rows=r, dtype=torch.bfloat16).shape for r in rand_sets],
+            "actstore_read_4096_random_bf16": lambda: [
+                s.read(hooks[0], rows=r, dtype=torch.bfloat16).shape for r in rand_sets
+            ],
             "numpy_fromfile": each(lambda h: np.fromfile(npath / f"{h}.bin", dtype=np.uint16)),
             "numpy_memmap_copy": each(lambda h: np.array(np.memmap(npath / f"{h}.bin", dtype=np.uint16, mode="r"))),
             "zarr_python_read_own": each(lambda h: z_own[h][:]),
@@ -278,13 +335,18 @@ def main(argv=None) -> int:
             med = statistics.median(ts_)
             if name == "actstore_read_4096_random_bf16":
                 per = med / RANDOM_READS
-                figures[name] = {"GBps_delivered": C.gbps(RANDOM_ROWS * d * 2, per), "seconds_per_read": per,
-                                 "rows_per_s": RANDOM_ROWS / per, "reads_per_call": RANDOM_READS,
-                                 "chunks_decoded_per_read": float(np.mean([len(np.unique(r // chunk_rows)) for r in rand_sets])),
-                                 "chunks_per_hook": -(-n // chunk_rows),
-                                 "GBps_decoded": C.gbps(np.mean([len(np.unique(r // chunk_rows)) for r in rand_sets])
-                                                        * chunk_rows * d * 2, per),
-                                 **C.summary(ts_)}
+                figures[name] = {
+                    "GBps_delivered": C.gbps(RANDOM_ROWS * d * 2, per),
+                    "seconds_per_read": per,
+                    "rows_per_s": RANDOM_ROWS / per,
+                    "reads_per_call": RANDOM_READS,
+                    "chunks_decoded_per_read": float(np.mean([len(np.unique(r // chunk_rows)) for r in rand_sets])),
+                    "chunks_per_hook": -(-n // chunk_rows),
+                    "GBps_decoded": C.gbps(
+                        np.mean([len(np.unique(r // chunk_rows)) for r in rand_sets]) * chunk_rows * d * 2, per
+                    ),
+                    **C.summary(ts_),
+                }
             else:
                 figures[name] = {"GBps": C.gbps(raw_bytes, med), **C.summary(ts_)}
         s.close()
@@ -297,12 +359,21 @@ def main(argv=None) -> int:
     dec_T = med[f"codec_decode_{threads}threads"]
     ratios = {
         "write_overhead_vs_codec_encode": {
-            k: med[k] / enc_T for k in ("actstore_write_durable_fp32in", "actstore_write_nodurable_fp32in",
-                                        "actstore_write_durable_bf16in", "actstore_write_nodurable_bf16in")},
+            k: med[k] / enc_T
+            for k in (
+                "actstore_write_durable_fp32in",
+                "actstore_write_nodurable_fp32in",
+                "actstore_write_durable_bf16in",
+                "actstore_write_nodurable_bf16in",
+            )
+        },
         "read_speedup_vs_zarr_python": {
-            "actstore_read_all_bf16 vs zarr_python_read_own": med["zarr_python_read_own"] / med["actstore_read_all_bf16"],
-            "actstore_read_all_bf16 vs zarr_python_read_actstore": med["zarr_python_read_actstore"] / med["actstore_read_all_bf16"],
-            "actstore_read_all_fp32 vs zarr_python_read_own": med["zarr_python_read_own"] / med["actstore_read_all_fp32"],
+            "actstore_read_all_bf16 vs zarr_python_read_own": med["zarr_python_read_own"]
+            / med["actstore_read_all_bf16"],
+            "actstore_read_all_bf16 vs zarr_python_read_actstore": med["zarr_python_read_actstore"]
+            / med["actstore_read_all_bf16"],
+            "actstore_read_all_fp32 vs zarr_python_read_own": med["zarr_python_read_own"]
+            / med["actstore_read_all_fp32"],
         },
         "read_overhead_vs_codec_decode": {
             "actstore_read_all_bf16": med["actstore_read_all_bf16"] / dec_T,
@@ -310,7 +381,10 @@ def main(argv=None) -> int:
             "actstore_read_permuted_bf16": med["actstore_read_permuted_bf16"] / dec_T,
         },
         "actstore_write_vs_zarr_python_write": med["zarr_python_write"] / med["actstore_write_durable_bf16in"],
-        "codec_thread_scaling": {"encode": med["codec_encode_1thread"] / enc_T, "decode": med["codec_decode_1thread"] / dec_T},
+        "codec_thread_scaling": {
+            "encode": med["codec_encode_1thread"] / enc_T,
+            "decode": med["codec_decode_1thread"] / dec_T,
+        },
     }
     if ts is not None:
         ratios["read_speedup_vs_tensorstore"] = {
@@ -325,8 +399,9 @@ def main(argv=None) -> int:
         return statistics.median(a / b for a, b in zip(allt[num], allt[den]))
 
     ratios["paired_median"] = {
-        "write_overhead_vs_codec_encode": {k: paired(k, f"codec_encode_{threads}threads")
-                                           for k in ratios["write_overhead_vs_codec_encode"]},
+        "write_overhead_vs_codec_encode": {
+            k: paired(k, f"codec_encode_{threads}threads") for k in ratios["write_overhead_vs_codec_encode"]
+        },
         "read_speedup_vs_zarr_python_own": paired("zarr_python_read_own", "actstore_read_all_bf16"),
         "read_overhead_vs_codec_decode_bf16": paired("actstore_read_all_bf16", f"codec_decode_{threads}threads"),
     }
@@ -334,14 +409,16 @@ def main(argv=None) -> int:
     r_head = ratios["read_speedup_vs_zarr_python"]["actstore_read_all_bf16 vs zarr_python_read_own"]
     targets = {
         "write_overhead": {
-            "definition": "actstore create+append+close time / codec-alone encode time, both with the store's thread count",
+            "definition": "actstore create+append+close time / codec-alone encode time, both with the store's "
+            "thread count",
             "target_at_most": TARGET_WRITE_OVERHEAD,
             "measured": w_head,
             "measured_paired_median": ratios["paired_median"]["write_overhead_vs_codec_encode"],
             "met": {k: bool(v <= TARGET_WRITE_OVERHEAD) for k, v in w_head.items()},
         },
         "read_speedup": {
-            "definition": "naive zarr-python arr[:] time / actstore s.read(h, dtype=bfloat16) time, all rows of all hooks",
+            "definition": "naive zarr-python arr[:] time / actstore s.read(h, dtype=bfloat16) time, all rows of "
+            "all hooks",
             "target_at_least": TARGET_READ_SPEEDUP,
             "measured": r_head,
             "measured_paired_median": ratios["paired_median"]["read_speedup_vs_zarr_python_own"],
@@ -352,24 +429,37 @@ def main(argv=None) -> int:
         "benchmark": "store_io",
         "meta": meta,
         "config": {
-            "quick": args.quick, "repeats": repeats, "statistic": "median of interleaved repeats (order rotates each round)",
-            "hooks": hooks, "rows_per_hook": n, "d": d, "uncompressed_bytes": raw_bytes, "chunk_rows": chunk_rows,
-            "shard_rows": 64 * chunk_rows, "codec": codec.describe(), "append_rows": APPEND_ROWS,
-            "store_threads": s_threads, "codec_threads": threads,
+            "quick": args.quick,
+            "repeats": repeats,
+            "statistic": "median of interleaved repeats (order rotates each round)",
+            "hooks": hooks,
+            "rows_per_hook": n,
+            "d": d,
+            "uncompressed_bytes": raw_bytes,
+            "chunk_rows": chunk_rows,
+            "shard_rows": 64 * chunk_rows,
+            "codec": codec.describe(),
+            "append_rows": APPEND_ROWS,
+            "store_threads": s_threads,
+            "codec_threads": threads,
             "zarr_config": {"async": zarr.config.get("async"), "threading": zarr.config.get("threading")},
             "zarr_python_array": {"chunks": [chunk_rows, d], "shards": [64 * chunk_rows, d], "compressors": zarr_blosc},
             "tensorstore": "cache_pool 0 bytes, its own default thread pools" if ts is not None else "not installed",
-            "page_cache": "reads are from the page cache: every store was read once before timing (dropping caches needs root)",
+            "page_cache": "reads are from the page cache: every store was read once before timing (dropping "
+            "caches needs root)",
             "write_dir": "a temporary directory on the same file system as /tmp; each timed write starts from an empty "
-                         "directory after os.sync() (untimed), so no variant pays for another's writeback",
+            "directory after os.sync() (untimed), so no variant pays for another's writeback",
             "append_columns": "activations only; token/doc/pos/flags columns left to their defaults",
             "read_consumption": "each hook's result is dropped before the next hook is read (all readers alike)",
-            "random_read": f"{RANDOM_READS} reads of {RANDOM_ROWS} random rows of one hook per timed call (odd ones sorted)",
+            "random_read": f"{RANDOM_READS} reads of {RANDOM_ROWS} random rows of one hook per timed call (odd "
+            f"ones sorted)",
         },
         "units": {
             "GBps": "uncompressed bf16 bytes of all hooks per second, 1e9 B/s",
-            "GBps_delivered": "bytes of the requested rows per second", "GBps_decoded": "bytes of the chunks decoded per second",
-            "*_s": "seconds per call", "ratio_x": "uncompressed / on-disk bytes",
+            "GBps_delivered": "bytes of the requested rows per second",
+            "GBps_decoded": "bytes of the chunks decoded per second",
+            "*_s": "seconds per call",
+            "ratio_x": "uncompressed / on-disk bytes",
             "write_overhead_vs_codec_encode": "time ratio (lower is better, 1.0 = codec-bound)",
             "read_speedup_*": "time ratio, baseline time / actstore time (higher is better)",
             "read_overhead_vs_codec_decode": "time ratio (lower is better)",
@@ -382,24 +472,46 @@ def main(argv=None) -> int:
     path = C.write_result("store_io_quick" if args.quick else "store_io", doc)
 
     print()
-    print(f"{len(hooks)} hooks x {n} rows x {d} bf16 = {raw_bytes / 1e6:.0f} MB uncompressed; median of {repeats}; "
-          f"{threads} threads; reads from page cache")
+    print(
+        f"{len(hooks)} hooks x {n} rows x {d} bf16 = {raw_bytes / 1e6:.0f} MB uncompressed; median of {repeats}; "
+        f"{threads} threads; reads from page cache"
+    )
     tab = []
     for name, f in figures.items():
         if "GBps" in f:
-            tab.append([name, f"{f['GBps']:.3f}", f"{f['median_s']:.3f}", f"{f['min_s']:.3f}-{f['max_s']:.3f}",
-                        f"{f['ratio_x']:.3f}x" if "ratio_x" in f else ""])
+            tab.append(
+                [
+                    name,
+                    f"{f['GBps']:.3f}",
+                    f"{f['median_s']:.3f}",
+                    f"{f['min_s']:.3f}-{f['max_s']:.3f}",
+                    f"{f['ratio_x']:.3f}x" if "ratio_x" in f else "",
+                ]
+            )
         else:
-            tab.append([name, f"{f['GBps_delivered']:.4f} (delivered), {f['GBps_decoded']:.2f} (decoded)",
-                        f"{f['seconds_per_read']:.3f}/read", f"{f['min_s'] / RANDOM_READS:.3f}-{f['max_s'] / RANDOM_READS:.3f}", ""])
+            tab.append(
+                [
+                    name,
+                    f"{f['GBps_delivered']:.4f} (delivered), {f['GBps_decoded']:.2f} (decoded)",
+                    f"{f['seconds_per_read']:.3f}/read",
+                    f"{f['min_s'] / RANDOM_READS:.3f}-{f['max_s'] / RANDOM_READS:.3f}",
+                    "",
+                ]
+            )
     print(C.fmt_table(tab, ["variant", "GB/s", "median s", "range s", "on-disk ratio"]))
     print()
     pm = ratios["paired_median"]
     for k, v in w_head.items():
-        print(f"TARGET write overhead <= {TARGET_WRITE_OVERHEAD:.2f}: {k} / codec encode ({threads} threads) = {v:.2f} "
-              f"(paired {pm['write_overhead_vs_codec_encode'][k]:.2f}) -> {'MET' if v <= TARGET_WRITE_OVERHEAD else 'NOT MET'}")
-    print(f"TARGET read speedup >= {TARGET_READ_SPEEDUP:.1f}x: zarr-python arr[:] / actstore read = {r_head:.2f}x "
-          f"(paired {pm['read_speedup_vs_zarr_python_own']:.2f}x) -> {'MET' if r_head >= TARGET_READ_SPEEDUP else 'NOT MET'}")
+        print(
+            f"TARGET write overhead <= {TARGET_WRITE_OVERHEAD:.2f}: {k} / codec encode ({threads} threads) = {v:.2f} "
+            f"(paired {pm['write_overhead_vs_codec_encode'][k]:.2f}) -> "
+            f"{'MET' if v <= TARGET_WRITE_OVERHEAD else 'NOT MET'}"
+        )
+    print(
+        f"TARGET read speedup >= {TARGET_READ_SPEEDUP:.1f}x: zarr-python arr[:] / actstore read = {r_head:.2f}x "
+        f"(paired {pm['read_speedup_vs_zarr_python_own']:.2f}x) -> "
+        f"{'MET' if r_head >= TARGET_READ_SPEEDUP else 'NOT MET'}"
+    )
     for k, v in ratios["read_overhead_vs_codec_decode"].items():
         print(f"  {k} / codec decode ({threads} threads) = {v:.2f}")
     if ts is not None:

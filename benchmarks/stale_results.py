@@ -37,11 +37,20 @@ REPO = Path(__file__).resolve().parents[1]
 # summarised does not make the measured code's figures wrong.
 NATIVE = ["actstore/_native.py", "csrc", "bindings"]
 STORE = ["actstore/store", "actstore/api.py", *NATIVE]
-DEQUANT = ["actstore/ops/dequant_normalize.py", "kernels/dequant_normalize.py",
-           "actstore/reference/dequant_normalize.py"]
+DEQUANT = [
+    "actstore/ops/dequant_normalize.py",
+    "kernels/dequant_normalize.py",
+    "actstore/reference/dequant_normalize.py",
+]
 LOADER = ["actstore/loader", *DEQUANT, *STORE]
-CAPTURE = ["actstore/capture", "actstore/models", "actstore/ops/capture_pack.py", "kernels/capture_pack.py",
-           "actstore/reference/capture_pack.py", *STORE]
+CAPTURE = [
+    "actstore/capture",
+    "actstore/models",
+    "actstore/ops/capture_pack.py",
+    "kernels/capture_pack.py",
+    "actstore/reference/capture_pack.py",
+    *STORE,
+]
 KERNELS = ["kernels", "actstore/ops", "actstore/reference"]
 SAE = ["actstore/sae", *KERNELS, *LOADER]
 
@@ -65,6 +74,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
 class Status:
     """One result file's standing; ``changes`` = ``[(sha, date, subject, [measured paths it changed])]``,
     newest first."""
+
     name: str
     state: str
     script: str | None = None
@@ -111,8 +121,12 @@ def check(repo: Path = REPO, measures=MEASURES, results_dir: str = "benchmarks/r
         if not st.commit:
             st.state = "no-commit"
             continue
-        if subprocess.run(["git", "cat-file", "-e", f"{st.commit}^{{commit}}"], cwd=repo,
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["git", "cat-file", "-e", f"{st.commit}^{{commit}}"], cwd=repo, capture_output=True
+            ).returncode
+            != 0
+        ):
             st.state = "unknown-commit"
             continue
         log = _git(repo, "log", "--format=%x00%H%x1f%cs%x1f%s", "--name-only", f"{st.commit}..HEAD", "--", *paths)
@@ -139,11 +153,13 @@ def report(statuses: list[Status], missing: list[str] = (), detail: bool = True)
     width = max((len(s.name) for s in statuses), default=0) + 7
     for s in statuses:
         at = s.commit[:10] if s.commit else "-"
-        what = {"fresh": "measured code unchanged since",
-                "stale": f"{len(s.changes)} later commit(s) change what it measures",
-                "unknown-commit": "its commit is not in this clone's history",
-                "no-commit": "records no git commit",
-                "unmapped": "no MEASURES entry in benchmarks/stale_results.py matches it"}[s.state]
+        what = {
+            "fresh": "measured code unchanged since",
+            "stale": f"{len(s.changes)} later commit(s) change what it measures",
+            "unknown-commit": "its commit is not in this clone's history",
+            "no-commit": "records no git commit",
+            "unmapped": "no MEASURES entry in benchmarks/stale_results.py matches it",
+        }[s.state]
         lines.append(f"{s.state:<15}{s.name + '.json':<{width}}at {at}  {what}")
         if not detail:
             continue

@@ -31,11 +31,26 @@ import triton.language as tl
 
 
 @triton.jit
-def _capture_pack_fwd_kernel(x_ptr, stride_x, keep_ptr, dst_ptr, shift_ptr,
-                             out_ptr, scale_ptr, bad_ptr, s1_ptr, s2_ptr, norm_ptr,
-                             N, D,
-                             MODE: tl.constexpr, SCALED: tl.constexpr, QMAX: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _capture_pack_fwd_kernel(
+    x_ptr,
+    stride_x,
+    keep_ptr,
+    dst_ptr,
+    shift_ptr,
+    out_ptr,
+    scale_ptr,
+    bad_ptr,
+    s1_ptr,
+    s2_ptr,
+    norm_ptr,
+    N,
+    D,
+    MODE: tl.constexpr,
+    SCALED: tl.constexpr,
+    QMAX: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -95,10 +110,21 @@ def _capture_pack_fwd_kernel(x_ptr, stride_x, keep_ptr, dst_ptr, shift_ptr,
     tl.store(bad_ptr + dst, tl.where(nbad > 0, 1, 0).to(tl.int8), mask=keep)
 
 
-def capture_pack_fwd(x: torch.Tensor, keep: torch.Tensor, dst: torch.Tensor, shift: torch.Tensor, dtype,
-                     n_keep: int, *, out: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                     bad: torch.Tensor | None = None, moments: torch.Tensor | None = None,
-                     block_m: int = 32, block_d: int | None = None):
+def capture_pack_fwd(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    dst: torch.Tensor,
+    shift: torch.Tensor,
+    dtype,
+    n_keep: int,
+    *,
+    out: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    bad: torch.Tensor | None = None,
+    moments: torch.Tensor | None = None,
+    block_m: int = 32,
+    block_d: int | None = None,
+):
     """Launch the kernel. ``x [N, d]`` with unit last stride; ``keep [N]`` int8/bool;
     ``dst [N]`` int64; ``shift [d]`` float32; ``dtype`` an ``actstore.store.format.DType``
     (its ``mode``, ``torch_dtype`` and ``qmax`` select the conversion). Optional
@@ -119,15 +145,31 @@ def capture_pack_fwd(x: torch.Tensor, keep: torch.Tensor, dst: torch.Tensor, shi
         scale = torch.empty(max(n_keep, 1), dtype=torch.float32, device=dev)
     moments = torch.empty(2 * D + 1, dtype=torch.float32, device=dev) if moments is None else moments
     moments.zero_()
-    s1, s2, norm = moments[:D], moments[D:2 * D], moments[2 * D:]
+    s1, s2, norm = moments[:D], moments[D : 2 * D], moments[2 * D :]
     if block_d is None:
         # Whole rows in one tile up to 1024 columns (then walk 2 re-reads from cache);
         # wider rows loop over 512-column tiles to bound registers.
         block_d = triton.next_power_of_2(D) if D <= 1024 else 512
     if N:
         grid = (triton.cdiv(N, block_m),)
-        _capture_pack_fwd_kernel[grid](x, x.stride(0), keep.view(torch.int8) if keep.dtype == torch.bool else keep,
-                                       dst, shift, out, scale if scaled else out, bad, s1, s2, norm, N, D,
-                                       MODE=dtype.mode, SCALED=scaled, QMAX=dtype.qmax or 1.0,
-                                       BLOCK_M=block_m, BLOCK_D=block_d)
+        _capture_pack_fwd_kernel[grid](
+            x,
+            x.stride(0),
+            keep.view(torch.int8) if keep.dtype == torch.bool else keep,
+            dst,
+            shift,
+            out,
+            scale if scaled else out,
+            bad,
+            s1,
+            s2,
+            norm,
+            N,
+            D,
+            MODE=dtype.mode,
+            SCALED=scaled,
+            QMAX=dtype.qmax or 1.0,
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+        )
     return out[:n_keep], (scale[:n_keep] if scaled else None), bad[:n_keep], s1, s2, norm

@@ -18,8 +18,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _csr_gather_dot_fwd_kernel(row_ptr, col_ptr, g_ptr, w_ptr, out_ptr, NNZ, D, stride_g, stride_w,
-                               BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+def _csr_gather_dot_fwd_kernel(
+    row_ptr, col_ptr, g_ptr, w_ptr, out_ptr, NNZ, D, stride_g, stride_w, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr
+):
     es = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = es < NNZ
     r = tl.load(row_ptr + es, mask=emask, other=0)
@@ -45,6 +46,7 @@ def csr_gather_dot_fwd(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, 
         return out
     # 32 entries x 128 columns per step. Tiles not tuned on a GPU; see benchmarks/README.md.
     block_d = min(128, max(16, triton.next_power_of_2(d)))
-    _csr_gather_dot_fwd_kernel[(triton.cdiv(nnz, 32),)](rows.contiguous(), cols.contiguous(), G, W, out, nnz, d,
-                                                        G.stride(0), W.stride(0), BLOCK_E=32, BLOCK_D=block_d)
+    _csr_gather_dot_fwd_kernel[(triton.cdiv(nnz, 32),)](
+        rows.contiguous(), cols.contiguous(), G, W, out, nnz, d, G.stride(0), W.stride(0), BLOCK_E=32, BLOCK_D=block_d
+    )
     return out

@@ -19,8 +19,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _csr_matmul_fwd_kernel(row_ptr, col_ptr, val_ptr, w_ptr, out_ptr, D, stride_w,
-                           BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+def _csr_matmul_fwd_kernel(
+    row_ptr, col_ptr, val_ptr, w_ptr, out_ptr, D, stride_w, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr
+):
     i = tl.program_id(0)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = ds < D
@@ -32,8 +33,9 @@ def _csr_matmul_fwd_kernel(row_ptr, col_ptr, val_ptr, w_ptr, out_ptr, D, stride_
         emask = es < end
         c = tl.load(col_ptr + es, mask=emask, other=0)
         v = tl.load(val_ptr + es, mask=emask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + c[:, None] * stride_w + ds[None, :], mask=emask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + c[:, None] * stride_w + ds[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(
+            tl.float32
+        )
         acc += tl.sum(v[:, None] * w, axis=0)
     tl.store(out_ptr + i.to(tl.int64) * D + ds, acc, mask=dmask)
 
@@ -51,6 +53,7 @@ def csr_matmul_fwd(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor
     # k=32 in two steps. Tiles not tuned on a GPU; see benchmarks/README.md.
     block_d = min(128, triton.next_power_of_2(d))
     grid = (n, triton.cdiv(d, block_d))
-    _csr_matmul_fwd_kernel[grid](row_ptr.contiguous(), cols.contiguous(), vals.contiguous(), W, out, d,
-                                 W.stride(0), BLOCK_E=16, BLOCK_D=block_d)
+    _csr_matmul_fwd_kernel[grid](
+        row_ptr.contiguous(), cols.contiguous(), vals.contiguous(), W, out, d, W.stride(0), BLOCK_E=16, BLOCK_D=block_d
+    )
     return out

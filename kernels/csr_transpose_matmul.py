@@ -30,8 +30,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _csr_transpose_matmul_sorted_kernel(col_ptr, row_ptr, val_ptr, x_ptr, shift_ptr, gw_ptr, gb_ptr, D, stride_x,
-                                        HAS_SHIFT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+def _csr_transpose_matmul_sorted_kernel(
+    col_ptr,
+    row_ptr,
+    val_ptr,
+    x_ptr,
+    shift_ptr,
+    gw_ptr,
+    gb_ptr,
+    D,
+    stride_x,
+    HAS_SHIFT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     c = tl.program_id(0)
     pid_d = tl.program_id(1)
     ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -45,8 +57,9 @@ def _csr_transpose_matmul_sorted_kernel(col_ptr, row_ptr, val_ptr, x_ptr, shift_
         emask = es < end
         r = tl.load(row_ptr + es, mask=emask, other=0)
         v = tl.load(val_ptr + es, mask=emask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + r[:, None] * stride_x + ds[None, :], mask=emask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + r[:, None] * stride_x + ds[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(
+            tl.float32
+        )
         acc += tl.sum(v[:, None] * x, axis=0)
         vsum += v
     if HAS_SHIFT:
@@ -58,9 +71,21 @@ def _csr_transpose_matmul_sorted_kernel(col_ptr, row_ptr, val_ptr, x_ptr, shift_
 
 
 @triton.jit
-def _csr_transpose_matmul_atomic_kernel(row_ptr, col_ptr, val_ptr, x_ptr, shift_ptr, gw_ptr, gb_ptr, NNZ, D,
-                                        stride_x, HAS_SHIFT: tl.constexpr, BLOCK_E: tl.constexpr,
-                                        BLOCK_D: tl.constexpr):
+def _csr_transpose_matmul_atomic_kernel(
+    row_ptr,
+    col_ptr,
+    val_ptr,
+    x_ptr,
+    shift_ptr,
+    gw_ptr,
+    gb_ptr,
+    NNZ,
+    D,
+    stride_x,
+    HAS_SHIFT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     es = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     pid_d = tl.program_id(1)
     ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -78,8 +103,15 @@ def _csr_transpose_matmul_atomic_kernel(row_ptr, col_ptr, val_ptr, x_ptr, shift_
         tl.atomic_add(gb_ptr + c, v, mask=emask)
 
 
-def csr_transpose_matmul_fwd(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, X: torch.Tensor,
-                             m: int, shift: torch.Tensor | None = None, method: str = "sorted"):
+def csr_transpose_matmul_fwd(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    X: torch.Tensor,
+    m: int,
+    shift: torch.Tensor | None = None,
+    method: str = "sorted",
+):
     """Launch: ``(grad_W [m, d], grad_b [m])`` float32 (see the module docstring)."""
     nnz = cols.numel()
     d = X.shape[1]
@@ -97,8 +129,19 @@ def csr_transpose_matmul_fwd(rows: torch.Tensor, cols: torch.Tensor, vals: torch
         col_ptr = torch.zeros(m + 1, dtype=torch.int64, device=X.device)
         col_ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=m), 0)
         _csr_transpose_matmul_sorted_kernel[(m, triton.cdiv(d, block_d))](
-            col_ptr, rows[order].contiguous(), vals[order].contiguous(), X, shift_arg, gw, gb, d, X.stride(0),
-            HAS_SHIFT=has_shift, BLOCK_E=16, BLOCK_D=block_d)
+            col_ptr,
+            rows[order].contiguous(),
+            vals[order].contiguous(),
+            X,
+            shift_arg,
+            gw,
+            gb,
+            d,
+            X.stride(0),
+            HAS_SHIFT=has_shift,
+            BLOCK_E=16,
+            BLOCK_D=block_d,
+        )
         return gw, gb
     if method == "atomic":
         gw = torch.zeros((m, d), dtype=torch.float32, device=X.device)
@@ -106,7 +149,19 @@ def csr_transpose_matmul_fwd(rows: torch.Tensor, cols: torch.Tensor, vals: torch
         if nnz == 0:
             return gw, gb
         _csr_transpose_matmul_atomic_kernel[(triton.cdiv(nnz, 32), triton.cdiv(d, block_d))](
-            rows.contiguous(), cols.contiguous(), vals.contiguous(), X, shift_arg, gw, gb, nnz, d, X.stride(0),
-            HAS_SHIFT=has_shift, BLOCK_E=32, BLOCK_D=block_d)
+            rows.contiguous(),
+            cols.contiguous(),
+            vals.contiguous(),
+            X,
+            shift_arg,
+            gw,
+            gb,
+            nnz,
+            d,
+            X.stride(0),
+            HAS_SHIFT=has_shift,
+            BLOCK_E=32,
+            BLOCK_D=block_d,
+        )
         return gw, gb
     raise ValueError(f"unknown accumulation method {method!r}: use 'sorted' or 'atomic'")

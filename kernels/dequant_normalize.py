@@ -27,9 +27,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr, out_ptr, N, D,
-                                  MODE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                                  HAS_MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _dequant_normalize_fwd_kernel(
+    x_ptr,
+    stride_x,
+    scale_ptr,
+    shift_ptr,
+    mul_ptr,
+    out_ptr,
+    N,
+    D,
+    MODE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_MUL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -64,8 +77,15 @@ def _dequant_normalize_fwd_kernel(x_ptr, stride_x, scale_ptr, shift_ptr, mul_ptr
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def dequant_normalize_fwd(x: torch.Tensor, dtype, scale: torch.Tensor | None, shift: torch.Tensor | None,
-                          mul: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+def dequant_normalize_fwd(
+    x: torch.Tensor,
+    dtype,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    mul: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Launch the kernel; arguments as in ``actstore.reference.dequant_normalize``, with
     ``dtype`` an ``actstore.store.format.DType`` (its ``mode`` selects the decode)."""
     n, d = x.shape
@@ -82,9 +102,19 @@ def dequant_normalize_fwd(x: torch.Tensor, dtype, scale: torch.Tensor | None, sh
     dummy = x  # never read when the matching HAS_* is False
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
     _dequant_normalize_fwd_kernel[grid](
-        x, x.stride(0),
-        scale if scale is not None else dummy, shift if shift is not None else dummy,
-        mul if mul is not None else dummy, out, n, d,
-        MODE=dtype.mode, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_MUL=mul is not None,
-        BLOCK_N=block_n, BLOCK_D=block_d)
+        x,
+        x.stride(0),
+        scale if scale is not None else dummy,
+        shift if shift is not None else dummy,
+        mul if mul is not None else dummy,
+        out,
+        n,
+        d,
+        MODE=dtype.mode,
+        HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None,
+        HAS_MUL=mul is not None,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+    )
     return out

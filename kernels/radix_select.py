@@ -55,4 +55,4 @@ def radix_select_fwd(values: torch.Tensor, r: int) -> torch.Tensor:
     key = prefix[0] & 0xFFFFFFFF
     bits = torch.where(key >= 0x80000000, key ^ 0x80000000, key ^ 0xFFFFFFFF)
     # int64 holding 32 bits -> int32 two's complement -> reinterpreted as float32
-    return torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
+    return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)

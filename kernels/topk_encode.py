@@ -6,8 +6,8 @@ the ``[n, m]`` pre-activations never reach global memory (at n=8192, m=131072 th
 4 GiB of fp32 written and read back).
 
 Shapes: x ``[n, d]`` (row stride ``stride_x``, last dim contiguous), W_enc ``[m, d]`` (one
-row per latent), b ``[m]`` float32 (``b_enc - W_enc @ pre_bias``, folded by the launcher). Outputs: values ``[n, k]`` float32
-(ReLU applied) and indices ``[n, k]`` int64, each row in descending order.
+row per latent), b ``[m]`` float32 (``b_enc - W_enc @ pre_bias``, folded by the launcher).
+Outputs: values ``[n, k]`` float32 (ReLU applied) and indices ``[n, k]`` int64, each row in descending order.
 
 Top-k merge: every pre-activation becomes one int64 key whose order is the value's order,
 ``(orderable float bits - 2^31) << 32 | (2^32 - 1 - column)``, so one integer carries the
@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-MIN_KEY = tl.constexpr(-(2 ** 63) + 1)  # below every real key (even a -inf pre-activation beats it)
-MAX_KEY = tl.constexpr(2 ** 63 - 1)  # fills the slots past k (KP is a power of two): never the minimum
+MIN_KEY = tl.constexpr(-(2**63) + 1)  # below every real key (even a -inf pre-activation beats it)
+MAX_KEY = tl.constexpr(2**63 - 1)  # fills the slots past k (KP is a power of two): never the minimum
 
 
 @triton.jit
@@ -65,11 +65,29 @@ def _store_topk(best, rows, rmask, kk, val_ptr, idx_ptr, K: tl.constexpr):
 
 
 @triton.jit
-def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, dead_ptr, aval_ptr, aidx_ptr,
-                            N, D, M, stride_x, stride_w,
-                            K: tl.constexpr, KP: tl.constexpr, KA: tl.constexpr, KAP: tl.constexpr,
-                            IEEE: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _topk_encode_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    val_ptr,
+    idx_ptr,
+    dead_ptr,
+    aval_ptr,
+    aidx_ptr,
+    N,
+    D,
+    M,
+    stride_x,
+    stride_w,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    KA: tl.constexpr,
+    KAP: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     kk = tl.arange(0, KP)
@@ -84,10 +102,16 @@ def _topk_encode_fwd_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, dead_ptr, ava
         for d0 in range(0, D, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             dmask = ds < D
-            xt = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + ds[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols.to(tl.int64)[None, :] * stride_w + ds[:, None],
-                         mask=dmask[:, None] & cmask[None, :], other=0.0)
+            xt = tl.load(
+                x_ptr + rows.to(tl.int64)[:, None] * stride_x + ds[None, :],
+                mask=rmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            wt = tl.load(
+                w_ptr + cols.to(tl.int64)[None, :] * stride_w + ds[:, None],
+                mask=dmask[:, None] & cmask[None, :],
+                other=0.0,
+            )
             if IEEE:
                 acc += tl.dot(xt, wt, input_precision="ieee")
             else:
@@ -118,13 +142,20 @@ def fold_pre_bias(W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tens
     p = pre_bias.to(torch.float32)
     out = torch.empty_like(b)
     for s in range(0, W_enc.shape[0], 8192):
-        out[s:s + 8192] = b[s:s + 8192] - W_enc[s:s + 8192].to(torch.float32) @ p
+        out[s : s + 8192] = b[s : s + 8192] - W_enc[s : s + 8192].to(torch.float32) @ p
     return out
 
 
-def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                    pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
-                    k_aux: int = 0, relu: bool = True):
+def topk_encode_fwd(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    pre_bias: torch.Tensor | None = None,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+    relu: bool = True,
+):
     """Launch the fused encoder + top-k (``relu=False``: the raw k largest, which the
     threshold ops use as candidates).
 
@@ -155,11 +186,28 @@ def topk_encode_fwd(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
     block_d = min(64, max(16, triton.next_power_of_2(d)))
     grid = (triton.cdiv(n, 16),)
     _topk_encode_fwd_kernel[grid](
-        x, W_enc, b.contiguous(), values, indices, dead, aux_values, aux_indices,
-        n, d, m, x.stride(0), W_enc.stride(0),
-        K=k, KP=triton.next_power_of_2(k), KA=ka, KAP=triton.next_power_of_2(max(ka, 1)),
+        x,
+        W_enc,
+        b.contiguous(),
+        values,
+        indices,
+        dead,
+        aux_values,
+        aux_indices,
+        n,
+        d,
+        m,
+        x.stride(0),
+        W_enc.stride(0),
+        K=k,
+        KP=triton.next_power_of_2(k),
+        KA=ka,
+        KAP=triton.next_power_of_2(max(ka, 1)),
         IEEE=x.dtype == torch.float32,
-        BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=block_d)
+        BLOCK_N=16,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+    )
     # Descending per row; ReLU as torch.relu (NaN stays NaN, sorted first like torch.topk).
     values, order = values.sort(dim=1, descending=True)
     values, indices = (torch.relu(values) if relu else values), indices.gather(1, order)

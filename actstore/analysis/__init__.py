@@ -23,5 +23,18 @@ def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
     return Analysis(path)
 
 
-__all__ = ["run", "open", "JOBS", "Analysis", "LatentView", "AnalysisError", "Reducer", "Batch", "FeatureStats",
-           "Top", "Bins", "EqualWidthBins", "TopTokens"]
+__all__ = [
+    "run",
+    "open",
+    "JOBS",
+    "Analysis",
+    "LatentView",
+    "AnalysisError",
+    "Reducer",
+    "Batch",
+    "FeatureStats",
+    "Top",
+    "Bins",
+    "EqualWidthBins",
+    "TopTokens",
+]

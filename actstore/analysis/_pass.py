@@ -103,8 +103,11 @@ class Selection:
     docs: tuple | None = None
 
     def to_json(self) -> dict:
-        return {"rows": [self.lo, self.hi], "drop_flags": self.drop_flags,
-                "docs": None if self.docs is None else list(self.docs)}
+        return {
+            "rows": [self.lo, self.hi],
+            "drop_flags": self.drop_flags,
+            "docs": None if self.docs is None else list(self.docs),
+        }
 
     def blocks(self, block_rows: int) -> range:
         if self.hi <= self.lo:
@@ -177,8 +180,16 @@ def read_block(store, hook: str, sel: Selection, block: int, block_rows: int, d:
     return rows, t, x
 
 
-def stream(store, hook: str, encoder: Encoder, sel: Selection, blocks: Iterable[int], block_rows: int,
-           reducers: list[Reducer], after_block: Callable[[int, int], None] | None = None) -> None:
+def stream(
+    store,
+    hook: str,
+    encoder: Encoder,
+    sel: Selection,
+    blocks: Iterable[int],
+    block_rows: int,
+    reducers: list[Reducer],
+    after_block: Callable[[int, int], None] | None = None,
+) -> None:
     """Feed every reducer every block of ``blocks``: each block read once (the next one is
     read by a helper thread while this one is encoded) and encoded once."""
     blocks, d = list(blocks), encoder.sae.cfg.d
@@ -191,8 +202,19 @@ def stream(store, hook: str, encoder: Encoder, sel: Selection, blocks: Iterable[
             if j + 1 < len(blocks):
                 nxt = pool.submit(read_block, store, hook, sel, blocks[j + 1], block_rows, d)
             row_ptr, ent_row, cols, vals = encoder(x)
-            batch = Batch(b, rows, row_ptr, ent_row, cols, vals, t["token"], t["doc"].astype(np.int64, copy=False),
-                          t["pos"], t["flags"], encoder.sae.cfg.m)
+            batch = Batch(
+                b,
+                rows,
+                row_ptr,
+                ent_row,
+                cols,
+                vals,
+                t["token"],
+                t["doc"].astype(np.int64, copy=False),
+                t["pos"],
+                t["flags"],
+                encoder.sae.cfg.m,
+            )
             for r in reducers:
                 r.update(batch)
             if after_block is not None:

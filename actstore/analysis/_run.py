@@ -115,13 +115,15 @@ class _ShareState:
         except FileNotFoundError:
             return False
         if doc.get("identity") != self.identity:
-            raise AnalysisError(f"{self.dir.parent.parent} holds a different analysis in progress: pick another "
-                                "output folder, or delete it to start again")
+            raise AnalysisError(
+                f"{self.dir.parent.parent} holds a different analysis in progress: pick another "
+                "output folder, or delete it to start again"
+            )
         with np.load(self.dir / doc["npz"], allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         for r in reducers:
             head = f"{r.name}/"
-            r.load_state_dict({k[len(head):]: v for k, v in arrays.items() if k.startswith(head)})
+            r.load_state_dict({k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)})
         self.doc = doc
         return True
 
@@ -133,8 +135,14 @@ class _ShareState:
         name = f"state-{seq:08d}.npz"
         _write_atomic(self.dir / name, buf.getvalue())
         old = self.doc.get("npz")
-        self.doc = {"identity": self.identity, "next_block": int(next_block), "rows": int(rows), "done": bool(done),
-                    "seq": seq, "npz": name}
+        self.doc = {
+            "identity": self.identity,
+            "next_block": int(next_block),
+            "rows": int(rows),
+            "done": bool(done),
+            "seq": seq,
+            "npz": name,
+        }
         _write_atomic(self.dir / "state.json", json.dumps(self.doc, indent=1).encode())
         if old and old != name:
             (self.dir / old).unlink(missing_ok=True)
@@ -148,8 +156,20 @@ def _make(spec: dict, m: int) -> list[Reducer]:
         raise AnalysisError(f"bad job option: {e}") from None
 
 
-def _pass_share(store, hook, encoder, sel, blocks: range, block_rows, reducers, state: _ShareState, commit_rows,
-                on_commit, progress: bool, label: str) -> int:
+def _pass_share(
+    store,
+    hook,
+    encoder,
+    sel,
+    blocks: range,
+    block_rows,
+    reducers,
+    state: _ShareState,
+    commit_rows,
+    on_commit,
+    progress: bool,
+    label: str,
+) -> int:
     """Stream ``blocks`` into ``reducers`` from where ``state`` left off; returns rows seen."""
     start = blocks.start if state.doc["next_block"] is None else state.doc["next_block"]
     todo = range(start, blocks.stop)
@@ -163,8 +183,11 @@ def _pass_share(store, hook, encoder, sel, blocks: range, block_rows, reducers, 
             since = 0
             if progress:
                 dt = time.perf_counter() - t0
-                print(f"actstore analyze {label}: {seen} rows, {(seen - state0) / max(dt, 1e-9):,.0f} rows/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"actstore analyze {label}: {seen} rows, {(seen - state0) / max(dt, 1e-9):,.0f} rows/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if on_commit is not None:
                 on_commit(seq, seen)
 
@@ -177,10 +200,24 @@ def _pass_share(store, hook, encoder, sel, blocks: range, block_rows, reducers, 
     return seen
 
 
-def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str | None = None, rows=None,
-        drop_flags=None, docs=None, block_rows: int = 4096, commit_rows: int = 1 << 20, rank: int | None = None,
-        world_size: int | None = None, device=None, progress: bool = False,
-        on_commit: Callable[[int, int], None] | None = None) -> Path | None:
+def run(
+    store,
+    sae,
+    jobs=("stats", "top", "bins"),
+    out="analysis",
+    *,
+    hook: str | None = None,
+    rows=None,
+    drop_flags=None,
+    docs=None,
+    block_rows: int = 4096,
+    commit_rows: int = 1 << 20,
+    rank: int | None = None,
+    world_size: int | None = None,
+    device=None,
+    progress: bool = False,
+    on_commit: Callable[[int, int], None] | None = None,
+) -> Path | None:
     """Analyse ``store`` (a Store or path) with ``sae`` (an SAE module or saved folder) into
     the Zarr group ``out``; returns ``out``, or None for a share that did not finish the run.
 
@@ -203,14 +240,17 @@ def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str 
         raise AnalysisError(f"unknown hook {hook!r}: this store holds {', '.join(store.hooks)}")
     d = len(store.stats(hook)["mean"])
     if sae.cfg.d != d:
-        raise AnalysisError(f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained "
-                            "on this hook")
+        raise AnalysisError(
+            f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained on this hook"
+        )
     sel = _selection(store, rows, drop_flags, docs)
     if {"contexts", "top_tokens"} & set(spec) and sel.hi > sel.lo:
         probe = store.tokens(slice(sel.lo, min(sel.hi, sel.lo + block_rows)))["token"]
         if bool((probe < 0).all()):
-            raise AnalysisError(f"store {store.path} holds no token ids (token column is -1): contexts and top_tokens "
-                                "need a store captured with tokens")
+            raise AnalysisError(
+                f"store {store.path} holds no token ids (token column is -1): contexts and top_tokens "
+                "need a store captured with tokens"
+            )
     rank, world = _dist.rank_world(rank, world_size)
     if not 0 <= rank < world:
         raise AnalysisError(f"rank {rank} is not in 0..{world - 1}")
@@ -218,12 +258,22 @@ def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str 
     m = sae.cfg.m
     cfg = json.loads(sae.cfg.to_json())
     info = store.info()
-    ident = {"format": FORMAT, "store": {"path": str(store.path), "rows": store.rows,
-                                         "segments": [[s["name"], s["rows"]] for s in info["segments"]]},
-             "hook": hook, "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
-             "selection": sel.to_json(), "block_rows": int(block_rows),
-             "jobs": {j: ({"window": int(o.get("window", 8))} if j == "contexts" else _make({j: o}, 1)[0].config())
-                      for j, o in spec.items()}}
+    ident = {
+        "format": FORMAT,
+        "store": {
+            "path": str(store.path),
+            "rows": store.rows,
+            "segments": [[s["name"], s["rows"]] for s in info["segments"]],
+        },
+        "hook": hook,
+        "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
+        "selection": sel.to_json(),
+        "block_rows": int(block_rows),
+        "jobs": {
+            j: ({"window": int(o.get("window", 8))} if j == "contexts" else _make({j: o}, 1)[0].config())
+            for j, o in spec.items()
+        },
+    }
     identity = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     done = read_attrs(out) if out.exists() else None
@@ -234,11 +284,16 @@ def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str 
     if out.exists() and any(p.name not in (STATE, "_build") for p in out.iterdir()) and not (out / STATE).exists():
         raise AnalysisError(f"{out} exists and holds no actstore analysis: pick another output folder")
     if (out / STATE).exists():
-        others = [p.name for p in (out / STATE).iterdir() if p.name.startswith("share-") and
-                  not p.name.endswith(f"of{world:05d}")]
+        others = [
+            p.name
+            for p in (out / STATE).iterdir()
+            if p.name.startswith("share-") and not p.name.endswith(f"of{world:05d}")
+        ]
         if others:
-            raise AnalysisError(f"{out} holds an analysis in progress with another world size ({others[0]}): rerun it "
-                                "with that world size, or delete the folder")
+            raise AnalysisError(
+                f"{out} holds an analysis in progress with another world size ({others[0]}): rerun it "
+                "with that world size, or delete the folder"
+            )
     out.mkdir(parents=True, exist_ok=True)
 
     encoder = Encoder(sae)
@@ -247,8 +302,20 @@ def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str 
     st = _ShareState(out, share_name(rank), identity)
     st.load(reducers)
     blocks = sel.share(block_rows, rank, world)
-    _pass_share(store, hook, encoder, sel, blocks, block_rows, reducers, st, commit_rows, on_commit, progress,
-                f"share {rank}/{world}")
+    _pass_share(
+        store,
+        hook,
+        encoder,
+        sel,
+        blocks,
+        block_rows,
+        reducers,
+        st,
+        commit_rows,
+        on_commit,
+        progress,
+        f"share {rank}/{world}",
+    )
 
     dist = _dist.group()
     if world > 1:
@@ -262,15 +329,45 @@ def run(store, sae, jobs=("stats", "top", "bins"), out="analysis", *, hook: str 
             for s in states:
                 if not s.load([]) or not s.doc["done"]:
                     return None  # another share is still to run; the call that ends the last one finishes
-    result = _finish(store, hook, encoder, sel, spec, m, out, identity, ident, world, share_name, block_rows,
-                     commit_rows, on_commit, progress)
+    result = _finish(
+        store,
+        hook,
+        encoder,
+        sel,
+        spec,
+        m,
+        out,
+        identity,
+        ident,
+        world,
+        share_name,
+        block_rows,
+        commit_rows,
+        on_commit,
+        progress,
+    )
     if world > 1 and dist is not None:
         dist.barrier()
     return result
 
 
-def _finish(store, hook, encoder, sel, spec, m, out, identity, ident, world, share_name, block_rows, commit_rows,
-            on_commit, progress) -> Path:
+def _finish(
+    store,
+    hook,
+    encoder,
+    sel,
+    spec,
+    m,
+    out,
+    identity,
+    ident,
+    world,
+    share_name,
+    block_rows,
+    commit_rows,
+    on_commit,
+    progress,
+) -> Path:
     merged = None
     rows_seen = 0
     for r in range(world):
@@ -293,8 +390,20 @@ def _finish(store, hook, encoder, sel, spec, m, out, identity, ident, world, sha
         eq = EqualWidthBins(m, bins.max, **bins.opts)
         st = _ShareState(out, "pass2-equal", identity)
         st.load([eq])
-        _pass_share(store, hook, encoder, sel, sel.blocks(block_rows), block_rows, [eq], st, commit_rows, on_commit,
-                    progress, "bins equal-width pass")
+        _pass_share(
+            store,
+            hook,
+            encoder,
+            sel,
+            sel.blocks(block_rows),
+            block_rows,
+            [eq],
+            st,
+            commit_rows,
+            on_commit,
+            progress,
+            "bins equal-width pass",
+        )
         arrays.update(eq.result())
     attrs = {**ident, "identity": identity, "rows_seen": int(rows_seen), "summary": summary}
     if "contexts" in spec:

@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 
-def keep_best(table: dict[str, np.ndarray], groups: np.ndarray, cand: dict[str, np.ndarray],
-              sort_keys: Callable[[dict], list]) -> None:
+def keep_best(
+    table: dict[str, np.ndarray], groups: np.ndarray, cand: dict[str, np.ndarray], sort_keys: Callable[[dict], list]
+) -> None:
     if groups.size == 0:
         return
     k = next(iter(table.values())).shape[1]

@@ -58,8 +58,10 @@ class BlockTree:
     # -- state (arrays only, no pickles) -----------------------------------------------------
 
     def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
-        sd = {f"{prefix}levels": np.array([n[0] for n in self.nodes], dtype=np.int64),
-              f"{prefix}indices": np.array([n[1] for n in self.nodes], dtype=np.int64)}
+        sd = {
+            f"{prefix}levels": np.array([n[0] for n in self.nodes], dtype=np.int64),
+            f"{prefix}indices": np.array([n[1] for n in self.nodes], dtype=np.int64),
+        }
         for j, (_, _, payload) in enumerate(self.nodes):
             for k, v in payload.items():
                 sd[f"{prefix}{j}/{k}"] = v
@@ -70,4 +72,4 @@ class BlockTree:
         self.nodes = []
         for j, (lv, ix) in enumerate(zip(levels.tolist(), indices.tolist())):
             head = f"{prefix}{j}/"
-            self.nodes.append((lv, ix, {k[len(head):]: v for k, v in sd.items() if k.startswith(head)}))
+            self.nodes.append((lv, ix, {k[len(head) :]: v for k, v in sd.items() if k.startswith(head)}))

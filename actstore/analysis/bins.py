@@ -60,8 +60,11 @@ class _Samples:
     """``groups`` bottom-S tables: keys uint64, rows int64, vals float32, each ``[G, S]``."""
 
     def __init__(self, groups: int, s: int):
-        self.t = {"keys": np.full((groups, s), NOKEY, np.uint64), "rows": np.full((groups, s), -1, np.int64),
-                  "vals": np.zeros((groups, s), np.float32)}
+        self.t = {
+            "keys": np.full((groups, s), NOKEY, np.uint64),
+            "rows": np.full((groups, s), -1, np.int64),
+            "vals": np.zeros((groups, s), np.float32),
+        }
 
     def offer(self, g, keys, rows, vals) -> None:
         tk, tr = self.t["keys"][g, -1], self.t["rows"][g, -1]
@@ -83,11 +86,26 @@ class _Samples:
 class Bins(Reducer):
     name = "bins"
 
-    def __init__(self, m: int, *, width: float = 1.0, n_abs: int = 10, quantiles: int = 10, n_equal: int = 10,
-                 samples: int = 10, seed: int = 0):
+    def __init__(
+        self,
+        m: int,
+        *,
+        width: float = 1.0,
+        n_abs: int = 10,
+        quantiles: int = 10,
+        n_equal: int = 10,
+        samples: int = 10,
+        seed: int = 0,
+    ):
         super().__init__(m)
-        self.opts = {"width": float(width), "n_abs": int(n_abs), "quantiles": int(quantiles), "n_equal": int(n_equal),
-                     "samples": int(samples), "seed": int(seed)}
+        self.opts = {
+            "width": float(width),
+            "n_abs": int(n_abs),
+            "quantiles": int(quantiles),
+            "n_equal": int(n_equal),
+            "samples": int(samples),
+            "seed": int(seed),
+        }
         self.na, self.q, self.s = int(n_abs), int(quantiles), int(samples)
         self.abs_count = np.zeros((m, self.na), np.int64)
         self.abs = _Samples(m * self.na, self.s)
@@ -116,8 +134,13 @@ class Bins(Reducer):
         np.maximum(self.max, other.max, out=self.max)
 
     def state_dict(self) -> dict:
-        return {"abs_count": self.abs_count, "count": self.count, "max": self.max, **self.abs.state("abs/"),
-                **self.quant.state("quant/")}
+        return {
+            "abs_count": self.abs_count,
+            "count": self.count,
+            "max": self.max,
+            **self.abs.state("abs/"),
+            **self.quant.state("quant/"),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         self.abs_count, self.count, self.max = (np.array(sd[k]) for k in ("abs_count", "count", "max"))
@@ -127,10 +150,12 @@ class Bins(Reducer):
     def result(self) -> dict:
         m, na, q, s = self.m, self.na, self.q, self.s
         w = self.opts["width"]
-        out = {"bins/abs/count": self.abs_count,
-               "bins/abs/rows": self.abs.t["rows"].reshape(m, na, s),
-               "bins/abs/values": self.abs.t["vals"].reshape(m, na, s),
-               "bins/abs/edges": np.r_[np.arange(na) * w, np.inf]}
+        out = {
+            "bins/abs/count": self.abs_count,
+            "bins/abs/rows": self.abs.t["rows"].reshape(m, na, s),
+            "bins/abs/values": self.abs.t["vals"].reshape(m, na, s),
+            "bins/abs/edges": np.r_[np.arange(na) * w, np.inf],
+        }
         # Quantiles: the kept sample sorted by (value, row), cut into q equal groups.
         qr = np.full((m, q, s), -1, np.int64)
         qv = np.zeros((m, q, s), np.float32)
@@ -144,13 +169,19 @@ class Bins(Reducer):
             for j in range(q):
                 a, b = nk * j // q, nk * (j + 1) // q
                 take = min(b - a, s)
-                qr[lat, j, :take], qv[lat, j, :take] = rs[a:a + take], vs[a:a + take]
+                qr[lat, j, :take], qv[lat, j, :take] = rs[a : a + take], vs[a : a + take]
                 qe[lat, j] = vs[a] if b > a else (qe[lat, j - 1] if j else 0.0)
             qe[lat, q] = vs[-1]
         n = self.count[:, None]
         j = np.arange(q)[None, :]
-        out.update({"bins/quantile/count": n * (j + 1) // q - n * j // q, "bins/quantile/rows": qr,
-                    "bins/quantile/values": qv, "bins/quantile/edges": qe})
+        out.update(
+            {
+                "bins/quantile/count": n * (j + 1) // q - n * j // q,
+                "bins/quantile/rows": qr,
+                "bins/quantile/values": qv,
+                "bins/quantile/edges": qe,
+            }
+        )
         return out
 
 
@@ -190,6 +221,9 @@ class EqualWidthBins(Reducer):
 
     def result(self) -> dict:
         m, ne, s = self.m, self.ne, self.s
-        return {"bins/equal/count": self.count, "bins/equal/rows": self.samples.t["rows"].reshape(m, ne, s),
-                "bins/equal/values": self.samples.t["vals"].reshape(m, ne, s),
-                "bins/equal/edges": self.max.astype(np.float64)[:, None] * np.arange(ne + 1) / ne}
+        return {
+            "bins/equal/count": self.count,
+            "bins/equal/rows": self.samples.t["rows"].reshape(m, ne, s),
+            "bins/equal/values": self.samples.t["vals"].reshape(m, ne, s),
+            "bins/equal/edges": self.max.astype(np.float64)[:, None] * np.arange(ne + 1) / ne,
+        }

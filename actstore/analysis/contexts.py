@@ -31,7 +31,7 @@ def windows(doc_of, n_rows: int, rows: np.ndarray, w: int) -> np.ndarray:
     uniq = np.unique(win[inside])
     docs = np.full(win.shape, np.iinfo(np.int64).min, np.int64)
     docs[inside] = doc_of(uniq)[np.searchsorted(uniq, win[inside])]
-    same = inside & (docs == docs[:, w:w + 1])
+    same = inside & (docs == docs[:, w : w + 1])
     # Keep a side only up to its first row of another document: a cumulative AND outwards.
     right = np.cumprod(same[:, w:], axis=1).astype(bool)
     left = np.cumprod(same[:, w::-1], axis=1).astype(bool)[:, ::-1]
@@ -48,7 +48,7 @@ def activations_at(store, hook: str, encoder: Encoder, win: np.ndarray, lat: np.
     qk = win[valid] * m + np.broadcast_to(lat[:, None], win.shape)[valid]
     qv = np.zeros(qk.size, np.float32)
     for a in range(0, uniq.size, block_rows):
-        rows = uniq[a:a + block_rows]
+        rows = uniq[a : a + block_rows]
         _, ent_row, cols, vals = encoder(store.read(hook, rows))
         keys = rows[ent_row] * m + cols
         o = np.argsort(keys, kind="stable")
@@ -61,8 +61,9 @@ def activations_at(store, hook: str, encoder: Encoder, win: np.ndarray, lat: np.
     return out
 
 
-def contexts(store, hook: str, encoder: Encoder, examples: dict[str, np.ndarray], window: int,
-             block_rows: int) -> dict[str, np.ndarray]:
+def contexts(
+    store, hook: str, encoder: Encoder, examples: dict[str, np.ndarray], window: int, block_rows: int
+) -> dict[str, np.ndarray]:
     """``examples``: source name -> ``rows [m, ...]`` (-1 pad); the latent is the first index."""
     out = {}
     n = store.rows

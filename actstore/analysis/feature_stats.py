@@ -32,11 +32,14 @@ LOG_DENSITY_EDGES = np.linspace(-10.0, 0.0, 51)
 class FeatureStats(Reducer):
     name = "stats"
 
-    def __init__(self, m: int, *, per_decade: int = 8, lo_exp: int = -4, hi_exp: int = 4,
-                 dense_threshold: float = 0.1):
+    def __init__(self, m: int, *, per_decade: int = 8, lo_exp: int = -4, hi_exp: int = 4, dense_threshold: float = 0.1):
         super().__init__(m)
-        self.opts = {"per_decade": int(per_decade), "lo_exp": int(lo_exp), "hi_exp": int(hi_exp),
-                     "dense_threshold": float(dense_threshold)}
+        self.opts = {
+            "per_decade": int(per_decade),
+            "lo_exp": int(lo_exp),
+            "hi_exp": int(hi_exp),
+            "dense_threshold": float(dense_threshold),
+        }
         self.edges = 10.0 ** (lo_exp + np.arange((hi_exp - lo_exp) * per_decade + 1) / per_decade)
         self.nh = self.edges.size + 1
         self.rows = np.zeros(1, np.int64)
@@ -59,8 +62,9 @@ class FeatureStats(Reducer):
         np.maximum.at(self.max, c, v)
         vd = v.astype(np.float64)
         self.sums.push(b.block, {"sum": np.bincount(c, vd, m), "sumsq": np.bincount(c, vd * vd, m)})
-        self.hist += np.bincount(c * self.nh + np.searchsorted(self.edges, vd, "right"),
-                                 minlength=m * self.nh).reshape(m, self.nh)
+        self.hist += np.bincount(c * self.nh + np.searchsorted(self.edges, vd, "right"), minlength=m * self.nh).reshape(
+            m, self.nh
+        )
         self.l0 += np.bincount(np.diff(b.row_ptr), minlength=m + 1)[: m + 1]
         # Document runs per latent in this block, then joined to the running ones.
         order = np.argsort(c, kind="stable")  # entries stay in row order within a latent
@@ -111,18 +115,27 @@ class FeatureStats(Reducer):
         logd = np.log10(np.maximum(density[live], 1e-300))
         ld = np.histogram(np.clip(logd, -10.0, 0.0), LOG_DENSITY_EDGES)[0].astype(np.int64)
         return {
-            "latents/count": self.count, "latents/doc_count": self.doc_count, "latents/sum": s["sum"],
-            "latents/sumsq": s["sumsq"], "latents/max": self.max,
+            "latents/count": self.count,
+            "latents/doc_count": self.doc_count,
+            "latents/sum": s["sum"],
+            "latents/sumsq": s["sumsq"],
+            "latents/max": self.max,
             "latents/mean": np.where(live, s["sum"] / np.maximum(self.count, 1), 0.0),
-            "latents/density": density, "latents/dead": ~live,
+            "latents/density": density,
+            "latents/dead": ~live,
             "latents/dense": density > self.opts["dense_threshold"],
-            "latents/hist": self.hist, "latents/hist_edges": self.edges,
-            "summary/l0_hist": self.l0, "summary/log_density_hist": ld,
+            "latents/hist": self.hist,
+            "latents/hist_edges": self.edges,
+            "summary/l0_hist": self.l0,
+            "summary/log_density_hist": ld,
             "summary/log_density_edges": LOG_DENSITY_EDGES,
         }
 
     def attrs(self) -> dict:
         rows = int(self.rows[0])
-        return {"rows": rows, "dead": int((self.count == 0).sum()),
-                "dense": int((self.count / max(rows, 1) > self.opts["dense_threshold"]).sum()),
-                "mean_l0": float((self.l0 * np.arange(self.m + 1)).sum() / max(rows, 1))}
+        return {
+            "rows": rows,
+            "dead": int((self.count == 0).sum()),
+            "dense": int((self.count / max(rows, 1) > self.opts["dense_threshold"]).sum()),
+            "mean_l0": float((self.l0 * np.arange(self.m + 1)).sum() / max(rows, 1)),
+        }

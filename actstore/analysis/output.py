@@ -115,9 +115,15 @@ class LatentView:
             cnt, rows, vals = (self._get(f"bins/{mode}/{k}") for k in ("count", "rows", "values"))
             e = self._r.array(f"bins/{mode}/edges")
             e = e if e.ndim == 1 else e[self.index]
-            out[mode] = [{"lo": float(e[j]), "hi": float(e[j + 1]), "count": int(cnt[j]),
-                          "examples": [(float(v), int(r)) for v, r in zip(vals[j], rows[j]) if r >= 0]}
-                         for j in range(cnt.size)]
+            out[mode] = [
+                {
+                    "lo": float(e[j]),
+                    "hi": float(e[j + 1]),
+                    "count": int(cnt[j]),
+                    "examples": [(float(v), int(r)) for v, r in zip(vals[j], rows[j]) if r >= 0],
+                }
+                for j in range(cnt.size)
+            ]
         return out
 
     @property
@@ -127,8 +133,11 @@ class LatentView:
             tok, act, rows = (self._get(f"contexts/{src}/{k}") for k in ("tokens", "acts", "rows"))
             lead = tok.reshape(-1, tok.shape[-1]), act.reshape(-1, act.shape[-1]), rows.reshape(-1, rows.shape[-1])
             w = tok.shape[-1] // 2
-            out[src] = [{"row": int(r[w]), "tokens": t[r >= 0].tolist(), "acts": a[r >= 0].tolist(),
-                         "rows": r[r >= 0].tolist()} for t, a, r in zip(*lead) if r[w] >= 0]
+            out[src] = [
+                {"row": int(r[w]), "tokens": t[r >= 0].tolist(), "acts": a[r >= 0].tolist(), "rows": r[r >= 0].tolist()}
+                for t, a, r in zip(*lead)
+                if r[w] >= 0
+            ]
         return out
 
     @property

@@ -21,14 +21,20 @@ from ._tree import BlockTree
 
 def _table(keys: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> dict:
     uk, inv = np.unique(keys, return_inverse=True)
-    return {"keys": uk, "count": np.bincount(inv, counts, uk.size).astype(np.int64),
-            "sum": np.bincount(inv, sums, uk.size)}
+    return {
+        "keys": uk,
+        "count": np.bincount(inv, counts, uk.size).astype(np.int64),
+        "sum": np.bincount(inv, sums, uk.size),
+    }
 
 
 def _combine(a: dict, b: dict) -> dict:
     # bincount adds in index order, so a shared key sums to a + b exactly as two leaves would.
-    return _table(np.concatenate([a["keys"], b["keys"]]), np.concatenate([a["count"], b["count"]]),
-                  np.concatenate([a["sum"], b["sum"]]))
+    return _table(
+        np.concatenate([a["keys"], b["keys"]]),
+        np.concatenate([a["count"], b["count"]]),
+        np.concatenate([a["sum"], b["sum"]]),
+    )
 
 
 class TopTokens(Reducer):

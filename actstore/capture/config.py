@@ -31,10 +31,12 @@ class CaptureConfig:
     codec: str = _opt("zstd", "zstd, lz4 or none")
     packing: str = _opt("pack", "pack (documents run across windows) or truncate (one window per document)")
     bos: str = _opt("auto", "prepend or none (auto: from the tokenizer)")
-    eos: str = _opt("auto", "none, doc (after each document) or window (closing each window, BERT [SEP]); "
-                            "auto: from the tokenizer")
-    drop: str | list | int | None = _opt(None, "flags of rows not to store, e.g. 'bos' or 'bos,special' "
-                                               "(pad rows never are)")
+    eos: str = _opt(
+        "auto", "none, doc (after each document) or window (closing each window, BERT [SEP]); auto: from the tokenizer"
+    )
+    drop: str | list | int | None = _opt(
+        None, "flags of rows not to store, e.g. 'bos' or 'bos,special' (pad rows never are)"
+    )
     nonfinite: str = _opt("drop", "rows holding NaN/inf: drop (counted and reported) or error")
     device: str | None = _opt("auto", "cpu, cuda, cuda:1 (auto: this rank's GPU if any)")
     model_dtype: str | None = _opt(None, "cast the model to fp32, bf16 or fp16")

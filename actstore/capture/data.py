@@ -33,8 +33,12 @@ def describe(data) -> object:
     """A JSON-able description of ``data`` for provenance and resume checks."""
     if isinstance(data, (str, os.PathLike)):
         return os.path.abspath(os.fspath(data))
-    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, os.PathLike)) for d in data) and data and \
-            all(os.path.exists(os.fspath(d)) for d in data):
+    if (
+        isinstance(data, (list, tuple))
+        and all(isinstance(d, (str, os.PathLike)) for d in data)
+        and data
+        and all(os.path.exists(os.fspath(d)) for d in data)
+    ):
         return [os.path.abspath(os.fspath(d)) for d in data]
     if isinstance(data, (np.ndarray, torch.Tensor)):
         return f"array{tuple(data.shape)}"
@@ -43,8 +47,11 @@ def describe(data) -> object:
 
 def _files(spec: str) -> list[str]:
     if os.path.isdir(spec):
-        if os.path.exists(os.path.join(spec, "dataset_info.json")) or os.path.exists(os.path.join(spec, "state.json")) \
-                or os.path.exists(os.path.join(spec, "dataset_dict.json")):
+        if (
+            os.path.exists(os.path.join(spec, "dataset_info.json"))
+            or os.path.exists(os.path.join(spec, "state.json"))
+            or os.path.exists(os.path.join(spec, "dataset_dict.json"))
+        ):
             return [spec]
         found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if not f.startswith("."))
         return [f for f in found if os.path.isfile(f)]
@@ -68,14 +75,17 @@ def _from_dataset(ds, text_column: str, tokenizer) -> Iterator[list[int]]:
         for row in ds:
             yield [int(t) for t in row[tok_col]]
     else:
-        raise CaptureError(f"the dataset has columns {cols}: none is the text column {text_column!r} "
-                           f"(set --text-column) or a token column {TOKEN_COLUMNS}")
+        raise CaptureError(
+            f"the dataset has columns {cols}: none is the text column {text_column!r} "
+            f"(set --text-column) or a token column {TOKEN_COLUMNS}"
+        )
 
 
 def _tokenize(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
     if tokenizer is None:
-        raise CaptureError("text data needs a tokenizer: the model has none, so pass tokenizer=... "
-                           "or pre-tokenized data")
+        raise CaptureError(
+            "text data needs a tokenizer: the model has none, so pass tokenizer=... or pre-tokenized data"
+        )
     # Documents are tokenized whole and cut into windows later; no length warnings.
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = 1 << 40
@@ -122,8 +132,9 @@ def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
         yield from _from_dataset(ds, text_column, tokenizer)
     else:
-        raise CaptureError(f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy "
-                           "or a saved dataset folder")
+        raise CaptureError(
+            f"data file {path!r}: unknown type; use .txt, .jsonl/.json, .parquet, .npy or a saved dataset folder"
+        )
 
 
 def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:

@@ -57,14 +57,18 @@ class _Slot:
         tdt, scaled = spec.torch_dtype, spec.scaled
         self.dev: dict[str, dict] = {}
         self.host: dict[str, dict] = {}
+
+        def alloc(d, dev, pin):
+            return {
+                "out": torch.empty((rows, d), dtype=tdt, device=dev, pin_memory=pin),
+                "scale": torch.empty(rows, dtype=torch.float32, device=dev, pin_memory=pin) if scaled else None,
+                "bad": torch.empty(rows, dtype=torch.int8, device=dev, pin_memory=pin),
+                "moments": torch.empty(3 * d + 1, dtype=torch.float32, device=dev, pin_memory=pin),
+            }
+
         for h, d in hooks.items():
-            def alloc(dev, pin):
-                return {"out": torch.empty((rows, d), dtype=tdt, device=dev, pin_memory=pin),
-                        "scale": torch.empty(rows, dtype=torch.float32, device=dev, pin_memory=pin) if scaled else None,
-                        "bad": torch.empty(rows, dtype=torch.int8, device=dev, pin_memory=pin),
-                        "moments": torch.empty(3 * d + 1, dtype=torch.float32, device=dev, pin_memory=pin)}
-            self.dev[h] = alloc(device, False)
-            self.host[h] = alloc("cpu", True)
+            self.dev[h] = alloc(d, device, False)
+            self.host[h] = alloc(d, "cpu", True)
         self.event = None
 
 
@@ -78,9 +82,20 @@ class Sink:
     starts from (``batches_done``, ``nonfinite_dropped``).
     """
 
-    def __init__(self, writer: SegmentWriter, hooks: dict[str, int], dtype: str, device: torch.device, *,
-                 max_rows: int, slots: int = 3, nonfinite: str = "drop", commit_every: float = 60.0,
-                 batches_done: int = 0, nonfinite_dropped: int = 0):
+    def __init__(
+        self,
+        writer: SegmentWriter,
+        hooks: dict[str, int],
+        dtype: str,
+        device: torch.device,
+        *,
+        max_rows: int,
+        slots: int = 3,
+        nonfinite: str = "drop",
+        commit_every: float = 60.0,
+        batches_done: int = 0,
+        nonfinite_dropped: int = 0,
+    ):
         if nonfinite not in ("drop", "error"):
             raise CaptureError(f"nonfinite={nonfinite!r}: use drop or error")
         self.writer = writer
@@ -124,16 +139,24 @@ class Sink:
         if self.cuda:
             s = self._slots[slot]
             keep_d = keep.pin_memory().to(self.device, non_blocking=True)
-            dst = torch.from_numpy(np.cumsum(batch.keep, dtype=np.int64) - 1).pin_memory().to(self.device, non_blocking=True)
+            dst = (
+                torch.from_numpy(np.cumsum(batch.keep, dtype=np.int64) - 1)
+                .pin_memory()
+                .to(self.device, non_blocking=True)
+            )
             for h, x in acts.items():
                 d = self.hooks[h]
                 mom = s.dev[h]["moments"]
-                shift = mom[2 * d + 1:]
+                shift = mom[2 * d + 1 :]
                 # Centre the moments on one kept row of this batch: sums of (x - x0) stay
                 # of the order of the spread, so fp32 M2 = s2 - s1^2/n does not cancel.
                 shift.copy_(x[first].float())
-                bufs = {"out": s.dev[h]["out"], "scale": s.dev[h]["scale"], "bad": s.dev[h]["bad"],
-                        "moments": mom[: 2 * d + 1]}
+                bufs = {
+                    "out": s.dev[h]["out"],
+                    "scale": s.dev[h]["scale"],
+                    "bad": s.dev[h]["bad"],
+                    "moments": mom[: 2 * d + 1],
+                }
                 # Results land in this slot's staging buffers; the copies below read them there.
                 capture_pack(x, keep_d, shift, self.dtype, dst=dst, n_keep=batch.n_keep, buffers=bufs)
             ready = torch.cuda.Event()
@@ -170,9 +193,11 @@ class Sink:
             if isinstance(e, CaptureError):
                 raise e
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CaptureError(f"store write failed ({type(e).__name__}: {msg}); {self.writer.committed_rows} rows "
-                               f"committed before it stay readable; fix the cause (disk space, permissions) and "
-                               f"re-run the same command to resume") from e
+            raise CaptureError(
+                f"store write failed ({type(e).__name__}: {msg}); {self.writer.committed_rows} rows "
+                f"committed before it stay readable; fix the cause (disk space, permissions) and "
+                f"re-run the same command to resume"
+            ) from e
 
     # -- writer thread ------------------------------------------------------------------
 
@@ -194,9 +219,15 @@ class Sink:
         for h, d in self.hooks.items():
             hb = s.host[h]
             mom = hb["moments"]
-            p = Packed(hb["out"][:n], hb["scale"][:n] if hb["scale"] is not None else None, hb["bad"][:n].bool(),
-                       mom[:d], mom[d:2 * d], mom[2 * d:2 * d + 1])
-            out[h] = (p, mom[2 * d + 1:].double().numpy())
+            p = Packed(
+                hb["out"][:n],
+                hb["scale"][:n] if hb["scale"] is not None else None,
+                hb["bad"][:n].bool(),
+                mom[:d],
+                mom[d : 2 * d],
+                mom[2 * d : 2 * d + 1],
+            )
+            out[h] = (p, mom[2 * d + 1 :].double().numpy())
         return out
 
     def _run(self):
@@ -217,8 +248,12 @@ class Sink:
     def _write(self, packs: dict, batch) -> None:
         w = self.writer
         keep = batch.keep
-        cols = {"tokens": batch.ids.reshape(-1)[keep], "doc": batch.doc.reshape(-1)[keep],
-                "pos": batch.pos.reshape(-1)[keep], "flags": batch.flags.reshape(-1)[keep]}
+        cols = {
+            "tokens": batch.ids.reshape(-1)[keep],
+            "doc": batch.doc.reshape(-1)[keep],
+            "pos": batch.pos.reshape(-1)[keep],
+            "flags": batch.flags.reshape(-1)[keep],
+        }
         bad = np.zeros(batch.n_keep, dtype=bool)
         for p, _ in packs.values():
             bad |= p.bad.numpy()
@@ -231,15 +266,23 @@ class Sink:
                 arrays[spec.array] = p.data.numpy()
             if spec.scale_array:
                 arrays[spec.scale_array] = p.scale.numpy()
-            st = RunningStats.from_moments(spec.d, batch.n_keep - int(p.bad.sum()), shift, p.s1.double().numpy(),
-                                           p.s2.double().numpy(), float(p.norm_sum[0]))
+            st = RunningStats.from_moments(
+                spec.d,
+                batch.n_keep - int(p.bad.sum()),
+                shift,
+                p.s1.double().numpy(),
+                p.s2.double().numpy(),
+                float(p.norm_sum[0]),
+            )
             st.nonfinite_rows = int(p.bad.sum())
             stats[h] = st
         if bad.any():
             if self.nonfinite == "error":
                 worst = {h: int(p.bad.sum()) for h, (p, _) in packs.items() if int(p.bad.sum())}
-                raise CaptureError(f"batch {batch.index}: rows holding NaN/inf per hook {worst}; the model produced "
-                                   f"non-finite activations (use --nonfinite drop to skip and count such rows)")
+                raise CaptureError(
+                    f"batch {batch.index}: rows holding NaN/inf per hook {worst}; the model produced "
+                    f"non-finite activations (use --nonfinite drop to skip and count such rows)"
+                )
             good = ~bad
             arrays = {k: v[good] for k, v in arrays.items()}
             cols = {k: v[good] for k, v in cols.items()}
@@ -248,8 +291,12 @@ class Sink:
             for h, (p, _) in packs.items():
                 spec = w.schema.hooks[h]
                 st = RunningStats(spec.d)
-                kept = from_stored(spec.dtype, arrays[spec.array],
-                                   arrays.get(spec.scale_array) if spec.scale_array else None, torch.float32)
+                kept = from_stored(
+                    spec.dtype,
+                    arrays[spec.array],
+                    arrays.get(spec.scale_array) if spec.scale_array else None,
+                    torch.float32,
+                )
                 st.update(kept)
                 st.nonfinite_rows = int(p.bad.sum())
                 stats[h] = st
@@ -265,6 +312,12 @@ class Sink:
 
     def _commit(self):
         # Both counters are the writer thread's own, so they match the committed rows.
-        self.writer.commit(meta={"capture": {"batches_done": self.batches_done,
-                                             "nonfinite_dropped": self.nonfinite_before + self.progress.nonfinite_rows}})
+        self.writer.commit(
+            meta={
+                "capture": {
+                    "batches_done": self.batches_done,
+                    "nonfinite_dropped": self.nonfinite_before + self.progress.nonfinite_rows,
+                }
+            }
+        )
         self._last_commit = time.monotonic()

@@ -40,8 +40,9 @@ class Policy:
     def body(self) -> int:
         n = self.context - (self.bos == "prepend") - (self.eos == "window")
         if n < 1:
-            raise CaptureError(f"context {self.context} leaves no room for tokens after BOS/EOS; "
-                               "use a longer --context")
+            raise CaptureError(
+                f"context {self.context} leaves no room for tokens after BOS/EOS; use a longer --context"
+            )
         return n
 
 
@@ -103,7 +104,7 @@ def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndar
             ids[0], d[0], fl[0] = p.bos_id, doc[0], FLAG_BOS
             i = 1
         n = len(tok)
-        ids[i:i + n], d[i:i + n], ps[i:i + n], fl[i:i + n] = tok, doc, pos, flg
+        ids[i : i + n], d[i : i + n], ps[i : i + n], fl[i : i + n] = tok, doc, pos, flg
         i += n
         if p.eos == "window":
             ids[i], d[i], fl[i] = p.eos_id, doc[-1], FLAG_SPECIAL
@@ -115,8 +116,9 @@ def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndar
             if len(toks) == 0:
                 continue
             n = len(toks)
-            yield window(np.asarray(toks, np.int64), np.full(n, k, np.int64), np.arange(n, dtype=np.int64),
-                         np.zeros(n, np.uint8))
+            yield window(
+                np.asarray(toks, np.int64), np.full(n, k, np.int64), np.arange(n, dtype=np.int64), np.zeros(n, np.uint8)
+            )
         return
     # Packing: one stream of tokens (with an EOS after each document if eos == "doc"),
     # cut into bodies of equal length; the last partial window is padded.
@@ -138,7 +140,7 @@ def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndar
             T, D, P, F = (np.concatenate(b) for b in (buf_t, buf_d, buf_p, buf_f))
             cut = (len(T) // body) * body
             for s in range(0, cut, body):
-                yield window(T[s:s + body], D[s:s + body], P[s:s + body], F[s:s + body])
+                yield window(T[s : s + body], D[s : s + body], P[s : s + body], F[s : s + body])
             buf_t, buf_d, buf_p, buf_f = [T[cut:]], [D[cut:]], [P[cut:]], [F[cut:]]
             have = len(T) - cut
     if have:
@@ -146,8 +148,15 @@ def iter_windows(docs: Iterable[list[int]], p: Policy) -> Iterator[tuple[np.ndar
         yield window(T, D, P, F)
 
 
-def iter_batches(windows: Iterable, batch_size: int, *, max_tokens: int | None = None, drop_flags: int = 0,
-                 rank: int = 0, world: int = 1) -> Iterator[Batch]:
+def iter_batches(
+    windows: Iterable,
+    batch_size: int,
+    *,
+    max_tokens: int | None = None,
+    drop_flags: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[Batch]:
     """Group windows into batches and yield this rank's, with keep-masks and the budget
     applied. Pad rows are never kept; rows with any bit of ``drop_flags`` are dropped."""
     if batch_size < 1:
@@ -183,4 +192,3 @@ def iter_batches(windows: Iterable, batch_size: int, *, max_tokens: int | None =
         b = make(group, g)
         if g % world == rank and b.n_keep:
             yield b
-

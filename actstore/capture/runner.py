@@ -32,8 +32,21 @@ from .pipeline import Sink
 from .plan import Policy, default_policy, iter_batches, iter_windows
 
 # Options that fix which rows land where; a resumed run must repeat them exactly.
-_RESUME_KEYS = ("model", "hooks", "data", "context", "batch_size", "packing", "bos", "eos", "drop", "tokens",
-                "world_size", "text_column", "nonfinite")
+_RESUME_KEYS = (
+    "model",
+    "hooks",
+    "data",
+    "context",
+    "batch_size",
+    "packing",
+    "bos",
+    "eos",
+    "drop",
+    "tokens",
+    "world_size",
+    "text_column",
+    "nonfinite",
+)
 
 # Model dtypes: the unscaled storage dtypes, by name or logical alias (bf16 or bfloat16, ...).
 _DTYPES = {n: d.torch_dtype for d in DTYPES.values() if not d.scaled for n in (d.name, d.logical)}
@@ -92,31 +105,65 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
     cm = prepare_model(model, tokenizer, device=dev, dtype=mdt)
     points = resolve_hooks(cm.model, hooks)
     if cm.max_context is not None and cfg.context > cm.max_context:
-        raise CaptureError(f"context {cfg.context} is longer than the model allows ({cm.max_context} positions); "
-                           f"use --context {cm.max_context} or less")
+        raise CaptureError(
+            f"context {cfg.context} is longer than the model allows ({cm.max_context} positions); "
+            f"use --context {cm.max_context} or less"
+        )
     policy = default_policy(cm.tokenizer, cfg.context, cfg.packing, cfg.bos, cfg.eos)
     drop_bits = parse_flags(cfg.drop, "drop", CaptureError)
     recorder = HookRecorder(cm.model, points, stop_early=cfg.stop_early)
     try:
         widths = _probe_widths(cm, recorder, policy, dev)
-        record = {"model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
-                  "hooks": [p.name for p in points], "data": describe(data), "context": cfg.context,
-                  "batch_size": cfg.batch_size, "packing": policy.packing, "bos": policy.bos, "eos": policy.eos,
-                  "drop": drop_bits, "tokens": cfg.tokens, "world_size": world, "text_column": cfg.text_column,
-                  "nonfinite": cfg.nonfinite, "kind": cm.kind}
-        prov = {"capture": record, "model": record["model"], "dataset": record["data"], "context_size": cfg.context,
-                "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points]}
+        record = {
+            "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
+            "hooks": [p.name for p in points],
+            "data": describe(data),
+            "context": cfg.context,
+            "batch_size": cfg.batch_size,
+            "packing": policy.packing,
+            "bos": policy.bos,
+            "eos": policy.eos,
+            "drop": drop_bits,
+            "tokens": cfg.tokens,
+            "world_size": world,
+            "text_column": cfg.text_column,
+            "nonfinite": cfg.nonfinite,
+            "kind": cm.kind,
+        }
+        prov = {
+            "capture": record,
+            "model": record["model"],
+            "dataset": record["data"],
+            "context_size": cfg.context,
+            "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points],
+        }
         docs = iter_documents(data, cm.tokenizer, cfg.text_column)
-        batches = iter_batches(iter_windows(docs, policy), cfg.batch_size, max_tokens=cfg.tokens,
-                               drop_flags=drop_bits, rank=rank, world=world)
+        batches = iter_batches(
+            iter_windows(docs, policy),
+            cfg.batch_size,
+            max_tokens=cfg.tokens,
+            drop_flags=drop_bits,
+            rank=rank,
+            world=world,
+        )
         first = next(batches, None)
         if first is None and world == 1:
-            raise CaptureError(f"no tokens in data {record['data']!r}: it holds no documents "
-                               "(or every token was dropped)")
+            raise CaptureError(
+                f"no tokens in data {record['data']!r}: it holds no documents (or every token was dropped)"
+            )
         batches = itertools.chain([first] if first is not None else [], batches)
-        writer = create(out, widths, segment=f"rank{rank:05d}", dtype=cfg.dtype, codec=cfg.codec, provenance=prov,
-                        commit_every_shard=False, chunks_per_shard=cfg.chunks_per_shard, chunk_bytes=cfg.chunk_bytes,
-                        durable=cfg.durable)
+        writer = create(
+            out,
+            widths,
+            segment=f"rank{rank:05d}",
+            dtype=cfg.dtype,
+            codec=cfg.codec,
+            provenance=prov,
+            commit_every_shard=False,
+            chunks_per_shard=cfg.chunks_per_shard,
+            chunk_bytes=cfg.chunk_bytes,
+            durable=cfg.durable,
+        )
         try:
             job = _Job(cfg, cm, recorder, record, policy, batches, rank, world, dev, t_start)
             return _run(job, writer, after_batch)
@@ -136,8 +183,10 @@ def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
     widths = {}
     for h, t in got.items():
         if t.dim() < 3 or tuple(t.shape[:2]) != (1, S):
-            raise CaptureError(f"hook {h!r} gives shape {tuple(t.shape)} for a [1, {S}] input; only hooks shaped "
-                               "[batch, seq, ...] can be captured")
+            raise CaptureError(
+                f"hook {h!r} gives shape {tuple(t.shape)} for a [1, {S}] input; only hooks shaped "
+                "[batch, seq, ...] can be captured"
+            )
         if not t.is_floating_point():
             raise CaptureError(f"hook {h!r} gives dtype {t.dtype}, not floating-point activations")
         widths[h] = int(math.prod(t.shape[2:]))
@@ -155,12 +204,16 @@ def _check_resume(writer, record) -> tuple[int, int]:
     diff = [k for k in _RESUME_KEYS if held.get(k) != record.get(k)]
     if diff:
         k = diff[0]
-        raise CaptureError(f"store {writer.storage.url} was captured with {k}={held.get(k)!r}, this run has "
-                           f"{k}={record.get(k)!r}; re-run with the same options to resume, or use another --out")
+        raise CaptureError(
+            f"store {writer.storage.url} was captured with {k}={held.get(k)!r}, this run has "
+            f"{k}={record.get(k)!r}; re-run with the same options to resume, or use another --out"
+        )
     meta = (writer.resume_meta or {}).get("capture") or {}
     if writer.committed_rows and "batches_done" not in meta:
-        raise CaptureError(f"segment {writer.segment} has {writer.committed_rows} rows but no capture progress record; "
-                           "use another --out")
+        raise CaptureError(
+            f"segment {writer.segment} has {writer.committed_rows} rows but no capture progress record; "
+            "use another --out"
+        )
     return int(meta.get("batches_done", 0)), int(meta.get("nonfinite_dropped", 0))
 
 
@@ -177,12 +230,24 @@ def _run(job: _Job, writer, after_batch) -> dict:
             break
         skipped_rows += b.n_keep
     if skipped_rows - dropped != writer.committed_rows:
-        raise CaptureError(f"segment {writer.segment} holds {writer.committed_rows} rows, but its first {done} batches "
-                           f"of this data give {skipped_rows - dropped}; the data changed since it was written, "
-                           "use another --out")
+        raise CaptureError(
+            f"segment {writer.segment} holds {writer.committed_rows} rows, but its first {done} batches "
+            f"of this data give {skipped_rows - dropped}; the data changed since it was written, "
+            "use another --out"
+        )
     widths = {h: writer.schema.hooks[h].d for h in job.record["hooks"]}
-    sink = Sink(writer, widths, cfg.dtype, dev, max_rows=cfg.batch_size * job.policy.context, slots=cfg.slots,
-                nonfinite=cfg.nonfinite, commit_every=cfg.commit_every, batches_done=done, nonfinite_dropped=dropped)
+    sink = Sink(
+        writer,
+        widths,
+        cfg.dtype,
+        dev,
+        max_rows=cfg.batch_size * job.policy.context,
+        slots=cfg.slots,
+        nonfinite=cfg.nonfinite,
+        commit_every=cfg.commit_every,
+        batches_done=done,
+        nonfinite_dropped=dropped,
+    )
     bar = _progress_bar(cfg.progress, cfg.tokens, world, resumed_rows, rank)
     t_loop = time.perf_counter()
     interrupted = False
@@ -191,8 +256,9 @@ def _run(job: _Job, writer, after_batch) -> dict:
     try:
         for b in batches:
             if n_batches == 0 and resumed_rows and rank == 0 and bar is not None:
-                bar.write(f"actstore: resuming {writer.storage.url} segment {writer.segment} "
-                          f"after {resumed_rows:,} rows")
+                bar.write(
+                    f"actstore: resuming {writer.storage.url} segment {writer.segment} after {resumed_rows:,} rows"
+                )
             ids = torch.from_numpy(b.ids).to(dev, non_blocking=True)
             mask = torch.from_numpy((b.flags != FLAG_PAD).astype(np.int64)).to(dev, non_blocking=True)
             t0 = time.perf_counter()
@@ -201,8 +267,10 @@ def _run(job: _Job, writer, after_batch) -> dict:
                 acts = {}
                 for h, t in got.items():
                     if tuple(t.shape[:2]) != tuple(b.ids.shape):
-                        raise CaptureError(f"hook {h!r} gives shape {tuple(t.shape)} for a {list(b.ids.shape)} batch; "
-                                           "expected [batch, seq, ...]")
+                        raise CaptureError(
+                            f"hook {h!r} gives shape {tuple(t.shape)} for a {list(b.ids.shape)} batch; "
+                            "expected [batch, seq, ...]"
+                        )
                     acts[h] = t.reshape(b.ids.size, widths[h])
                 fwd_s += time.perf_counter() - t0
                 sink.put(acts, b)
@@ -230,16 +298,30 @@ def _run(job: _Job, writer, after_batch) -> dict:
     _barrier()
     secs = time.perf_counter() - job.t_start
     pr = sink.progress
-    summary = {"store": writer.storage.url, "segment": writer.segment, "rank": rank, "world_size": world,
-               "rows_this_run": pr.rows, "committed_rows": writer.committed_rows, "resumed_from": resumed_rows,
-               "batches_this_run": n_batches, "seconds": secs, "capture_seconds": loop_s,
-               "forward_seconds": fwd_s, "tokens_per_s": pr.rows / loop_s if loop_s else 0.0,
-               "bytes_written": writer.bytes_written,
-               "nonfinite_rows_dropped": pr.nonfinite_rows, "store_wait_seconds": pr.wait_s,
-               "interrupted": interrupted}
+    summary = {
+        "store": writer.storage.url,
+        "segment": writer.segment,
+        "rank": rank,
+        "world_size": world,
+        "rows_this_run": pr.rows,
+        "committed_rows": writer.committed_rows,
+        "resumed_from": resumed_rows,
+        "batches_this_run": n_batches,
+        "seconds": secs,
+        "capture_seconds": loop_s,
+        "forward_seconds": fwd_s,
+        "tokens_per_s": pr.rows / loop_s if loop_s else 0.0,
+        "bytes_written": writer.bytes_written,
+        "nonfinite_rows_dropped": pr.nonfinite_rows,
+        "store_wait_seconds": pr.wait_s,
+        "interrupted": interrupted,
+    }
     if interrupted:
-        print(f"actstore: interrupted; {writer.committed_rows:,} rows committed in {writer.storage.url} "
-              f"(segment {writer.segment}); re-run the same command to resume", file=sys.stderr)
+        print(
+            f"actstore: interrupted; {writer.committed_rows:,} rows committed in {writer.storage.url} "
+            f"(segment {writer.segment}); re-run the same command to resume",
+            file=sys.stderr,
+        )
         raise KeyboardInterrupt
     return summary
 
@@ -254,8 +336,16 @@ def _progress_bar(enabled, tokens, world, resumed, rank):
     if not enabled or rank != 0:
         return None
     total = -(-tokens // world) if tokens else None
-    return tqdm(total=total, initial=resumed, unit="tok", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-                desc="capture", mininterval=0.5)
+    return tqdm(
+        total=total,
+        initial=resumed,
+        unit="tok",
+        unit_scale=True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        desc="capture",
+        mininterval=0.5,
+    )
 
 
 def _update_bar(bar, sink, writer, resumed):

@@ -23,7 +23,7 @@ from ._options import add_options, given
 INPUTS = {
     "model": "local HF model folder, or python:module:function returning a model (or (model, tokenizer))",
     "hooks": "comma-separated module paths ('*' = one path component, ':input' for inputs) or TransformerLens "
-             "hook names",
+    "hook names",
     "data": "text/jsonl/json/parquet/npy file, a folder (or a save_to_disk dataset), or a glob",
     "out": "the store to write (created, or resumed if it exists)",
 }
@@ -71,8 +71,9 @@ def _load_yaml(path: str, text: str):
     try:
         import yaml
     except ImportError:
-        raise DependencyError(f"config {path!r}: YAML configs need pyyaml; run `pip install pyyaml` "
-                              "or give a JSON file") from None
+        raise DependencyError(
+            f"config {path!r}: YAML configs need pyyaml; run `pip install pyyaml` or give a JSON file"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -105,7 +106,9 @@ def run(args) -> int:
             extra += f", resumed after {summary['resumed_from']:,}"
         if summary["nonfinite_rows_dropped"]:
             extra += f", {summary['nonfinite_rows_dropped']} rows with NaN/inf dropped"
-        print(f"captured {summary['rows_this_run']:,} tokens in {summary['capture_seconds']:.1f} s "
-              f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['bytes_written'] / 1e9:.3f} GB written{extra}) "
-              f"into {summary['store']}")
+        print(
+            f"captured {summary['rows_this_run']:,} tokens in {summary['capture_seconds']:.1f} s "
+            f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['bytes_written'] / 1e9:.3f} GB written{extra}) "
+            f"into {summary['store']}"
+        )
     return 0

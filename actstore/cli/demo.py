@@ -20,7 +20,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     layers = tuple(int(x) for x in args.layers.split(","))
-    run_demo(args.out, layers=layers, context=args.context, batch_size=args.batch_size, max_tokens=args.tokens,
-             dtype=args.dtype, codec=args.codec)
+    run_demo(
+        args.out,
+        layers=layers,
+        context=args.context,
+        batch_size=args.batch_size,
+        max_tokens=args.tokens,
+        dtype=args.dtype,
+        codec=args.codec,
+    )
     print_info(args.out)
     return 0

@@ -38,8 +38,12 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train an SAE on a store's activations (resumable; torchrun for many ranks)")
     p.add_argument("--config", help="JSON file with any of the options below (the command line wins)")
     add_options(p, TrainConfig, HELP, HELP)
-    p.add_argument("--sae-option", action="append", metavar="KEY=JSON",
-                   help="SAE setting, repeatable: k_aux, aux_coef, l1_coef, l0_coef, bandwidth, init_threshold")
+    p.add_argument(
+        "--sae-option",
+        action="append",
+        metavar="KEY=JSON",
+        help="SAE setting, repeatable: k_aux, aux_coef, l1_coef, l0_coef, bandwidth, init_threshold",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(fn=run)
@@ -57,15 +61,18 @@ def run(args) -> int:
     else:
         missing = [k for k in REQUIRED if k not in opts]
         if missing:
-            raise SAEError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} "
-                           "(on the command line or in --config)")
+            raise SAEError(
+                f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (on the command line or in --config)"
+            )
         cfg = TrainConfig(**opts)
     summary = train(cfg, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary))
     elif summary.get("final"):
         f = summary["final"]
-        print(f"trained {summary['arch']} m={summary['latents']} for {summary['steps']} steps "
-              f"({summary['tokens']:,} tokens): fvu {f['fvu']:.3f}, l0 {f['l0']:.1f}, dead {f['dead_frac']:.3f}; "
-              f"SAE in {summary['out']}/sae")
+        print(
+            f"trained {summary['arch']} m={summary['latents']} for {summary['steps']} steps "
+            f"({summary['tokens']:,} tokens): fvu {f['fvu']:.3f}, l0 {f['l0']:.1f}, dead {f['dead_frac']:.3f}; "
+            f"SAE in {summary['out']}/sae"
+        )
     return 0

@@ -40,12 +40,22 @@ class ActivationDataset(torch.utils.data.IterableDataset):
     ``torch.distributed``); ``threads`` defaults to the CPU count split over the workers.
     """
 
-    def __init__(self, store: Store | str, hooks: str | list[str], batch_size: int, *, rank: int | None = None,
-                 world_size: int | None = None, **loader_options):
+    def __init__(
+        self,
+        store: Store | str,
+        hooks: str | list[str],
+        batch_size: int,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        **loader_options,
+    ):
         for bad in ("device", "epochs"):
             if bad in loader_options:
-                raise LoaderError(f"ActivationDataset does not take {bad}=: batches are made on the CPU, one epoch per "
-                                  "iteration (call set_epoch)")
+                raise LoaderError(
+                    f"ActivationDataset does not take {bad}=: batches are made on the CPU, one epoch per "
+                    "iteration (call set_epoch)"
+                )
         self.path = str(store.path) if isinstance(store, Store) else str(store)
         self.hooks = hooks
         self.batch_size = batch_size
@@ -64,8 +74,16 @@ class ActivationDataset(torch.utils.data.IterableDataset):
     def _loader(self, worker: int, workers: int) -> ActivationLoader:
         opts = dict(self.options)
         opts.setdefault("threads", max(1, default_threads() // workers))
-        return ActivationLoader(self.path, self.hooks, self.batch_size, device="cpu", epochs=self.epoch + 1,
-                                rank=self.rank * workers + worker, world_size=self.world_size * workers, **opts)
+        return ActivationLoader(
+            self.path,
+            self.hooks,
+            self.batch_size,
+            device="cpu",
+            epochs=self.epoch + 1,
+            rank=self.rank * workers + worker,
+            world_size=self.world_size * workers,
+            **opts,
+        )
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -36,8 +36,15 @@ class BlockFetcher:
     scatters their rows into batch buffers (:meth:`submit`). Open shard objects with their
     parsed indexes and the decoded 1-D chunks are kept between blocks."""
 
-    def __init__(self, segments: list[SegmentReader], arrays: list[ArraySpec], block_rows: int, threads: int,
-                 cache_chunks: int = 256, widen: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        segments: list[SegmentReader],
+        arrays: list[ArraySpec],
+        block_rows: int,
+        threads: int,
+        cache_chunks: int = 256,
+        widen: frozenset[str] = frozenset(),
+    ):
         self.segments = segments
         # Arrays of bf16 bits delivered as float32: widened per chunk, in cache, before the
         # scatter, instead of a second pass over every finished batch.
@@ -57,12 +64,24 @@ class BlockFetcher:
             for a in arrays:
                 seg.check_array(a)
 
-    def submit(self, block: Block, local: np.ndarray, dst_ids: np.ndarray, dst_rows: np.ndarray,
-               dsts: dict[str, list[np.ndarray]]) -> Future:
+    def submit(
+        self,
+        block: Block,
+        local: np.ndarray,
+        dst_ids: np.ndarray,
+        dst_rows: np.ndarray,
+        dsts: dict[str, list[np.ndarray]],
+    ) -> Future:
         return self.pool.submit(self.scatter_block, block, local, dst_ids, dst_rows, dsts)
 
-    def scatter_block(self, block: Block, local: np.ndarray, dst_ids: np.ndarray, dst_rows: np.ndarray,
-                      dsts: dict[str, list[np.ndarray]]) -> None:
+    def scatter_block(
+        self,
+        block: Block,
+        local: np.ndarray,
+        dst_ids: np.ndarray,
+        dst_rows: np.ndarray,
+        dsts: dict[str, list[np.ndarray]],
+    ) -> None:
         """Decode the chunks of ``block`` and send row ``local[i]`` (ascending, counted from
         the block's start) of every array to row ``dst_rows[i]`` of ``dsts[path][dst_ids[i]]``.
 
@@ -76,11 +95,20 @@ class BlockFetcher:
             else:
                 c = block.start // a.chunk_rows
                 chunk = self._cached_chunk(block.segment, a, c)
-                _native.scatter_rows(chunk, local + (block.start - c * a.chunk_rows), dsts[a.path], dst_ids,
-                                     dst_rows, threads=1)
+                _native.scatter_rows(
+                    chunk, local + (block.start - c * a.chunk_rows), dsts[a.path], dst_ids, dst_rows, threads=1
+                )
 
-    def _scatter_dense(self, reader: ChunkReader, block: Block, a: ArraySpec, local: np.ndarray,
-                       dst_ids: np.ndarray, dst_rows: np.ndarray, dsts: list[np.ndarray]) -> None:
+    def _scatter_dense(
+        self,
+        reader: ChunkReader,
+        block: Block,
+        a: ArraySpec,
+        local: np.ndarray,
+        dst_ids: np.ndarray,
+        dst_rows: np.ndarray,
+        dsts: list[np.ndarray],
+    ) -> None:
         cr = a.chunk_rows
         first = block.start // cr
         n_chunks = -(-block.rows // cr)
@@ -90,8 +118,11 @@ class BlockFetcher:
         cuts = np.searchsorted(local, np.arange(n_chunks + 1, dtype=np.int64) * cr)
         for shard in range(first // per_shard, (first + n_chunks - 1) // per_shard + 1):
             # Chunks with no wanted row (resume point, filtered flags) are not read.
-            wanted = [c for c in range(max(first, shard * per_shard), min(first + n_chunks, (shard + 1) * per_shard))
-                      if cuts[c - first] < cuts[c - first + 1]]
+            wanted = [
+                c
+                for c in range(max(first, shard * per_shard), min(first + n_chunks, (shard + 1) * per_shard))
+                if cuts[c - first] < cuts[c - first + 1]
+            ]
             if not wanted:
                 continue
             handle = reader.acquire(a, shard)
@@ -105,8 +136,9 @@ class BlockFetcher:
                         src = scratch
                         if a.path in self.widen:
                             src = _native.bf16_to_fp32(scratch, out=self._scratch(a, np.float32), threads=1)
-                        _native.scatter_rows(src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi],
-                                             threads=1)
+                        _native.scatter_rows(
+                            src, local[lo:hi] - k * cr, dsts, dst_ids[lo:hi], dst_rows[lo:hi], threads=1
+                        )
             finally:
                 reader.release(handle)
 

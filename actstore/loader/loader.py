@@ -116,12 +116,27 @@ class ActivationLoader:
     The rows are the store's committed rows when the loader was made (its snapshot).
     """
 
-    def __init__(self, store: Store | str, hooks: str | list[str], batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, epochs: int | None = 1, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, normalize: str | None = None, drop_flags=None,
-                 tokens: bool = False, drop_last: bool = False, buffer_rows: int = 65536,
-                 threads: int | None = None, prefetch: int = 4, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        store: Store | str,
+        hooks: str | list[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epochs: int | None = 1,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        normalize: str | None = None,
+        drop_flags=None,
+        tokens: bool = False,
+        drop_last: bool = False,
+        buffer_rows: int = 65536,
+        threads: int | None = None,
+        prefetch: int = 4,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise LoaderError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, (int, np.integer)) or buffer_rows < 1:
@@ -156,8 +171,10 @@ class ActivationLoader:
             raise LoaderError(f"hooks {self.hooks} name a hook twice")
         self._specs = [self.store._hook(h) for h in self.hooks]  # UnknownHookError, one line
         if tokens and set(self.hooks) & set(TOKEN_KEYS):
-            raise LoaderError(f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
-                              "columns of tokens=True; read the tokens with Store.tokens instead")
+            raise LoaderError(
+                f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
+                "columns of tokens=True; read the tokens with Store.tokens instead"
+            )
 
         r, w = initialized_rank_world()
         self.rank = r if rank is None else int(rank)
@@ -208,8 +225,10 @@ class ActivationLoader:
             cur = by_name.get(name)
             if cur is None or cur.rows < rows:
                 have = 0 if cur is None else cur.rows
-                raise LoaderError(f"segment {name!r} had {rows} committed rows when the state was saved, the store at "
-                                  f"{self.store.path} has {have}; resume against the same store")
+                raise LoaderError(
+                    f"segment {name!r} had {rows} committed rows when the state was saved, the store at "
+                    f"{self.store.path} has {have}; resume against the same store"
+                )
             if rows:
                 segs.append(SegmentReader(self.store.storage, self.store.schema, name, rows, cur.commit))
         self._snapshot = [(s.name, s.rows) for s in segs]
@@ -222,12 +241,14 @@ class ActivationLoader:
             kept = np.empty(len(self.blocks), dtype=np.int64)
             flags = [s.read_rows(self._flags_spec, 0, s.rows) for s in segs]
             for b, blk in enumerate(self.blocks):
-                f = flags[blk.segment][blk.start:blk.start + blk.rows]
+                f = flags[blk.segment][blk.start : blk.start + blk.rows]
                 self._kept_local[b] = np.flatnonzero((f & self.drop_mask) == 0).astype(np.int64)
                 kept[b] = self._kept_local[b].size
             if kept.sum() == 0:
-                raise LoaderError(f"drop_flags={self.drop_mask} leaves no rows of store {self.store.path}: "
-                                  "every committed row carries a dropped flag")
+                raise LoaderError(
+                    f"drop_flags={self.drop_mask} leaves no rows of store {self.store.path}: "
+                    "every committed row carries a dropped flag"
+                )
         else:
             kept = np.array([b.rows for b in self.blocks], dtype=np.int64)
         self._kept = kept
@@ -248,8 +269,10 @@ class ActivationLoader:
             elif self.normalize == "mean_norm":
                 mean_norm = self.store.stats(spec.name)["mean_norm"]
                 if not mean_norm or not math.isfinite(mean_norm) or mean_norm <= 0:
-                    raise LoaderError(f"hook {spec.name!r} has no usable mean norm in the store's statistics "
-                                      f"({mean_norm}); use normalize=None")
+                    raise LoaderError(
+                        f"hook {spec.name!r} has no usable mean norm in the store's statistics "
+                        f"({mean_norm}); use normalize=None"
+                    )
                 mul = torch.full((spec.d,), math.sqrt(spec.d) / mean_norm, dtype=torch.float32)
             elif self.normalize == "standardize":
                 st = self.store.stats(spec.name)
@@ -258,16 +281,26 @@ class ActivationLoader:
                 mul = torch.from_numpy((1.0 / np.where(std > 0, std, 1.0)).astype(np.float32))  # constant dims: 1
             if mul is not None and self.normalize == "mean_norm":
                 self.scale_factors[spec.name] = float(mul[0])
-            self._norm[spec.name] = (None if shift is None else shift.to(self.device),
-                                     None if mul is None else mul.to(self.device))
+            self._norm[spec.name] = (
+                None if shift is None else shift.to(self.device),
+                None if mul is None else mul.to(self.device),
+            )
 
     # -- plan ----------------------------------------------------------------------------
 
     def plan(self, epoch: int) -> EpochPlan:
         """This rank's :class:`EpochPlan` for ``epoch``."""
-        return EpochPlan(self._kept, seed=self.seed, epoch=epoch, rank=self.rank, world=self.world_size,
-                         shuffle=self.shuffle, window_blocks=self.window_blocks, batch_size=self.batch_size,
-                         drop_last=self.drop_last)
+        return EpochPlan(
+            self._kept,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world=self.world_size,
+            shuffle=self.shuffle,
+            window_blocks=self.window_blocks,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+        )
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -306,35 +339,45 @@ class ActivationLoader:
             "world_size": self.world_size,
             "segments": [list(x) for x in self._snapshot],
             "normalize": self.normalize,
-            "norm": {h: {"shift": None if s is None else s.cpu().tolist(), "mul": None if m is None else m.cpu().tolist()}
-                     for h, (s, m) in self._norm.items()},
+            "norm": {
+                h: {"shift": None if s is None else s.cpu().tolist(), "mul": None if m is None else m.cpu().tolist()}
+                for h, (s, m) in self._norm.items()
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (see the resume rule in this module's docstring)."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise LoaderError(f"not an ActivationLoader state of version {STATE_VERSION} "
-                              f"(got version {state.get('version') if isinstance(state, dict) else type(state).__name__})")
+            raise LoaderError(
+                f"not an ActivationLoader state of version {STATE_VERSION} "
+                f"(got version {state.get('version') if isinstance(state, dict) else type(state).__name__})"
+            )
         mine = self.state_dict()
         missing = [k for k in mine if k not in state] or [h for h in self.hooks if h not in (state.get("norm") or {})]
         if missing:
             raise LoaderError(f"the state lacks {missing[0]!r}: it is damaged or not from this loader's hooks")
         for key in ("hooks", "seed", "shuffle", "drop_flags", "normalize"):
             if state[key] != mine[key]:
-                raise LoaderError(f"the state was saved with {key}={state[key]!r}, this loader has {key}={mine[key]!r}; "
-                                  f"make the loader with {key}={state[key]!r} to resume")
+                raise LoaderError(
+                    f"the state was saved with {key}={state[key]!r}, this loader has {key}={mine[key]!r}; "
+                    f"make the loader with {key}={state[key]!r} to resume"
+                )
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if batch:
             for key in ("batch_size", "buffer_rows", "drop_last"):
                 if state[key] != mine[key]:
-                    raise LoaderError(f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) with "
-                                      f"{key}={state[key]!r}, this loader has {key}={mine[key]!r}; use the same "
-                                      f"{key}, or resume from a state saved at an epoch boundary")
+                    raise LoaderError(
+                        f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) with "
+                        f"{key}={state[key]!r}, this loader has {key}={mine[key]!r}; use the same "
+                        f"{key}, or resume from a state saved at an epoch boundary"
+                    )
             if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
-                raise LoaderError(f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) by rank "
-                                  f"{state['rank']} of {state['world_size']}, this is rank {self.rank} of "
-                                  f"{self.world_size}; resume with {state['world_size']} ranks, or from a state "
-                                  "saved at an epoch boundary")
+                raise LoaderError(
+                    f"the state was saved mid-epoch (epoch {epoch}, batch {batch}) by rank "
+                    f"{state['rank']} of {state['world_size']}, this is rank {self.rank} of "
+                    f"{self.world_size}; resume with {state['world_size']} ranks, or from a state "
+                    "saved at an epoch boundary"
+                )
         self._stop_active()
         snapshot = [(n, int(r)) for n, r in state["segments"]]
         if snapshot != self._snapshot:  # the same rows need no new plan (nor a re-read of the flags)
@@ -356,15 +399,18 @@ class ActivationLoader:
         while self.epochs is None or self._epoch < self.epochs:
             plan = self.plan(self._epoch)
             if plan.batches == 0 and self.epochs is None:
-                raise LoaderError(f"rank {self.rank} of {self.world_size} gets no batch of {self.batch_size} rows from "
-                                  f"the {plan.total} rows of an epoch{' (drop_last)' if self.drop_last else ''}, so "
-                                  "epochs=None would never yield; use fewer ranks, a smaller batch_size or finite epochs")
+                raise LoaderError(
+                    f"rank {self.rank} of {self.world_size} gets no batch of {self.batch_size} rows from "
+                    f"the {plan.total} rows of an epoch{' (drop_last)' if self.drop_last else ''}, so "
+                    "epochs=None would never yield; use fewer ranks, a smaller batch_size or finite epochs"
+                )
             if self._batch >= plan.batches:
                 self._epoch, self._batch = self._epoch + 1, 0
                 continue
             if self._fetcher is None:
-                self._fetcher = BlockFetcher(self._segments, self._arrays, self.block_rows, self.threads,
-                                             widen=self._widened())
+                self._fetcher = BlockFetcher(
+                    self._segments, self._arrays, self.block_rows, self.threads, widen=self._widened()
+                )
             producer = _Producer(self, plan, self._batch)
             self._active = producer
             try:
@@ -388,8 +434,11 @@ class ActivationLoader:
         float32 on the CPU are widened per chunk by the fetcher (see BlockFetcher)."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             return frozenset()
-        return frozenset(spec.array for spec in self._specs
-                         if spec.dtype.name == "bf16" and all(t is None for t in self._norm[spec.name]))
+        return frozenset(
+            spec.array
+            for spec in self._specs
+            if spec.dtype.name == "bf16" and all(t is None for t in self._norm[spec.name])
+        )
 
     def _stop_active(self) -> None:
         self._generation += 1
@@ -407,8 +456,9 @@ class ActivationLoader:
                 continue
             scale = stored.get(spec.scale_array) if spec.scale_array else None
             shift, mul = self._norm[spec.name]
-            out[spec.name] = dequant_normalize(stored[spec.array], spec.dtype, scale, shift, mul, self.dtype,
-                                               threads=threads)
+            out[spec.name] = dequant_normalize(
+                stored[spec.array], spec.dtype, scale, shift, mul, self.dtype, threads=threads
+            )
         if self.tokens:
             for k in TOKEN_KEYS:
                 out[k] = stored[f"tokens/{k}"].reshape(-1)
@@ -444,8 +494,10 @@ class ActivationLoader:
             pass
 
     def __repr__(self) -> str:
-        return (f"ActivationLoader({self.store.path!r}, hooks={self.hooks}, batch_size={self.batch_size}, "
-                f"rank={self.rank}/{self.world_size}, epoch={self._epoch}, batch={self._batch})")
+        return (
+            f"ActivationLoader({self.store.path!r}, hooks={self.hooks}, batch_size={self.batch_size}, "
+            f"rank={self.rank}/{self.world_size}, epoch={self._epoch}, batch={self._batch})"
+        )
 
 
 _END = object()
@@ -548,15 +600,22 @@ class _Producer:
         futures, j = [], 0
         for p in plan.windows[w]:
             k = p.hi - p.lo
-            rows = stream[j:j + k]
+            rows = stream[j : j + k]
             keep = (rows >= start) & (rows < end)
             kept = loader._kept_local.get(p.block)
-            local = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo:p.hi]
+            local = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo : p.hi]
             if not keep.all():
                 rows, local = rows[keep], local[keep]
             if rows.size:
-                futures.append(loader._fetcher.submit(loader.blocks[p.block], np.ascontiguousarray(local),
-                                                      (rows // B - b_lo).astype(np.int32), rows % B, dsts))
+                futures.append(
+                    loader._fetcher.submit(
+                        loader.blocks[p.block],
+                        np.ascontiguousarray(local),
+                        (rows // B - b_lo).astype(np.int32),
+                        rows % B,
+                        dsts,
+                    )
+                )
             j += k
         return futures
 

@@ -75,8 +75,19 @@ class EpochPlan:
         window_blocks: blocks per shuffle window (>= 1).
     """
 
-    def __init__(self, kept: np.ndarray, *, seed: int, epoch: int, rank: int, world: int, shuffle: bool,
-                 window_blocks: int, batch_size: int, drop_last: bool):
+    def __init__(
+        self,
+        kept: np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        shuffle: bool,
+        window_blocks: int,
+        batch_size: int,
+        drop_last: bool,
+    ):
         self.kept = np.asarray(kept, dtype=np.int64)
         self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
         self.shuffle, self.batch_size = shuffle, batch_size
@@ -102,7 +113,7 @@ class EpochPlan:
             a, b = max(lo, int(starts[pos])), min(hi, int(ends[pos]))
             if b > a:
                 pieces.append(Piece(int(self.order[pos]), a - int(starts[pos]), b - int(starts[pos])))
-        self.windows: list[list[Piece]] = [pieces[i:i + window_blocks] for i in range(0, len(pieces), window_blocks)]
+        self.windows: list[list[Piece]] = [pieces[i : i + window_blocks] for i in range(0, len(pieces), window_blocks)]
         sizes = np.array([sum(p.hi - p.lo for p in w) for w in self.windows], dtype=np.int64)
         self.window_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 

@@ -13,5 +13,15 @@ from .intervention import Intervention
 from .loading import LoadedModel, prepare_model
 from .recorder import HookRecorder, StopForward
 
-__all__ = ["HookSite", "HookPoint", "resolve_hooks", "first_tensor", "replace_first_tensor", "HookRecorder",
-           "StopForward", "Intervention", "LoadedModel", "prepare_model"]
+__all__ = [
+    "HookSite",
+    "HookPoint",
+    "resolve_hooks",
+    "first_tensor",
+    "replace_first_tensor",
+    "HookRecorder",
+    "StopForward",
+    "Intervention",
+    "LoadedModel",
+    "prepare_model",
+]

@@ -77,8 +77,10 @@ def resolve_hooks(model: nn.Module, specs) -> list[HookSite]:
             found = [path] if path in order else []
         if not found:
             close = difflib.get_close_matches(path, names, n=5, cutoff=0.5) or _similar_depth(path, names)
-            raise ModelError(f"unknown hook {spec!r}: {type(model).__name__} has no module of that name; "
-                             f"closest: {', '.join(close) or '(none)'}")
+            raise ModelError(
+                f"unknown hook {spec!r}: {type(model).__name__} has no module of that name; "
+                f"closest: {', '.join(close) or '(none)'}"
+            )
         for n in found:
             sites[HookSite(n, side == "input")] = None
     return sorted(sites, key=lambda p: (order[p.module], p.input is False))
@@ -128,7 +130,7 @@ def _replace(v, new):
         for i, x in enumerate(v):
             got = _replace(x, new)
             if got is not _MISSING:
-                items = [*v[:i], got, *v[i + 1:]]
+                items = [*v[:i], got, *v[i + 1 :]]
                 if isinstance(v, list):
                     return items
                 return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)

@@ -76,6 +76,7 @@ class Intervention:
     def _make_post(self, site: HookSite, value):
         def hook(_mod, _args, out):
             return replace_first_tensor(out, self._edit(site, _activation(site, out), value))
+
         return hook
 
     def _make_pre(self, site: HookSite, value):
@@ -83,6 +84,7 @@ class Intervention:
             kwargs = dict(kwargs)  # edited in place by replace_first_tensor: keep the caller's dict
             new = self._edit(site, _activation(site, (args, kwargs)), value)
             return replace_first_tensor((args, kwargs), new)
+
         return hook
 
     def _edit(self, site: HookSite, act: torch.Tensor, value) -> torch.Tensor:
@@ -93,8 +95,10 @@ class Intervention:
         except RuntimeError:
             shape = None
         if shape != act.shape:
-            raise ModelError(f"intervention at {site.name!r}: a value of shape {tuple(v.shape)} does not broadcast "
-                             f"to the activation's {tuple(act.shape)}; give [d], [seq, d] or [batch, seq, d]")
+            raise ModelError(
+                f"intervention at {site.name!r}: a value of shape {tuple(v.shape)} does not broadcast "
+                f"to the activation's {tuple(act.shape)}; give [d], [seq, d] or [batch, seq, d]"
+            )
         new = act + v if self.mode == "add" else v.expand(act.shape)
         mask = self._mask(site, act)
         return new if mask is None else torch.where(mask, new, act)
@@ -105,8 +109,12 @@ class Intervention:
     def _check_positions(positions):
         if isinstance(positions, str) and positions != "all":
             raise ModelError(f"positions {positions!r}: use 'all', an index, a slice, indices, a mask or ('after', i)")
-        if isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[0], str) \
-                and positions[0] != "after":
+        if (
+            isinstance(positions, tuple)
+            and len(positions) == 2
+            and isinstance(positions[0], str)
+            and positions[0] != "after"
+        ):
             raise ModelError(f"positions ({positions[0]!r}, ...): the only named selection is ('after', i)")
 
     def _mask(self, site: HookSite, act: torch.Tensor) -> torch.Tensor | None:
@@ -115,20 +123,25 @@ class Intervention:
         if p is None or (isinstance(p, str) and p == "all"):
             return None
         if act.dim() < 2:
-            raise ModelError(f"intervention at {site.name!r}: positions need a [batch, seq, ...] activation, "
-                             f"this one is {tuple(act.shape)}")
+            raise ModelError(
+                f"intervention at {site.name!r}: positions need a [batch, seq, ...] activation, "
+                f"this one is {tuple(act.shape)}"
+            )
         B, S = act.shape[:2]
         dev = act.device
         if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str):  # ("after", i)
             idx = torch.as_tensor(p[1], device=dev).long().reshape(-1)
             if idx.numel() not in (1, B):
-                raise ModelError(f"intervention at {site.name!r}: ('after', i) needs one index or one per row "
-                                 f"({B}), got {idx.numel()}")
+                raise ModelError(
+                    f"intervention at {site.name!r}: ('after', i) needs one index or one per row "
+                    f"({B}), got {idx.numel()}"
+                )
             mask = torch.arange(S, device=dev)[None, :] > idx[:, None]
         elif isinstance(p, torch.Tensor) and p.dtype == torch.bool:
             if tuple(p.shape) not in ((S,), (B, S)):
-                raise ModelError(f"intervention at {site.name!r}: a position mask must be [{S}] or [{B}, {S}], "
-                                 f"got {tuple(p.shape)}")
+                raise ModelError(
+                    f"intervention at {site.name!r}: a position mask must be [{S}] or [{B}, {S}], got {tuple(p.shape)}"
+                )
             mask = p.to(dev).reshape(-1, S)
         else:  # an int, a slice, or indices: the same positions in every row
             sel = torch.zeros(S, dtype=torch.bool, device=dev)
@@ -136,8 +149,9 @@ class Intervention:
             try:
                 sel[index] = True
             except IndexError:
-                raise ModelError(f"intervention at {site.name!r}: positions {p!r} are out of range for "
-                                 f"sequence length {S}") from None
+                raise ModelError(
+                    f"intervention at {site.name!r}: positions {p!r} are out of range for sequence length {S}"
+                ) from None
             mask = sel[None, :]
         return mask.reshape(*mask.shape, *([1] * (act.dim() - 2)))
 
@@ -158,6 +172,7 @@ class Intervention:
 def _activation(site: HookSite, value) -> torch.Tensor:
     t = first_tensor(value)
     if t is None:
-        raise ModelError(f"intervention at {site.name!r}: the module's {'input' if site.input else 'output'} "
-                         "holds no tensor")
+        raise ModelError(
+            f"intervention at {site.name!r}: the module's {'input' if site.input else 'output'} holds no tensor"
+        )
     return t

@@ -38,8 +38,9 @@ class LoadedModel:
 
 
 def _is_hf(model) -> bool:
-    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
-               for c in type(model).__mro__)
+    return any(
+        c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel" for c in type(model).__mro__
+    )
 
 
 def _is_tl(model) -> bool:
@@ -55,8 +56,10 @@ def _load_hf(path: str, dtype: torch.dtype | None):
     try:
         cfg = transformers.AutoConfig.from_pretrained(path)
     except Exception as e:
-        raise ModelError(f"--model {path!r} is not a local Hugging Face model directory ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0]}); give a folder holding config.json and weights") from None
+        raise ModelError(
+            f"--model {path!r} is not a local Hugging Face model directory ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); give a folder holding config.json and weights"
+        ) from None
     arch = (getattr(cfg, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls or transformers.AutoModel
@@ -72,7 +75,7 @@ def _load_hf(path: str, dtype: torch.dtype | None):
 
 
 def _load_factory(spec: str):
-    target = spec[len("python:"):]
+    target = spec[len("python:") :]
     mod, _, attr = target.partition(":")
     if not mod or not attr:
         raise ModelError(f"--model {spec!r}: write python:package.module:function")
@@ -115,8 +118,14 @@ def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.d
         return LoadedModel(model, tokenizer, "tl", name, int(model.cfg.n_ctx), fwd)
     if _is_hf(model):
         cfg = model.config
-        limit = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
-                      if isinstance(getattr(cfg, a, None), int)), None)
+        limit = next(
+            (
+                getattr(cfg, a)
+                for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                if isinstance(getattr(cfg, a, None), int)
+            ),
+            None,
+        )
         if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta") and limit:
             # RoBERTa-style models start their learned positions at padding_idx + 1.
             limit -= (getattr(cfg, "pad_token_id", 0) or 0) + 1

@@ -56,11 +56,13 @@ class HookRecorder:
     def _make_pre(self, p):
         def hook(_mod, args, kwargs):
             self._record(p, (args, kwargs))
+
         return hook
 
     def _make_post(self, p):
         def hook(_mod, _args, out):
             self._record(p, out)
+
         return hook
 
     def run(self, fn) -> dict[str, torch.Tensor]:

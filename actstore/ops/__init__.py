@@ -14,5 +14,14 @@ from .kth_largest import kth_largest
 from .sparse_decode import sparse_decode
 from .topk_encode import topk_encode
 
-__all__ = ["batch_topk_encode", "capture_pack", "csr_decode", "dequant_normalize", "gated_encode", "jumprelu_encode", "kth_largest", "sparse_decode",
-           "topk_encode"]
+__all__ = [
+    "batch_topk_encode",
+    "capture_pack",
+    "csr_decode",
+    "dequant_normalize",
+    "gated_encode",
+    "jumprelu_encode",
+    "kth_largest",
+    "sparse_decode",
+    "topk_encode",
+]

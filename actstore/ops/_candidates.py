@@ -21,7 +21,7 @@ def dense_rows(x, W_enc, b, rows):
     xr = x[rows].to(W_enc.dtype).to(torch.float32)
     out = torch.empty(len(rows), W_enc.shape[0], dtype=torch.float32, device=x.device)
     for s in range(0, W_enc.shape[0], 8192):
-        out[:, s:s + 8192] = xr @ W_enc[s:s + 8192].to(torch.float32).t()
+        out[:, s : s + 8192] = xr @ W_enc[s : s + 8192].to(torch.float32).t()
     return out + b
 
 
@@ -42,7 +42,7 @@ def threshold_candidates(x, W_enc, b, cand_k, lo):
     rows, cols, scores = [r], [i[r, j]], [v[r, j]]
     bad_rows = bad.nonzero().reshape(-1)
     for s in range(0, bad_rows.numel(), DENSE_ROWS):
-        rs = bad_rows[s:s + DENSE_ROWS]
+        rs = bad_rows[s : s + DENSE_ROWS]
         sc = dense_rows(x, W_enc, b, rs)
         rr, cc = (sc > lo).nonzero(as_tuple=True)
         rows.append(rs[rr]), cols.append(cc), scores.append(sc[rr, cc])

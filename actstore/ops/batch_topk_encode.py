@@ -60,15 +60,18 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mas
         b = fold_pre_bias(W_enc, b_enc, pre_bias)
         floor = t  # every passing value of a bad row is >= the current t (t only rises)
         for s in range(0, bad_rows.numel(), DENSE_ROWS):
-            rs = bad_rows[s:s + DENSE_ROWS]
+            rs = bad_rows[s : s + DENSE_ROWS]
             pre = dense_rows(x, W_enc, b, rs)
             keep = (pre >= floor) & (pre > 0) if threshold is None else passes(pre)
             r, col = keep.nonzero(as_tuple=True)
             extra_r.append(rs[r]), extra_c.append(col), extra_v.append(pre[r, col])
         if threshold is None:
             good_v = v[~bad].reshape(-1)
-            t = kth_largest(torch.cat([good_v] + extra_v), n * k, "triton") if good_v.numel() + sum(
-                e.numel() for e in extra_v) >= n * k else t
+            t = (
+                kth_largest(torch.cat([good_v] + extra_v), n * k, "triton")
+                if good_v.numel() + sum(e.numel() for e in extra_v) >= n * k
+                else t
+            )
     keep = passes(v) & ~bad[:, None]
     r, j = keep.nonzero(as_tuple=True)
     rows, cols, vals = r, i[r, j], v[r, j]
@@ -82,10 +85,19 @@ def _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mas
 
 
 @torch.library.custom_op("actstore::batch_topk_encode", mutates_args=())
-def _batch_topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None,
-                          k: int, threshold: float | None, cand_k: int, dead_mask: torch.Tensor | None, k_aux: int,
-                          backend: str, accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch_topk_encode_op(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    pre_bias: torch.Tensor | None,
+    k: int,
+    threshold: float | None,
+    cand_k: int,
+    dead_mask: torch.Tensor | None,
+    k_aux: int,
+    backend: str,
+    accumulate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton" and x.dtype != torch.float64:
         return _batch_topk_triton(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux)
     row_ptr, cols, vals, t = batch_topk_encode_reference(x, W_enc, b_enc, k, pre_bias, threshold)
@@ -93,8 +105,14 @@ def _batch_topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Ten
         _, _, av, ai = topk_encode_reference(x, W_enc, b_enc, 1, pre_bias, dead_mask, k_aux)
     else:
         av, ai = vals.new_empty((x.shape[0], 0)), cols.new_empty((x.shape[0], 0))
-    return (row_ptr.to(x.device), cols, vals.contiguous(), t.reshape(()).to(vals.dtype).clone(), av.contiguous(),
-            ai.contiguous())
+    return (
+        row_ptr.to(x.device),
+        cols,
+        vals.contiguous(),
+        t.reshape(()).to(vals.dtype).clone(),
+        av.contiguous(),
+        ai.contiguous(),
+    )
 
 
 @_batch_topk_encode_op.register_fake
@@ -102,9 +120,14 @@ def _(x, W_enc, b_enc, pre_bias, k, threshold, cand_k, dead_mask, k_aux, backend
     nnz = torch.library.get_ctx().new_dynamic_size()
     vd = acc_dtype(x)
     ka = k_aux if dead_mask is not None else 0
-    return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
-            x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd), x.new_empty((x.shape[0], ka), dtype=vd),
-            x.new_empty((x.shape[0], ka), dtype=torch.int64))
+    return (
+        x.new_empty((x.shape[0] + 1,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=vd),
+        x.new_empty((), dtype=vd),
+        x.new_empty((x.shape[0], ka), dtype=vd),
+        x.new_empty((x.shape[0], ka), dtype=torch.int64),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -137,10 +160,20 @@ def _backward(ctx, _grp, _gc, grad_vals, _gt, grad_aux, _gai):
 _batch_topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                      pre_bias: torch.Tensor | None = None, *, threshold: float | None = None,
-                      cand_factor: int = 4, dead_mask: torch.Tensor | None = None, k_aux: int = 0,
-                      backend: str | None = None, accumulate: str = "sorted"):
+def batch_topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    pre_bias: torch.Tensor | None = None,
+    *,
+    threshold: float | None = None,
+    cand_factor: int = 4,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+    backend: str | None = None,
+    accumulate: str = "sorted",
+):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(row_ptr [n+1], cols [nnz], vals [nnz],
     threshold)``: BatchTopK latents in CSR form (see the module docstring). ``k`` is the
     mean number of latents per row; ``threshold`` switches to the inference form. With
@@ -149,8 +182,9 @@ def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     ``cand_factor`` sets the candidates kept per row on the Triton path (exact for any
     value; larger means fewer dense fallbacks, a costlier kernel)."""
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
-        raise ValueError(f"batch_topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and "
-                         f"{tuple(W_enc.shape)}")
+        raise ValueError(
+            f"batch_topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}"
+        )
     m = W_enc.shape[0]
     if b_enc.shape != (m,) or (pre_bias is not None and pre_bias.shape != (x.shape[1],)):
         raise ValueError(f"batch_topk_encode: b_enc must be [m={m}] and pre_bias [d={x.shape[1]}]")
@@ -164,7 +198,17 @@ def batch_topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
         if dead_mask.shape != (m,) or dead_mask.dtype != torch.bool:
             raise ValueError(f"batch_topk_encode: dead_mask must be a [m={m}] bool tensor")
         check_k(k_aux, m, "k_aux")
-    out = _batch_topk_encode_op(x, W_enc, b_enc, pre_bias, k, None if threshold is None else float(threshold),
-                                min(m, cand_factor * k), dead_mask, k_aux if dead_mask is not None else 0,
-                                resolve_backend(x, backend), accumulate)
+    out = _batch_topk_encode_op(
+        x,
+        W_enc,
+        b_enc,
+        pre_bias,
+        k,
+        None if threshold is None else float(threshold),
+        min(m, cand_factor * k),
+        dead_mask,
+        k_aux if dead_mask is not None else 0,
+        resolve_backend(x, backend),
+        accumulate,
+    )
     return out if dead_mask is not None else out[:4]

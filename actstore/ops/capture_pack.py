@@ -24,9 +24,17 @@ from ..store.quantize import quantize
 from ._dispatch import resolve_backend
 
 
-def capture_pack(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype: str | DType, *,
-                 dst: torch.Tensor | None = None, n_keep: int | None = None, backend: str | None = None,
-                 buffers: dict | None = None) -> Packed:
+def capture_pack(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    shift: torch.Tensor,
+    dtype: str | DType,
+    *,
+    dst: torch.Tensor | None = None,
+    n_keep: int | None = None,
+    backend: str | None = None,
+    buffers: dict | None = None,
+) -> Packed:
     """x ``[N, d]`` float, keep ``[N]`` bool, shift ``[d]`` float32 -> :class:`Packed`
     (see ``actstore.reference.capture_pack``). ``dst`` (``cumsum(keep) - 1``, int64) and
     ``n_keep`` may be passed precomputed to avoid a device sync; ``buffers`` holds
@@ -43,8 +51,9 @@ def capture_pack(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tensor, dtype
         dst = torch.cumsum(keep.to(torch.int64), 0) - 1
     if n_keep is None:
         n_keep = int(keep.sum())
-    data, scale, bad, s1, s2, norm = capture_pack_fwd(x, keep, dst, shift.to(torch.float32), spec, n_keep,
-                                                      **(buffers or {}))
+    data, scale, bad, s1, s2, norm = capture_pack_fwd(
+        x, keep, dst, shift.to(torch.float32), spec, n_keep, **(buffers or {})
+    )
     return Packed(data, scale, bad.to(torch.bool), s1, s2, norm)
 
 
@@ -71,5 +80,11 @@ def _capture_pack_native(x: torch.Tensor, keep: torch.Tensor, shift: torch.Tenso
         data = torch.from_numpy(_native.fp32_to_bf16(kept, threads=1).view(np.int16)).view(torch.bfloat16)
     else:
         data = torch.from_numpy(kept.astype(spec.stored, copy=False))
-    return Packed(data, scale, torch.from_numpy(bad), torch.from_numpy(s1), torch.from_numpy(s2),
-                  torch.tensor([norm], dtype=torch.float64))
+    return Packed(
+        data,
+        scale,
+        torch.from_numpy(bad),
+        torch.from_numpy(s1),
+        torch.from_numpy(s2),
+        torch.tensor([norm], dtype=torch.float64),
+    )

@@ -27,8 +27,15 @@ from .csr_transpose_matmul import csr_transpose_matmul
 
 
 @torch.library.custom_op("actstore::csr_decode", mutates_args=())
-def _csr_decode_op(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor,
-                   b_dec: torch.Tensor | None, backend: str, accumulate: str) -> torch.Tensor:
+def _csr_decode_op(
+    row_ptr: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor | None,
+    backend: str,
+    accumulate: str,
+) -> torch.Tensor:
     out = csr_matmul(row_ptr, cols, vals, W_dec, backend)
     return out if b_dec is None else out + b_dec.to(out.dtype)
 
@@ -62,16 +69,27 @@ def _backward(ctx, grad_out):
 _csr_decode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def csr_decode(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor,
-               b_dec: torch.Tensor | None = None, *, backend: str | None = None,
-               accumulate: str = "sorted") -> torch.Tensor:
+def csr_decode(
+    row_ptr: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+    accumulate: str = "sorted",
+) -> torch.Tensor:
     """CSR latents (``row_ptr [n+1]``, ``cols [nnz]``, ``vals [nnz]``) -> ``[n, d]``.
     Differentiable in vals, W_dec and b_dec."""
     if row_ptr.dim() != 1 or cols.dim() != 1 or vals.shape != cols.shape:
-        raise ValueError(f"csr_decode: row_ptr must be [n+1] and cols, vals both [nnz], got {tuple(row_ptr.shape)}, "
-                         f"{tuple(cols.shape)} and {tuple(vals.shape)}")
+        raise ValueError(
+            f"csr_decode: row_ptr must be [n+1] and cols, vals both [nnz], got {tuple(row_ptr.shape)}, "
+            f"{tuple(cols.shape)} and {tuple(vals.shape)}"
+        )
     if W_dec.dim() != 2 or (b_dec is not None and b_dec.shape != (W_dec.shape[1],)):
-        raise ValueError(f"csr_decode: W_dec must be [m, d] and b_dec [d], got {tuple(W_dec.shape)}"
-                         f"{'' if b_dec is None else ' and ' + str(tuple(b_dec.shape))}")
+        raise ValueError(
+            f"csr_decode: W_dec must be [m, d] and b_dec [d], got {tuple(W_dec.shape)}"
+            f"{'' if b_dec is None else ' and ' + str(tuple(b_dec.shape))}"
+        )
     check_accumulate(accumulate)
     return _csr_decode_op(row_ptr, cols, vals, W_dec, b_dec, resolve_backend(W_dec, backend), accumulate)

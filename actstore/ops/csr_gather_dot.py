@@ -17,8 +17,9 @@ from ..reference.sparse_matmul import csr_gather_dot_reference
 
 
 @torch.library.custom_op("actstore::csr_gather_dot", mutates_args=())
-def csr_gather_dot(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor,
-                   backend: str) -> torch.Tensor:
+def csr_gather_dot(
+    rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor, backend: str
+) -> torch.Tensor:
     if backend == "triton" and G.dtype != torch.float64:
         from ..kernels.csr_gather_dot import csr_gather_dot_fwd
 

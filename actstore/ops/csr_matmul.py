@@ -17,8 +17,9 @@ from ..reference.sparse_matmul import csr_matmul_reference
 
 
 @torch.library.custom_op("actstore::csr_matmul", mutates_args=())
-def csr_matmul(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor,
-               backend: str) -> torch.Tensor:
+def csr_matmul(
+    row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor, backend: str
+) -> torch.Tensor:
     if backend == "triton" and vals.dtype != torch.float64:
         from ..kernels.csr_matmul import csr_matmul_fwd
 

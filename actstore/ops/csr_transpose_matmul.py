@@ -19,8 +19,16 @@ from ..reference.sparse_matmul import csr_transpose_matmul_reference
 
 
 @torch.library.custom_op("actstore::csr_transpose_matmul", mutates_args=())
-def csr_transpose_matmul(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, X: torch.Tensor, m: int,
-                         shift: torch.Tensor | None, backend: str, accumulate: str) -> tuple[torch.Tensor, torch.Tensor]:
+def csr_transpose_matmul(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    X: torch.Tensor,
+    m: int,
+    shift: torch.Tensor | None,
+    backend: str,
+    accumulate: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "triton" and vals.dtype != torch.float64:
         from ..kernels.csr_transpose_matmul import csr_transpose_matmul_fwd
 

@@ -21,10 +21,17 @@ from ..store.format import DType, parse_dtype
 from ._dispatch import resolve_backend
 
 
-def dequant_normalize(x: torch.Tensor, dtype: str | DType, scale: torch.Tensor | None = None,
-                      shift: torch.Tensor | None = None, mul: torch.Tensor | None = None,
-                      out_dtype: torch.dtype = torch.float32, *, backend: str | None = None,
-                      threads: int = 0) -> torch.Tensor:
+def dequant_normalize(
+    x: torch.Tensor,
+    dtype: str | DType,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    mul: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    *,
+    backend: str | None = None,
+    threads: int = 0,
+) -> torch.Tensor:
     """x ``[n, d]`` stored (int16 bf16 bits, fp16, fp32, uint8 e4m3fn bits or int8), scale
     ``[n]`` float32 (fp8/int8), shift/mul ``[d]`` float32 -> ``[n, d]`` of ``out_dtype``:
     ``(decode(x) * scale[:, None] - shift) * mul``, each term optional. ``threads`` is for

@@ -20,9 +20,18 @@ from .csr_matmul import csr_matmul
 from .csr_transpose_matmul import csr_transpose_matmul
 
 
-def encoder_grads(needs: tuple[bool, bool, bool, bool], x: torch.Tensor, W_enc: torch.Tensor,
-                  pre_bias: torch.Tensor | None, row_ptr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                  g: torch.Tensor, backend: str, accumulate: str):
+def encoder_grads(
+    needs: tuple[bool, bool, bool, bool],
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    pre_bias: torch.Tensor | None,
+    row_ptr: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    g: torch.Tensor,
+    backend: str,
+    accumulate: str,
+):
     """``needs`` = which of (x, W_enc, b_enc, pre_bias) want a gradient. Returns their
     gradients (None where not needed), each in its input's dtype."""
     grad_x = grad_W = grad_b = grad_pb = None

@@ -39,9 +39,17 @@ def _open_gates_triton(x, W_enc, b_gate, pre_bias, cand_k):
 
 
 @torch.library.custom_op("actstore::gated_encode", mutates_args=())
-def _gated_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,
-                     b_mag: torch.Tensor, pre_bias: torch.Tensor | None, cand_k: int, backend: str,
-                     accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gated_encode_op(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_gate: torch.Tensor,
+    r_mag: torch.Tensor,
+    b_mag: torch.Tensor,
+    pre_bias: torch.Tensor | None,
+    cand_k: int,
+    backend: str,
+    accumulate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton" and x.dtype != torch.float64:
         row_ptr, cols, gates = _open_gates_triton(x, W_enc, b_gate, pre_bias, cand_k)
     else:
@@ -58,8 +66,12 @@ def _gated_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor,
 def _(x, W_enc, b_gate, r_mag, b_mag, pre_bias, cand_k, backend, accumulate):
     nnz = torch.library.get_ctx().new_dynamic_size()
     vd = acc_dtype(x)
-    return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
-            x.new_empty((nnz,), dtype=vd), x.new_empty((nnz,), dtype=vd))
+    return (
+        x.new_empty((x.shape[0] + 1,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=vd),
+        x.new_empty((nnz,), dtype=vd),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -81,34 +93,62 @@ def _backward(ctx, _grp, _gc, grad_f, grad_gate):
     gg = grad_gate.to(acc) if grad_gate is not None else torch.zeros_like(gates)
     gG = gf * scale + gg
     needs = ctx.needs_input_grad
-    gx, gW, _, gpb = encoder_grads((needs[0], needs[1], False, needs[5]), x, W_enc, pre_bias, row_ptr,
-                                   rows_of(row_ptr, cols.shape[0]), cols, gG, ctx.backend, ctx.accumulate)
+    gx, gW, _, gpb = encoder_grads(
+        (needs[0], needs[1], False, needs[5]),
+        x,
+        W_enc,
+        pre_bias,
+        row_ptr,
+        rows_of(row_ptr, cols.shape[0]),
+        cols,
+        gG,
+        ctx.backend,
+        ctx.accumulate,
+    )
 
     def per_latent(v, like):
         return torch.zeros(m, dtype=acc, device=gates.device).index_add_(0, cols, v).to(like.dtype)
 
-    return (gx, gW, per_latent(gg, b_gate) if needs[2] else None,
-            per_latent(gf * scale * G, r_mag) if needs[3] else None,
-            per_latent(gf, b_mag) if needs[4] else None, gpb, None, None, None)
+    return (
+        gx,
+        gW,
+        per_latent(gg, b_gate) if needs[2] else None,
+        per_latent(gf * scale * G, r_mag) if needs[3] else None,
+        per_latent(gf, b_mag) if needs[4] else None,
+        gpb,
+        None,
+        None,
+        None,
+    )
 
 
 _gated_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gated_encode(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,
-                 b_mag: torch.Tensor, pre_bias: torch.Tensor | None = None, *, cand_k: int = 64,
-                 backend: str | None = None, accumulate: str = "sorted"):
+def gated_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_gate: torch.Tensor,
+    r_mag: torch.Tensor,
+    b_mag: torch.Tensor,
+    pre_bias: torch.Tensor | None = None,
+    *,
+    cand_k: int = 64,
+    backend: str | None = None,
+    accumulate: str = "sorted",
+):
     """x ``[n, d]``, W_enc ``[m, d]``, b_gate, r_mag, b_mag ``[m]`` -> ``(row_ptr, cols,
     f_vals, gate_vals)`` over the open gates (see the module docstring)."""
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
-        raise ValueError(f"gated_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and "
-                         f"{tuple(W_enc.shape)}")
+        raise ValueError(
+            f"gated_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}"
+        )
     m = W_enc.shape[0]
-    if any(t.shape != (m,) for t in (b_gate, r_mag, b_mag)) or (pre_bias is not None
-                                                                and pre_bias.shape != (x.shape[1],)):
+    if any(t.shape != (m,) for t in (b_gate, r_mag, b_mag)) or (
+        pre_bias is not None and pre_bias.shape != (x.shape[1],)
+    ):
         raise ValueError(f"gated_encode: b_gate, r_mag and b_mag must be [m={m}] and pre_bias [d={x.shape[1]}]")
     if isinstance(cand_k, bool) or not isinstance(cand_k, int) or cand_k < 1:
         raise ValueError(f"cand_k must be a positive integer, got {cand_k!r}")
     check_accumulate(accumulate)
-    return _gated_encode_op(x, W_enc, b_gate, r_mag, b_mag, pre_bias, cand_k, resolve_backend(x, backend),
-                            accumulate)
+    return _gated_encode_op(x, W_enc, b_gate, r_mag, b_mag, pre_bias, cand_k, resolve_backend(x, backend), accumulate)

@@ -50,16 +50,25 @@ def _jumprelu_reference(x, W_enc, b_enc, theta, pre_bias, eps):
 
 
 @torch.library.custom_op("actstore::jumprelu_encode", mutates_args=())
-def _jumprelu_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, theta: torch.Tensor,
-                        pre_bias: torch.Tensor | None, eps: float, cand_k: int, backend: str,
-                        accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _jumprelu_encode_op(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    theta: torch.Tensor,
+    pre_bias: torch.Tensor | None,
+    eps: float,
+    cand_k: int,
+    backend: str,
+    accumulate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton" and x.dtype != torch.float64:
         row_ptr, cols, margins = _jumprelu_triton(x, W_enc, b_enc, theta, pre_bias, eps, cand_k)
     else:
         row_ptr, cols, margins = _jumprelu_reference(x, W_enc, b_enc, theta, pre_bias, eps)
     kept = margins > 0
-    vals = torch.where(kept, margins + theta.to(margins.dtype)[cols], torch.zeros((), dtype=margins.dtype,
-                                                                                   device=margins.device))
+    vals = torch.where(
+        kept, margins + theta.to(margins.dtype)[cols], torch.zeros((), dtype=margins.dtype, device=margins.device)
+    )
     l0 = kept.sum().to(margins.dtype) / max(1, x.shape[0])
     return row_ptr, cols, vals, margins.clone(), l0
 
@@ -68,8 +77,13 @@ def _jumprelu_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tenso
 def _(x, W_enc, b_enc, theta, pre_bias, eps, cand_k, backend, accumulate):
     nnz = torch.library.get_ctx().new_dynamic_size()
     vd = acc_dtype(x)
-    return (x.new_empty((x.shape[0] + 1,), dtype=torch.int64), x.new_empty((nnz,), dtype=torch.int64),
-            x.new_empty((nnz,), dtype=vd), x.new_empty((nnz,), dtype=vd), x.new_empty((), dtype=vd))
+    return (
+        x.new_empty((x.shape[0] + 1,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=torch.int64),
+        x.new_empty((nnz,), dtype=vd),
+        x.new_empty((nnz,), dtype=vd),
+        x.new_empty((), dtype=vd),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -92,8 +106,18 @@ def _backward(ctx, _grp, _gc, grad_vals, _gm, grad_l0):
     if grad_vals is not None:
         gv = grad_vals.to(acc)
         g_pre = torch.where(margins > 0, gv, torch.zeros((), dtype=acc, device=gv.device))
-        grads = encoder_grads(tuple(ctx.needs_input_grad[:3]) + (ctx.needs_input_grad[4],), x, W_enc, pre_bias,
-                              row_ptr, rows_of(row_ptr, cols.shape[0]), cols, g_pre, ctx.backend, ctx.accumulate)
+        grads = encoder_grads(
+            tuple(ctx.needs_input_grad[:3]) + (ctx.needs_input_grad[4],),
+            x,
+            W_enc,
+            pre_bias,
+            row_ptr,
+            rows_of(row_ptr, cols.shape[0]),
+            cols,
+            g_pre,
+            ctx.backend,
+            ctx.accumulate,
+        )
         grad_theta.index_add_(0, cols, -(th / eps) * band * gv)
     if grad_l0 is not None:
         grad_theta.index_add_(0, cols, -(1.0 / eps) * band * grad_l0.to(acc) / max(1, n))
@@ -104,16 +128,26 @@ def _backward(ctx, _grp, _gc, grad_vals, _gm, grad_l0):
 _jumprelu_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def jumprelu_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, theta: torch.Tensor,
-                    pre_bias: torch.Tensor | None = None, *, eps: float = 0.001, cand_k: int = 64,
-                    backend: str | None = None, accumulate: str = "sorted"):
+def jumprelu_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    theta: torch.Tensor,
+    pre_bias: torch.Tensor | None = None,
+    *,
+    eps: float = 0.001,
+    cand_k: int = 64,
+    backend: str | None = None,
+    accumulate: str = "sorted",
+):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]``, theta ``[m]`` (positive) ->
     ``(row_ptr, cols, vals, margins, l0)`` (see the module docstring). ``cand_k``: the
     candidates per row on the Triton path (exact for any value; a row with more entries
     above ``theta - eps/2`` is recomputed densely)."""
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
-        raise ValueError(f"jumprelu_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and "
-                         f"{tuple(W_enc.shape)}")
+        raise ValueError(
+            f"jumprelu_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}"
+        )
     m = W_enc.shape[0]
     if b_enc.shape != (m,) or theta.shape != (m,) or (pre_bias is not None and pre_bias.shape != (x.shape[1],)):
         raise ValueError(f"jumprelu_encode: b_enc and theta must be [m={m}] and pre_bias [d={x.shape[1]}]")
@@ -122,5 +156,6 @@ def jumprelu_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, t
     if isinstance(cand_k, bool) or not isinstance(cand_k, int) or cand_k < 1:
         raise ValueError(f"cand_k must be a positive integer, got {cand_k!r}")
     check_accumulate(accumulate)
-    return _jumprelu_encode_op(x, W_enc, b_enc, theta, pre_bias, float(eps), cand_k, resolve_backend(x, backend),
-                               accumulate)
+    return _jumprelu_encode_op(
+        x, W_enc, b_enc, theta, pre_bias, float(eps), cand_k, resolve_backend(x, backend), accumulate
+    )

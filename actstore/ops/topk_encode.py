@@ -26,9 +26,17 @@ from .encoder_grads import encoder_grads
 
 
 @torch.library.custom_op("actstore::topk_encode", mutates_args=())
-def _topk_encode_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tensor | None,
-                    dead_mask: torch.Tensor | None, k: int, k_aux: int, backend: str,
-                    accumulate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _topk_encode_op(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    pre_bias: torch.Tensor | None,
+    dead_mask: torch.Tensor | None,
+    k: int,
+    k_aux: int,
+    backend: str,
+    accumulate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton" and x.dtype != torch.float64:
         from ..kernels.topk_encode import topk_encode_fwd
 
@@ -44,8 +52,12 @@ def _(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate):
     n = x.shape[0]
     ka = k_aux if dead_mask is not None else 0
     vd = acc_dtype(x)
-    return (x.new_empty((n, k), dtype=vd), x.new_empty((n, k), dtype=torch.int64),
-            x.new_empty((n, ka), dtype=vd), x.new_empty((n, ka), dtype=torch.int64))
+    return (
+        x.new_empty((n, k), dtype=vd),
+        x.new_empty((n, k), dtype=torch.int64),
+        x.new_empty((n, ka), dtype=vd),
+        x.new_empty((n, ka), dtype=torch.int64),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -73,8 +85,9 @@ def _backward(ctx, grad_values, _gi, grad_aux, _gai):
     kt = g.shape[1]
     row_ptr = torch.arange(n + 1, device=x.device) * kt
     rows = rows_of(row_ptr, n * kt)
-    grads = encoder_grads(needs, x, W_enc, pre_bias, row_ptr, rows, cols.reshape(-1), g.reshape(-1),
-                          ctx.backend, ctx.accumulate)
+    grads = encoder_grads(
+        needs, x, W_enc, pre_bias, row_ptr, rows, cols.reshape(-1), g.reshape(-1), ctx.backend, ctx.accumulate
+    )
     return grads + (None,) * 5
 
 
@@ -83,7 +96,9 @@ _topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux):
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
-        raise ValueError(f"topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}")
+        raise ValueError(
+            f"topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}"
+        )
     m = W_enc.shape[0]
     if b_enc.shape != (m,):
         raise ValueError(f"topk_encode: b_enc must be [m={m}], got {tuple(b_enc.shape)}")
@@ -92,14 +107,24 @@ def _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux):
     check_k(k, m)
     if dead_mask is not None:
         if dead_mask.shape != (m,) or dead_mask.dtype != torch.bool:
-            raise ValueError(f"topk_encode: dead_mask must be a [m={m}] bool tensor, got {tuple(dead_mask.shape)} "
-                             f"{dead_mask.dtype}")
+            raise ValueError(
+                f"topk_encode: dead_mask must be a [m={m}] bool tensor, got {tuple(dead_mask.shape)} {dead_mask.dtype}"
+            )
         check_k(k_aux, m, "k_aux")
 
 
-def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                pre_bias: torch.Tensor | None = None, *, dead_mask: torch.Tensor | None = None, k_aux: int = 0,
-                backend: str | None = None, accumulate: str = "sorted"):
+def topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    pre_bias: torch.Tensor | None = None,
+    *,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+    backend: str | None = None,
+    accumulate: str = "sorted",
+):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(values [n, k], indices [n, k])``:
     the k largest of ``(x - pre_bias) @ W_enc.T + b_enc`` per row, ReLU applied, in
     descending order (values float32; float64 for float64 x). Differentiable in x, W_enc,
@@ -115,6 +140,7 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
     _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
     backend = resolve_backend(x, backend)
     check_accumulate(accumulate)
-    out = _topk_encode_op(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux if dead_mask is not None else 0, backend,
-                          accumulate)
+    out = _topk_encode_op(
+        x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux if dead_mask is not None else 0, backend, accumulate
+    )
     return out if dead_mask is not None else out[:2]

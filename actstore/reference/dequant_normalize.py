@@ -31,9 +31,14 @@ def decode_stored(x: torch.Tensor, dtype: str | DType) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def dequant_normalize_reference(x: torch.Tensor, dtype: str | DType, scale: torch.Tensor | None = None,
-                                shift: torch.Tensor | None = None, mul: torch.Tensor | None = None,
-                                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequant_normalize_reference(
+    x: torch.Tensor,
+    dtype: str | DType,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    mul: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """x ``[n, d]`` stored, scale ``[n]``, shift/mul ``[d]`` -> ``[n, d]`` of ``out_dtype``."""
     v = decode_stored(x, dtype)
     if scale is not None:

@@ -12,8 +12,14 @@ import torch
 from .._numerics import pre_activations
 
 
-def gated_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,
-                           b_mag: torch.Tensor, pre_bias: torch.Tensor | None = None):
+def gated_encode_reference(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_gate: torch.Tensor,
+    r_mag: torch.Tensor,
+    b_mag: torch.Tensor,
+    pre_bias: torch.Tensor | None = None,
+):
     G = pre_activations(x, W_enc, torch.zeros_like(b_gate), pre_bias)
     pi_gate = G + b_gate.to(G.dtype)
     pi_mag = r_mag.to(G.dtype).exp() * G + b_mag.to(G.dtype)

@@ -42,15 +42,18 @@ def csr_from_coo(n: int, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Ten
     return row_ptr, cols.contiguous(), vals.contiguous()
 
 
-def csr_matmul_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+def csr_matmul_reference(
+    row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor
+) -> torch.Tensor:
     """``out[i] = sum_{e in row i} vals[e] W[cols[e]]`` -> ``[n, d]``."""
     acc = acc_dtype(vals)
     n = row_ptr.numel() - 1
     if cols.numel() == 0:
         return torch.zeros(n, W.shape[1], dtype=acc, device=W.device)
     # embedding_bag with offsets is exactly CSR; include_last_offset takes row_ptr whole.
-    return F.embedding_bag(cols, W.to(acc), offsets=row_ptr, per_sample_weights=vals.to(acc), mode="sum",
-                           include_last_offset=True)
+    return F.embedding_bag(
+        cols, W.to(acc), offsets=row_ptr, per_sample_weights=vals.to(acc), mode="sum", include_last_offset=True
+    )
 
 
 def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -60,13 +63,19 @@ def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Te
         return (G.to(acc) @ W.to(acc).t())[rows, cols]
     out = torch.empty(cols.numel(), dtype=acc, device=G.device)
     for s in range(0, cols.numel(), _SLICE):
-        r, c = rows[s:s + _SLICE], cols[s:s + _SLICE]
-        out[s:s + _SLICE] = (G[r].to(acc) * W[c].to(acc)).sum(1)
+        r, c = rows[s : s + _SLICE], cols[s : s + _SLICE]
+        out[s : s + _SLICE] = (G[r].to(acc) * W[c].to(acc)).sum(1)
     return out
 
 
-def csr_transpose_matmul_reference(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, X: torch.Tensor,
-                                   m: int, shift: torch.Tensor | None = None):
+def csr_transpose_matmul_reference(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    X: torch.Tensor,
+    m: int,
+    shift: torch.Tensor | None = None,
+):
     """``grad_W[cols[e]] += vals[e] (X[rows[e]] - shift)``, ``grad_b[cols[e]] += vals[e]``
     -> ``(grad_W [m, d], grad_b [m])``."""
     acc = acc_dtype(vals)
@@ -80,10 +89,10 @@ def csr_transpose_matmul_reference(rows: torch.Tensor, cols: torch.Tensor, vals:
         return gw, gb
     gw = torch.zeros(m, X.shape[1], dtype=acc, device=X.device)
     for s in range(0, cols.numel(), _SLICE):
-        xs = X[rows[s:s + _SLICE]].to(acc)
+        xs = X[rows[s : s + _SLICE]].to(acc)
         if shift is not None:
             xs = xs - shift.to(acc)
-        gw.index_add_(0, cols[s:s + _SLICE], vals[s:s + _SLICE].to(acc)[:, None] * xs)
+        gw.index_add_(0, cols[s : s + _SLICE], vals[s : s + _SLICE].to(acc)[:, None] * xs)
     gb = torch.zeros(m, dtype=acc, device=X.device).index_add_(0, cols, vals.to(acc))
     return gw, gb
 

@@ -23,9 +23,15 @@ import torch
 from .._numerics import acc_dtype, check_k, pre_activations
 
 
-def topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                          pre_bias: torch.Tensor | None = None, dead_mask: torch.Tensor | None = None,
-                          k_aux: int = 0):
+def topk_encode_reference(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    pre_bias: torch.Tensor | None = None,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+):
     """x ``[n, d]`` -> ``(values [n, k], indices [n, k])``: the k largest pre-activations
     per row, ReLU applied to them.
 
@@ -45,8 +51,9 @@ def topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Ten
     return out + (torch.relu(av).nan_to_num(0.0, neginf=0.0), ai)
 
 
-def sparse_decode_reference(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
-                            b_dec: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_decode_reference(
+    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
     """``values [n, k]``, ``indices [n, k]`` -> ``[n, d] = sum_j values[:, j] W_dec[indices[:, j]] + b_dec``."""
     acc = acc_dtype(values)
     out = torch.einsum("nk,nkd->nd", values.to(acc), W_dec.to(acc)[indices])
@@ -62,8 +69,14 @@ def batch_topk_threshold_reference(pre: torch.Tensor, k: int) -> torch.Tensor:
     return flat.kthvalue(flat.numel() - n * k + 1).values
 
 
-def batch_topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                                pre_bias: torch.Tensor | None = None, threshold: float | None = None):
+def batch_topk_encode_reference(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    pre_bias: torch.Tensor | None = None,
+    threshold: float | None = None,
+):
     """BatchTopK encode in CSR form: ``(row_ptr [n+1] int64, cols [nnz] int64, vals [nnz],
     threshold)``, only positive pre-activations kept.
 
@@ -83,11 +96,18 @@ def batch_topk_encode_reference(x: torch.Tensor, W_enc: torch.Tensor, b_enc: tor
     return row_ptr, cols.clone(), pre[rows, cols], t  # clone: nonzero's columns are a view of one buffer
 
 
-def csr_decode_reference(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor,
-                         b_dec: torch.Tensor | None = None) -> torch.Tensor:
+def csr_decode_reference(
+    row_ptr: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor | None = None,
+) -> torch.Tensor:
     """CSR latents (as from :func:`batch_topk_encode_reference`) -> ``[n, d]``."""
     n = row_ptr.numel() - 1
     acc = acc_dtype(vals)
     rows = torch.repeat_interleave(torch.arange(n, device=row_ptr.device), row_ptr[1:] - row_ptr[:-1])
-    out = torch.zeros(n, W_dec.shape[1], dtype=acc, device=W_dec.device).index_add_(0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols])
+    out = torch.zeros(n, W_dec.shape[1], dtype=acc, device=W_dec.device).index_add_(
+        0, rows, vals.to(acc)[:, None] * W_dec.to(acc)[cols]
+    )
     return out if b_dec is None else out + b_dec.to(acc)

@@ -21,6 +21,23 @@ from .relu import ReLUSAE
 from .topk import BatchTopKSAE, TopKSAE
 from .train import TrainConfig, train
 
-__all__ = ["ARCHS", "SAEConfig", "SparseAutoencoder", "Latents", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
-           "GatedSAE", "ReLUSAE", "build", "save", "load", "to_saelens", "from_saelens", "from_sparsify",
-           "to_sparsify", "TrainConfig", "train"]
+__all__ = [
+    "ARCHS",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "Latents",
+    "TopKSAE",
+    "BatchTopKSAE",
+    "JumpReLUSAE",
+    "GatedSAE",
+    "ReLUSAE",
+    "build",
+    "save",
+    "load",
+    "to_saelens",
+    "from_saelens",
+    "from_sparsify",
+    "to_sparsify",
+    "TrainConfig",
+    "train",
+]

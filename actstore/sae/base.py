@@ -116,8 +116,12 @@ class SparseAutoencoder(nn.Module):
     def saelens_state(self) -> dict[str, torch.Tensor]:
         """The weights in SAELens' layout: ``W_enc [d, m]`` (transposed), ``W_dec [m, d]``,
         ``b_dec [d]``, ``b_enc [m]`` and the arch's own."""
-        return {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
-                "b_dec": self.b_dec.detach().contiguous(), "b_enc": self.b_enc.detach().contiguous()}
+        return {
+            "W_enc": self.W_enc.detach().t().contiguous(),
+            "W_dec": self.W_dec.detach().contiguous(),
+            "b_dec": self.b_dec.detach().contiguous(),
+            "b_enc": self.b_enc.detach().contiguous(),
+        }
 
     def saelens_config(self) -> dict:
         """The arch's own keys of SAELens' ``cfg.json`` (beyond sizes, dtype and architecture)."""
@@ -134,8 +138,12 @@ class SparseAutoencoder(nn.Module):
         ``W_enc @ b_dec``) is given when SAELens did not subtract ``b_dec`` from the input:
         the encoder biases take it, so our pre-activation ``(x - b_dec) W + b`` matches theirs."""
         dtype = st["W_dec"].dtype
-        return {"W_enc": st["W_enc"].t(), "W_dec": st["W_dec"], "b_dec": st["b_dec"],
-                "b_enc": _shifted(st["b_enc"], shift, dtype)}
+        return {
+            "W_enc": st["W_enc"].t(),
+            "W_dec": st["W_dec"],
+            "b_dec": st["b_dec"],
+            "b_enc": _shifted(st["b_enc"], shift, dtype),
+        }
 
     def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """``(tensors, cfg.json)`` of a sparsify checkpoint; sparsify holds TopK SAEs only."""

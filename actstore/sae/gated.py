@@ -32,17 +32,27 @@ class GatedSAE(SparseAutoencoder):
         self.b_mag = nn.Parameter(torch.zeros(m, **kw))
 
     def saelens_state(self) -> dict[str, torch.Tensor]:
-        return {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
-                "b_dec": self.b_dec.detach().contiguous(), "b_gate": self.b_gate.detach(),
-                "r_mag": self.r_mag.detach(), "b_mag": self.b_mag.detach()}
+        return {
+            "W_enc": self.W_enc.detach().t().contiguous(),
+            "W_dec": self.W_dec.detach().contiguous(),
+            "b_dec": self.b_dec.detach().contiguous(),
+            "b_gate": self.b_gate.detach(),
+            "r_mag": self.r_mag.detach(),
+            "b_mag": self.b_mag.detach(),
+        }
 
     def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
         # pi_mag = exp(r_mag) G + b_mag: its bias takes the shift scaled like G.
         dtype = st["W_dec"].dtype
         mag_shift = None if shift is None else st["r_mag"].float().exp() * shift
-        return {"W_enc": st["W_enc"].t(), "W_dec": st["W_dec"], "b_dec": st["b_dec"],
-                "b_gate": _shifted(st["b_gate"], shift, dtype), "r_mag": st["r_mag"],
-                "b_mag": _shifted(st["b_mag"], mag_shift, dtype)}
+        return {
+            "W_enc": st["W_enc"].t(),
+            "W_dec": st["W_dec"],
+            "b_dec": st["b_dec"],
+            "b_gate": _shifted(st["b_gate"], shift, dtype),
+            "r_mag": st["r_mag"],
+            "b_mag": _shifted(st["b_mag"], mag_shift, dtype),
+        }
 
     def _encode(self, x):
         rp, c, f, gate = gated_encode(x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec)

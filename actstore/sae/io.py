@@ -21,9 +21,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..store.storage import open_storage
-
 from ..errors import SAEError, SAEFileError
+from ..store.storage import open_storage
 from .base import SparseAutoencoder
 from .config import SAEConfig
 from .registry import SAELENS_READS, build, sae_class
@@ -69,16 +68,18 @@ def _load_weights(path: Path, what: str) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for damage
-        raise SAEError(f"{path} could not be read as safetensors ({type(e).__name__}: {e}); "
-                       f"the {what} is damaged") from None
+        raise SAEError(
+            f"{path} could not be read as safetensors ({type(e).__name__}: {e}); the {what} is damaged"
+        ) from None
 
 
 def _assign(sae: SparseAutoencoder, state: dict, source: Path) -> SparseAutoencoder:
     own = sae.state_dict()
     missing, extra = set(own) - set(state), set(state) - set(own)
     if missing or extra:
-        raise SAEError(f"{source}: weights do not match a {sae.arch} SAE (missing {sorted(missing)}, "
-                       f"unexpected {sorted(extra)})")
+        raise SAEError(
+            f"{source}: weights do not match a {sae.arch} SAE (missing {sorted(missing)}, unexpected {sorted(extra)})"
+        )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise SAEError(f"{source}: {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
@@ -105,10 +106,18 @@ def to_saelens(sae: SparseAutoencoder, path) -> Path:
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
     c = sae.cfg
-    doc = {"d_in": c.d, "d_sae": c.m, "dtype": str(sae.W_enc.dtype).removeprefix("torch."), "device": "cpu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-           "architecture": sae.saelens_arch, "metadata": {"hook_name": c.hook} if c.hook else {},
-           **sae.saelens_config()}
+    doc = {
+        "d_in": c.d,
+        "d_sae": c.m,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "architecture": sae.saelens_arch,
+        "metadata": {"hook_name": c.hook} if c.hook else {},
+        **sae.saelens_config(),
+    }
     write_safetensors(path, "sae_weights.safetensors", sae.saelens_state())
     write_file(path, "cfg.json", json.dumps(doc))
     return path
@@ -122,11 +131,15 @@ def from_saelens(path, *, device=None) -> SparseAutoencoder:
     arch_in = doc.get("architecture", "standard")
     cls = SAELENS_READS.get(arch_in)
     if cls is None:
-        raise SAEError(f"{path}: SAELens architecture {arch_in!r} has no actstore counterpart "
-                       f"(supported: {', '.join(sorted(SAELENS_READS))})")
+        raise SAEError(
+            f"{path}: SAELens architecture {arch_in!r} has no actstore counterpart "
+            f"(supported: {', '.join(sorted(SAELENS_READS))})"
+        )
     if doc.get("normalize_activations", "none") != "none":
-        raise SAEError(f"{path}: normalize_activations={doc['normalize_activations']!r} is not supported; "
-                       "export the SAE with its normalization folded in")
+        raise SAEError(
+            f"{path}: normalize_activations={doc['normalize_activations']!r} is not supported; "
+            "export the SAE with its normalization folded in"
+        )
     if doc.get("rescale_acts_by_decoder_norm") or doc.get("reshape_activations", "none") != "none":
         raise SAEError(f"{path}: rescale_acts_by_decoder_norm / reshape_activations are not supported")
     d, m = int(doc["d_in"]), int(doc["d_sae"])
@@ -157,8 +170,14 @@ def from_sparsify(path, *, device=None) -> TopKSAE:
     m, d = W.shape
     if int(doc.get("d_in", d)) != d:
         raise SAEError(f"{path}: d_in={doc['d_in']} but encoder.weight is {tuple(W.shape)}")
-    cfg = SAEConfig("topk", d, m, k=int(doc["k"]), normalize_decoder=bool(doc.get("normalize_decoder", True)),
-                    dtype=str(W.dtype).removeprefix("torch."))
+    cfg = SAEConfig(
+        "topk",
+        d,
+        m,
+        k=int(doc["k"]),
+        normalize_decoder=bool(doc.get("normalize_decoder", True)),
+        dtype=str(W.dtype).removeprefix("torch."),
+    )
     sae = sae_class("topk")(cfg)
     state = {"W_enc": W, "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
     sae = _assign(sae, {k_: v.contiguous() for k_, v in state.items()}, path)

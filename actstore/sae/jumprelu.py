@@ -28,8 +28,9 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _init_arch_params(self, kw) -> None:
         super()._init_arch_params(kw)
-        self.log_threshold = nn.Parameter(torch.full((self.cfg.m,), math.log(self.cfg.init_threshold),
-                                                     device=kw["device"], dtype=torch.float32))
+        self.log_threshold = nn.Parameter(
+            torch.full((self.cfg.m,), math.log(self.cfg.init_threshold), device=kw["device"], dtype=torch.float32)
+        )
 
     def saelens_state(self) -> dict[str, torch.Tensor]:
         theta = self.log_threshold.detach().exp().to(self.W_enc.dtype).contiguous()
@@ -42,8 +43,9 @@ class JumpReLUSAE(SparseAutoencoder):
         return {**super().state_from_saelens(st, source, shift), "log_threshold": theta.log()}
 
     def _encode(self, x):
-        rp, c, v, _, l0 = jumprelu_encode(x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec,
-                                          eps=self.cfg.bandwidth)
+        rp, c, v, _, l0 = jumprelu_encode(
+            x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec, eps=self.cfg.bandwidth
+        )
         return Latents(rp, c, v, self.cfg.m), l0
 
     def encode(self, x: torch.Tensor, dense: bool = False):

@@ -16,8 +16,9 @@ from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
 from .topk import BatchTopKSAE, TopKSAE
 
-CLASSES: dict[str, type[SparseAutoencoder]] = {c.arch: c for c in (TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE,
-                                                                    ReLUSAE)}
+CLASSES: dict[str, type[SparseAutoencoder]] = {
+    c.arch: c for c in (TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, ReLUSAE)
+}
 if set(CLASSES) != set(ARCHS):  # a programming error, caught at import rather than at first use
     raise ImportError(f"actstore.sae: arch classes {sorted(CLASSES)} do not match config.ARCHS {sorted(ARCHS)}")
 

@@ -45,11 +45,23 @@ class TopKSAE(_TopKLoss, SparseAutoencoder):
 
     def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         c = self.cfg
-        st = {"encoder.weight": self.W_enc.detach().contiguous(), "encoder.bias": self.b_enc.detach().contiguous(),
-              "W_dec": self.W_dec.detach().contiguous(), "b_dec": self.b_dec.detach().contiguous()}
-        doc = {"activation": "topk", "expansion_factor": max(1, c.m // c.d), "normalize_decoder": c.normalize_decoder,
-               "num_latents": c.m, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
-               "d_in": c.d}
+        st = {
+            "encoder.weight": self.W_enc.detach().contiguous(),
+            "encoder.bias": self.b_enc.detach().contiguous(),
+            "W_dec": self.W_dec.detach().contiguous(),
+            "b_dec": self.b_dec.detach().contiguous(),
+        }
+        doc = {
+            "activation": "topk",
+            "expansion_factor": max(1, c.m // c.d),
+            "normalize_decoder": c.normalize_decoder,
+            "num_latents": c.m,
+            "k": c.k,
+            "multi_topk": False,
+            "skip_connection": False,
+            "transcode": False,
+            "d_in": c.d,
+        }
         return st, doc
 
     def encode(self, x: torch.Tensor, dense: bool = False):
@@ -60,8 +72,15 @@ class TopKSAE(_TopKLoss, SparseAutoencoder):
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
         use_aux = dead_mask is not None and bool(dead_mask.any())
         if use_aux:
-            v, i, av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec, dead_mask=dead_mask,
-                                       k_aux=min(self.cfg.k_aux, self.cfg.m))
+            v, i, av, ai = topk_encode(
+                x,
+                self.W_enc,
+                self.b_enc,
+                self.cfg.k,
+                self.b_dec,
+                dead_mask=dead_mask,
+                k_aux=min(self.cfg.k_aux, self.cfg.m),
+            )
         else:
             (v, i), av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec), None, None
         x_hat = sparse_decode(v, i, self.W_dec, self.b_dec)
@@ -86,8 +105,9 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
     def _init_arch_params(self, kw) -> None:
         super()._init_arch_params(kw)
         t = self.cfg.threshold
-        self.register_buffer("threshold", torch.tensor(-1.0 if t is None else float(t), dtype=torch.float32,
-                                                       device=kw["device"]))
+        self.register_buffer(
+            "threshold", torch.tensor(-1.0 if t is None else float(t), dtype=torch.float32, device=kw["device"])
+        )
 
     def export_config(self):
         self.cfg.threshold = float(self.threshold) if float(self.threshold) >= 0 else None
@@ -101,15 +121,18 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
     def saelens_state(self) -> dict[str, torch.Tensor]:
         t = float(self.threshold)
         if t < 0:
-            raise SAEError("this BatchTopK SAE has no inference threshold yet (train it first): "
-                           "SAELens stores BatchTopK SAEs in their JumpReLU form")
+            raise SAEError(
+                "this BatchTopK SAE has no inference threshold yet (train it first): "
+                "SAELens stores BatchTopK SAEs in their JumpReLU form"
+            )
         return {**super().saelens_state(), "threshold": torch.full((self.cfg.m,), t, dtype=self.W_enc.dtype)}
 
     @classmethod
     def config_from_saelens(cls, doc: dict, st: dict, d: int, m: int, dtype: str) -> SAEConfig:
         thr = st.get("topk_threshold")
-        return SAEConfig(cls.arch, d, m, k=int(doc.get("k")), threshold=None if thr is None else float(thr),
-                         dtype=dtype)
+        return SAEConfig(
+            cls.arch, d, m, k=int(doc.get("k")), threshold=None if thr is None else float(thr), dtype=dtype
+        )
 
     def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
         t = self.cfg.threshold
@@ -119,8 +142,9 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
         # Eval reads the threshold (one host sync); training keeps it on the device.
         fixed = not self.training and float(self.threshold) >= 0
         aux = {} if dead_mask is None else {"dead_mask": dead_mask, "k_aux": min(self.cfg.k_aux, self.cfg.m)}
-        out = batch_topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec,
-                                threshold=float(self.threshold) if fixed else None, **aux)
+        out = batch_topk_encode(
+            x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec, threshold=float(self.threshold) if fixed else None, **aux
+        )
         rp, c, v, t = out[:4]
         if self.training:
             with torch.no_grad():  # the first batch sets it, later ones move it by 1%

@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..loader import ActivationLoader
 from .. import api
-from ..store.reader import Store
 from .._dist import group, init_if_launched, local_device, rank_world
 from ..errors import SAEError
+from ..loader import ActivationLoader
+from ..store.reader import Store
 from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
 from .io import load, save, write_file, write_safetensors
@@ -159,8 +159,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader, dev: torch.device,
-                    rank: int) -> _Run:
+def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader, dev: torch.device, rank: int) -> _Run:
     """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
     settings differ), or a new SAE (decoder bias at the data mean, in the training scale)."""
     latest = out / "latest.json"
@@ -171,8 +170,10 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
         mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
         diff = sorted(k for k in mine if k not in ("device", "threads") and mine[k] != saved.get(k))
         if diff:
-            raise SAEError(f"{out} holds a run with different settings ({', '.join(diff)}): "
-                           "use a new --out, or the same settings to resume")
+            raise SAEError(
+                f"{out} holds a run with different settings ({', '.join(diff)}): "
+                "use a new --out, or the same settings to resume"
+            )
         ck = out / pointer["checkpoint"]
         sae = load(ck / "sae").to(dev)
         counters = json.loads((ck / "trainer.json").read_text())
@@ -191,7 +192,7 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
         step, tokens = 0, 0
         since_fired = torch.zeros(cfg.latents, dtype=torch.int64, device=dev)
     sae.train()
-    base_lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(cfg.latents / 2 ** 14)
+    base_lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(cfg.latents / 2**14)
     opt = torch.optim.AdamW(sae.parameters(), lr=base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     if resumed:
         _load_optimizer(opt, ck, dev)
@@ -287,14 +288,25 @@ def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, total: int, global_batch
 
 def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
     """The log line of this step, less ``tokens_per_s``: loss, fvu and l0 averaged over ranks."""
-    vals = torch.stack([res["loss"].detach().float(), res["fvu"].detach().float(),
-                        torch.tensor(res["latents"].l0(), device=run.since_fired.device)])
+    vals = torch.stack(
+        [
+            res["loss"].detach().float(),
+            res["fvu"].detach().float(),
+            torch.tensor(res["latents"].l0(), device=run.since_fired.device),
+        ]
+    )
     if dist is not None:
         dist.all_reduce(vals)
         vals /= dist.get_world_size()
-    return {"step": run.step, "tokens": run.tokens, "loss": float(vals[0]), "fvu": float(vals[1]),
-            "l0": float(vals[2]), "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
-            "lr": run.opt.param_groups[0]["lr"]}
+    return {
+        "step": run.step,
+        "tokens": run.tokens,
+        "loss": float(vals[0]),
+        "fvu": float(vals[1]),
+        "l0": float(vals[2]),
+        "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
+        "lr": run.opt.param_groups[0]["lr"],
+    }
 
 
 def _keep_log_until(log_path: Path, step: int) -> None:
@@ -325,9 +337,21 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
     if cfg.hook not in store.hooks:
         raise SAEError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
-    loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=None, device=dev,
-                              normalize=cfg.normalize, drop_last=True, buffer_rows=cfg.buffer_rows,
-                              threads=cfg.threads, rank=rank, world_size=world)
+    loader = ActivationLoader(
+        store,
+        cfg.hook,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        epochs=None,
+        device=dev,
+        normalize=cfg.normalize,
+        drop_last=True,
+        buffer_rows=cfg.buffer_rows,
+        threads=cfg.threads,
+        rank=rank,
+        world_size=world,
+    )
     global_batch = cfg.batch_size * world
     total = math.ceil(cfg.tokens / global_batch)
     run = _resume_or_init(cfg, out, store, loader, dev, rank)
@@ -350,8 +374,12 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(metrics) + "\n")
                 if bar is not None:
-                    bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", l0=f"{metrics['l0']:.1f}",
-                                    dead=f"{metrics['dead_frac']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    bar.set_postfix(
+                        fvu=f"{metrics['fvu']:.3f}",
+                        l0=f"{metrics['l0']:.1f}",
+                        dead=f"{metrics['dead_frac']:.3f}",
+                        tok_s=f"{metrics['tokens_per_s']:.0f}",
+                    )
         if bar is not None:
             bar.update(1)
         if run.step % cfg.checkpoint_every == 0 or run.step == total:
@@ -359,8 +387,16 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     if bar is not None:
         bar.close()
     loader.close()
-    summary = {"steps": run.step, "tokens": run.tokens, "final": metrics, "out": str(out), "arch": cfg.arch,
-               "latents": cfg.latents, "k": cfg.k, "world_size": world}
+    summary = {
+        "steps": run.step,
+        "tokens": run.tokens,
+        "final": metrics,
+        "out": str(out),
+        "arch": cfg.arch,
+        "latents": cfg.latents,
+        "k": cfg.k,
+        "world_size": world,
+    }
     if rank == 0:
         save(run.sae, out / "sae")
         write_file(out, "summary.json", json.dumps(summary, indent=1))

@@ -44,6 +44,7 @@ from .format import ArraySpec, Schema, shard_key
 from .shard import MISSING, index_nbytes, parse_index
 from .storage import Blob, Storage
 
+
 def coalesce(ranges: Sequence[tuple[int, int]], max_gap: int, max_bytes: int) -> list[tuple[int, int, list[int]]]:
     """Merge byte ranges ``(offset, nbytes)`` into gets ``(start, end, members)``.
 
@@ -121,8 +122,7 @@ class HandleCache:
 class ChunkReader:
     """Reads and decodes the chunks of committed rows ``[0, rows)`` of one segment."""
 
-    def __init__(self, storage: Storage, schema: Schema, segment: str, rows: int,
-                 handles: HandleCache | None = None):
+    def __init__(self, storage: Storage, schema: Schema, segment: str, rows: int, handles: HandleCache | None = None):
         self.storage = storage
         self.schema = schema
         self.segment = segment
@@ -155,8 +155,10 @@ class ChunkReader:
             blob = self.storage.open_blob(shard_key(self.segment, a, shard))
         except StoreError as e:
             # A committed shard that is missing is damage.
-            raise CorruptDataError(f"segment {self.segment!r}, array {a.path!r}, shard {shard} is missing though "
-                                   f"committed ({e}); the store is damaged") from None
+            raise CorruptDataError(
+                f"segment {self.segment!r}, array {a.path!r}, shard {shard} is missing though "
+                f"committed ({e}); the store is damaged"
+            ) from None
         try:
             return ShardHandle(blob, self.shard_index(a, shard, blob), cached)
         except BaseException:
@@ -180,8 +182,10 @@ class ChunkReader:
         try:
             index = parse_index(tail, n_chunks, blob.size)
         except ValueError as e:
-            raise CorruptDataError(f"segment {self.segment!r}, array {a.path!r}, shard {shard}: {e}; the store is "
-                                   "damaged, re-capture or restore this segment") from None
+            raise CorruptDataError(
+                f"segment {self.segment!r}, array {a.path!r}, shard {shard}: {e}; the store is "
+                "damaged, re-capture or restore this segment"
+            ) from None
         if full:
             with self._cache_lock:
                 self._index_cache[key] = index
@@ -191,8 +195,10 @@ class ChunkReader:
 
     def where(self, a: ArraySpec, chunk: int) -> str:
         lo = chunk * a.chunk_rows
-        return (f"segment {self.segment!r}, array {a.path!r}, chunk {chunk} "
-                f"(rows {lo}-{lo + a.chunk_rows - 1}, shard {chunk // self.per_shard(a)})")
+        return (
+            f"segment {self.segment!r}, array {a.path!r}, chunk {chunk} "
+            f"(rows {lo}-{lo + a.chunk_rows - 1}, shard {chunk // self.per_shard(a)})"
+        )
 
     def _ranges(self, h: ShardHandle, a: ArraySpec, chunks: Sequence[int]) -> list[tuple[int, int]]:
         per_shard = self.per_shard(a)
@@ -200,8 +206,9 @@ class ChunkReader:
         for c in chunks:
             off, nbytes = h.index[c % per_shard]
             if off == MISSING:
-                raise CorruptDataError(f"{self.where(a, c)} is missing from its shard index though committed; "
-                                       "the store is damaged")
+                raise CorruptDataError(
+                    f"{self.where(a, c)} is missing from its shard index though committed; the store is damaged"
+                )
             ranges.append((int(off), int(nbytes)))
         return ranges
 
@@ -222,10 +229,11 @@ class ChunkReader:
             got = memoryview(h.blob.pread(start, end - start))
             for i in members:
                 off, nbytes = ranges[i]
-                data = got[off - start: off - start + nbytes]
+                data = got[off - start : off - start + nbytes]
                 if len(data) != nbytes:
-                    raise CorruptDataError(f"{self.where(a, chunks[i])} is short: {len(data)} of {nbytes} bytes; "
-                                           "the store is damaged")
+                    raise CorruptDataError(
+                        f"{self.where(a, chunks[i])} is short: {len(data)} of {nbytes} bytes; the store is damaged"
+                    )
                 out[i] = data
         return out
 
@@ -244,8 +252,9 @@ class ChunkReader:
         try:
             codec.decode_into(data, out)
         except ValueError as e:
-            raise CorruptDataError(f"{self.where(a, chunk)} fails to decode ({e}); the store is damaged, "
-                                   "re-capture or restore it") from None
+            raise CorruptDataError(
+                f"{self.where(a, chunk)} fails to decode ({e}); the store is damaged, re-capture or restore it"
+            ) from None
         return out
 
     def read_chunk(self, h: ShardHandle, a: ArraySpec, chunk: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -268,14 +277,15 @@ class ChunkReader:
                     for c, block in zip(group, self.read_decoded(h, a, group)):
                         c_lo = c * a.chunk_rows
                         r0, r1 = max(lo, c_lo), min(hi, c_lo + a.chunk_rows)
-                        out[r0 - lo: r1 - lo] = block[r0 - c_lo: r1 - c_lo]
+                        out[r0 - lo : r1 - lo] = block[r0 - c_lo : r1 - c_lo]
             finally:
                 self.release(h)
         return out
 
 
-def decode_chunks(pool: Executor, readers: Sequence[ChunkReader], a: ArraySpec,
-                  chunks: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+def decode_chunks(
+    pool: Executor, readers: Sequence[ChunkReader], a: ArraySpec, chunks: Sequence[tuple[int, int]]
+) -> list[np.ndarray]:
     """Decode ``(segment, chunk)`` pairs of array ``a`` in ``pool`` -> one ``[chunk_rows, ...]``
     array per pair, in order. ``segment`` indexes ``readers``.
 
@@ -301,8 +311,11 @@ def decode_chunks(pool: Executor, readers: Sequence[ChunkReader], a: ArraySpec,
         for f in futures:
             if f.exception() is not None:
                 raise f.exception()
-        futures = [pool.submit(fetch, key[0], handles[key], group)
-                   for key, cs in by_shard.items() for group in readers[key[0]].gets(handles[key], a, cs)]
+        futures = [
+            pool.submit(fetch, key[0], handles[key], group)
+            for key, cs in by_shard.items()
+            for group in readers[key[0]].gets(handles[key], a, cs)
+        ]
         wait(futures)
         decoded = dict(pair for f in futures for pair in f.result())
         return [decoded[sc] for sc in chunks]

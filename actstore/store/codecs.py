@@ -83,7 +83,9 @@ class ChunkCodec:
     def _blosc(self) -> Blosc:
         # Blosc objects are cheap, stateless wrappers; build one per call so that a frozen
         # dataclass stays hashable and thread-safe.
-        return Blosc(self.cname, self.clevel, _BLOSC_SHUFFLE[self.shuffle], blocksize=self.blocksize, typesize=self.typesize)
+        return Blosc(
+            self.cname, self.clevel, _BLOSC_SHUFFLE[self.shuffle], blocksize=self.blocksize, typesize=self.typesize
+        )
 
     def with_typesize(self, typesize: int) -> "ChunkCodec":
         return ChunkCodec(self.cname, self.clevel, self.shuffle, self.blocksize, typesize)
@@ -122,16 +124,18 @@ class ChunkCodec:
         """The zarr v3 inner-chunk codec chain for this codec."""
         chain: list[dict] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if self.cname is not None:
-            chain.append({
-                "name": "blosc",
-                "configuration": {
-                    "cname": self.cname,
-                    "clevel": self.clevel,
-                    "shuffle": self.shuffle,
-                    "typesize": self.typesize,
-                    "blocksize": self.blocksize,
-                },
-            })
+            chain.append(
+                {
+                    "name": "blosc",
+                    "configuration": {
+                        "cname": self.cname,
+                        "clevel": self.clevel,
+                        "shuffle": self.shuffle,
+                        "typesize": self.typesize,
+                        "blocksize": self.blocksize,
+                    },
+                }
+            )
         chain.append({"name": "crc32c"})
         return chain
 

@@ -11,5 +11,13 @@ from ..errors import (
     UnknownHookError,
 )
 
-__all__ = ["ActstoreError", "AppendError", "CaptureError", "CorruptDataError", "FormatVersionError", "LoaderError",
-           "StoreError", "UnknownHookError"]
+__all__ = [
+    "ActstoreError",
+    "AppendError",
+    "CaptureError",
+    "CorruptDataError",
+    "FormatVersionError",
+    "LoaderError",
+    "StoreError",
+    "UnknownHookError",
+]

@@ -94,8 +94,10 @@ def parse_dtype(dtype: str | DType) -> DType:
     try:
         return _BY_NAME[dtype]
     except (KeyError, TypeError):
-        raise DTypeError(f"unknown storage dtype {dtype!r}: use one of {', '.join(DTYPES)} "
-                         f"(or {', '.join(d.logical for d in DTYPES.values() if d.logical != d.name)})") from None
+        raise DTypeError(
+            f"unknown storage dtype {dtype!r}: use one of {', '.join(DTYPES)} "
+            f"(or {', '.join(d.logical for d in DTYPES.values() if d.logical != d.name)})"
+        ) from None
 
 
 def check_hook_name(name: str) -> str:
@@ -106,7 +108,11 @@ def check_hook_name(name: str) -> str:
 
 
 def check_segment_name(name: str) -> str:
-    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$", name) or name.startswith("__"):
+    if (
+        not isinstance(name, str)
+        or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$", name)
+        or name.startswith("__")
+    ):
         raise StoreError(f"invalid segment name {name!r}: use 1-128 letters, digits and '_.-'")
     return name
 
@@ -165,11 +171,21 @@ class Schema:
         """Every array a segment holds, activations first."""
         out = []
         for h in self.hooks.values():
-            out.append(ArraySpec(h.array, np.dtype(h.dtype.stored), (h.d,), h.chunk_rows,
-                                 {"logical_dtype": h.dtype.logical, "hook": h.name}))
+            out.append(
+                ArraySpec(
+                    h.array,
+                    np.dtype(h.dtype.stored),
+                    (h.d,),
+                    h.chunk_rows,
+                    {"logical_dtype": h.dtype.logical, "hook": h.name},
+                )
+            )
             if h.dtype.scaled:
-                out.append(ArraySpec(h.scale_array, np.dtype("float32"), (), self.shard_rows,
-                                     {"scale_of": h.array, "hook": h.name}))
+                out.append(
+                    ArraySpec(
+                        h.scale_array, np.dtype("float32"), (), self.shard_rows, {"scale_of": h.array, "hook": h.name}
+                    )
+                )
         for name, dt in COLUMNS.items():
             out.append(ArraySpec(f"tokens/{name}", np.dtype(dt), (), self.shard_rows, {}))
         return out
@@ -200,11 +216,14 @@ class Schema:
     @classmethod
     def from_json(cls, attrs: dict, where: str) -> "Schema":
         if not isinstance(attrs, dict) or "format_version" not in attrs:
-            raise StoreError(f"{where} is a zarr group but not an actstore store (no attributes.actstore.format_version)")
+            raise StoreError(
+                f"{where} is a zarr group but not an actstore store (no attributes.actstore.format_version)"
+            )
         version = attrs["format_version"]
         if version != FORMAT_VERSION:
             raise FormatVersionError(
-                f"{where} has format_version {version!r}, this actstore reads only {FORMAT_VERSION}; upgrade actstore")
+                f"{where} has format_version {version!r}, this actstore reads only {FORMAT_VERSION}; upgrade actstore"
+            )
         try:
             shard_rows = _count(attrs["shard_rows"], "shard_rows", where)
             if shard_rows * 8 > MAX_CHUNK_BYTES:  # the int64 doc column is one chunk per shard
@@ -258,15 +277,25 @@ def _check_layout(spec: HookSpec, shard_rows: int, h: dict, where: str) -> None:
     for key, value in (("stored_dtype", spec.dtype.stored), ("logical_dtype", spec.dtype.logical)):
         if h.get(key, value) != value:
             raise StoreError(f"{where}: hook {spec.name!r} has {key} {h[key]!r}, {spec.dtype.name} stores {value!r}")
-    if (shard_rows % spec.chunk_rows or spec.chunk_rows * spec.row_bytes > MAX_CHUNK_BYTES
-            or shard_rows // spec.chunk_rows > MAX_CHUNKS_PER_SHARD):
-        raise StoreError(f"{where}: hook {spec.name!r} has chunks of {spec.chunk_rows} rows x {spec.row_bytes} bytes "
-                         f"in shards of {shard_rows} rows, a layout format v1 never writes")
+    if (
+        shard_rows % spec.chunk_rows
+        or spec.chunk_rows * spec.row_bytes > MAX_CHUNK_BYTES
+        or shard_rows // spec.chunk_rows > MAX_CHUNKS_PER_SHARD
+    ):
+        raise StoreError(
+            f"{where}: hook {spec.name!r} has chunks of {spec.chunk_rows} rows x {spec.row_bytes} bytes "
+            f"in shards of {shard_rows} rows, a layout format v1 never writes"
+        )
 
 
-def make_schema(hooks: dict[str, int], dtype: str | DType = "bf16", codec: str = "zstd",
-                chunks_per_shard: int = CHUNKS_PER_SHARD, provenance: dict | None = None,
-                chunk_bytes: int = CHUNK_BYTES) -> Schema:
+def make_schema(
+    hooks: dict[str, int],
+    dtype: str | DType = "bf16",
+    codec: str = "zstd",
+    chunks_per_shard: int = CHUNKS_PER_SHARD,
+    provenance: dict | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Schema:
     """Build a schema for ``hooks`` (name -> width d).
 
     Every array shares one shard row count so that a shard of every array covers the
@@ -295,6 +324,7 @@ def make_schema(hooks: dict[str, int], dtype: str | DType = "bf16", codec: str =
 
 # --- zarr v3 metadata documents -------------------------------------------------------
 
+
 def group_doc(attributes: dict | None = None) -> dict:
     return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
 
@@ -311,15 +341,17 @@ def array_doc(spec: ArraySpec, rows: int, shard_rows: int, codec: ChunkCodec) ->
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_rows, *spec.row_shape]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
-        "codecs": [{
-            "name": "sharding_indexed",
-            "configuration": {
-                "chunk_shape": [spec.chunk_rows, *spec.row_shape],
-                "codecs": inner.to_zarr(),
-                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-                "index_location": "end",
-            },
-        }],
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [spec.chunk_rows, *spec.row_shape],
+                    "codecs": inner.to_zarr(),
+                    "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
         "attributes": spec.attributes,
         "dimension_names": ["row", "dim"][: 1 + len(spec.row_shape)],
     }

@@ -28,8 +28,10 @@ MAX_ROWS = 2**48  # rows of one segment: far above any capture, far below int64 
 
 def load_latest_commit(storage: Storage, segment: str, schema: Schema) -> dict | None:
     """Return the newest valid commit record of ``segment``, or None if it has none."""
-    seqs = sorted((int(m.group(1)) for n in storage.list(f"{SEGMENTS}/{segment}/commits") if (m := _COMMIT.match(n))),
-                  reverse=True)
+    seqs = sorted(
+        (int(m.group(1)) for n in storage.list(f"{SEGMENTS}/{segment}/commits") if (m := _COMMIT.match(n))),
+        reverse=True,
+    )
     # A commit's folder can exist without its zarr.json: the writer died (or is working)
     # between making the folder and renaming the record into place. That commit never
     # happened; the next older one is the truth.
@@ -64,8 +66,10 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
     if missing:
         raise StoreError(f"{where} lacks {', '.join(missing)}; {damaged}")
     if rec["format_version"] != FORMAT_VERSION:
-        raise FormatVersionError(f"{where} has format_version {rec['format_version']!r}, this actstore reads only "
-                                 f"{FORMAT_VERSION}; upgrade actstore")
+        raise FormatVersionError(
+            f"{where} has format_version {rec['format_version']!r}, this actstore reads only "
+            f"{FORMAT_VERSION}; upgrade actstore"
+        )
     path = rec["path"]
     if not isinstance(path, str) or check_key(path) != f"{SEGMENTS}/{segment}" or rec["segment"] != segment:
         raise StoreError(f"{where} names path {path!r}, not its own segment {SEGMENTS}/{segment}; refusing it")
@@ -75,8 +79,9 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
     if not _is_int(rec["seq"]) or rec["seq"] != seq:
         raise StoreError(f"{where} has seq={rec['seq']!r}, but it is commit {seq}; {damaged}")
     if rec["shard_rows"] != schema.shard_rows or not _is_int(rec["shard_rows"]):
-        raise StoreError(f"{where} was written with shard_rows {rec['shard_rows']!r}, the store says "
-                         f"{schema.shard_rows}")
+        raise StoreError(
+            f"{where} was written with shard_rows {rec['shard_rows']!r}, the store says {schema.shard_rows}"
+        )
     for k in ("time", "actstore_version"):
         if not isinstance(rec[k], str):
             raise StoreError(f"{where} has {k}={rec[k]!r}, not a string; {damaged}")
@@ -92,8 +97,10 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: malformed statistics of hook {h!r} ({e}); {damaged}") from None
         if st.d != spec.d or st.count > rows:
-            raise StoreError(f"{where}: statistics of hook {h!r} cover {st.count} rows of width {st.d}, the record "
-                             f"has {rows} rows of width {spec.d}; {damaged}")
+            raise StoreError(
+                f"{where}: statistics of hook {h!r} cover {st.count} rows of width {st.d}, the record "
+                f"has {rows} rows of width {spec.d}; {damaged}"
+            )
     # The rows must lie in shards that exist: the last committed shard of the first array
     # (every array's shards are written before the record; a record naming rows past the
     # shards, like rows=2**62, is damage, found here rather than as a huge allocation).
@@ -106,8 +113,10 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
         a = schema.arrays()[0]
         last = (rows - 1) // schema.shard_rows
         if not storage.exists(shard_key(segment, a, last)):
-            raise CorruptDataError(f"{where} claims {rows} rows, but shard {last} of array {a.path!r} that would hold "
-                                   f"its last row does not exist; {damaged}")
+            raise CorruptDataError(
+                f"{where} claims {rows} rows, but shard {last} of array {a.path!r} that would hold "
+                f"its last row does not exist; {damaged}"
+            )
         try:
             shape = json.loads(storage.read(f"{SEGMENTS}/{segment}/{a.path}/zarr.json"))["shape"]
             held = shape[0]

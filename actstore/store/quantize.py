@@ -39,8 +39,10 @@ def quantize(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]
     """``x [n, d]`` float -> (codes ``[n, d]`` in ``dtype.torch_dtype``, scale float32 ``[n]``)
     for a scaled ``dtype``. fp8 rounds to nearest even in the cast; int8 rounds half to even."""
     if not dtype.scaled:
-        raise ValueError(f"quantize: {dtype.name} is not a scaled dtype: use one of "
-                         f"{', '.join(d.name for d in DTYPES.values() if d.scaled)}")
+        raise ValueError(
+            f"quantize: {dtype.name} is not a scaled dtype: use one of "
+            f"{', '.join(d.name for d in DTYPES.values() if d.scaled)}"
+        )
     x = x.to(torch.float32)
     scale, safe = _row_scale(x, dtype.qmax)
     q = (x / safe).clamp(-dtype.qmax, dtype.qmax)

@@ -47,7 +47,9 @@ def _row_index(rows, total: int) -> tuple[np.ndarray, bool]:
         if idx.size == 0:
             idx = idx.astype(np.int64)
         if idx.ndim != 1 or idx.dtype.kind not in "iu":
-            raise IndexError(f"rows must be an int, a slice, or a 1-D integer/boolean array, got {idx.dtype} shape {idx.shape}")
+            raise IndexError(
+                f"rows must be an int, a slice, or a 1-D integer/boolean array, got {idx.dtype} shape {idx.shape}"
+            )
         idx = idx.astype(np.int64)
         scalar = False
     idx = np.where(idx < 0, idx + total, idx)
@@ -70,7 +72,9 @@ class Store:
         try:
             root = json.loads(storage.read("zarr.json"))
         except StoreError:
-            raise StoreError(f"no store at {storage.url}: zarr.json not found; create one with actstore.create or a capture") from None
+            raise StoreError(
+                f"no store at {storage.url}: zarr.json not found; create one with actstore.create or a capture"
+            ) from None
         except ValueError as e:
             raise StoreError(f"{storage.url}/zarr.json is not valid JSON ({e})") from None
         if root.get("zarr_format") != 3 or root.get("node_type") != "group":
@@ -153,7 +157,9 @@ class Store:
         for h, spec in sch.hooks.items():
             on_disk = sum(self.storage.total_bytes(f"{SEGMENTS}/{s.name}/{spec.array}") for s in self.segments)
             if spec.scale_array:
-                on_disk += sum(self.storage.total_bytes(f"{SEGMENTS}/{s.name}/{spec.scale_array}") for s in self.segments)
+                on_disk += sum(
+                    self.storage.total_bytes(f"{SEGMENTS}/{s.name}/{spec.scale_array}") for s in self.segments
+                )
             raw = self.rows * spec.row_bytes + (self.rows * 4 if spec.scale_array else 0)
             st = self._merged_stats(h)
             hooks[h] = {
@@ -181,8 +187,15 @@ class Store:
             "codec_description": sch.codec.describe(),
             "bytes_on_disk": self.storage.total_bytes(""),
             "hooks": hooks,
-            "segments": [{"name": s.name, "rows": s.rows, "commit": s.commit["seq"] if s.commit else None,
-                          "time": s.commit["time"] if s.commit else None} for s in self.segments],
+            "segments": [
+                {
+                    "name": s.name,
+                    "rows": s.rows,
+                    "commit": s.commit["seq"] if s.commit else None,
+                    "time": s.commit["time"] if s.commit else None,
+                }
+                for s in self.segments
+            ],
             "provenance": sch.provenance,
         }
 
@@ -212,12 +225,20 @@ class Store:
             # One key per (segment, chunk): every needed chunk is decoded exactly once.
             key = seg.astype(np.int64) * (1 << 40) + chunk
             uniq, inverse = np.unique(key, return_inverse=True)
-            blocks = decode_chunks(self._pool, [s.chunks for s in self.segments], a,
-                                   [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq])
+            blocks = decode_chunks(
+                self._pool,
+                [s.chunks for s in self.segments],
+                a,
+                [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq],
+            )
             out = np.empty((idx.size, *a.row_shape), dtype=a.dtype)
             if idx.size:
                 sources = [b.reshape(b.shape[0], -1) for b in blocks]
-                _native.gather_rows(sources, inverse.astype(np.int32), (local % a.chunk_rows).astype(np.int64),
-                                    out=out.reshape(idx.size, -1))
+                _native.gather_rows(
+                    sources,
+                    inverse.astype(np.int32),
+                    (local % a.chunk_rows).astype(np.int64),
+                    out=out.reshape(idx.size, -1),
+                )
             result[a.path] = out
         return result

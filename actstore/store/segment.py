@@ -39,17 +39,21 @@ class SegmentReader:
         try:
             doc = json.loads(self.storage.read(key))
         except ValueError as e:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json is not valid JSON ({e})") \
-                from None
+            raise CorruptDataError(
+                f"segment {self.name!r}, array {a.path!r}: zarr.json is not valid JSON ({e})"
+            ) from None
         shard_rows, chunk_rows, _ = parse_array_doc(doc, f"segment {self.name!r}, array {a.path!r}")
         if shard_rows != self.schema.shard_rows or chunk_rows != a.chunk_rows or doc.get("data_type") != a.dtype.name:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json disagrees with the store "
-                                   "schema")
+            raise CorruptDataError(
+                f"segment {self.name!r}, array {a.path!r}: zarr.json disagrees with the store schema"
+            )
         # The writer writes every array's shape before the commit record naming those rows.
         shape = doc.get("shape")
         if not isinstance(shape, list) or not shape or not isinstance(shape[0], int) or shape[0] < self.rows:
-            raise CorruptDataError(f"segment {self.name!r}, array {a.path!r}: zarr.json shape {shape!r} holds fewer "
-                                   f"than the {self.rows} committed rows; the store is damaged")
+            raise CorruptDataError(
+                f"segment {self.name!r}, array {a.path!r}: zarr.json shape {shape!r} holds fewer "
+                f"than the {self.rows} committed rows; the store is damaged"
+            )
         self._checked.add(a.path)
 
     def read_rows(self, a: ArraySpec, lo: int, hi: int) -> np.ndarray:

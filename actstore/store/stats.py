@@ -79,8 +79,9 @@ class RunningStats:
             return cls(d)
         s1 = np.asarray(s1, dtype=np.float64)
         s2 = np.asarray(s2, dtype=np.float64)
-        return cls(d, n, np.asarray(shift, dtype=np.float64) + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
-                   float(norm_sum))
+        return cls(
+            d, n, np.asarray(shift, dtype=np.float64) + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0), float(norm_sum)
+        )
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """Fold ``other`` into ``self`` (Chan's parallel update); returns self."""
@@ -112,8 +113,14 @@ class RunningStats:
 
     def to_json(self) -> dict:
         """JSON form: arrays as base64 of little-endian float64."""
-        return {"d": self.d, "count": self.count, "mean": _b64(self.mean), "m2": _b64(self.m2),
-                "norm_sum": self.norm_sum, "nonfinite_rows": self.nonfinite_rows}
+        return {
+            "d": self.d,
+            "count": self.count,
+            "mean": _b64(self.mean),
+            "m2": _b64(self.m2),
+            "norm_sum": self.norm_sum,
+            "nonfinite_rows": self.nonfinite_rows,
+        }
 
     @classmethod
     def from_json(cls, j: dict) -> "RunningStats":

@@ -31,8 +31,18 @@ from .chunks import ChunkReader
 from .codecs import ChunkCodec
 from .convert import to_stored
 from .errors import AppendError, StoreError
-from .format import (COLUMNS, FORMAT_VERSION, SEGMENTS, ArraySpec, Schema, array_doc, check_segment_name,
-                     commit_key, group_doc, shard_key)
+from .format import (
+    COLUMNS,
+    FORMAT_VERSION,
+    SEGMENTS,
+    ArraySpec,
+    Schema,
+    array_doc,
+    check_segment_name,
+    commit_key,
+    group_doc,
+    shard_key,
+)
 from .manifest import load_latest_commit
 from .shard import build_shard
 from .stats import RunningStats
@@ -49,7 +59,9 @@ def _as_tensor(name: str, x, d: int) -> torch.Tensor:
     if not x.is_floating_point():
         raise AppendError(f"hook {name!r}: expected floating-point activations, got dtype {x.dtype}")
     if x.dim() != 2 or x.shape[1] != d:
-        raise AppendError(f"hook {name!r}: expected shape (n, {d}), got {tuple(x.shape)}; flatten [batch, seq, d] to [batch*seq, d]")
+        raise AppendError(
+            f"hook {name!r}: expected shape (n, {d}), got {tuple(x.shape)}; flatten [batch, seq, d] to [batch*seq, d]"
+        )
     return x
 
 
@@ -77,8 +89,15 @@ class SegmentWriter:
     Not thread-safe: one thread appends.
     """
 
-    def __init__(self, storage: Storage, schema: Schema, segment: str, *, threads: int | None = None,
-                 commit_every_shard: bool = True):
+    def __init__(
+        self,
+        storage: Storage,
+        schema: Schema,
+        segment: str,
+        *,
+        threads: int | None = None,
+        commit_every_shard: bool = True,
+    ):
         self.storage = storage
         self.schema = schema
         self.segment = check_segment_name(segment)
@@ -125,7 +144,9 @@ class SegmentWriter:
         hooks = self.schema.hooks
         missing, unknown = set(hooks) - set(acts), set(acts) - set(hooks)
         if missing or unknown:
-            raise AppendError(f"append must give exactly the store's hooks; missing {sorted(missing)}, unknown {sorted(unknown)}")
+            raise AppendError(
+                f"append must give exactly the store's hooks; missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
         tensors = {h: _as_tensor(h, acts[h], hooks[h].d) for h in hooks}
         ns = {t.shape[0] for t in tensors.values()}
         if len(ns) != 1:
@@ -139,16 +160,26 @@ class SegmentWriter:
             if hooks[h].dtype.scaled:
                 bad = int((~torch.isfinite(x).all(dim=1)).sum())
                 if bad:
-                    raise AppendError(f"hook {h!r}: {bad} of {n} rows hold NaN/inf, which {hooks[h].dtype.name} cannot "
-                                      "store; fix the model or drop those rows")
+                    raise AppendError(
+                        f"hook {h!r}: {bad} of {n} rows hold NaN/inf, which {hooks[h].dtype.name} cannot "
+                        "store; fix the model or drop those rows"
+                    )
             stored, scale = to_stored(hooks[h].dtype, x)
             staged[hooks[h].array] = stored
             if scale is not None:
                 staged[hooks[h].scale_array] = scale
         self._buffer(staged, tensors, n)
 
-    def append_packed(self, arrays: Mapping[str, np.ndarray], stats: Mapping[str, RunningStats], *,
-                      tokens=None, doc=None, pos=None, flags=None) -> None:
+    def append_packed(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        stats: Mapping[str, RunningStats],
+        *,
+        tokens=None,
+        doc=None,
+        pos=None,
+        flags=None,
+    ) -> None:
         """Append ``n`` rows already in the stored representation, with their statistics.
 
         arrays: every activation array path (``acts/<hook>``, and ``scales/<hook>`` for
@@ -163,8 +194,10 @@ class SegmentWriter:
             raise AppendError("append_packed needs a writer created with commit_every_shard=False")
         want = {a.path: a for a in self._arrays if not a.path.startswith("tokens/")}
         if set(arrays) != set(want) or set(stats) != set(self.schema.hooks):
-            raise AppendError(f"append_packed must give arrays {sorted(want)} and stats for {sorted(self.schema.hooks)}; "
-                              f"got {sorted(arrays)} and {sorted(stats)}")
+            raise AppendError(
+                f"append_packed must give arrays {sorted(want)} and stats for {sorted(self.schema.hooks)}; "
+                f"got {sorted(arrays)} and {sorted(stats)}"
+            )
         ns = {int(v.shape[0]) for v in arrays.values()}
         if len(ns) != 1:
             raise AppendError(f"arrays have different row counts {sorted(ns)}")
@@ -172,7 +205,9 @@ class SegmentWriter:
         for path, v in arrays.items():
             a = want[path]
             if v.dtype != a.dtype or tuple(v.shape[1:]) != a.row_shape:
-                raise AppendError(f"array {path!r}: expected {a.dtype} rows of shape {a.row_shape}, got {v.dtype} {tuple(v.shape)}")
+                raise AppendError(
+                    f"array {path!r}: expected {a.dtype} rows of shape {a.row_shape}, got {v.dtype} {tuple(v.shape)}"
+                )
         cols = {"token": tokens, "doc": doc, "pos": pos, "flags": flags}
         staged = {f"tokens/{k}": _as_column(k, v, n) for k, v in cols.items()}
         staged.update(arrays)
@@ -290,9 +325,9 @@ class SegmentWriter:
             # Statistics follow the rows piece by piece, so that a commit at a shard
             # boundary inside this batch records the statistics of exactly its rows.
             for h, x in (tensors or {}).items():
-                self._stats[h].update(x[done: done + take])
+                self._stats[h].update(x[done : done + take])
             for path, v in staged.items():
-                self._buf[path][self._buf_rows: self._buf_rows + take] = v[done: done + take]
+                self._buf[path][self._buf_rows : self._buf_rows + take] = v[done : done + take]
             self._buf_rows += take
             self._dirty = True
             done += take
@@ -309,7 +344,7 @@ class SegmentWriter:
         block = self._buf[a.path][lo:hi]
         if hi > nrows:  # edge chunk: zero the rows past the data, as zarr pads with fill_value
             block = block.copy()
-            block[nrows - lo:] = 0
+            block[nrows - lo :] = 0
         codec = self._codec.with_typesize(a.dtype.itemsize) if self._codec.cname else self._codec
         return codec.encode(block)
 
@@ -325,7 +360,7 @@ class SegmentWriter:
         writes, i = [], 0
         for a in self._arrays:
             n_chunks = R // a.chunk_rows
-            parts = build_shard(encoded[i: i + n_chunks])
+            parts = build_shard(encoded[i : i + n_chunks])
             i += n_chunks
             writes.append((shard_key(self.segment, a, shard), parts))
             self.bytes_written += sum(len(p) for p in parts)

@@ -31,14 +31,16 @@ def open_storage(location: str | os.PathLike, *, durable: bool = True) -> Storag
     """
     loc = os.fspath(location)
     if loc.startswith("file://"):
-        return LocalStorage(loc[len("file://"):], durable=durable)
+        return LocalStorage(loc[len("file://") :], durable=durable)
     if loc.startswith("memory://"):
-        name = loc[len("memory://"):]
+        name = loc[len("memory://") :]
         if not name or "/" in name:
             raise StoreError(f"memory store URL {loc!r} needs one name without '/', like memory://scratch")
         return named(name)
     if URL.match(loc):
         scheme = loc.split("://", 1)[0]
-        raise StoreError(f"unsupported store URL scheme {scheme!r}: only local paths and memory:// are supported so "
-                         "far; copy the store to local disk")
+        raise StoreError(
+            f"unsupported store URL scheme {scheme!r}: only local paths and memory:// are supported so "
+            "far; copy the store to local disk"
+        )
     return LocalStorage(loc, durable=durable)

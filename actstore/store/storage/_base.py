@@ -63,7 +63,7 @@ class Blob(ABC):
     def pread(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the object)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a blob that holds nothing has nothing to release
         pass
 
     def __enter__(self):

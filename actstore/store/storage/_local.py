@@ -95,8 +95,9 @@ class LocalStorage(Storage):
                     os.fsync(f.fileno())
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {path} ({e.strerror or e}); free disk space or fix permissions, "
-                             "then resume") from e
+            raise StoreError(
+                f"cannot write {path} ({e.strerror or e}); free disk space or fix permissions, then resume"
+            ) from e
         return tmp
 
     def write_atomic(self, key: str, data) -> None:
@@ -169,8 +170,10 @@ class LocalStorage(Storage):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreError(f"{prefix!r} in {self.url} is being written by another process; one writer per segment: "
-                             "use another segment name") from None
+            raise StoreError(
+                f"{prefix!r} in {self.url} is being written by another process; one writer per segment: "
+                "use another segment name"
+            ) from None
         return _LocalLock(fd)
 
     def discard_temporaries(self, prefix: str) -> None:

@@ -44,7 +44,7 @@ class _MemoryBlob(Blob):
         self.size = len(data)
 
     def pread(self, offset: int, length: int) -> bytes:
-        return self._data[offset: offset + length]
+        return self._data[offset : offset + length]
 
 
 class _MemoryLock(Lock):
@@ -133,8 +133,10 @@ class MemoryStorage(Storage):
         check_key(prefix)
         with self._mutex:
             if prefix in self._held:
-                raise StoreError(f"{prefix!r} in {self.url} is being written by another writer; one writer per "
-                                 "segment: use another segment name")
+                raise StoreError(
+                    f"{prefix!r} in {self.url} is being written by another writer; one writer per "
+                    "segment: use another segment name"
+                )
             self._held.add(prefix)
         return _MemoryLock(self, prefix)
 
