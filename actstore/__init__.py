@@ -1,12 +1,23 @@
 """actstore: capture, store and stream transformer activations.
 
-Public entry points: :func:`open` (read a store), :func:`create` (write a segment),
-:class:`Store`, :class:`SegmentWriter` and the errors they raise. See README.md.
+Public entry points:
+
+- :func:`open` (read a store: :class:`Store`), :func:`create` (write a segment:
+  :class:`SegmentWriter`);
+- :func:`capture` with :class:`CaptureConfig` (model activations into a store);
+- :class:`ActivationLoader` and :class:`ActivationDataset` (shuffled, resumable batches);
+- subpackages: ``actstore.sae`` (SAEs and their trainer), ``actstore.ops`` (fused SAE ops),
+  ``actstore.models`` (hooks, recorder, :class:`~actstore.models.Intervention`),
+  ``actstore.analysis`` (streaming analyses over a store);
+- every error is an ``actstore.errors.ActstoreError``; the common ones are re-exported here.
+
+See README.md, and docs/ARCHITECTURE.md for how the parts fit.
 """
 
 from ._version import __version__
 from .api import create, open
 from .capture import CaptureConfig, capture
+from .errors import ActstoreError
 from .loader import ActivationDataset, ActivationLoader
 from .store import (
     FLAG_BOS,
@@ -31,6 +42,7 @@ __all__ = [
     "capture",
     "ActivationLoader",
     "ActivationDataset",
+    "ActstoreError",
     "LoaderError",
     "Store",
     "SegmentWriter",

@@ -21,7 +21,9 @@ Public API::
     gather_rows(sources, src_ids, rows, out=None, threads=0) -> np.ndarray
     fp32_to_bf16(x, out=None, threads=0) -> np.ndarray  # uint16 bits
     bf16_to_fp32(x, out=None, threads=0) -> np.ndarray  # float32
-    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy  # the fallbacks
+    scatter_rows(src, rows, dsts, dst_ids, dst_rows, threads=0) -> None  # rows of src into several outputs
+    row_moments(x, shift, threads=0) -> (sum, sum of squares, sum of row norms)  # float64, about shift
+    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy  # fallbacks
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ __all__ = [
     "NATIVE_ERROR",
     "default_threads",
     "gather_rows",
+    "scatter_rows",
     "fp32_to_bf16",
     "bf16_to_fp32",
+    "row_moments",
     "gather_rows_numpy",
+    "scatter_rows_numpy",
     "fp32_to_bf16_numpy",
     "bf16_to_fp32_numpy",
+    "row_moments_numpy",
 ]
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old

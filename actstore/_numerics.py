@@ -1,10 +1,10 @@
 """Numerics shared by the SAE ops (``actstore.ops``), their references (``actstore.reference``)
-and the SAE classes: the accumulation dtype, the check of ``k``, and the encoder
-pre-activations.
+and the SAE classes: the accumulation dtype, the check of ``k``, the encoder
+pre-activations, and the CSR layout of sparse latents (``rows_of``, ``csr_from_coo``).
 
 A leaf module (it imports torch only): ``reference/`` uses it without importing ``ops/``,
 whose package imports the references, so the oracles share no more code with the ops
-they judge than these three definitions.
+they judge than these definitions.
 """
 
 from __future__ import annotations
@@ -36,3 +36,20 @@ def pre_activations(
     if pre_bias is not None:
         xc = xc - pre_bias.to(acc)
     return xc @ W_enc.to(acc).t() + b_enc.to(acc)
+
+
+def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
+    """``[nnz]`` int64: the row of each CSR entry."""
+    n = row_ptr.numel() - 1
+    counts = row_ptr[1:] - row_ptr[:-1]
+    return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=nnz)
+
+
+def csr_from_coo(n: int, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor):
+    """COO entries (any order) -> CSR ``(row_ptr [n+1], cols, vals)``, rows ascending, the
+    entries of a row in their given order (stable sort). The inverse of :func:`rows_of`."""
+    order = torch.sort(rows, stable=True).indices
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return row_ptr, cols.contiguous(), vals.contiguous()

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype, check_k
-from ..reference.sparse_matmul import csr_from_coo, rows_of
+from .._numerics import acc_dtype, check_k, csr_from_coo, rows_of
 from ..reference.topk_sae import batch_topk_encode_reference, topk_encode_reference
 from ._candidates import DENSE_ROWS, dense_rows
 from ._dispatch import check_accumulate, resolve_backend

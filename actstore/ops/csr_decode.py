@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype
-from ..reference.sparse_matmul import rows_of
+from .._numerics import acc_dtype, rows_of
 from ._dispatch import check_accumulate, resolve_backend
 from .csr_gather_dot import csr_gather_dot
 from .csr_matmul import csr_matmul

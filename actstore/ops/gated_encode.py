@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype, pre_activations
-from ..reference.sparse_matmul import csr_from_coo, rows_of
+from .._numerics import acc_dtype, csr_from_coo, pre_activations, rows_of
 from ._candidates import threshold_candidates
 from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads

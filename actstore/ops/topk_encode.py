@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype, check_k
-from ..reference.sparse_matmul import rows_of
+from .._numerics import acc_dtype, check_k, rows_of
 from ..reference.topk_sae import topk_encode_reference
 from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads

@@ -19,27 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._numerics import acc_dtype
+from .._numerics import acc_dtype, csr_from_coo, rows_of  # noqa: F401 (re-exported for the tests)
 
 _SLICE = 65536
 _DENSE_MAX = 1 << 25  # n*m elements (128 MiB of float32) up to which the dense GEMM form is used
-
-
-def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
-    """``[nnz]`` int64: the row of each CSR entry."""
-    n = row_ptr.numel() - 1
-    counts = row_ptr[1:] - row_ptr[:-1]
-    return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=nnz)
-
-
-def csr_from_coo(n: int, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor):
-    """COO entries (any order) -> CSR ``(row_ptr [n+1], cols, vals)``, rows ascending, the
-    entries of a row in their given order (stable sort). The inverse of :func:`rows_of`."""
-    order = torch.sort(rows, stable=True).indices
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-    row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return row_ptr, cols.contiguous(), vals.contiguous()
 
 
 def csr_matmul_reference(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..reference.sparse_matmul import csr_from_coo, rows_of
+from .._numerics import csr_from_coo, rows_of
 
 
 @dataclass
