@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from helpers.paths import BENCHMARKS
+
+sys.path.insert(0, str(BENCHMARKS))
 import _common as C  # noqa: E402
 import bench_sae_kernels  # noqa: E402
 

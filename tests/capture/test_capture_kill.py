@@ -11,14 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import actstore
+from helpers.paths import HELPERS
 
-JOB = Path(__file__).parent / "helpers" / "capture_job.py"
+JOB = HELPERS / "capture_job.py"
 TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 

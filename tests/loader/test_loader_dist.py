@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import actstore
-
-HELPERS = Path(__file__).parent / "helpers"
-sys.path.insert(0, str(HELPERS))
-from loader_store import TOTAL, build  # noqa: E402
+from helpers.loader_store import TOTAL, build
+from helpers.paths import HELPERS
 
 
 @pytest.fixture(scope="module")

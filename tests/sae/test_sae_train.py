@@ -9,15 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from actstore.cli import main as cli
 from actstore.sae import TrainConfig, load, train
 from helpers.loader_store import build
+from helpers.paths import HELPERS
 
-HELPERS = Path(__file__).parent / "helpers"
 RUN = HELPERS / "train_run.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

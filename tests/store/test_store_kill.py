@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 import actstore
+from helpers.kill_writer import HOOKS, rows
+from helpers.paths import HELPERS
 
-HELPER = Path(__file__).parent / "helpers" / "kill_writer.py"
-sys.path.insert(0, str(HELPER.parent))
-from kill_writer import HOOKS, rows  # noqa: E402
+HELPER = HELPERS / "kill_writer.py"
 
 TRIALS = int(os.environ.get("ACTSTORE_KILL_TRIALS", "20"))
 # A shard of this store is 13 writes (6 shards, 6 shapes, 1 commit record) plus the seeded
