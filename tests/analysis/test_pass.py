@@ -58,6 +58,7 @@ def test_two_shares_merge_to_the_single_pass(planted, relu, tmp_path):
     assert an.run(path, relu, JOBS, one, block_rows=BLOCK) == one  # finished: nothing to do
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_byte_identical(planted, tmp_path):
     path, _ = planted
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

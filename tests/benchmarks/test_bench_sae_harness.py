@@ -24,6 +24,7 @@ KERNELS = {"topk_encode_fused", "csr_matmul (decode)", "csr_gather_dot (grad val
            "csr_transpose_matmul sorted (grad W_dec)", "csr_transpose_matmul atomic (grad W_dec)"}
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_sae_kernel_bench_harness_checks_every_variant_and_reports_units(device):
     doc = bench_sae_kernels.main(["--device", device, "--shape", "micro", "--kernels", "--repeats", "2",

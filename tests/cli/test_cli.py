@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers.paths import ROOT
 from helpers.small_store import two_hook_store
 
@@ -36,6 +38,7 @@ def test_info_on_missing_store_fails_with_one_line(tmp_path):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("actstore: no store")
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path):
     for args in (["info"], ["nope"], ["capture", "--context", "many"]):
         r = _cli(*args)

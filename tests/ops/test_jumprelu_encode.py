@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
 
 
 @pytest.mark.parametrize("backend,cand_k", [("triton", 2), ("triton", 64), ("reference", 64)])
-@pytest.mark.parametrize("d,m", [(48, 96), (100, 512)])
+@pytest.mark.parametrize("d,m", [(48, 96), pytest.param(100, 512, marks=pytest.mark.slow)])  # 100x512: ~9 s
 def test_jumprelu_encode_values_and_every_gradient(backend, cand_k, d, m, device):
     x, W, b, pb, Wd, target, g = threshold_inputs(13, d, m, seed=d + m)
     theta = torch.rand(m, generator=g) * 0.4 + 0.05

@@ -77,6 +77,7 @@ def test_training_lowers_the_loss_and_writes_every_output(store, tmp_path, arch)
 KILL_PLANS = [["step:3", "written:9", "ckpt:60"], ["ckpt:3", "step:14", "written:60"]]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_path):
     ref = _run(store, tmp_path / "ref")
     _, err = ref.communicate(timeout=300)
@@ -93,6 +94,7 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
         assert _log(run) == _log(tmp_path / "ref"), f"killed at {plan}: the log differs"
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         str(28700 + os.getpid() % 1000), str(RUN), str(store.path), str(tmp_path), "topk",

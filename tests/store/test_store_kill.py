@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import actstore
@@ -67,6 +68,7 @@ def _kill_at_write(path, seg, seed, write) -> tuple[int | None, int | None]:
     return ready, None if word == "none" else int(word)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_then_resume(tmp_path):
     rng = random.Random(1234)
     killed_with_rows = []
