@@ -1,5 +1,12 @@
 """Test-wide set-up.
 
+- Layout: tests mirror the code (ops/test_<op>.py, store/, loader/, capture/, models/, sae/,
+  analysis/, cli/, benchmarks/). No test folder has an ``__init__.py``: pytest puts each
+  test's folder on ``sys.path`` and imports it by its basename, so basenames are unique
+  across tests/ (pytest stops on a clash) and no folder name (``models``, ``analysis``,
+  ``benchmarks``) becomes a package that could shadow another. Shared code lives in the one
+  package, ``helpers/`` (this file's folder is on ``sys.path``): ``from helpers.x import ...``;
+  its scripts run as subprocesses by path (``helpers.paths.HELPERS``).
 - Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter; it must be
   switched on before any kernel module is imported, hence at conftest import.
 - ``device`` fixture: the device kernel tests run on (tests/helpers/device.py).

@@ -4,8 +4,7 @@ import numpy as np
 
 from actstore.analysis import Bins
 from actstore.analysis.bins import sample_keys
-from tests.analysis.conftest import JOBS
-from tests.analysis.test_top import _batches
+from helpers.analysis_store import JOBS, code_batches
 
 OPT = JOBS["bins"]
 
@@ -66,7 +65,7 @@ def test_bin_samples_uniform_chi_square():
     n, s, seeds = 20, 5, 2000
     f = np.zeros((n, 1), np.float32)
     f[:, 0] = 0.5
-    batches = _batches(f, 7)
+    batches = code_batches(f, 7)
     inc = np.zeros(n)
     for seed in range(seeds):
         r = Bins(1, n_abs=1, quantiles=1, n_equal=0, samples=s, seed=seed)
@@ -84,7 +83,7 @@ def test_bin_samples_uniform_chi_square():
 def test_bins_merge_order_invariance():
     g = np.random.default_rng(1)
     f = np.where(g.random((300, 6)) < 0.4, g.random((300, 6)) * 3, 0).astype(np.float32)
-    batches = _batches(f, 40)
+    batches = code_batches(f, 40)
     whole = Bins(6, width=1.0, n_abs=3, quantiles=2, samples=4, seed=3)
     for b in batches:
         whole.update(b)

@@ -3,7 +3,7 @@
 import numpy as np
 
 import actstore.analysis as an
-from tests.analysis.conftest import BLOCK, M, dense_code, docs_contiguous_count
+from helpers.analysis_store import BLOCK, M, dense_code, docs_contiguous_count
 
 
 def test_stats_match_brute_force(planted, relu, tmp_path):

@@ -14,9 +14,8 @@ from actstore.analysis import AnalysisError
 from actstore.analysis._tree import BlockTree
 from actstore.errors import ActstoreError
 from actstore.sae import ReLUSAE, SAEConfig
-from tests.analysis.conftest import BLOCK, JOBS, relu_sae, write_store
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.analysis_store import BLOCK, JOBS, relu_sae, write_store
+from helpers.paths import HELPERS, ROOT
 
 
 def files(d: Path) -> dict[str, bytes]:
@@ -59,13 +58,14 @@ def test_two_shares_merge_to_the_single_pass(planted, relu, tmp_path):
     assert an.run(path, relu, JOBS, one, block_rows=BLOCK) == one  # finished: nothing to do
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_byte_identical(planted, tmp_path):
     path, _ = planted
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ref = an.run(path, relu_sae(), JOBS, tmp_path / "ref", block_rows=BLOCK, commit_rows=1)
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-m", "tests.analysis.kill_job", str(path), str(out), "3"], cwd=ROOT,
-                             env=env)
+    child = subprocess.Popen([sys.executable, str(HELPERS / "analysis_kill_job.py"), str(path), str(out), "3"],
+                             cwd=ROOT, env=env)
     _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after commit 3
     assert os.WIFSTOPPED(status)
     os.kill(child.pid, signal.SIGKILL)

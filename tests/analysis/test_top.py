@@ -3,7 +3,7 @@
 import numpy as np
 
 from actstore.analysis import Top
-from actstore.analysis._pass import Batch
+from helpers.analysis_store import code_batches
 
 
 def brute_top(f, k):
@@ -26,22 +26,12 @@ def test_top_exact_with_ties(full):
     assert a[j].top == [(float(v), int(r)) for v, r in zip(vals[j], rows[j]) if r >= 0]
 
 
-def _batches(f, block):
-    out = []
-    for b, lo in enumerate(range(0, f.shape[0], block)):
-        sub = f[lo:lo + block]
-        r, c = np.nonzero(sub > 0)
-        ptr = np.r_[0, np.cumsum(np.bincount(r, minlength=sub.shape[0]))]
-        z = np.zeros(sub.shape[0], np.int64)
-        out.append(Batch(b, np.arange(lo, lo + sub.shape[0]), ptr, r.astype(np.int64), c.astype(np.int64), sub[r, c],
-                         z.astype(np.int32), z, z.astype(np.int32), z.astype(np.uint8), f.shape[1]))
-    return out
 
 
 def test_top_merge_order_invariance():
     g = np.random.default_rng(0)
     f = np.where(g.random((400, 12)) < 0.3, np.round(g.random((400, 12)) * 4, 1), 0).astype(np.float32)  # many ties
-    batches = _batches(f, 50)
+    batches = code_batches(f, 50)
     want = brute_top(f, 6)
     for _ in range(4):
         parts = [Top(12, k=6) for _ in range(3)]

@@ -10,9 +10,9 @@
   ``rms(got - ref) / rms(ref) < ratio``, for sums whose scale varies with the data (the
   capture statistics), where one elementwise atol cannot fit every element.
 
-Measured on the Triton interpreter (2-core CPU, tests/test_topk_ops.py,
-test_sae_sparse_ops.py, test_threshold_ops.py): the largest ``|got - ref| / (1 + |ref|)``
-was 7e-7 for float32 values and 2.4e-5 for gradients; the largest relative RMS 3.3e-7.
+Measured on the Triton interpreter (2-core CPU, the SAE op tests in tests/ops/): the largest
+``|got - ref| / (1 + |ref|)`` was 7e-7 for float32 values and 2.4e-5 for gradients; the largest
+relative RMS 3.3e-7.
 Not yet measured on a GPU (benchmarks/gpu_session.sh runs these tests there).
 """
 

@@ -3,17 +3,12 @@ downstream output is what the same edit computed by hand gives, and hooks never 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from actstore.errors import ModelError
 from actstore.models import HookRecorder, Intervention, resolve_hooks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-from capture_models import TinyLM, token_array  # noqa: E402
+from helpers.capture_models import TinyLM, token_array
 
 B, S, D = 3, 10, 32
 

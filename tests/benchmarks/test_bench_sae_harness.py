@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from helpers.paths import BENCHMARKS
+
+sys.path.insert(0, str(BENCHMARKS))
 import _common as C  # noqa: E402
 import bench_sae_kernels  # noqa: E402
 
@@ -23,6 +24,7 @@ KERNELS = {"topk_encode_fused", "csr_matmul (decode)", "csr_gather_dot (grad val
            "csr_transpose_matmul sorted (grad W_dec)", "csr_transpose_matmul atomic (grad W_dec)"}
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_sae_kernel_bench_harness_checks_every_variant_and_reports_units(device):
     doc = bench_sae_kernels.main(["--device", device, "--shape", "micro", "--kernels", "--repeats", "2",

@@ -275,6 +275,7 @@ def test_nonfinite_rows_are_counted(tmp_path):
     assert s.info()["hooks"]["h"]["stats"]["nonfinite_rows"] == 2
 
 
+@pytest.mark.slow
 def test_many_segments_and_shards_random_reads(tmp_path):
     path = tmp_path / "s"
     rng = np.random.default_rng(0)

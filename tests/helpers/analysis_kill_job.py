@@ -2,15 +2,16 @@
 itself (SIGSTOP) right after commit ``stop_at``, so the parent can SIGKILL it at a known
 point. ``stop_at`` 0 never stops.
 
-usage: python kill_job.py STORE OUT STOP_AT
+usage: python analysis_kill_job.py STORE OUT STOP_AT
 """
 
 import os
 import signal
 import sys
 
+from analysis_store import BLOCK, JOBS, relu_sae
+
 import actstore.analysis as an
-from tests.analysis.conftest import BLOCK, JOBS, relu_sae
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from helpers.paths import BENCHMARKS
+
+sys.path.insert(0, str(BENCHMARKS))
 import stale_results as S  # noqa: E402
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")

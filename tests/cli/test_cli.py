@@ -1,4 +1,4 @@
-"""The CLI (`actstore info`) and the plain-zarr recipe in docs/FORMAT.md, run for real."""
+"""The CLI (`actstore info`, exit codes, options from the config dataclass), run for real."""
 
 from __future__ import annotations
 
@@ -6,23 +6,11 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
-import torch
+import pytest
 
-import actstore
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _make(path, n=3000):
-    w = actstore.create(path, {"encoder.layer.3": 64, "encoder.layer.5": 64}, segment="rank00000",
-                        chunk_bytes=4096, provenance={"model": "tiny"})
-    acts = {h: torch.randn(n, 64) for h in ("encoder.layer.3", "encoder.layer.5")}
-    w.append(acts, tokens=torch.arange(n))
-    w.close()
-    return acts
+from helpers.paths import ROOT
+from helpers.small_store import two_hook_store
 
 
 def _cli(*args):
@@ -30,7 +18,7 @@ def _cli(*args):
 
 
 def test_info_json_and_text(tmp_path):
-    _make(tmp_path / "s")
+    two_hook_store(tmp_path / "s")
     r = _cli("info", tmp_path / "s", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -50,16 +38,7 @@ def test_info_on_missing_store_fails_with_one_line(tmp_path):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("actstore: no store")
 
 
-def test_format_md_plain_zarr_recipe(tmp_path):
-    acts = _make(tmp_path / "s")
-    text = (ROOT / "docs" / "FORMAT.md").read_text()
-    code = re.search(r"## Reading with plain zarr\s+```python\n(.*?)```", text, re.S).group(1)
-    scope: dict = {}
-    exec(code.replace('"STORE"', repr(str(tmp_path / "s"))), scope)
-    assert torch.equal(scope["x"], acts["encoder.layer.3"].to(torch.bfloat16))
-    assert isinstance(scope["bits"], np.ndarray) and scope["bits"].dtype == np.uint16
-
-
+@pytest.mark.slow
 def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path):
     for args in (["info"], ["nope"], ["capture", "--context", "many"]):
         r = _cli(*args)

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import actstore
-
-HELPERS = Path(__file__).parent / "helpers"
-sys.path.insert(0, str(HELPERS))
-from loader_store import TOTAL, build  # noqa: E402
+from helpers.loader_store import TOTAL, build
+from helpers.paths import HELPERS
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +21,7 @@ def store(tmp_path_factory):
     return build(tmp_path_factory.mktemp("dist") / "acts")
 
 
+@pytest.mark.slow
 def test_three_ranks_under_torchrun_read_every_row_once_per_epoch(store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port",
@@ -44,7 +42,7 @@ def test_three_ranks_under_torchrun_read_every_row_once_per_epoch(store, tmp_pat
         assert np.array_equal(np.concatenate([b["token"].numpy() for b in ld]), per_rank[k])
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])  # spawn: ~9 s
 def test_dataloader_workers_read_every_row_once_deterministically(store, context):
     ds = actstore.ActivationDataset(store.path, ["wide", "narrow"], 50, tokens=True, seed=3, buffer_rows=256)
 

@@ -9,15 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from actstore.cli import main as cli
 from actstore.sae import TrainConfig, load, train
 from helpers.loader_store import build
+from helpers.paths import HELPERS
 
-HELPERS = Path(__file__).parent / "helpers"
 RUN = HELPERS / "train_run.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -78,6 +77,7 @@ def test_training_lowers_the_loss_and_writes_every_output(store, tmp_path, arch)
 KILL_PLANS = [["step:3", "written:9", "ckpt:60"], ["ckpt:3", "step:14", "written:60"]]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_path):
     ref = _run(store, tmp_path / "ref")
     _, err = ref.communicate(timeout=300)
@@ -94,6 +94,7 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
         assert _log(run) == _log(tmp_path / "ref"), f"killed at {plan}: the log differs"
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         str(28700 + os.getpid() % 1000), str(RUN), str(store.path), str(tmp_path), "topk",

@@ -11,8 +11,18 @@ import torch
 
 from actstore.errors import ActstoreError, SAEError, SAEFileError
 from actstore.reference.jumprelu import jumprelu_reference, step_reference
-from actstore.sae import (ARCHS, Latents, SAEConfig, build, from_saelens, from_sparsify, load, save, to_saelens,
-                          to_sparsify)
+from actstore.sae import (
+    ARCHS,
+    Latents,
+    SAEConfig,
+    build,
+    from_saelens,
+    from_sparsify,
+    load,
+    save,
+    to_saelens,
+    to_sparsify,
+)
 
 D, M = 24, 96
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ import torch
 import actstore
 from actstore import ActivationLoader, CorruptDataError, LoaderError, UnknownHookError
 from actstore.loader import EpochPlan
+from helpers.loader_store import NARROW, TOTAL, WIDE, acts, build
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from loader_store import NARROW, TOTAL, WIDE, acts, build  # noqa: E402
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

@@ -15,13 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import actstore
+from helpers.kill_writer import HOOKS, rows
+from helpers.paths import HELPERS
 
-HELPER = Path(__file__).parent / "helpers" / "kill_writer.py"
-sys.path.insert(0, str(HELPER.parent))
-from kill_writer import HOOKS, rows  # noqa: E402
+HELPER = HELPERS / "kill_writer.py"
 
 TRIALS = int(os.environ.get("ACTSTORE_KILL_TRIALS", "20"))
 # A shard of this store is 13 writes (6 shards, 6 shapes, 1 commit record) plus the seeded
@@ -67,6 +68,7 @@ def _kill_at_write(path, seg, seed, write) -> tuple[int | None, int | None]:
     return ready, None if word == "none" else int(word)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_then_resume(tmp_path):
     rng = random.Random(1234)
     killed_with_rows = []

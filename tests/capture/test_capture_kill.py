@@ -11,14 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import actstore
+from helpers.paths import HELPERS
 
-JOB = Path(__file__).parent / "helpers" / "capture_job.py"
+JOB = HELPERS / "capture_job.py"
 TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 
@@ -99,6 +99,7 @@ def test_sigkill_at_seeded_batches_then_rerun_matches(tmp_path, reference):
     _assert_same(_snapshot(out), reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_commits_what_is_complete_and_rerun_finishes(tmp_path, reference):
     out = tmp_path / "store"
     p = _start_paused(out, 5)
@@ -140,6 +141,7 @@ def test_two_ranks_under_torchrun_store_every_token_once(tmp_path, reference):
         assert torch.equal(a, reference[h][order_ref])
 
 
+@pytest.mark.slow
 def test_failing_write_stops_with_one_line_and_keeps_commits(tmp_path, reference):
     out = tmp_path / "store"
     # 64-chunk shards committed after every batch: the partial shard rewritten at each
@@ -160,6 +162,7 @@ def test_failing_write_stops_with_one_line_and_keeps_commits(tmp_path, reference
     _assert_same(_snapshot(out), reference)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_with_one_line_and_keeps_commits(tmp_path, reference):
     mnt = tmp_path / "small"
     mnt.mkdir()

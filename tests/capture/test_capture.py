@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,11 +17,8 @@ from actstore.capture import CaptureConfig
 from actstore.capture.plan import Policy, iter_batches, iter_windows
 from actstore.capture.runner import _run_capture
 from actstore.store.errors import CaptureError
-
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from capture_models import TinyLM, token_array, token_docs  # noqa: E402
-
-HELPERS = Path(__file__).parent / "helpers"
+from helpers.capture_models import TinyLM, token_array, token_docs
+from helpers.paths import HELPERS
 
 
 def _all(store, hook, dtype=torch.float32):
