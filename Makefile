@@ -24,7 +24,7 @@ demo: install
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
-# The fast tests: all but those marked slow (the subprocess kill trials; see pyproject.toml).
+# The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow"
 

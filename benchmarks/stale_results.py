@@ -10,7 +10,7 @@ file under it). The listing says which commits and paths, and the command that r
     python benchmarks/stale_results.py --strict   # exit 1 if any result is not fresh
 
 Staleness is a listing, not a failure: most results cannot be rerun where CI runs (no GPU,
-long runs). tests/test_bench_results.py runs the check on this repository in CI and prints
+long runs). tests/benchmarks/test_bench_results.py runs the check on this repository in CI and prints
 the listing as a warning; it fails only when a result file has no entry in ``MEASURES``,
 so that a new benchmark must say what it measures.
 

@@ -16,7 +16,7 @@ meant to hit L1/L2, so that global memory is read once (a design intent, not mea
 1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the launcher with ``SCALED`` and ``QMAX``;
 this module imports nothing from actstore.
 
-Checked against ``actstore.reference.capture_pack`` by tests/test_capture_kernel.py under
+Checked against ``actstore.reference.capture_pack`` by tests/ops/test_capture_pack.py under
 TRITON_INTERPRET=1 on a CPU: fp32/fp16/int8 data and the scales bit-exact, statistics to
 fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (docs/ARCHITECTURE.md), so
 there bf16 is checked to one step and fp8 loosely. On a GPU the same test asks all five

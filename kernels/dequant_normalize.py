@@ -9,7 +9,7 @@ shift/mul ``[d]`` float32, out ``[n, d]`` contiguous (float32, bfloat16 or float
 The decodes are integer arithmetic, so they do not depend on a backend's float casts: bf16
 bits shifted into a float32, and fp8 e4m3fn assembled from its sign, exponent and mantissa
 (no fp8 dtype needed, so the same code runs under TRITON_INTERPRET=1, where fp8 casts
-are unreliable, and on GPUs without native fp8). tests/test_loader_kernel.py checks every
+are unreliable, and on GPUs without native fp8). tests/ops/test_dequant_normalize.py checks every
 stored dtype bit for bit against the reference under the interpreter on a CPU; it has not
 yet run on a GPU (see benchmarks/README.md). One read of the stored bytes and one write
 of the output: the kernel is memory-bound by design (its bandwidth is not yet measured).

@@ -73,8 +73,9 @@ def test_imports_go_up_only(path):
     if path.name == "__init__.py" and path.parent == PKG:
         return  # the package face re-exports everything
     own = RANK[_top(path)]
-    upward = sorted(n for n in _imports(path)
-                    if len(n.split(".")) > 1 and n.split(".")[1] in RANK and RANK[n.split(".")[1]] > own)
+    upward = sorted(
+        n for n in _imports(path) if len(n.split(".")) > 1 and n.split(".")[1] in RANK and RANK[n.split(".")[1]] > own
+    )
     assert not upward, f"{path.relative_to(ROOT)} imports from a lower layer: {upward}"
 
 
@@ -89,7 +90,7 @@ def test_no_module_cycle():
 
     def visit(m):
         if m in stack:
-            cycles.append(stack[stack.index(m):] + [m])
+            cycles.append(stack[stack.index(m) :] + [m])
             return
         if m in seen:
             return

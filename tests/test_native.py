@@ -17,9 +17,7 @@ import torch
 
 from actstore import _native as nat
 
-needs_native = pytest.mark.skipif(
-    not nat.HAVE_NATIVE, reason=f"actstore._C not in use: {nat.NATIVE_ERROR}"
-)
+needs_native = pytest.mark.skipif(not nat.HAVE_NATIVE, reason=f"actstore._C not in use: {nat.NATIVE_ERROR}")
 
 # "native" goes through the public functions, which dispatch to _C when HAVE_NATIVE.
 GATHER = {
@@ -200,49 +198,83 @@ def _bad_gather_cases():
     i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
     f32 = lambda r, c: np.ones((r, c), np.float32)  # noqa: E731
     return [
-        ("src_id_high", IndexError, "src_ids[2] = 2 is out of range for 2 sources",
-         with_(src_ids=i32(0, 1, 2, 0))),
-        ("src_id_negative", IndexError, "src_ids[0] = -1 is out of range",
-         with_(src_ids=i32(-1, 1, 1, 0))),
-        ("row_high", IndexError, "rows[1] = 20 is out of range for sources[1] with 20 rows",
-         with_(rows=i64(9, 20, 0, 3))),
-        ("row_negative", IndexError, "rows[3] = -1 is out of range for sources[0] with 10 rows",
-         with_(rows=i64(9, 19, 0, -1))),
-        ("row_huge", IndexError, "rows[0] = 9223372036854775807",
-         with_(rows=i64(2**63 - 1, 19, 0, 3))),
-        ("src_ids_int64", ValueError, "src_ids must be a 1-D int32 array",
-         with_(src_ids=np.array([0, 1, 1, 0], np.int64))),
-        ("rows_int32", ValueError, "rows must be a 1-D int64 array",
-         with_(rows=np.array([9, 19, 0, 3], np.int32))),
-        ("src_ids_big_endian", ValueError, "src_ids must be a 1-D int32 array",
-         with_(src_ids=np.array([0, 1, 1, 0], ">i4"))),
-        ("rows_2d", ValueError, "rows must be a 1-D int64 array",
-         with_(rows=np.zeros((4, 1), np.int64))),
-        ("rows_noncontig", ValueError, "rows must be C-contiguous",
-         with_(rows=np.array([9, 0, 19, 0, 0, 0, 3, 0], np.int64)[::2])),
-        ("len_mismatch", ValueError, "len(src_ids)=3, len(rows)=4 and out.shape[0]=4",
-         with_(src_ids=i32(0, 1, 1))),
-        ("source_noncontig", ValueError, "sources[1] must be C-contiguous",
-         with_(sources=lambda d: [d["sources"][0], f32(20, 8)[:, ::2]])),
-        ("source_noncontig_rows", ValueError, "sources[0] must be C-contiguous",
-         with_(sources=lambda d: [f32(20, 4)[::2], d["sources"][1]])),
-        ("source_width", ValueError, "sources[1] rows are 20 bytes (5 x float32) but out rows are 16",
-         with_(sources=lambda d: [d["sources"][0], f32(20, 5)])),
-        ("source_width_dtype", ValueError, "sources[0] rows are 32 bytes (4 x float64)",
-         with_(sources=lambda d: [np.ones((10, 4), np.float64), d["sources"][1]])),
+        ("src_id_high", IndexError, "src_ids[2] = 2 is out of range for 2 sources", with_(src_ids=i32(0, 1, 2, 0))),
+        ("src_id_negative", IndexError, "src_ids[0] = -1 is out of range", with_(src_ids=i32(-1, 1, 1, 0))),
+        (
+            "row_high",
+            IndexError,
+            "rows[1] = 20 is out of range for sources[1] with 20 rows",
+            with_(rows=i64(9, 20, 0, 3)),
+        ),
+        (
+            "row_negative",
+            IndexError,
+            "rows[3] = -1 is out of range for sources[0] with 10 rows",
+            with_(rows=i64(9, 19, 0, -1)),
+        ),
+        ("row_huge", IndexError, "rows[0] = 9223372036854775807", with_(rows=i64(2**63 - 1, 19, 0, 3))),
+        (
+            "src_ids_int64",
+            ValueError,
+            "src_ids must be a 1-D int32 array",
+            with_(src_ids=np.array([0, 1, 1, 0], np.int64)),
+        ),
+        ("rows_int32", ValueError, "rows must be a 1-D int64 array", with_(rows=np.array([9, 19, 0, 3], np.int32))),
+        (
+            "src_ids_big_endian",
+            ValueError,
+            "src_ids must be a 1-D int32 array",
+            with_(src_ids=np.array([0, 1, 1, 0], ">i4")),
+        ),
+        ("rows_2d", ValueError, "rows must be a 1-D int64 array", with_(rows=np.zeros((4, 1), np.int64))),
+        (
+            "rows_noncontig",
+            ValueError,
+            "rows must be C-contiguous",
+            with_(rows=np.array([9, 0, 19, 0, 0, 0, 3, 0], np.int64)[::2]),
+        ),
+        ("len_mismatch", ValueError, "len(src_ids)=3, len(rows)=4 and out.shape[0]=4", with_(src_ids=i32(0, 1, 1))),
+        (
+            "source_noncontig",
+            ValueError,
+            "sources[1] must be C-contiguous",
+            with_(sources=lambda d: [d["sources"][0], f32(20, 8)[:, ::2]]),
+        ),
+        (
+            "source_noncontig_rows",
+            ValueError,
+            "sources[0] must be C-contiguous",
+            with_(sources=lambda d: [f32(20, 4)[::2], d["sources"][1]]),
+        ),
+        (
+            "source_width",
+            ValueError,
+            "sources[1] rows are 20 bytes (5 x float32) but out rows are 16",
+            with_(sources=lambda d: [d["sources"][0], f32(20, 5)]),
+        ),
+        (
+            "source_width_dtype",
+            ValueError,
+            "sources[0] rows are 32 bytes (4 x float64)",
+            with_(sources=lambda d: [np.ones((10, 4), np.float64), d["sources"][1]]),
+        ),
         ("source_1d", ValueError, "sources[0] must be 2-D", with_(sources=[np.ones(40, np.float32)])),
-        ("source_not_array", TypeError, "sources[0] must be a numpy.ndarray, got list",
-         with_(sources=[[[1.0] * 4] * 10])),
-        ("source_object", ValueError, "holds Python objects",
-         with_(sources=lambda d: [np.empty((10, 2), object), d["sources"][1]],
-               out=np.empty((4, 2), np.float64))),
-        ("out_noncontig", ValueError, "out must be C-contiguous",
-         with_(out=np.zeros((4, 8), np.float32)[:, ::2])),
-        ("out_readonly", ValueError, "out is read-only",
-         with_(out=_readonly(np.zeros((4, 4), np.float32)))),
+        (
+            "source_not_array",
+            TypeError,
+            "sources[0] must be a numpy.ndarray, got list",
+            with_(sources=[[[1.0] * 4] * 10]),
+        ),
+        (
+            "source_object",
+            ValueError,
+            "holds Python objects",
+            with_(sources=lambda d: [np.empty((10, 2), object), d["sources"][1]], out=np.empty((4, 2), np.float64)),
+        ),
+        ("out_noncontig", ValueError, "out must be C-contiguous", with_(out=np.zeros((4, 8), np.float32)[:, ::2])),
+        ("out_readonly", ValueError, "out is read-only", with_(out=_readonly(np.zeros((4, 4), np.float32)))),
         ("out_1d", ValueError, "out must be 2-D", with_(out=np.zeros(16, np.float32))),
-        ("out_overlaps", ValueError, "out overlaps sources[1]",
-         with_(out=lambda d: d["sources"][1][:4])),
+        ("out_overlaps", ValueError, "out overlaps sources[1]", with_(out=lambda d: d["sources"][1][:4])),
     ]
 
 
@@ -386,8 +418,7 @@ def test_fp32_to_bf16_special_values(impl):
     assert not bad, bad
 
 
-NANS = [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF,
-        0x7FA00000, 0x7F810000]
+NANS = [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF, 0x7FA00000, 0x7F810000]
 
 
 @pytest.mark.parametrize("impl", TO_BF16.values())
@@ -409,9 +440,7 @@ def test_fp32_to_bf16_native_equals_numpy_all_patterns():
     bits[:65536] = np.arange(65536, dtype=np.uint32) << 16 | 0x8000  # every tie
     x = bits.view(np.float32)
     for threads in (1, 2, 3):
-        np.testing.assert_array_equal(
-            nat.fp32_to_bf16(x, threads=threads), nat.fp32_to_bf16_numpy(x)
-        )
+        np.testing.assert_array_equal(nat.fp32_to_bf16(x, threads=threads), nat.fp32_to_bf16_numpy(x))
 
 
 @pytest.mark.parametrize("impl", FROM_BF16.values())
@@ -517,7 +546,10 @@ def _run_subprocess(out_dir, no_native: bool):
     out_dir.mkdir()
     res = subprocess.run(
         [sys.executable, "-c", _SUBPROCESS, str(out_dir)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     status = json.loads(res.stdout.strip().splitlines()[-1])
@@ -538,6 +570,7 @@ def test_no_native_env_forces_fallback(tmp_path):
 
 
 # --- row_moments: the statistics pass of the writer -------------------------------------
+
 
 @pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1000, 48), (4099, 385)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -604,14 +637,17 @@ def test_scatter_matches_reference(impl, n, cols, threads):
 
 
 @pytest.mark.parametrize("impl", SCATTER.values())
-@pytest.mark.parametrize("case,exc,msg", [
-    ("row", IndexError, "rows[1] = 10 is out of range for src with 10 rows"),
-    ("dst_id", IndexError, "dst_ids[2] = 2 is out of range for 2 destinations"),
-    ("dst_row", IndexError, "dst_rows[0] = 4 is out of range for dsts[0] with 4 rows"),
-    ("width", ValueError, "dsts[1] rows are 12 bytes (3 x uint32) but src rows are 16 bytes (4 x uint32)"),
-    ("dtype", ValueError, "dst_ids must be a 1-D int32 array"),
-    ("length", ValueError, "len(rows)=3, len(dst_ids)=2 and len(dst_rows)=3 must be equal"),
-])
+@pytest.mark.parametrize(
+    "case,exc,msg",
+    [
+        ("row", IndexError, "rows[1] = 10 is out of range for src with 10 rows"),
+        ("dst_id", IndexError, "dst_ids[2] = 2 is out of range for 2 destinations"),
+        ("dst_row", IndexError, "dst_rows[0] = 4 is out of range for dsts[0] with 4 rows"),
+        ("width", ValueError, "dsts[1] rows are 12 bytes (3 x uint32) but src rows are 16 bytes (4 x uint32)"),
+        ("dtype", ValueError, "dst_ids must be a 1-D int32 array"),
+        ("length", ValueError, "len(rows)=3, len(dst_ids)=2 and len(dst_rows)=3 must be equal"),
+    ],
+)
 def test_scatter_errors_are_one_line_and_write_nothing(impl, case, exc, msg):
     src = np.arange(40, dtype=np.uint32).reshape(10, 4)
     dsts = [np.zeros((4, 4), np.uint32), np.zeros((4, 4), np.uint32)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._numerics import acc_dtype, csr_from_coo, rows_of  # noqa: F401 (re-exported for the tests)
+from .._numerics import acc_dtype
 
 _SLICE = 65536
 _DENSE_MAX = 1 << 25  # n*m elements (128 MiB of float32) up to which the dense GEMM form is used

@@ -64,8 +64,9 @@ def test_sigkill_then_rerun_is_byte_identical(planted, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ref = an.run(path, relu_sae(), JOBS, tmp_path / "ref", block_rows=BLOCK, commit_rows=1)
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, str(HELPERS / "analysis_kill_job.py"), str(path), str(out), "3"],
-                             cwd=ROOT, env=env)
+    child = subprocess.Popen(
+        [sys.executable, str(HELPERS / "analysis_kill_job.py"), str(path), str(out), "3"], cwd=ROOT, env=env
+    )
     _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after commit 3
     assert os.WIFSTOPPED(status)
     os.kill(child.pid, signal.SIGKILL)

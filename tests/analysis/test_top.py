@@ -12,7 +12,7 @@ def brute_top(f, k):
     for j in range(f.shape[1]):
         r = np.flatnonzero(f[:, j] > 0)
         o = np.lexsort((r, -f[r, j]))[:k]
-        vals[j, :o.size], rows[j, :o.size] = f[r[o], j], r[o]
+        vals[j, : o.size], rows[j, : o.size] = f[r[o], j], r[o]
     return vals, rows
 
 
@@ -24,8 +24,6 @@ def test_top_exact_with_ties(full):
     # the repeated rows tie with their originals: the lower row comes first
     j = int(np.argmax(f[10:20].max(0)))
     assert a[j].top == [(float(v), int(r)) for v, r in zip(vals[j], rows[j]) if r >= 0]
-
-
 
 
 def test_top_merge_order_invariance():

@@ -12,6 +12,6 @@ def test_top_tokens_exact(full):
         o = np.lexsort((t, -c))[:4]
         got = a[j].top_tokens
         assert [(x[0], x[1]) for x in got] == [(int(t[i]), int(c[i])) for i in o]
-        for (tk, _, mean) in got:
+        for tk, _, mean in got:
             sel = fire & (tok == tk)
             assert np.isclose(mean, f[sel, j].astype(np.float64).mean(), rtol=1e-12)

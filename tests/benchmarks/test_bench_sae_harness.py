@@ -20,15 +20,19 @@ import _common as C  # noqa: E402
 import bench_sae_kernels  # noqa: E402
 
 VARIANTS = {"eager", "actstore", "actstore_atomic", "batchtopk_eager", "batchtopk_actstore"}
-KERNELS = {"topk_encode_fused", "csr_matmul (decode)", "csr_gather_dot (grad values)",
-           "csr_transpose_matmul sorted (grad W_dec)", "csr_transpose_matmul atomic (grad W_dec)"}
+KERNELS = {
+    "topk_encode_fused",
+    "csr_matmul (decode)",
+    "csr_gather_dot (grad values)",
+    "csr_transpose_matmul sorted (grad W_dec)",
+    "csr_transpose_matmul atomic (grad W_dec)",
+}
 
 
 @pytest.mark.slow
 @pytest.mark.gpu
 def test_sae_kernel_bench_harness_checks_every_variant_and_reports_units(device):
-    doc = bench_sae_kernels.main(["--device", device, "--shape", "micro", "--kernels", "--repeats", "2",
-                                  "--no-write"])
+    doc = bench_sae_kernels.main(["--device", device, "--shape", "micro", "--kernels", "--repeats", "2", "--no-write"])
     doc = json.loads(json.dumps(doc, default=C._json_default))  # what write_result would store
     res = doc["results"]["micro"]
     figs, checks = res["figures"], res["checks"]
@@ -73,12 +77,14 @@ def test_agreement_check_refuses_a_variant_that_computes_something_else():
             loss = (x @ W * scale - x).pow(2).sum(1).mean()
             loss.backward()
             return loss
+
         return fn
 
     variants = {"eager": step(1.0), "close": step(1.0 + 1e-6), "wrong": step(1.1)}
     tol = bench_sae_kernels.TOL[torch.float32]
-    ok = bench_sae_kernels._check_variants({k: variants[k] for k in ("eager", "close")},
-                                           {"eager": "eager", "close": "eager"}, {"W": W}, zero, tol)
+    ok = bench_sae_kernels._check_variants(
+        {k: variants[k] for k in ("eager", "close")}, {"eager": "eager", "close": "eager"}, {"W": W}, zero, tol
+    )
     assert ok["close"]["loss_rel_err"] < tol[0]
     with pytest.raises(RuntimeError, match="variant wrong disagrees with eager"):
         bench_sae_kernels._check_variants(variants, {v: "eager" for v in variants}, {"W": W}, zero, tol)
@@ -86,9 +92,13 @@ def test_agreement_check_refuses_a_variant_that_computes_something_else():
 
 def test_interleaved_rotates_the_order_and_summary_reports_median_best_spread():
     calls = []
-    times = C.interleaved({n: (lambda n=n: calls.append(n)) for n in "abc"}, repeats=3, warmup=1,
-                          measure=lambda fn: (fn(), 1.0 + len(calls))[1])
-    assert calls == list("abc" "bca" "cab" "abc")  # round 0 is the untimed warm-up
+    times = C.interleaved(
+        {n: (lambda n=n: calls.append(n)) for n in "abc"},
+        repeats=3,
+        warmup=1,
+        measure=lambda fn: (fn(), 1.0 + len(calls))[1],
+    )
+    assert calls == list("abcbcacababc")  # round 0 is the untimed warm-up
     # measure() returns 1 + the calls so far: each figure says when its call ran
     assert times == {"a": [7.0, 9.0, 11.0], "b": [5.0, 10.0, 12.0], "c": [6.0, 8.0, 13.0]}
     s = C.summary(times["a"])

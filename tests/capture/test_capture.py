@@ -41,13 +41,19 @@ def english():
 
 # -- hooks -------------------------------------------------------------------------------
 
+
 def test_wildcards_inputs_and_order():
     from actstore.capture import resolve_hooks
 
     got = resolve_hooks(TinyLM(), "layers.*.mlp.0:input, layers.1")
     # Module order; '*' is one path component, so layers.1.mlp.0 is not matched by 'layers.*'.
-    assert [p.name for p in got] == ["layers.0.mlp.0:input", "layers.1", "layers.1.mlp.0:input",
-                                     "layers.2.mlp.0:input", "layers.3.mlp.0:input"]
+    assert [p.name for p in got] == [
+        "layers.0.mlp.0:input",
+        "layers.1",
+        "layers.1.mlp.0:input",
+        "layers.2.mlp.0:input",
+        "layers.3.mlp.0:input",
+    ]
     assert [p.name for p in resolve_hooks(TinyLM(), "layers.*")] == [f"layers.{i}" for i in range(4)]
 
 
@@ -65,14 +71,16 @@ def test_forward_stops_after_last_hooked_module(tmp_path):
     actstore.capture(m, "layers.1", token_docs(), tmp_path / "s", context=16, batch_size=4, progress=False)
     assert m.ran == ["layers.0"]  # layers.1's hook ended the forward inside it; 2 and 3 never ran
     full = TinyLM()
-    actstore.capture(full, "layers.1", token_docs(), tmp_path / "t", context=16, batch_size=4, progress=False,
-                     stop_early=False)
+    actstore.capture(
+        full, "layers.1", token_docs(), tmp_path / "t", context=16, batch_size=4, progress=False, stop_early=False
+    )
     assert full.ran == ["layers.0", "layers.1", "layers.2", "layers.3"]
     a, b = actstore.open(tmp_path / "s"), actstore.open(tmp_path / "t")
     assert torch.equal(_all(a, "layers.1", torch.bfloat16), _all(b, "layers.1", torch.bfloat16))
 
 
 # -- plan --------------------------------------------------------------------------------
+
 
 def _stream(docs, eos=None):
     out = []
@@ -119,30 +127,45 @@ def test_truncate_budget_and_rank_split():
 
 # -- models and inputs -------------------------------------------------------------------
 
+
 def test_hf_minilm_text_matches_a_plain_forward(tmp_path, minilm, english):
     model, tok = minilm
     hooks = "encoder.layer.1,encoder.layer.3.attention.output.dense:input"
-    s = actstore.capture(model, hooks, english, tmp_path / "s", tokenizer=tok, context=32, batch_size=4,
-                         tokens=900, dtype="fp32", progress=False)
+    s = actstore.capture(
+        model,
+        hooks,
+        english,
+        tmp_path / "s",
+        tokenizer=tok,
+        context=32,
+        batch_size=4,
+        tokens=900,
+        dtype="fp32",
+        progress=False,
+    )
     assert s["committed_rows"] == 900
     st = actstore.open(tmp_path / "s")
     cols = st.tokens()
     # Rebuild the windows independently: [CLS] + 30 body tokens + [SEP], documents run on.
     stream = [t for text in english for t in tok(text, add_special_tokens=False)["input_ids"]]
     body = [int(t) for t, f in zip(cols["token"], cols["flags"]) if f == 0]
-    assert body == stream[:len(body)]
+    assert body == stream[: len(body)]
     assert int((cols["flags"] == actstore.FLAG_BOS).sum()) == int((cols["token"] == tok.cls_token_id).sum())
     # Activations: a plain forward over the same batches, with ordinary hooks.
     ids = []
     for i in range(0, len(body) + 30, 30):
-        chunk = stream[i:i + 30]
+        chunk = stream[i : i + 30]
         ids.append([tok.cls_token_id] + chunk + [tok.sep_token_id])
     got = {}
-    h1 = model.encoder.layer[1].register_forward_hook(lambda m, a, o: got.setdefault("l1", []).append(o[0] if isinstance(o, tuple) else o))
-    h2 = model.encoder.layer[3].attention.output.dense.register_forward_pre_hook(lambda m, a: got.setdefault("d", []).append(a[0]))
+    h1 = model.encoder.layer[1].register_forward_hook(
+        lambda m, a, o: got.setdefault("l1", []).append(o[0] if isinstance(o, tuple) else o)
+    )
+    h2 = model.encoder.layer[3].attention.output.dense.register_forward_pre_hook(
+        lambda m, a: got.setdefault("d", []).append(a[0])
+    )
     try:
         for b in range(0, len(ids), 4):
-            batch = ids[b:b + 4]
+            batch = ids[b : b + 4]
             x = torch.tensor(batch)
             with torch.inference_mode():
                 model(input_ids=x, attention_mask=torch.ones_like(x))
@@ -168,12 +191,28 @@ def test_input_kinds_give_the_same_tokens(tmp_path, minilm, english):
     datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "saved"))
     datasets.Dataset.from_dict({"body": docs}).to_parquet(str(tmp_path / "d.parquet"))
     pre = [tok(t, add_special_tokens=False)["input_ids"] for t in docs]
-    sources = {"txt": tmp_path / "txt", "jsonl": tmp_path / "d.jsonl", "saved": tmp_path / "saved",
-               "parquet": tmp_path / "d.parquet", "list": docs, "pretok": pre}
+    sources = {
+        "txt": tmp_path / "txt",
+        "jsonl": tmp_path / "d.jsonl",
+        "saved": tmp_path / "saved",
+        "parquet": tmp_path / "d.parquet",
+        "list": docs,
+        "pretok": pre,
+    }
     toks = {}
     for name, src in sources.items():
-        actstore.capture(model, "encoder.layer.0", src, tmp_path / name / "store", tokenizer=tok, context=64,
-                         batch_size=8, tokens=600, text_column="body", progress=False)
+        actstore.capture(
+            model,
+            "encoder.layer.0",
+            src,
+            tmp_path / name / "store",
+            tokenizer=tok,
+            context=64,
+            batch_size=8,
+            tokens=600,
+            text_column="body",
+            progress=False,
+        )
         toks[name] = actstore.open(tmp_path / name / "store").tokens()
     for name, t in toks.items():
         for col in ("token", "doc", "pos", "flags"):
@@ -185,17 +224,30 @@ def test_transformerlens_hook_names(tmp_path):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=97,
-                                  act_fn="gelu")
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=97, act_fn="gelu"
+    )
     m = HookedTransformer(cfg)
     data = token_array(12, seed=3, length=40)
     calls = []
     m.blocks[2].register_forward_hook(lambda *a: calls.append(1))
-    actstore.capture(m, "blocks.*.hook_resid_post,blocks.0.attn.hook_z", data, tmp_path / "s", context=24,
-                     batch_size=5, dtype="fp32", progress=False)
+    actstore.capture(
+        m,
+        "blocks.*.hook_resid_post,blocks.0.attn.hook_z",
+        data,
+        tmp_path / "s",
+        context=24,
+        batch_size=5,
+        dtype="fp32",
+        progress=False,
+    )
     st = actstore.open(tmp_path / "s")
-    assert st.hooks == ["blocks.0.attn.hook_z", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
-                        "blocks.2.hook_resid_post"]
+    assert st.hooks == [
+        "blocks.0.attn.hook_z",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+        "blocks.2.hook_resid_post",
+    ]
     stream = data.reshape(-1)
     n = st.rows
     assert n == stream.size and torch.equal(st.tokens()["token"].long(), torch.from_numpy(stream))
@@ -212,16 +264,20 @@ def test_hf_model_from_a_local_folder_and_context_limit(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=32)).save_pretrained(tmp_path / "gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=32)).save_pretrained(
+        tmp_path / "gpt2"
+    )
     data = token_array(6, seed=4, length=30)
-    s = actstore.capture(str(tmp_path / "gpt2"), "transformer.h.*", data, tmp_path / "s", context=32, batch_size=2,
-                         progress=False)
+    s = actstore.capture(
+        str(tmp_path / "gpt2"), "transformer.h.*", data, tmp_path / "s", context=32, batch_size=2, progress=False
+    )
     assert s["committed_rows"] == data.size
     with pytest.raises(CaptureError, match=r"context 64 is longer than the model allows \(32 positions\)"):
         actstore.capture(str(tmp_path / "gpt2"), "transformer.h.0", data, tmp_path / "t", context=64, progress=False)
 
 
 # -- resume, NaN, errors -------------------------------------------------------------------
+
 
 def _snapshot(path):
     st = actstore.open(path)
@@ -266,8 +322,16 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
     docs = token_docs(20, seed=6)
     n_bad = sum(int((d == 5).sum()) for d in docs)
     assert n_bad > 0
-    s = actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "s", context=16, batch_size=4,
-                         dtype="fp32", progress=False)
+    s = actstore.capture(
+        TinyLM(nan_token=5),
+        "layers.0,layers.2",
+        docs,
+        tmp_path / "s",
+        context=16,
+        batch_size=4,
+        dtype="fp32",
+        progress=False,
+    )
     total = sum(len(d) for d in docs)
     assert s["nonfinite_rows_dropped"] == n_bad and s["committed_rows"] == total - n_bad
     st = actstore.open(tmp_path / "s")
@@ -279,19 +343,32 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
         assert torch.allclose(st.stats(h)["mean"], x.mean(0), atol=1e-5)
         assert torch.allclose(st.stats(h)["var"], x.var(0, unbiased=False), rtol=1e-4)
         assert st.stats(h)["count"] == x.shape[0]
-    info = subprocess.run([sys.executable, "-m", "actstore.cli", "info", str(tmp_path / "s")], capture_output=True, text=True)
+    info = subprocess.run(
+        [sys.executable, "-m", "actstore.cli", "info", str(tmp_path / "s")], capture_output=True, text=True
+    )
     assert f"nonfinite rows {n_bad}" in info.stdout
     with pytest.raises(CaptureError, match="NaN/inf"):
-        actstore.capture(TinyLM(nan_token=5), "layers.2", docs, tmp_path / "e", context=16, batch_size=4,
-                         nonfinite="error", progress=False)
+        actstore.capture(
+            TinyLM(nan_token=5),
+            "layers.2",
+            docs,
+            tmp_path / "e",
+            context=16,
+            batch_size=4,
+            nonfinite="error",
+            progress=False,
+        )
+
     # Interrupted and resumed, the dropped rows still add up: same rows as the run above.
     def stop(n):
         if n == 3:
             raise KeyboardInterrupt
+
     kw = dict(context=16, batch_size=4, dtype="fp32", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        _run_capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", CaptureConfig(**kw),
-                     after_batch=stop)
+        _run_capture(
+            TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", CaptureConfig(**kw), after_batch=stop
+        )
     r = actstore.capture(TinyLM(nan_token=5), "layers.0,layers.2", docs, tmp_path / "r", **kw)
     assert r["resumed_from"] > 0
     again = actstore.open(tmp_path / "r")
@@ -302,13 +379,11 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 def test_scaled_dtypes_round_trip_within_bounds(tmp_path, dtype):
     docs = token_docs(10, seed=8)
-    actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "s", context=16, batch_size=4, dtype=dtype,
-                     progress=False)
-    actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "r", context=16, batch_size=4, dtype="fp32",
-                     progress=False)
+    actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "s", context=16, batch_size=4, dtype=dtype, progress=False)
+    actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "r", context=16, batch_size=4, dtype="fp32", progress=False)
     got, ref = actstore.open(tmp_path / "s").read("layers.1"), actstore.open(tmp_path / "r").read("layers.1")
     amax = ref.abs().amax(1, keepdim=True)
-    bound = (2 ** -4 * ref.abs() + amax / 448 * 2 ** -10) if dtype == "fp8" else amax / 254
+    bound = (2**-4 * ref.abs() + amax / 448 * 2**-10) if dtype == "fp8" else amax / 254
     assert bool(((got - ref).abs() <= bound * 1.0001 + 1e-7).all())
 
 
@@ -322,9 +397,25 @@ def test_one_line_errors(tmp_path):
         actstore.capture(TinyLM(), "layers.0", token_docs(), tmp_path / "c", batch_size=0, progress=False)
     with pytest.raises(CaptureError, match="text data needs a tokenizer"):
         actstore.capture(TinyLM(), "layers.0", ["some text"], tmp_path / "d", progress=False)
-    r = subprocess.run([sys.executable, "-m", "actstore.cli", "capture", "--model", "python:capture_models:make_tiny",
-                        "--hooks", "layers.9", "--data", "x.npy", "--out", str(tmp_path / "e")],
-                       capture_output=True, text=True, env=_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "actstore.cli",
+            "capture",
+            "--model",
+            "python:capture_models:make_tiny",
+            "--hooks",
+            "layers.9",
+            "--data",
+            "x.npy",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "unknown hook 'layers.9'" in r.stderr and "layers.0" in r.stderr
 
@@ -332,16 +423,35 @@ def test_one_line_errors(tmp_path):
 def _env():
     import os
 
-    return {**os.environ, "PYTHONPATH": f"{HELPERS}{':' + os.environ['PYTHONPATH'] if os.environ.get('PYTHONPATH') else ''}"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{HELPERS}{':' + os.environ['PYTHONPATH'] if os.environ.get('PYTHONPATH') else ''}",
+    }
 
 
 def test_cli_capture_from_a_yaml_config(tmp_path):
     np.save(tmp_path / "toks.npy", token_array(10, seed=9, length=33))
     (tmp_path / "cfg.yaml").write_text(
         "model: python:capture_models:make_tiny\nhooks: [layers.0, 'layers.1.mlp.2:input']\n"
-        f"data: {tmp_path / 'toks.npy'}\nout: {tmp_path / 'store'}\ncontext: 16\nbatch-size: 3\ndtype: fp16\n")
-    r = subprocess.run([sys.executable, "-m", "actstore.cli", "capture", "--config", str(tmp_path / "cfg.yaml"),
-                        "--tokens", "200", "--json", "--no-progress"], capture_output=True, text=True, env=_env())
+        f"data: {tmp_path / 'toks.npy'}\nout: {tmp_path / 'store'}\ncontext: 16\nbatch-size: 3\ndtype: fp16\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "actstore.cli",
+            "capture",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--tokens",
+            "200",
+            "--json",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["committed_rows"] == 200

@@ -23,8 +23,9 @@ TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300,
-                          **kw)
+    return subprocess.run(
+        [sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def _snapshot(path):
@@ -59,8 +60,12 @@ def _start_paused(out, batch):
 
     The child stops itself at that batch, so where the signal lands is fixed by the batch
     number whatever the machine's speed; its writer thread stops with it wherever it was."""
-    p = subprocess.Popen([sys.executable, str(JOB), str(out), "--pause-at", str(batch)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, str(JOB), str(out), "--pause-at", str(batch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in p.stdout:
         if line.startswith("paused"):
             break
@@ -123,16 +128,30 @@ def test_ctrl_c_commits_what_is_complete_and_rerun_finishes(tmp_path, reference)
 def test_two_ranks_under_torchrun_store_every_token_once(tmp_path, reference):
     out = tmp_path / "store"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), str(JOB), str(out)], capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            str(JOB),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     st = actstore.open(out)
     assert [s.name for s in st.segments] == ["rank00000", "rank00001"]
     assert all(s.rows > 0 for s in st.segments)
     got = st.tokens()
     # Every (doc, pos) of the single-process run exactly once; same activations per token.
-    key = lambda t: (t["doc"].long() * 100000 + t["pos"].long())  # noqa: E731
+    key = lambda t: t["doc"].long() * 100000 + t["pos"].long()  # noqa: E731
     order_got, order_ref = torch.argsort(key(got)), torch.argsort(key(reference))
     assert torch.equal(key(got)[order_got], key(reference)[order_ref])
     assert len(torch.unique(key(got))) == got["doc"].numel()
@@ -166,8 +185,13 @@ def test_failing_write_stops_with_one_line_and_keeps_commits(tmp_path, reference
 def test_full_disk_stops_with_one_line_and_keeps_commits(tmp_path, reference):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root); the EFBIG test covers failing writes")
     try:
         r = _run(mnt / "store")

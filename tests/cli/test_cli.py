@@ -25,8 +25,14 @@ def test_info_json_and_text(tmp_path):
     assert info["rows"] == 3000 and set(info["hooks"]) == {"encoder.layer.3", "encoder.layer.5"}
     h = info["hooks"]["encoder.layer.3"]
     assert h["dtype"] == "bf16" and h["bytes_on_disk"] > 0 and h["compression_ratio"] > 1
-    assert info["segments"] == [{"name": "rank00000", "rows": 3000, "commit": info["segments"][0]["commit"],
-                                 "time": info["segments"][0]["time"]}]
+    assert info["segments"] == [
+        {
+            "name": "rank00000",
+            "rows": 3000,
+            "commit": info["segments"][0]["commit"],
+            "time": info["segments"][0]["time"],
+        }
+    ]
     assert info["provenance"]["model"] == "tiny"
     r = _cli("info", tmp_path / "s")
     assert r.returncode == 0 and "rows      3,000" in r.stdout and "encoder.layer.5" in r.stdout

@@ -78,7 +78,7 @@ def test_readme_layout_names_every_module_and_top_level_folder():
     unnamed = sorted(t for t in top if not any(e.startswith(t) for e in entries))
     for p in tracked:
         if p.startswith(LISTED_IN_FULL) and p.endswith(".py") and p not in entries:
-            if p.endswith("/__init__.py") and p[:-len("__init__.py")] in entries:
+            if p.endswith("/__init__.py") and p[: -len("__init__.py")] in entries:
                 continue  # the folder's line says what the package is
             unnamed.append(p)
     assert not unnamed, f"README Layout does not name: {unnamed} (one line each: name, two spaces, what it is for)"

@@ -22,7 +22,7 @@ N, D, M, BLOCK = 300, 16, 24, 64
 def write_store(path, n=N, d=D, seed=0, tokens=True):
     g = np.random.default_rng(seed)
     x = (g.standard_normal((n, d)) * 2).astype(np.float32)
-    x[n - 20:n - 10] = x[10:20]  # repeated rows: tied activations in other blocks
+    x[n - 20 : n - 10] = x[10:20]  # repeated rows: tied activations in other blocks
     lens, total = [], 0
     while total < n:
         lens.append(int(g.integers(3, 41)))
@@ -60,7 +60,7 @@ def dense_code(sae, x, block=BLOCK):
     out = []
     with torch.no_grad():
         for a in range(0, x.shape[0], block):
-            out.append(sae.encode(torch.from_numpy(x[a:a + block]), dense=True).float().numpy())
+            out.append(sae.encode(torch.from_numpy(x[a : a + block]), dense=True).float().numpy())
     f = np.concatenate(out)
     return np.where(f > 0, f, 0).astype(np.float32)
 
@@ -70,19 +70,35 @@ def docs_contiguous_count(f, doc):
     return np.array([np.unique(doc[f[:, j] > 0]).size for j in range(f.shape[1])])
 
 
-
 def code_batches(f, block):
     out = []
     for b, lo in enumerate(range(0, f.shape[0], block)):
-        sub = f[lo:lo + block]
+        sub = f[lo : lo + block]
         r, c = np.nonzero(sub > 0)
         ptr = np.r_[0, np.cumsum(np.bincount(r, minlength=sub.shape[0]))]
         z = np.zeros(sub.shape[0], np.int64)
-        out.append(Batch(b, np.arange(lo, lo + sub.shape[0]), ptr, r.astype(np.int64), c.astype(np.int64), sub[r, c],
-                         z.astype(np.int32), z, z.astype(np.int32), z.astype(np.uint8), f.shape[1]))
+        out.append(
+            Batch(
+                b,
+                np.arange(lo, lo + sub.shape[0]),
+                ptr,
+                r.astype(np.int64),
+                c.astype(np.int64),
+                sub[r, c],
+                z.astype(np.int32),
+                z,
+                z.astype(np.int32),
+                z.astype(np.uint8),
+                f.shape[1],
+            )
+        )
     return out
 
 
-JOBS = {"stats": {}, "top": {"k": 5}, "bins": {"width": 4.0, "n_abs": 4, "quantiles": 3, "n_equal": 4, "samples": 3,
-                                               "seed": 7},
-        "contexts": {"window": 3}, "top_tokens": {"t": 4}}
+JOBS = {
+    "stats": {},
+    "top": {"k": 5},
+    "bins": {"width": 4.0, "n_abs": 4, "quantiles": 3, "n_equal": 4, "samples": 3, "seed": 7},
+    "contexts": {"window": 3},
+    "top_tokens": {"t": 4},
+}

@@ -47,8 +47,9 @@ def main():
 
     try:
         opts = {**OPTIONS, "chunks_per_shard": a.chunks_per_shard, "commit_every": a.commit_every}
-        s = _run_capture(TinyLM(), HOOKS, token_docs(a.docs, seed=11), a.store, CaptureConfig(**opts),
-                         after_batch=paced)
+        s = _run_capture(
+            TinyLM(), HOOKS, token_docs(a.docs, seed=11), a.store, CaptureConfig(**opts), after_batch=paced
+        )
     except actstore.StoreError as e:
         print(f"actstore: {e}", file=sys.stderr)
         sys.exit(1)

@@ -8,6 +8,7 @@ import torch
 def assert_compiled_grads_match(step, tensors, device) -> None:
     """``step(*leaves)`` -> scalar loss; compiled with aot_eager (traces the custom ops' fake
     and autograd registrations without a C++ toolchain run) and compared with eager."""
+
     def grads(fn):
         leaves = [t.clone().to(device).requires_grad_() for t in tensors]
         fn(*leaves).backward()

@@ -26,13 +26,24 @@ def build(path, dtype="fp32", segments=SEGMENTS):
     start = 0
     for seg, n in segments.items():
         tok = np.arange(start, start + n, dtype=np.int64)
-        with actstore.create(path, {"wide": WIDE, "narrow": NARROW}, segment=seg, dtype=dtype, durable=False,
-                             chunk_bytes=64 * WIDE * 4 if dtype == "fp32" else 64 * WIDE * 2,
-                             chunks_per_shard=4) as w:
+        with actstore.create(
+            path,
+            {"wide": WIDE, "narrow": NARROW},
+            segment=seg,
+            dtype=dtype,
+            durable=False,
+            chunk_bytes=64 * WIDE * 4 if dtype == "fp32" else 64 * WIDE * 2,
+            chunks_per_shard=4,
+        ) as w:
             for lo in range(0, n, 500):  # several appends and commits
-                t = tok[lo:lo + 500]
-                w.append({"wide": acts(t, WIDE, 1.0), "narrow": acts(t, NARROW, 2.0)}, tokens=t, doc=t // 50,
-                         pos=t % 50, flags=((t % 50) == 0).astype(np.uint8))
+                t = tok[lo : lo + 500]
+                w.append(
+                    {"wide": acts(t, WIDE, 1.0), "narrow": acts(t, NARROW, 2.0)},
+                    tokens=t,
+                    doc=t // 50,
+                    pos=t % 50,
+                    flags=((t % 50) == 0).astype(np.uint8),
+                )
                 w.commit()
         start += n
     return actstore.open(path)

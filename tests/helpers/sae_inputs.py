@@ -19,7 +19,7 @@ from actstore.sae import Latents
 def encoder_inputs(n, d, m, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
-    W = torch.randn(m, d, generator=g) / d ** 0.5
+    W = torch.randn(m, d, generator=g) / d**0.5
     b = torch.randn(m, generator=g) * 0.1
     pb = torch.randn(d, generator=g) * 0.1
     return x.to(dtype), W.to(dtype), b, pb
@@ -28,9 +28,16 @@ def encoder_inputs(n, d, m, seed, dtype=torch.float32):
 def threshold_inputs(n, d, m, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g).to(dtype)
-    W = (torch.randn(m, d, generator=g) / d ** 0.5).to(dtype)
-    return (x, W, torch.randn(m, generator=g) * 0.1, torch.randn(d, generator=g) * 0.1,
-            torch.randn(m, d, generator=g) / 7, torch.randn(n, d, generator=g), g)
+    W = (torch.randn(m, d, generator=g) / d**0.5).to(dtype)
+    return (
+        x,
+        W,
+        torch.randn(m, generator=g) * 0.1,
+        torch.randn(d, generator=g) * 0.1,
+        torch.randn(m, d, generator=g) / 7,
+        torch.randn(n, d, generator=g),
+        g,
+    )
 
 
 def csr_dense(rp, c, v, m):

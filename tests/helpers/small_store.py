@@ -9,8 +9,13 @@ import actstore
 
 
 def two_hook_store(path, n=3000):
-    w = actstore.create(path, {"encoder.layer.3": 64, "encoder.layer.5": 64}, segment="rank00000",
-                        chunk_bytes=4096, provenance={"model": "tiny"})
+    w = actstore.create(
+        path,
+        {"encoder.layer.3": 64, "encoder.layer.5": 64},
+        segment="rank00000",
+        chunk_bytes=4096,
+        provenance={"model": "tiny"},
+    )
     acts = {h: torch.randn(n, 64) for h in ("encoder.layer.3", "encoder.layer.5")}
     w.append(acts, tokens=torch.arange(n))
     w.close()

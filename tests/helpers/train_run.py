@@ -57,9 +57,23 @@ def main() -> None:
     store, out, arch, tokens = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     if os.environ.get("TRAIN_RUN_STOP"):
         stop_at(os.environ["TRAIN_RUN_STOP"])
-    cfg = TrainConfig(store=store, hook="wide", arch=arch, latents=64, k=4 if "topk" in arch else None,
-                      tokens=tokens, out=str(out), batch_size=32, lr=3e-3, warmup_steps=5, checkpoint_every=3,
-                      log_every=2, dead_tokens=200, buffer_rows=256, threads=1)
+    cfg = TrainConfig(
+        store=store,
+        hook="wide",
+        arch=arch,
+        latents=64,
+        k=4 if "topk" in arch else None,
+        tokens=tokens,
+        out=str(out),
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=5,
+        checkpoint_every=3,
+        log_every=2,
+        dead_tokens=200,
+        buffer_rows=256,
+        threads=1,
+    )
     summary, sae = train(cfg, progress=False, return_sae=True)
     rank = dist.get_rank() if dist.is_initialized() else 0
     h = hashlib.sha256()

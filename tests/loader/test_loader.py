@@ -21,7 +21,6 @@ def store(tmp_path_factory):
     return build(tmp_path_factory.mktemp("loader") / "acts")
 
 
-
 def _tokens(loader) -> list[np.ndarray]:
     return [b["token"].numpy().copy() for b in loader]
 
@@ -59,7 +58,9 @@ def test_batches_hold_the_stored_rows_of_every_hook(store):
         t = b["token"].numpy()
         assert torch.equal(b["wide"], acts(t, WIDE, 1.0))  # fp32 storage: exact
         assert torch.equal(b["narrow"], acts(t, NARROW, 2.0))
-        assert torch.equal(b["doc"], torch.from_numpy(t // 50)) and torch.equal(b["pos"], torch.from_numpy(t % 50).int())
+        assert torch.equal(b["doc"], torch.from_numpy(t // 50)) and torch.equal(
+            b["pos"], torch.from_numpy(t % 50).int()
+        )
         assert b["wide"].dtype == torch.float32 and b["token"].dtype == torch.int32
         n += t.size
     assert n == TOTAL
@@ -67,11 +68,12 @@ def test_batches_hold_the_stored_rows_of_every_hook(store):
 
 def test_same_seed_same_batches_other_seed_or_epoch_other_order(store):
     a = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=11, epochs=2, buffer_rows=300))
-    b = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=11, epochs=2, buffer_rows=300, threads=1,
-                                 prefetch=1))
+    b = _tokens(
+        ActivationLoader(store, "wide", 100, tokens=True, seed=11, epochs=2, buffer_rows=300, threads=1, prefetch=1)
+    )
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
     c = _tokens(ActivationLoader(store, "wide", 100, tokens=True, seed=12, buffer_rows=300))
-    assert not np.array_equal(np.concatenate(a[:len(c)]), np.concatenate(c))
+    assert not np.array_equal(np.concatenate(a[: len(c)]), np.concatenate(c))
     half = len(a) // 2
     e0, e1 = np.concatenate(a[:half]), np.concatenate(a[half:])
     assert np.array_equal(np.sort(e0), np.arange(TOTAL)) and np.array_equal(np.sort(e1), np.arange(TOTAL))
@@ -229,8 +231,17 @@ def test_plan_is_exactly_once_for_many_shapes():
         B = int(rng.integers(1, 50))
         seen = []
         for r in range(world):
-            p = EpochPlan(kept, seed=1, epoch=2, rank=r, world=world, shuffle=True,
-                          window_blocks=int(rng.integers(1, 5)), batch_size=B, drop_last=False)
+            p = EpochPlan(
+                kept,
+                seed=1,
+                epoch=2,
+                rank=r,
+                world=world,
+                shuffle=True,
+                window_blocks=int(rng.integers(1, 5)),
+                batch_size=B,
+                drop_last=False,
+            )
             for w, win in enumerate(p.windows):
                 assert sorted(p.window_order(w)) == list(range(sum(x.hi - x.lo for x in win)))
                 seen += [(x.block, i) for x in win for i in range(x.lo, x.hi)]
@@ -240,6 +251,7 @@ def test_plan_is_exactly_once_for_many_shapes():
 
 
 # -- errors --------------------------------------------------------------------------------
+
 
 def _one_line(e: pytest.ExceptionInfo) -> str:
     msg = str(e.value)
@@ -269,9 +281,13 @@ def test_store_with_no_rows_is_one_line(tmp_path):
 
 
 def test_other_bad_options_are_one_line(store):
-    for kwargs, text in [(dict(dtype=torch.int32), "dtype"), (dict(normalize="l2"), "unknown normalize"),
-                         (dict(drop_flags="eos"), "unknown flag 'eos'"), (dict(rank=2, world_size=2), "rank 2"),
-                         (dict(buffer_rows=0), "buffer_rows")]:
+    for kwargs, text in [
+        (dict(dtype=torch.int32), "dtype"),
+        (dict(normalize="l2"), "unknown normalize"),
+        (dict(drop_flags="eos"), "unknown flag 'eos'"),
+        (dict(rank=2, world_size=2), "rank 2"),
+        (dict(buffer_rows=0), "buffer_rows"),
+    ]:
         with pytest.raises(LoaderError) as e:
             ActivationLoader(store, "wide", 8, **kwargs)
         assert text in _one_line(e)
@@ -351,8 +367,9 @@ def test_drop_flags_true_is_refused(store):
 
 def test_odd_chunks_per_shard_with_unequal_hooks_reads_back(tmp_path):
     # 3 chunks of the widest hook would split a chunk of the narrower one: shards round up.
-    with actstore.create(tmp_path / "s", {"a": 16, "b": 8}, segment="s", dtype="fp32", durable=False,
-                         chunk_bytes=256, chunks_per_shard=3) as w:
+    with actstore.create(
+        tmp_path / "s", {"a": 16, "b": 8}, segment="s", dtype="fp32", durable=False, chunk_bytes=256, chunks_per_shard=3
+    ) as w:
         t = np.arange(100)
         w.append({"a": acts(t, 16, 1.0), "b": acts(t, 8, 2.0)}, tokens=t)
     st = actstore.open(tmp_path / "s")
@@ -362,18 +379,23 @@ def test_odd_chunks_per_shard_with_unequal_hooks_reads_back(tmp_path):
     assert torch.equal(st.read("a"), acts(t, 16, 1.0))
 
 
-@pytest.mark.parametrize("script", [
-    "it = iter(loader)\nnext(it)\n",                       # an iterator left unfinished at exit
-    "for x in loader:\n    break\n",                        # a loop left early, loader still alive
-    "it = iter(loader)\nnext(it)\nit2 = iter(loader)\nnext(it2)\n",  # a second iterator stops the first
-])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "it = iter(loader)\nnext(it)\n",  # an iterator left unfinished at exit
+        "for x in loader:\n    break\n",  # a loop left early, loader still alive
+        "it = iter(loader)\nnext(it)\nit2 = iter(loader)\nnext(it2)\n",  # a second iterator stops the first
+    ],
+)
 def test_unfinished_iterator_ends_the_script_quietly(store, script):
     """A real interpreter exit with a loader mid-iteration prints nothing: its threads are
     stopped before module teardown, not by a generator finalized after it."""
     import subprocess
 
-    code = (f"import actstore\nloader = actstore.ActivationLoader({str(store.path)!r}, 'wide', batch_size=64, "
-            f"seed=0, threads=2, prefetch=2, epochs=None)\n{script}print('done')\n")
+    code = (
+        f"import actstore\nloader = actstore.ActivationLoader({str(store.path)!r}, 'wide', batch_size=64, "
+        f"seed=0, threads=2, prefetch=2, epochs=None)\n{script}print('done')\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout == "done\n", p.stderr
     assert p.stderr == ""

@@ -24,21 +24,37 @@ def store(tmp_path_factory):
 @pytest.mark.slow
 def test_three_ranks_under_torchrun_read_every_row_once_per_epoch(store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port",
-                        str(29700 + os.getpid() % 1000), str(HELPERS / "loader_rank.py"), str(store.path),
-                        str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "3",
+            "--master_port",
+            str(29700 + os.getpid() % 1000),
+            str(HELPERS / "loader_rank.py"),
+            str(store.path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     per_rank = [np.load(tmp_path / f"rank{k}.npy") for k in range(3)]
     # Two epochs: each rank's first half (its epoch-0 share) and second half together
     # cover every row once per epoch.
     ep0 = np.concatenate([p[: p.size // 2] for p in per_rank])
-    ep1 = np.concatenate([p[p.size // 2:] for p in per_rank])
+    ep1 = np.concatenate([p[p.size // 2 :] for p in per_rank])
     for ep in (ep0, ep1):
         assert np.array_equal(np.sort(ep), np.arange(TOTAL))
     # The same batches as in-process loaders told their rank explicitly.
     for k in range(3):
-        ld = actstore.ActivationLoader(store, "wide", 64, tokens=True, seed=7, epochs=2, buffer_rows=256, rank=k,
-                                       world_size=3)
+        ld = actstore.ActivationLoader(
+            store, "wide", 64, tokens=True, seed=7, epochs=2, buffer_rows=256, rank=k, world_size=3
+        )
         assert np.array_equal(np.concatenate([b["token"].numpy() for b in ld]), per_rank[k])
 
 

@@ -150,8 +150,11 @@ def test_hooks_removed_on_exit_even_on_exception(model, ids):
 
 
 def test_bad_options_are_one_line_errors(model):
-    for kw, msg in [(dict(mode="scale"), "mode 'scale'"), (dict(positions="last"), "positions 'last'"),
-                    (dict(positions=("before", 3)), "only named selection")]:
+    for kw, msg in [
+        (dict(mode="scale"), "mode 'scale'"),
+        (dict(positions="last"), "positions 'last'"),
+        (dict(positions=("before", 3)), "only named selection"),
+    ]:
         with pytest.raises(ModelError, match=msg) as e:
             Intervention(model, {"layers.0": 1.0}, **kw)
         assert "\n" not in str(e.value)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actstore._numerics import pre_activations
+from actstore._numerics import pre_activations, rows_of
 from actstore.ops import batch_topk_encode, csr_decode, sparse_decode
-from actstore.reference.sparse_matmul import rows_of
 from actstore.reference.topk_sae import (
     batch_topk_encode_reference,
     csr_decode_reference,
@@ -41,7 +40,7 @@ def test_batch_topk_reference_keeps_n_times_k_and_decodes():
 
 
 def _csr_sets(row_ptr, cols):
-    return [set(cols[row_ptr[i]:row_ptr[i + 1]].tolist()) for i in range(row_ptr.numel() - 1)]
+    return [set(cols[row_ptr[i] : row_ptr[i + 1]].tolist()) for i in range(row_ptr.numel() - 1)]
 
 
 @pytest.mark.parametrize("threshold", [None, 0.3])
@@ -49,8 +48,16 @@ def _csr_sets(row_ptr, cols):
 def test_batch_topk_matches_the_reference_including_the_dense_fallback(threshold, cand_factor, device):
     x, W, b, pb = encoder_inputs(24, 48, 96, seed=6)
     x[5] *= 6  # one row far above the rest: it holds more than its k, forcing the fallback at cand_factor=1
-    rp, c, v, t = batch_topk_encode(x.to(device), W.to(device), b.to(device), 4, pb.to(device), threshold=threshold,
-                                    cand_factor=cand_factor, backend="triton")
+    rp, c, v, t = batch_topk_encode(
+        x.to(device),
+        W.to(device),
+        b.to(device),
+        4,
+        pb.to(device),
+        threshold=threshold,
+        cand_factor=cand_factor,
+        backend="triton",
+    )
     rrp, rc, rv, rt = batch_topk_encode_reference(x, W, b, 4, pb, threshold=threshold)
     assert torch.equal(rp.cpu(), rrp) and _csr_sets(rp.cpu(), c.cpu()) == _csr_sets(rrp, rc)
     atol, rtol = DTYPE_TOL[torch.float32]
@@ -112,8 +119,9 @@ def test_batch_topk_auxk_comes_out_of_the_same_pass_with_gradients(device):
     dead = torch.rand(96, generator=torch.Generator().manual_seed(3)) < 0.4
     Wd = torch.randn(96, 48) / 7
     leaves = [t.clone().to(device).requires_grad_() for t in (x, W, b, pb)]
-    rp, c, v, t, av, ai = batch_topk_encode(*leaves[:3], 4, leaves[3], dead_mask=dead.to(device), k_aux=6,
-                                            backend="triton")
+    rp, c, v, t, av, ai = batch_topk_encode(
+        *leaves[:3], 4, leaves[3], dead_mask=dead.to(device), k_aux=6, backend="triton"
+    )
     loss = (csr_decode(rp, c, v, Wd.to(device)) ** 2).sum() + (sparse_decode(av, ai, Wd.to(device)) ** 2).sum()
     loss.backward()
     refs = [t_.clone().requires_grad_() for t_ in (x, W, b, pb)]
@@ -124,4 +132,3 @@ def test_batch_topk_auxk_comes_out_of_the_same_pass_with_gradients(device):
     assert_values_close(av, rav)
     assert dead[ai.cpu()[av.detach().cpu() > 0]].all()
     assert_grads_close(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs)
-

@@ -53,9 +53,9 @@ def test_kernel_matches_reference(dtype, n, d):
     else:  # fp8 in the interpreter: 2-3% of elements come out 2x off (DESIGN.md); the rest within a step
         av = a.view(torch.float8_e4m3fn).float()
         bv = b.view(torch.float8_e4m3fn).float()
-        close = (av - bv).abs() <= 0.13 * bv.abs() + 2 ** -9
+        close = (av - bv).abs() <= 0.13 * bv.abs() + 2**-9
         assert float(close.float().mean()) > 0.95
-        assert bool(((av * bv >= 0) & (av.abs() <= 2 * bv.abs() + 2 ** -9)).all())
+        assert bool(((av * bv >= 0) & (av.abs() <= 2 * bv.abs() + 2**-9)).all())
     if ref.scale is not None:
         assert torch.equal(got.scale[good], ref.scale[good])
     else:

@@ -33,8 +33,9 @@ def test_csr_decode_and_its_gradients_match_the_reference(accumulate, d, m, devi
     Wd, bd = torch.randn(m, d, generator=g), torch.randn(d, generator=g)
     target = torch.randn(23, d, generator=g)
     got = [t.clone().to(device).requires_grad_() for t in (vals, Wd, bd)]
-    out = csr_decode(row_ptr.to(device), cols.to(device), got[0], got[1], got[2], backend="triton",
-                     accumulate=accumulate)
+    out = csr_decode(
+        row_ptr.to(device), cols.to(device), got[0], got[1], got[2], backend="triton", accumulate=accumulate
+    )
     ((out - target.to(device)) ** 2).sum().backward()
     ref = [t.clone().requires_grad_() for t in (vals, Wd, bd)]
     rout = csr_decode_reference(row_ptr, cols, ref[0], ref[1], ref[2])
@@ -42,4 +43,3 @@ def test_csr_decode_and_its_gradients_match_the_reference(accumulate, d, m, devi
     assert_values_close(out, rout)
     assert_grads_close(["vals", "W_dec", "b_dec"], got, ref)
     assert torch.equal(out[0].detach().cpu(), bd)  # the empty row decodes to b_dec alone
-

@@ -31,7 +31,9 @@ def _stored(dtype: str, x: torch.Tensor):
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.float().nan_to_num(7.0), b.float().nan_to_num(7.0))
+    return (
+        a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.float().nan_to_num(7.0), b.float().nan_to_num(7.0))
+    )
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp8", "int8"])

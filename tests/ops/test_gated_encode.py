@@ -33,9 +33,11 @@ def test_gated_encode_values_and_every_gradient(backend, cand_k, device):
     got = [t.clone().to(device).requires_grad_() for t in (x, W, b_gate, r_mag, b_mag, pb, Wd)]
     rp, c, f, gate = gated_encode(*got[:5], got[5], cand_k=cand_k, backend=backend)
     lat = Latents(rp, c, f, m)
-    lo = (((csr_decode(rp, c, f, got[6], backend=backend) - target.to(device)) ** 2).sum()
-          + (gate * norms.to(device)[c]).sum()
-          + ((csr_decode(rp, c, gate, got[6], backend=backend) - target.to(device)) ** 2).sum())
+    lo = (
+        ((csr_decode(rp, c, f, got[6], backend=backend) - target.to(device)) ** 2).sum()
+        + (gate * norms.to(device)[c]).sum()
+        + ((csr_decode(rp, c, gate, got[6], backend=backend) - target.to(device)) ** 2).sum()
+    )
     lo.backward()
     ref = [t.clone().requires_grad_() for t in (x, W, b_gate, r_mag, b_mag, pb, Wd)]
     rf, rgate = gated_encode_reference(*ref[:6])
@@ -53,8 +55,11 @@ def test_torch_compile_fullgraph_through_jumprelu_and_gated(device):
     def step(x, W, b, theta, Wd):
         rp, c, v, _, l0 = jumprelu_encode(x, W, b, theta, eps=0.05, backend="triton")
         rp2, c2, f, gate = gated_encode(x, W, b, b, b, backend="triton")
-        return (((csr_decode(rp, c, v, Wd) - x) ** 2).mean() + l0
-                + ((csr_decode(rp2, c2, f, Wd) - x) ** 2).mean() + gate.sum())
+        return (
+            ((csr_decode(rp, c, v, Wd) - x) ** 2).mean()
+            + l0
+            + ((csr_decode(rp2, c2, f, Wd) - x) ** 2).mean()
+            + gate.sum()
+        )
 
     assert_compiled_grads_match(step, (x, W, b, theta, Wd), device)
-

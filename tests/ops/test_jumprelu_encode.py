@@ -54,4 +54,3 @@ def test_threshold_ops_reject_bad_input_in_one_line():
         jumprelu_encode(x, W, b, torch.ones(96), pb, eps=0.0)
     with pytest.raises(ValueError, match="must be \\[m=96\\]"):
         gated_encode(x, W, b, b[:5], b, pb)
-

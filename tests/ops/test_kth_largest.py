@@ -22,4 +22,3 @@ def test_radix_select_finds_the_rth_largest(n, device):
                 assert torch.equal(kth_largest(vals.to(device), r, "triton").cpu(), want), r
     with pytest.raises(ValueError, match="outside"):
         kth_largest(v.to(device), n + 1, "triton")
-

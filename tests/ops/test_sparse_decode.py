@@ -31,4 +31,3 @@ def test_sparse_decode_fp16_decoder_on_the_kernel(device):
     out = sparse_decode(v.to(device), i.to(device), Wd.to(device), backend="triton")
     assert out.dtype == torch.float32
     assert_values_close(out, sparse_decode_reference(v, i, Wd))
-

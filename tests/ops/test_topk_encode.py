@@ -32,8 +32,7 @@ def _check_topk(values, indices, x, W, b, pb, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("d,m,k", [(48, 96, 1), (64, 96, 8), (100, 96, 32), (48, 512, 32), (100, 512, 8),
-                                   (64, 512, 1)])
+@pytest.mark.parametrize("d,m,k", [(48, 96, 1), (64, 96, 8), (100, 96, 32), (48, 512, 32), (100, 512, 8), (64, 512, 1)])
 def test_fused_topk_encode_matches_reference(dtype, d, m, k, device):
     n = 37
     x, W, b, pb = encoder_inputs(n, d, m, seed=d * m + k, dtype=dtype)
@@ -78,7 +77,9 @@ def test_bad_k_is_one_line(k, m):
     x, W, b, _ = encoder_inputs(2, 48, m, seed=5)
     with pytest.raises(ValueError) as e:
         topk_encode(x, W, b, k)
-    assert "\n" not in str(e.value) and ("larger than the number of latents" in str(e.value) or "positive" in str(e.value))
+    assert "\n" not in str(e.value) and (
+        "larger than the number of latents" in str(e.value) or "positive" in str(e.value)
+    )
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
@@ -135,8 +136,16 @@ def test_auxk_comes_out_of_the_same_pass(m, k_aux, device):
     x, W, b, pb = encoder_inputs(21, 64, m, seed=m + k_aux)
     g = torch.Generator().manual_seed(4)
     dead = torch.rand(m, generator=g) < 0.3
-    v, i, av, ai = topk_encode(x.to(device), W.to(device), b.to(device), 8, pb.to(device), dead_mask=dead.to(device),
-                               k_aux=k_aux, backend="triton")
+    v, i, av, ai = topk_encode(
+        x.to(device),
+        W.to(device),
+        b.to(device),
+        8,
+        pb.to(device),
+        dead_mask=dead.to(device),
+        k_aux=k_aux,
+        backend="triton",
+    )
     rv, ri, rav, rai = topk_encode_reference(x, W, b, 8, pb, dead_mask=dead, k_aux=k_aux)
     assert_values_close(v, rv)
     assert_values_close(av, rav)
@@ -174,4 +183,3 @@ def test_torch_compile_fullgraph_traces_through_the_custom_ops(backend, device):
         return ((sparse_decode(v, i, Wd, bd, backend=backend) - x) ** 2).mean()
 
     assert_compiled_grads_match(step, (x, W, b, pb, Wd, bd), device)
-

@@ -87,7 +87,7 @@ def _reference_code(sae, x, training=False, tol=1e-5):
         return pre * (pre > theta), (pre - theta).abs() <= tol
     k = sae.cfg.k
     if sae.arch == "topk":
-        kth = pre.sort(1, descending=True).values[:, k - 1:k]
+        kth = pre.sort(1, descending=True).values[:, k - 1 : k]
         near = (pre - kth).abs() <= tol
         return torch.relu(pre) * (pre >= kth), near & (near.sum(1, keepdim=True) > 1)
     if training:  # batchtopk: the batch's n*k largest positive pre-activations
@@ -203,8 +203,12 @@ def test_damaged_or_mismatched_files_get_one_line_errors(tmp_path):
 
 # -- SAELens -------------------------------------------------------------------------------
 
-SAELENS = {"topk": ("TopKSAE", {"k": 6}), "relu": ("StandardSAE", {}), "jumprelu": ("JumpReLUSAE", {}),
-           "gated": ("GatedSAE", {})}
+SAELENS = {
+    "topk": ("TopKSAE", {"k": 6}),
+    "relu": ("StandardSAE", {}),
+    "jumprelu": ("JumpReLUSAE", {}),
+    "gated": ("GatedSAE", {}),
+}
 
 
 def _saelens_sae(arch, seed):
@@ -214,7 +218,10 @@ def _saelens_sae(arch, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in sae.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if n != "threshold" else 0.0) + (0.4 if n == "threshold" else 0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.3 if n != "threshold" else 0.0)
+                + (0.4 if n == "threshold" else 0)
+            )
     return sae
 
 

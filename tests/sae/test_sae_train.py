@@ -28,8 +28,13 @@ def store(tmp_path_factory):
 
 def _run(store, out, arch="topk", tokens=32 * 60, stop=None):
     env = {**ENV, "TRAIN_RUN_STOP": stop} if stop else ENV
-    return subprocess.Popen([sys.executable, str(RUN), str(store.path), str(out), arch, str(tokens)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(RUN), str(store.path), str(out), arch, str(tokens)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _kill_at(store, out, stop):
@@ -53,10 +58,23 @@ def _log(out):
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "gated", "relu"])
 def test_training_lowers_the_loss_and_writes_every_output(store, tmp_path, arch):
-    summary = train(store=store.path, hook="wide", arch=arch, latents=64, k=4 if "topk" in arch else None,
-                    tokens=32 * 40, out=str(tmp_path / "o"), batch_size=32, lr=3e-3, warmup_steps=5, log_every=5,
-                    checkpoint_every=10, buffer_rows=256, progress=False,
-                    sae={"l1_coef": 0.01} if arch in ("relu", "gated") else {})
+    summary = train(
+        store=store.path,
+        hook="wide",
+        arch=arch,
+        latents=64,
+        k=4 if "topk" in arch else None,
+        tokens=32 * 40,
+        out=str(tmp_path / "o"),
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=5,
+        log_every=5,
+        checkpoint_every=10,
+        buffer_rows=256,
+        progress=False,
+        sae={"l1_coef": 0.01} if arch in ("relu", "gated") else {},
+    )
     log = _log(tmp_path / "o")
     assert summary["steps"] == 40 and [r["step"] for r in log] == list(range(5, 41, 5))
     assert log[-1]["fvu"] < log[0]["fvu"]
@@ -89,16 +107,34 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
         p = _run(store, run)
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and out.split() == ["done", "60"], err[-2000:]
-        assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text(), \
+        assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text(), (
             f"killed at {plan}: resumed weights differ"
+        )
         assert _log(run) == _log(tmp_path / "ref"), f"killed at {plan}: the log differs"
 
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(28700 + os.getpid() % 1000), str(RUN), str(store.path), str(tmp_path), "topk",
-                        str(64 * 30)], capture_output=True, text=True, timeout=300, env=ENV)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(28700 + os.getpid() % 1000),
+            str(RUN),
+            str(store.path),
+            str(tmp_path),
+            "topk",
+            str(64 * 30),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     hashes = {(tmp_path / f"params-rank{k}.sha256").read_text() for k in range(2)}
     assert len(hashes) == 1  # the ranks stayed in step
@@ -111,8 +147,17 @@ def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
 
 
 def test_cli_trains_from_a_config_file_and_refuses_a_changed_rerun(store, tmp_path, capsys):
-    cfg = {"store": str(store.path), "hook": "wide", "arch": "topk", "latents": 64, "k": 4, "tokens": 32 * 12,
-           "out": str(tmp_path / "o"), "batch_size": 32, "buffer_rows": 256}
+    cfg = {
+        "store": str(store.path),
+        "hook": "wide",
+        "arch": "topk",
+        "latents": 64,
+        "k": 4,
+        "tokens": 32 * 12,
+        "out": str(tmp_path / "o"),
+        "batch_size": 32,
+        "buffer_rows": 256,
+    }
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     assert cli(["train", "--config", str(tmp_path / "c.json"), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -120,8 +165,29 @@ def test_cli_trains_from_a_config_file_and_refuses_a_changed_rerun(store, tmp_pa
     rc = cli(["train", "--config", str(tmp_path / "c.json"), "--k", "8", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("actstore: ") and "different settings (k)" in err and err.count("\n") == 1
-    assert cli(["train", "--store", str(store.path), "--hook", "nope", "--arch", "topk", "--latents", "8",
-                "--k", "2", "--tokens", "64", "--out", str(tmp_path / "p"), "--no-progress"]) == 1
+    assert (
+        cli(
+            [
+                "train",
+                "--store",
+                str(store.path),
+                "--hook",
+                "nope",
+                "--arch",
+                "topk",
+                "--latents",
+                "8",
+                "--k",
+                "2",
+                "--tokens",
+                "64",
+                "--out",
+                str(tmp_path / "p"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "hook 'nope' is not in the store" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown arch"):
         TrainConfig(store="s", hook="h", arch="dense", latents=8, out="o", tokens=8)

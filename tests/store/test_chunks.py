@@ -17,13 +17,16 @@ from actstore.store.storage._memory import _MemoryBlob
 from actstore.store.writer import SegmentWriter
 
 
-@pytest.mark.parametrize("ranges, gap, most, want", [
-    ([(0, 10), (10, 5), (15, 5)], 0, 0, [(0, 10, [0]), (10, 15, [1]), (15, 20, [2])]),   # 0: never merge
-    ([(0, 10), (10, 5), (15, 5)], 0, 100, [(0, 20, [0, 1, 2])]),                        # back to back
-    ([(20, 5), (0, 10), (12, 3)], 2, 100, [(0, 15, [1, 2]), (20, 25, [0])]),           # offset order, gap
-    ([(0, 10), (10, 10), (20, 10)], 0, 20, [(0, 20, [0, 1]), (20, 30, [2])]),          # size cap
-    ([], 0, 100, []),
-])
+@pytest.mark.parametrize(
+    "ranges, gap, most, want",
+    [
+        ([(0, 10), (10, 5), (15, 5)], 0, 0, [(0, 10, [0]), (10, 15, [1]), (15, 20, [2])]),  # 0: never merge
+        ([(0, 10), (10, 5), (15, 5)], 0, 100, [(0, 20, [0, 1, 2])]),  # back to back
+        ([(20, 5), (0, 10), (12, 3)], 2, 100, [(0, 15, [1, 2]), (20, 25, [0])]),  # offset order, gap
+        ([(0, 10), (10, 10), (20, 10)], 0, 20, [(0, 20, [0, 1]), (20, 30, [2])]),  # size cap
+        ([], 0, 100, []),
+    ],
+)
 def test_coalesce(ranges, gap, most, want):
     assert coalesce(ranges, gap, most) == want
 

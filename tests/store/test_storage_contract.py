@@ -113,8 +113,14 @@ class StorageContract:
 
     @pytest.mark.parametrize("key", BAD_KEYS)
     def test_keys_outside_the_store_are_refused(self, storage, key):
-        calls = [lambda: storage.read(key), lambda: storage.write_atomic(key, b"x"), lambda: storage.exists(key),
-                 lambda: storage.size(key), lambda: storage.delete(key), lambda: storage.open_blob(key)]
+        calls = [
+            lambda: storage.read(key),
+            lambda: storage.write_atomic(key, b"x"),
+            lambda: storage.exists(key),
+            lambda: storage.size(key),
+            lambda: storage.delete(key),
+            lambda: storage.open_blob(key),
+        ]
         if key:  # "" is the root for list, total_bytes
             calls += [lambda: storage.list(key), lambda: storage.total_bytes(key), lambda: storage.delete_prefix(key)]
         for call in calls:

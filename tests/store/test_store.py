@@ -26,8 +26,7 @@ def _fill(w, batches, seed=0, hooks=None):
     for n in batches:
         acts = {h: torch.randn(n, d, generator=g) * 3 + 0.5 for h, d in hooks.items()}
         rows = torch.arange(start, start + n)
-        w.append(acts, tokens=rows % 30000, doc=rows // 100, pos=rows % 100,
-                 flags=(rows % 100 == 0).to(torch.uint8))
+        w.append(acts, tokens=rows % 30000, doc=rows // 100, pos=rows % 100, flags=(rows % 100 == 0).to(torch.uint8))
         for h in hooks:
             out[h].append(acts[h])
         start += n
@@ -54,7 +53,7 @@ def test_chunk_rows_are_powers_of_two_near_2mib():
     for row_bytes in (96, 768, 1000, 8192, 3 * 4096):
         r = chunk_rows_for(row_bytes)
         assert r & (r - 1) == 0
-        assert 2 ** 20 / 1.5 <= r * row_bytes <= 2 ** 21 * 1.5
+        assert 2**20 / 1.5 <= r * row_bytes <= 2**21 * 1.5
 
 
 def test_bf16_round_trip_is_bit_exact(small):
@@ -136,7 +135,7 @@ def test_other_dtypes(tmp_path, dtype, bound):
     assert torch.equal(got[3], torch.zeros(64))
     absmax = x.abs().amax(1, keepdim=True)
     if bound == "fp8":
-        limit = 2 ** -4 * x.abs() + 2 ** -10 * absmax / 448
+        limit = 2**-4 * x.abs() + 2**-10 * absmax / 448
         assert ((got - x).abs() <= limit * (1 + 1e-6)).all()
         rel = ((got - x).norm() / x.norm()).item()
         assert 0 < rel < 0.05
@@ -148,7 +147,10 @@ def test_other_dtypes(tmp_path, dtype, bound):
     # plain zarr sees the stored dtype and the scales
     grp = zarr.open_group(tmp_path / "s", mode="r")
     arr = grp["segments"][list(grp["segments"].group_keys())[0]]["acts/h"]
-    assert arr.attrs["logical_dtype"] == {"fp8": "float8_e4m3fn", "int8": "int8", "fp16": "float16", "fp32": "float32"}[dtype]
+    assert (
+        arr.attrs["logical_dtype"]
+        == {"fp8": "float8_e4m3fn", "int8": "int8", "fp16": "float16", "fp32": "float32"}[dtype]
+    )
 
 
 def test_commit_visibility_and_mid_shard_commits(tmp_path):
@@ -180,8 +182,7 @@ def test_commit_visibility_and_mid_shard_commits(tmp_path):
 def test_uncommitted_rows_are_invisible_and_resume_continues(tmp_path):
     path = tmp_path / "s"
     hooks = {"h": 40}
-    w = actstore.create(path, hooks, segment="r0", chunk_bytes=1024, chunks_per_shard=2,
-                        commit_every_shard=False)
+    w = actstore.create(path, hooks, segment="r0", chunk_bytes=1024, chunks_per_shard=2, commit_every_shard=False)
     a = _fill(w, [100, 50], seed=1)["h"]
     w.commit()
     _fill(w, [3 * w.schema.shard_rows + 5], seed=2)  # full shards written, never committed

@@ -36,7 +36,7 @@ def _shard_file(path, seg="seg0", arr="acts/h", shard=0) -> pathlib.Path:
 
 def _chunk_slices(f: pathlib.Path, n_chunks: int):
     raw = f.read_bytes()
-    index = np.frombuffer(raw[-(16 * n_chunks + 4):-4], dtype="<u8").reshape(n_chunks, 2)
+    index = np.frombuffer(raw[-(16 * n_chunks + 4) : -4], dtype="<u8").reshape(n_chunks, 2)
     return raw, index
 
 
@@ -82,7 +82,7 @@ def test_truncated_shard_data_with_valid_index(store):
     # cut a chunk's bytes out but keep a valid-looking index at the end
     f = _shard_file(store)
     raw, index = _chunk_slices(f, 4)
-    tail = raw[-(16 * 4 + 4):]
+    tail = raw[-(16 * 4 + 4) :]
     f.write_bytes(raw[: int(index[2][0])] + tail)
     with pytest.raises(CorruptDataError) as e:
         actstore.open(store).read("h")
@@ -139,15 +139,18 @@ def test_not_a_store(tmp_path):
     assert "scheme" in _one_line(e.value)
 
 
-@pytest.mark.parametrize("bad", [
-    {"h": torch.randn(5, 63), "g": torch.randn(5, 32)},            # wrong width
-    {"h": torch.randn(5, 64, 1), "g": torch.randn(5, 32)},         # wrong rank
-    {"h": torch.randn(5, 64), "g": torch.randn(4, 32)},            # row counts differ
-    {"h": torch.randn(5, 64)},                                     # missing hook
-    {"h": torch.randn(5, 64), "g": torch.randn(5, 32), "x": torch.randn(5, 8)},  # unknown hook
-    {"h": torch.randint(0, 5, (5, 64)), "g": torch.randn(5, 32)},  # integer activations
-    {"h": [[1.0] * 64] * 5, "g": torch.randn(5, 32)},              # not a tensor
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"h": torch.randn(5, 63), "g": torch.randn(5, 32)},  # wrong width
+        {"h": torch.randn(5, 64, 1), "g": torch.randn(5, 32)},  # wrong rank
+        {"h": torch.randn(5, 64), "g": torch.randn(4, 32)},  # row counts differ
+        {"h": torch.randn(5, 64)},  # missing hook
+        {"h": torch.randn(5, 64), "g": torch.randn(5, 32), "x": torch.randn(5, 8)},  # unknown hook
+        {"h": torch.randint(0, 5, (5, 64)), "g": torch.randn(5, 32)},  # integer activations
+        {"h": [[1.0] * 64] * 5, "g": torch.randn(5, 32)},  # not a tensor
+    ],
+)
 def test_bad_append_is_refused_and_changes_nothing(store, bad):
     w = actstore.create(store, segment="seg0")
     before = w.rows
@@ -245,13 +248,17 @@ def test_nothing_is_ever_unpickled():
     pkg = pathlib.Path(actstore.__file__).parent
     pattern = re.compile(r"\bpickle\b|torch\.load\(|allow_pickle\s*=\s*True|\bnp\.load\(|\bmarshal\b|\bdill\b")
     safe_npy = re.compile(r"\bnp\.load\([^#]*allow_pickle=False")
-    hits = [f"{p.relative_to(pkg)}:{i + 1}" for p in pkg.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines())
-            if pattern.search(line) and not (safe_npy.search(line) and "pickle" not in line.replace("allow_pickle", ""))]
+    hits = [
+        f"{p.relative_to(pkg)}:{i + 1}"
+        for p in pkg.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines())
+        if pattern.search(line) and not (safe_npy.search(line) and "pickle" not in line.replace("allow_pickle", ""))
+    ]
     assert hits == []
 
 
 # -- every field of a commit record and of the schema is checked before use ---------------
+
 
 def _edit_commit(store, edit):
     commits = pathlib.Path(store) / "segments/seg0/commits"
@@ -264,33 +271,74 @@ def _edit_commit(store, edit):
 def _set(key, value):
     def edit(rec):
         rec[key] = value
+
     return edit
 
 
 def _drop(key):
     def edit(rec):
         del rec[key]
+
     return edit
 
 
 def _set_stat(field, value):
     def edit(rec):
         rec["stats"]["h"][field] = value
+
     return edit
 
 
-@pytest.mark.parametrize("edit", [
-    _set("rows", 2**62), _set("rows", -1), _set("rows", "1000"), _set("rows", 1000.0), _set("rows", True),
-    _set("rows", None), _set("rows", 10**6), _set("rows", 1001), _set("seq", "1"), _set("seq", 10**9),
-    _set("shard_rows", 64), _set("shard_rows", "128"), _set("time", 5), _set("actstore_version", None),
-    _set("meta", [1, 2]), _set("segment", "seg1"), _set("path", None), _set("stats", []), _set("stats", {"h": {}}),
-    _set_stat("count", -1), _set_stat("count", 1001), _set_stat("count", 1.5), _set_stat("d", 63),
-    _set_stat("mean", "not base64!"), _set_stat("m2", "AAAA"), _set_stat("norm_sum", "1"),
-    _set_stat("nonfinite_rows", -2),
-    *[_drop(k) for k in ("format_version", "segment", "path", "seq", "rows", "shard_rows", "time", "actstore_version",
-                         "stats")],
-], ids=lambda e: f"{e.__name__}-{e.__closure__[0].cell_contents}-"
-                 f"{e.__closure__[1].cell_contents if len(e.__closure__) > 1 else ''}")
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set("rows", 2**62),
+        _set("rows", -1),
+        _set("rows", "1000"),
+        _set("rows", 1000.0),
+        _set("rows", True),
+        _set("rows", None),
+        _set("rows", 10**6),
+        _set("rows", 1001),
+        _set("seq", "1"),
+        _set("seq", 10**9),
+        _set("shard_rows", 64),
+        _set("shard_rows", "128"),
+        _set("time", 5),
+        _set("actstore_version", None),
+        _set("meta", [1, 2]),
+        _set("segment", "seg1"),
+        _set("path", None),
+        _set("stats", []),
+        _set("stats", {"h": {}}),
+        _set_stat("count", -1),
+        _set_stat("count", 1001),
+        _set_stat("count", 1.5),
+        _set_stat("d", 63),
+        _set_stat("mean", "not base64!"),
+        _set_stat("m2", "AAAA"),
+        _set_stat("norm_sum", "1"),
+        _set_stat("nonfinite_rows", -2),
+        *[
+            _drop(k)
+            for k in (
+                "format_version",
+                "segment",
+                "path",
+                "seq",
+                "rows",
+                "shard_rows",
+                "time",
+                "actstore_version",
+                "stats",
+            )
+        ],
+    ],
+    ids=lambda e: (
+        f"{e.__name__}-{e.__closure__[0].cell_contents}-"
+        f"{e.__closure__[1].cell_contents if len(e.__closure__) > 1 else ''}"
+    ),
+)
 def test_every_commit_record_field_is_checked(store, edit):
     _edit_commit(store, edit)
     with pytest.raises(StoreError) as e:  # at open: no array allocated from a bad row count
@@ -320,6 +368,7 @@ def _hook(field, value):
             del attrs["hooks"]["h"][field]
         else:
             attrs["hooks"]["h"][field] = value
+
     return edit
 
 
@@ -329,22 +378,47 @@ def _top(field, value):
             del attrs[field]
         else:
             attrs[field] = value
+
     return edit
 
 
 _MISSING = object()
 
 
-@pytest.mark.parametrize("edit", [
-    _hook("d", "64"), _hook("d", 64.0), _hook("d", 0), _hook("d", -64), _hook("d", True), _hook("d", 2**40),
-    _hook("d", _MISSING), _hook("chunk_rows", 0), _hook("chunk_rows", 48), _hook("chunk_rows", "32"),
-    _hook("dtype", "fp64"), _hook("dtype", None), _hook("stored_dtype", "float32"), _hook("logical_dtype", "int8"),
-    _hook("array", None), _top("shard_rows", 0), _top("shard_rows", -128), _top("shard_rows", "128"),
-    _top("shard_rows", 2**40), _top("shard_rows", _MISSING), _top("hooks", {}), _top("hooks", [1]),
-    _top("hooks", _MISSING), _top("codec", {"preset": "brotli"}), _top("codec", "zstd"), _top("codec", _MISSING),
-    _top("provenance", [1]), _top("columns", {"token": {"dtype": "int64", "array": "tokens/token"}}),
-    _top("flags", {"bos": 2}),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _hook("d", "64"),
+        _hook("d", 64.0),
+        _hook("d", 0),
+        _hook("d", -64),
+        _hook("d", True),
+        _hook("d", 2**40),
+        _hook("d", _MISSING),
+        _hook("chunk_rows", 0),
+        _hook("chunk_rows", 48),
+        _hook("chunk_rows", "32"),
+        _hook("dtype", "fp64"),
+        _hook("dtype", None),
+        _hook("stored_dtype", "float32"),
+        _hook("logical_dtype", "int8"),
+        _hook("array", None),
+        _top("shard_rows", 0),
+        _top("shard_rows", -128),
+        _top("shard_rows", "128"),
+        _top("shard_rows", 2**40),
+        _top("shard_rows", _MISSING),
+        _top("hooks", {}),
+        _top("hooks", [1]),
+        _top("hooks", _MISSING),
+        _top("codec", {"preset": "brotli"}),
+        _top("codec", "zstd"),
+        _top("codec", _MISSING),
+        _top("provenance", [1]),
+        _top("columns", {"token": {"dtype": "int64", "array": "tokens/token"}}),
+        _top("flags", {"bos": 2}),
+    ],
+)
 def test_every_schema_field_is_checked(store, edit):
     _edit_schema(store, edit)
     with pytest.raises(StoreError) as e:
