@@ -142,3 +142,35 @@ def _replace(v, new):
                 v[k] = got
                 return v
     return _MISSING
+
+
+class SiteHooks:
+    """Forward hooks at hook sites, with one lifetime: registered together at construction
+    (all or none: a failure removes what was added), taken off by ``remove()`` or by leaving
+    the ``with`` block. Subclasses give the hook functions: ``_make_pre(site, arg)`` for an
+    input site, ``_make_post(site, arg)`` for an output site."""
+
+    def _register(self, model: nn.Module, plan) -> None:
+        """``plan``: ``[(HookSite, arg)]``; each site gets the hook made for it from ``arg``."""
+        self._handles = []
+        try:
+            for site, arg in plan:
+                mod = model.get_submodule(site.module)
+                if site.input:
+                    self._handles.append(mod.register_forward_pre_hook(self._make_pre(site, arg), with_kwargs=True))
+                else:
+                    self._handles.append(mod.register_forward_hook(self._make_post(site, arg)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for h in getattr(self, "_handles", []):
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()

@@ -39,13 +39,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .hooks import HookSite, first_tensor, replace_first_tensor, resolve_hooks
+from .hooks import HookSite, SiteHooks, first_tensor, replace_first_tensor, resolve_hooks
 
 Value = Union[torch.Tensor, float, int, Callable[[torch.Tensor], torch.Tensor]]
 MODES = ("add", "replace")
 
 
-class Intervention:
+class Intervention(SiteHooks):
     """Edit activations at hook sites while it is active; see the module docstring."""
 
     def __init__(self, model: nn.Module, edits: Mapping[str, Value], *, mode: str = "add", positions=None):
@@ -59,17 +59,7 @@ class Intervention:
         # Resolve every spec before registering anything, so a bad spec leaves the model untouched.
         plan = [(site, value) for spec, value in edits.items() for site in resolve_hooks(model, spec)]
         self.sites = [site for site, _ in plan]
-        self._handles = []
-        try:
-            for site, value in plan:
-                mod = model.get_submodule(site.module)
-                if site.input:
-                    self._handles.append(mod.register_forward_pre_hook(self._make_pre(site, value), with_kwargs=True))
-                else:
-                    self._handles.append(mod.register_forward_hook(self._make_post(site, value)))
-        except BaseException:
-            self.remove()
-            raise
+        self._register(model, plan)
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -154,19 +144,6 @@ class Intervention:
                 ) from None
             mask = sel[None, :]
         return mask.reshape(*mask.shape, *([1] * (act.dim() - 2)))
-
-    # -- lifetime -------------------------------------------------------------------------
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
 
 
 def _activation(site: HookSite, value) -> torch.Tensor:

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .hooks import HookSite, first_tensor
+from .hooks import HookSite, SiteHooks, first_tensor
 
 
 class StopForward(Exception):
     """Raised inside the last hook to end the forward pass early."""
 
 
-class HookRecorder:
+class HookRecorder(SiteHooks):
     """Registers forward (pre-)hooks at ``points`` of ``model`` at construction; ``remove()`` or
     leaving the ``with`` block takes them off."""
 
@@ -31,17 +31,7 @@ class HookRecorder:
         self.stop_early = stop_early
         self._captured: dict[str, torch.Tensor] = {}
         self._active = False
-        self._handles = []
-        try:
-            for p in points:
-                mod = model.get_submodule(p.module)
-                if p.input:
-                    self._handles.append(mod.register_forward_pre_hook(self._make_pre(p), with_kwargs=True))
-                else:
-                    self._handles.append(mod.register_forward_hook(self._make_post(p)))
-        except BaseException:
-            self.remove()
-            raise
+        self._register(model, [(p, None) for p in points])
 
     def _record(self, p: HookSite, value):
         if not self._active or p.name in self._captured:
@@ -53,13 +43,13 @@ class HookRecorder:
         if self.stop_early and len(self._captured) == len(self.points):
             raise StopForward
 
-    def _make_pre(self, p):
+    def _make_pre(self, p, _arg=None):
         def hook(_mod, args, kwargs):
             self._record(p, (args, kwargs))
 
         return hook
 
-    def _make_post(self, p):
+    def _make_post(self, p, _arg=None):
         def hook(_mod, _args, out):
             self._record(p, out)
 
@@ -79,14 +69,3 @@ class HookRecorder:
             raise ModelError(f"hooks {missing} did not run during the forward pass; hook modules that the model calls")
         out, self._captured = self._captured, {}
         return {p.name: out[p.name] for p in self.points}
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()

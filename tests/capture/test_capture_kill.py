@@ -17,6 +17,7 @@ import torch
 
 import actstore
 from helpers.paths import HELPERS
+from helpers.procs import torchrun
 
 JOB = HELPERS / "capture_job.py"
 TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
@@ -127,24 +128,7 @@ def test_ctrl_c_commits_what_is_complete_and_rerun_finishes(tmp_path, reference)
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_store_every_token_once(tmp_path, reference):
     out = tmp_path / "store"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(29500 + os.getpid() % 1000),
-            str(JOB),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    r = torchrun(JOB, [out], nproc=2, port_base=29500)
     assert r.returncode == 0, r.stderr[-2000:]
     st = actstore.open(out)
     assert [s.name for s in st.segments] == ["rank00000", "rank00001"]

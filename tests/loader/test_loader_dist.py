@@ -3,10 +3,6 @@ started by fork and by spawn."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +10,7 @@ import torch
 import actstore
 from helpers.loader_store import TOTAL, build
 from helpers.paths import HELPERS
+from helpers.procs import torchrun
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +20,7 @@ def store(tmp_path_factory):
 
 @pytest.mark.slow
 def test_three_ranks_under_torchrun_read_every_row_once_per_epoch(store, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "3",
-            "--master_port",
-            str(29700 + os.getpid() % 1000),
-            str(HELPERS / "loader_rank.py"),
-            str(store.path),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    r = torchrun(HELPERS / "loader_rank.py", [store.path, tmp_path], nproc=3, port_base=29700)
     assert r.returncode == 0, r.stderr[-3000:]
     per_rank = [np.load(tmp_path / f"rank{k}.npy") for k in range(3)]
     # Two epochs: each rank's first half (its epoch-0 share) and second half together

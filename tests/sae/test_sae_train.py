@@ -16,6 +16,7 @@ from actstore.cli import main as cli
 from actstore.sae import TrainConfig, load, train
 from helpers.loader_store import build
 from helpers.paths import HELPERS
+from helpers.procs import torchrun
 
 RUN = HELPERS / "train_run.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -115,26 +116,7 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_train_one_model(store, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(28700 + os.getpid() % 1000),
-            str(RUN),
-            str(store.path),
-            str(tmp_path),
-            "topk",
-            str(64 * 30),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
+    r = torchrun(RUN, [store.path, tmp_path, "topk", 64 * 30], nproc=2, port_base=28700)
     assert r.returncode == 0, r.stderr[-3000:]
     hashes = {(tmp_path / f"params-rank{k}.sha256").read_text() for k in range(2)}
     assert len(hashes) == 1  # the ranks stayed in step
