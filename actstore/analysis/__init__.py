@@ -12,6 +12,7 @@
 from ._pass import AnalysisError, Batch, Reducer
 from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
+from .config import AnalyzeConfig
 from .feature_stats import FeatureStats
 from .output import Analysis, LatentView
 from .top import Top
@@ -27,6 +28,7 @@ __all__ = [
     "run",
     "open",
     "JOBS",
+    "AnalyzeConfig",
     "Analysis",
     "LatentView",
     "AnalysisError",

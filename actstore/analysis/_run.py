@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -173,31 +172,51 @@ def _pass_share(
     """Stream ``blocks`` into ``reducers`` from where ``state`` left off; returns rows seen."""
     start = blocks.start if state.doc["next_block"] is None else state.doc["next_block"]
     todo = range(start, blocks.stop)
-    seen, since, t0 = state.doc["rows"], 0, time.perf_counter()
+    seen, since = state.doc["rows"], 0
+
+    def span(b: range) -> int:  # store rows of the selected range that blocks ``b`` cover
+        return max(0, min(sel.hi, b.stop * block_rows) - max(sel.lo, b.start * block_rows)) if len(b) else 0
+
+    bar = _progress_bar(label, span(blocks), span(range(blocks.start, start))) if progress else None
 
     def after(block: int, n: int) -> None:
         nonlocal seen, since
         seen, since = seen + n, since + n
+        if bar is not None:
+            bar.update(span(range(block, block + 1)))
         if since >= commit_rows and block + 1 < blocks.stop:
             seq = state.save(reducers, block + 1, seen, False)
             since = 0
-            if progress:
-                dt = time.perf_counter() - t0
-                print(
-                    f"actstore analyze {label}: {seen} rows, {(seen - state0) / max(dt, 1e-9):,.0f} rows/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
             if on_commit is not None:
                 on_commit(seq, seen)
 
-    state0 = seen
-    stream(store, hook, encoder, sel, todo, block_rows, reducers, after)
+    try:
+        stream(store, hook, encoder, sel, todo, block_rows, reducers, after)
+    finally:
+        if bar is not None:
+            bar.close()
     if not state.doc["done"]:
         seq = state.save(reducers, blocks.stop, seen, True)
         if on_commit is not None:
             on_commit(seq, seen)
     return seen
+
+
+def _progress_bar(label: str, total: int, initial: int):
+    """A tqdm bar in store rows (rows/s), on stderr; the selected range's rows, dropped ones included."""
+    # Deferred: tqdm is an optional extra (actstore[capture]) that only a shown bar needs.
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="row",
+        unit_scale=True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        desc=f"analyze {label}",
+        mininterval=0.5,
+    )
 
 
 def run(
@@ -207,6 +226,7 @@ def run(
     out="analysis",
     *,
     hook: str | None = None,
+    model=None,
     rows=None,
     drop_flags=None,
     docs=None,
