@@ -4,7 +4,9 @@
   encodes each block once with the SAE and feeds every job; resumable after any crash
   (byte-identical output), split across ranks with an exact merge. See ``_run.py``.
 - Jobs (:data:`JOBS`), one file each: ``stats`` (feature_stats.py), ``top`` (top.py),
-  ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py).
+  ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py), ``lens``
+  (lens.py, needs ``model=``).
+- :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
 """

@@ -37,17 +37,22 @@ import torch
 
 from .. import _dist
 from ..api import open as open_store
+from ..models import prepare_model
 from ..sae import load as load_sae
 from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
 from .bins import Bins, EqualWidthBins
 from .contexts import contexts as collect_contexts
 from .feature_stats import FeatureStats
+from .lens import check_vocab, seen_tokens, unembedding
+from .lens import lens as logit_lens
+from .lens import options as lens_options
 from .output import FORMAT, read_attrs, write_group
 from .top import Top
 from .top_tokens import TopTokens
 
 STREAMING = {"stats": FeatureStats, "top": Top, "bins": Bins, "top_tokens": TopTokens}
-JOBS = ("stats", "top", "bins", "contexts", "top_tokens")
+JOBS = ("stats", "top", "bins", "contexts", "top_tokens", "lens")
+MODEL_JOBS = ("lens",)  # the jobs that run a model's weights
 STATE = "_state"
 
 
@@ -63,12 +68,25 @@ def _parse_jobs(jobs) -> dict[str, dict]:
     return {j: dict(spec[j] or {}) for j in JOBS if j in spec}
 
 
-def _sae_hash(sae) -> str:
-    h = hashlib.sha256(sae.cfg.to_json().encode())
-    for k, v in sorted(sae.state_dict().items()):
+def _weights_hash(head: str, module) -> str:
+    h = hashlib.sha256(head.encode())
+    for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _sae_hash(sae) -> str:
+    return _weights_hash(sae.cfg.to_json(), sae)
+
+
+def _job_config(job: str, opts: dict) -> dict:
+    """The options of ``job`` that define its result, with defaults (part of the identity)."""
+    if job == "contexts":
+        return {"window": int(opts.get("window", 8))}
+    if job == "lens":
+        return lens_options(opts)
+    return _make({job: opts}, 1)[0].config()
 
 
 def _selection(store, rows, drop_flags, docs) -> Selection:
@@ -202,6 +220,10 @@ def _pass_share(
     return seen
 
 
+def _vocab_size(model) -> int:
+    return int(unembedding(model)[0].shape[0])
+
+
 def _progress_bar(label: str, total: int, initial: int):
     """A tqdm bar in store rows (rows/s), on stderr; the selected range's rows, dropped ones included."""
     # Deferred: tqdm is an optional extra (actstore[capture]) that only a shown bar needs.
@@ -243,7 +265,8 @@ def run(
 
     jobs: names (list or "stats,top") or {name: options}: ``stats`` (per_decade, lo_exp,
         hi_exp, dense_threshold), ``top`` (k), ``bins`` (width, n_abs, quantiles, n_equal,
-        samples, seed), ``top_tokens`` (t), ``contexts`` (window).
+        samples, seed), ``top_tokens`` (t), ``contexts`` (window), ``lens`` (t, outlier_z, unseen).
+    model: for ``lens``: an HF causal LM (module, local folder or ``python:mod:fn``).
     rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
         docs: document ids to keep.
     block_rows: rows read and encoded at once; commit_rows: rows between state commits.
@@ -289,11 +312,15 @@ def run(
         "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
         "selection": sel.to_json(),
         "block_rows": int(block_rows),
-        "jobs": {
-            j: ({"window": int(o.get("window", 8))} if j == "contexts" else _make({j: o}, 1)[0].config())
-            for j, o in spec.items()
-        },
+        "jobs": {j: _job_config(j, o) for j, o in spec.items()},
     }
+    loaded = None
+    if set(MODEL_JOBS) & set(spec):
+        if model is None:
+            names = ", ".join(j for j in MODEL_JOBS if j in spec)
+            raise AnalysisError(f"jobs {names} run a model: pass model= (--model)")
+        loaded = prepare_model(model, device=sae.W_dec.device)
+        ident["model"] = {"name": str(loaded.name), "hash": _weights_hash(type(loaded.model).__name__, loaded.model)}
     identity = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     done = read_attrs(out) if out.exists() else None
@@ -314,6 +341,11 @@ def run(
                 f"{out} holds an analysis in progress with another world size ({others[0]}): rerun it "
                 "with that world size, or delete the folder"
             )
+    seen = None
+    if loaded is not None:
+        # Every token id the model will see or the lens may mask, checked before anything is written.
+        seen = seen_tokens(store, sel, block_rows)
+        check_vocab(_vocab_size(loaded.model), seen, loaded.name)
     out.mkdir(parents=True, exist_ok=True)
 
     encoder = Encoder(sae)
@@ -365,6 +397,8 @@ def run(
         commit_rows,
         on_commit,
         progress,
+        loaded,
+        seen,
     )
     if world > 1 and dist is not None:
         dist.barrier()
@@ -387,6 +421,8 @@ def _finish(
     commit_rows,
     on_commit,
     progress,
+    loaded,
+    seen,
 ) -> Path:
     merged = None
     rows_seen = 0
@@ -436,6 +472,8 @@ def _finish(
                 srcs[f"bins/{mode}"] = arrays[f"bins/{mode}/rows"]
         arrays.update(collect_contexts(store, hook, encoder, srcs, w, block_rows))
         attrs["contexts"] = {"window": w, "sources": list(srcs)}
+    if "lens" in spec:
+        arrays.update(logit_lens(encoder.sae, loaded.model, seen, **_job_config("lens", spec["lens"])))
     write_group(out, arrays, attrs)
     shutil.rmtree(out / STATE, ignore_errors=True)
     return out
