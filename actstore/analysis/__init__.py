@@ -5,7 +5,7 @@
   (byte-identical output), split across ranks with an exact merge. See ``_run.py``.
 - Jobs (:data:`JOBS`), one file each: ``stats`` (feature_stats.py), ``top`` (top.py),
   ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py), ``lens``
-  (lens.py, needs ``model=``).
+  (lens.py) and ``ablation`` (ablation.py), which need ``model=``.
 - :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").

@@ -37,9 +37,12 @@ import torch
 
 from .. import _dist
 from ..api import open as open_store
-from ..models import prepare_model
+from ..models import prepare_model, resolve_hooks
 from ..sae import load as load_sae
 from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
+from .ablation import Forward
+from .ablation import ablation as ablate
+from .ablation import options as ablation_options
 from .bins import Bins, EqualWidthBins
 from .contexts import contexts as collect_contexts
 from .feature_stats import FeatureStats
@@ -51,8 +54,8 @@ from .top import Top
 from .top_tokens import TopTokens
 
 STREAMING = {"stats": FeatureStats, "top": Top, "bins": Bins, "top_tokens": TopTokens}
-JOBS = ("stats", "top", "bins", "contexts", "top_tokens", "lens")
-MODEL_JOBS = ("lens",)  # the jobs that run a model's weights
+JOBS = ("stats", "top", "bins", "contexts", "top_tokens", "lens", "ablation")
+MODEL_JOBS = ("lens", "ablation")  # the jobs that run a model's weights
 STATE = "_state"
 
 
@@ -65,6 +68,8 @@ def _parse_jobs(jobs) -> dict[str, dict]:
         raise AnalysisError(f"unknown analysis job(s) {bad or '(none given)'}: use some of {', '.join(JOBS)}")
     if "contexts" in spec and not {"top", "bins"} & set(spec):
         raise AnalysisError("contexts are taken around the examples of top or bins: add top or bins to the jobs")
+    if "ablation" in spec and "top" not in spec:
+        raise AnalysisError("ablation runs on the top examples of each latent: add top to the jobs")
     return {j: dict(spec[j] or {}) for j in JOBS if j in spec}
 
 
@@ -86,6 +91,8 @@ def _job_config(job: str, opts: dict) -> dict:
         return {"window": int(opts.get("window", 8))}
     if job == "lens":
         return lens_options(opts)
+    if job == "ablation":
+        return ablation_options(opts)
     return _make({job: opts}, 1)[0].config()
 
 
@@ -220,8 +227,13 @@ def _pass_share(
     return seen
 
 
-def _vocab_size(model) -> int:
-    return int(unembedding(model)[0].shape[0])
+def _vocab_size(model) -> int | None:
+    """The model's vocabulary (rows of its unembedding, else of its input embedding), or None if it has neither."""
+    try:
+        return int(unembedding(model)[0].shape[0])
+    except AnalysisError:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        return None if emb is None else int(emb.weight.shape[0])
 
 
 def _progress_bar(label: str, total: int, initial: int):
@@ -265,8 +277,9 @@ def run(
 
     jobs: names (list or "stats,top") or {name: options}: ``stats`` (per_decade, lo_exp,
         hi_exp, dense_threshold), ``top`` (k), ``bins`` (width, n_abs, quantiles, n_equal,
-        samples, seed), ``top_tokens`` (t), ``contexts`` (window), ``lens`` (t, outlier_z, unseen).
-    model: for ``lens``: an HF causal LM (module, local folder or ``python:mod:fn``).
+        samples, seed), ``top_tokens`` (t), ``contexts`` (window), ``lens`` (t, outlier_z, unseen),
+        ``ablation`` (examples, tokens, batch, latents).
+    model: for ``lens`` and ``ablation``: an HF causal LM (module, local folder or ``python:mod:fn``).
     rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
         docs: document ids to keep.
     block_rows: rows read and encoded at once; commit_rows: rows between state commits.
@@ -287,12 +300,12 @@ def run(
             f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained on this hook"
         )
     sel = _selection(store, rows, drop_flags, docs)
-    if {"contexts", "top_tokens"} & set(spec) and sel.hi > sel.lo:
+    if {"contexts", "top_tokens", "ablation"} & set(spec) and sel.hi > sel.lo:
         probe = store.tokens(slice(sel.lo, min(sel.hi, sel.lo + block_rows)))["token"]
         if bool((probe < 0).all()):
             raise AnalysisError(
-                f"store {store.path} holds no token ids (token column is -1): contexts and top_tokens "
-                "need a store captured with tokens"
+                f"store {store.path} holds no token ids (token column is -1): contexts, top_tokens and "
+                "ablation need a store captured with tokens"
             )
     rank, world = _dist.rank_world(rank, world_size)
     if not 0 <= rank < world:
@@ -321,6 +334,8 @@ def run(
             raise AnalysisError(f"jobs {names} run a model: pass model= (--model)")
         loaded = prepare_model(model, device=sae.W_dec.device)
         ident["model"] = {"name": str(loaded.name), "hash": _weights_hash(type(loaded.model).__name__, loaded.model)}
+        if "ablation" in spec:
+            resolve_hooks(loaded.model, hook)  # a hook the model lacks fails here, before any work
     identity = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     done = read_attrs(out) if out.exists() else None
@@ -345,7 +360,9 @@ def run(
     if loaded is not None:
         # Every token id the model will see or the lens may mask, checked before anything is written.
         seen = seen_tokens(store, sel, block_rows)
-        check_vocab(_vocab_size(loaded.model), seen, loaded.name)
+        vocab = _vocab_size(loaded.model)
+        if vocab is not None:
+            check_vocab(vocab, seen, loaded.name)
     out.mkdir(parents=True, exist_ok=True)
 
     encoder = Encoder(sae)
@@ -474,6 +491,14 @@ def _finish(
         attrs["contexts"] = {"window": w, "sources": list(srcs)}
     if "lens" in spec:
         arrays.update(logit_lens(encoder.sae, loaded.model, seen, **_job_config("lens", spec["lens"])))
+    if "ablation" in spec:
+        opts = _job_config("ablation", spec["ablation"])
+        fwd = Forward(loaded, hook, encoder.sae, opts["batch"])
+        try:
+            vocab = _vocab_size(loaded.model) or np.iinfo(np.int64).max
+            arrays.update(ablate(store, arrays["top/rows"], fwd, vocab, **opts))
+        finally:
+            fwd.close()
     write_group(out, arrays, attrs)
     shutil.rmtree(out / STATE, ignore_errors=True)
     return out

@@ -107,3 +107,25 @@ def test_analyze_missing_required_and_foreign_folder(planted, saved, tmp_path):
     r = _cli("--store", path, "--sae", saved, "--out", tmp_path / "x")
     assert r.returncode == 1 and "holds no actstore analysis" in r.stderr
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_analyze_with_a_model_folder(planted, saved, tmp_path):
+    from test_lens import gpt2, llama  # the tiny HF models of the lens tests
+
+    path, _ = planted
+    llama().save_pretrained(tmp_path / "llama")
+    small = gpt2(vocab=40)
+    small.config.bos_token_id = small.config.eos_token_id = 0  # in its vocabulary: no transformers warning
+    small.save_pretrained(tmp_path / "small")
+    common = ["--store", path, "--sae", saved, "--jobs", "stats,lens", "--option", "lens.t=3", "--no-progress"]
+    r = _cli(*common, "--model", tmp_path / "llama", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    a = an.open(tmp_path / "o")
+    assert a.array("lens/top_ids").shape == (24, 3) and a.attrs["model"]["name"] == str(tmp_path / "llama")
+    r = _cli(*common, "--model", tmp_path / "small", "--out", tmp_path / "p")
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("actstore")]  # transformers draws a loading bar
+    assert r.returncode == 1 and len(ours) == 1 and r.stderr.strip().endswith(ours[0]), r.stderr
+    assert "vocabulary has 40 tokens but the store holds token id 49" in ours[0]
+    assert not (tmp_path / "p").exists()
+    r = _cli(*common, "--out", tmp_path / "q")
+    assert r.returncode == 1 and "pass model= (--model)" in r.stderr
