@@ -4,7 +4,9 @@
   encodes each block once with the SAE and feeds every job; resumable after any crash
   (byte-identical output), split across ranks with an exact merge. See ``_run.py``.
 - Jobs (:data:`JOBS`), one file each: ``stats`` (feature_stats.py), ``top`` (top.py),
-  ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py).
+  ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py), ``lens``
+  (lens.py) and ``ablation`` (ablation.py), which need ``model=``.
+- :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
 """
@@ -12,6 +14,7 @@
 from ._pass import AnalysisError, Batch, Reducer
 from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
+from .config import AnalyzeConfig
 from .feature_stats import FeatureStats
 from .output import Analysis, LatentView
 from .top import Top
@@ -27,6 +30,7 @@ __all__ = [
     "run",
     "open",
     "JOBS",
+    "AnalyzeConfig",
     "Analysis",
     "LatentView",
     "AnalysisError",

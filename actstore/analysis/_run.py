@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -38,17 +37,25 @@ import torch
 
 from .. import _dist
 from ..api import open as open_store
+from ..models import prepare_model, resolve_hooks
 from ..sae import load as load_sae
 from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
+from .ablation import Forward
+from .ablation import ablation as ablate
+from .ablation import options as ablation_options
 from .bins import Bins, EqualWidthBins
 from .contexts import contexts as collect_contexts
 from .feature_stats import FeatureStats
+from .lens import check_vocab, seen_tokens, unembedding
+from .lens import lens as logit_lens
+from .lens import options as lens_options
 from .output import FORMAT, read_attrs, write_group
 from .top import Top
 from .top_tokens import TopTokens
 
 STREAMING = {"stats": FeatureStats, "top": Top, "bins": Bins, "top_tokens": TopTokens}
-JOBS = ("stats", "top", "bins", "contexts", "top_tokens")
+JOBS = ("stats", "top", "bins", "contexts", "top_tokens", "lens", "ablation")
+MODEL_JOBS = ("lens", "ablation")  # the jobs that run a model's weights
 STATE = "_state"
 
 
@@ -61,15 +68,32 @@ def _parse_jobs(jobs) -> dict[str, dict]:
         raise AnalysisError(f"unknown analysis job(s) {bad or '(none given)'}: use some of {', '.join(JOBS)}")
     if "contexts" in spec and not {"top", "bins"} & set(spec):
         raise AnalysisError("contexts are taken around the examples of top or bins: add top or bins to the jobs")
+    if "ablation" in spec and "top" not in spec:
+        raise AnalysisError("ablation runs on the top examples of each latent: add top to the jobs")
     return {j: dict(spec[j] or {}) for j in JOBS if j in spec}
 
 
-def _sae_hash(sae) -> str:
-    h = hashlib.sha256(sae.cfg.to_json().encode())
-    for k, v in sorted(sae.state_dict().items()):
+def _weights_hash(head: str, module) -> str:
+    h = hashlib.sha256(head.encode())
+    for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _sae_hash(sae) -> str:
+    return _weights_hash(sae.cfg.to_json(), sae)
+
+
+def _job_config(job: str, opts: dict) -> dict:
+    """The options of ``job`` that define its result, with defaults (part of the identity)."""
+    if job == "contexts":
+        return {"window": int(opts.get("window", 8))}
+    if job == "lens":
+        return lens_options(opts)
+    if job == "ablation":
+        return ablation_options(opts)
+    return _make({job: opts}, 1)[0].config()
 
 
 def _selection(store, rows, drop_flags, docs) -> Selection:
@@ -173,31 +197,60 @@ def _pass_share(
     """Stream ``blocks`` into ``reducers`` from where ``state`` left off; returns rows seen."""
     start = blocks.start if state.doc["next_block"] is None else state.doc["next_block"]
     todo = range(start, blocks.stop)
-    seen, since, t0 = state.doc["rows"], 0, time.perf_counter()
+    seen, since = state.doc["rows"], 0
+
+    def span(b: range) -> int:  # store rows of the selected range that blocks ``b`` cover
+        return max(0, min(sel.hi, b.stop * block_rows) - max(sel.lo, b.start * block_rows)) if len(b) else 0
+
+    bar = _progress_bar(label, span(blocks), span(range(blocks.start, start))) if progress else None
 
     def after(block: int, n: int) -> None:
         nonlocal seen, since
         seen, since = seen + n, since + n
+        if bar is not None:
+            bar.update(span(range(block, block + 1)))
         if since >= commit_rows and block + 1 < blocks.stop:
             seq = state.save(reducers, block + 1, seen, False)
             since = 0
-            if progress:
-                dt = time.perf_counter() - t0
-                print(
-                    f"actstore analyze {label}: {seen} rows, {(seen - state0) / max(dt, 1e-9):,.0f} rows/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
             if on_commit is not None:
                 on_commit(seq, seen)
 
-    state0 = seen
-    stream(store, hook, encoder, sel, todo, block_rows, reducers, after)
+    try:
+        stream(store, hook, encoder, sel, todo, block_rows, reducers, after)
+    finally:
+        if bar is not None:
+            bar.close()
     if not state.doc["done"]:
         seq = state.save(reducers, blocks.stop, seen, True)
         if on_commit is not None:
             on_commit(seq, seen)
     return seen
+
+
+def _vocab_size(model) -> int | None:
+    """The model's vocabulary (rows of its unembedding, else of its input embedding), or None if it has neither."""
+    try:
+        return int(unembedding(model)[0].shape[0])
+    except AnalysisError:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        return None if emb is None else int(emb.weight.shape[0])
+
+
+def _progress_bar(label: str, total: int, initial: int):
+    """A tqdm bar in store rows (rows/s), on stderr; the selected range's rows, dropped ones included."""
+    # Deferred: tqdm is an optional extra (actstore[capture]) that only a shown bar needs.
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="row",
+        unit_scale=True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        desc=f"analyze {label}",
+        mininterval=0.5,
+    )
 
 
 def run(
@@ -207,6 +260,7 @@ def run(
     out="analysis",
     *,
     hook: str | None = None,
+    model=None,
     rows=None,
     drop_flags=None,
     docs=None,
@@ -223,7 +277,9 @@ def run(
 
     jobs: names (list or "stats,top") or {name: options}: ``stats`` (per_decade, lo_exp,
         hi_exp, dense_threshold), ``top`` (k), ``bins`` (width, n_abs, quantiles, n_equal,
-        samples, seed), ``top_tokens`` (t), ``contexts`` (window).
+        samples, seed), ``top_tokens`` (t), ``contexts`` (window), ``lens`` (t, outlier_z, unseen),
+        ``ablation`` (examples, tokens, batch, latents).
+    model: for ``lens`` and ``ablation``: an HF causal LM (module, local folder or ``python:mod:fn``).
     rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
         docs: document ids to keep.
     block_rows: rows read and encoded at once; commit_rows: rows between state commits.
@@ -244,12 +300,12 @@ def run(
             f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained on this hook"
         )
     sel = _selection(store, rows, drop_flags, docs)
-    if {"contexts", "top_tokens"} & set(spec) and sel.hi > sel.lo:
+    if {"contexts", "top_tokens", "ablation"} & set(spec) and sel.hi > sel.lo:
         probe = store.tokens(slice(sel.lo, min(sel.hi, sel.lo + block_rows)))["token"]
         if bool((probe < 0).all()):
             raise AnalysisError(
-                f"store {store.path} holds no token ids (token column is -1): contexts and top_tokens "
-                "need a store captured with tokens"
+                f"store {store.path} holds no token ids (token column is -1): contexts, top_tokens and "
+                "ablation need a store captured with tokens"
             )
     rank, world = _dist.rank_world(rank, world_size)
     if not 0 <= rank < world:
@@ -269,11 +325,17 @@ def run(
         "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
         "selection": sel.to_json(),
         "block_rows": int(block_rows),
-        "jobs": {
-            j: ({"window": int(o.get("window", 8))} if j == "contexts" else _make({j: o}, 1)[0].config())
-            for j, o in spec.items()
-        },
+        "jobs": {j: _job_config(j, o) for j, o in spec.items()},
     }
+    loaded = None
+    if set(MODEL_JOBS) & set(spec):
+        if model is None:
+            names = ", ".join(j for j in MODEL_JOBS if j in spec)
+            raise AnalysisError(f"jobs {names} run a model: pass model= (--model)")
+        loaded = prepare_model(model, device=sae.W_dec.device)
+        ident["model"] = {"name": str(loaded.name), "hash": _weights_hash(type(loaded.model).__name__, loaded.model)}
+        if "ablation" in spec:
+            resolve_hooks(loaded.model, hook)  # a hook the model lacks fails here, before any work
     identity = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     done = read_attrs(out) if out.exists() else None
@@ -294,6 +356,13 @@ def run(
                 f"{out} holds an analysis in progress with another world size ({others[0]}): rerun it "
                 "with that world size, or delete the folder"
             )
+    seen = None
+    if loaded is not None:
+        # Every token id the model will see or the lens may mask, checked before anything is written.
+        seen = seen_tokens(store, sel, block_rows)
+        vocab = _vocab_size(loaded.model)
+        if vocab is not None:
+            check_vocab(vocab, seen, loaded.name)
     out.mkdir(parents=True, exist_ok=True)
 
     encoder = Encoder(sae)
@@ -345,6 +414,8 @@ def run(
         commit_rows,
         on_commit,
         progress,
+        loaded,
+        seen,
     )
     if world > 1 and dist is not None:
         dist.barrier()
@@ -367,6 +438,8 @@ def _finish(
     commit_rows,
     on_commit,
     progress,
+    loaded,
+    seen,
 ) -> Path:
     merged = None
     rows_seen = 0
@@ -416,6 +489,16 @@ def _finish(
                 srcs[f"bins/{mode}"] = arrays[f"bins/{mode}/rows"]
         arrays.update(collect_contexts(store, hook, encoder, srcs, w, block_rows))
         attrs["contexts"] = {"window": w, "sources": list(srcs)}
+    if "lens" in spec:
+        arrays.update(logit_lens(encoder.sae, loaded.model, seen, **_job_config("lens", spec["lens"])))
+    if "ablation" in spec:
+        opts = _job_config("ablation", spec["ablation"])
+        fwd = Forward(loaded, hook, encoder.sae, opts["batch"])
+        try:
+            vocab = _vocab_size(loaded.model) or np.iinfo(np.int64).max
+            arrays.update(ablate(store, arrays["top/rows"], fwd, vocab, **opts))
+        finally:
+            fwd.close()
     write_group(out, arrays, attrs)
     shutil.rmtree(out / STATE, ignore_errors=True)
     return out

@@ -1,6 +1,6 @@
-"""The ``actstore`` command line: ``capture``, ``info``, ``demo`` and ``train``.
+"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train`` and ``analyze``.
 
-One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``), each with
+One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``), each with
 ``register(subparsers)`` and ``run(args) -> exit code``; a new command is a new module
 added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
 ``actstore`` console script.
@@ -16,10 +16,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import capture, demo, info, train
+from . import analyze, capture, demo, info, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train)
+COMMANDS = (info, demo, capture, train, analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:
