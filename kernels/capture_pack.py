@@ -110,6 +110,24 @@ def _capture_pack_fwd_kernel(
     tl.store(bad_ptr + dst, tl.where(nbad > 0, 1, 0).to(tl.int8), mask=keep)
 
 
+def _capture_pack_config(d: int, dtype, block_m: int = 32, block_d: int | None = None) -> dict:
+    """The launch's constexprs and ``num_warps`` for rows of ``d`` columns stored as ``dtype``
+    (a ``DType``: ``mode``, ``scaled``, ``qmax``); pure, so benchmarks/gpu_compile.py compiles
+    exactly what a launch would. ``block_d`` None: whole rows in one tile up to 1024 columns
+    (then walk 2 re-reads from cache); wider rows loop over 512-column tiles to bound
+    registers."""
+    if block_d is None:
+        block_d = triton.next_power_of_2(d) if d <= 1024 else 512
+    return dict(
+        MODE=dtype.mode,
+        SCALED=dtype.scaled,
+        QMAX=dtype.qmax or 1.0,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
+
+
 def capture_pack_fwd(
     x: torch.Tensor,
     keep: torch.Tensor,
@@ -146,12 +164,9 @@ def capture_pack_fwd(
     moments = torch.empty(2 * D + 1, dtype=torch.float32, device=dev) if moments is None else moments
     moments.zero_()
     s1, s2, norm = moments[:D], moments[D : 2 * D], moments[2 * D :]
-    if block_d is None:
-        # Whole rows in one tile up to 1024 columns (then walk 2 re-reads from cache);
-        # wider rows loop over 512-column tiles to bound registers.
-        block_d = triton.next_power_of_2(D) if D <= 1024 else 512
+    cfg = _capture_pack_config(D, dtype, block_m, block_d)
     if N:
-        grid = (triton.cdiv(N, block_m),)
+        grid = (triton.cdiv(N, cfg["BLOCK_M"]),)
         _capture_pack_fwd_kernel[grid](
             x,
             x.stride(0),
@@ -166,10 +181,6 @@ def capture_pack_fwd(
             norm,
             N,
             D,
-            MODE=dtype.mode,
-            SCALED=scaled,
-            QMAX=dtype.qmax or 1.0,
-            BLOCK_M=block_m,
-            BLOCK_D=block_d,
+            **cfg,
         )
     return out[:n_keep], (scale[:n_keep] if scaled else None), bad[:n_keep], s1, s2, norm
