@@ -285,8 +285,9 @@ def run(shapes: list[Shape], verbose: bool = True) -> dict:
     t0 = time.perf_counter()
     for arch in ARCHS:
         for lc in launches_.values():
-            rec = {"kernel": lc.kernel, "function": lc.fn.__name__, "arch": arch, "constexprs": lc.constexprs,
-                   "pointer_dtypes": lc.ptrs, "shapes": lc.shapes, "hot": lc.kernel in HOT, "label": LABEL}  # fmt: skip
+            rec = {"kernel": lc.kernel, "function": lc.fn.__name__, "arch": arch, "num_warps": lc.num_warps,
+                   "constexprs": lc.constexprs, "pointer_dtypes": lc.ptrs, "divisible_by_16": list(lc.aligned),
+                   "shapes": lc.shapes, "hot": lc.kernel in HOT, "label": LABEL}  # fmt: skip
             try:
                 ptx, info = compile_one(lc, arch)
                 rec.update(info)

@@ -72,8 +72,11 @@ def test_ci_set_compiles_every_kernel_for_sm80_and_sm90a(tmp_path):
     _check(r, doc)
     shapes = {s for x in doc["records"] for s in x["shapes"]}
     assert "test" in shapes and "prod-d4096-k32-bf16" in shapes
-    # Deduplicated: one record per (kernel, constexprs, pointer dtypes, arch).
-    keys = [json.dumps([x["function"], x["arch"], x["constexprs"], x["pointer_dtypes"]]) for x in doc["records"]]
+    # Deduplicated: one record per (kernel, constexprs, dtypes, integer alignment, warps, arch).
+    keys = [
+        json.dumps([x[f] for f in ("function", "arch", "constexprs", "pointer_dtypes", "divisible_by_16", "num_warps")])
+        for x in doc["records"]
+    ]
     assert len(keys) == len(set(keys))
 
 
