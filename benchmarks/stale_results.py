@@ -67,6 +67,8 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_sae_pipeline.py": (r"sae_pipeline_\w+", SAE),
     "bench_sae_train.py": (r"sae_train_\w+", SAE),
     "bench_analysis.py": (r"analysis_\w+", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
+    "gpu_compile.py": (r"gpu_compile(_ci)?", ["kernels", "actstore/store/format.py"]),
+    "gpu_model.py": (r"gpu_model", ["kernels", "benchmarks/gpu_compile.py", "actstore/store/format.py"]),
 }
 
 

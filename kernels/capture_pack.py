@@ -7,10 +7,10 @@ Shapes: x ``[N, d]`` (rows of ``[batch, seq, d]``, last dim contiguous), keep ``
 scale ``[n]`` float32 (fp8/int8), bad ``[n]`` int8, s1/s2 ``[d]`` float32 and norm_sum
 ``[1]`` float32, the last three accumulated with atomics (zero them first).
 
-Each program owns BLOCK_M rows. It walks d twice: the first walk finds each row's squared
-norm, absmax (for the fp8/int8 scale) and non-finite count; the second converts and
-stores the row and adds its centred moments. When d fits one tile the second walk is
-meant to hit L1/L2, so that global memory is read once (a design intent, not measured).
+Each program owns BLOCK_M rows. It walks d twice in BLOCK_D-column tiles: the first walk
+finds each row's squared norm, absmax (for the fp8/int8 scale) and non-finite count; the
+second converts and stores the row and adds its centred moments. The second walk is meant
+to hit L2, so that HBM is read once (a design intent, not measured).
 
 ``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 0 fp32,
 1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the launcher with ``SCALED`` and ``QMAX``;
@@ -110,6 +110,30 @@ def _capture_pack_fwd_kernel(
     tl.store(bad_ptr + dst, tl.where(nbad > 0, 1, 0).to(tl.int8), mask=keep)
 
 
+def _capture_pack_config(d: int, dtype, block_m: int = 32, block_d: int | None = None) -> dict:
+    """The launch's constexprs and ``num_warps`` for rows of ``d`` columns stored as ``dtype``
+    (a ``DType``: ``mode``, ``scaled``, ``qmax``); pure, so benchmarks/gpu_compile.py compiles
+    exactly what a launch would.
+
+    ``block_d`` None: tiles of at most 64 columns. An element-wise pass keeps only a few
+    values live per element (x, its centred value, the converted one), so a [32, 64] tile at
+    4 warps is 16 elements per thread per array: 71-90 registers at sm_90a, no spill
+    (compiled, not run: benchmarks/results/gpu_compile.json). The earlier whole-row tiles
+    ([32, 1024] for d <= 1024, [32, 512] above) held 128-256 fp32 per thread per array: 255
+    registers and 0.4-29 KB of spills per thread. Walk 2 re-reads the program's 32 rows, from
+    L2 (a design intent, not measured)."""
+    if block_d is None:
+        block_d = min(64, triton.next_power_of_2(d))
+    return dict(
+        MODE=dtype.mode,
+        SCALED=dtype.scaled,
+        QMAX=dtype.qmax or 1.0,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
+
+
 def capture_pack_fwd(
     x: torch.Tensor,
     keep: torch.Tensor,
@@ -146,12 +170,9 @@ def capture_pack_fwd(
     moments = torch.empty(2 * D + 1, dtype=torch.float32, device=dev) if moments is None else moments
     moments.zero_()
     s1, s2, norm = moments[:D], moments[D : 2 * D], moments[2 * D :]
-    if block_d is None:
-        # Whole rows in one tile up to 1024 columns (then walk 2 re-reads from cache);
-        # wider rows loop over 512-column tiles to bound registers.
-        block_d = triton.next_power_of_2(D) if D <= 1024 else 512
+    cfg = _capture_pack_config(D, dtype, block_m, block_d)
     if N:
-        grid = (triton.cdiv(N, block_m),)
+        grid = (triton.cdiv(N, cfg["BLOCK_M"]),)
         _capture_pack_fwd_kernel[grid](
             x,
             x.stride(0),
@@ -166,10 +187,6 @@ def capture_pack_fwd(
             norm,
             N,
             D,
-            MODE=dtype.mode,
-            SCALED=scaled,
-            QMAX=dtype.qmax or 1.0,
-            BLOCK_M=block_m,
-            BLOCK_D=block_d,
+            **cfg,
         )
     return out[:n_keep], (scale[:n_keep] if scaled else None), bad[:n_keep], s1, s2, norm

@@ -35,6 +35,13 @@ def _csr_gather_dot_fwd_kernel(
     tl.store(out_ptr + es, acc, mask=emask)
 
 
+def _csr_gather_dot_config(d: int) -> dict:
+    """The launch's constexprs and ``num_warps`` (pure; benchmarks/gpu_compile.py compiles
+    what a launch would): 32 entries x 128 columns per step. Not tuned on a GPU; see
+    benchmarks/README.md."""
+    return dict(BLOCK_E=32, BLOCK_D=min(128, max(16, triton.next_power_of_2(d))), num_warps=4)
+
+
 def csr_gather_dot_fwd(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Launch: ``[nnz]`` float32 (see the module docstring for shapes)."""
     nnz = cols.numel()
@@ -44,9 +51,8 @@ def csr_gather_dot_fwd(rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, 
     out = torch.empty(nnz, dtype=torch.float32, device=W.device)
     if nnz == 0:
         return out
-    # 32 entries x 128 columns per step. Tiles not tuned on a GPU; see benchmarks/README.md.
-    block_d = min(128, max(16, triton.next_power_of_2(d)))
-    _csr_gather_dot_fwd_kernel[(triton.cdiv(nnz, 32),)](
-        rows.contiguous(), cols.contiguous(), G, W, out, nnz, d, G.stride(0), W.stride(0), BLOCK_E=32, BLOCK_D=block_d
+    cfg = _csr_gather_dot_config(d)
+    _csr_gather_dot_fwd_kernel[(triton.cdiv(nnz, cfg["BLOCK_E"]),)](
+        rows.contiguous(), cols.contiguous(), G, W, out, nnz, d, G.stride(0), W.stride(0), **cfg
     )
     return out

@@ -40,6 +40,13 @@ def _csr_matmul_fwd_kernel(
     tl.store(out_ptr + i.to(tl.int64) * D + ds, acc, mask=dmask)
 
 
+def _csr_matmul_config(d: int) -> dict:
+    """The launch's constexprs and ``num_warps`` (pure; benchmarks/gpu_compile.py compiles
+    what a launch would). BLOCK_D 128 keeps a row's k gathered slices in registers; 16
+    entries per step covers k=32 in two steps. Not tuned on a GPU; see benchmarks/README.md."""
+    return dict(BLOCK_E=16, BLOCK_D=min(128, triton.next_power_of_2(d)), num_warps=4)
+
+
 def csr_matmul_fwd(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Launch: ``[n, d]`` float32 (see the module docstring for shapes)."""
     n = row_ptr.numel() - 1
@@ -49,11 +56,9 @@ def csr_matmul_fwd(row_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor
     out = torch.empty((n, d), dtype=torch.float32, device=W.device)
     if n == 0 or d == 0:
         return out
-    # BLOCK_D 128 keeps a row's k gathered slices in registers; 16 entries per step covers
-    # k=32 in two steps. Tiles not tuned on a GPU; see benchmarks/README.md.
-    block_d = min(128, triton.next_power_of_2(d))
-    grid = (n, triton.cdiv(d, block_d))
+    cfg = _csr_matmul_config(d)
+    grid = (n, triton.cdiv(d, cfg["BLOCK_D"]))
     _csr_matmul_fwd_kernel[grid](
-        row_ptr.contiguous(), cols.contiguous(), vals.contiguous(), W, out, d, W.stride(0), BLOCK_E=16, BLOCK_D=block_d
+        row_ptr.contiguous(), cols.contiguous(), vals.contiguous(), W, out, d, W.stride(0), **cfg
     )
     return out

@@ -103,6 +103,14 @@ def _csr_transpose_matmul_atomic_kernel(
         tl.atomic_add(gb_ptr + c, v, mask=emask)
 
 
+def _csr_transpose_matmul_config(d: int, method: str, has_shift: bool) -> dict:
+    """The launch's constexprs and ``num_warps`` for ``method`` 'sorted' or 'atomic' (pure;
+    benchmarks/gpu_compile.py compiles what a launch would). Tiles of both variants not
+    tuned on a GPU; see benchmarks/README.md."""
+    block_e = 16 if method == "sorted" else 32
+    return dict(HAS_SHIFT=has_shift, BLOCK_E=block_e, BLOCK_D=min(128, max(16, triton.next_power_of_2(d))), num_warps=4)
+
+
 def csr_transpose_matmul_fwd(
     rows: torch.Tensor,
     cols: torch.Tensor,
@@ -118,9 +126,8 @@ def csr_transpose_matmul_fwd(
     X = X if X.stride(1) == 1 else X.contiguous()
     has_shift = shift is not None
     shift_arg = shift.contiguous() if has_shift else X
-    block_d = min(128, max(16, triton.next_power_of_2(d)))
-    # Tiles of both variants not tuned on a GPU; see benchmarks/README.md.
     if method == "sorted":
+        cfg = _csr_transpose_matmul_config(d, method, has_shift)
         gw = torch.empty((m, d), dtype=torch.float32, device=X.device)
         gb = torch.empty(m, dtype=torch.float32, device=X.device)
         if m == 0:
@@ -128,7 +135,7 @@ def csr_transpose_matmul_fwd(
         order = torch.sort(cols, stable=True).indices
         col_ptr = torch.zeros(m + 1, dtype=torch.int64, device=X.device)
         col_ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=m), 0)
-        _csr_transpose_matmul_sorted_kernel[(m, triton.cdiv(d, block_d))](
+        _csr_transpose_matmul_sorted_kernel[(m, triton.cdiv(d, cfg["BLOCK_D"]))](
             col_ptr,
             rows[order].contiguous(),
             vals[order].contiguous(),
@@ -138,9 +145,7 @@ def csr_transpose_matmul_fwd(
             gb,
             d,
             X.stride(0),
-            HAS_SHIFT=has_shift,
-            BLOCK_E=16,
-            BLOCK_D=block_d,
+            **cfg,
         )
         return gw, gb
     if method == "atomic":
@@ -148,7 +153,8 @@ def csr_transpose_matmul_fwd(
         gb = torch.zeros(m, dtype=torch.float32, device=X.device)
         if nnz == 0:
             return gw, gb
-        _csr_transpose_matmul_atomic_kernel[(triton.cdiv(nnz, 32), triton.cdiv(d, block_d))](
+        cfg = _csr_transpose_matmul_config(d, method, has_shift)
+        _csr_transpose_matmul_atomic_kernel[(triton.cdiv(nnz, cfg["BLOCK_E"]), triton.cdiv(d, cfg["BLOCK_D"]))](
             rows.contiguous(),
             cols.contiguous(),
             vals.contiguous(),
@@ -159,9 +165,7 @@ def csr_transpose_matmul_fwd(
             nnz,
             d,
             X.stride(0),
-            HAS_SHIFT=has_shift,
-            BLOCK_E=32,
-            BLOCK_D=block_d,
+            **cfg,
         )
         return gw, gb
     raise ValueError(f"unknown accumulation method {method!r}: use 'sorted' or 'atomic'")

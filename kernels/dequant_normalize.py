@@ -77,6 +77,22 @@ def _dequant_normalize_fwd_kernel(
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=m)
 
 
+def _dequant_normalize_config(d: int, dtype, has_scale: bool, has_shift: bool, has_mul: bool) -> dict:
+    """The launch's constexprs and ``num_warps`` (pure; benchmarks/gpu_compile.py compiles
+    what a launch would). 2D tiles of 4096 elements (16 KiB of fp32 out): enough bytes in
+    flight per program for a memory-bound kernel, and few programs under the interpreter."""
+    block_d = min(256, triton.next_power_of_2(d))
+    return dict(
+        MODE=dtype.mode,
+        HAS_SCALE=has_scale,
+        HAS_SHIFT=has_shift,
+        HAS_MUL=has_mul,
+        BLOCK_N=max(1, 4096 // block_d),
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
+
+
 def dequant_normalize_fwd(
     x: torch.Tensor,
     dtype,
@@ -95,12 +111,9 @@ def dequant_normalize_fwd(
         out = torch.empty((n, d), dtype=out_dtype, device=x.device)
     if n == 0 or d == 0:
         return out
-    # 2D tiles of 4096 elements (16 KiB of fp32 out): enough bytes in flight per program
-    # for a memory-bound kernel, and few programs under the interpreter.
-    block_d = min(256, triton.next_power_of_2(d))
-    block_n = max(1, 4096 // block_d)
+    cfg = _dequant_normalize_config(d, dtype, scale is not None, shift is not None, mul is not None)
     dummy = x  # never read when the matching HAS_* is False
-    grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_D"]))
     _dequant_normalize_fwd_kernel[grid](
         x,
         x.stride(0),
@@ -110,11 +123,6 @@ def dequant_normalize_fwd(
         out,
         n,
         d,
-        MODE=dtype.mode,
-        HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None,
-        HAS_MUL=mul is not None,
-        BLOCK_N=block_n,
-        BLOCK_D=block_d,
+        **cfg,
     )
     return out

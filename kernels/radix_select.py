@@ -33,6 +33,15 @@ def _radix_histogram_kernel(val_ptr, prefix_ptr, hist_ptr, N, SHIFT: tl.constexp
     tl.atomic_add(hist_ptr + b, tl.full((BLOCK,), 1, dtype=tl.int32), mask=mask)
 
 
+RADIX_SHIFTS = (24, 16, 8, 0)  # the 4 passes, most significant byte first
+
+
+def _radix_select_config(shift: int) -> dict:
+    """One pass's constexprs and ``num_warps`` (pure; benchmarks/gpu_compile.py compiles what
+    a launch would): 1024 keys per program."""
+    return dict(SHIFT=shift, BLOCK=1024, num_warps=4)
+
+
 def radix_select_fwd(values: torch.Tensor, r: int) -> torch.Tensor:
     """Launch: the r-th largest of ``values`` ``[N]`` float32 as a 0-d tensor."""
     values = values.contiguous().reshape(-1).to(torch.float32)
@@ -42,10 +51,10 @@ def radix_select_fwd(values: torch.Tensor, r: int) -> torch.Tensor:
     dev = values.device
     prefix = torch.zeros(1, dtype=torch.int64, device=dev)
     rank = torch.tensor([r], dtype=torch.int64, device=dev)
-    block = 1024
-    for shift in (24, 16, 8, 0):
+    for shift in RADIX_SHIFTS:
+        cfg = _radix_select_config(shift)
         hist = torch.zeros(256, dtype=torch.int32, device=dev)
-        _radix_histogram_kernel[(triton.cdiv(n, block),)](values, prefix, hist, n, SHIFT=shift, BLOCK=block)
+        _radix_histogram_kernel[(triton.cdiv(n, cfg["BLOCK"]),)](values, prefix, hist, n, **cfg)
         # Count from the top byte down: the bin where the running count reaches the rank.
         above = hist.flip(0).cumsum(0).to(torch.int64)  # above[j]: keys in bins >= 255 - j
         j = torch.searchsorted(above, rank)  # first j with above[j] >= rank

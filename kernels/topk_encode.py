@@ -146,6 +146,25 @@ def fold_pre_bias(W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tens
     return out
 
 
+def _topk_encode_config(d: int, k: int, k_aux: int, dtype: torch.dtype) -> dict:
+    """The launch's constexprs and ``num_warps`` for ``d`` input features, top ``k``, ``k_aux``
+    AuxK latents (0: off) and the operands' ``dtype``; a pure function of the shape, so that
+    benchmarks/gpu_compile.py compiles exactly what a launch would. Tiles: 16 rows (the
+    smallest tl.dot), 64 latents, d in tiles of 16-64. Not tuned on a GPU; see
+    benchmarks/README.md."""
+    return dict(
+        K=k,
+        KP=triton.next_power_of_2(k),
+        KA=k_aux,
+        KAP=triton.next_power_of_2(max(k_aux, 1)),
+        IEEE=dtype == torch.float32,
+        BLOCK_N=16,
+        BLOCK_M=64,
+        BLOCK_D=min(64, max(16, triton.next_power_of_2(d))),
+        num_warps=4,
+    )
+
+
 def topk_encode_fwd(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -180,11 +199,8 @@ def topk_encode_fwd(
     if n == 0:
         return values, indices, aux_values, aux_indices
     dead = dead_mask.to(torch.int8).contiguous() if ka else values  # unused pointer when KA=0
-    # Tiles: 16 rows (the smallest tl.dot), 64 latents, d in tiles of 16-64. Tiles not
-    # tuned on a GPU; see benchmarks/README.md.
-    block_m = 64
-    block_d = min(64, max(16, triton.next_power_of_2(d)))
-    grid = (triton.cdiv(n, 16),)
+    cfg = _topk_encode_config(d, k, ka, x.dtype)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _topk_encode_fwd_kernel[grid](
         x,
         W_enc,
@@ -199,14 +215,7 @@ def topk_encode_fwd(
         m,
         x.stride(0),
         W_enc.stride(0),
-        K=k,
-        KP=triton.next_power_of_2(k),
-        KA=ka,
-        KAP=triton.next_power_of_2(max(ka, 1)),
-        IEEE=x.dtype == torch.float32,
-        BLOCK_N=16,
-        BLOCK_M=block_m,
-        BLOCK_D=block_d,
+        **cfg,
     )
     # Descending per row; ReLU as torch.relu (NaN stays NaN, sorted first like torch.topk).
     values, order = values.sort(dim=1, descending=True)

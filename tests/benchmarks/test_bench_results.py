@@ -121,11 +121,15 @@ def test_every_result_name_maps_to_exactly_one_script():
         "sae_decode_crossover_cpu",
         "sae_pipeline_cuda",
         "sae_train_cpu",
+        "gpu_compile",
+        "gpu_compile_ci",
+        "gpu_model",
     }
     for n in names:
         assert S.script_for(n) is not None, n
     assert S.script_for("loader_feed_cpu") == "bench_loader_feed.py" and S.script_for("loader") == "bench_loader.py"
-    assert {p.name for p in (S.REPO / "benchmarks").glob("bench_*.py")} == set(S.MEASURES)
+    scripts = [*(S.REPO / "benchmarks").glob("bench_*.py"), *(S.REPO / "benchmarks").glob("gpu_*.py")]
+    assert {p.name for p in scripts} == set(S.MEASURES)
 
 
 @needs_git

@@ -1,0 +1,87 @@
+"""benchmarks/gpu_compile.py: every Triton kernel compiles for sm_80 and sm_90a on this CPU, and
+no hot kernel spills beyond its named allowlist entry (figures: compiled, not run).
+
+The CI set (every kernel at the tests' configurations and at the production target shape,
+both archs) runs here: about 45 s cold on 2 cores, under 10 s warm, Triton's cache in
+``~/.triton/cache`` and the ptxas results in ``~/.cache/actstore/ptxas_v.json``. The full
+production sweep is slow and runs only with ``ACTSTORE_GPU_COMPILE_FULL=1``.
+
+The script runs as a subprocess: tests/conftest.py switches on TRITON_INTERPRET=1, under
+which ``triton.jit`` gives interpreter functions that cannot be compiled."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers.paths import BENCHMARKS, ROOT
+
+pytest.importorskip("triton")
+
+
+def _jit_kernels() -> set[str]:
+    """Names of every ``@triton.jit`` function in kernels/ whose name ends in ``_kernel``."""
+    names = set()
+    for path in (ROOT / "kernels").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel"):
+                if any("jit" in ast.unparse(d) for d in node.decorator_list):
+                    names.add(node.name)
+    return names
+
+
+def _run(tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated to silence its warning
+    out = tmp_path / "gpu_compile.json"
+    r = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_compile.py"), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3000,
+    )
+    return r, (json.loads(out.read_text()) if out.exists() else {})
+
+
+def _check(r, doc) -> None:
+    assert r.returncode == 0, f"gpu_compile failed:\n{r.stderr[-4000:]}\n{r.stdout[-2000:]}"
+    recs = doc["records"]
+    assert doc["meta"]["label"] == "compiled, not run" and all(x["label"] == "compiled, not run" for x in recs)
+    assert doc["meta"]["triton"] and all(doc["meta"]["ptxas"].values()) and doc["meta"]["git"]["commit"]
+    # Every kernel in kernels/ is compiled for both archs, each with ptxas's figures.
+    for arch in ("sm_80", "sm_90a"):
+        compiled = {x["function"] for x in recs if x["arch"] == arch and ("registers" in x or "known_error" in x)}
+        assert compiled == _jit_kernels(), f"{arch}: not compiled: {_jit_kernels() - compiled}"
+    for x in recs:
+        if "registers" in x:
+            assert 0 < x["registers"] <= 255 and x["num_warps"] >= 1 and x["spill_store_bytes"] >= 0
+        # A spill or error in the record is there only with its named allowlist reason.
+        if x.get("spill_store_bytes", 0) + x.get("spill_load_bytes", 0) and x["hot"]:
+            assert x.get("known_spill"), x
+        assert "error" not in x or x.get("known_error"), x
+
+
+def test_ci_set_compiles_every_kernel_for_sm80_and_sm90a(tmp_path):
+    r, doc = _run(tmp_path)
+    _check(r, doc)
+    shapes = {s for x in doc["records"] for s in x["shapes"]}
+    assert "test" in shapes and "prod-d4096-k32-bf16" in shapes
+    # Deduplicated: one record per (kernel, constexprs, dtypes, integer alignment, warps, arch).
+    keys = [
+        json.dumps([x[f] for f in ("function", "arch", "constexprs", "pointer_dtypes", "divisible_by_16", "num_warps")])
+        for x in doc["records"]
+    ]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ACTSTORE_GPU_COMPILE_FULL") != "1", reason="set ACTSTORE_GPU_COMPILE_FULL=1")
+def test_full_sweep_compiles(tmp_path):
+    r, doc = _run(tmp_path, "--set", "full")
+    _check(r, doc)

@@ -1,0 +1,47 @@
+"""benchmarks/gpu_model.py: the roofline arithmetic on one hand-computed case (the issue's
+target shape n=8192, d=4096, m=131072, k=32, bf16, on an H200) and the occupancy rule."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from helpers.paths import BENCHMARKS
+
+sys.path.insert(0, str(BENCHMARKS))
+import gpu_model as G  # noqa: E402
+
+
+def test_topk_encode_at_the_target_shape_by_hand():
+    s = G.Shape(8192, 4096, 131072, 32, "bf16")
+    cfg = G.launch_config("topk_encode", s)
+    assert cfg["BLOCK_N"] == 16  # today's launcher: 512 programs, each streams all of W_enc
+    w = G.kernel_work("topk_encode", s, cfg)
+    assert w["flops"] == 2 * 8192 * 131072 * 4096 == 8_796_093_022_208
+    w_bytes = 131072 * 4096 * 2 + 131072 * 4  # W_enc bf16 + folded bias float32
+    x_bytes, out_bytes = 8192 * 4096 * 2, 8192 * 32 * 12
+    assert w["hbm_bytes"] == w_bytes + x_bytes + out_bytes
+    assert w["l2_bytes"] == 512 * w_bytes + x_bytes + out_bytes == 550_094_503_936
+    dev = G.DEVICES["H200-SXM"]
+    p = G.predict(w, dev)
+    assert p["bound_by"] == "l2" and p["predicted_s"] == pytest.approx(550_094_503_936 / 5.5e12)  # ~100 ms
+    assert p["predicted_compute_s"] == pytest.approx(8.894e-3, rel=1e-3)  # 8.796e15 / 989e12
+    floor = G.gemm_floor(s, dev)
+    assert floor["predicted_gemm_s"] == pytest.approx(8.894e-3, rel=1e-3)
+    # + the [n, m] bf16 pre-activations written and read once at 4.8 TB/s: 2 * 2.147e9 / 4.8e12
+    assert floor["predicted_gemm_plus_topk_s"] - floor["predicted_gemm_s"] == pytest.approx(8.948e-4, rel=1e-3)
+
+
+def test_occupancy_by_hand():
+    dev = G.DEVICES["H100-SXM"]
+    # 128 registers x 32 lanes = 4096 per warp, 4 warps: 65536 / 16384 = 4 blocks (smem would allow 10)
+    o = G.occupancy(128, 4, 20480, dev)
+    assert (o["blocks_per_sm"], o["warps_per_sm"], o["occupancy"], o["limited_by"]) == (4, 16, 0.25, "registers")
+    # 255 registers round up to 8160 -> 8192 per warp: 2 blocks of 4 warps
+    assert G.occupancy(255, 4, 0, dev)["blocks_per_sm"] == 2
+    # 32 registers, 8 warps: threads limit 2048 / 256 = 8 blocks = 64 warps, full occupancy
+    assert G.occupancy(32, 8, 0, dev)["occupancy"] == 1.0
+    # 100 KiB of shared memory: (228 KiB) // (101 KiB) = 2 blocks
+    assert G.occupancy(32, 4, 100 * 1024, dev) == {**o, "blocks_per_sm": 2, "warps_per_sm": 8, "occupancy": 0.125,
+                                                   "limited_by": "shared memory"}  # fmt: skip
