@@ -1,43 +1,28 @@
 """``actstore train``: train an SAE on a store's activations (resumable; torchrun for many ranks).
 
 The options are fields of :class:`~actstore.sae.TrainConfig`: their types and defaults
-come from the dataclass, the help from the table below. ``--config FILE`` (JSON) gives any
+come from the dataclass, the help from each field's metadata. ``--config FILE`` (JSON) gives any
 field; flags on the command line win; ``--sae-option KEY=JSON`` sets SAE settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from ..errors import SAEError
 from ..sae import TrainConfig, train
 from ._options import add_options, given
 
-HELP = {  # the TrainConfig fields offered as flags
-    "store": "the store to train on",
-    "hook": "the hook whose activations the SAE reconstructs",
-    "arch": "topk | batchtopk | jumprelu | gated | relu",
-    "latents": "number of latents m",
-    "k": "active latents per row (topk; batch mean for batchtopk)",
-    "tokens": "training tokens (all ranks together)",
-    "out": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume",
-    "batch_size": "rows per step per rank",
-    "lr": "peak learning rate (default 2e-4 / sqrt(latents / 2^14))",
-    "warmup_steps": "linear warmup steps",
-    "decay_frac": "fraction of the steps at the end with a linear decay to 0",
-    "seed": "initialization and shuffle seed",
-    "dead_tokens": "tokens without firing after which a latent counts as dead",
-    "checkpoint_every": "steps between checkpoints",
-    "log_every": "steps between metric lines",
-    "device": "auto | cpu | cuda",
-}
+# The TrainConfig fields offered as flags: those whose metadata carries a help text.
+OPTIONS = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 REQUIRED = ("store", "hook", "arch", "latents", "tokens", "out")
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an SAE on a store's activations (resumable; torchrun for many ranks)")
     p.add_argument("--config", help="JSON file with any of the options below (the command line wins)")
-    add_options(p, TrainConfig, HELP, HELP)
+    add_options(p, TrainConfig, OPTIONS)
     p.add_argument(
         "--sae-option",
         action="append",
@@ -50,7 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    opts = given(args, HELP)
+    opts = given(args, OPTIONS)
     if args.sae_option:
         opts["sae"] = {}
         for kv in args.sae_option:

@@ -53,26 +53,32 @@ from .registry import build
 ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
 
 
+def _opt(default, help: str):  # noqa: A002 - argparse's word
+    """A field offered as a ``actstore train`` flag, with its help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    store: str
-    hook: str
-    arch: str
-    latents: int
-    out: str
-    tokens: int
-    k: int | None = None
-    batch_size: int = 4096
-    lr: float | None = None  # None: 2e-4 / sqrt(latents / 2^14), sparsify's rule
-    warmup_steps: int = 50
-    decay_frac: float = 0.2
+    store: str = field(metadata={"help": "the store to train on"})
+    hook: str = field(metadata={"help": "the hook whose activations the SAE reconstructs"})
+    arch: str = field(metadata={"help": "topk | batchtopk | jumprelu | gated | relu"})
+    latents: int = field(metadata={"help": "number of latents m"})
+    out: str = field(metadata={"help": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"})
+    tokens: int = field(metadata={"help": "training tokens (all ranks together)"})
+    k: int | None = _opt(None, "active latents per row (topk; batch mean for batchtopk)")
+    batch_size: int = _opt(4096, "rows per step per rank")
+    # None: 2e-4 / sqrt(latents / 2^14), sparsify's rule
+    lr: float | None = _opt(None, "peak learning rate (default 2e-4 / sqrt(latents / 2^14))")
+    warmup_steps: int = _opt(50, "linear warmup steps")
+    decay_frac: float = _opt(0.2, "fraction of the steps at the end with a linear decay to 0")
     weight_decay: float = 0.0
-    seed: int = 0
+    seed: int = _opt(0, "initialization and shuffle seed")
     normalize: str | None = "mean_norm"
-    dead_tokens: int = 1_000_000
-    checkpoint_every: int = 200
-    log_every: int = 10
-    device: str = "auto"
+    dead_tokens: int = _opt(1_000_000, "tokens without firing after which a latent counts as dead")
+    checkpoint_every: int = _opt(200, "steps between checkpoints")
+    log_every: int = _opt(10, "steps between metric lines")
+    device: str = _opt("auto", "auto | cpu | cuda")
     buffer_rows: int = 65536
     threads: int | None = None
     sae: dict = field(default_factory=dict)  # SAEConfig overrides: k_aux, aux_coef, l1_coef, ...
