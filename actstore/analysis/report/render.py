@@ -160,7 +160,7 @@ class _Report:
 
     # -- index -----------------------------------------------------------------------------------
     def index_rows(self) -> list[dict]:
-        a, rows = self.a, []
+        rows = []
         cnt, dens, mx, mean = (self.col(f"latents/{k}") for k in ("count", "density", "max", "mean"))
         dead, dense = self.col("latents/dead"), self.col("latents/dense")
         tt = self.col("top_tokens/tokens")
@@ -220,7 +220,8 @@ class _Report:
             return None
         h, e = self.col("latents/hist")[i], self.col("latents/hist_edges")
         lo, hi = float(np.log10(e[0])), float(np.log10(e[-1]))
-        labels = [f"(0, {e[0]:.3g})"] + [f"[{e[j]:.3g}, {e[j + 1]:.3g})" for j in range(e.size - 1)] + [f"≥ {e[-1]:.3g}"]
+        inner = [f"[{e[j]:.3g}, {e[j + 1]:.3g})" for j in range(e.size - 1)]
+        labels = [f"(0, {e[0]:.3g})", *inner, f"≥ {e[-1]:.3g}"]
         c = _bars(h, labels)
         # Bar j+1 covers [e[j], e[j+1]): edge e[j] sits at x = (j+1) * bar width.
         n = h.size
@@ -279,7 +280,8 @@ class _Report:
                     w = t.shape[-1] // 2
                     ex = [self._context(t[s], ac[s], r[s], vals[j, s], vmax) for s in range(t.shape[0]) if r[s, w] >= 0]
                 else:
-                    ex = [{"value": float(v), "row": int(rr), "cells": []} for v, rr in zip(vals[j], rows[j]) if rr >= 0]
+                    pairs = zip(vals[j], rows[j])
+                    ex = [{"value": float(v), "row": int(rr), "cells": []} for v, rr in pairs if rr >= 0]
                 pct = 100.0 * int(cnt[j]) / max(total, 1)
                 bins.append(
                     {
@@ -339,7 +341,11 @@ class _Report:
         if not self.has("top_tokens/tokens"):
             return []
         t, c, mu = (self.col(f"top_tokens/{k}")[i] for k in ("tokens", "counts", "mean"))
-        return [{"text": self.tok(a), "id": int(a), "count": int(b), "mean": float(x)} for a, b, x in zip(t, c, mu) if a >= 0]
+        keep = t >= 0
+        return [
+            {"text": self.tok(a), "id": int(a), "count": int(b), "mean": float(x)}
+            for a, b, x in zip(t[keep], c[keep], mu[keep])
+        ]
 
     def latent_context(self, i: int) -> dict:
         vmax = float(self.col("latents/max")[i]) if self.has("latents/max") else 0.0
