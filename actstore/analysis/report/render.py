@@ -34,6 +34,7 @@ from .._pass import AnalysisError
 from ..output import Analysis
 
 MARKER = "report.json"
+PAD = 3  # empty histogram bins shown on each side of a latent's nonzero ones
 SHOW_TOKENS = 5  # top input / logit tokens per latent in the index table
 BIN_MODES = (("equal", "equal width on [0, max]"), ("abs", "absolute"), ("quantile", "rank quantiles"))
 TEMPLATES = Path(__file__).with_name("templates")
@@ -216,19 +217,25 @@ class _Report:
         return [(k, _num(v), _exact(v) if not isinstance(v, (bool, np.bool_)) else str(bool(v))) for k, v in out]
 
     def act_chart(self, i: int):
+        """The latent's log-spaced histogram, cropped to its nonzero bins plus a margin of ``PAD`` bins."""
         if not self.has("latents/hist"):
             return None
         h, e = self.col("latents/hist")[i], self.col("latents/hist_edges")
-        lo, hi = float(np.log10(e[0])), float(np.log10(e[-1]))
+        # Bar 0 is (0, e[0]), bar j in 1..E-1 is [e[j-1], e[j]), bar E is [e[-1], inf).
         inner = [f"[{e[j]:.3g}, {e[j + 1]:.3g})" for j in range(e.size - 1)]
         labels = [f"(0, {e[0]:.3g})", *inner, f"≥ {e[-1]:.3g}"]
-        c = _bars(h, labels)
-        # Bar j+1 covers [e[j], e[j+1]): edge e[j] sits at x = (j+1) * bar width.
-        n = h.size
-        dec = [(k, f"1e{k}") for k in range(int(math.ceil(lo)), int(math.floor(hi)) + 1)]
-        step = (hi - lo) / max(e.size - 1, 1)
-        c["ticks"] = [{"x": round((1 + (k - lo) / step) * c["width"] / n, 2), "label": lab} for k, lab in dec]
-        c["xlabel"] = "activation (log scale; first bar below, last bar above the range)"
+        nz = np.flatnonzero(h)
+        a, b = (max(int(nz[0]) - PAD, 0), min(int(nz[-1]) + PAD + 1, h.size)) if nz.size else (0, h.size)
+        c = _bars(h[a:b], labels[a:b])
+        w = c["width"] / (b - a)
+        per = (e.size - 1) / max(float(np.log10(e[-1] / e[0])), 1e-12)  # bins per decade
+        ticks = []
+        for t in range(e.size):  # edge e[t] is the left side of bar t+1
+            k = float(np.log10(e[t]))
+            if abs(k - round(k)) < 1e-9 and a <= t + 1 <= b and (per >= 2 or t % 2 == 0):
+                ticks.append({"x": round((t + 1 - a) * w, 2), "label": f"1e{round(k)}"})
+        c["ticks"] = ticks
+        c["xlabel"] = "activation (log-spaced bins)"
         return c
 
     def _context(self, toks, acts, rows, value, vmax) -> dict:
