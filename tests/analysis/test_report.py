@@ -179,6 +179,20 @@ def test_a_report_folder_of_another_analysis_is_refused(full, planted, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "other", "r"]  # no build folder left
 
 
+@pytest.mark.parametrize("job", ["stats", "top", "bins", "top_tokens"])
+def test_an_analysis_of_one_job_renders(planted, tmp_path, job):
+    out = an.run(planted[0], relu_sae(), {job: {}}, tmp_path / "o", block_rows=BLOCK)
+    index = render(out)
+    a = an.open(out)
+    assert len(Page(index).find("tr", data_latent="3")) == 1
+    page = Page(_page(index, 3))
+    if job == "top":
+        top = page.within(page.find("div", **{"class": "ctx"}), id="top")
+        assert [int(e["attrs"]["data-row"]) for e in top] == [r for _, r in a[3].top]
+    if job == "bins":
+        assert "INTERVAL" in "".join(page.text)
+
+
 @pytest.fixture(scope="module")
 def with_model(tmp_path_factory):
     """A tiny Llama, a store of its layer-0 outputs, and lens + ablation over it."""

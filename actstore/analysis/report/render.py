@@ -258,10 +258,13 @@ class _Report:
         return {"value": float(value), "row": int(rows[w]), "cells": cells}
 
     def top_examples(self, i: int, vmax: float) -> list[dict]:
-        if not self.has("contexts/top/tokens"):
+        if not self.has("top/rows"):
             return []
-        t, ac, r = (self.col(f"contexts/top/{k}")[i] for k in ("tokens", "acts", "rows"))
         vals = self.col("top/values")[i]
+        if not self.has("contexts/top/tokens"):  # values and rows only
+            pairs = zip(vals, self.col("top/rows")[i])
+            return [{"value": float(v), "row": int(r), "cells": []} for v, r in pairs if r >= 0]
+        t, ac, r = (self.col(f"contexts/top/{k}")[i] for k in ("tokens", "acts", "rows"))
         w = t.shape[-1] // 2
         return [self._context(t[k], ac[k], r[k], vals[k], vmax) for k in range(t.shape[0]) if r[k, w] >= 0]
 
