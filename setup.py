@@ -91,6 +91,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"actstore.kernels": "kernels"},
+    package_data={"actstore.analysis.report": ["templates/*.html.j2"]},  # the HTML report's jinja2 templates
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
@@ -101,6 +102,7 @@ setup(
         "google-crc32c",
         "safetensors",  # SAE weights and optimizer state: never pickles
         "tqdm",  # progress bars (capture, train)
+        "jinja2",  # the analysis' HTML report (actstore analyze --html, actstore report)
     ],
     extras_require={
         # capture: model loading, tokenizers, dataset files, progress bar, YAML configs.

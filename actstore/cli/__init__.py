@@ -1,8 +1,8 @@
-"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train`` and ``analyze``.
+"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze`` and ``report``.
 
-One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``), each with
-``register(subparsers)`` and ``run(args) -> exit code``; a new command is a new module
-added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
+One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``,
+``report.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
+command is a new module added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
 ``actstore`` console script.
 
 Exit codes: 0 on success; 1 on any failure, printed by the one handler here as a single
@@ -16,10 +16,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import analyze, capture, demo, info, train
+from . import analyze, capture, demo, info, report, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train, analyze)
+COMMANDS = (info, demo, capture, train, analyze, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ The options are fields of :class:`~actstore.analysis.AnalyzeConfig` (names, type
 and help from the dataclass); ``--option JOB.KEY=JSON`` (repeatable) sets a job's option,
 e.g. ``--option top.k=50 --option contexts.window=16``. Progress is a bar in rows/s on
 stderr; the same line run again continues from the last commit. Under ``torchrun`` each
-rank takes a share and rank 0 writes the output.
+rank takes a share and rank 0 writes the output. ``--html`` then writes the HTML report to
+``OUT/report/index.html`` (``actstore.analysis.report.render``; ``actstore report OUT`` redoes it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..analysis import AnalysisError, AnalyzeConfig
 from ..analysis import run as run_analysis
 from ..analysis.config import parse_option
 from ..analysis.output import read_attrs
+from ..analysis.report import render
 from ._options import add_options, given
 
 OPTIONS = tuple(f.name for f in dataclasses.fields(AnalyzeConfig) if f.name != "options")
@@ -36,6 +38,10 @@ def register(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--html", action="store_true", help="also write the HTML report to OUT/report/index.html")
+    p.add_argument(
+        "--tokenizer", help="HF tokenizer folder to decode tokens in the report (default: the --model folder's)"
+    )
     p.set_defaults(fn=run)
 
 
@@ -68,6 +74,8 @@ def run(args) -> int:
         "jobs": list(attrs["jobs"]),
         "summary": attrs["summary"],
     }
+    if args.html:
+        summary["report"] = str(render(out, out / "report", tokenizer=args.tokenizer))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -77,4 +85,6 @@ def run(args) -> int:
             f"analysed {summary['rows_seen']:,} rows of {summary['hook']} with {summary['m']} latents "
             f"({', '.join(summary['jobs'])}{extra}) into {out}"
         )
+        if args.html:
+            print(f"report: {summary['report']}")
     return 0

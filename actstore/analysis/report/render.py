@@ -1,0 +1,440 @@
+"""``render(analysis_dir, out_dir)``: a self-contained HTML report of a finished analysis.
+
+Output (``out_dir``, default ``analysis_dir/report``): ``index.html`` (the run's summary, the
+log-density histogram and a sortable, filterable table of every latent) and one page per
+latent, ``latents/<i:05d>.html`` (statistics, activation histogram, top input tokens, logit
+lens, contexts of the top examples and of every bin's samples, ablation rows). Everything is
+inline (CSS, a small JS for the table, SVG charts): the pages work from ``file://`` with no
+server and no network. The table applies ``?sort=KEY`` (``-KEY`` descending), ``?q=TEXT``
+and ``?hide=dead`` on load, so a link (or a headless browser) can ask for an order.
+
+Tokens are decoded with ``tokenizer`` (an object with ``decode(list[int]) -> str``, or a
+path to a Hugging Face tokenizer folder); without one, with the analysis' model folder's
+tokenizer when it has one; else they are shown as ids. All text is escaped (jinja2 autoescape).
+
+The report records the analysis' identity in ``out_dir/report.json``; a folder holding a
+report of another analysis, or anything that is not a report, is refused. Pages are built in
+a sibling temporary folder and swapped in at the end, so a failed render leaves nothing
+half-written visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .._pass import AnalysisError
+from ..output import Analysis
+
+MARKER = "report.json"
+PAD = 3  # empty histogram bins shown on each side of a latent's nonzero ones
+SHOW_TOKENS = 5  # top input / logit tokens per latent in the index table
+BIN_MODES = (("equal", "equal width on [0, max]"), ("abs", "absolute"), ("quantile", "rank quantiles"))
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every token string is untrusted text
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _num
+    return env
+
+
+def _num(x, digits: int = 4) -> str:
+    """A short human form of a number: ints with thousands separators, floats to ``digits`` significant."""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}g}"
+
+
+def _exact(x) -> str:
+    """The number exactly (round-trips through float()): what data-v attributes and tests read."""
+    return repr(float(x)) if not isinstance(x, (int, np.integer)) else str(int(x))
+
+
+def load_tokenizer(spec):
+    """``spec``: None, an object with ``decode``, or a Hugging Face tokenizer folder (loaded offline)."""
+    if spec is None or hasattr(spec, "decode"):
+        return spec
+    path = os.fspath(spec)
+    if not os.path.isdir(path):
+        raise AnalysisError(f"--tokenizer {path!r} is not a folder: give a Hugging Face tokenizer or model folder")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    # Deferred: transformers is an optional extra (actstore[capture]) and takes seconds to import.
+    import transformers
+
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise AnalysisError(
+            f"no tokenizer in {path!r} ({type(e).__name__}): give --tokenizer a folder with tokenizer files"
+        ) from None
+    return tok
+
+
+def _model_tokenizer(attrs: dict):
+    """The tokenizer of the analysis' model folder, or None (no model, a factory, or no tokenizer files)."""
+    name = (attrs.get("model") or {}).get("name")
+    if not name or not os.path.isdir(name):
+        return None
+    try:
+        tok = load_tokenizer(name)
+    except AnalysisError:
+        return None
+    return tok if len(tok) > 1 else None  # an empty stand-in is no tokenizer
+
+
+class _Tokens:
+    """Token id -> display text (cached); ids when there is no tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.cache = tokenizer, {}
+
+    def __call__(self, i: int) -> str:
+        i = int(i)
+        if i < 0:
+            return ""
+        if i not in self.cache:
+            if self.tok is None:
+                text = f"[{i}]"
+            else:
+                try:
+                    text = self.tok.decode([i])
+                except Exception:
+                    text = f"[{i}]"
+                text = text.replace("\n", "⏎").replace("\t", "⇥") or "∅"
+            self.cache[i] = text
+        return self.cache[i]
+
+
+def _bars(counts, labels, width=560, height=120) -> dict:
+    """Geometry of an inline SVG bar chart of ``counts`` (bar heights on a linear scale)."""
+    counts = [int(c) for c in counts]
+    top = max(counts + [1])
+    n = max(len(counts), 1)
+    w = width / n
+    bars = [
+        {"x": round(j * w, 2), "w": round(max(w - 1, 1), 2), "h": round(height * c / top, 2), "title": f"{lab}: {c:,}"}
+        for j, (c, lab) in enumerate(zip(counts, labels))
+    ]
+    for b in bars:
+        b["y"] = round(height - b["h"], 2)
+    return {"width": width, "height": height, "bars": bars, "top": top}
+
+
+def _ticks(lo: float, hi: float, values, width: int) -> list[dict]:
+    """Axis labels at ``values`` on a linear axis [lo, hi] mapped to [0, width]."""
+    return [{"x": round((v - lo) / (hi - lo) * width, 2), "label": lab} for v, lab in values]
+
+
+class _Report:
+    def __init__(self, a: Analysis, tokenizer):
+        self.a, self.tok = a, _Tokens(tokenizer)
+        self.m = a.m
+        self.digits = max(5, len(str(self.m - 1)))
+        self.has = lambda name: name in a
+
+    def page(self, i: int) -> str:
+        return f"latents/{i:0{self.digits}d}.html"
+
+    def col(self, name):
+        return self.a.array(name) if self.has(name) else None
+
+    # -- index -----------------------------------------------------------------------------------
+    def index_rows(self) -> list[dict]:
+        rows = []
+        cnt, dens, mx, mean = (self.col(f"latents/{k}") for k in ("count", "density", "max", "mean"))
+        dead, dense = self.col("latents/dead"), self.col("latents/dense")
+        tt = self.col("top_tokens/tokens")
+        lens = self.col("lens/top_ids")
+        topv = self.col("top/values")
+        for i in range(self.m):
+            r = {"i": i, "href": self.page(i), "cells": {}}
+            if cnt is not None:
+                r["cells"] = {
+                    "density": dens[i],
+                    "count": cnt[i],
+                    "max": mx[i],
+                    "mean": mean[i],
+                }
+            elif topv is not None:
+                r["cells"] = {"max": topv[i, 0]}
+            r["dead"] = bool(dead[i]) if dead is not None else False
+            r["dense"] = bool(dense[i]) if dense is not None else False
+            r["lens"] = [self.tok(t) for t in lens[i, :SHOW_TOKENS] if t >= 0] if lens is not None else None
+            r["inputs"] = [self.tok(t) for t in tt[i, :SHOW_TOKENS] if t >= 0] if tt is not None else None
+            rows.append(r)
+        return rows
+
+    def density_chart(self):
+        if not self.has("summary/log_density_hist"):
+            return None
+        h, e = self.col("summary/log_density_hist"), self.col("summary/log_density_edges")
+        labels = [f"10^{e[j]:.1f} – 10^{e[j + 1]:.1f}" for j in range(h.size)]
+        c = _bars(h, labels)
+        c["ticks"] = _ticks(float(e[0]), float(e[-1]), [(k, f"1e{k}") for k in range(-10, 1, 2)], c["width"])
+        c["xlabel"] = "log10 density (live latents)"
+        return c
+
+    # -- latent pages ----------------------------------------------------------------------------
+    def stats(self, i: int) -> list[tuple[str, str, str]]:
+        """(label, shown, exact) for the latent's statistics."""
+        if not self.has("latents/count"):
+            return []
+        g = lambda k: self.col(f"latents/{k}")[i]  # noqa: E731
+        n, s, ss = int(g("count")), float(g("sum")), float(g("sumsq"))
+        std = math.sqrt(max(ss / n - (s / n) ** 2, 0.0)) if n else 0.0
+        out = [
+            ("fires on rows", g("count")),
+            ("documents", g("doc_count")),
+            ("density", g("density")),
+            ("max", g("max")),
+            ("mean (when firing)", g("mean")),
+            ("std (when firing)", std),
+            ("sum", g("sum")),
+            ("dead", g("dead")),
+            ("dense", g("dense")),
+        ]
+        return [(k, _num(v), _exact(v) if not isinstance(v, (bool, np.bool_)) else str(bool(v))) for k, v in out]
+
+    def act_chart(self, i: int):
+        """The latent's log-spaced histogram, cropped to its nonzero bins plus a margin of ``PAD`` bins."""
+        if not self.has("latents/hist"):
+            return None
+        h, e = self.col("latents/hist")[i], self.col("latents/hist_edges")
+        # Bar 0 is (0, e[0]), bar j in 1..E-1 is [e[j-1], e[j]), bar E is [e[-1], inf).
+        inner = [f"[{e[j]:.3g}, {e[j + 1]:.3g})" for j in range(e.size - 1)]
+        labels = [f"(0, {e[0]:.3g})", *inner, f"≥ {e[-1]:.3g}"]
+        nz = np.flatnonzero(h)
+        a, b = (max(int(nz[0]) - PAD, 0), min(int(nz[-1]) + PAD + 1, h.size)) if nz.size else (0, h.size)
+        c = _bars(h[a:b], labels[a:b])
+        w = c["width"] / (b - a)
+        per = (e.size - 1) / max(float(np.log10(e[-1] / e[0])), 1e-12)  # bins per decade
+        ticks = []
+        for t in range(e.size):  # edge e[t] is the left side of bar t+1
+            k = float(np.log10(e[t]))
+            if abs(k - round(k)) < 1e-9 and a <= t + 1 <= b and (per >= 2 or t % 2 == 0):
+                ticks.append({"x": round((t + 1 - a) * w, 2), "label": f"1e{round(k)}"})
+        c["ticks"] = ticks
+        c["xlabel"] = "activation (log-spaced bins)"
+        return c
+
+    def _context(self, toks, acts, rows, value, vmax) -> dict:
+        w = toks.size // 2
+        cells = []
+        for j in range(toks.size):
+            if rows[j] < 0:
+                continue
+            v = float(acts[j])
+            alpha = min(max(v / vmax, 0.0), 1.0) if vmax > 0 else 0.0
+            cells.append(
+                {
+                    "text": self.tok(toks[j]),
+                    "act": v,
+                    "alpha": f"{alpha:.3f}",
+                    "title": f"{v:.4g} (token {int(toks[j])}, row {int(rows[j])})",
+                    "ex": j == w,
+                }
+            )
+        return {"value": float(value), "row": int(rows[w]), "cells": cells}
+
+    def top_examples(self, i: int, vmax: float) -> list[dict]:
+        if not self.has("top/rows"):
+            return []
+        vals = self.col("top/values")[i]
+        if not self.has("contexts/top/tokens"):  # values and rows only
+            pairs = zip(vals, self.col("top/rows")[i])
+            return [{"value": float(v), "row": int(r), "cells": []} for v, r in pairs if r >= 0]
+        t, ac, r = (self.col(f"contexts/top/{k}")[i] for k in ("tokens", "acts", "rows"))
+        w = t.shape[-1] // 2
+        return [self._context(t[k], ac[k], r[k], vals[k], vmax) for k in range(t.shape[0]) if r[k, w] >= 0]
+
+    def bin_sections(self, i: int, vmax: float) -> list[dict]:
+        out = []
+        for mode, label in BIN_MODES:
+            if not self.has(f"bins/{mode}/count"):
+                continue
+            cnt = self.col(f"bins/{mode}/count")[i]
+            total = int(cnt.sum())
+            e = self.col(f"bins/{mode}/edges")
+            e = e if e.ndim == 1 else e[i]
+            ctx = self.has(f"contexts/bins/{mode}/tokens")
+            vals = self.col(f"bins/{mode}/values")[i]
+            rows = self.col(f"bins/{mode}/rows")[i]
+            bins = []
+            for j in range(cnt.size):
+                if cnt[j] == 0:
+                    continue
+                ex = []
+                if ctx:
+                    t, ac, r = (self.col(f"contexts/bins/{mode}/{k}")[i, j] for k in ("tokens", "acts", "rows"))
+                    w = t.shape[-1] // 2
+                    ex = [self._context(t[s], ac[s], r[s], vals[j, s], vmax) for s in range(t.shape[0]) if r[s, w] >= 0]
+                else:
+                    pairs = zip(vals[j], rows[j])
+                    ex = [{"value": float(v), "row": int(rr), "cells": []} for v, rr in pairs if rr >= 0]
+                pct = 100.0 * int(cnt[j]) / max(total, 1)
+                bins.append(
+                    {
+                        "lo": _num(e[j]),
+                        "hi": _num(e[j + 1]),
+                        "count": int(cnt[j]),
+                        "pct": f"{pct:.3g}",
+                        "examples": ex,
+                    }
+                )
+            out.append({"mode": mode, "label": label, "total": total, "bins": bins})
+        return out
+
+    def lens(self, i: int):
+        if not self.has("lens/top_ids"):
+            return None
+        out = {}
+        for side in ("top", "bottom"):
+            ids, vals = self.col(f"lens/{side}_ids")[i], self.col(f"lens/{side}_values")[i]
+            out[side] = [{"text": self.tok(t), "id": int(t), "value": float(v)} for t, v in zip(ids, vals) if t >= 0]
+        return out
+
+    def ablation(self, i: int) -> list[dict]:
+        if not self.has("ablation/rows"):
+            return []
+        rows, base = self.col("ablation/rows")[i], self.col("ablation/base")[i]
+        delta, toks = self.col("ablation/delta")[i], self.col("ablation/tokens")[i]
+        out = []
+        for e in range(rows.size):
+            if rows[e] < 0:
+                continue
+            d = delta[e]
+            scale = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.0
+            cells = []
+            for c in range(toks.shape[1]):
+                if toks[e, c] < 0:
+                    continue
+                if c == toks.shape[1] - 1:
+                    cells.append({"text": self.tok(toks[e, c]), "title": f"the example: {base[e]:.4g}", "ex": True})
+                    continue
+                v = float(d[c])
+                a = abs(v) / scale if scale > 0 and math.isfinite(v) else 0.0
+                cells.append(
+                    {
+                        "text": self.tok(toks[e, c]),
+                        "title": f"deleted: {v:+.4g}",
+                        "ex": False,
+                        "neg": v < 0,
+                        "alpha": f"{a:.3f}",
+                        "delta": v,
+                    }
+                )
+            out.append({"row": int(rows[e]), "base": float(base[e]), "cells": cells})
+        return out
+
+    def top_tokens(self, i: int) -> list[dict]:
+        if not self.has("top_tokens/tokens"):
+            return []
+        t, c, mu = (self.col(f"top_tokens/{k}")[i] for k in ("tokens", "counts", "mean"))
+        keep = t >= 0
+        return [
+            {"text": self.tok(a), "id": int(a), "count": int(b), "mean": float(x)}
+            for a, b, x in zip(t[keep], c[keep], mu[keep])
+        ]
+
+    def latent_context(self, i: int) -> dict:
+        vmax = float(self.col("latents/max")[i]) if self.has("latents/max") else 0.0
+        if vmax <= 0 and self.has("top/values"):
+            vmax = float(self.col("top/values")[i, 0])
+        return {
+            "i": i,
+            "prev": self.page(i - 1).split("/")[-1] if i > 0 else None,
+            "next": self.page(i + 1).split("/")[-1] if i + 1 < self.m else None,
+            "stats": self.stats(i),
+            "chart": self.act_chart(i),
+            "top_tokens": self.top_tokens(i),
+            "lens": self.lens(i),
+            "top": self.top_examples(i, vmax),
+            "bins": self.bin_sections(i, vmax),
+            "ablation": self.ablation(i),
+            "dead": bool(self.col("latents/dead")[i]) if self.has("latents/dead") else False,
+            "dense": bool(self.col("latents/dense")[i]) if self.has("latents/dense") else False,
+        }
+
+
+def _check_out(out: Path, identity: str) -> None:
+    if not out.exists():
+        return
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            got = json.loads(marker.read_text()).get("identity")
+        except ValueError:
+            got = None
+        if got != identity:
+            raise AnalysisError(f"{out} holds the report of a different analysis: pick another folder or delete it")
+        return
+    if any(out.iterdir()):
+        raise AnalysisError(f"{out} exists and holds no actstore report: pick another folder")
+
+
+def render(analysis_dir, out_dir=None, *, tokenizer=None) -> Path:
+    """Write the HTML report of the analysis at ``analysis_dir`` into ``out_dir`` (default
+    ``analysis_dir/report``); returns the path of its ``index.html``."""
+    a = Analysis(analysis_dir)
+    out = Path(out_dir) if out_dir is not None else a.path / "report"
+    identity = a.attrs.get("identity", "")
+    _check_out(out, identity)
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else _model_tokenizer(a.attrs)
+    rep = _Report(a, tok)
+    env = _env()
+    at = a.attrs
+    summary = at.get("summary", {}).get("stats", {})
+    head = {
+        "store": at["store"]["path"],
+        "hook": at["hook"],
+        "rows_seen": at["rows_seen"],
+        "m": a.m,
+        "d": at["sae"]["d"],
+        "arch": at["sae"]["arch"],
+        "model": (at.get("model") or {}).get("name"),
+        "jobs": list(at["jobs"]),
+        "dead": summary.get("dead"),
+        "dense": summary.get("dense"),
+        "mean_l0": summary.get("mean_l0"),
+        "tokens": "decoded" if tok is not None else "shown as ids [n]",
+        "identity": identity[:12],
+    }
+    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
+    try:
+        (build / "latents").mkdir(parents=True)
+        idx = env.get_template("index.html.j2").render(
+            head=head, rows=rep.index_rows(), chart=rep.density_chart(), exact=_exact
+        )
+        (build / "index.html").write_text(idx, encoding="utf-8")
+        page = env.get_template("latent.html.j2")
+        for i in range(a.m):
+            html = page.render(head=head, L=rep.latent_context(i), exact=_exact)
+            (build / rep.page(i)).write_text(html, encoding="utf-8")
+        (build / MARKER).write_text(json.dumps({"identity": identity, "analysis": str(a.path)}, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return out / "index.html"
