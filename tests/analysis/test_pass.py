@@ -16,6 +16,7 @@ from actstore.errors import ActstoreError
 from actstore.sae import ReLUSAE, SAEConfig
 from helpers.analysis_store import BLOCK, JOBS, relu_sae, write_store
 from helpers.paths import HELPERS, ROOT
+from helpers.procs import torchrun
 
 
 def files(d: Path) -> dict[str, bytes]:
@@ -56,6 +57,15 @@ def test_two_shares_merge_to_the_single_pass(planted, relu, tmp_path):
     two = an.run(path, relu, JOBS, tmp_path / "two", block_rows=BLOCK, rank=0, world_size=2)
     assert files(two) == files(one)
     assert an.run(path, relu, JOBS, one, block_rows=BLOCK) == one  # finished: nothing to do
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_give_the_single_pass(planted, relu, tmp_path):
+    path, _ = planted
+    one = an.run(path, relu, JOBS, tmp_path / "one", block_rows=BLOCK)
+    r = torchrun(HELPERS / "analysis_rank.py", [path, tmp_path / "two"], nproc=2, port_base=27700)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert files(tmp_path / "two") == files(one)
 
 
 @pytest.mark.slow
