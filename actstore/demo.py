@@ -246,9 +246,10 @@ def format_summary(s: dict) -> str:
     st = s["stages"]
     cap, tr, an = st["capture"], st["train"], st["analyze"]
     fvu = "n/a" if tr["fvu"] is None else f"{tr['fvu']:.3f}"
+    how = "converted from GGUF" if st["model"]["converted"] else "cached"
     lines = [
         f"SmolLM2-135M-Instruct at {s['hook']}, {s['total_seconds']:.0f} s in all:",
-        f"  model    {st['model']['seconds']:6.1f} s  {'converted from GGUF' if st['model']['converted'] else 'cached'}",
+        f"  model    {st['model']['seconds']:6.1f} s  {how}",
         f"  capture  {cap['seconds']:6.1f} s  {cap['rows']:,} rows ({cap['tokens_per_s']:,.0f} tokens/s), "
         f"{cap['bytes_on_disk'] / 1e6:.1f} MB",
         f"  train    {tr['seconds']:6.1f} s  {tr['tokens']:,} tokens, TopK {tr['latents']} latents k={tr['k']}, "

@@ -49,7 +49,9 @@ def gguf_path() -> Path:
 
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
-        raise DependencyError(f"reading SmolLM2's GGUF file needs the package gguf; run `{INSTALL}` (make install does)")
+        raise DependencyError(
+            f"reading SmolLM2's GGUF file needs the package gguf; run `{INSTALL}` (make install does)"
+        )
 
 
 def smollm2_path() -> Path:
