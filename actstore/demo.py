@@ -147,14 +147,18 @@ def run_smollm2_demo(
     latents: int = 2048,
     k: int = 32,
     train_tokens: int = 200_000,
+    train_batch: int = 1024,
+    lr: float = 2e-3,
     ablation_latents: int = 16,
     data: str = "demo_data/pydoc_topics.jsonl",
     progress: bool = True,
 ) -> dict:
     """The main job on SmolLM2-135M-Instruct: capture ``model.layers.<layer>`` over the English
     text (``tokens`` rows, BOS and special tokens left out) into ``out``, train a TopK SAE
-    (``latents`` wide, ``k`` active, ``train_tokens`` tokens: several passes over the rows)
-    into ``sae_out``, and analyse every row into ``analysis_out`` (ablation for the first
+    (``latents`` wide, ``k`` active, ``train_tokens`` tokens: several passes over the rows;
+    small batches and a high ``lr`` because a short run needs steps more than it needs big
+    batches: FVU 0.12 against 0.53 with the trainer's defaults on a 10k-row trial) into
+    ``sae_out``, and analyse every row into ``analysis_out`` (ablation for the first
     ``ablation_latents`` latents only: it costs up to 9 forwards per example). Rerunning
     resumes each stage. Returns the summary: per stage its seconds and figures, and the paths."""
     hook = f"model.layers.{layer}"
@@ -185,10 +189,19 @@ def run_smollm2_demo(
     }
 
     t = time.perf_counter()
-    print(_cmd("actstore", "train", "--store", out, "--hook", hook, "--arch", "topk", "--latents", latents,
-               "--k", k, "--tokens", train_tokens, "--out", sae_out))  # fmt: skip
+    print(_cmd("actstore", "train", "--store", out, "--hook", hook, "--arch", "topk", "--latents", latents, "--k", k,
+               "--tokens", train_tokens, "--batch-size", train_batch, "--lr", lr, "--out", sae_out))  # fmt: skip
     tr = train(
-        store=out, hook=hook, arch="topk", latents=latents, k=k, tokens=train_tokens, out=sae_out, progress=progress
+        store=out,
+        hook=hook,
+        arch="topk",
+        latents=latents,
+        k=k,
+        tokens=train_tokens,
+        batch_size=train_batch,
+        lr=lr,
+        out=sae_out,
+        progress=progress,
     )
     final = tr["final"]
     stages["train"] = {
@@ -197,6 +210,8 @@ def run_smollm2_demo(
         "steps": tr["steps"],
         "latents": latents,
         "k": k,
+        "batch_size": train_batch,
+        "lr": lr,
         "fvu": final.get("fvu"),
         "l0": final.get("l0"),
         "dead_frac": final.get("dead_frac"),
