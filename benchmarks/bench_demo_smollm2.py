@@ -6,7 +6,7 @@ or tokens, FVU and bytes on disk, with the machine, versions and the git commit 
 the run. The model's one-time GGUF conversion is timed as the ``model`` stage when the cache
 is empty (``converted``); the README quotes these figures.
 
-    python benchmarks/demo_smollm2.py
+    python benchmarks/bench_demo_smollm2.py
 """
 
 from __future__ import annotations
