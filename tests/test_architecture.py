@@ -20,8 +20,9 @@ LAYERS = [
     {"reference"},
     {"ops", "kernels"},
     {"capture", "loader", "api"},
-    {"sae", "demo"},
+    {"sae"},
     {"analysis"},
+    {"demo"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -15,9 +15,13 @@ def register(sub) -> None:
     p.add_argument("analysis", help="the output folder of actstore analyze")
     p.add_argument("--out", help="report folder (default: ANALYSIS/report)")
     p.add_argument("--tokenizer", help="HF tokenizer folder to decode tokens (default: the analysed model's)")
+    p.add_argument(
+        "--pages", type=int, help="pages for only the N latents that fire most (default: every latent; a few "
+        "hundred KB each)"
+    )  # fmt: skip
     p.set_defaults(fn=run)
 
 
 def run(args) -> int:
-    print(render(args.analysis, args.out, tokenizer=args.tokenizer))
+    print(render(args.analysis, args.out, tokenizer=args.tokenizer, pages=args.pages))
     return 0

