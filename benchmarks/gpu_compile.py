@@ -54,8 +54,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from actstore.store.format import DTYPES
-from kernels import (
+from actstore.kernels import (
     capture_pack,
     csr_gather_dot,
     csr_matmul,
@@ -64,6 +63,7 @@ from kernels import (
     radix_select,
     topk_encode,
 )
+from actstore.store.format import DTYPES
 
 ARCHS = {"sm_80": 80, "sm_90a": 90}  # GPUTarget capability 90 emits sm_90a PTX
 LABEL = "compiled, not run"

@@ -40,8 +40,15 @@ from pathlib import Path
 import torch
 from _common import RESULTS, fmt_table, metadata  # noqa: E402  (puts the repo on sys.path)
 
+from actstore.kernels import (
+    capture_pack,
+    csr_gather_dot,
+    csr_matmul,
+    csr_transpose_matmul,
+    dequant_normalize,
+    topk_encode,
+)
 from actstore.store.format import DTYPES
-from kernels import capture_pack, csr_gather_dot, csr_matmul, csr_transpose_matmul, dequant_normalize, topk_encode
 
 LABEL = "predicted"
 TB, TF = 1e12, 1e12

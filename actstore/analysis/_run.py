@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,7 @@ from .. import _dist
 from ..api import open as open_store
 from ..models import prepare_model, resolve_hooks
 from ..sae import load as load_sae
+from ..store.reader import Store
 from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
 from .ablation import Forward
 from .ablation import ablation as ablate
@@ -399,53 +401,62 @@ def run(
                 if not s.load([]) or not s.doc["done"]:
                     return None  # another share is still to run; the call that ends the last one finishes
     result = _finish(
-        store,
-        hook,
-        encoder,
-        sel,
-        spec,
-        m,
-        out,
-        identity,
-        ident,
-        world,
-        share_name,
-        block_rows,
-        commit_rows,
-        on_commit,
-        progress,
-        loaded,
-        seen,
+        _Finish(
+            store=store,
+            hook=hook,
+            encoder=encoder,
+            sel=sel,
+            spec=spec,
+            m=m,
+            out=out,
+            identity=identity,
+            ident=ident,
+            world=world,
+            share_name=share_name,
+            block_rows=block_rows,
+            commit_rows=commit_rows,
+            on_commit=on_commit,
+            progress=progress,
+            loaded=loaded,
+            seen=seen,
+        )
     )
     if world > 1 and dist is not None:
         dist.barrier()
     return result
 
 
-def _finish(
-    store,
-    hook,
-    encoder,
-    sel,
-    spec,
-    m,
-    out,
-    identity,
-    ident,
-    world,
-    share_name,
-    block_rows,
-    commit_rows,
-    on_commit,
-    progress,
-    loaded,
-    seen,
-) -> Path:
+@dataclass
+class _Finish:
+    """What ``_finish`` needs of the run: its inputs, identity and the shares to merge."""
+
+    store: Store
+    hook: str
+    encoder: Encoder
+    sel: Selection
+    spec: dict
+    m: int
+    out: Path
+    identity: str
+    ident: dict
+    world: int
+    share_name: Callable[[int], str]
+    block_rows: int
+    commit_rows: int
+    on_commit: Callable[[int, int], None] | None
+    progress: bool
+    loaded: object
+    seen: np.ndarray | None
+
+
+def _finish(j: _Finish) -> Path:
+    """Merge every share's state, run the passes and jobs that need the merged state (the
+    equal-width bins, contexts, lens, ablation) and write the output group."""
     merged = None
     rows_seen = 0
-    for r in range(world):
-        red = _make(spec, m)
-        st = _ShareState(out, share_name(r), identity)
+    for r in range(j.world):
+        red = _make(j.spec, j.m)
+        st = _ShareState(j.out, j.share_name(r), j.identity)
         st.load(red)
         rows_seen += st.doc["rows"]
         if merged is None:
@@ -460,45 +471,45 @@ def _finish(
         summary[r.name] = r.attrs()
     bins = next((r for r in merged if isinstance(r, Bins)), None)
     if bins is not None and bins.opts["n_equal"] > 0:
-        eq = EqualWidthBins(m, bins.max, **bins.opts)
-        st = _ShareState(out, "pass2-equal", identity)
+        eq = EqualWidthBins(j.m, bins.max, **bins.opts)
+        st = _ShareState(j.out, "pass2-equal", j.identity)
         st.load([eq])
         _pass_share(
-            store,
-            hook,
-            encoder,
-            sel,
-            sel.blocks(block_rows),
-            block_rows,
+            j.store,
+            j.hook,
+            j.encoder,
+            j.sel,
+            j.sel.blocks(j.block_rows),
+            j.block_rows,
             [eq],
             st,
-            commit_rows,
-            on_commit,
-            progress,
+            j.commit_rows,
+            j.on_commit,
+            j.progress,
             "bins equal-width pass",
         )
         arrays.update(eq.result())
-    attrs = {**ident, "identity": identity, "rows_seen": int(rows_seen), "summary": summary}
-    if "contexts" in spec:
-        w = int(spec["contexts"].get("window", 8))
+    attrs = {**j.ident, "identity": j.identity, "rows_seen": int(rows_seen), "summary": summary}
+    if "contexts" in j.spec:
+        w = int(j.spec["contexts"].get("window", 8))
         srcs = {}
         if "top/rows" in arrays:
             srcs["top"] = arrays["top/rows"]
         for mode in ("abs", "quantile", "equal"):
             if f"bins/{mode}/rows" in arrays:
                 srcs[f"bins/{mode}"] = arrays[f"bins/{mode}/rows"]
-        arrays.update(collect_contexts(store, hook, encoder, srcs, w, block_rows))
+        arrays.update(collect_contexts(j.store, j.hook, j.encoder, srcs, w, j.block_rows))
         attrs["contexts"] = {"window": w, "sources": list(srcs)}
-    if "lens" in spec:
-        arrays.update(logit_lens(encoder.sae, loaded.model, seen, **_job_config("lens", spec["lens"])))
-    if "ablation" in spec:
-        opts = _job_config("ablation", spec["ablation"])
-        fwd = Forward(loaded, hook, encoder.sae, opts["batch"])
+    if "lens" in j.spec:
+        arrays.update(logit_lens(j.encoder.sae, j.loaded.model, j.seen, **_job_config("lens", j.spec["lens"])))
+    if "ablation" in j.spec:
+        opts = _job_config("ablation", j.spec["ablation"])
+        fwd = Forward(j.loaded, j.hook, j.encoder.sae, opts["batch"])
         try:
-            vocab = _vocab_size(loaded.model) or np.iinfo(np.int64).max
-            arrays.update(ablate(store, arrays["top/rows"], fwd, vocab, **opts))
+            vocab = _vocab_size(j.loaded.model) or np.iinfo(np.int64).max
+            arrays.update(ablate(j.store, arrays["top/rows"], fwd, vocab, **opts))
         finally:
             fwd.close()
-    write_group(out, arrays, attrs)
-    shutil.rmtree(out / STATE, ignore_errors=True)
-    return out
+    write_group(j.out, arrays, attrs)
+    shutil.rmtree(j.out / STATE, ignore_errors=True)
+    return j.out
