@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._pass import Batch, Reducer
-from ._select import keep_best
+from ._select import BestTable
 
 NOKEY = np.iinfo(np.uint64).max
 _M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
@@ -52,24 +52,35 @@ def sample_keys(seed: int, latents: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return splitmix64(splitmix64(s ^ latents.astype(np.uint64)) ^ rows.astype(np.uint64))
 
 
-def _order(a: dict) -> list:
-    return [a["rows"], a["keys"]]  # smallest key first, then lower row
+def _primary(a: dict) -> tuple[np.ndarray, int]:
+    return a["keys"], 64  # smallest key first (then lower row)
+
+
+_PAD = {"keys": NOKEY, "rows": -1, "vals": 0.0}
 
 
 class _Samples:
     """``groups`` bottom-S tables: keys uint64, rows int64, vals float32, each ``[G, S]``."""
 
     def __init__(self, groups: int, s: int):
-        self.t = {
-            "keys": np.full((groups, s), NOKEY, np.uint64),
-            "rows": np.full((groups, s), -1, np.int64),
-            "vals": np.zeros((groups, s), np.float32),
-        }
+        self.best = BestTable(
+            {
+                "keys": np.full((groups, s), NOKEY, np.uint64),
+                "rows": np.full((groups, s), -1, np.int64),
+                "vals": np.zeros((groups, s), np.float32),
+            },
+            _PAD,
+            _primary,
+        )
+
+    @property
+    def t(self) -> dict:
+        return self.best.table
 
     def offer(self, g, keys, rows, vals) -> None:
-        tk, tr = self.t["keys"][g, -1], self.t["rows"][g, -1]
+        tk, tr = self.best.kth("keys")[g], self.best.kth("rows")[g]
         hit = (keys < tk) | ((keys == tk) & (rows < tr) & (tr >= 0)) | (tr < 0)
-        keep_best(self.t, g[hit], {"keys": keys[hit], "rows": rows[hit], "vals": vals[hit]}, _order)
+        self.best.push(g[hit], {"keys": keys[hit], "rows": rows[hit], "vals": vals[hit]})
 
     def merge(self, other: "_Samples") -> None:
         real = other.t["rows"] >= 0
@@ -80,7 +91,7 @@ class _Samples:
         return {f"{prefix}{k}": v for k, v in self.t.items()}
 
     def load(self, sd: dict, prefix: str) -> None:
-        self.t = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
+        self.best.table = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
 
 
 class Bins(Reducer):
