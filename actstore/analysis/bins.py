@@ -94,6 +94,33 @@ class _Samples:
         self.best.table = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
 
 
+def quantile_groups(rows: np.ndarray, vals: np.ndarray, q: int, s: int):
+    """The quantile mode's output from each latent's kept sample (``rows``/``vals [m, Q*S]``,
+    filled slots first): sorted by (value, row), cut into ``q`` equal groups, the first ``s``
+    of each. -> rows ``[m, q, s]`` (-1 pad), values ``[m, q, s]`` (0 pad), edges ``[m, q+1]``
+    (group j's lowest value; an empty group repeats the edge before it; the last edge is the
+    sample's max). Vectorized over latents (a loop over them took 0.16 s at m=4096)."""
+    m = rows.shape[0]
+    real = rows >= 0
+    nk = real.sum(1)
+    o = np.lexsort((rows, np.where(real, vals, np.inf)), axis=-1)  # padding last
+    rs, vs = np.take_along_axis(rows, o, 1), np.take_along_axis(vals, o, 1)
+    j = np.arange(q)
+    a, b = nk[:, None] * j // q, nk[:, None] * (j + 1) // q  # [m, q] group bounds in the sorted sample
+    t = np.arange(s)
+    ok = t[None, None, :] < np.minimum(b - a, s)[:, :, None]  # [m, q, s]
+    at = np.where(ok, a[:, :, None] + t, 0)
+    lat = np.arange(m)[:, None, None]
+    qr = np.where(ok, rs[lat, at], -1).astype(np.int64)
+    qv = np.where(ok, vs[lat, at], 0).astype(np.float32)
+    qe = np.zeros((m, q + 1), np.float64)
+    first = vs[np.arange(m)[:, None], np.minimum(a, rows.shape[1] - 1)]
+    # Values ascend, so carrying the last non-empty group's edge forward is a running max.
+    qe[:, :q] = np.maximum.accumulate(np.where(b > a, first, 0.0), axis=1)
+    qe[:, q] = np.where(nk > 0, vs[np.arange(m), np.maximum(nk - 1, 0)], 0.0)
+    return qr, qv, qe
+
+
 class Bins(Reducer):
     name = "bins"
 
@@ -167,22 +194,7 @@ class Bins(Reducer):
             "bins/abs/values": self.abs.t["vals"].reshape(m, na, s),
             "bins/abs/edges": np.r_[np.arange(na) * w, np.inf],
         }
-        # Quantiles: the kept sample sorted by (value, row), cut into q equal groups.
-        qr = np.full((m, q, s), -1, np.int64)
-        qv = np.zeros((m, q, s), np.float32)
-        qe = np.zeros((m, q + 1), np.float64)
-        rows, vals = self.quant.t["rows"], self.quant.t["vals"]
-        n_kept = (rows >= 0).sum(1)
-        for lat in np.flatnonzero(n_kept):
-            nk = int(n_kept[lat])
-            o = np.lexsort((rows[lat, :nk], vals[lat, :nk]))
-            rs, vs = rows[lat, :nk][o], vals[lat, :nk][o]
-            for j in range(q):
-                a, b = nk * j // q, nk * (j + 1) // q
-                take = min(b - a, s)
-                qr[lat, j, :take], qv[lat, j, :take] = rs[a : a + take], vs[a : a + take]
-                qe[lat, j] = vs[a] if b > a else (qe[lat, j - 1] if j else 0.0)
-            qe[lat, q] = vs[-1]
+        qr, qv, qe = quantile_groups(self.quant.t["rows"], self.quant.t["vals"], q, s)
         n = self.count[:, None]
         j = np.arange(q)[None, :]
         out.update(

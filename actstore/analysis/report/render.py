@@ -279,7 +279,9 @@ class _Report:
                 {
                     "text": self.tok(toks[j]),
                     "act": v,
-                    "alpha": f"{alpha:.3f}",
+                    # "0" for a silent token: the template then writes no style at all, which
+                    # is most of a window's tokens (a page is mostly context markup).
+                    "alpha": f"{alpha:.3f}".rstrip("0").rstrip(".") or "0",
                     "title": f"{v:.4g} (token {int(toks[j])}, row {int(rows[j])})",
                     "ex": j == w,
                 }
