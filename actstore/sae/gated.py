@@ -54,8 +54,18 @@ class GatedSAE(SparseAutoencoder):
             "b_mag": _shifted(st["b_mag"], mag_shift, dtype),
         }
 
+    def _quantile_bias(self) -> torch.Tensor:
+        return self.b_gate
+
+    def _set_quantile(self, q: torch.Tensor) -> None:
+        # A gate opens where pi_gate > 0: shift b_gate so the quantile sits at 0.
+        self.b_gate.sub_(q.to(self.b_gate.dtype))
+
     def _encode(self, x):
-        rp, c, f, gate = gated_encode(x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec)
+        rp, c, f, gate = gated_encode(
+            x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec, cand_k=self.cand_k
+        )
+        self._note_candidates(rp)
         return Latents(rp, c, f, self.cfg.m), gate
 
     def encode(self, x: torch.Tensor, dense: bool = False):
