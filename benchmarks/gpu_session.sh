@@ -7,8 +7,10 @@
 # It installs the wheels, builds actstore._C, runs the tests marked gpu, then times the SAE
 # kernels (forward, forward+backward, peak memory, per-kernel TFLOP/s and GB/s, against eager,
 # torch.compile, sparsify and the bf16 GEMM ceiling), the store -> loader -> step pipeline, the
-# loader feed and the trainer against SAELens where it is installed. Commit $OUT's JSON into
-# benchmarks/results/.
+# loader feed and the trainer against SAELens where it is installed; it calibrates the measuring
+# dispatch (topk_encode: fused kernel vs chunked GEMM vs eager, per shape class; the choices land
+# in $OUT/dispatch.json) and times capture and store I/O. Commit $OUT's JSON into
+# benchmarks/results/ (measured figures, beside the predicted ones of gpu_model.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -24,5 +26,19 @@ run benchmarks/bench_sae_kernels.py --device cuda --shape small --shape big | te
 run benchmarks/bench_sae_pipeline.py --device cuda | tee "$OUT/sae_pipeline.txt"
 run benchmarks/bench_sae_decode_crossover.py --device cuda --n 8192 --d 4096 --m 32768 | tee "$OUT/crossover.txt"
 run benchmarks/bench_loader_feed.py --device cuda | tee "$OUT/loader_feed.txt"
+# The measuring dispatch at the shapes people train: its timings are the fused kernel's first
+# measured figures against the chunked cuBLAS path.
+ACTSTORE_DISPATCH_CACHE="$OUT/dispatch.json" timeout 600 python3 - <<'PY' 2>&1 | tee "$OUT/dispatch.txt"
+import torch
+from actstore.ops import topk_encode, _autotune
+for n, d, m, k in [(4096, 768, 24576, 32), (8192, 2304, 65536, 64), (8192, 4096, 131072, 32)]:
+    x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16)
+    W = (torch.randn(m, d, device="cuda") / d**0.5).to(torch.bfloat16)
+    topk_encode(x, W, torch.zeros(m, device="cuda"), k)
+for row in _autotune.table():
+    print(row)
+PY
+run benchmarks/bench_capture.py --device cuda | tee "$OUT/capture.txt"
+run benchmarks/bench_store_io.py | tee "$OUT/store_io.txt"
 cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
 ls -l "$OUT"
