@@ -37,8 +37,9 @@ from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
 from .config import SAEConfig
 from .latents import Latents
 
-# Dense-encoded archs (relu, gated, jumprelu) decode with the sparse ops up to this
-# density (nnz / (n*m)) and with one dense GEMM above it. Measured on this 2-core CPU
+# The relu, gated and jumprelu SAEs decode with the sparse ops up to this density
+# (nnz / (n*m)) and with one dense GEMM above it (``decode_by_density``, and
+# ``_decode_dense_or_sparse`` for relu's dense code). Measured on this 2-core CPU
 # (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward):
 # sparse 1.03-1.11x the dense GEMM up to 5% density, even at 10%, 0.86x at 20%. The CPU
 # backward runs dense-scatter GEMMs, so the GPU crossover (Triton kernels) is still to be
@@ -159,6 +160,15 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, latents: Latents) -> torch.Tensor:
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
+
+    def decode_by_density(self, latents: Latents) -> torch.Tensor:
+        """:meth:`decode`, or one dense GEMM when more than ``DENSE_DECODE_ABOVE`` of the
+        ``[n, m]`` entries are present (a threshold SAE early in training, before its
+        thresholds close: its CSR then holds up to half of them). Same values and gradients
+        (to the values and ``W_dec``) either way."""
+        if latents.cols.numel() <= DENSE_DECODE_ABOVE * latents.n * latents.m:
+            return self.decode(latents)
+        return latents.dense().float() @ self.W_dec.float() + self.b_dec.float()
 
     def _decode_dense_or_sparse(self, f: torch.Tensor) -> tuple[torch.Tensor, Latents]:
         """Decode dense activations ``[n, m]``: the sparse kernel when few are active, one

@@ -317,3 +317,23 @@ def test_cand_k_follows_the_batches_and_dense_rows_are_counted():
     sae.encode(torch.randn(256, D, generator=g))
     c = sae.take_encode_counts()
     assert c["encode_rows"] == 256 and c["dense_rows"] <= 256 // 100 + 1
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_dense_codes_decode_by_one_gemm_with_the_same_loss_and_gradients(arch, monkeypatch):
+    import actstore.sae.base as base
+
+    sae = build(SAEConfig(arch, D, M), seed=3)  # at init: about half the latents active
+    x = _x()
+    out = {}
+    for cut in (0.1, 1.0):  # 0.1: the dense GEMM (density ~0.5); 1.0: the sparse decode
+        monkeypatch.setattr(base, "DENSE_DECODE_ABOVE", cut)
+        sae.zero_grad()
+        loss = sae.loss(x)
+        density = loss["latents"].cols.numel() / (x.shape[0] * M)
+        loss["loss"].backward()
+        out[cut] = (float(loss["loss"].detach()), {n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert density > 0.2
+    assert out[0.1][0] == pytest.approx(out[1.0][0], rel=1e-5)
+    for name, g in out[0.1][1].items():
+        torch.testing.assert_close(g, out[1.0][1][name], atol=1e-5, rtol=1e-4, msg=name)
