@@ -175,8 +175,8 @@ def _pick(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux) -> str:
             )
         return forced
     default = resolve_backend(x, None)
-    if default != "triton" or torch.compiler.is_compiling():  # CPU, no Triton, or tracing: no timing
-        return default
+    if default != "triton" or not x.is_cuda or torch.compiler.is_compiling():
+        return default  # the CPU, no Triton, ACTSTORE_BACKEND, or tracing: nothing to time
     m = W_enc.shape[0]
     names = ["triton", "chunked"] + (["reference"] if m <= EAGER_MAX_M else [])
 
