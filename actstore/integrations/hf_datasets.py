@@ -84,7 +84,9 @@ def _rows(shards, path, hooks, tokens, drop, dtype, block, snapshot):
     """The generator behind :func:`to_hf_dataset`: the rows of ``shards``, in order."""
     with open_store(path) as s:
         if s.rows < snapshot:
-            raise LoaderError(f"store {path} has {s.rows} committed rows, fewer than the {snapshot} it had; remake the dataset")
+            raise LoaderError(
+                f"store {path} has {s.rows} committed rows, fewer than the {snapshot} it had; remake the dataset"
+            )
         for lo, hi in shards:
             for a in range(lo, hi, 4 * block):
                 rows = np.arange(a, min(a + 4 * block, hi), dtype=np.int64)

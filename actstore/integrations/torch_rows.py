@@ -60,7 +60,8 @@ class RowDataset(torch.utils.data.Dataset):
         self._store, self._pid = s, os.getpid()
         self.widths = {h: s._hook(h).d for h in self.hooks}  # UnknownHookError, one line
         if tokens and set(self.hooks) & set(TOKEN_KEYS):
-            raise LoaderError(f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with tokens=True")
+            clash = sorted(set(self.hooks) & set(TOKEN_KEYS))[0]
+            raise LoaderError(f"a hook named {clash!r} collides with the token columns of tokens=True; rename it")
         mask = parse_drop_flags(drop_flags)
         # The snapshot: rows committed now; later commits need a new dataset.
         self.index = np.arange(s.rows, dtype=np.int64)
@@ -77,7 +78,9 @@ class RowDataset(torch.utils.data.Dataset):
         if self.normalize == "mean_norm":
             mn = st["mean_norm"]
             if not mn or not math.isfinite(mn) or mn <= 0:
-                raise LoaderError(f"hook {hook!r} has no usable mean norm in the store's statistics ({mn}); use normalize=None")
+                raise LoaderError(
+                    f"hook {hook!r} has no usable mean norm in the store's statistics ({mn}); use normalize=None"
+                )
             return None, torch.tensor(math.sqrt(self.widths[hook]) / mn, dtype=torch.float32)
         std = np.asarray(st["std"], dtype=np.float64)
         mean = torch.from_numpy(np.asarray(st["mean"], dtype=np.float32))

@@ -47,7 +47,7 @@ def sparse_acts(n, d, m=48, k=3, seed=0) -> torch.Tensor:
 
 
 def sparse_store(path, hook="blocks.1.hook_resid_post", n=8192, d=32, seed=0) -> torch.Tensor:
-    x = sparse_acts(n, d, seed=seed)
+    x = sparse_acts(n, d, seed=seed) * 8  # mean norm far from sqrt(d), as in real residual streams
     w = actstore.create(path, {hook: d}, segment="rank00000", dtype="bf16", chunk_bytes=4096)
     w.append({hook: x}, tokens=torch.arange(n) % 97)
     w.close()
@@ -77,4 +77,5 @@ def tiny_gpt2(n_layer=3, d=32, vocab=97, dtype=torch.float32, seed=0):
 
 def word_docs(n_docs=12, seed=0, lo=10, hi=40, vocab=97) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [" ".join(f"w{int(t)}" for t in rng.integers(3, vocab, size=int(rng.integers(lo, hi)))) for _ in range(n_docs)]
+    lengths = rng.integers(lo, hi, size=n_docs)
+    return [" ".join(f"w{int(t)}" for t in rng.integers(3, vocab, size=int(n))) for n in lengths]

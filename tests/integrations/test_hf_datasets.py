@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from helpers.integration_store import HOOKS, rows_store
 from torch.utils.data import DataLoader
 
 import actstore
+from helpers.integration_store import HOOKS, rows_store
 
 datasets = pytest.importorskip("datasets")
 from actstore.integrations.hf_datasets import to_hf_dataset  # noqa: E402

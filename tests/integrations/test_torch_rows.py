@@ -5,11 +5,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers.integration_store import HOOKS, rows_store
 from torch.utils.data import DataLoader
 
 import actstore
 from actstore.integrations import RowDataset
+from helpers.integration_store import HOOKS, rows_store
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,159 @@
+"""SAELens' own SAETrainer fed by actstore (real sae-lens): the loss falls, resume is exact,
+the mean_norm factor folds into the SAE, and a width mismatch is one line."""
+
+import copy
+
+import pytest
+import torch
+
+import actstore
+from actstore.errors import IntegrationError
+from helpers.integration_store import sparse_store
+
+sae_lens = pytest.importorskip("sae_lens")
+from sae_lens.config import SAETrainerConfig  # noqa: E402
+
+from actstore.integrations.saelens import (  # noqa: E402
+    SAELensDataProvider,
+    finish,
+    latest_checkpoint,
+    make_saelens_trainer,
+    train_saelens,
+)
+
+HOOK = "blocks.1.hook_resid_post"
+D, BATCH, STEPS = 32, 256, 48
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sl") / "s"
+    return path, sparse_store(path, HOOK, d=D)
+
+
+def _cfgs(ckpt=None, n_checkpoints=0, steps=STEPS):
+    sae_cfg = sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=64, k=4)
+    tr = SAETrainerConfig(
+        total_training_samples=steps * BATCH,
+        train_batch_size_samples=BATCH,
+        lr=3e-3,
+        device="cpu",
+        checkpoint_path=None if ckpt is None else str(ckpt),
+        n_checkpoints=n_checkpoints,
+    )
+    return sae_cfg, tr
+
+
+def _fvu(sae, x):
+    with torch.no_grad():
+        err = sae(x) - x
+    return float((err**2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def test_saelens_training_steps_fed_by_actstore_reduce_the_loss(store):
+    path, x = store
+    held = x[-1024:].float()
+    torch.manual_seed(0)
+    trainer, provider = make_saelens_trainer(path, HOOK, *_cfgs(), threads=1)
+    before = _fvu(trainer.sae, held * provider.scaling_factor)
+    losses = []
+    step = trainer.step
+
+    def recording(batch):
+        assert batch.shape == (BATCH, D) and batch.dtype == torch.float32
+        out = step(batch)
+        losses.append(float(out.losses["mse_loss"].detach()))
+        return out
+
+    trainer.step = recording
+    try:
+        sae = trainer.fit()
+    finally:
+        provider.close()
+    assert len(losses) == STEPS
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    after = _fvu(sae, held * provider.scaling_factor)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_batches_are_the_loaders_normalized_rows(store):
+    path, x = store
+    p = SAELensDataProvider(path, HOOK, BATCH, seed=5, threads=1)
+    s = actstore.open(path)
+    want = D**0.5 / s.stats(HOOK)["mean_norm"]
+    assert p.scaling_factor == pytest.approx(want, rel=1e-6)
+    ref = actstore.ActivationLoader(path, HOOK, BATCH, seed=5, epochs=1, drop_last=True, normalize="mean_norm")
+    for a, b in zip([next(p) for _ in range(3)], ref):
+        assert torch.equal(a, b)
+    p.close()
+    ref.close()
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_weights(store, tmp_path):
+    path, _ = store
+    torch.manual_seed(1)
+    full = train_saelens(path, HOOK, *_cfgs(tmp_path / "a", n_checkpoints=1), threads=1)
+
+    class Crash(RuntimeError):
+        pass
+
+    torch.manual_seed(1)
+    trainer, provider = make_saelens_trainer(path, HOOK, *_cfgs(tmp_path / "b", n_checkpoints=1), threads=1)
+
+    def crashing():
+        for i, batch in enumerate(provider):
+            if i == 36:  # past the checkpoint at half the run, before the end
+                raise Crash
+            yield batch
+
+    trainer.data_provider = crashing()  # SAETrainer calls next() on it; checkpoints save `provider`
+    try:
+        with pytest.raises(Crash):
+            trainer.fit()
+    finally:
+        provider.close()
+    ckpt = latest_checkpoint(tmp_path / "b")
+    assert ckpt is not None and int(ckpt.name) < 36 * BATCH
+    torch.manual_seed(999)  # a resumed run must not depend on the seed of a fresh init
+    resumed = train_saelens(path, HOOK, *_cfgs(tmp_path / "b", n_checkpoints=1), threads=1)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_folded_sae_takes_raw_activations(store, tmp_path):
+    path, x = store
+    torch.manual_seed(2)
+    trainer, provider = make_saelens_trainer(path, HOOK, *_cfgs(steps=8), threads=1)
+    try:
+        sae = trainer.fit()
+    finally:
+        provider.close()
+    f = provider.scaling_factor
+    assert not 0.5 < f < 2
+    unfolded = copy.deepcopy(sae)
+    finish(sae, f, tmp_path / "out")
+    loaded = sae_lens.SAE.load_from_disk(str(tmp_path / "out"))
+    raw = x[:64].float()
+    with torch.no_grad():
+        want = unfolded(raw * f) / f  # what the SAE trained on normalized rows gives, in raw units
+        torch.testing.assert_close(loaded(raw), want, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(unfolded(raw), want, rtol=1e-2, atol=1e-2)  # the fold changed something
+
+
+def test_width_mismatch_is_one_line(store):
+    path, _ = store
+    sae_cfg, tr = _cfgs()
+    sae_cfg = sae_lens.TopKTrainingSAEConfig(d_in=D + 1, d_sae=64, k=4)
+    with pytest.raises(IntegrationError) as e:
+        train_saelens(path, HOOK, sae_cfg, tr)
+    msg = str(e.value)
+    assert "\n" not in msg and f"width {D}" in msg and f"d_in={D + 1}" in msg
+
+
+def test_double_normalization_is_refused(store):
+    path, _ = store
+    _, tr = _cfgs()
+    cfg = sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=64, k=4, normalize_activations="expected_average_only_in")
+    with pytest.raises(IntegrationError, match="normalize_activations='none'"):
+        train_saelens(path, HOOK, cfg, tr)
