@@ -139,8 +139,8 @@ def prepare_model(
         have = {p.dtype for p in model.parameters() if p.is_floating_point() and p.device.type != "meta"}
         if dtype is not None and have and have != {dtype}:
             raise ModelError(
-                f"the model is spread over devices (device_map) in {sorted(map(str, have))}, and cannot be cast to "
-                f"{dtype}; load it in that dtype instead (--model-dtype with --device-map, or dtype= in from_pretrained)"
+                f"the model is spread over devices (device_map) in {sorted(map(str, have))}, and cannot be cast "
+                f"to {dtype}; load it in that dtype (--model-dtype with --device-map, or from_pretrained(dtype=))"
             )
     else:
         if p0 is not None and p0.device != torch.device(device):

@@ -6,9 +6,9 @@ after the model was built and ran once, and their difference in MB.
     python wide_capture.py OUT TOKENS [CHUNKS_PER_SHARD]
 
 Peak RSS is the kernel's high-water mark ``VmHWM``, reset (``/proc/self/clear_refs``) after the
-model is built and has run one batch, so it is capture's peak, not the model build's. The store's shards hold CHUNKS_PER_SHARD chunks
-of ~2 MiB (default 4: a 1024-row shard of bf16 d=4096 per hook, 8 MiB), since the writer
-buffers one whole shard per hook before it writes it.
+model is built and has run one batch, so it is capture's peak, not the model build's. The
+store's shards hold CHUNKS_PER_SHARD chunks of ~2 MiB (default 4: a 1024-row shard of bf16
+d=4096 per hook, 8 MiB), since the writer buffers one whole shard per hook before it writes it.
 """
 
 import json
