@@ -1,7 +1,8 @@
 """Subprocess for the wide-model memory test: capture TOKENS tokens of a d=4096, 2-layer
 Llama built from a config (GQA with one KV head and a narrow MLP keep the CPU time small;
-the hooks are full width) into OUT, and print JSON with the peak RSS (bytes), the RSS
-after the model was built and ran once, and their difference in MB.
+the two hooks, layer 0's output and layer 1's query projection, are 4096 wide) into OUT,
+and print JSON with the peak RSS (bytes), the RSS after the model was built and ran once,
+and their difference in MB.
 
     python wide_capture.py OUT TOKENS [CHUNKS_PER_SHARD]
 
@@ -56,7 +57,7 @@ def main() -> None:
     base = rss_bytes()
     s = actstore.capture(
         model,
-        ["model.layers.0", "model.layers.1"],
+        ["model.layers.0", "model.layers.1.self_attn.q_proj"],  # both 4096 wide; the rest of layer 1 never runs
         [list(r) for r in ids],
         out,
         context=128,
