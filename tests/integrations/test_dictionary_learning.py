@@ -61,6 +61,7 @@ def test_buffer_gives_the_loaders_batches(store):
     ref.close()
 
 
+@pytest.mark.slow  # about 9 s on 2 shared cores
 def test_trainSAE_runs_on_the_buffer_and_learns(store, tmp_path):
     path, x = store
     held = x[-1024:].float()

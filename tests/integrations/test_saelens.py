@@ -90,6 +90,7 @@ def test_batches_are_the_loaders_normalized_rows(store):
     ref.close()
 
 
+@pytest.mark.slow  # about 9 s on 2 shared cores
 def test_resume_after_a_crash_gives_the_uninterrupted_weights(store, tmp_path):
     path, _ = store
     torch.manual_seed(1)
