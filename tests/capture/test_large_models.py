@@ -4,6 +4,7 @@ between forwards), and a wide model (d=4096) whose peak memory does not grow wit
 Spreading a model over several GPUs runs the same code path, but only a GPU machine shows it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,27 @@ def test_wide_model_peak_memory_does_not_grow_with_tokens(tmp_path):
     growth = big["peak_rss"] - big["base_rss"] - (small["peak_rss"] - small["base_rss"])
     print(f"peak RSS over the model: {small['capture_mb']:.0f} MB at 4096 tokens, {big['capture_mb']:.0f} MB at 12288")
     assert growth < 0.5 * extra_acts, (growth, extra_acts, runs)
+
+
+@pytest.mark.slow  # a CLI subprocess: transformers import and load, tens of seconds on 2 shared cores
+def test_cli_device_map_and_model_dtype(tmp_path):
+    pytest.importorskip("accelerate")
+    folder = tmp_path / "m"
+    tiny_gpt2(n_layer=2).save_pretrained(folder)
+    ids = _capture(str(folder), tmp_path / "py", "bf16", model_dtype="bf16")
+    np.save(tmp_path / "ids.npy", ids)
+    args = ["--model", folder, "--hooks", ",".join(HOOKS), "--data", tmp_path / "ids.npy", "--out", tmp_path / "cli"]
+    args += ["--context", CTX, "--batch-size", BATCH, "--bos", "none", "--eos", "none", "--packing", "truncate"]
+    args += ["--device-map", "auto", "--model-dtype", "bf16", "--no-progress"]
+    r = subprocess.run(
+        [sys.executable, "-m", "actstore.cli", "capture", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = actstore.open(tmp_path / "py"), actstore.open(tmp_path / "cli")
+    for h in HOOKS:
+        assert torch.equal(
+            a.read(h, dtype=torch.bfloat16).view(torch.int16), b.read(h, dtype=torch.bfloat16).view(torch.int16)
+        )
