@@ -50,11 +50,22 @@ def _fvu(sae, x):
     return float((err**2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
-def test_saelens_training_steps_fed_by_actstore_reduce_the_loss(store):
+ARCHS = {
+    "topk": lambda: sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=64, k=4),
+    "batchtopk": lambda: sae_lens.BatchTopKTrainingSAEConfig(d_in=D, d_sae=64, k=4),
+    "jumprelu": lambda: sae_lens.JumpReLUTrainingSAEConfig(d_in=D, d_sae=64),
+    "standard": lambda: sae_lens.StandardTrainingSAEConfig(d_in=D, d_sae=64, l1_coefficient=1.0),
+    "gated": lambda: sae_lens.GatedTrainingSAEConfig(d_in=D, d_sae=64, l1_coefficient=1.0),
+}
+
+
+@pytest.mark.parametrize("arch", [a if a == "topk" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
+def test_saelens_training_steps_fed_by_actstore_reduce_the_loss(store, arch):
     path, x = store
     held = x[-1024:].float()
     torch.manual_seed(0)
-    trainer, provider = make_saelens_trainer(path, HOOK, *_cfgs(), threads=1)
+    _, tr = _cfgs()
+    trainer, provider = make_saelens_trainer(path, HOOK, ARCHS[arch](), tr, threads=1)
     before = _fvu(trainer.sae, held * provider.scaling_factor)
     losses = []
     step = trainer.step
