@@ -53,3 +53,15 @@ def test_fp16_and_bad_dtype(store):
     assert np.array_equal(row["h.a"], ref["h.a"][0].half().numpy())
     with pytest.raises(actstore.LoaderError, match="float32 or float16"):
         to_hf_dataset(path, "h.a", dtype="bfloat16")
+
+
+def test_split_by_node_gives_each_rank_whole_shards(store):
+    from datasets.distributed import split_dataset_by_node
+
+    path, ref = store
+    ds = to_hf_dataset(path, "h.a", tokens=False, rows_per_shard=256)
+    parts = [list(split_dataset_by_node(ds, rank=r, world_size=2).with_format("torch")) for r in range(2)]
+    assert all(parts)
+    got = torch.stack([row["h.a"] for p in parts for row in p])
+    assert got.shape[0] == ref["h.a"].shape[0]
+    assert torch.equal(got[torch.argsort(got[:, 0])], ref["h.a"][torch.argsort(ref["h.a"][:, 0])])

@@ -28,9 +28,12 @@ def test_rows_match_what_was_written(store):
         ds[len(ds)]
 
 
-def test_dataloader_batches_are_one_read_and_cover_every_row_once(store):
+def test_dataloader_batches_are_one_read_and_cover_every_row_once(store, monkeypatch):
     path, ref = store
     ds = RowDataset(path, ["h.a", "h.b"], tokens=True)
+    reads = []
+    real = actstore.Store.read
+    monkeypatch.setattr(actstore.Store, "read", lambda self, *a, **k: reads.append(a[0]) or real(self, *a, **k))
     g = torch.Generator().manual_seed(0)
     seen = []
     for b in DataLoader(ds, batch_size=128, shuffle=True, generator=g):
@@ -39,6 +42,7 @@ def test_dataloader_batches_are_one_read_and_cover_every_row_once(store):
         assert torch.equal(b["h.b"], ref["h.b"][_find(ref["h.a"], b["h.a"])])
         assert np.array_equal(rows, ref["token"][_find(ref["h.a"], b["h.a"])].numpy())
         seen.append(_find(ref["h.a"], b["h.a"]))
+    assert len(reads) == 2 * len(seen)  # one Store.read per hook per batch, not one per row
     assert sorted(np.concatenate(seen).tolist()) == list(range(ref["h.a"].shape[0]))
 
 
