@@ -1,6 +1,7 @@
 """SAELens' own trainer on activations streamed from an actstore store.
 
-    from sae_lens import SAETrainerConfig, TopKTrainingSAEConfig
+    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
     from actstore.integrations.saelens import train_saelens
 
     sae = train_saelens(
