@@ -2,6 +2,9 @@
 the mean_norm factor folds into the SAE, and a width mismatch is one line."""
 
 import copy
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 import actstore
 from actstore.errors import IntegrationError
 from helpers.integration_store import sparse_store
+from helpers.paths import HELPERS
 
 sae_lens = pytest.importorskip("sae_lens")
 from sae_lens.config import SAETrainerConfig  # noqa: E402
@@ -101,38 +105,6 @@ def test_batches_are_the_loaders_normalized_rows(store):
     ref.close()
 
 
-@pytest.mark.slow  # about 9 s on 2 shared cores
-def test_resume_after_a_crash_gives_the_uninterrupted_weights(store, tmp_path):
-    path, _ = store
-    torch.manual_seed(1)
-    full = train_saelens(path, HOOK, *_cfgs(tmp_path / "a", n_checkpoints=1), threads=1)
-
-    class Crash(RuntimeError):
-        pass
-
-    torch.manual_seed(1)
-    trainer, provider = make_saelens_trainer(path, HOOK, *_cfgs(tmp_path / "b", n_checkpoints=1), threads=1)
-
-    def crashing():
-        for i, batch in enumerate(provider):
-            if i == 36:  # past the checkpoint at half the run, before the end
-                raise Crash
-            yield batch
-
-    trainer.data_provider = crashing()  # SAETrainer calls next() on it; checkpoints save `provider`
-    try:
-        with pytest.raises(Crash):
-            trainer.fit()
-    finally:
-        provider.close()
-    ckpt = latest_checkpoint(tmp_path / "b")
-    assert ckpt is not None and int(ckpt.name) < 36 * BATCH
-    torch.manual_seed(999)  # a resumed run must not depend on the seed of a fresh init
-    resumed = train_saelens(path, HOOK, *_cfgs(tmp_path / "b", n_checkpoints=1), threads=1)
-    for k, v in full.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
-
-
 def test_folded_sae_takes_raw_activations(store, tmp_path):
     path, x = store
     torch.manual_seed(2)
@@ -169,3 +141,30 @@ def test_double_normalization_is_refused(store):
     cfg = sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=64, k=4, normalize_activations="expected_average_only_in")
     with pytest.raises(IntegrationError, match="normalize_activations='none'"):
         train_saelens(path, HOOK, cfg, tr)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_uninterrupted_weights(store, tmp_path):
+    """A real training process SIGKILLed after 30 of 48 batches (checkpoints after steps 13, 25, 37);
+    rerunning the same command resumes from the newest checkpoint and ends on the weights of
+    a run that was never killed."""
+    from safetensors.torch import load_file
+
+    path, _ = store
+    run = [sys.executable, str(HELPERS / "saelens_run.py"), str(path), HOOK]
+    done = subprocess.run([*run, str(tmp_path / "a"), str(tmp_path / "a.st")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    p = subprocess.Popen([*run, str(tmp_path / "b"), str(tmp_path / "b.st"), "30"], stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if line.strip() != "stopped 30":
+        p.kill()
+        pytest.fail(f"the run did not stop at batch 30 (printed {line!r})")
+    p.send_signal(signal.SIGKILL)
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    assert latest_checkpoint(tmp_path / "b").name == str(24 * BATCH + BATCH)  # saved after the 25th step
+    again = subprocess.run([*run, str(tmp_path / "b"), str(tmp_path / "b.st")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "a.st")), load_file(str(tmp_path / "b.st"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
