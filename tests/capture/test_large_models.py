@@ -177,3 +177,25 @@ def test_cli_device_map_and_model_dtype(tmp_path):
         assert torch.equal(
             a.read(h, dtype=torch.bfloat16).view(torch.int16), b.read(h, dtype=torch.bfloat16).view(torch.int16)
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: hooks on cuda:0 and on the CPU in one model")
+def test_device_map_across_gpu_and_cpu_takes_each_hook_from_its_device(tmp_path):
+    """Layer 0 on cuda:0, layer 1 on the CPU: one hook's rows come from each; stored fp32 they
+    match a capture of the same model on the CPU to float tolerance (GPU and CPU kernels differ)."""
+    pytest.importorskip("accelerate")
+    folder = tmp_path / "m"
+    tiny_gpt2(n_layer=3).save_pretrained(folder)
+    _capture(str(folder), tmp_path / "cpu", "fp32", device="cpu")
+    from transformers import GPT2LMHeadModel
+
+    placement = {"transformer.wte": 0, "transformer.wpe": 0, "transformer.drop": 0, "transformer.h.0": 0}
+    placement.update({"transformer.h.1": "cpu", "transformer.h.2": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu"})
+    placed = GPT2LMHeadModel.from_pretrained(folder, device_map=placement)
+    assert placed.transformer.h[0].mlp.c_fc.weight.device.type == "cuda"
+    assert placed.transformer.h[1].mlp.c_fc.weight.device.type == "cpu"
+    _capture(placed, tmp_path / "split", "fp32", device="cuda")
+    a, b = actstore.open(tmp_path / "cpu"), actstore.open(tmp_path / "split")
+    for h in HOOKS:
+        torch.testing.assert_close(b.read(h), a.read(h), rtol=1e-3, atol=1e-4, msg=h)
