@@ -61,3 +61,8 @@ class ModelError(CaptureError):
 
 class DependencyError(ActstoreError, ImportError):
     """An optional package that a feature needs is not installed; the message names the pip command."""
+
+
+class IntegrationError(ActstoreError, ValueError):
+    """actstore and another tool (SAELens, dictionary_learning, nnsight, datasets) disagree: a store
+    hook's width that differs from the tool's config, or a module path the tool's model lacks."""

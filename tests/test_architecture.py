@@ -22,6 +22,7 @@ LAYERS = [
     {"capture", "loader", "api"},
     {"sae"},
     {"analysis"},
+    {"integrations"},
     {"demo"},
     {"cli"},
 ]
