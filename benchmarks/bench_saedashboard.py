@@ -1,6 +1,6 @@
 """Feature dashboards: actstore.analysis.run against SAEDashboard's SaeVisRunner, on the CPU.
 
-    python benchmarks/bench_saedashboard.py [--tokens 4096,8192,16384] [--latents 128]
+    python benchmarks/bench_saedashboard.py [--tokens 4096,32768,98304] [--latents 128]
         [--repeats 2] [--sdv /tmp/sdv/bin/python] [--dir DIR] [--quick]
 
 SAEDashboard (PyPI ``sae-dashboard`` 0.8.0) cannot be installed beside the pinned torch
@@ -47,8 +47,10 @@ What is timed (wall clock of the call; model, SAE and token loading and imports 
   encoded once per block. The engine has no latent subset: it analyses all 2048 latents
   while SAEDashboard does ``--latents`` (128 by default: one batch), so the ratio understates actstore.
 
-Peak memory: each child's ``ru_maxrss`` (peak RSS), before the call (imports and inputs
-loaded) and at the end; the growth over the call is the difference. Each tool runs at
+Peak memory, per child: the RSS just before the call (imports and inputs loaded), then the
+peak RSS during the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``
+just before the call, so the imports' transient peak is not counted); growth = peak -
+before. The process's whole-life peak (``ru_maxrss``) is recorded too. Each tool runs at
 several token counts to show how its memory grows with rows.
 
 Check, before timing, at the smallest token count: for the first 16 latents both tools' max
@@ -108,7 +110,33 @@ BUFFER = (5, 5)  # SAEDashboard's default context around an example (SeqMultiGro
 
 
 def peak_rss_mb() -> float:
+    """The process's peak RSS since it started (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def start_memory() -> float:
+    """Reset the kernel's peak-RSS mark (VmHWM; ``/proc/self/clear_refs`` 5, Linux >= 4.0) so
+    that the peak read after the call is the call's own, not the imports'; return the RSS now."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def memory(rss_before: float) -> dict:
+    """MB: RSS before the call, the peak during it (VmHWM), their difference, the process's peak."""
+    peak = _status_mb("VmHWM")
+    return {
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": peak,
+        "rss_growth_mb": peak - rss_before,
+        "process_peak_mb": peak_rss_mb(),
+    }
 
 
 def build_model():
@@ -191,10 +219,10 @@ def prepare(work: Path, max_tokens: int) -> dict:
 def child_sdash(work: Path, n_tokens: int, latents: int, out: Path) -> None:
     import numpy as np
     import torch
-    from safetensors.torch import load_file
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     torch.set_grad_enabled(False)
     model = build_model()
@@ -208,10 +236,14 @@ def child_sdash(work: Path, n_tokens: int, latents: int, out: Path) -> None:
     sae.fold_W_dec_norm = lambda: None
     tokens = torch.from_numpy(np.load(work / "tokens.npy")[: n_tokens // CONTEXT])
     cfg = SaeVisConfig(hook_point=HOOK, features=list(range(latents)), minibatch_size_features=128, verbose=False)
-    rss0 = peak_rss_mb()
+    import gc
+
+    gc.collect()
+    rss0 = start_memory()
     t0 = time.perf_counter()
     data = SaeVisRunner(cfg).run(encoder=sae, model=model, tokens=tokens)
     wall = time.perf_counter() - t0
+    mem = memory(rss0)
     check = []
     for f in range(min(CHECK_LATENTS, latents)):
         top = data.feature_data_dict[f].sequence_data.seq_group_data[0].seq_data
@@ -226,7 +258,7 @@ def child_sdash(work: Path, n_tokens: int, latents: int, out: Path) -> None:
                 "top_row": first.original_index * CONTEXT + first.qualifying_token_index if first else None,
             }
         )
-    out.write_text(json.dumps({"wall_s": wall, "rss_before_mb": rss0, "rss_peak_mb": peak_rss_mb(), "check": check}))
+    out.write_text(json.dumps({"wall_s": wall, **mem, "check": check}))
 
 
 def child_actstore(work: Path, n_tokens: int, latents: int, out: Path) -> None:
@@ -238,10 +270,14 @@ def child_actstore(work: Path, n_tokens: int, latents: int, out: Path) -> None:
     sae = load(work / "sae_actstore")
     dest = work / f"analysis_{os.getpid()}"
     shutil.rmtree(dest, ignore_errors=True)
-    rss0 = peak_rss_mb()
+    import gc
+
+    gc.collect()
+    rss0 = start_memory()
     t0 = time.perf_counter()
     analysis.run(store, sae, JOBS, dest, rows=(0, n_tokens))
     wall = time.perf_counter() - t0
+    mem = memory(rss0)
     res = analysis.open(dest)
     check = []
     for f in range(min(CHECK_LATENTS, latents)):
@@ -261,9 +297,10 @@ def child_actstore(work: Path, n_tokens: int, latents: int, out: Path) -> None:
             }
         )
     shutil.rmtree(dest, ignore_errors=True)
-    out.write_text(json.dumps({"wall_s": wall, "rss_before_mb": rss0, "rss_peak_mb": peak_rss_mb(), "check": check}))
+    out.write_text(json.dumps({"wall_s": wall, **mem, "check": check}))
 
 
+RUN_KEYS = ("wall_s", "rss_before_mb", "rss_peak_mb", "rss_growth_mb", "process_peak_mb", "process_s")
 CHILDREN = {"saedashboard": child_sdash, "actstore": child_actstore}
 
 
@@ -299,7 +336,7 @@ def check_same(a: list[dict], b: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--tokens", default="4096,8192,16384", help="token counts, comma-separated")
+    ap.add_argument("--tokens", default="4096,32768,98304", help="token counts, comma-separated")
     ap.add_argument("--latents", type=int, default=128, help="latents SAEDashboard computes (actstore: all 2048)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sdv", default="/tmp/sdv/bin/python", help="the interpreter that has sae-dashboard")
@@ -352,8 +389,9 @@ def main(argv=None) -> int:
                 "tokens_per_s": n / s["median_s"],
                 "rss_peak_mb": max(d["rss_peak_mb"] for d in runs[n][t]),
                 "rss_before_mb": max(d["rss_before_mb"] for d in runs[n][t]),
-                "rss_growth_mb": max(d["rss_peak_mb"] - d["rss_before_mb"] for d in runs[n][t]),
-                "runs": [{k: d[k] for k in ("wall_s", "rss_before_mb", "rss_peak_mb", "process_s")} for d in runs[n][t]],
+                "rss_growth_mb": max(d["rss_growth_mb"] for d in runs[n][t]),
+                "process_peak_mb": max(d["process_peak_mb"] for d in runs[n][t]),
+                "runs": [{k: d[k] for k in RUN_KEYS} for d in runs[n][t]],
             }
         sd, ac = entry["saedashboard"], entry["actstore"]
         entry["speedup_median"] = sd["median_s"] / ac["median_s"]
@@ -373,7 +411,7 @@ def main(argv=None) -> int:
                     f"{entry['speedup_median']:.1f}x" if t == "actstore" else "",
                 ]
             )
-    header = ["tokens", "tool", "latents", "wall s median (min-max)", "tokens/s", "peak RSS MB", "RSS growth MB", "speedup"]
+    header = ["tokens", "tool", "latents", "wall s median (min-max)", "tokens/s", "peak RSS MB", "growth MB", "speedup"]
     print(C.fmt_table(table, header))
     doc = {
         "meta": meta,
@@ -398,8 +436,9 @@ def main(argv=None) -> int:
         "check": check,
         "results": rows,
         "notes": (
-            "wall_s is the SaeVisRunner.run / analysis.run call only; peak RSS is the child's ru_maxrss, "
-            "rss_growth = peak - peak before the call. speedup_median compares equal tokens but not equal "
+            "wall_s is the SaeVisRunner.run / analysis.run call only; rss_peak is the peak RSS during the call "
+            "(VmHWM reset just before it), rss_growth = rss_peak - RSS before the call. "
+            "speedup_median compares equal tokens but not equal "
             "latents: actstore analyses all 2048 latents, SAEDashboard --latents; speedup_per_latent scales "
             "by 2048/latents, assuming SAEDashboard's time grows linearly with latents (one model pass and "
             "one dense buffer per 128-latent batch): that scaling is a prediction, not measured."
