@@ -67,6 +67,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_sae_pipeline.py": (r"sae_pipeline_\w+", SAE),
     "bench_sae_train.py": (r"sae_train_\w+", SAE),
     "bench_analysis.py": (r"analysis_\w+", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
+    "bench_saedashboard.py": (r"saedashboard_cpu(_quick)?", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
     "gpu_compile.py": (r"gpu_compile(_ci)?", ["kernels", "actstore/store/format.py"]),
     "gpu_model.py": (r"gpu_model", ["kernels", "benchmarks/gpu_compile.py", "actstore/store/format.py"]),
     "bench_demo_smollm2.py": (r"demo_smollm2", ["actstore/demo.py", "actstore/analysis", *CAPTURE, *SAE]),
