@@ -19,7 +19,7 @@ import torch
 from .. import _native
 from .chunks import decode_chunks
 from .convert import from_stored
-from .errors import StoreError, UnknownHookError
+from .errors import MissingObjectError, StoreError, UnknownHookError
 from .format import SEGMENTS, ArraySpec, Schema
 from .manifest import load_latest_commit
 from .segment import SegmentReader
@@ -71,7 +71,7 @@ class Store:
         self.path = storage.url
         try:
             root = json.loads(storage.read("zarr.json"))
-        except StoreError:
+        except MissingObjectError:
             raise StoreError(
                 f"no store at {storage.url}: zarr.json not found; create one with actstore.create or a capture"
             ) from None

@@ -237,6 +237,11 @@ class StorageContract:
     def test_writer_and_reader_on_this_backend(self, storage):
         schema = make_schema({"h": 16}, chunk_bytes=256, chunks_per_shard=2)
         storage.write_atomic("zarr.json", json.dumps(group_doc({"actstore": schema.to_json()})).encode())
+        if not storage.supports_lock and not storage.versioned_put:
+            with pytest.raises(StoreError) as e:  # a second writer could tear a segment there
+                SegmentWriter(storage, schema, "seg0")
+            assert "neither locks nor conditional writes" in _one_line(e.value)
+            return
         x = torch.randn(300, 16)
         # Commits only where asked, so that the resume below starts inside a shard.
         w = SegmentWriter(storage, schema, "seg0", commit_every_shard=False)
@@ -292,15 +297,31 @@ class TestMemoryStorage(StorageContract):
 
 
 class _BareStorage(MemoryStorage):
-    """A backend with no optional capability, as object storage without locks would be."""
+    """A backend with no optional capability, as an S3-compatible server without conditional
+    PUTs would be: readable, refused for writing."""
 
     supports_lock = False
     atomic_rename = False
     conditional_put = False
+    versioned_put = False
 
     # The base class's refusals, not MemoryStorage's implementations.
     lock = Storage.lock
     write_exclusive = Storage.write_exclusive
+    write_if = Storage.write_if
+    version = Storage.version
+
+
+class _LeasedMemory(MemoryStorage):
+    """No locks but conditional puts, as object storage: writers take a lease."""
+
+    supports_lock = False
+    lock = Storage.lock
+
+
+class TestLeasedMemoryStorage(StorageContract):
+    def make(self, tmp_path):
+        return _LeasedMemory()
 
 
 class TestBareStorage(StorageContract):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from ..errors import StoreError
+from ..errors import MissingObjectError, StoreError
 from ._base import Blob, Lock, Storage, VersionConflict, check_key
 
 _REGISTRY: dict[str, "MemoryStorage"] = {}
@@ -83,7 +83,7 @@ class MemoryStorage(Storage):
         return b"".join(bytes(p) for p in parts)
 
     def _missing(self, key: str) -> StoreError:
-        return StoreError(f"missing object {key!r} in store {self.url}")
+        return MissingObjectError(f"missing object {key!r} in store {self.url}")
 
     def read(self, key: str) -> bytes:
         try:

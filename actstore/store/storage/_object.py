@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import StoreError
+from ..errors import MissingObjectError, StoreError
 from ._base import Blob, Storage, VersionConflict, check_key
 from ._cache import ShardCache
 
@@ -199,7 +199,7 @@ class ObjectStorage(Storage):
         return check_key(key)
 
     def _missing(self, key: str) -> StoreError:
-        return StoreError(f"missing object {key!r} in store {self.url}")
+        return MissingObjectError(f"missing object {key!r} in store {self.url}")
 
     def _error(self, what: str, key: str, e: BaseException) -> StoreError:
         """One line for a failed request: the cause a user can act on, then what to do."""
@@ -243,10 +243,8 @@ class ObjectStorage(Storage):
     def _head(self, key: str) -> dict | None:
         try:
             return self._call("head", key, lambda s, ob: ob.head(s, self._path(key)))
-        except StoreError as e:
-            if str(e).startswith("missing object"):
-                return None
-            raise
+        except MissingObjectError:
+            return None
 
     def _get_whole(self, key: str):
         def get(s, ob):
@@ -289,10 +287,8 @@ class ObjectStorage(Storage):
         # lost (obstore retried it): then the object holds exactly our bytes.
         try:
             current, etag = self._get_whole(key)
-        except StoreError as e:
-            if str(e).startswith("missing object"):
-                raise VersionConflict(f"object {key!r} in {self.url} vanished during a conditional put", None) from None
-            raise
+        except MissingObjectError:
+            raise VersionConflict(f"object {key!r} in {self.url} vanished during a conditional put", None) from None
         if bytes(current) == bytes(body):
             return etag or ""
         what = "already exists" if expect is None else f"is at ETag {etag}, not {expect}"
