@@ -192,10 +192,12 @@ class ActivationLoader:
         self.tokens = bool(tokens)
         self.drop_last = bool(drop_last)
         self.buffer_rows = int(buffer_rows)
-        self.threads = int(threads) if threads else default_threads()
+        # Object storage: a fetch waits on the network, so the pool keeps the storage's
+        # requests in flight (ACTSTORE_S3_INFLIGHT) even on few cores.
+        self.threads = int(threads) if threads else max(default_threads(), self.store.storage.inflight)
         # Threads of the producer's CPU conversion while the pool still decodes (it gets
         # them all once decoding is done): few, so that it does not fight the decoders.
-        self.convert_threads = max(1, self.threads // 4)
+        self.convert_threads = max(1, min(self.threads, default_threads()) // 4)
         self.prefetch = int(prefetch)
 
         arrays = {a.path: a for a in self.store.schema.arrays()}

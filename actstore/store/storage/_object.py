@@ -22,9 +22,11 @@ Settings (environment, read when a storage is opened):
 
 Calls are synchronous; actstore calls them from its own thread pools (the writer's encode
 pool, the reader's and the loader's decode pools), so several requests are in flight at
-once. obstore's client is not safe across ``fork``: each process builds its own client on
-first use (the pid is checked on every call), so a storage object inherited by a forked
-DataLoader worker works there.
+once. obstore is not safe across ``fork``: its runtime's threads stay in the parent, and a
+forked child's requests hang. Each process builds its own client on first use (the pid is
+checked on every call); a child forked after the parent used object storage gets a
+one-line error naming the fix (``spawn``/``forkserver`` workers, or open the store only in
+the workers, as ``ActivationDataset`` does); one forked before any use works.
 
 Publishing (no locks in object storage): :meth:`write_if` is a conditional PUT,
 ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace the version last seen. A
@@ -44,6 +46,7 @@ from ._cache import ShardCache
 SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl")  # as storage.OBJECT_SCHEMES
 
 _GET = 16 << 20  # one ranged get: runs of whole chunks up to 16 MiB (8-16 MiB fill an S3 stream)
+_USED_IN: int | None = None  # the process whose obstore runtime is running (see _client)
 _UNREACHABLE = ("error sending request", "Connection refused", "dns error", "connect error", "tcp connect")
 _GAP = 1 << 20  # chunks at most this far apart are fetched in one get (a round trip costs more)
 
@@ -153,10 +156,20 @@ class ObjectStorage(Storage):
 
     def _client(self):
         if self._pid != os.getpid():  # first use, or a forked child: never share a client across fork
+            global _USED_IN
+            if _USED_IN is not None and _USED_IN != os.getpid():
+                # obstore's runtime threads stay in the parent: a forked child's requests
+                # would hang forever (measured: a HEAD never returned), so say so instead.
+                raise StoreError(
+                    f"{self.url}: object storage was used in the parent process before this fork, and obstore "
+                    "cannot run in a forked child; start workers with 'spawn' or 'forkserver' (DataLoader("
+                    "multiprocessing_context='spawn')), or open the store only inside the workers"
+                )
             with self._build_lock:
                 if self._pid != os.getpid():
                     self._store = self._build()
                     self._pid = os.getpid()
+                    _USED_IN = os.getpid()
         return self._store
 
     def _build(self):
@@ -204,18 +217,18 @@ class ObjectStorage(Storage):
     def _error(self, what: str, key: str, e: BaseException) -> StoreError:
         """One line for a failed request: the cause a user can act on, then what to do."""
         ex = self._ob.exceptions
-        msg = _first_line(e)
+        msg, full = _first_line(e), str(e)
         where = f"{what} {key!r} in {self.url}"
         if isinstance(e, (ex.PermissionDeniedError, ex.UnauthenticatedError)) or any(
-            s in msg for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden")
+            s in full for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden")
         ):
             return StoreError(
                 f"{where}: access denied ({msg[:120]}); check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,"
                 " GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY) and the bucket policy"
             )
-        if "NoSuchBucket" in msg or "ContainerNotFound" in msg:
+        if "NoSuchBucket" in full or "ContainerNotFound" in full or isinstance(e, FileNotFoundError):
             return StoreError(f"{where}: bucket {self.bucket!r} does not exist; create it or fix the URL")
-        if any(s in msg for s in _UNREACHABLE):
+        if any(s in full for s in _UNREACHABLE):
             return StoreError(
                 f"{where}: cannot reach the endpoint {self.endpoint or 'of ' + self.scheme} ({msg[:120]}); check "
                 "ACTSTORE_S3_ENDPOINT / AWS_ENDPOINT_URL and the network"
@@ -233,7 +246,9 @@ class ObjectStorage(Storage):
     def _call(self, what: str, key: str, fn):
         try:
             return fn(self._client(), self._ob)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if "NoSuchBucket" in str(e) or "ContainerNotFound" in str(e):  # a 404 of the bucket, not the key
+                raise self._error(what, key, e) from None
             raise self._missing(key) from None
         except StoreError:
             raise
@@ -279,8 +294,8 @@ class ObjectStorage(Storage):
             return got.get("e_tag") or ""
         except (ex.AlreadyExistsError, ex.PreconditionError):
             pass
-        except FileNotFoundError:
-            raise self._missing(key) from None
+        except FileNotFoundError as e:
+            raise self._error("write", key, e) from None  # a PUT's 404 is the bucket's
         except Exception as e:
             raise self._error("write", key, e) from None
         # 412: another version is there. Ours, if our PUT landed and only its response was
