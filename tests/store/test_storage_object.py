@@ -155,6 +155,7 @@ def _child_reads(store, q):
         q.put(e)
 
 
+@pytest.mark.slow
 def test_fork_after_s3_was_used_is_a_clear_error_and_spawn_works(s3_url):
     x = _write(s3_url, n=300)
     s = actstore.open(s3_url)

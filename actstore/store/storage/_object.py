@@ -37,6 +37,7 @@ here by reading the object back: the same bytes mean the first attempt landed.
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 from ..errors import MissingObjectError, StoreError
@@ -217,7 +218,11 @@ class ObjectStorage(Storage):
     def _error(self, what: str, key: str, e: BaseException) -> StoreError:
         """One line for a failed request: the cause a user can act on, then what to do."""
         ex = self._ob.exceptions
-        msg, full = _first_line(e), str(e)
+        full = str(e)
+        # obstore's text is long (URL, retries, XML body): keep the status and S3's error code.
+        status = re.search(r"status code: (\d{3}[A-Za-z ]*)", full)
+        code = re.search(r"<Code>(\w+)</Code>", full)
+        msg = ", ".join(m.group(1).strip() for m in (status, code) if m) or _first_line(e)
         where = f"{what} {key!r} in {self.url}"
         if isinstance(e, (ex.PermissionDeniedError, ex.UnauthenticatedError)) or any(
             s in full for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden")
