@@ -45,14 +45,14 @@ def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = 
 class MotoServer:
     """``moto.server`` on 127.0.0.1:<free port> in a real subprocess."""
 
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, **CREDENTIALS},
+            env={**os.environ, **CREDENTIALS, **(env or {})},
         )
         try:
             wait_port(self.port, proc=self.proc)

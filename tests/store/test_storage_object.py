@@ -25,7 +25,7 @@ from actstore.store.reader import Store
 from actstore.store.storage import open_storage
 from helpers.capture_models import token_array
 from helpers.paths import HELPERS
-from helpers.s3 import BUCKET, free_port
+from helpers.s3 import BUCKET, MotoServer, free_port
 
 HOOKS = {"h": 16, "g": 8}
 
@@ -242,3 +242,17 @@ def test_no_bucket_and_unreachable_endpoint_are_one_line(s3_url, monkeypatch):
     with pytest.raises(StoreError) as e:
         open_storage("s3:///prefix")
     assert "names no bucket" in _one_line(e.value)
+
+
+def test_bad_credentials_are_one_line(monkeypatch, s3_url):
+    """A second moto server that checks signatures (IAM auth from its first request on): the
+    test credentials are unknown there, as a wrong key would be on AWS."""
+    server = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        monkeypatch.setenv("ACTSTORE_S3_ENDPOINT", server.endpoint)
+        with pytest.raises(StoreError) as e:
+            actstore.open(s3_url)
+        msg = _one_line(e.value)
+        assert "access denied" in msg and "InvalidAccessKeyId" in msg and "AWS_ACCESS_KEY_ID" in msg
+    finally:
+        server.stop()
