@@ -256,3 +256,21 @@ def test_bad_credentials_are_one_line(monkeypatch, s3_url):
         assert "access denied" in msg and "InvalidAccessKeyId" in msg and "AWS_ACCESS_KEY_ID" in msg
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_train_and_analyze_take_an_s3_url(s3_url, tmp_path, capsys):
+    from actstore.cli import main as cli
+
+    n = 2000
+    idx = torch.arange(n)
+    with actstore.create(s3_url, {"wide": 32}, segment="s0", chunk_bytes=1024, chunks_per_shard=4) as w:
+        w.append({"wide": torch.randn(n, 32)}, tokens=idx % 97, doc=idx // 50, pos=idx % 50)
+    args = ["--hook", "wide", "--arch", "topk", "--latents", "64", "--k", "4", "--tokens", "384", "--batch-size", "32"]
+    assert cli(["train", "--store", s3_url, *args, "--out", str(tmp_path / "o"), "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 12
+    rc = cli(["analyze", "--store", s3_url, "--sae", str(tmp_path / "o"), "--out", str(tmp_path / "a"), "--no-progress",
+              "--json"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows_seen"] == n and summary["m"] == 64
