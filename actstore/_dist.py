@@ -69,6 +69,17 @@ def group():
     return None
 
 
+def from_rank0(obj):
+    """Rank 0's ``obj`` on every rank of an initialized group (a small picklable value, sent
+    between the ranks of one job, never read from a store); ``obj`` itself when alone."""
+    dist = group()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def local_device(device=None) -> torch.device:
     """``None``/``"auto"`` -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when CUDA is available, else the CPU."""
     if device in (None, "auto"):

@@ -14,6 +14,10 @@ class StoreError(ActstoreError):
     """Any problem with a store: missing, unreadable, or refused."""
 
 
+class MissingObjectError(StoreError, FileNotFoundError):
+    """A key the storage does not hold (a store that is not there yet, or a missing object)."""
+
+
 class FormatVersionError(StoreError):
     """The store was written in a format version this actstore does not read."""
 

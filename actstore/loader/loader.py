@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 import torch
 
-from .._dist import initialized_rank_world
+from .._dist import from_rank0, initialized_rank_world
 from .._native import default_threads
 from ..api import open as open_store
 from ..ops.dequant_normalize import dequant_normalize
@@ -192,10 +192,12 @@ class ActivationLoader:
         self.tokens = bool(tokens)
         self.drop_last = bool(drop_last)
         self.buffer_rows = int(buffer_rows)
-        self.threads = int(threads) if threads else default_threads()
+        # Object storage: a fetch waits on the network, so the pool keeps the storage's
+        # requests in flight (ACTSTORE_S3_INFLIGHT) even on few cores.
+        self.threads = int(threads) if threads else max(default_threads(), self.store.storage.inflight)
         # Threads of the producer's CPU conversion while the pool still decodes (it gets
         # them all once decoding is done): few, so that it does not fight the decoders.
-        self.convert_threads = max(1, self.threads // 4)
+        self.convert_threads = max(1, min(self.threads, default_threads()) // 4)
         self.prefetch = int(prefetch)
 
         arrays = {a.path: a for a in self.store.schema.arrays()}
@@ -210,7 +212,15 @@ class ActivationLoader:
         self.block_rows = max(spec.chunk_rows for spec in self._specs)
         self.window_blocks = max(1, -(-self.buffer_rows // self.block_rows))
 
-        self._set_snapshot([(s.name, s.rows) for s in self.store.segments])
+        snapshot = [(s.name, s.rows) for s in self.store.segments]
+        if rank is None and world_size is None:
+            # Ranks opened the store at different moments, and writers may be committing (on
+            # object storage, on other nodes): every rank plans over rank 0's snapshot.
+            pinned = from_rank0(snapshot)
+            if pinned != snapshot:
+                self.store.refresh()
+            snapshot = pinned
+        self._set_snapshot(snapshot)
         self._set_normalization(None)
         self._epoch = 0
         self._batch = 0
