@@ -22,7 +22,7 @@ LAYERS = [
     {"capture", "loader", "api"},
     {"sae"},
     {"analysis"},
-    {"demo"},
+    {"demo", "bench"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

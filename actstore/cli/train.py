@@ -60,4 +60,10 @@ def run(args) -> int:
             f"({summary['tokens']:,} tokens): fvu {f['fvu']:.3f}, l0 {f['l0']:.1f}, dead {f['dead_frac']:.3f}; "
             f"SAE in {summary['out']}/sae"
         )
+        ev = summary.get("eval") or {}
+        if "fvu" in ev:
+            print(
+                f"held out ({ev['rows']:,} rows never trained on): fvu {ev['fvu']:.3f}, l0 {ev['l0']:.1f}, "
+                f"dead {ev['dead_frac']:.3f}"
+            )
     return 0
