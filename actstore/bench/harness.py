@@ -50,23 +50,29 @@ def interleaved(
     warmup: int = 1,
     measure: Callable[[Callable[[], object]], float] = wall_time,
     on_round: Callable[[int, int], None] | None = None,
+    collect: str = "variant",
 ) -> dict[str, list[float]]:
     """Time every variant ``repeats`` times, round-robin (the order rotates each round), so
     that background load affects all variants alike. ``setup[name]`` / ``teardown[name]``
     run untimed before / after each timed call; ``warmup`` untimed rounds come first.
     ``measure(fn)`` gives the seconds of one round of a variant: by default one call by the
     wall clock; on CUDA e.g. ``triton.testing.do_bench`` (its median of many calls, synced).
-    ``on_round(done, total)`` is called after each round (progress). Returns
-    ``{name: [seconds per round]}``."""
+    ``on_round(done, total)`` is called after each round (progress). ``collect``: a full
+    ``gc.collect()`` before each variant's call (``"variant"``) or once per round
+    (``"round"``: a collection takes ~0.5 s with torch and transformers loaded, which
+    dominates small shapes). Returns ``{name: [seconds per round]}``."""
     setup, teardown = setup or {}, teardown or {}
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
         k = r % len(names)
+        if collect == "round":
+            gc.collect()
         for name in names[k:] + names[:k]:
             if name in setup:
                 setup[name]()
-            gc.collect()
+            if collect == "variant":
+                gc.collect()
             dt = measure(variants[name])
             if name in teardown:
                 teardown[name]()
@@ -245,17 +251,21 @@ def compare(
     measure: Callable = wall_time,
     params: dict | None = None,
     progress: Callable[[str], None] | None = None,
+    checked: dict | None = None,
 ) -> dict:
     """Check that the variants agree (``outputs[name]()`` gives each one's result; the
     first is the reference), then time them round-robin, then report each variant's
     median seconds (with best, worst, spread) and ``rate`` = its work / median seconds in
     ``unit`` (``work`` per call, one figure or per variant), and ``ratios`` ``{label: (a,
-    b)}`` = rate of a / rate of b, both of the median and the median of the per-round ratios."""
+    b)}`` = rate of a / rate of b, both of the median and the median of the per-round ratios.
+    ``checked``: the check already done by the caller (``{"reference", "rel_err", "rtol"}``),
+    when a suite checks all its comparisons before timing any."""
     say = progress or (lambda _msg: None)
-    checked = {}
+    check = checked
     if outputs:
         say(f"{suite}: checking that {', '.join(outputs)} compute the same result")
-        checked = check_same({k: fn() for k, fn in outputs.items()}, rtol)
+        errs = check_same({k: fn() for k, fn in outputs.items()}, rtol)
+        check = {"reference": next(iter(outputs)), "rel_err": errs, "rtol": rtol}
     say(f"{suite}: timing {', '.join(variants)} ({repeats} rounds, interleaved)")
     times = interleaved(
         variants,
@@ -265,6 +275,7 @@ def compare(
         warmup=warmup,
         measure=measure,
         on_round=lambda done, total: say(f"{suite}: round {done}/{total}"),
+        collect="round",
     )
     per = work if isinstance(work, dict) else {k: work for k in variants}
     figs = {}
@@ -283,7 +294,7 @@ def compare(
     return {
         "suite": suite,
         "params": params or {},
-        "check": {"reference": next(iter(outputs)) if outputs else None, "rel_err": checked, "rtol": rtol},
+        "check": check or {"reference": None, "rel_err": {}, "rtol": rtol},
         "variants": figs,
         "ratios": out_ratios,
     }

@@ -17,7 +17,7 @@ import torch
 
 from ..ops import sparse_decode, topk_encode
 from ..reference.topk_sae import sparse_decode_reference, topk_encode_reference
-from .harness import compare
+from .harness import check_same, compare
 
 # Relative tolerance against eager (float32): the kernels accumulate in float32 like the
 # reference; TF32 products in a Triton dot and summation order leave ~1e-3.
@@ -71,21 +71,27 @@ def run(n: int = 4096, d: int = 768, m: int = 24576, k: int = 32, device="cpu", 
         return fn
 
     shape = {"n": n, "d": d, "m": m, "k": k, "device": str(dev)}
-    out = []
-    for op, make in (("encode", encode), ("decode", decode), ("step", step)):
-        fns = {name: make(name) for name in ("eager", "actstore")}
-        out.append(
-            compare(
-                f"kernels {op}",
-                {f"{op}_{name}": fn for name, fn in fns.items()},
-                work=n / 1e6,
-                unit="Mrows/s",
-                ratios={f"{op}: actstore / eager": (f"{op}_actstore", f"{op}_eager")},
-                outputs={f"{op}_{name}": fn for name, fn in fns.items()},
-                rtol=RTOL[op],
-                repeats=repeats,
-                params=shape,
-                progress=progress,
-            )
+    ops = {
+        op: {f"{op}_{name}": make(name) for name in ("eager", "actstore")}
+        for op, make in (("encode", encode), ("decode", decode), ("step", step))
+    }
+    checks = {}
+    for op, fns in ops.items():  # every op checked before any is timed
+        if progress:
+            progress(f"kernels {op}: checking that {', '.join(fns)} compute the same result")
+        errs = check_same({name: fn() for name, fn in fns.items()}, RTOL[op])
+        checks[op] = {"reference": f"{op}_eager", "rel_err": errs, "rtol": RTOL[op]}
+    return [
+        compare(
+            f"kernels {op}",
+            fns,
+            work=n / 1e6,
+            unit="Mrows/s",
+            ratios={f"{op}: actstore / eager": (f"{op}_actstore", f"{op}_eager")},
+            checked=checks[op],
+            repeats=repeats,
+            params=shape,
+            progress=progress,
         )
-    return out
+        for op, fns in ops.items()
+    ]

@@ -39,7 +39,7 @@ def test_a_planted_wrong_variant_stops_the_comparison_before_any_timing():
 
 def test_interleaved_rotates_the_order_each_round():
     order = []
-    interleaved({n: (lambda n=n: order.append(n)) for n in "abc"}, repeats=2, warmup=1)
+    interleaved({n: (lambda n=n: order.append(n)) for n in "abc"}, repeats=2, warmup=1, collect="round")
     assert order == list("abc") + list("bca") + list("cab")
 
 

@@ -17,6 +17,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # ~10-20 s each; tests/cli/test_bench.py runs every suite at a tiny size in the fast set
 @pytest.mark.parametrize("suite", list(bench.SUITES))
 def test_suite_runs_checks_and_reports(suite):
     doc = bench.run([suite], "cpu", options={suite: {**TINY[suite], "repeats": 2}})
@@ -35,8 +36,10 @@ def test_suite_runs_checks_and_reports(suite):
 def test_a_wrong_decode_kernel_fails_the_check(monkeypatch):
     real = kernels.sparse_decode
     monkeypatch.setattr(kernels, "sparse_decode", lambda *a, **kw: real(*a, **kw) * 1.01)  # planted: 1% off
+    said = []
     with pytest.raises(BenchError, match="variant decode_actstore computes a different result from decode_eager"):
-        kernels.run(**TINY["kernels"], repeats=1)
+        kernels.run(**TINY["kernels"], repeats=1, progress=said.append)
+    assert not any("timing" in s for s in said)  # nothing was timed: every op is checked first
 
 
 def test_a_store_that_reads_back_other_bytes_fails_the_check(monkeypatch):
