@@ -66,4 +66,11 @@ def run(args) -> int:
                 f"held out ({ev['rows']:,} rows never trained on): fvu {ev['fvu']:.3f}, l0 {ev['l0']:.1f}, "
                 f"dead {ev['dead_frac']:.3f}"
             )
+        em = summary.get("eval_model")
+        if em:
+            print(
+                f"spliced into the model ({em['tokens']:,} held-out tokens): LM loss {em['clean']:.3f} -> "
+                f"{em['spliced']:.3f} (+{em['increase']:.3f}; zero-ablation {em['zero_ablation']:.3f}, "
+                f"{em['recovered']:.1%} recovered)"
+            )
     return 0

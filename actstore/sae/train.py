@@ -90,6 +90,11 @@ class TrainConfig:
         "(default: 5%% of the rows, at most 16384; 0: no evaluation)"
     )  # fmt: skip
     eval_docs: int | None = _opt(None, "instead of --eval-rows: set aside the documents with the N highest ids")
+    eval_model: str | None = _opt(
+        None, "after training, splice the SAE into this model (a local HF folder or python:module:function) "
+        "over the held-out tokens and report the LM loss increase"
+    )  # fmt: skip
+    eval_model_tokens: int = _opt(16384, "held-out tokens the --eval-model step runs over, at most")
     weight_decay: float = 0.0
     seed: int = _opt(0, "initialization and shuffle seed")
     normalize: str | None = "mean_norm"
@@ -116,6 +121,8 @@ class TrainConfig:
             raise SAEError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
         if self.eval_docs is not None and self.eval_rows is not None:
             raise SAEError("give --eval-rows or --eval-docs, not both")
+        if self.eval_model and self.eval_rows == 0:
+            raise SAEError("--eval-model runs over the held-out rows: leave --eval-rows at its default or above 0")
         unknown = set(self.sae) - set(ARCH_KEYS)
         if unknown:
             raise SAEError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
@@ -433,6 +440,36 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None) -> dic
     }
 
 
+def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
+    """The LM loss with the saved SAE (normalization folded in) spliced in at ``cfg.hook``,
+    over the held-out rows' tokens (:mod:`actstore.sae.splice`), on rank 0."""
+    from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
+
+    cols = {k: v.numpy() for k, v in store.tokens().items()}
+    if "rows" in selection:
+        lo, hi = selection["rows"]
+        keep = np.zeros(store.rows, dtype=bool)
+        keep[lo:hi] = True
+    else:
+        lo, hi = selection["docs"]
+        keep = (cols["doc"] >= lo) & (cols["doc"] < hi)
+    if (cols["token"][keep] < 0).all():
+        raise SAEError(f"store {store.path} holds no token ids: --eval-model needs a store captured with tokens")
+    prov = store.info().get("provenance") or {}
+    context = int(prov.get("context_size") or (prov.get("capture") or {}).get("context") or 128)
+    windows, n = [], 0
+    for w in windows_from_rows(cols["token"][keep], cols["doc"][keep], cols["pos"][keep], context):
+        if n >= cfg.eval_model_tokens:
+            break
+        windows.append(w[: cfg.eval_model_tokens - n])
+        n += windows[-1].size
+    windows = [w for w in windows if w.size >= 2]
+    return {
+        "model": cfg.eval_model,
+        **lm_loss_increase(cfg.eval_model, load(out / "sae"), cfg.hook, windows, device=dev),
+    }
+
+
 def _progress_bar(cfg: TrainConfig, total: int, step: int):
     from tqdm import tqdm  # tqdm is an optional extra (actstore[capture]): imported only to show a bar
 
@@ -524,6 +561,12 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     }
     if rank == 0:
         save(run.sae, out / "sae")
+        if cfg.eval_model and eval_rows is not None:
+            summary["eval_model"] = _eval_model(cfg, store, eval_rows, out, dev)
+            with open(log_path, "a") as fh:
+                fh.write(
+                    json.dumps({"step": run.step, "tokens": run.tokens, "eval_model": summary["eval_model"]}) + "\n"
+                )
         write_file(out, "summary.json", json.dumps(summary, indent=1))
     if dist is not None:
         dist.barrier()
