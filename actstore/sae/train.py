@@ -445,12 +445,11 @@ def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dic
     over the held-out rows' tokens (:mod:`actstore.sae.splice`), on rank 0."""
     from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
 
-    cols = {k: v.numpy() for k, v in store.tokens().items()}
     if "rows" in selection:
-        lo, hi = selection["rows"]
-        keep = np.zeros(store.rows, dtype=bool)
-        keep[lo:hi] = True
+        cols = {k: v.numpy() for k, v in store.tokens(slice(*selection["rows"])).items()}
+        keep = np.ones(cols["token"].size, dtype=bool)
     else:
+        cols = {k: v.numpy() for k, v in store.tokens().items()}
         lo, hi = selection["docs"]
         keep = (cols["doc"] >= lo) & (cols["doc"] < hi)
     if (cols["token"][keep] < 0).all():
