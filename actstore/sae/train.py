@@ -52,12 +52,13 @@ from .io import load, save, write_file, write_safetensors
 from .registry import build
 
 # The defaults, chosen by benchmarks/sweep_train_defaults.py (TopK m=3072 k=32, 400k tokens of
-# MiniLM layer-3 activations; benchmarks/results/train_defaults_sweep.json). The old ones
-# (batch 4096, lr 2e-4 / sqrt(m / 2^14) = 4.6e-4, 50 warmup steps = half of that run) left
-# held-out FVU 0.335; at batch 2048 and 4x that lr it is 0.136 (a probe at 13:20 UTC, 2 CPUs).
-# Batch 1024 did a little better there (0.114 at 4x), but halves a GPU's matmul size on
-# long runs; 8x the lr did better still on FVU (0.100 at batch 1024) but left 10% of the
-# latents dead on the held-out rows.
+# MiniLM layer-3 activations, held-out FVU; benchmarks/results/train_defaults_sweep.json).
+# The old ones (batch 4096, lr 2e-4 / sqrt(m / 2^14) = 4.6e-4, 50 warmup steps = half of that
+# run) left held-out FVU 0.334-0.336 (3 seeds); these give 0.136-0.137. More steps per token
+# and a higher lr won throughout the grid: batch 1024 at the same lr gave 0.114, but halves a
+# GPU's matmuls on long runs; 8x the old lr gave 0.100-0.137 but left 2-10% of the latents
+# dead on the held-out rows (4x: 0.1-0.2%). Warmup 0 gave 0.132, 10% 0.139, 25% 0.145: 5% is
+# kept as a margin for longer runs, where a cold start at this lr is the larger risk.
 DEFAULT_BATCH = 2048
 DEFAULT_WARMUP_FRAC = 0.05
 LR_BASE = 8e-4  # lr = LR_BASE / sqrt(latents / 2^14): sparsify's scaling in m, at 4x its 2e-4
