@@ -278,6 +278,11 @@ class ActivationLoader:
                     keep &= (d >= self.doc_range[0]) & (d < self.doc_range[1])
                 self._kept_local[b] = np.flatnonzero(keep).astype(np.int64)
                 kept[b] = self._kept_local[b].size
+            if kept.sum() == 0 and not (self.row_range or self.doc_range):
+                raise LoaderError(
+                    f"drop_flags={self.drop_mask} leaves no rows of store {self.store.path}: "
+                    "every committed row carries a dropped flag"
+                )
             if kept.sum() == 0:
                 raise LoaderError(
                     f"drop_flags={self.drop_mask}, rows={self.row_range} and docs={self.doc_range} leave no "
