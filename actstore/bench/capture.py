@@ -31,7 +31,15 @@ def _synthetic(layers: int, d: int):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import GPT2Config, GPT2Model  # deferred: seconds to import
 
-    cfg = GPT2Config(n_layer=layers, n_embd=d, n_head=max(1, d // 64), vocab_size=8192, n_positions=2048)
+    cfg = GPT2Config(
+        n_layer=layers,
+        n_embd=d,
+        n_head=max(1, d // 64),
+        vocab_size=8192,
+        n_positions=2048,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     return GPT2Model(cfg).eval(), f"h.{layers - 1}", cfg.vocab_size
 
