@@ -71,6 +71,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_saedashboard.py": (r"saedashboard_cpu(_quick)?", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
     "gpu_compile.py": (r"gpu_compile(_ci)?", ["kernels", "actstore/store/format.py"]),
     "gpu_model.py": (r"gpu_model", ["kernels", "benchmarks/gpu_compile.py", "actstore/store/format.py"]),
+    "sweep_train_defaults.py": (r"train_defaults_sweep", ["actstore/capture", "actstore/demo.py", *SAE]),
     "bench_demo_smollm2.py": (r"demo_smollm2", ["actstore/demo.py", "actstore/analysis", *CAPTURE, *SAE]),
 }
 

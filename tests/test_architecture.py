@@ -23,7 +23,7 @@ LAYERS = [
     {"sae"},
     {"analysis"},
     {"integrations"},
-    {"demo"},
+    {"demo", "bench"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

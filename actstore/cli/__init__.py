@@ -1,7 +1,7 @@
-"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze`` and ``report``.
+"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze``, ``report`` and ``bench``.
 
 One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``,
-``report.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
+``report.py``, ``bench.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
 command is a new module added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
 ``actstore`` console script.
 
@@ -16,10 +16,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import analyze, capture, demo, info, report, train
+from . import analyze, bench, capture, demo, info, report, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train, analyze, report)
+COMMANDS = (info, demo, capture, train, analyze, report, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
