@@ -10,7 +10,8 @@ Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; To
 BatchTopK train the dead ones with AuxK.
 
 Metrics every ``log_every`` steps, on a tqdm bar and as JSON lines in ``OUT/log.jsonl``:
-step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s.
+step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s, and for the threshold archs
+dense_rows_frac (rows their encoder recomputed densely).
 
 The loop is three parts: :func:`_resume_or_init` (the SAE, AdamW and the counters, from
 the newest checkpoint or fresh), :func:`_step` (one optimizer step on one batch) and
@@ -96,6 +97,10 @@ class TrainConfig:
         "over the held-out tokens and report the LM loss increase"
     )  # fmt: skip
     eval_model_tokens: int = _opt(16384, "held-out tokens the --eval-model step runs over, at most")
+    init_l0: float | None = _opt(
+        None, "jumprelu/gated: start the thresholds where about this many latents fire per row, set from "
+        "the first batch (default: --k, else 64; 0: keep the configured init_threshold)"
+    )  # fmt: skip
     weight_decay: float = 0.0
     seed: int = _opt(0, "initialization and shuffle seed")
     normalize: str | None = "mean_norm"
@@ -356,7 +361,28 @@ def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
         "l0": float(vals[2]),
         "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
         "lr": run.opt.param_groups[0]["lr"],
+        **_dense_rows(run.sae),
     }
+
+
+def _dense_rows(sae) -> dict:
+    """This rank's share of rows its threshold encoder recomputed densely since the last line
+    (``cand_k`` overflow, or dense by choice while most latents fire; none for topk/relu)."""
+    c = sae.take_encode_counts()
+    return {"dense_rows_frac": c["dense_rows"] / c["encode_rows"]} if c["encode_rows"] else {}
+
+
+def _init_thresholds(cfg: TrainConfig, run: _Run, batch: torch.Tensor, dist) -> None:
+    """At step 0 of a jumprelu/gated run: thresholds from the first batch's quantiles, so the
+    first steps start near the target L0 instead of with about half the latents firing (theta
+    0.001 at init: every row then took the dense fallback). Rank 0's values go to every rank."""
+    l0 = cfg.init_l0 if cfg.init_l0 is not None else (cfg.k or 64)
+    if not l0:
+        return
+    run.sae.init_from_batch(batch, min(float(l0), cfg.latents))
+    if dist is not None:
+        for p in run.sae.parameters():
+            dist.broadcast(p.data, src=0)
 
 
 def _keep_log_until(log_path: Path, step: int) -> None:
@@ -515,8 +541,13 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     t_last, tok_last = time.perf_counter(), run.tokens
     metrics = {}
     it = iter(loader)
+    first = None
+    if run.step == 0 and run.sae.arch in ("jumprelu", "gated"):
+        first = next(it)  # also the first step's batch: the init takes nothing from the stream
+        _init_thresholds(cfg, run, first, dist)
     while run.step < total:
-        res = _step(cfg, run, next(it), total, global_batch, dist)
+        batch, first = (first, None) if first is not None else (next(it), None)
+        res = _step(cfg, run, batch, total, global_batch, dist)
         if run.step % cfg.log_every == 0 or run.step == total:
             metrics = _metrics(cfg, run, res, dist)
             now = time.perf_counter()  # after the metrics' device sync, so the rate counts the step's work

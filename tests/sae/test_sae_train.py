@@ -252,3 +252,14 @@ def test_bad_held_out_or_warmup_settings_are_one_line(store, tmp_path, kw, msg):
     with pytest.raises(SAEError) as e:
         _train_small(store, tmp_path / "o", **kw)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_threshold_archs_start_near_their_target_l0_and_log_dense_rows(store, tmp_path, arch):
+    kw = dict(arch=arch, k=None, tokens=32 * 5, log_every=1, lr=1e-9, sae={"l1_coef": 0.01} if arch == "gated" else {})
+    _train_small(store, tmp_path / "q", init_l0=4, **kw)
+    _train_small(store, tmp_path / "z", init_l0=0, **kw)  # the configured init: about half fire
+    q, z = _log(tmp_path / "q"), _log(tmp_path / "z")
+    assert q[0]["l0"] < 3 * 4 and z[0]["l0"] > 16, (q[0]["l0"], z[0]["l0"])  # of 64 latents
+    assert all(0 <= r["dense_rows_frac"] <= 1 for r in q + z)
+    assert z[0]["dense_rows_frac"] == 1.0  # cand_k 64 >= m = 64: every row dense, by choice
