@@ -59,8 +59,8 @@ def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tok
         TransformerLens HookedTransformer, or any module called as ``model(ids)``).
     hooks: module paths (``*`` wildcards, ``:input`` suffix) or TransformerLens hook names.
     data: see :mod:`actstore.capture.data`; ``{name: data}`` names each source, and the
-        store's provenance then holds the document range of each (``Store.sources``). tokenizer: for text data (a path or factory
-        model brings its own).
+        store's provenance then holds the document range of each (``Store.sources``).
+        tokenizer: for text data (a path or factory model brings its own).
     config: a :class:`CaptureConfig`; ``overrides`` are its fields as keywords, applied on
         top (``tokens=10**6, context=128, dtype="bf16"``...). The main ones: tokens (stop
         after this many stored tokens, all ranks together; None takes all data), context
