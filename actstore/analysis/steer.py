@@ -11,8 +11,9 @@ saved to), or ``{hook: [d] tensor}``; ``method`` picks ``mean_diff`` or ``pca`` 
 the mean difference's norm). Each hook's activation gets ``scale * vector`` added, through
 :class:`~actstore.models.Intervention` (mode ``add``).
 
-Positions, per forward, on absolute sequence positions (``cache_position`` when the model
-passes it, as HF generation does; else the KV cache's length; else 0):
+Positions, per forward, on sequence indices: the forward's first index is
+``cache_position[0]`` when the caller passes it (transformers 4), else the length of the KV
+cache it is given (``past_key_values``, or ``cache`` in transformers 5), else 0:
 
 - ``"all"``: every position;
 - ``"after_prompt"``: positions at or past the prompt's length ``P``. ``P`` is
@@ -59,9 +60,10 @@ def _start(kwargs) -> int:
     cp = kwargs.get("cache_position")
     if torch.is_tensor(cp) and cp.numel():
         return int(cp.reshape(-1)[0])
-    pkv = kwargs.get("past_key_values")
-    if pkv is not None and hasattr(pkv, "get_seq_length"):
-        return int(pkv.get_seq_length())
+    for name in ("past_key_values", "cache"):  # transformers 4 / 5 names of the KV cache
+        pkv = kwargs.get(name)
+        if pkv is not None and hasattr(pkv, "get_seq_length"):
+            return int(pkv.get_seq_length())
     return 0
 
 
