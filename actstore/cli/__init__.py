@@ -1,7 +1,8 @@
-"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze`` and ``report``.
+"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze``, ``report``,
+``steering`` and ``steer``.
 
 One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``,
-``report.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
+``report.py``, ``steering.py``, ``steer.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
 command is a new module added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
 ``actstore`` console script.
 
@@ -16,10 +17,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import analyze, capture, demo, info, report, train
+from . import analyze, capture, demo, info, report, steer, steering, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train, analyze, report)
+COMMANDS = (info, demo, capture, train, analyze, report, steering, steer)
 
 
 def build_parser() -> argparse.ArgumentParser:
