@@ -2,7 +2,8 @@
 vectors added after the prompt (``actstore.steer``), one scale after another.
 
 ``--vectors`` is a folder written by ``actstore steering`` (or ``SteeringVectors.save``);
-``--scales=-4,4`` are the multipliers (with ``=``: argparse reads a leading ``-`` as a flag) (the baseline, scale 0, always comes first);
+``--scales=-4,4`` are the multipliers (with ``=``: argparse reads a leading ``-`` as a flag;
+the baseline, scale 0, always comes first);
 ``--prompt`` is repeatable, ``--prompts FILE`` takes one prompt a line; ``--chat`` wraps each
 prompt in the tokenizer's chat template. Greedy decoding, so the output is deterministic.
 """
@@ -24,7 +25,11 @@ def register(sub) -> None:
     p = sub.add_parser("steer", help="baseline vs steered generations of a model for some prompts")
     p.add_argument("--model", required=True, help="local HF causal LM folder or python:module:function")
     p.add_argument("--vectors", required=True, help="a folder written by actstore steering")
-    p.add_argument("--scales", default="-4,4", help="comma list of multipliers, e.g. --scales=-4,4 (the baseline 0 is always shown)")
+    p.add_argument(
+        "--scales",
+        default="-4,4",
+        help="comma list of multipliers, e.g. --scales=-4,4 (the baseline 0 is always shown)",
+    )
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", help="a file with one prompt a line")
     p.add_argument("--hooks", help="comma list: steer only these hooks of the vectors (default: all)")
