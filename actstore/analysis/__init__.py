@@ -9,6 +9,15 @@
 - :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
+
+Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
+
+- :func:`row_groups` (``groups.resolve``): which rows, in which named groups (capture
+  sources, a label table, document lists) and at which positions (all, last, after_prompt);
+- :func:`steering_vectors` -> :class:`SteeringVectors` (steering.py): mean(pos) - mean(neg)
+  per hook, paired PCA, AUROC, cosine across layers, logit lens, top rows with contexts;
+  exports to the steering-vectors and repeng formats;
+- :func:`steer` (steer.py): add them to a model after the prompt, during generate or a forward.
 """
 
 from ._pass import AnalysisError, Batch, Reducer
@@ -16,7 +25,11 @@ from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
 from .config import AnalyzeConfig
 from .feature_stats import FeatureStats
+from .groups import RowGroups
+from .groups import resolve as row_groups
 from .output import Analysis, LatentView
+from .steer import steer
+from .steering import SteeringVectors, steering_vectors
 from .top import Top
 from .top_tokens import TopTokens
 
@@ -41,4 +54,9 @@ __all__ = [
     "Bins",
     "EqualWidthBins",
     "TopTokens",
+    "RowGroups",
+    "row_groups",
+    "SteeringVectors",
+    "steering_vectors",
+    "steer",
 ]
