@@ -20,7 +20,8 @@ group P and the negative group N:
   (activation units along the unit vector), with their token windows (``window`` tokens
   either side, never crossing a document) and the projection at every token of the window;
 - ``lens`` (with ``model=``): the logit lens of each vector (final-norm gain folded, as
-  ``lens.py``): top and bottom ``lens_t`` tokens.
+  ``lens.py``): top and bottom ``lens_t`` tokens; ``lens_outlier_z`` masks tokens whose
+  unembedding norm is an outlier (``lens.token_mask``).
 
 :meth:`SteeringVectors.save` writes a Zarr v3 group (layout in docs/FORMAT.md, "Steering
 vectors"); :meth:`SteeringVectors.load` reads it back; ``to_steering_vectors`` /
@@ -344,6 +345,7 @@ def steering_vectors(
     window: int = 8,
     model=None,
     lens_t: int = 10,
+    lens_outlier_z: float = 0.0,
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
@@ -417,7 +419,7 @@ def steering_vectors(
 
         m = prepare_model(model, device=torch.device("cpu")).model
         w_u, gain = unembedding(m)
-        masked = token_mask(w_u, None, 0.0, False)
+        masked = token_mask(w_u, None, float(lens_outlier_z), False)
         for h in hooks:
             if widths[h] != w_u.shape[1]:
                 continue  # not a residual-stream width: no lens
