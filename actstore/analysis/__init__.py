@@ -17,7 +17,10 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
 - :func:`steering_vectors` -> :class:`SteeringVectors` (steering.py): mean(pos) - mean(neg)
   per hook, paired PCA, AUROC, cosine across layers, logit lens, top rows with contexts;
   exports to the steering-vectors and repeng formats;
-- :func:`steer` (steer.py): add them to a model after the prompt, during generate or a forward.
+- :func:`steer` (steer.py): add them to a model after the prompt, during generate or a forward;
+- :func:`pca` -> :class:`PCA` (pca.py), :func:`principal_angles`; :func:`layer_diff` ->
+  :class:`LayerDiff` (layer_diff.py); :func:`probes` -> :class:`Probes` (probes.py);
+  :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store).
 """
 
 from ._pass import AnalysisError, Batch, Reducer
@@ -25,9 +28,13 @@ from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
 from .config import AnalyzeConfig
 from .feature_stats import FeatureStats
+from .dictionary import MCS, mcs, neighbours
 from .groups import RowGroups
 from .groups import resolve as row_groups
 from .output import Analysis, LatentView
+from .layer_diff import LayerDiff, layer_diff
+from .pca import PCA, pca, principal_angles
+from .probes import Probes, probes
 from .steer import steer
 from .steering import SteeringVectors, steering_vectors
 from .top import Top
@@ -59,4 +66,14 @@ __all__ = [
     "SteeringVectors",
     "steering_vectors",
     "steer",
+    "PCA",
+    "pca",
+    "principal_angles",
+    "LayerDiff",
+    "layer_diff",
+    "Probes",
+    "probes",
+    "MCS",
+    "mcs",
+    "neighbours",
 ]
