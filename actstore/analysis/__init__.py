@@ -27,12 +27,12 @@ from ._pass import AnalysisError, Batch, Reducer
 from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
 from .config import AnalyzeConfig
-from .feature_stats import FeatureStats
 from .dictionary import MCS, mcs, neighbours
+from .feature_stats import FeatureStats
 from .groups import RowGroups
 from .groups import resolve as row_groups
-from .output import Analysis, LatentView
 from .layer_diff import LayerDiff, layer_diff
+from .output import Analysis, LatentView
 from .pca import PCA, pca, principal_angles
 from .probes import Probes, probes
 from .steer import steer
