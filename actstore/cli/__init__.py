@@ -1,10 +1,11 @@
 """The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze``, ``report``,
-``steering`` and ``steer``.
+and the representation analyses ``steering``, ``steer``, ``pca``, ``diff``, ``probe``, ``mcs``.
 
 One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``,
-``report.py``, ``steering.py``, ``steer.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
-command is a new module added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
-``actstore`` console script.
+``report.py``, ``steering.py``, ``steer.py``, ``pca.py``, ``diff.py``, ``probe.py``,
+``mcs.py``; ``_groups.py`` holds the row-group flags they share), each with
+``register(subparsers)`` and ``run(args) -> exit code``; a new command is a new module added to
+``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the ``actstore`` console script.
 
 Exit codes: 0 on success; 1 on any failure, printed by the one handler here as a single
 line ``actstore: <message>`` on stderr (every ActstoreError, and the ValueError/OSError a
@@ -17,10 +18,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import analyze, capture, demo, info, report, steer, steering, train
+from . import analyze, capture, demo, diff, info, mcs, pca, probe, report, steer, steering, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train, analyze, report, steering, steer)
+COMMANDS = (info, demo, capture, train, analyze, report, steering, steer, pca, diff, probe, mcs)
 
 
 def build_parser() -> argparse.ArgumentParser:

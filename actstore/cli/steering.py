@@ -12,15 +12,14 @@ groups). Positions: ``--positions all|last|after_prompt``; ``after_prompt`` take
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch.distributed as dist
 
 from .._dist import init_if_launched
 from ..analysis import AnalysisError
-from ..analysis.groups import POSITIONS, resolve
 from ..analysis.steering import steering_vectors
 from ..api import open as open_store
+from ._groups import add_group_options, groups_from_args
 
 
 def register(sub) -> None:
@@ -28,22 +27,13 @@ def register(sub) -> None:
     p.add_argument("--store", required=True, help="the store to read")
     p.add_argument("--hooks", required=True, help="comma list of hooks (one pass reads all of them)")
     p.add_argument("--out", required=True, help="output folder (a Zarr v3 group)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--sources", help="comma list of the capture's named sources (default: all of them)")
-    g.add_argument("--labels", help="document label table: CSV, JSON or Parquet with columns doc,label")
-    g.add_argument("--docs", help='JSON file {"group": [doc ids], ...}')
+    add_group_options(p)
     p.add_argument("--positive", help="the positive group (default: the first)")
     p.add_argument("--negative", help="the negative group (default: the second)")
-    p.add_argument("--positions", default="all", choices=POSITIONS, help="which tokens of each document")
-    p.add_argument("--marker", help="prompt marker text for --positions after_prompt")
-    p.add_argument("--marker-ids", help="prompt marker as comma token ids")
-    p.add_argument("--drop", default="bos,special", help="leave out rows with these flags (default bos,special)")
     p.add_argument("--pca", action="store_true", help="also the paired-difference PCA direction")
     p.add_argument("--top-k", type=int, default=20, help="rows with the highest projection, with contexts")
     p.add_argument("--window", type=int, default=8, help="context tokens either side")
     p.add_argument("--model", help="HF causal LM folder (logit lens of the vectors; tokenizer for --marker)")
-    p.add_argument("--tokenizer", help="HF tokenizer folder for --marker (default: --model's)")
-    p.add_argument("--block-rows", type=int, default=4096, help="rows read at once")
     p.add_argument("--export-steering-vectors", metavar="PT", help="also write the steering-vectors package's fields")
     p.add_argument("--export-repeng", metavar="GGUF", help="also write a repeng control-vector GGUF")
     p.add_argument("--model-hint", default="", help="model_hint of the repeng GGUF")
@@ -54,34 +44,9 @@ def register(sub) -> None:
     p.set_defaults(fn=run)
 
 
-def _marker(args) -> list[int] | None:
-    if args.marker_ids:
-        try:
-            return [int(x) for x in args.marker_ids.split(",") if x.strip()]
-        except ValueError:
-            raise AnalysisError(f"--marker-ids {args.marker_ids!r} is not a comma list of token ids") from None
-    if args.marker is None:
-        return None
-    src = args.tokenizer or args.model
-    if src is None:
-        raise AnalysisError("--marker is text: pass --tokenizer (or --model) to tokenize it, or --marker-ids")
-    from transformers import AutoTokenizer  # deferred: only a text marker needs a tokenizer
-
-    return list(AutoTokenizer.from_pretrained(src)(args.marker, add_special_tokens=False)["input_ids"])
-
-
 def run(args) -> int:
     store = open_store(args.store)
-    kw = {}
-    if args.labels:
-        kw["labels"] = args.labels
-    elif args.docs:
-        kw["docs"] = json.loads(Path(args.docs).read_text())
-    else:
-        kw["sources"] = [s.strip() for s in args.sources.split(",")] if args.sources else True
-    groups = resolve(
-        store, positions=args.positions, marker=_marker(args), drop_flags=args.drop, block_rows=args.block_rows, **kw
-    )
+    groups = groups_from_args(store, args)
     if len(groups.names) < 2:
         raise AnalysisError(f"steering needs two groups, the selection has {list(groups.names)}")
     pos = args.positive or groups.names[0]
