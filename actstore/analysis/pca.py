@@ -140,7 +140,18 @@ def _moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample
                 keys, rows_s, grp_s = keys[o], rows_s[o], grp_s[o]
 
     stream(store, hooks, groups, blocks, block_rows, fn)
-    return {"tree": tree, "keys": keys, "rows": rows_s, "group": grp_s}
+    # The tree's nodes, not the tree: its combine is a closure, and shares travel pickled.
+    return {"nodes": tree.nodes, "keys": keys, "rows": rows_s, "group": grp_s}
+
+
+def merge_nodes(hooks, parts) -> BlockTree:
+    """One BlockTree of the shares' nodes, in share order."""
+    tree = BlockTree(_combine_hooks(hooks))
+    for p in parts:
+        other = BlockTree()
+        other.nodes = p["nodes"]
+        tree.merge(other)
+    return tree
 
 
 def _combine_hooks(hooks):
@@ -184,10 +195,7 @@ def pca(
             scale.append(torch.from_numpy(np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0)))
     blocks = share(n_blocks(store, block_rows), rank, world)
     parts = _gather(_moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample, seed), world)
-    tree = parts[0]["tree"]
-    for p in parts[1:]:
-        tree.merge(p["tree"])
-    total = tree.total({})
+    total = merge_nodes(hooks, parts).total({})
     if not total:
         raise AnalysisError("the groups select no rows: nothing to analyse")
     keys = np.concatenate([p["keys"] for p in parts])

@@ -10,7 +10,7 @@ import pytest
 
 from actstore import open as open_store
 from actstore.analysis.groups import resolve
-from actstore.analysis.pca import _moments_pass, pca, principal_angles, splitmix64
+from actstore.analysis.pca import _moments_pass, merge_nodes, pca, principal_angles, splitmix64
 from helpers.repr_store import write_repr_store
 
 
@@ -72,11 +72,9 @@ def test_sample_projections_and_svg(planted, tmp_path):
 
 def test_shares_merge_bit_identical(planted):
     s, _, rg = planted
-    one = _moments_pass(s, ["a", "b"], rg, range(0, 9), 37, None, None, 10, 0)["tree"].total({})
+    one = merge_nodes(["a", "b"], [_moments_pass(s, ["a", "b"], rg, range(0, 9), 37, None, None, 10, 0)]).total({})
     parts = [_moments_pass(s, ["a", "b"], rg, r, 37, None, None, 10, 0) for r in (range(0, 5), range(5, 9))]
-    tree = parts[0]["tree"]
-    tree.merge(parts[1]["tree"])
-    two = tree.total({})
+    two = merge_nodes(["a", "b"], parts).total({})
     assert all(one[k].tobytes() == two[k].tobytes() for k in one)
 
 
