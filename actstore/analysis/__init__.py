@@ -20,7 +20,8 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
 - :func:`steer` (steer.py): add them to a model after the prompt, during generate or a forward;
 - :func:`pca` -> :class:`PCA` (pca.py), :func:`principal_angles`; :func:`layer_diff` ->
   :class:`LayerDiff` (layer_diff.py); :func:`probes` -> :class:`Probes` (probes.py);
-  :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store).
+  :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store); :func:`scan` ->
+  :class:`Scan` (scan.py): projections of the rows on any vectors.
 """
 
 from ._pass import AnalysisError, Batch, Reducer
@@ -35,6 +36,7 @@ from .layer_diff import LayerDiff, layer_diff
 from .output import Analysis, LatentView
 from .pca import PCA, pca, principal_angles
 from .probes import Probes, probes
+from .scan import Scan, scan
 from .steer import steer
 from .steering import SteeringVectors, steering_vectors
 from .top import Top
@@ -76,4 +78,6 @@ __all__ = [
     "MCS",
     "mcs",
     "neighbours",
+    "Scan",
+    "scan",
 ]

@@ -77,3 +77,19 @@ def test_mcs(tmp_path, capsys):
     g = zarr.open_group(str(tmp_path / "o"), mode="r")
     assert g["dictionary/neighbours_index"].shape == (24, 3)
     assert np.array_equal(g["dictionary/ba_index"][...], ref.ba_index)
+
+
+def test_scan_on_steering_vectors(store, tmp_path, capsys):
+    code, _, err = _run(capsys, "steering", "--store", store, "--hooks", "a,b", "--out", tmp_path / "sv")
+    assert code == 0, err
+    code, out, err = _run(capsys, "scan", "--store", store, "--hook", "b", "--vectors", tmp_path / "sv", "--out",
+                          tmp_path / "o", "--k", "3", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["vectors"] == 1
+    g = zarr.open_group(str(tmp_path / "o"), mode="r")
+    c = write_repr_store(tmp_path / "again")  # the same planted columns
+    assert (c["doc"][g["scan/top_rows"][0]] < c["half"]).all()  # the most positive rows come from pos documents
+    np.save(tmp_path / "v.npy", np.ones((2, 8), np.float32))
+    code, _, err = _run(capsys, "scan", "--store", store, "--hook", "a", "--vectors", tmp_path / "v.npy", "--out",
+                        tmp_path / "p")  # fmt: skip
+    assert code == 1 and "do not match hook" in err and err.count("\n") == 1
