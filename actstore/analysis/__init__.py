@@ -21,7 +21,8 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
 - :func:`pca` -> :class:`PCA` (pca.py), :func:`principal_angles`; :func:`layer_diff` ->
   :class:`LayerDiff` (layer_diff.py); :func:`probes` -> :class:`Probes` (probes.py);
   :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store); :func:`scan` ->
-  :class:`Scan` (scan.py): projections of the rows on any vectors.
+  :class:`Scan` (scan.py): projections of the rows on any vectors; :func:`steering_between`
+  (two_stores.py): mean(store B) - mean(store A).
 """
 
 from ._pass import AnalysisError, Batch, Reducer
@@ -41,6 +42,7 @@ from .steer import steer
 from .steering import SteeringVectors, steering_vectors
 from .top import Top
 from .top_tokens import TopTokens
+from .two_stores import steering_between
 
 
 def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
@@ -80,4 +82,5 @@ __all__ = [
     "neighbours",
     "Scan",
     "scan",
+    "steering_between",
 ]

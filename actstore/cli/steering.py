@@ -20,6 +20,7 @@ from ..analysis import AnalysisError
 from ..analysis.steering import steering_vectors
 from ..api import open as open_store
 from ._groups import add_group_options, groups_from_args
+from ._groups import marker as _marker_ids
 
 
 def register(sub) -> None:
@@ -28,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--hooks", required=True, help="comma list of hooks (one pass reads all of them)")
     p.add_argument("--out", required=True, help="output folder (a Zarr v3 group)")
     add_group_options(p)
+    p.add_argument(
+        "--store-b", help="a second store: the vectors are mean(store B) - mean(store A = --store), one group each"
+    )
     p.add_argument("--positive", help="the positive group (default: the first)")
     p.add_argument("--negative", help="the negative group (default: the second)")
     p.add_argument("--pca", action="store_true", help="also the paired-difference PCA direction")
@@ -47,6 +51,8 @@ def register(sub) -> None:
 def run(args) -> int:
     store = open_store(args.store)
     groups = groups_from_args(store, args)
+    if args.store_b:
+        return _between(store, groups, args)
     if len(groups.names) < 2:
         raise AnalysisError(f"steering needs two groups, the selection has {list(groups.names)}")
     pos = args.positive or groups.names[0]
@@ -72,6 +78,25 @@ def run(args) -> int:
 
     if rank_world(None, None)[0] != 0:
         return 0
+    return _finish(sv, pos, neg, args)
+
+
+def _between(store, groups, args) -> int:
+    from ..analysis.groups import resolve
+    from ..analysis.two_stores import steering_between
+
+    store_b = open_store(args.store_b)
+    groups_b = resolve(store_b, positions=args.positions, marker=_marker_ids(args), drop_flags=args.drop)
+    if len(groups.names) != 1:  # --sources / --labels / --docs on store A: keep its rows of every group
+        groups = resolve(store, positions=args.positions, marker=_marker_ids(args), drop_flags=args.drop)
+    sv = steering_between(
+        store, store_b, args.hooks, groups, groups_b, pca=args.pca, top_k=args.top_k, window=args.window,
+        model=args.model, block_rows=args.block_rows,
+    )  # fmt: skip
+    return _finish(sv, "B", "A", args)
+
+
+def _finish(sv, pos, neg, args) -> int:
     layers = None
     if args.layers:
         try:

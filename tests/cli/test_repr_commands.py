@@ -93,3 +93,17 @@ def test_scan_on_steering_vectors(store, tmp_path, capsys):
     code, _, err = _run(capsys, "scan", "--store", store, "--hook", "a", "--vectors", tmp_path / "v.npy", "--out",
                         tmp_path / "p")  # fmt: skip
     assert code == 1 and "do not match hook" in err and err.count("\n") == 1
+
+
+def test_steering_between_two_stores(store, tmp_path, capsys):
+    from actstore.analysis.two_stores import steering_between
+
+    code, out, err = _run(capsys, "steering", "--store", store, "--store-b", store.parent / "s2", "--hooks", "a",
+                          "--out", tmp_path / "o", "--json")  # fmt: skip
+    assert code == 0, err
+    sa, sb = open_store(store), open_store(store.parent / "s2")
+    ref = steering_between(sa, sb, "a", resolve(sa), resolve(sb))
+    got = json.loads(out)
+    assert (got["positive"], got["negative"]) == ("B", "A") and got["rows"] == [ref.count_pos, ref.count_neg]
+    g = zarr.open_group(str(tmp_path / "o"), mode="r")
+    assert np.array_equal(g["steering/0/vector"][...], ref.vectors["a"].numpy())
