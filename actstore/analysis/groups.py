@@ -116,7 +116,6 @@ def _scan(store, block_rows: int, marker: np.ndarray | None):
     and the pos of the end of the first marker occurrence (-1: none)."""
     n = store.rows
     dmax = -1
-    last: dict = {}
     cand = []  # (doc, pos, token) rows holding a marker token
     pieces_doc, pieces_pos = [], []
     for lo in range(0, n, block_rows):

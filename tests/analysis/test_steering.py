@@ -142,3 +142,11 @@ def test_errors(planted):
         steering_vectors(s, "a", rg, "pos", "other")
     with pytest.raises(AnalysisError, match="same group"):
         steering_vectors(s, "a", rg, "pos", "pos")
+
+
+def test_open_refuses_a_steering_output(sv, tmp_path):
+    import actstore.analysis as an
+
+    out = sv.save(tmp_path / "o")
+    with pytest.raises(AnalysisError, match="holds a steering result"):
+        an.open(out)
