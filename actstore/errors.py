@@ -14,6 +14,10 @@ class StoreError(ActstoreError):
     """Any problem with a store: missing, unreadable, or refused."""
 
 
+class MissingObjectError(StoreError, FileNotFoundError):
+    """A key the storage does not hold (a store that is not there yet, or a missing object)."""
+
+
 class FormatVersionError(StoreError):
     """The store was written in a format version this actstore does not read."""
 
@@ -61,3 +65,8 @@ class ModelError(CaptureError):
 
 class DependencyError(ActstoreError, ImportError):
     """An optional package that a feature needs is not installed; the message names the pip command."""
+
+
+class IntegrationError(ActstoreError, ValueError):
+    """actstore and another tool (SAELens, dictionary_learning, nnsight, datasets) disagree: a store
+    hook's width that differs from the tool's config, or a module path the tool's model lacks."""

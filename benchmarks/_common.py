@@ -14,18 +14,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import hashlib
-import importlib.metadata as _md
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -34,6 +31,9 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO))
+
+# The timing harness lives in the package (``actstore bench`` uses it too); re-exported here.
+from actstore.bench.harness import _cpu_model, _version, fmt_table, gbps, interleaved, summary, wall_time  # noqa: E402, F401
 
 LAYERS = (1, 3, 5)
 CONTEXT = 128
@@ -46,23 +46,6 @@ def hook_name(layer: int) -> str:
 
 
 # --- metadata ---------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return _md.version(dist)
-    except _md.PackageNotFoundError:
-        return None
 
 
 def _git(*args: str) -> str | None:
@@ -349,75 +332,3 @@ def chunks_of(a: np.ndarray, rows: int, max_chunks: int | None = None) -> list[n
     if max_chunks is not None:
         n = min(n, max_chunks)
     return [np.ascontiguousarray(a[i * rows : (i + 1) * rows]) for i in range(n)]
-
-
-# --- timing -----------------------------------------------------------------------------
-
-
-def wall_time(fn: Callable[[], object]) -> float:
-    """Seconds of one call of ``fn`` by the wall clock. A caller on a GPU syncs inside ``fn``
-    (or passes a synchronising ``measure`` to :func:`interleaved`)."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved(
-    variants: dict[str, Callable[[], object]],
-    repeats: int,
-    setup: dict[str, Callable[[], object]] | None = None,
-    teardown: dict[str, Callable[[], object]] | None = None,
-    warmup: int = 1,
-    measure: Callable[[Callable[[], object]], float] = wall_time,
-) -> dict[str, list[float]]:
-    """Time every variant ``repeats`` times, round-robin (the order rotates each round), so
-    that background load affects all variants alike. ``setup[name]`` / ``teardown[name]``
-    run untimed before / after each timed call; ``warmup`` untimed rounds come first.
-    ``measure(fn)`` gives the seconds of one round of a variant: by default one call by the
-    wall clock; on CUDA e.g. ``triton.testing.do_bench`` (its median of many calls, synced).
-    Returns ``{name: [seconds per round]}``."""
-    setup, teardown = setup or {}, teardown or {}
-    names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            if name in setup:
-                setup[name]()
-            gc.collect()
-            dt = measure(variants[name])
-            if name in teardown:
-                teardown[name]()
-            if r >= warmup:
-                times[name].append(dt)
-    return times
-
-
-def summary(seconds: list[float]) -> dict:
-    """The median of the repeats, with the best run (``min_s``), the worst and the spread
-    beside it: ``spread`` = (max - min) / median, 0 for a quiet machine; a large one says
-    the figures moved during the run (rerun, or read the paired ratios)."""
-    med = statistics.median(seconds)
-    return {
-        "median_s": med,
-        "min_s": min(seconds),
-        "max_s": max(seconds),
-        "spread": (max(seconds) - min(seconds)) / med if med > 0 else 0.0,
-        "repeats": len(seconds),
-    }
-
-
-def gbps(nbytes: int, seconds: float) -> float:
-    """Decimal GB/s."""
-    return nbytes / seconds / 1e9
-
-
-def fmt_table(rows: list[list], header: list[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = []
-    for j, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)

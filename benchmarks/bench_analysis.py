@@ -9,11 +9,18 @@ Variants, timed round-robin (``_common.interleaved``) over the same store and SA
   quantile modes: the equal-width mode is a second pass and is left out here);
 - ``run``: ``actstore.analysis.run`` of those jobs end to end (state commits, Zarr output).
 
-Overhead = median(variant) / median(encode) - 1. The store is synthetic (Gaussian rows,
-bf16, zstd) and the SAE a randomly initialized TopK SAE: the jobs' cost depends on the
-number of firing entries (rows x k), not on their values.
+Overhead = median(variant) / median(encode) - 1. By default the store is synthetic
+(Gaussian rows, bf16, zstd) and the SAE a randomly initialized TopK SAE: the jobs' cost
+depends on the number of firing entries (rows x k), not on their values. ``--store S --hook
+H --sae DIR`` runs on a real store and a trained SAE instead (``make demo`` leaves
+``demo_store`` and ``demo_sae``), over its first ``--rows`` rows.
 
-usage: python benchmarks/bench_analysis.py [--rows 32768] [--d 256] [--m 4096] [--k 32] [--repeats 3]
+The jobs' cost per row falls as the run goes on (the top and bin tables fill, and then only
+the few entries above their running thresholds reach a sort), so a short run measures
+mostly the warm-up: use at least 100k rows for a figure that stands for a whole store.
+
+usage: python benchmarks/bench_analysis.py [--rows 131072] [--d 256] [--m 4096] [--k 32] [--repeats 3]
+       python benchmarks/bench_analysis.py --store demo_store --hook model.layers.15 --sae demo_sae
 """
 
 from __future__ import annotations
@@ -34,13 +41,17 @@ from actstore.analysis.bins import Bins
 from actstore.analysis.feature_stats import FeatureStats
 from actstore.analysis.top import Top
 from actstore.sae import SAEConfig, TopKSAE
+from actstore.sae.io import load as load_sae
 
 JOBS = {"stats": {}, "top": {"k": 20}, "bins": {"n_equal": 0}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=32768)
+    ap.add_argument("--rows", type=int, default=131072)
+    ap.add_argument("--store", help="a real store (default: a synthetic one)")
+    ap.add_argument("--hook", help="with --store: the hook")
+    ap.add_argument("--sae", help="with --store: a trained SAE folder")
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--m", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
@@ -51,18 +62,24 @@ def main() -> None:
     meta = metadata()  # first, before any work
     tmp = Path(tempfile.mkdtemp(prefix="bench-analysis-"))
     try:
-        g = np.random.default_rng(0)
-        x = g.standard_normal((args.rows, args.d)).astype(np.float32)
-        with actstore.create(tmp / "store", {"h": args.d}, segment="a") as w:
-            w.append(
-                {"h": x},
-                tokens=g.integers(0, 50000, args.rows),
-                doc=np.arange(args.rows) // 512,
-                pos=np.arange(args.rows) % 512,
-            )
-        store = actstore.open(tmp / "store")
-        sae = TopKSAE(SAEConfig("topk", args.d, args.m, k=args.k, hook="h")).eval()
-        xs = [store.read("h", slice(a, a + args.block)) for a in range(0, args.rows, args.block)]
+        if args.store:
+            store, hook = actstore.open(args.store), args.hook
+            sae = load_sae(args.sae).eval()
+            args.rows = min(args.rows, store.rows)
+            args.d, args.m, args.k = sae.cfg.d, sae.cfg.m, getattr(sae.cfg, "k", None)
+        else:
+            g = np.random.default_rng(0)
+            x = g.standard_normal((args.rows, args.d)).astype(np.float32)
+            with actstore.create(tmp / "store", {"h": args.d}, segment="a") as w:
+                w.append(
+                    {"h": x},
+                    tokens=g.integers(0, 50000, args.rows),
+                    doc=np.arange(args.rows) // 512,
+                    pos=np.arange(args.rows) % 512,
+                )
+            store, hook = actstore.open(tmp / "store"), "h"
+            sae = TopKSAE(SAEConfig("topk", args.d, args.m, k=args.k, hook="h")).eval()
+        xs = [store.read(hook, slice(a, a + args.block)) for a in range(0, args.rows, args.block)]
         enc = Encoder(sae)
         sel = Selection(0, args.rows)
         blocks = sel.blocks(args.block)
@@ -73,16 +90,16 @@ def main() -> None:
                     sae.encode(xb)
 
         def read_encode():
-            stream(store, "h", enc, sel, blocks, args.block, [])
+            stream(store, hook, enc, sel, blocks, args.block, [])
 
         def jobs():
             reducers = [FeatureStats(args.m), Top(args.m, k=20), Bins(args.m, n_equal=0)]
-            stream(store, "h", enc, sel, blocks, args.block, reducers)
+            stream(store, hook, enc, sel, blocks, args.block, reducers)
             for r in reducers:
                 r.result()
 
         def full_run():
-            an.run(store, sae, JOBS, tmp / "out", block_rows=args.block)
+            an.run(store, sae, JOBS, tmp / "out", hook=hook, block_rows=args.block, rows=(0, args.rows))
 
         times = interleaved(
             {"encode": encode, "read_encode": read_encode, "stats_top_bins": jobs, "run": full_run},

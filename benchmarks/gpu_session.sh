@@ -7,8 +7,11 @@
 # It installs the wheels, builds actstore._C, runs the tests marked gpu, then times the SAE
 # kernels (forward, forward+backward, peak memory, per-kernel TFLOP/s and GB/s, against eager,
 # torch.compile, sparsify and the bf16 GEMM ceiling), the store -> loader -> step pipeline, the
-# loader feed and the trainer against SAELens where it is installed. Commit $OUT's JSON into
-# benchmarks/results/.
+# loader feed, the trainer against SAELens where it is installed, and data-parallel training
+# under torchrun (NCCL, one rank per GPU; and two ranks per GPU over gloo); it calibrates the
+# measuring dispatch (topk_encode: fused kernel vs chunked GEMM vs eager, per shape class; the
+# choices land in $OUT/dispatch.json) and times capture and store I/O. Commit $OUT's JSON into
+# benchmarks/results/ (measured figures, beside the predicted ones of gpu_model.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -24,5 +27,30 @@ run benchmarks/bench_sae_kernels.py --device cuda --shape small --shape big | te
 run benchmarks/bench_sae_pipeline.py --device cuda | tee "$OUT/sae_pipeline.txt"
 run benchmarks/bench_sae_decode_crossover.py --device cuda --n 8192 --d 4096 --m 32768 | tee "$OUT/crossover.txt"
 run benchmarks/bench_loader_feed.py --device cuda | tee "$OUT/loader_feed.txt"
+# The measuring dispatch at the shapes people train: its timings are the fused kernel's first
+# measured figures against the chunked cuBLAS path.
+ACTSTORE_DISPATCH_CACHE="$OUT/dispatch.json" timeout 600 python3 - <<'PY' 2>&1 | tee "$OUT/dispatch.txt"
+import torch
+from actstore.ops import topk_encode, _autotune
+for n, d, m, k in [(4096, 768, 24576, 32), (8192, 2304, 65536, 64), (8192, 4096, 131072, 32)]:
+    x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16)
+    W = (torch.randn(m, d, device="cuda") / d**0.5).to(torch.bfloat16)
+    topk_encode(x, W, torch.zeros(m, device="cuda"), k)
+for row in _autotune.table():
+    print(row)
+PY
+run benchmarks/bench_capture.py --device cuda | tee "$OUT/capture.txt"
+run benchmarks/bench_store_io.py | tee "$OUT/store_io.txt"
+# Data-parallel training (issue 16): one rank per GPU over NCCL, then two ranks per GPU (more ranks
+# than GPUs: actstore._dist shares the GPUs round-robin and joins over gloo). Each prints its summary.
+python3 -c "import actstore, torch; w = actstore.create('/tmp/dp_store', {'h': 1024}, segment='s', dtype='bf16'); \
+[w.append({'h': torch.randn(8192, 1024)}) for _ in range(8)]; w.close()"
+NGPU=$(nvidia-smi -L | wc -l)
+for NP in "$NGPU" $((2 * NGPU)); do
+  echo "== torchrun --nproc_per_node=$NP actstore train (backend: $(LOCAL_WORLD_SIZE=$NP python3 -c 'from actstore._dist import backend; print(backend())'))"
+  timeout 600 torchrun --nproc_per_node="$NP" -m actstore.cli train --store /tmp/dp_store --hook h --arch topk \
+    --latents 16384 --k 32 --tokens 2000000 --batch-size 4096 --out "/tmp/dp_run_$NP" --no-progress --json 2>&1 \
+    | tail -3 | tee "$OUT/train_dp_$NP.txt"
+done
 cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
 ls -l "$OUT"

@@ -58,6 +58,7 @@ SAE = ["actstore/sae", *KERNELS, *LOADER]
 MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_codecs.py": (r"codecs(_quick)?", ["actstore/store/quantize.py", *STORE]),
     "bench_store_io.py": (r"store_io(_quick)?", STORE),
+    "bench_s3.py": (r"s3", LOADER),
     "bench_loader.py": (r"loader(_quick)?", LOADER),
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),
     "bench_capture.py": (r"capture_overhead(_gpu)?(_quick)?", CAPTURE),
@@ -67,8 +68,10 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_sae_pipeline.py": (r"sae_pipeline_\w+", SAE),
     "bench_sae_train.py": (r"sae_train_\w+", SAE),
     "bench_analysis.py": (r"analysis_\w+", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
+    "bench_saedashboard.py": (r"saedashboard_cpu(_quick)?", ["actstore/analysis", "actstore/sae", *KERNELS, *STORE]),
     "gpu_compile.py": (r"gpu_compile(_ci)?", ["kernels", "actstore/store/format.py"]),
     "gpu_model.py": (r"gpu_model", ["kernels", "benchmarks/gpu_compile.py", "actstore/store/format.py"]),
+    "sweep_train_defaults.py": (r"train_defaults_sweep", ["actstore/capture", "actstore/demo.py", *SAE]),
     "bench_demo_smollm2.py": (r"demo_smollm2", ["actstore/demo.py", "actstore/analysis", *CAPTURE, *SAE]),
     "bench_steering_smollm2.py": (r"steering_smollm2", ["actstore/analysis", *CAPTURE]),
     "bench_representations.py": (r"representations_cpu", ["actstore/analysis", *STORE]),

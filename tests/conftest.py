@@ -13,6 +13,8 @@
 - Markers (registered in pyproject.toml): ``gpu`` selects the tests that run on the GPU
   when one is present (``pytest -m gpu``, benchmarks/gpu_session.sh); ``slow`` the long
   ones (``make test-fast`` deselects them).
+- ``s3_server`` (one moto S3 server per session, tests/helpers/s3.py) and ``s3_url`` (a fresh
+  ``s3://`` prefix in its bucket, with the environment pointing actstore at it).
 - ``ACTSTORE_REQUIRE_GPU=1`` makes a run without CUDA a usage error, so that a GPU session
   cannot pass on the interpreter by mistake.
 """
@@ -22,6 +24,7 @@ import os
 import pytest
 
 from helpers.device import DEVICE
+from helpers.s3 import BUCKET, MotoServer, fresh_url, s3_env
 
 if DEVICE != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -36,3 +39,25 @@ def pytest_configure(config):
 def device() -> str:
     """``"cuda"`` where a GPU is present, else ``"cpu"``."""
     return DEVICE
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server (a real subprocess on 127.0.0.1) for the session, with a bucket."""
+    pytest.importorskip("obstore", reason="object storage tests need obstore: pip install -e '.[s3,dev]'")
+    pytest.importorskip("moto.server", reason="object storage tests need moto[server]>=5.2.1")
+    server = MotoServer()
+    try:
+        server.make_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server, monkeypatch) -> str:
+    """A fresh ``s3://`` prefix in the session's bucket; the environment points at the server."""
+    for k, v in s3_env(s3_server.endpoint).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("ACTSTORE_CACHE_DIR", raising=False)
+    return fresh_url()

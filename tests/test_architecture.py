@@ -22,7 +22,8 @@ LAYERS = [
     {"capture", "loader", "api"},
     {"sae"},
     {"analysis"},
-    {"demo"},
+    {"integrations"},
+    {"demo", "bench"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -136,13 +136,19 @@ def parse_flags(drop_flags) -> int:
 
 
 class Encoder:
-    """``sae.encode`` on a block of rows -> the firing entries in CSR form, as numpy."""
+    """``sae.encode`` on a block of rows -> the firing entries in CSR form, as numpy; with
+    ``latents`` (sorted ids) only those latents' entries (the others' are dropped here, so
+    every job sees only the analysed latents; latent ids are unchanged)."""
 
-    def __init__(self, sae, device=None):
+    def __init__(self, sae, device=None, latents: np.ndarray | None = None):
         self.sae = sae.eval()  # BatchTopK must encode with its fixed threshold
         p = next(sae.parameters())
         self.device = torch.device(device) if device is not None else p.device
         self.dtype = p.dtype
+        self.mask = None
+        if latents is not None:
+            self.mask = np.zeros(sae.cfg.m, bool)
+            self.mask[latents] = True
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -156,6 +162,8 @@ class Encoder:
         vals = lat.vals.detach().float().cpu().numpy()
         ent_row = np.repeat(np.arange(n, dtype=np.int64), np.diff(row_ptr))
         keep = vals > 0
+        if self.mask is not None:
+            keep &= self.mask[cols]
         if not keep.all():
             cols, vals, ent_row = cols[keep], vals[keep], ent_row[keep]
             row_ptr = np.r_[0, np.cumsum(np.bincount(ent_row, minlength=n))].astype(np.int64)

@@ -114,6 +114,31 @@ def _selection(store, rows, drop_flags, docs) -> Selection:
     return Selection(lo, hi, parse_flags(drop_flags), d)
 
 
+def parse_latents(latents, m: int) -> np.ndarray | None:
+    """None, or the sorted unique latent ids of ``latents`` (ints, a range, or a string of ids
+    and ranges ``"0-127,300"``), each checked against ``m``."""
+    if latents is None:
+        return None
+    if isinstance(latents, str):
+        ids = []
+        for part in (p.strip() for p in latents.split(",")):
+            a, dash, b = part.partition("-")
+            try:
+                ids.extend(range(int(a), int(b) + 1) if dash else [int(part)])
+            except ValueError:
+                raise AnalysisError(
+                    f"latents {latents!r}: {part!r} is not an id or a range A-B (e.g. 0-127,300)"
+                ) from None
+        latents = ids
+    ids = np.unique(np.asarray(list(latents), dtype=np.int64))
+    if ids.size == 0:
+        raise AnalysisError("latents is empty: name at least one latent, or leave it out for all")
+    bad = ids[(ids < 0) | (ids >= m)]
+    if bad.size:
+        raise AnalysisError(f"unknown latent {int(bad[0])}: this SAE has latents 0..{m - 1}")
+    return ids
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "wb") as f:
@@ -266,6 +291,7 @@ def run(
     rows=None,
     drop_flags=None,
     docs=None,
+    latents=None,
     block_rows: int = 4096,
     commit_rows: int = 1 << 20,
     rank: int | None = None,
@@ -284,6 +310,9 @@ def run(
     model: for ``lens`` and ``ablation``: an HF causal LM (module, local folder or ``python:mod:fn``).
     rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
         docs: document ids to keep.
+    latents: None (all) or the latent ids to analyse (an iterable, a range, or "0-127,300"):
+        every job then covers only those (the encode still computes every latent, as TopK needs);
+        ``latents/selected [m]`` bool marks them in the output.
     block_rows: rows read and encoded at once; commit_rows: rows between state commits.
     """
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -314,6 +343,7 @@ def run(
         raise AnalysisError(f"rank {rank} is not in 0..{world - 1}")
     sae = sae.to(_dist.local_device(device))
     m = sae.cfg.m
+    chosen = parse_latents(latents, m)
     cfg = json.loads(sae.cfg.to_json())
     info = store.info()
     ident = {
@@ -326,6 +356,7 @@ def run(
         "hook": hook,
         "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
         "selection": sel.to_json(),
+        "latents": None if chosen is None else chosen.tolist(),
         "block_rows": int(block_rows),
         "jobs": {j: _job_config(j, o) for j, o in spec.items()},
     }
@@ -367,7 +398,7 @@ def run(
             check_vocab(vocab, seen, loaded.name)
     out.mkdir(parents=True, exist_ok=True)
 
-    encoder = Encoder(sae)
+    encoder = Encoder(sae, latents=chosen)
     share_name = lambda r: f"share-{r:05d}of{world:05d}"  # noqa: E731
     reducers = _make(spec, m)
     st = _ShareState(out, share_name(rank), identity)
@@ -489,6 +520,15 @@ def _finish(j: _Finish) -> Path:
             "bins equal-width pass",
         )
         arrays.update(eq.result())
+    if j.ident.get("latents") is not None:
+        selected = np.zeros(j.m, bool)
+        selected[j.ident["latents"]] = True
+        arrays["latents/selected"] = selected
+        for name in ("latents/dead", "latents/dense"):  # an unanalysed latent is neither
+            if name in arrays:
+                arrays[name] = arrays[name] & selected
+        if "stats" in summary:
+            summary["stats"]["dead"] = int(arrays["latents/dead"].sum())
     attrs = {**j.ident, "identity": j.identity, "rows_seen": int(rows_seen), "summary": summary}
     if "contexts" in j.spec:
         w = int(j.spec["contexts"].get("window", 8))

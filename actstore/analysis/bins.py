@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._pass import Batch, Reducer
-from ._select import keep_best
+from ._select import BestTable
 
 NOKEY = np.iinfo(np.uint64).max
 _M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
@@ -52,24 +52,35 @@ def sample_keys(seed: int, latents: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return splitmix64(splitmix64(s ^ latents.astype(np.uint64)) ^ rows.astype(np.uint64))
 
 
-def _order(a: dict) -> list:
-    return [a["rows"], a["keys"]]  # smallest key first, then lower row
+def _primary(a: dict) -> tuple[np.ndarray, int]:
+    return a["keys"], 64  # smallest key first (then lower row)
+
+
+_PAD = {"keys": NOKEY, "rows": -1, "vals": 0.0}
 
 
 class _Samples:
     """``groups`` bottom-S tables: keys uint64, rows int64, vals float32, each ``[G, S]``."""
 
     def __init__(self, groups: int, s: int):
-        self.t = {
-            "keys": np.full((groups, s), NOKEY, np.uint64),
-            "rows": np.full((groups, s), -1, np.int64),
-            "vals": np.zeros((groups, s), np.float32),
-        }
+        self.best = BestTable(
+            {
+                "keys": np.full((groups, s), NOKEY, np.uint64),
+                "rows": np.full((groups, s), -1, np.int64),
+                "vals": np.zeros((groups, s), np.float32),
+            },
+            _PAD,
+            _primary,
+        )
+
+    @property
+    def t(self) -> dict:
+        return self.best.table
 
     def offer(self, g, keys, rows, vals) -> None:
-        tk, tr = self.t["keys"][g, -1], self.t["rows"][g, -1]
+        tk, tr = self.best.kth("keys")[g], self.best.kth("rows")[g]
         hit = (keys < tk) | ((keys == tk) & (rows < tr) & (tr >= 0)) | (tr < 0)
-        keep_best(self.t, g[hit], {"keys": keys[hit], "rows": rows[hit], "vals": vals[hit]}, _order)
+        self.best.push(g[hit], {"keys": keys[hit], "rows": rows[hit], "vals": vals[hit]})
 
     def merge(self, other: "_Samples") -> None:
         real = other.t["rows"] >= 0
@@ -80,7 +91,34 @@ class _Samples:
         return {f"{prefix}{k}": v for k, v in self.t.items()}
 
     def load(self, sd: dict, prefix: str) -> None:
-        self.t = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
+        self.best.table = {k: np.array(sd[f"{prefix}{k}"]) for k in ("keys", "rows", "vals")}
+
+
+def quantile_groups(rows: np.ndarray, vals: np.ndarray, q: int, s: int):
+    """The quantile mode's output from each latent's kept sample (``rows``/``vals [m, Q*S]``,
+    filled slots first): sorted by (value, row), cut into ``q`` equal groups, the first ``s``
+    of each. -> rows ``[m, q, s]`` (-1 pad), values ``[m, q, s]`` (0 pad), edges ``[m, q+1]``
+    (group j's lowest value; an empty group repeats the edge before it; the last edge is the
+    sample's max). Vectorized over latents (a loop over them took 0.16 s at m=4096)."""
+    m = rows.shape[0]
+    real = rows >= 0
+    nk = real.sum(1)
+    o = np.lexsort((rows, np.where(real, vals, np.inf)), axis=-1)  # padding last
+    rs, vs = np.take_along_axis(rows, o, 1), np.take_along_axis(vals, o, 1)
+    j = np.arange(q)
+    a, b = nk[:, None] * j // q, nk[:, None] * (j + 1) // q  # [m, q] group bounds in the sorted sample
+    t = np.arange(s)
+    ok = t[None, None, :] < np.minimum(b - a, s)[:, :, None]  # [m, q, s]
+    at = np.where(ok, a[:, :, None] + t, 0)
+    lat = np.arange(m)[:, None, None]
+    qr = np.where(ok, rs[lat, at], -1).astype(np.int64)
+    qv = np.where(ok, vs[lat, at], 0).astype(np.float32)
+    qe = np.zeros((m, q + 1), np.float64)
+    first = vs[np.arange(m)[:, None], np.minimum(a, rows.shape[1] - 1)]
+    # Values ascend, so carrying the last non-empty group's edge forward is a running max.
+    qe[:, :q] = np.maximum.accumulate(np.where(b > a, first, 0.0), axis=1)
+    qe[:, q] = np.where(nk > 0, vs[np.arange(m), np.maximum(nk - 1, 0)], 0.0)
+    return qr, qv, qe
 
 
 class Bins(Reducer):
@@ -156,22 +194,7 @@ class Bins(Reducer):
             "bins/abs/values": self.abs.t["vals"].reshape(m, na, s),
             "bins/abs/edges": np.r_[np.arange(na) * w, np.inf],
         }
-        # Quantiles: the kept sample sorted by (value, row), cut into q equal groups.
-        qr = np.full((m, q, s), -1, np.int64)
-        qv = np.zeros((m, q, s), np.float32)
-        qe = np.zeros((m, q + 1), np.float64)
-        rows, vals = self.quant.t["rows"], self.quant.t["vals"]
-        n_kept = (rows >= 0).sum(1)
-        for lat in np.flatnonzero(n_kept):
-            nk = int(n_kept[lat])
-            o = np.lexsort((rows[lat, :nk], vals[lat, :nk]))
-            rs, vs = rows[lat, :nk][o], vals[lat, :nk][o]
-            for j in range(q):
-                a, b = nk * j // q, nk * (j + 1) // q
-                take = min(b - a, s)
-                qr[lat, j, :take], qv[lat, j, :take] = rs[a : a + take], vs[a : a + take]
-                qe[lat, j] = vs[a] if b > a else (qe[lat, j - 1] if j else 0.0)
-            qe[lat, q] = vs[-1]
+        qr, qv, qe = quantile_groups(self.quant.t["rows"], self.quant.t["vals"], q, s)
         n = self.count[:, None]
         j = np.arange(q)[None, :]
         out.update(

@@ -34,6 +34,7 @@ class AnalyzeConfig:
     )
     rows: str | None = field(default=None, metadata=_h("store rows A:B to analyse (A: or :B leave a side open)"))
     drop: str | None = field(default=None, metadata=_h("leave out rows with these flags: bos,special,pad"))
+    latents: str | None = field(default=None, metadata=_h("analyse only these latents: ids and ranges, e.g. 0-127,300"))
     block_rows: int = field(default=4096, metadata=_h("rows read and encoded at once"))
     commit_rows: int = field(default=1 << 20, metadata=_h("rows between state commits (how much a crash loses)"))
     device: str | None = field(default=None, metadata=_h("auto | cpu | cuda"))
@@ -80,6 +81,7 @@ class AnalyzeConfig:
             "model": self.model,
             "rows": self.row_slice(),
             "drop_flags": self.drop,
+            "latents": self.latents,
             "block_rows": self.block_rows,
             "commit_rows": self.commit_rows,
             "device": self.device,

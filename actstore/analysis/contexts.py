@@ -6,7 +6,8 @@ example (latent l, store row r) the window is rows ``r-W .. r+W`` (``window`` W)
 store, cut at the first row, going outwards from r, that belongs to another document (or
 lies outside the store), so a window never crosses a document boundary. The window's rows
 are read from the store's token columns and re-encoded with the SAE (in blocks of
-``block_rows`` sorted unique rows) to give l's activation at each of them. Rows outside
+``block_rows`` sorted unique rows, the union over every source, once) to give l's
+activation at each of them. Rows outside
 the selection (e.g. dropped BOS rows) still appear in windows: they are the text.
 
 Output, for every example array ``<src>/rows [...]`` (``top``, ``bins/abs``, ...):
@@ -67,23 +68,33 @@ def contexts(
     """``examples``: source name -> ``rows [m, ...]`` (-1 pad); the latent is the first index."""
     out = {}
     n = store.rows
+    L = 2 * window + 1
 
     def doc_of(idx):
         return store.tokens(idx)["doc"].numpy().astype(np.int64)
 
+    wins, lats = {}, {}
     for src, rows in examples.items():
-        shape = rows.shape
         flat = rows.reshape(-1)
-        lat = np.repeat(np.arange(shape[0]), flat.size // max(shape[0], 1))
-        win = windows(doc_of, n, flat, window)
-        tok = np.full(win.shape, -1, np.int32)
-        valid = win >= 0
-        if valid.any():
-            uniq = np.unique(win[valid])
-            tok[valid] = store.tokens(uniq)["token"].numpy()[np.searchsorted(uniq, win[valid])]
-        acts = activations_at(store, hook, encoder, win, lat, block_rows)
-        L = 2 * window + 1
-        out[f"contexts/{src}/tokens"] = tok.reshape(*shape, L)
-        out[f"contexts/{src}/acts"] = acts.reshape(*shape, L)
-        out[f"contexts/{src}/rows"] = win.reshape(*shape, L)
+        lats[src] = np.repeat(np.arange(rows.shape[0]), flat.size // max(rows.shape[0], 1))
+        wins[src] = windows(doc_of, n, flat, window)
+    # Every source's windows in one re-encode: they share most rows (a latent's top examples
+    # and its upper bins overlap), and each block of rows costs a full SAE encode; encoding
+    # per source re-read and re-encoded the union up to four times (``bench_saedashboard.py``
+    # found contexts at 3/4 of a whole analysis).
+    win = np.concatenate([wins[s] for s in examples]) if examples else np.zeros((0, L), np.int64)
+    lat = np.concatenate([lats[s] for s in examples]) if examples else np.zeros(0, np.int64)
+    tok = np.full(win.shape, -1, np.int32)
+    valid = win >= 0
+    if valid.any():
+        uniq = np.unique(win[valid])
+        tok[valid] = store.tokens(uniq)["token"].numpy()[np.searchsorted(uniq, win[valid])]
+    acts = activations_at(store, hook, encoder, win, lat, block_rows)
+    at = 0
+    for src, rows in examples.items():
+        e = wins[src].shape[0]
+        out[f"contexts/{src}/tokens"] = tok[at : at + e].reshape(*rows.shape, L)
+        out[f"contexts/{src}/acts"] = acts[at : at + e].reshape(*rows.shape, L)
+        out[f"contexts/{src}/rows"] = wins[src].reshape(*rows.shape, L)
+        at += e
     return out

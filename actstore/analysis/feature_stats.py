@@ -66,18 +66,39 @@ class FeatureStats(Reducer):
             m, self.nh
         )
         self.l0 += np.bincount(np.diff(b.row_ptr), minlength=m + 1)[: m + 1]
-        # Document runs per latent in this block, then joined to the running ones.
+        if c.size:
+            self._join(*self._doc_runs(b))
+
+    def _doc_runs(self, b: Batch):
+        """Per latent firing in ``b``: (latents, runs of one document among its entries in row
+        order, first document, last document)."""
+        m, c = self.m, b.cols
+        row_start = np.r_[True, b.doc[1:] != b.doc[:-1]]
+        run_doc = b.doc[row_start]  # [R] the document of each run of rows
+        if run_doc.size * m <= 1 << 24 and np.unique(run_doc).size == run_doc.size:
+            # Each document is one run of rows here (the usual case), so a latent's runs are
+            # the row runs it fires in: one [R, m] mark instead of a stable argsort of the
+            # entries (0.7 ms against 12-19 ms at 4096 rows x k=32, m=4096).
+            run = np.cumsum(row_start) - 1
+            mark = np.zeros((run_doc.size, m), bool)
+            mark[run[b.ent_row], c] = True
+            runs = mark.sum(0)
+            lat = np.flatnonzero(runs)
+            first = run_doc[mark[:, lat].argmax(0)]
+            last = run_doc[run_doc.size - 1 - mark[::-1, lat].argmax(0)]
+            return lat, runs[lat], first, last
+        return self._doc_runs_sorted(b)
+
+    def _doc_runs_sorted(self, b: Batch):
+        """:meth:`_doc_runs` for any document order: entries sorted by latent."""
+        c = b.cols
         order = np.argsort(c, kind="stable")  # entries stay in row order within a latent
         cs, ds = c[order], b.doc[b.ent_row[order]]
-        if cs.size == 0:
-            return
         new_latent = np.r_[True, cs[1:] != cs[:-1]]
         starts = new_latent | np.r_[True, ds[1:] != ds[:-1]]
-        runs = np.bincount(cs[starts], minlength=m)
+        runs = np.bincount(cs[starts], minlength=self.m)
         lat = cs[new_latent]
-        first = ds[new_latent]
-        last = ds[np.r_[new_latent[1:], True]]
-        self._join(lat, runs[lat], first, last)
+        return lat, runs[lat], ds[new_latent], ds[np.r_[new_latent[1:], True]]
 
     def _join(self, lat, runs, first, last) -> None:
         """Append runs of latents ``lat`` that start at document ``first`` and end at ``last``."""

@@ -185,6 +185,9 @@ class Analysis:
     def latent(self, i: int) -> LatentView:
         if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < self.m:
             raise AnalysisError(f"unknown latent {i!r}: this analysis has latents 0..{self.m - 1}")
+        chosen = self.attrs.get("latents")
+        if chosen is not None and int(i) not in set(chosen):
+            raise AnalysisError(f"latent {i} was not analysed (this run covered {len(chosen)} chosen latents)")
         return LatentView(self, int(i))
 
     __getitem__ = latent

@@ -39,7 +39,10 @@ class CaptureConfig:
     )
     nonfinite: str = _opt("drop", "rows holding NaN/inf: drop (counted and reported) or error")
     device: str | None = _opt("auto", "cpu, cuda, cuda:1 (auto: this rank's GPU if any)")
-    model_dtype: str | None = _opt(None, "cast the model to fp32, bf16 or fp16")
+    model_dtype: str | None = _opt(None, "cast the model to fp32, bf16 or fp16 (an HF folder is loaded in it)")
+    device_map: str | None = _opt(
+        None, "spread an HF folder's model over devices with accelerate: auto, balanced or sequential"
+    )
     text_column: str = _opt("text", "text column of json/parquet/dataset inputs")
     # Python-only settings: the command line has --no-progress, and the rest are for
     # tests, benchmarks and ranks that are not launched by torchrun.

@@ -68,7 +68,9 @@ def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tok
         packing (pack or truncate), bos/eos (see :class:`actstore.capture.plan.Policy`;
         auto reads the tokenizer), drop (flags to leave out: "bos", "special"; pad never
         is stored), nonfinite (drop: rows with NaN/inf in any hook are left out and
-        counted; or error), model_dtype (cast the model to fp32/bf16/fp16).
+        counted; or error), model_dtype (cast the model to fp32/bf16/fp16; an HF folder is
+        loaded in it), device_map (an HF folder spread over devices by accelerate; a model
+        object already placed with a device_map is used where it is).
 
     Returns a summary dict (rows stored this run, committed rows, seconds, tokens/s,
     bytes written, rows dropped for NaN/inf, where it resumed from). Ctrl-C commits what
@@ -103,7 +105,7 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
     mdt = _DTYPES.get(cfg.model_dtype) if cfg.model_dtype else None
     if cfg.model_dtype and mdt is None:
         raise CaptureError(f"model dtype {cfg.model_dtype!r}: use fp32, bf16 or fp16")
-    cm = prepare_model(model, tokenizer, device=dev, dtype=mdt)
+    cm = prepare_model(model, tokenizer, device=dev, dtype=mdt, device_map=cfg.device_map)
     points = resolve_hooks(cm.model, hooks)
     if cm.max_context is not None and cfg.context > cm.max_context:
         raise CaptureError(
@@ -275,7 +277,9 @@ def _run(job: _Job, writer, after_batch) -> dict:
                             f"hook {h!r} gives shape {tuple(t.shape)} for a {list(b.ids.shape)} batch; "
                             "expected [batch, seq, ...]"
                         )
-                    acts[h] = t.reshape(b.ids.size, widths[h])
+                    # A model spread over devices (device_map) gives each hook on the device of its
+                    # module; the capture kernel and staging ring live on `dev`.
+                    acts[h] = t.reshape(b.ids.size, widths[h]).to(dev, non_blocking=True)
                 fwd_s += time.perf_counter() - t0
                 sink.put(acts, b)
             n_batches += 1

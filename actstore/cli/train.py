@@ -60,4 +60,17 @@ def run(args) -> int:
             f"({summary['tokens']:,} tokens): fvu {f['fvu']:.3f}, l0 {f['l0']:.1f}, dead {f['dead_frac']:.3f}; "
             f"SAE in {summary['out']}/sae"
         )
+        ev = summary.get("eval") or {}
+        if "fvu" in ev:
+            print(
+                f"held out ({ev['rows']:,} rows never trained on): fvu {ev['fvu']:.3f}, l0 {ev['l0']:.1f}, "
+                f"dead {ev['dead_frac']:.3f}"
+            )
+        em = summary.get("eval_model")
+        if em:
+            print(
+                f"spliced into the model ({em['tokens']:,} held-out tokens): LM loss {em['clean']:.3f} -> "
+                f"{em['spliced']:.3f} (+{em['increase']:.3f}; zero-ablation {em['zero_ablation']:.3f}, "
+                f"{em['recovered']:.1%} recovered)"
+            )
     return 0

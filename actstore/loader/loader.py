@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 import torch
 
-from .._dist import initialized_rank_world
+from .._dist import from_rank0, initialized_rank_world, local_device
 from .._native import default_threads
 from ..api import open as open_store
 from ..ops.dequant_normalize import dequant_normalize
@@ -75,6 +75,19 @@ def _stop_live_loaders() -> None:
             pass
 
 
+def _range(name: str, value) -> tuple[int, int] | None:
+    """``(lo, hi)`` as two ints with ``lo < hi``, or None."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise LoaderError(f"{name} must be a pair (start, stop) of integers, got {value!r}") from None
+    if not 0 <= lo < hi:
+        raise LoaderError(f"{name}=({lo}, {hi}) is empty or negative: give 0 <= start < stop")
+    return lo, hi
+
+
 def parse_drop_flags(drop_flags) -> int:
     """None, an int bit mask, or flag names ("bos,special" or a list) -> bit mask."""
     return parse_flags(drop_flags, "drop_flags", LoaderError)
@@ -93,7 +106,9 @@ class ActivationLoader:
             in store order (for analysis passes).
         seed: the seed of every permutation; the same seed gives the same batches.
         epochs: how many epochs one iteration runs (None: without end).
-        device, dtype: where the batches land and their dtype (float32, bfloat16, float16).
+        device, dtype: where the batches land ("auto": this rank's GPU or the CPU; a bare "cuda":
+            this rank's GPU, see :func:`actstore._dist.local_device`) and their dtype
+            (float32, bfloat16, float16).
         normalize: None; ``"mean_norm"`` scales each hook by ``sqrt(d) / mean_norm`` from
             the store's statistics (SAELens' convention: mean row norm becomes sqrt(d);
             the factors are in ``scale_factors``); ``"standardize"`` gives
@@ -110,6 +125,10 @@ class ActivationLoader:
         prefetch: batches prepared ahead of the consumer.
         rank, world_size: this process's share; default from ``torch.distributed`` when
             it is initialized, else 0 of 1.
+        rows: ``(start, stop)``: only the rows ``[start, stop)`` of the store, counted in
+            store order over the committed rows (before the flag filter). A held-out
+            split is two loaders over complementary ranges.
+        docs: ``(lo, hi)``: only the rows whose document id is in ``[lo, hi)``.
 
     Iterating runs from the current position to the end of ``epochs``; ``state_dict()``
     taken between batches resumes exactly there (the rule is in this module's docstring).
@@ -136,6 +155,8 @@ class ActivationLoader:
         prefetch: int = 4,
         rank: int | None = None,
         world_size: int | None = None,
+        rows: tuple[int, int] | None = None,
+        docs: tuple[int, int] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise LoaderError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -149,7 +170,7 @@ class ActivationLoader:
             raise LoaderError(f"unknown normalize {normalize!r}: use None, 'mean_norm' or 'standardize'")
         if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
             raise LoaderError(f"prefetch must be a positive integer, got {prefetch!r}")
-        self.device = torch.device(device)
+        self.device = local_device(device)  # a bare "cuda" is this rank's GPU (the one rule)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise LoaderError(f"device {device} asked for, but torch sees no CUDA device; use device='cpu'")
         if self.device.type not in ("cpu", "cuda"):
@@ -189,13 +210,17 @@ class ActivationLoader:
         self.dtype = dtype
         self.normalize = normalize
         self.drop_mask = parse_drop_flags(drop_flags)
+        self.row_range = _range("rows", rows)
+        self.doc_range = _range("docs", docs)
         self.tokens = bool(tokens)
         self.drop_last = bool(drop_last)
         self.buffer_rows = int(buffer_rows)
-        self.threads = int(threads) if threads else default_threads()
+        # Object storage: a fetch waits on the network, so the pool keeps the storage's
+        # requests in flight (ACTSTORE_S3_INFLIGHT) even on few cores.
+        self.threads = int(threads) if threads else max(default_threads(), self.store.storage.inflight)
         # Threads of the producer's CPU conversion while the pool still decodes (it gets
         # them all once decoding is done): few, so that it does not fight the decoders.
-        self.convert_threads = max(1, self.threads // 4)
+        self.convert_threads = max(1, min(self.threads, default_threads()) // 4)
         self.prefetch = int(prefetch)
 
         arrays = {a.path: a for a in self.store.schema.arrays()}
@@ -210,7 +235,15 @@ class ActivationLoader:
         self.block_rows = max(spec.chunk_rows for spec in self._specs)
         self.window_blocks = max(1, -(-self.buffer_rows // self.block_rows))
 
-        self._set_snapshot([(s.name, s.rows) for s in self.store.segments])
+        snapshot = [(s.name, s.rows) for s in self.store.segments]
+        if rank is None and world_size is None:
+            # Ranks opened the store at different moments, and writers may be committing (on
+            # object storage, on other nodes): every rank plans over rank 0's snapshot.
+            pinned = from_rank0(snapshot)
+            if pinned != snapshot:
+                self.store.refresh()
+            snapshot = pinned
+        self._set_snapshot(snapshot)
         self._set_normalization(None)
         self._epoch = 0
         self._batch = 0
@@ -237,17 +270,33 @@ class ActivationLoader:
             raise LoaderError(f"store {self.store.path} has no committed rows: capture or append activations first")
         self.blocks: list[Block] = make_blocks([s.rows for s in segs], self.block_rows)
         self._kept_local: dict[int, np.ndarray] = {}
-        if self.drop_mask:
+        if self.drop_mask or self.row_range or self.doc_range:
             kept = np.empty(len(self.blocks), dtype=np.int64)
-            flags = [s.read_rows(self._flags_spec, 0, s.rows) for s in segs]
+            flags = [s.read_rows(self._flags_spec, 0, s.rows) for s in segs] if self.drop_mask else None
+            doc_spec = next(a for a in self.store.schema.arrays() if a.path == "tokens/doc")
+            doc_ids = [s.read_rows(doc_spec, 0, s.rows) for s in segs] if self.doc_range else None
+            seg_first = np.concatenate([[0], np.cumsum([s.rows for s in segs])])  # stream row of each segment's row 0
             for b, blk in enumerate(self.blocks):
-                f = flags[blk.segment][blk.start : blk.start + blk.rows]
-                self._kept_local[b] = np.flatnonzero((f & self.drop_mask) == 0).astype(np.int64)
+                keep = np.ones(blk.rows, dtype=bool)
+                if flags is not None:
+                    keep &= (flags[blk.segment][blk.start : blk.start + blk.rows] & self.drop_mask) == 0
+                if self.row_range:
+                    at = seg_first[blk.segment] + blk.start + np.arange(blk.rows)
+                    keep &= (at >= self.row_range[0]) & (at < self.row_range[1])
+                if doc_ids is not None:
+                    d = doc_ids[blk.segment][blk.start : blk.start + blk.rows]
+                    keep &= (d >= self.doc_range[0]) & (d < self.doc_range[1])
+                self._kept_local[b] = np.flatnonzero(keep).astype(np.int64)
                 kept[b] = self._kept_local[b].size
-            if kept.sum() == 0:
+            if kept.sum() == 0 and not (self.row_range or self.doc_range):
                 raise LoaderError(
                     f"drop_flags={self.drop_mask} leaves no rows of store {self.store.path}: "
                     "every committed row carries a dropped flag"
+                )
+            if kept.sum() == 0:
+                raise LoaderError(
+                    f"drop_flags={self.drop_mask}, rows={self.row_range} and docs={self.doc_range} leave no "
+                    f"rows of store {self.store.path}: widen the selection"
                 )
         else:
             kept = np.array([b.rows for b in self.blocks], dtype=np.int64)
@@ -332,6 +381,8 @@ class ActivationLoader:
             "shuffle": self.shuffle,
             "hooks": list(self.hooks),
             "drop_flags": self.drop_mask,
+            "rows": self.row_range,
+            "docs": self.doc_range,
             "batch_size": self.batch_size,
             "buffer_rows": self.buffer_rows,
             "drop_last": self.drop_last,
@@ -353,11 +404,14 @@ class ActivationLoader:
                 f"(got version {state.get('version') if isinstance(state, dict) else type(state).__name__})"
             )
         mine = self.state_dict()
+        state = {"rows": None, "docs": None, **state}  # states saved before the row/doc selection existed
         missing = [k for k in mine if k not in state] or [h for h in self.hooks if h not in (state.get("norm") or {})]
         if missing:
             raise LoaderError(f"the state lacks {missing[0]!r}: it is damaged or not from this loader's hooks")
-        for key in ("hooks", "seed", "shuffle", "drop_flags", "normalize"):
-            if state[key] != mine[key]:
+        for key in ("hooks", "seed", "shuffle", "drop_flags", "normalize", "rows", "docs"):
+            if (list(state[key]) if key in ("rows", "docs") and state[key] else state[key]) != (
+                list(mine[key]) if key in ("rows", "docs") and mine[key] else mine[key]
+            ):
                 raise LoaderError(
                     f"the state was saved with {key}={state[key]!r}, this loader has {key}={mine[key]!r}; "
                     f"make the loader with {key}={state[key]!r} to resume"

@@ -10,6 +10,13 @@ Three kinds are accepted:
 
 On the command line ``--model`` is a local HF directory, or ``python:pkg.mod:fn`` for a
 function that returns a model or ``(model, tokenizer)``.
+
+Large models: an HF folder may be loaded in bf16/fp16 (``dtype``) and spread over devices
+with ``device_map`` (accelerate: ``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of
+module -> device, ``"cpu"`` and ``"disk"`` offload included). A model placed that way (it
+has ``hf_device_map``, or weights on the meta device that accelerate loads per forward) is
+never moved or cast here: its hooks' activations are on whichever device holds their module,
+and capture takes each one from there.
 """
 
 from __future__ import annotations
@@ -47,7 +54,14 @@ def _is_tl(model) -> bool:
     return any(c.__name__ == "HookedTransformer" for c in type(model).__mro__) and hasattr(model, "cfg")
 
 
-def _load_hf(path: str, dtype: torch.dtype | None):
+def is_placed(model: nn.Module) -> bool:
+    """Whether accelerate placed ``model`` (``device_map``, offload): then it must not be moved or cast."""
+    if getattr(model, "hf_device_map", None):
+        return True
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def _load_hf(path: str, dtype: torch.dtype | None, device_map=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: weights are local
     # Deferred: transformers takes seconds to import, only HF folders need it, and the
     # variable above must be set before it loads.
@@ -64,7 +78,12 @@ def _load_hf(path: str, dtype: torch.dtype | None):
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls or transformers.AutoModel
     kw = {"dtype": dtype} if dtype is not None else {}
-    model = cls.from_pretrained(path, **kw)
+    if device_map is not None:
+        kw["device_map"] = device_map
+    try:
+        model = cls.from_pretrained(path, **kw)
+    except ImportError as e:  # device_map without accelerate
+        raise ModelError(f"loading {path!r}: {str(e).splitlines()[0]}") from None
     try:
         tok = transformers.AutoTokenizer.from_pretrained(path)
     except Exception:
@@ -87,26 +106,47 @@ def _load_factory(spec: str):
     return got if isinstance(got, tuple) else (got, None)
 
 
-def prepare_model(model, tokenizer=None, *, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load (if a path or factory spec) and wrap ``model`` to be run, on ``device``, in eval mode."""
+def prepare_model(
+    model, tokenizer=None, *, device: torch.device, dtype: torch.dtype | None = None, device_map=None
+) -> LoadedModel:
+    """Load (if a path or factory spec) and wrap ``model`` to be run, on ``device``, in eval mode.
+
+    ``device_map`` (HF folders only) spreads the model over devices with accelerate; a model
+    already placed that way (:func:`is_placed`) stays where it is, and ``dtype`` must then be
+    the one it was loaded in."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     name = model if isinstance(model, str) else type(model).__name__
+    from_folder = isinstance(model, str) and not model.startswith("python:") and os.path.isdir(model)
+    if device_map is not None and not from_folder:
+        raise ModelError(
+            "device_map applies to a model loaded from an HF folder; place a model object yourself "
+            "(from_pretrained(..., device_map=...)) and pass it without device_map"
+        )
     if isinstance(model, str):
         if model.startswith("python:"):
             model, tok = _load_factory(model)
-        elif os.path.isdir(model):
-            model, tok = _load_hf(model, dtype)
+        elif from_folder:
+            model, tok = _load_hf(model, dtype, device_map)
         else:
             raise ModelError(f"--model {model!r} is neither a local model directory nor python:module:function")
         tokenizer = tokenizer or tok
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be an nn.Module, got {type(model).__name__}")
     p0 = next(model.parameters(), None)
-    if p0 is not None and p0.device != torch.device(device):
-        model = model.to(device)
-    if dtype is not None and p0 is not None and p0.dtype != dtype:
-        model = model.to(dtype)
+    if is_placed(model):
+        # accelerate placed it: moving it would undo the placement (or fail on offloaded weights).
+        have = {p.dtype for p in model.parameters() if p.is_floating_point() and p.device.type != "meta"}
+        if dtype is not None and have and have != {dtype}:
+            raise ModelError(
+                f"the model is spread over devices (device_map) in {sorted(map(str, have))}, and cannot be cast "
+                f"to {dtype}; load it in that dtype (--model-dtype with --device-map, or from_pretrained(dtype=))"
+            )
+    else:
+        if p0 is not None and p0.device != torch.device(device):
+            model = model.to(device)
+        if dtype is not None and p0 is not None and p0.dtype != dtype:
+            model = model.to(dtype)
     model.eval()
     if _is_tl(model):
         tokenizer = tokenizer or getattr(model, "tokenizer", None)

@@ -168,6 +168,7 @@ def batch_topk_encode(
     *,
     threshold: float | None = None,
     cand_factor: int = 4,
+    cand_k: int | None = None,
     dead_mask: torch.Tensor | None = None,
     k_aux: int = 0,
     backend: str | None = None,
@@ -179,7 +180,8 @@ def batch_topk_encode(
     ``dead_mask`` (``[m]`` bool) and ``k_aux``, also ``(aux_values [n, k_aux], aux_indices)``,
     the AuxK top-k over dead latents from the same encoder pass (differentiable).
     ``cand_factor`` sets the candidates kept per row on the Triton path (exact for any
-    value; larger means fewer dense fallbacks, a costlier kernel)."""
+    value; larger means fewer dense fallbacks, a costlier kernel); ``cand_k``, when given,
+    sets that number directly (``BatchTopKSAE`` sizes it from the previous batch)."""
     if x.dim() != 2 or W_enc.dim() != 2 or x.shape[1] != W_enc.shape[1]:
         raise ValueError(
             f"batch_topk_encode: x must be [n, d] and W_enc [m, d], got {tuple(x.shape)} and {tuple(W_enc.shape)}"
@@ -190,6 +192,8 @@ def batch_topk_encode(
     check_k(k, m)
     if isinstance(cand_factor, bool) or not isinstance(cand_factor, int) or cand_factor < 1:
         raise ValueError(f"cand_factor must be a positive integer, got {cand_factor!r}")
+    if cand_k is not None and (isinstance(cand_k, bool) or not isinstance(cand_k, int) or cand_k < 1):
+        raise ValueError(f"cand_k must be a positive integer, got {cand_k!r}")
     check_accumulate(accumulate)
     if x.shape[0] == 0:
         raise ValueError("batch_topk_encode: the batch is empty (n=0): BatchTopK needs at least one row")
@@ -204,7 +208,7 @@ def batch_topk_encode(
         pre_bias,
         k,
         None if threshold is None else float(threshold),
-        min(m, cand_factor * k),
+        min(m, cand_factor * k if cand_k is None else cand_k),
         dead_mask,
         k_aux if dead_mask is not None else 0,
         resolve_backend(x, backend),

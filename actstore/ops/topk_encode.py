@@ -1,10 +1,19 @@
 """``topk_encode``: SAE encoder + top-k (+ AuxK), with a sparse backward.
 
-Forward: the fused Triton kernel ``actstore.kernels.topk_encode`` for CUDA tensors (the
-``[n, m]`` pre-activations never reach memory; the AuxK top-k over dead latents comes out
-of the same pass); ``actstore.reference.topk_sae.topk_encode_reference`` otherwise.
-``backend`` forces ``triton`` (also on CPU tensors under TRITON_INTERPRET=1) or
-``reference``.
+Forward, three candidates:
+
+- ``triton``: the fused kernel ``actstore.kernels.topk_encode`` (the ``[n, m]``
+  pre-activations never reach memory; the AuxK top-k over dead latents comes out of the
+  same pass);
+- ``chunked``: the GEMM on slices of m, then ``torch.topk`` per slice and a merge
+  (``ops/topk_encode_chunked.py``; memory ``[n, 8192]``);
+- ``reference``: ``actstore.reference.topk_sae.topk_encode_reference`` (one ``[n, m]``).
+
+On CUDA tensors with ``backend=None`` the measuring dispatch (``ops/_autotune.py``) times
+the candidates on the first call per shape class (eager only up to m=32768) and caches the
+fastest; ``ACTSTORE_TOPK_ENCODE=triton|chunked|reference`` forces one on any device. On the
+CPU the default is the reference. ``backend`` given explicitly is used as is (``triton``
+also on CPU tensors under TRITON_INTERPRET=1).
 
 Backward (``actstore.ops.encoder_grads``): through the k (+ k_aux) selected latents only,
 ``O(n (k + k_aux) d)``, with the gradient of a value masked where ReLU was inactive.
@@ -20,8 +29,13 @@ import torch
 
 from .._numerics import acc_dtype, check_k, rows_of
 from ..reference.topk_sae import topk_encode_reference
+from . import _autotune
 from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads
+from .topk_encode_chunked import topk_encode_chunked
+
+CANDIDATES = ("triton", "chunked", "reference")
+EAGER_MAX_M = 32768  # the eager candidate holds [n, m] float32: timed only up to here
 
 
 @torch.library.custom_op("actstore::topk_encode", mutates_args=())
@@ -40,6 +54,8 @@ def _topk_encode_op(
         from ..kernels.topk_encode import topk_encode_fwd
 
         return topk_encode_fwd(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    if backend == "chunked":
+        return topk_encode_chunked(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
     out = topk_encode_reference(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
     if len(out) == 2:
         out = out + (out[0].new_empty((x.shape[0], 0)), out[1].new_empty((x.shape[0], 0)))
@@ -63,7 +79,9 @@ def _setup_context(ctx, inputs, output):
     x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate = inputs
     values, indices, aux_values, aux_indices = output
     ctx.save_for_backward(x, W_enc, pre_bias, values, indices, aux_values, aux_indices)
-    ctx.backend, ctx.accumulate = backend, accumulate
+    # The backward's kernels: Triton where the forward ran on CUDA through either GEMM path.
+    ctx.backend = "triton" if backend == "triton" or (backend == "chunked" and x.is_cuda) else "reference"
+    ctx.accumulate = accumulate
     ctx.mark_non_differentiable(indices, aux_indices)
 
 
@@ -137,9 +155,40 @@ def topk_encode(
 
     Raises ValueError (one line) for k < 1, k > m, or mismatched shapes."""
     _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
-    backend = resolve_backend(x, backend)
     check_accumulate(accumulate)
-    out = _topk_encode_op(
-        x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux if dead_mask is not None else 0, backend, accumulate
-    )
+    k_aux = k_aux if dead_mask is not None else 0
+    if backend is None:
+        backend = _pick(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    elif backend not in CANDIDATES:
+        raise ValueError(f"unknown backend {backend!r}: use {', '.join(repr(c) for c in CANDIDATES)}")
+    out = _topk_encode_op(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, backend, accumulate)
     return out if dead_mask is not None else out[:2]
+
+
+def _pick(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux) -> str:
+    """The candidate for ``backend=None`` (see the module docstring)."""
+    forced = _autotune.forced("topk_encode")
+    if forced is not None:
+        if forced not in CANDIDATES:
+            raise _autotune.DispatchError(
+                f"ACTSTORE_TOPK_ENCODE={forced!r} is not a candidate: use {', '.join(CANDIDATES)}, or unset it"
+            )
+        return forced
+    default = resolve_backend(x, None)
+    if default != "triton" or not x.is_cuda or torch.compiler.is_compiling():
+        return default  # the CPU, no Triton, ACTSTORE_BACKEND, or tracing: nothing to time
+    m = W_enc.shape[0]
+    names = ["triton", "chunked"] + (["reference"] if m <= EAGER_MAX_M else [])
+
+    def run(name):
+        return lambda: _topk_encode_op(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, name, "sorted")
+
+    key = f"{x.dtype}|{W_enc.dtype}|" + _autotune.shape_class(n=x.shape[0], d=x.shape[1], m=m, k=k, k_aux=k_aux)
+    with torch.no_grad():
+        return _autotune.choose(
+            "topk_encode",
+            _autotune.device_name(x),
+            key,
+            {name: run(name) for name in names},
+            sync=torch.cuda.synchronize,
+        )

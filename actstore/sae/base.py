@@ -30,13 +30,16 @@ import math
 import torch
 from torch import nn
 
+from .._numerics import pre_activations
 from ..errors import SAEError
 from ..ops import csr_decode
+from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
 from .config import SAEConfig
 from .latents import Latents
 
-# Dense-encoded archs (relu, gated, jumprelu) decode with the sparse ops up to this
-# density (nnz / (n*m)) and with one dense GEMM above it. Measured on this 2-core CPU
+# The relu, gated and jumprelu SAEs decode with the sparse ops up to this density
+# (nnz / (n*m)) and with one dense GEMM above it (``decode_by_density``, and
+# ``_decode_dense_or_sparse`` for relu's dense code). Measured on this 2-core CPU
 # (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward):
 # sparse 1.03-1.11x the dense GEMM up to 5% density, even at 10%, 0.86x at 20%. The CPU
 # backward runs dense-scatter GEMMs, so the GPU crossover (Triton kernels) is still to be
@@ -73,6 +76,12 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d, **kw))
         self._init_arch_params(kw)
         self.reset_parameters(seed)
+        # Threshold encoders (batchtopk, jumprelu, gated): candidates per row on the Triton
+        # path, sized from each batch (_note_candidates), and rows encoded / recomputed densely
+        # since the trainer last read them.
+        self.cand_k = 64
+        self.encode_rows = 0
+        self.dense_rows = 0
 
     # -- arch hooks ----------------------------------------------------------------------
 
@@ -152,6 +161,15 @@ class SparseAutoencoder(nn.Module):
     def decode(self, latents: Latents) -> torch.Tensor:
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
 
+    def decode_by_density(self, latents: Latents) -> torch.Tensor:
+        """:meth:`decode`, or one dense GEMM when more than ``DENSE_DECODE_ABOVE`` of the
+        ``[n, m]`` entries are present (a threshold SAE early in training, before its
+        thresholds close: its CSR then holds up to half of them). Same values and gradients
+        (to the values and ``W_dec``) either way."""
+        if latents.cols.numel() <= DENSE_DECODE_ABOVE * latents.n * latents.m:
+            return self.decode(latents)
+        return latents.dense().float() @ self.W_dec.float() + self.b_dec.float()
+
     def _decode_dense_or_sparse(self, f: torch.Tensor) -> tuple[torch.Tensor, Latents]:
         """Decode dense activations ``[n, m]``: the sparse kernel when few are active, one
         GEMM otherwise (see DENSE_DECODE_ABOVE)."""
@@ -198,6 +216,51 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.div_(s)
         self.b_dec.div_(s)
         self.cfg.scale = 1.0
+
+    def _note_candidates(self, row_ptr: torch.Tensor, may_go_dense: bool = True) -> None:
+        """After a threshold encode whose CSR rows hold exactly the candidates above its floor:
+        count the rows the ``cand_k`` just used sent to the dense fallback, and size
+        ``cand_k`` for the next batch (``ops._candidates.adapt_cand_k``)."""
+        counts = row_ptr[1:] - row_ptr[:-1]
+        m = self.cfg.m
+        self.encode_rows += counts.numel()
+        self.dense_rows += dense_fallback_rows(counts, self.cand_k, m)
+        c = adapt_cand_k(counts, m)
+        self.cand_k = c if may_go_dense else min(c, DENSE_CAND_K, m)
+
+    def take_encode_counts(self) -> dict:
+        """``{"encode_rows", "dense_rows"}`` since the last call (then reset): how many rows the
+        threshold encoders recomputed densely, for the trainer's metrics."""
+        out = {"encode_rows": self.encode_rows, "dense_rows": self.dense_rows}
+        self.encode_rows = self.dense_rows = 0
+        return out
+
+    @torch.no_grad()
+    def init_from_batch(self, x: torch.Tensor, l0: float) -> None:
+        """Set the encoder thresholds from a batch ``x [n, d]`` (in the training scale, after
+        ``init_b_dec``) so that each latent fires on about ``l0 / m`` of its rows: the
+        initial L0 is then near ``l0``. Threshold archs override :meth:`_set_quantile`; the
+        others have no threshold and ignore this."""
+        m = self.cfg.m
+        if not 0 < l0 <= m:
+            raise SAEError(f"init l0 must be in (0, m={m}], got {l0}")
+        n = x.shape[0]
+        # The (1 - l0/m) quantile of each latent's pre-activation: the ceil(n (1 - l0/m))-th
+        # smallest of its n values, over slices of latents so no [n, m] float32 is held whole.
+        kth = min(n, max(1, math.ceil(n * (1 - l0 / m))))
+        qs = []
+        for s in range(0, m, 4096):
+            sl = slice(s, s + 4096)
+            pre = pre_activations(x.to(self.W_enc.device), self.W_enc[sl], self._quantile_bias()[sl], self.b_dec)
+            qs.append(pre.kthvalue(kth, dim=0).values)
+        self._set_quantile(torch.cat(qs))
+
+    def _quantile_bias(self) -> torch.Tensor:
+        return torch.zeros(self.cfg.m, device=self.W_enc.device)
+
+    def _set_quantile(self, q: torch.Tensor) -> None:
+        """``q [m]``: each latent's pre-activation (with :meth:`_quantile_bias`) that about
+        ``l0/m`` of the rows exceed."""
 
     def init_b_dec(self, mean: torch.Tensor) -> None:
         """Start the decoder bias at the data mean ``[d]`` (in the training scale)."""

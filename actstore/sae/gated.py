@@ -54,8 +54,18 @@ class GatedSAE(SparseAutoencoder):
             "b_mag": _shifted(st["b_mag"], mag_shift, dtype),
         }
 
+    def _quantile_bias(self) -> torch.Tensor:
+        return self.b_gate
+
+    def _set_quantile(self, q: torch.Tensor) -> None:
+        # A gate opens where pi_gate > 0: shift b_gate so the quantile sits at 0.
+        self.b_gate.sub_(q.to(self.b_gate.dtype))
+
     def _encode(self, x):
-        rp, c, f, gate = gated_encode(x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec)
+        rp, c, f, gate = gated_encode(
+            x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec, cand_k=self.cand_k
+        )
+        self._note_candidates(rp)
         return Latents(rp, c, f, self.cfg.m), gate
 
     def encode(self, x: torch.Tensor, dense: bool = False):
@@ -64,7 +74,7 @@ class GatedSAE(SparseAutoencoder):
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
         lat, gate = self._encode(x)
-        out = self._recon_terms(x, self.decode(lat))
+        out = self._recon_terms(x, self.decode_by_density(lat))
         norms = self.W_dec.float().norm(dim=1)
         out["l1"] = (gate * norms[lat.cols]).sum() / max(1, lat.n)
         aux_hat = csr_decode(lat.row_ptr, lat.cols, gate, self.W_dec.detach(), self.b_dec.detach())

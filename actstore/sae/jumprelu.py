@@ -42,10 +42,20 @@ class JumpReLUSAE(SparseAutoencoder):
             raise SAEError(f"{source}: JumpReLU thresholds must be positive to import (log-parameterized here)")
         return {**super().state_from_saelens(st, source, shift), "log_threshold": theta.log()}
 
+    def _quantile_bias(self) -> torch.Tensor:
+        return self.b_enc
+
+    def _set_quantile(self, q: torch.Tensor) -> None:
+        # theta must stay positive (log-parameterized): a latent whose quantile is <= 0 starts
+        # at the configured init_threshold instead, and fires on fewer rows.
+        theta = torch.where(q > 0, q, torch.full_like(q, self.cfg.init_threshold))
+        self.log_threshold.copy_(theta.float().log())
+
     def _encode(self, x):
         rp, c, v, _, l0 = jumprelu_encode(
-            x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec, eps=self.cfg.bandwidth
+            x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec, eps=self.cfg.bandwidth, cand_k=self.cand_k
         )
+        self._note_candidates(rp)
         return Latents(rp, c, v, self.cfg.m), l0
 
     def encode(self, x: torch.Tensor, dense: bool = False):
@@ -54,7 +64,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
         lat, l0 = self._encode(x)
-        out = self._recon_terms(x, self.decode(lat))
+        out = self._recon_terms(x, self.decode_by_density(lat))
         out["l0_penalty"] = l0
         out["loss"] = out["mse"] + self.cfg.l0_coef * l0
         out["latents"] = lat

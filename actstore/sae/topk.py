@@ -143,9 +143,18 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
         fixed = not self.training and float(self.threshold) >= 0
         aux = {} if dead_mask is None else {"dead_mask": dead_mask, "k_aux": min(self.cfg.k_aux, self.cfg.m)}
         out = batch_topk_encode(
-            x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec, threshold=float(self.threshold) if fixed else None, **aux
+            x,
+            self.W_enc,
+            self.b_enc,
+            self.cfg.k,
+            self.b_dec,
+            threshold=float(self.threshold) if fixed else None,
+            cand_k=self.cand_k,
+            **aux,
         )
         rp, c, v, t = out[:4]
+        # Its kernel keeps cand_k per row whatever the density: it never goes dense by choice.
+        self._note_candidates(rp, may_go_dense=False)
         if self.training:
             with torch.no_grad():  # the first batch sets it, later ones move it by 1%
                 t = t.float()

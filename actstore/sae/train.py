@@ -10,7 +10,8 @@ Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; To
 BatchTopK train the dead ones with AuxK.
 
 Metrics every ``log_every`` steps, on a tqdm bar and as JSON lines in ``OUT/log.jsonl``:
-step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s.
+step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s, and for the threshold archs
+dense_rows_frac (rows their encoder recomputed densely).
 
 The loop is three parts: :func:`_resume_or_init` (the SAE, AdamW and the counters, from
 the newest checkpoint or fresh), :func:`_step` (one optimizer step on one batch) and
@@ -37,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -49,6 +51,19 @@ from .base import SparseAutoencoder
 from .config import ARCHS, SAEConfig
 from .io import load, save, write_file, write_safetensors
 from .registry import build
+
+# The defaults, chosen by benchmarks/sweep_train_defaults.py (TopK m=3072 k=32, 400k tokens of
+# MiniLM layer-3 activations, held-out FVU; benchmarks/results/train_defaults_sweep.json).
+# The old ones (batch 4096, lr 2e-4 / sqrt(m / 2^14) = 4.6e-4, 50 warmup steps = half of that
+# run) left held-out FVU 0.334-0.336 (3 seeds); these give 0.136-0.137. More steps per token
+# and a higher lr won throughout the grid: batch 1024 at the same lr gave 0.114, but halves a
+# GPU's matmuls on long runs; 8x the old lr gave 0.100-0.137 but left 2-10% of the latents
+# dead on the held-out rows (4x: 0.1-0.2%). Warmup 0 gave 0.132, 10% 0.139, 25% 0.145: 5% is
+# kept as a margin for longer runs, where a cold start at this lr is the larger risk.
+DEFAULT_BATCH = 2048
+DEFAULT_WARMUP_FRAC = 0.05
+LR_BASE = 8e-4  # lr = LR_BASE / sqrt(latents / 2^14): sparsify's scaling in m, at 4x its 2e-4
+EVAL_ROWS_FRAC, EVAL_ROWS_MAX = 0.05, 16384
 
 ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
 
@@ -67,11 +82,25 @@ class TrainConfig:
     out: str = field(metadata={"help": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"})
     tokens: int = field(metadata={"help": "training tokens (all ranks together)"})
     k: int | None = _opt(None, "active latents per row (topk; batch mean for batchtopk)")
-    batch_size: int = _opt(4096, "rows per step per rank")
-    # None: 2e-4 / sqrt(latents / 2^14), sparsify's rule
-    lr: float | None = _opt(None, "peak learning rate (default 2e-4 / sqrt(latents / 2^14))")
-    warmup_steps: int = _opt(50, "linear warmup steps")
+    batch_size: int = _opt(DEFAULT_BATCH, "rows per step per rank")
+    lr: float | None = _opt(None, "peak learning rate (default LR_BASE / sqrt(latents / 2^14))")
+    warmup_frac: float = _opt(DEFAULT_WARMUP_FRAC, "linear warmup over this fraction of the steps")
+    warmup_steps: int | None = _opt(None, "linear warmup steps (overrides --warmup-frac)")
     decay_frac: float = _opt(0.2, "fraction of the steps at the end with a linear decay to 0")
+    eval_rows: int | None = _opt(
+        None, "rows at the end of the store set aside for a held-out evaluation, never trained on "
+        "(default: 5%% of the rows, at most 16384; 0: no evaluation)"
+    )  # fmt: skip
+    eval_docs: int | None = _opt(None, "instead of --eval-rows: set aside the documents with the N highest ids")
+    eval_model: str | None = _opt(
+        None, "after training, splice the SAE into this model (a local HF folder or python:module:function) "
+        "over the held-out tokens and report the LM loss increase"
+    )  # fmt: skip
+    eval_model_tokens: int = _opt(16384, "held-out tokens the --eval-model step runs over, at most")
+    init_l0: float | None = _opt(
+        None, "jumprelu/gated: start the thresholds where about this many latents fire per row, set from "
+        "the first batch (default: --k, else 64; 0: keep the configured init_threshold)"
+    )  # fmt: skip
     weight_decay: float = 0.0
     seed: int = _opt(0, "initialization and shuffle seed")
     normalize: str | None = "mean_norm"
@@ -90,6 +119,16 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SAEError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "eval_rows", "eval_docs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise SAEError(f"{name} must be a non-negative integer, got {v!r}")
+        if not 0 <= self.warmup_frac < 1:
+            raise SAEError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+        if self.eval_docs is not None and self.eval_rows is not None:
+            raise SAEError("give --eval-rows or --eval-docs, not both")
+        if self.eval_model and self.eval_rows == 0:
+            raise SAEError("--eval-model runs over the held-out rows: leave --eval-rows at its default or above 0")
         unknown = set(self.sae) - set(ARCH_KEYS)
         if unknown:
             raise SAEError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
@@ -117,18 +156,28 @@ class _Run:
     since_fired: torch.Tensor  # [m] int64: tokens since each latent last fired (on any rank)
 
 
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """Warmup length in steps: ``warmup_steps`` when given, else ``warmup_frac`` of ``total``."""
+    return cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_frac * total)
+
+
 def _lr(cfg: TrainConfig, base: float, step: int, total: int) -> float:
-    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    warm = min(1.0, (step + 1) / max(1, warmup_steps(cfg, total)))
     decay_start = int(total * (1 - cfg.decay_frac))
     decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
     return base * warm * decay
 
 
-def _device(name: str, world: int) -> torch.device:
-    """``auto`` -> this rank's GPU or the CPU; a bare ``cuda`` under torchrun is this rank's GPU too."""
+def default_lr(latents: int) -> float:
+    return LR_BASE / math.sqrt(latents / 2**14)
+
+
+def _device(name: str) -> torch.device:
+    """``auto`` -> this rank's GPU or the CPU; a bare ``cuda`` is this rank's GPU
+    (:func:`actstore._dist.local_device`, the rule capture and the loader follow too)."""
     dev = local_device(name)
-    if dev.type == "cuda" and dev.index is None and world > 1:
-        dev = local_device("auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SAEError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
     return dev
 
 
@@ -198,7 +247,7 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
         step, tokens = 0, 0
         since_fired = torch.zeros(cfg.latents, dtype=torch.int64, device=dev)
     sae.train()
-    base_lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(cfg.latents / 2**14)
+    base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.latents)
     opt = torch.optim.AdamW(sae.parameters(), lr=base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     if resumed:
         _load_optimizer(opt, ck, dev)
@@ -312,15 +361,139 @@ def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
         "l0": float(vals[2]),
         "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
         "lr": run.opt.param_groups[0]["lr"],
+        **_dense_rows(run.sae),
     }
+
+
+def _dense_rows(sae) -> dict:
+    """This rank's share of rows its threshold encoder recomputed densely since the last line
+    (``cand_k`` overflow, or dense by choice while most latents fire; none for topk/relu)."""
+    c = sae.take_encode_counts()
+    return {"dense_rows_frac": c["dense_rows"] / c["encode_rows"]} if c["encode_rows"] else {}
+
+
+def _init_thresholds(cfg: TrainConfig, run: _Run, batch: torch.Tensor, dist) -> None:
+    """At step 0 of a jumprelu/gated run: thresholds from the first batch's quantiles, so the
+    first steps start near the target L0 instead of with about half the latents firing (theta
+    0.001 at init: every row then took the dense fallback). Rank 0's values go to every rank."""
+    l0 = cfg.init_l0 if cfg.init_l0 is not None else (cfg.k or 64)
+    if not l0:
+        return
+    run.sae.init_from_batch(batch, min(float(l0), cfg.latents))
+    if dist is not None:
+        for p in run.sae.parameters():
+            dist.broadcast(p.data, src=0)
 
 
 def _keep_log_until(log_path: Path, step: int) -> None:
     """Keep the log lines up to ``step`` (the checkpoint resumed from; 0 when starting
-    fresh): the run writes the later ones again."""
+    fresh), less the held-out line: the run writes them again."""
     if log_path.exists():
-        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        lines = [
+            ln
+            for ln in log_path.read_text().splitlines()
+            if ln and json.loads(ln)["step"] <= step and "eval" not in json.loads(ln)  # the eval comes again at the end
+        ]
         log_path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# -- held-out evaluation ----------------------------------------------------------------------
+
+
+def split(cfg: TrainConfig, store) -> tuple[dict, dict | None, dict]:
+    """The loader selections ``(train, eval, info)``: with ``eval_docs``, the documents with
+    the highest ids go to evaluation; else the last ``eval_rows`` rows in store order
+    (default: 5% of the rows, at most 16384). ``eval`` is None when nothing is set aside."""
+    n = store.rows
+    if cfg.eval_docs:
+        ids = np.unique(store.tokens()["doc"].numpy())
+        if cfg.eval_docs >= ids.size:
+            raise SAEError(
+                f"--eval-docs {cfg.eval_docs} sets aside every document of the store ({ids.size}): use fewer"
+            )
+        cut = int(ids[-cfg.eval_docs])
+        return {"docs": (0, cut)}, {"docs": (cut, int(ids[-1]) + 1)}, {"eval_docs": cfg.eval_docs, "first_doc": cut}
+    rows = cfg.eval_rows if cfg.eval_rows is not None else min(EVAL_ROWS_MAX, int(n * EVAL_ROWS_FRAC))
+    if rows == 0:
+        return {}, None, {"eval_rows": 0}
+    if rows >= n:
+        raise SAEError(f"--eval-rows {rows} sets aside every row of the store ({n}): use fewer")
+    return {"rows": (0, n - rows)}, {"rows": (n - rows, n)}, {"eval_rows": rows}
+
+
+@torch.no_grad()
+def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None) -> dict:
+    """FVU (over the whole set: squared error / total variance about the set's mean), L0
+    (mean active latents per row) and the fraction of latents that never fire, on every
+    row ``loader`` yields (summed over ranks)."""
+    was_training = sae.training
+    sae.eval()
+    dev = next(sae.parameters()).device
+    m = sae.cfg.m
+    acc = None  # [err^2, rows, active] float64, then sum x and sum x^2 per dim
+    fired = torch.zeros(m, dtype=torch.int32, device=dev)
+    for x in loader:
+        lat = sae.encode(x)
+        x_hat = sae.decode(lat)
+        xd = x.double()
+        part = torch.cat(
+            [
+                torch.stack(
+                    [
+                        (x_hat.double() - xd).pow(2).sum(),
+                        torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev),
+                        torch.tensor(lat.l0() * lat.n, dtype=torch.float64, device=dev),
+                    ]
+                ),
+                xd.sum(0),
+                xd.pow(2).sum(0),
+            ]
+        )
+        acc = part if acc is None else acc + part
+        fired |= lat.fired().to(torch.int32)
+    if dist is not None:
+        dist.all_reduce(acc)
+        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+    sae.train(was_training)
+    err, n, active = (float(v) for v in acc[:3])
+    d = (acc.numel() - 3) // 2
+    s1, s2 = acc[3 : 3 + d], acc[3 + d :]
+    total = float((s2 - s1.pow(2) / n).sum())
+    return {
+        "rows": int(n),
+        "fvu": err / max(total, 1e-12),
+        "l0": active / n,
+        "dead_frac": float((fired == 0).float().mean()),
+    }
+
+
+def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
+    """The LM loss with the saved SAE (normalization folded in) spliced in at ``cfg.hook``,
+    over the held-out rows' tokens (:mod:`actstore.sae.splice`), on rank 0."""
+    from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
+
+    if "rows" in selection:
+        cols = {k: v.numpy() for k, v in store.tokens(slice(*selection["rows"])).items()}
+        keep = np.ones(cols["token"].size, dtype=bool)
+    else:
+        cols = {k: v.numpy() for k, v in store.tokens().items()}
+        lo, hi = selection["docs"]
+        keep = (cols["doc"] >= lo) & (cols["doc"] < hi)
+    if (cols["token"][keep] < 0).all():
+        raise SAEError(f"store {store.path} holds no token ids: --eval-model needs a store captured with tokens")
+    prov = store.info().get("provenance") or {}
+    context = int(prov.get("context_size") or (prov.get("capture") or {}).get("context") or 128)
+    windows, n = [], 0
+    for w in windows_from_rows(cols["token"][keep], cols["doc"][keep], cols["pos"][keep], context):
+        if n >= cfg.eval_model_tokens:
+            break
+        windows.append(w[: cfg.eval_model_tokens - n])
+        n += windows[-1].size
+    windows = [w for w in windows if w.size >= 2]
+    return {
+        "model": cfg.eval_model,
+        **lm_loss_increase(cfg.eval_model, load(out / "sae"), cfg.hook, windows, device=dev),
+    }
 
 
 def _progress_bar(cfg: TrainConfig, total: int, step: int):
@@ -339,10 +512,12 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     dist = group()
     rank, world = rank_world()
     out = Path(cfg.out)
-    dev = _device(cfg.device, world)
+    dev = _device(cfg.device)
     store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
     if cfg.hook not in store.hooks:
         raise SAEError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
+    train_rows, eval_rows, held_out = split(cfg, store)
+    common = dict(device=dev, normalize=cfg.normalize, threads=cfg.threads, rank=rank, world_size=world)
     loader = ActivationLoader(
         store,
         cfg.hook,
@@ -350,13 +525,10 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         shuffle=True,
         seed=cfg.seed,
         epochs=None,
-        device=dev,
-        normalize=cfg.normalize,
         drop_last=True,
         buffer_rows=cfg.buffer_rows,
-        threads=cfg.threads,
-        rank=rank,
-        world_size=world,
+        **common,
+        **train_rows,
     )
     global_batch = cfg.batch_size * world
     total = math.ceil(cfg.tokens / global_batch)
@@ -369,8 +541,13 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     t_last, tok_last = time.perf_counter(), run.tokens
     metrics = {}
     it = iter(loader)
+    first = None
+    if run.step == 0 and run.sae.arch in ("jumprelu", "gated"):
+        first = next(it)  # also the first step's batch: the init takes nothing from the stream
+        _init_thresholds(cfg, run, first, dist)
     while run.step < total:
-        res = _step(cfg, run, next(it), total, global_batch, dist)
+        batch, first = (first, None) if first is not None else (next(it), None)
+        res = _step(cfg, run, batch, total, global_batch, dist)
         if run.step % cfg.log_every == 0 or run.step == total:
             metrics = _metrics(cfg, run, res, dist)
             now = time.perf_counter()  # after the metrics' device sync, so the rate counts the step's work
@@ -393,10 +570,20 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     if bar is not None:
         bar.close()
     loader.close()
+    if eval_rows is not None:
+        ev_loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=False, epochs=1, **common, **eval_rows)
+        held_out.update(evaluate(run.sae, ev_loader, dist))
+        ev_loader.close()
+        if rank == 0:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"step": run.step, "tokens": run.tokens, "eval": held_out}) + "\n")
     summary = {
         "steps": run.step,
         "tokens": run.tokens,
         "final": metrics,
+        "eval": held_out,
+        "lr": run.base_lr,
+        "warmup_steps": warmup_steps(cfg, total),
         "out": str(out),
         "arch": cfg.arch,
         "latents": cfg.latents,
@@ -405,6 +592,12 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     }
     if rank == 0:
         save(run.sae, out / "sae")
+        if cfg.eval_model and eval_rows is not None:
+            summary["eval_model"] = _eval_model(cfg, store, eval_rows, out, dev)
+            with open(log_path, "a") as fh:
+                fh.write(
+                    json.dumps({"step": run.step, "tokens": run.tokens, "eval_model": summary["eval_model"]}) + "\n"
+                )
         write_file(out, "summary.json", json.dumps(summary, indent=1))
     if dist is not None:
         dist.barrier()

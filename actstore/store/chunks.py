@@ -151,8 +151,12 @@ class ChunkReader:
             h.blob.close()
 
     def _open(self, a: ArraySpec, shard: int, cached: bool = False) -> ShardHandle:
+        # A partial shard (the segment's last) may be replaced by its writer while it is
+        # read: where a get is a round trip, it is fetched whole now, one version by
+        # construction; full shards are never rewritten and are read in ranged gets.
+        partial = (shard + 1) * self.schema.shard_rows > self.rows
         try:
-            blob = self.storage.open_blob(shard_key(self.segment, a, shard))
+            blob = self.storage.open_blob(shard_key(self.segment, a, shard), whole=partial)
         except StoreError as e:
             # A committed shard that is missing is damage.
             raise CorruptDataError(

@@ -7,6 +7,7 @@ from ..errors import (
     CorruptDataError,
     FormatVersionError,
     LoaderError,
+    MissingObjectError,
     StoreError,
     UnknownHookError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CorruptDataError",
     "FormatVersionError",
     "LoaderError",
+    "MissingObjectError",
     "StoreError",
     "UnknownHookError",
 ]

@@ -7,7 +7,8 @@ The record with the highest ``seq`` is the truth. Every field is validated befor
 the format version; the path and segment must be this segment's own; ``seq`` must be the
 record's own number; ``rows`` an integer in ``[0, 2**48]`` whose last row lies in a shard
 that exists; ``shard_rows`` the store's; ``time`` and ``actstore_version`` strings;
-``meta`` a JSON object if present; ``stats`` one well-formed entry per hook, of the hook's
+``meta`` a JSON object and ``writer`` (the writer id, since object storage) a string if
+present; ``stats`` one well-formed entry per hook, of the hook's
 width, over at most ``rows`` rows.
 """
 
@@ -36,6 +37,11 @@ def load_latest_commit(storage: Storage, segment: str, schema: Schema) -> dict |
     # between making the folder and renaming the record into place. That commit never
     # happened; the next older one is the truth.
     seq = next((q for q in seqs if storage.exists(commit_key(segment, q))), None)
+    # A listing may miss the newest keys (an eventually consistent listing, or a cache in
+    # front of one): look past it, one HEAD per segment, so a writer never resumes from
+    # an older commit than the newest.
+    while storage.exists(commit_key(segment, (seq or 0) + 1)):
+        seq = (seq or 0) + 1
     if seq is None:
         return None
     key = commit_key(segment, seq)
@@ -85,6 +91,8 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
     for k in ("time", "actstore_version"):
         if not isinstance(rec[k], str):
             raise StoreError(f"{where} has {k}={rec[k]!r}, not a string; {damaged}")
+    if not isinstance(rec.get("writer", ""), str):
+        raise StoreError(f"{where} has writer={rec['writer']!r}, not a string; {damaged}")
     if not isinstance(rec.get("meta", {}), dict):
         raise StoreError(f"{where} has meta of type {type(rec['meta']).__name__}, not a JSON object; {damaged}")
     stats = rec["stats"]

@@ -11,6 +11,7 @@ the segment, array and chunk, never zeros.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from .. import _native
 from .chunks import decode_chunks
 from .convert import from_stored
-from .errors import StoreError, UnknownHookError
+from .errors import MissingObjectError, StoreError, UnknownHookError
 from .format import SEGMENTS, ArraySpec, Schema
 from .manifest import load_latest_commit
 from .segment import SegmentReader
@@ -71,7 +72,7 @@ class Store:
         self.path = storage.url
         try:
             root = json.loads(storage.read("zarr.json"))
-        except StoreError:
+        except MissingObjectError:
             raise StoreError(
                 f"no store at {storage.url}: zarr.json not found; create one with actstore.create or a capture"
             ) from None
@@ -80,7 +81,10 @@ class Store:
         if root.get("zarr_format") != 3 or root.get("node_type") != "group":
             raise StoreError(f"{storage.url} is not a zarr v3 group")
         self.schema = Schema.from_json((root.get("attributes") or {}).get("actstore"), storage.url)
-        self._pool = ThreadPoolExecutor(threads or _native.default_threads(), thread_name_prefix="actstore-dec")
+        # Object storage: at least the storage's requests in flight (a get waits on the network).
+        self._workers = threads or max(_native.default_threads(), storage.inflight)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="actstore-dec")
+        self._pool_pid = os.getpid()
         self.refresh()
 
     def refresh(self) -> "Store":
@@ -206,8 +210,18 @@ class Store:
             "provenance": sch.provenance,
         }
 
+    def _executor(self) -> ThreadPoolExecutor:
+        # A Store used in a forked child (a DataLoader worker under fork): the parent's
+        # threads do not exist there, so the child makes its own pool (and the storage its
+        # own client); nothing with a thread or a socket crosses the fork.
+        if self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="actstore-dec")
+            self._pool_pid = os.getpid()
+        return self._pool
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
 
     def __enter__(self):
         return self
@@ -233,7 +247,7 @@ class Store:
             key = seg.astype(np.int64) * (1 << 40) + chunk
             uniq, inverse = np.unique(key, return_inverse=True)
             blocks = decode_chunks(
-                self._pool,
+                self._executor(),
                 [s.chunks for s in self.segments],
                 a,
                 [(int(k >> 40), int(k & ((1 << 40) - 1))) for k in uniq],

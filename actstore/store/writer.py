@@ -11,6 +11,17 @@ so a commit record never names rows whose bytes are not durable. A ``commit()`` 
 middle of a shard writes the partial shard; the next flush of that shard replaces it
 atomically with a longer one holding the same leading rows, so committed rows never
 change. Reopening a segment resumes from its newest commit and discards the rest.
+
+One writer per segment: where the storage has locks (local disk, memory) the writer holds
+the segment's lock. Where it has none but has conditional puts (object storage) it holds
+a lease (store/lease.py) and publishes every object conditionally: new objects with
+If-None-Match, replaced ones (a partial shard, the arrays' zarr.json) with If-Match on the
+version it last wrote or read, commit records create-only. A conflict means another
+writer touched the segment: if this writer still holds the lease, the object is a dead
+writer's leftover past the commit and is replaced; if not, the writer stops with one line.
+A writer that took an expired lease over first writes a commit record (fencing: a stale
+writer's next commit finds that sequence number taken). Storage with neither locks nor
+conditional puts is refused for writing.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
@@ -43,10 +55,11 @@ from .format import (
     group_doc,
     shard_key,
 )
+from .lease import Lease
 from .manifest import load_latest_commit
 from .shard import build_shard
 from .stats import RunningStats
-from .storage import Storage
+from .storage import Storage, VersionConflict
 
 _KEEP_COMMITS = 3  # older commit records are deleted; readers only use the newest
 
@@ -105,9 +118,24 @@ class SegmentWriter:
         self._prefix = f"{SEGMENTS}/{segment}"
         self._arrays: list[ArraySpec] = schema.arrays()
         self._codec: ChunkCodec = schema.codec
-        self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-enc")
-        # Where the backend has no lock (object storage), one writer per segment is the caller's promise.
-        self._lock = storage.lock(self._prefix) if storage.supports_lock else None
+        # A writer id in every record it writes: who wrote a commit, who holds the segment.
+        self.writer_id = uuid.uuid4().hex[:16]
+        self._lease: Lease | None = None
+        self._versions: dict[str, str] = {}  # key -> version this writer last wrote or read (leased mode)
+        if not storage.supports_lock and not storage.versioned_put:
+            raise StoreError(
+                f"storage {storage.url} has neither locks nor conditional writes, so a second writer could tear "
+                "a segment; write to local disk or to object storage with conditional PUTs, then copy"
+            )
+        if storage.supports_lock:
+            self._lock = storage.lock(self._prefix)
+        else:
+            self._lock = None
+            self._lease = Lease(storage, self._prefix, self.writer_id)
+            self._lease.acquire()
+        # Object storage: more puts in flight than cores (a put waits on the network).
+        workers = max(threads or default_threads(), min(storage.inflight, 16))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="actstore-enc")
         self._closed = False
         R = schema.shard_rows
         self._buf = {a.path: np.zeros((R, *a.row_shape), dtype=a.dtype) for a in self._arrays}
@@ -268,9 +296,53 @@ class SegmentWriter:
     def _release(self):
         if not self._closed:
             self._closed = True
-            self._pool.shutdown(wait=True)
+            if getattr(self, "_pool", None) is not None:
+                self._pool.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
+            if self._lease is not None:
+                self._lease.release()
+
+    # -- publishing: plain atomic puts under a lock, conditional puts under a lease --------
+
+    def _put(self, key: str, data) -> None:
+        """Write object ``key`` (new or replacing this writer's own version)."""
+        if self._lease is None:
+            self.storage.write_atomic(key, data)
+            return
+        expect = self._versions.get(key)
+        try:
+            self._versions[key] = self.storage.write_if(key, data, expect)
+        except VersionConflict as e:
+            # Someone else's version: ours to replace only while we hold the lease (a dead
+            # writer's leftover past the commit); else we were taken over and stop here.
+            self._lease.check()
+            self._versions[key] = self.storage.write_if(key, data, e.current)
+
+    def _put_commit(self, key: str, data) -> None:
+        if self._lease is None:
+            self.storage.write_atomic(key, data)
+            return
+        try:
+            self.storage.write_if(key, data, None)  # a lost response is resolved by the read-back
+        except VersionConflict:
+            try:
+                other = json.loads(self.storage.read(key))["attributes"]["actstore_commit"].get("writer", "?")
+            except (StoreError, ValueError, KeyError, TypeError):
+                other = "?"
+            raise StoreError(
+                f"commit {key!r} in {self.storage.url} was already written by writer {other}, not this writer "
+                f"{self.writer_id}: the segment was taken over; resume it with a new writer"
+            ) from None
+
+    def _remember(self, key: str) -> None:
+        """Leased mode: the version of ``key`` as it is now, before this writer replaces it."""
+        if self._lease is not None:
+            v = self.storage.version(key)
+            if v is None:
+                self._versions.pop(key, None)
+            else:
+                self._versions[key] = v
 
     def _open_or_create(self):
         st = self.storage
@@ -282,13 +354,28 @@ class SegmentWriter:
             self._resume()
             return
         if not st.exists(f"{SEGMENTS}/zarr.json"):
-            st.write_atomic(f"{SEGMENTS}/zarr.json", json.dumps(group_doc()).encode())
-        info = {"actstore_segment": {"created": _now(), "host": socket.gethostname(), "pid": os.getpid()}}
-        for sub in sorted({a.path.split("/")[0] for a in self._arrays} | {"commits"}):
-            st.write_atomic(f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode())
+            doc = json.dumps(group_doc()).encode()
+            if st.conditional_put:  # every rank may create it; the same bytes either way
+                st.write_exclusive(f"{SEGMENTS}/zarr.json", doc)
+            else:
+                st.write_atomic(f"{SEGMENTS}/zarr.json", doc)
+        info = {
+            "actstore_segment": {
+                "created": _now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "writer": self.writer_id,
+            }
+        }
+        subs = sorted({a.path.split("/")[0] for a in self._arrays} | {"commits"})
+        for sub in subs:
+            self._remember(f"{self._prefix}/{sub}/zarr.json")  # a creation that never finished
+            self._put(f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode())
+        for a in self._arrays:
+            self._remember(f"{self._prefix}/{a.path}/zarr.json")
         self._write_shapes(0)
         # The segment's own zarr.json last: its presence means the skeleton is complete.
-        st.write_atomic(f"{self._prefix}/zarr.json", json.dumps(group_doc(info)).encode())
+        self._put(f"{self._prefix}/zarr.json", json.dumps(group_doc(info)).encode())
 
     def _resume(self):
         st = self.storage
@@ -309,7 +396,16 @@ class SegmentWriter:
                     st.delete(shard_key(self.segment, a, int(name)))
         if self._buf_rows:
             self._load_partial_shard()
+        if self._lease is not None:
+            for a in self._arrays:
+                self._remember(f"{self._prefix}/{a.path}/zarr.json")
+                if self._buf_rows:
+                    self._remember(shard_key(self.segment, a, self._shard))
         self._write_shapes(rows)
+        if self._lease is not None and self._lease.took_over is not None:
+            # Fence the writer whose lease expired: a commit of our own at the next
+            # sequence number, so its next commit (create-only) finds that number taken.
+            self._write_commit(rows, self.resume_meta)
 
     def _load_partial_shard(self):
         seg = ChunkReader(self.storage, self.schema, self.segment, self.committed_rows)
@@ -364,16 +460,18 @@ class SegmentWriter:
             i += n_chunks
             writes.append((shard_key(self.segment, a, shard), parts))
             self.bytes_written += sum(len(p) for p in parts)
-        for f in [self._pool.submit(self.storage.write_atomic, k, p) for k, p in writes]:
+        for f in [self._pool.submit(self._put, k, p) for k, p in writes]:
             f.result()
         self._dirty = False
 
     def _write_shapes(self, rows: int):
         for a in self._arrays:
             doc = array_doc(a, rows, self.schema.shard_rows, self._codec)
-            self.storage.write_atomic(f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode())
+            self._put(f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode())
 
     def _write_commit(self, rows: int, meta: dict | None = None):
+        if self._lease is not None:
+            self._lease.check()  # renewed now, or this writer was taken over: stop before publishing
         self._write_shapes(rows)
         self._seq += 1
         record = {
@@ -385,12 +483,13 @@ class SegmentWriter:
             "shard_rows": self.schema.shard_rows,
             "time": _now(),
             "actstore_version": __version__,
+            "writer": self.writer_id,
             "stats": {h: s.to_json() for h, s in self._stats.items()},
         }
         if meta is not None:
             record["meta"] = meta
         doc = group_doc({"actstore_commit": record})
-        self.storage.write_atomic(commit_key(self.segment, self._seq), json.dumps(doc).encode())
+        self._put_commit(commit_key(self.segment, self._seq), json.dumps(doc).encode())
         self.committed_rows = rows
         self.resume_meta = meta
         for old in self.storage.list(f"{self._prefix}/commits"):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from actstore.analysis import Bins
-from actstore.analysis.bins import sample_keys
+from actstore.analysis.bins import quantile_groups, sample_keys
 from helpers.analysis_store import JOBS, code_batches
 
 OPT = JOBS["bins"]
@@ -96,3 +96,36 @@ def test_bins_merge_order_invariance():
     got = parts[2].result()
     for k in want:
         assert np.array_equal(got[k], want[k]), k
+
+
+def _quantile_groups_loop(rows, vals, q, s):
+    m = rows.shape[0]
+    qr, qv, qe = np.full((m, q, s), -1, np.int64), np.zeros((m, q, s), np.float32), np.zeros((m, q + 1))
+    for lat in range(m):
+        nk = int((rows[lat] >= 0).sum())
+        if not nk:
+            continue
+        o = np.lexsort((rows[lat, :nk], vals[lat, :nk]))
+        rs, vs = rows[lat, :nk][o], vals[lat, :nk][o]
+        for j in range(q):
+            a, b = nk * j // q, nk * (j + 1) // q
+            take = min(b - a, s)
+            qr[lat, j, :take], qv[lat, j, :take] = rs[a : a + take], vs[a : a + take]
+            qe[lat, j] = vs[a] if b > a else (qe[lat, j - 1] if j else 0.0)
+        qe[lat, q] = vs[-1]
+    return qr, qv, qe
+
+
+def test_quantile_groups_match_a_loop_over_latents():
+    g = np.random.default_rng(5)
+    q, s, m = 4, 3, 40
+    nk = g.integers(0, q * s + 1, m)  # empty, part-filled (fewer than q) and full samples
+    nk[:3] = [0, 2, q * s]
+    rows = np.full((m, q * s), -1, np.int64)
+    vals = np.zeros((m, q * s), np.float32)
+    for lat, n in enumerate(nk):
+        rows[lat, :n] = g.choice(1000, n, replace=False)
+        vals[lat, :n] = np.round(g.random(n) * 3, 1)  # ties in value: the row orders them
+    got, want = quantile_groups(rows, vals, q, s), _quantile_groups_loop(rows, vals, q, s)
+    for x, y in zip(got, want):
+        assert x.dtype == y.dtype and (x == y).all()

@@ -1,6 +1,7 @@
 """The pass engine: exact share merges, SIGKILL + rerun gives identical bytes, the errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import actstore.analysis as an
 from actstore.analysis import AnalysisError
 from actstore.analysis._tree import BlockTree
+from actstore.analysis.report import render
 from actstore.errors import ActstoreError
 from actstore.sae import ReLUSAE, SAEConfig
 from helpers.analysis_store import BLOCK, JOBS, relu_sae, write_store
@@ -120,3 +122,29 @@ def test_errors(planted, relu, tmp_path):
             an.run(bare, relu, ["top", job], tmp_path / "c")
         assert "no token ids" in one_line(e)
     assert not (tmp_path / "c").exists()  # nothing written
+
+
+def test_a_latent_subset_gives_the_full_run_values_for_those_latents(planted, relu, full, tmp_path):
+    a_all, cols, f = full
+    pick = [1, 3, 4, 5]
+    out = an.run(planted[0], relu, JOBS, tmp_path / "o", block_rows=BLOCK, latents="1,3-5")
+    a = an.open(out)
+    sel = a.array("latents/selected")
+    assert sel.tolist() == [i in pick for i in range(a.m)] and a.attrs["latents"] == pick
+    for name in ("latents/count", "latents/max", "top/rows", "top/values", "bins/abs/rows", "contexts/top/acts"):
+        assert (a.array(name)[pick] == a_all.array(name)[pick]).all(), name
+    others = [i for i in range(a.m) if i not in pick]
+    assert (a.array("latents/count")[others] == 0).all() and (a.array("top/rows")[others] == -1).all()
+    assert not a.array("latents/dead")[others].any()  # not analysed is not dead
+    assert a[3].top == a_all[3].top
+    with pytest.raises(AnalysisError, match="latent 2 was not analysed"):
+        a[2]
+    index = render(out, tmp_path / "r", pages=2)
+    html = index.read_text()
+    listed = sorted(int(x) for x in re.findall(r'data-latent="(\d+)"', html))
+    assert listed == pick
+    pages = sorted(int(p.stem) for p in (index.parent / "latents").glob("*.html"))
+    assert len(pages) == 2 and set(pages) <= set(pick)
+    for bad, msg in (("7-x", "is not an id or a range"), ([a.m], f"unknown latent {a.m}"), ([], "latents is empty")):
+        with pytest.raises(AnalysisError, match=msg):
+            an.run(planted[0], relu, ["stats"], tmp_path / "bad", block_rows=BLOCK, latents=bad)

@@ -130,6 +130,11 @@ def test_latent_page_shows_its_examples_and_bins(report):
         assert len(boxed) == 1 and boxed[0]["text"] == WordTokenizer().decode([toks[k, 3]])
         shown = [float(s["attrs"]["title"].split()[0]) for s in spans]
         assert shown == pytest.approx(ctx[k][toks[k] >= 0], rel=1e-3)
+        # Colour: a silent token has no style at all, a firing one its share of the max.
+        alpha = [float(s["attrs"].get("style", "--a:0").removeprefix("--a:")) for s in spans]
+        want = np.clip(ctx[k][toks[k] >= 0] / float(a.array("latents/max")[lat]), 0, 1)
+        assert alpha == pytest.approx(want, abs=1e-3)
+        assert all(("style" in s["attrs"]) == (v > 0) for s, v in zip(spans, alpha))
     # Then every non-empty bin of every mode, as INTERVAL a-b CONTAINS p%.
     text = "".join(page.text)
     for mode in ("equal", "abs", "quantile"):

@@ -124,11 +124,12 @@ def test_every_result_name_maps_to_exactly_one_script():
         "gpu_compile",
         "gpu_compile_ci",
         "gpu_model",
+        "train_defaults_sweep",
     }
     for n in names:
         assert S.script_for(n) is not None, n
     assert S.script_for("loader_feed_cpu") == "bench_loader_feed.py" and S.script_for("loader") == "bench_loader.py"
-    scripts = [*(S.REPO / "benchmarks").glob("bench_*.py"), *(S.REPO / "benchmarks").glob("gpu_*.py")]
+    scripts = [p for kind in ("bench", "gpu", "sweep") for p in (S.REPO / "benchmarks").glob(f"{kind}_*.py")]
     assert {p.name for p in scripts} == set(S.MEASURES)
 
 

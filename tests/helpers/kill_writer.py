@@ -14,6 +14,10 @@ committed row byte for byte. Commits land at seeded moments and after every shar
   half written), on any machine speed.
 - ``--total N``: resume from the committed rows, append up to N, close, print ``done N``.
 Without either it appends until killed.
+
+On object storage (an ``s3://`` STORE) the W-th PUT of the writer's own objects (lease
+renewals, which run on a timer, are not counted) stops before the request when W is odd
+(the PUT never happened) and after it when W is even (it landed, its caller never heard).
 """
 
 import argparse
@@ -60,6 +64,35 @@ def stop_at_write(at: int) -> None:
     LocalStorage.write_atomic = write_atomic
 
 
+def stop_at_put(at: int) -> None:
+    """Object storage: stop in the ``at``-th conditional or plain PUT (see the docstring)."""
+    from actstore.store.storage._object import ObjectStorage
+
+    counter = itertools.count(1)
+
+    def wrap(original):
+        def put(self, key, data, *rest):
+            if "/lease/" in key:
+                return original(self, key, data, *rest)
+            n = next(counter)
+            if n == at and at % 2:
+                stop()
+            out = original(self, key, data, *rest)
+            if n == at:
+                stop()
+            return out
+
+        return put
+
+    ObjectStorage.write_if = wrap(ObjectStorage.write_if)
+    ObjectStorage.write_atomic = wrap(ObjectStorage.write_atomic)
+
+
+def stop():
+    print(f"stopped {WRITER.committed_rows if WRITER is not None else 'none'}", flush=True)
+    threading.Event().wait()  # until SIGKILL
+
+
 def main():
     global WRITER
     ap = argparse.ArgumentParser()
@@ -70,7 +103,10 @@ def main():
     ap.add_argument("--stop-at-write", type=int)
     args = ap.parse_args()
     if args.stop_at_write:
-        stop_at_write(args.stop_at_write)
+        if "://" in args.path:
+            stop_at_put(args.stop_at_write)
+        else:
+            stop_at_write(args.stop_at_write)
     rng = np.random.default_rng(args.seed)
     w = WRITER = open_writer(args.path, args.segment)
     start = w.committed_rows

@@ -399,3 +399,51 @@ def test_unfinished_iterator_ends_the_script_quietly(store, script):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout == "done\n", p.stderr
     assert p.stderr == ""
+
+
+def test_rows_and_docs_select_exactly_those_rows_across_segments_and_ranks(store):
+    # rows [500, 1500) crosses the segment boundary at 1337; the flag filter applies on top
+    want = np.array([t for t in range(500, 1500) if t % 50 != 0])
+    got = []
+    for r in range(2):
+        ld = ActivationLoader(store, "wide", 64, tokens=True, drop_flags="bos", rows=(500, 1500), rank=r, world_size=2)
+        assert ld.rows == want.size
+        got.append(np.concatenate(_tokens(ld)))
+    assert np.array_equal(np.sort(np.concatenate(got)), want)
+    # documents 10..19 are the token ids 500..999 (doc = token // 50 in the fixture)
+    ld = ActivationLoader(store, "wide", 64, tokens=True, docs=(10, 20), shuffle=False)
+    batches = list(ld)
+    assert np.array_equal(np.concatenate([b["doc"].numpy() for b in batches]), np.repeat(np.arange(10, 20), 50))
+    x = torch.cat([b["wide"] for b in batches])
+    assert torch.equal(x, store.read("wide", slice(500, 1000)))
+    # the complement of a split holds the rest, exactly once
+    rest = (
+        ActivationLoader(store, "narrow", 100, tokens=True, rows=(0, 500)).rows
+        + ActivationLoader(store, "narrow", 100, rows=(500, TOTAL)).rows
+    )
+    assert rest == TOTAL
+
+
+def test_a_state_with_another_row_selection_is_refused(store):
+    ld = ActivationLoader(store, "wide", 32, rows=(0, 1000))
+    it = iter(ld)
+    next(it)
+    state = ld.state_dict()
+    assert state["rows"] == (0, 1000)
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(store, "wide", 32, rows=(0, 900)).load_state_dict(json.loads(json.dumps(state)))
+    assert "rows=[0, 1000]" in _one_line(e)
+    ActivationLoader(store, "wide", 32, rows=(0, 1000)).load_state_dict(json.loads(json.dumps(state)))  # same: fine
+
+
+@pytest.mark.parametrize("bad", [(5, 5), (-1, 4), "ab", (0, TOTAL * 2, 3)])
+def test_a_bad_row_range_is_one_line(store, bad):
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(store, "wide", 32, rows=bad)
+    assert "rows" in _one_line(e)
+
+
+def test_a_selection_with_no_rows_is_one_line(store):
+    with pytest.raises(LoaderError) as e:
+        ActivationLoader(store, "wide", 32, docs=(10_000, 20_000))
+    assert "leave no rows" in _one_line(e)

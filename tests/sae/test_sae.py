@@ -114,8 +114,14 @@ def _assert_same_code(got, want, tied, tol=1e-5):
 ENCODE_CASES = ["topk", "batchtopk-train", "batchtopk-eval", "jumprelu", "gated", "relu"]
 
 
+@pytest.mark.parametrize("backend", ["default", pytest.param("triton", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("case", ENCODE_CASES)
-def test_every_arch_encodes_like_a_dense_reference_from_its_weights(case):
+def test_every_arch_encodes_like_a_dense_reference_from_its_weights(case, backend, monkeypatch):
+    """Through the class, on its default ops (the references on the CPU) and on its Triton
+    path (``ACTSTORE_BACKEND=triton``: the interpreter without a GPU), which for batchtopk-eval
+    is the fixed-threshold candidate path."""
+    if backend == "triton":
+        monkeypatch.setenv("ACTSTORE_BACKEND", "triton")
     arch, training = case.split("-")[0], case.endswith("-train")
     sae = _sae(arch).train(training)
     x = _x()
@@ -279,3 +285,55 @@ def test_sparsify_checkpoints_round_trip_with_the_same_latents(tmp_path):
     again = sparsify.SparseCoder.load_from_disk(tmp_path / "back")
     with torch.no_grad():
         torch.testing.assert_close(again.encode(x).top_acts.sort(1).values, v.sort(1).values)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_thresholds_start_from_a_data_quantile_near_the_target_l0(arch):
+    m = 512
+    sae = build(SAEConfig(arch, D, m), seed=0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4096, D, generator=g) * 3 + 1
+    sae.init_b_dec(x.mean(0))
+    before = sae.encode(torch.randn(2048, D, generator=g) * 3 + 1).l0()
+    sae.init_from_batch(x, l0=16)
+    after = sae.encode(torch.randn(2048, D, generator=g) * 3 + 1).l0()  # fresh rows, same law
+    assert before > 100 and 12 < after < 20, (before, after)
+    with pytest.raises(SAEError, match="init l0 must be in"):
+        sae.init_from_batch(x, l0=0)
+
+
+def test_cand_k_follows_the_batches_and_dense_rows_are_counted():
+    sae = build(SAEConfig("jumprelu", D, 4096), seed=0)  # theta 0.001: about m/2 fire per row
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(256, D, generator=g)
+    sae.init_b_dec(x.mean(0))
+    assert sae.cand_k == 64
+    sae.encode(x)
+    counts = sae.take_encode_counts()
+    assert counts == {"encode_rows": 256, "dense_rows": 256} and sae.cand_k == 4096  # dense by choice
+    sae.init_from_batch(torch.randn(8192, D, generator=g), l0=8)
+    sae.encode(x)  # still dense (chosen from the last batch), then sized from this one
+    assert sae.take_encode_counts()["dense_rows"] == 256 and 16 <= sae.cand_k <= 128, sae.cand_k
+    sae.encode(torch.randn(256, D, generator=g))
+    c = sae.take_encode_counts()
+    assert c["encode_rows"] == 256 and c["dense_rows"] <= 256 // 100 + 1
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_dense_codes_decode_by_one_gemm_with_the_same_loss_and_gradients(arch, monkeypatch):
+    import actstore.sae.base as base
+
+    sae = build(SAEConfig(arch, D, M), seed=3)  # at init: about half the latents active
+    x = _x()
+    out = {}
+    for cut in (0.1, 1.0):  # 0.1: the dense GEMM (density ~0.5); 1.0: the sparse decode
+        monkeypatch.setattr(base, "DENSE_DECODE_ABOVE", cut)
+        sae.zero_grad()
+        loss = sae.loss(x)
+        density = loss["latents"].cols.numel() / (x.shape[0] * M)
+        loss["loss"].backward()
+        out[cut] = (float(loss["loss"].detach()), {n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert density > 0.2
+    assert out[0.1][0] == pytest.approx(out[1.0][0], rel=1e-5)
+    for name, g in out[0.1][1].items():
+        torch.testing.assert_close(g, out[1.0][1][name], atol=1e-5, rtol=1e-4, msg=name)

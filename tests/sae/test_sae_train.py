@@ -4,6 +4,8 @@ moment of the clock), two ranks under torchrun (gloo), the CLI, and its errors."
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -11,14 +13,17 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from actstore.cli import main as cli
+from actstore.errors import SAEError
 from actstore.sae import TrainConfig, load, train
 from helpers.loader_store import build
 from helpers.paths import HELPERS
 from helpers.procs import torchrun
 
 RUN = HELPERS / "train_run.py"
+trainer = importlib.import_module("actstore.sae.train")  # the module (``actstore.sae.train`` the attribute is train())
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -50,11 +55,12 @@ def _kill_at(store, out, stop):
     assert p.wait(timeout=60) == -signal.SIGKILL
 
 
-def _log(out):
+def _log(out, eval_line=False):
+    """The training lines of OUT/log.jsonl less their timing (with ``eval_line``, the held-out line too)."""
     rows = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("tokens_per_s")
-    return rows
+        r.pop("tokens_per_s", None)
+    return rows if eval_line else [r for r in rows if "eval" not in r]
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "gated", "relu"])
@@ -111,7 +117,7 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
         assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text(), (
             f"killed at {plan}: resumed weights differ"
         )
-        assert _log(run) == _log(tmp_path / "ref"), f"killed at {plan}: the log differs"
+        assert _log(run, True) == _log(tmp_path / "ref", True), f"killed at {plan}: the log differs"
 
 
 @pytest.mark.slow
@@ -173,3 +179,87 @@ def test_cli_trains_from_a_config_file_and_refuses_a_changed_rerun(store, tmp_pa
     assert "hook 'nope' is not in the store" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown arch"):
         TrainConfig(store="s", hook="h", arch="dense", latents=8, out="o", tokens=8)
+
+
+def _train_small(store, out, **kw):
+    opts = dict(store=store.path, hook="wide", arch="topk", latents=64, k=4, tokens=32 * 20, out=str(out))
+    opts.update(batch_size=32, lr=3e-3, log_every=5, checkpoint_every=10, buffer_rows=256, progress=False)
+    return train(**{**opts, **kw})
+
+
+def test_held_out_rows_are_set_aside_and_evaluated_exactly(store, tmp_path, monkeypatch):
+    made = []
+
+    class Spy(trainer.ActivationLoader):  # records each loader's row selection; reads as usual
+        def __init__(self, *a, **kw):
+            made.append((kw.get("shuffle"), kw.get("rows")))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(trainer, "ActivationLoader", Spy)
+    n, held = store.rows, 200
+    summary = _train_small(store, tmp_path / "o", eval_rows=held)
+    assert made == [(True, (0, n - held)), (False, (n - held, n))]  # trained on the rest, evaluated in order
+    ev = summary["eval"]
+    log_eval = [r for r in _log(tmp_path / "o", True) if "eval" in r]
+    assert log_eval == [{"step": 20, "tokens": 32 * 20, "eval": ev}]
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["eval"] == ev
+    # the same figures computed here from the stored rows and the saved (folded) SAE
+    sae = load(tmp_path / "o" / "sae")
+    x = store.read("wide", slice(n - held, n))
+    with torch.no_grad():
+        lat = sae.encode(x)
+        x_hat = sae.decode(lat)
+    fvu = float((x_hat - x).double().pow(2).sum() / (x - x.mean(0)).double().pow(2).sum())
+    assert ev["rows"] == held and ev["eval_rows"] == held
+    assert ev["fvu"] == pytest.approx(fvu, rel=1e-3) and 0 < ev["fvu"] < 1
+    assert ev["l0"] == pytest.approx(lat.l0(), rel=1e-6)
+    assert ev["dead_frac"] == pytest.approx(float((~lat.fired()).float().mean()))
+
+
+def test_held_out_documents_and_no_evaluation(store, tmp_path):
+    # doc = token // 50 in the fixture: the three highest ids (42, 43, 44) are rows 2100..2237
+    s = _train_small(store, tmp_path / "d", eval_docs=3)
+    assert s["eval"]["rows"] == store.rows - 2100 and s["eval"]["first_doc"] == 42
+    s = _train_small(store, tmp_path / "n", eval_rows=0)
+    assert s["eval"] == {"eval_rows": 0}
+    assert all("eval" not in r for r in _log(tmp_path / "n", True))
+
+
+def test_default_held_out_share_and_warmup_fraction(store, tmp_path):
+    s = _train_small(store, tmp_path / "o")
+    assert s["eval"]["rows"] == min(trainer.EVAL_ROWS_MAX, int(store.rows * trainer.EVAL_ROWS_FRAC))
+    cfg = TrainConfig(store="s", hook="h", arch="topk", latents=8, out="o", tokens=8)
+    total = 400
+    w = trainer.warmup_steps(cfg, total)
+    assert w == round(trainer.DEFAULT_WARMUP_FRAC * total) > 1
+    assert s["warmup_steps"] == round(trainer.DEFAULT_WARMUP_FRAC * s["steps"])
+    lrs = [trainer._lr(cfg, 1.0, step, total) for step in range(total)]
+    assert lrs[w - 1] == 1.0 and all(a < b for a, b in zip(lrs[: w - 1], lrs[1:w]))  # linear ramp, then flat
+    assert trainer.warmup_steps(dataclasses.replace(cfg, warmup_steps=7), total) == 7  # steps win when given
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"eval_rows": 10**6}, "sets aside every row"),
+        ({"eval_docs": 45}, "sets aside every document"),
+        ({"eval_rows": 5, "eval_docs": 2}, "not both"),
+        ({"warmup_frac": 1.0}, "warmup_frac"),
+        ({"eval_rows": -1}, "eval_rows"),
+    ],
+)
+def test_bad_held_out_or_warmup_settings_are_one_line(store, tmp_path, kw, msg):
+    with pytest.raises(SAEError) as e:
+        _train_small(store, tmp_path / "o", **kw)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_threshold_archs_start_near_their_target_l0_and_log_dense_rows(store, tmp_path, arch):
+    kw = dict(arch=arch, k=None, tokens=32 * 5, log_every=1, lr=1e-9, sae={"l1_coef": 0.01} if arch == "gated" else {})
+    _train_small(store, tmp_path / "q", init_l0=4, **kw)
+    _train_small(store, tmp_path / "z", init_l0=0, **kw)  # the configured init: about half fire
+    q, z = _log(tmp_path / "q"), _log(tmp_path / "z")
+    assert q[0]["l0"] < 3 * 4 and z[0]["l0"] > 16, (q[0]["l0"], z[0]["l0"])  # of 64 latents
+    assert all(0 <= r["dense_rows_frac"] <= 1 for r in q + z)
+    assert z[0]["dense_rows_frac"] == 1.0  # cand_k 64 >= m = 64: every row dense, by choice

@@ -51,7 +51,7 @@ class _MergingMemory(MemoryStorage):
         super().__init__()
         self.gets: list[int] = []
 
-    def open_blob(self, key):
+    def open_blob(self, key, *, whole=False):
         return _CountingBlob(self.read(key), self.gets)
 
 

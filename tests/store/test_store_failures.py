@@ -135,7 +135,7 @@ def test_not_a_store(tmp_path):
         actstore.open(tmp_path / "nothing-here")
     assert "no store" in _one_line(e.value)
     with pytest.raises(StoreError) as e:
-        actstore.open("s3://bucket/x")
+        actstore.open("ftp://bucket/x")
     assert "scheme" in _one_line(e.value)
 
 

@@ -153,7 +153,11 @@ class _Report:
         self.m = a.m
         self.digits = max(5, len(str(self.m - 1)))
         self.has = lambda name: name in a
-        self.paged = list(range(self.m))  # the latents that get a page, ascending
+        # The latents the analysis covered (all, or those it was asked for): the index lists
+        # these, and only these get pages.
+        chosen = a.attrs.get("latents")
+        self.latents = list(range(self.m)) if chosen is None else [int(i) for i in chosen]
+        self.paged = list(self.latents)  # the latents that get a page, ascending
         self._paged_set = set(self.paged)
 
     def page(self, i: int) -> str:
@@ -165,17 +169,21 @@ class _Report:
     def set_pages(self, pages) -> None:
         """``pages``: None (every latent), a count n (the n latents that fire most, then by
         id), or latent ids."""
+        universe = np.asarray(self.latents, dtype=np.int64)
         if pages is None:
-            chosen = range(self.m)
+            chosen = universe
         elif isinstance(pages, int):
             count = self.col("latents/count")
-            order = np.argsort(-count, kind="stable") if count is not None else np.arange(self.m)
-            chosen = order[: max(0, pages)]
+            order = np.argsort(-count[universe], kind="stable") if count is not None else np.arange(universe.size)
+            chosen = universe[order[: max(0, pages)]]
         else:
             chosen = [int(i) for i in pages]
             bad = [i for i in chosen if not 0 <= i < self.m]
             if bad:
                 raise AnalysisError(f"no latent {bad[0]} in an SAE of {self.m} latents: pick pages in 0..{self.m - 1}")
+            missed = sorted(set(chosen) - set(self.latents))
+            if missed:
+                raise AnalysisError(f"latent {missed[0]} was not analysed: pick pages among the analysed latents")
         self.paged = sorted({int(i) for i in chosen})
         self._paged_set = set(self.paged)
 
@@ -196,7 +204,7 @@ class _Report:
         tt = self.col("top_tokens/tokens")
         lens = self.col("lens/top_ids")
         topv = self.col("top/values")
-        for i in range(self.m):
+        for i in self.latents:
             r = {"i": i, "href": self.page(i) if i in self._paged_set else None, "cells": {}}
             if cnt is not None:
                 r["cells"] = {
@@ -279,7 +287,9 @@ class _Report:
                 {
                     "text": self.tok(toks[j]),
                     "act": v,
-                    "alpha": f"{alpha:.3f}",
+                    # "0" for a silent token: the template then writes no style at all, which
+                    # is most of a window's tokens (a page is mostly context markup).
+                    "alpha": f"{alpha:.3f}".rstrip("0").rstrip(".") or "0",
                     "title": f"{v:.4g} (token {int(toks[j])}, row {int(rows[j])})",
                     "ex": j == w,
                 }

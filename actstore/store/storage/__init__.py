@@ -7,8 +7,10 @@ the kind of storage, only on its declared capabilities (``supports_lock``,
 - ``_local``: a local path or ``file://`` URL (durable puts by fsync + rename, flock).
 - ``_memory``: ``memory://NAME``, a dict in this process (tests, throw-away pipelines).
 
-Object storage (s3://, gs://, ...) will be a third module here; until then such URLs get a
-one-line error rather than a silent local directory named "s3:".
+- ``_object``: ``s3://``, ``gs://``, ``az://`` through obstore (``pip install actstore[s3]``),
+  with ``_cache`` its optional local whole-shard disk cache.
+
+Any other URL scheme gets a one-line error rather than a silent local directory named "http:".
 """
 
 from __future__ import annotations
@@ -16,15 +18,28 @@ from __future__ import annotations
 import os
 
 from ..errors import StoreError
-from ._base import URL, Blob, Lock, Storage, check_key
+from ._base import URL, Blob, Lock, Storage, VersionConflict, check_key
 from ._local import LocalStorage
 from ._memory import MemoryStorage, forget, named
 
-__all__ = ["Blob", "Lock", "Storage", "LocalStorage", "MemoryStorage", "check_key", "open_storage", "forget"]
+OBJECT_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl")
+
+__all__ = [
+    "Blob",
+    "Lock",
+    "Storage",
+    "VersionConflict",
+    "LocalStorage",
+    "MemoryStorage",
+    "check_key",
+    "open_storage",
+    "forget",
+]
 
 
 def open_storage(location: str | os.PathLike, *, durable: bool = True) -> Storage:
-    """The storage for a local path, a ``file://`` URL or ``memory://NAME``.
+    """The storage for a local path, a ``file://`` URL, ``memory://NAME``, or an object
+    storage URL (``s3://bucket/prefix``, ``gs://...``, ``az://...``).
 
     durable: fsync local objects before they are renamed into place (benchmarks of the codec
         path turn it off; memory is never durable).
@@ -39,8 +54,11 @@ def open_storage(location: str | os.PathLike, *, durable: bool = True) -> Storag
         return named(name)
     if URL.match(loc):
         scheme = loc.split("://", 1)[0]
+        if scheme.lower() in OBJECT_SCHEMES:
+            from ._object import ObjectStorage  # obstore is optional: imported only for such URLs
+
+            return ObjectStorage(loc)
         raise StoreError(
-            f"unsupported store URL scheme {scheme!r}: only local paths and memory:// are supported so "
-            "far; copy the store to local disk"
+            f"unsupported store URL scheme {scheme!r}: use a local path, file://, memory://, s3://, gs:// or az://"
         )
     return LocalStorage(loc, durable=durable)

@@ -17,11 +17,18 @@ a capability flag, and callers check the flag instead of assuming the method wor
   put is atomic by itself (object storage, memory) leave none.
 - ``conditional_put``: :meth:`Storage.write_exclusive` creates an object only if it is
   absent, atomically (a local hard link; ``If-None-Match: *`` on object storage).
+- ``versioned_put``: :meth:`Storage.write_if` creates (``If-None-Match: *``) or replaces
+  only the version the caller last saw (``If-Match: <etag>``), and :meth:`Storage.version`
+  names the current version. Object storage, where no lock exists, publishes commits this
+  way (store/lease.py, store/writer.py); a lost response on such a put is resolved inside
+  the backend by reading the object back.
 
 ``max_gap_bytes``, ``max_get_bytes``: ranged reads of one object no further apart than
 the gap are merged into one get of at most ``max_get_bytes`` (see ``store/chunks.py``).
 Where a get costs a system call, not a round trip (local disk, memory), ``max_get_bytes``
-is 0: nothing is merged.
+is 0: nothing is merged. ``inflight``: ranged gets worth keeping in flight at once (object
+storage: the latency-bandwidth product; 0 where a get is a system call): readers size
+their pools to at least this.
 """
 
 from __future__ import annotations
@@ -73,6 +80,15 @@ class Blob(ABC):
         self.close()
 
 
+class VersionConflict(StoreError):
+    """A conditional put found another version than the one expected (another writer's
+    object, or one created since). ``current`` is the version found (None: absent)."""
+
+    def __init__(self, message: str, current: str | None = None):
+        super().__init__(message)
+        self.current = current
+
+
 class Lock(ABC):
     """A held lock; ``release()`` is idempotent."""
 
@@ -87,8 +103,10 @@ class Storage(ABC):
     supports_lock: bool = False
     atomic_rename: bool = False
     conditional_put: bool = False
+    versioned_put: bool = False
     max_gap_bytes: int = 0
     max_get_bytes: int = 0
+    inflight: int = 0
 
     @abstractmethod
     def read(self, key: str) -> bytes:
@@ -125,9 +143,11 @@ class Storage(ABC):
         """Bytes stored under ``prefix`` (the whole store for "")."""
 
     @abstractmethod
-    def open_blob(self, key: str) -> Blob:
+    def open_blob(self, key: str, *, whole: bool = False) -> Blob:
         """Open ``key`` once for several ranged reads that must see one version of it;
-        :class:`StoreError` if it is missing."""
+        :class:`StoreError` if it is missing. ``whole``: the caller will read most of it,
+        or it may be replaced meanwhile (a partial shard): a backend with round trips
+        fetches it in one get now."""
 
     # -- capabilities: callers check the flag before calling ------------------------------
 
@@ -135,6 +155,16 @@ class Storage(ABC):
         """Like :meth:`write_atomic` but only if ``key`` does not exist; returns whether this
         call created it. Only where ``conditional_put``."""
         raise StoreError(f"storage {self.url} has no conditional put; check Storage.conditional_put before calling")
+
+    def write_if(self, key: str, data, expect: str | None) -> str:
+        """Conditional put: create ``key`` if ``expect`` is None and it is absent, or replace
+        it if its current version is ``expect``; returns the new version. Raises
+        :class:`VersionConflict` otherwise. Only where ``versioned_put``."""
+        raise StoreError(f"storage {self.url} has no versioned put; check Storage.versioned_put before calling")
+
+    def version(self, key: str) -> str | None:
+        """The current version (ETag) of ``key``, None if it is absent. Only where ``versioned_put``."""
+        raise StoreError(f"storage {self.url} has no versioned put; check Storage.versioned_put before calling")
 
     def lock(self, prefix: str) -> Lock:
         """Take an exclusive lock on ``prefix``, released by ``release()`` or when the holder

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import MissingObjectError, StoreError
 from ._base import Blob, Lock, Storage, check_key
 
 TMP = ".tmp-"
@@ -25,7 +25,7 @@ class _LocalBlob(Blob):
         try:
             self._fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError):
-            raise StoreError(f"missing object {key!r} in store {url}") from None
+            raise MissingObjectError(f"missing object {key!r} in store {url}") from None
         # The fd pins this inode: a concurrent atomic replace of the key by its writer
         # does not mix two versions within one read.
         self.size = os.fstat(self._fd).st_size
@@ -80,7 +80,7 @@ class LocalStorage(Storage):
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
-            raise StoreError(f"missing object {key!r} in store {self.url}") from None
+            raise MissingObjectError(f"missing object {key!r} in store {self.url}") from None
 
     def _write_tmp(self, path: Path, data) -> Path:
         tmp = path.parent / f"{TMP}{path.name}-{uuid.uuid4().hex[:12]}"
@@ -130,7 +130,7 @@ class LocalStorage(Storage):
     def size(self, key: str) -> int:
         path = self._path(key)
         if not path.is_file():
-            raise StoreError(f"missing object {key!r} in store {self.url}")
+            raise MissingObjectError(f"missing object {key!r} in store {self.url}")
         return path.stat().st_size
 
     def list(self, prefix: str) -> list[str]:
@@ -182,5 +182,5 @@ class LocalStorage(Storage):
                 if name.startswith(TMP):
                     Path(dirpath, name).unlink(missing_ok=True)
 
-    def open_blob(self, key: str) -> Blob:
+    def open_blob(self, key: str, *, whole: bool = False) -> Blob:
         return _LocalBlob(self._path(key), key, self.url)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 import uuid
 
-from ..errors import StoreError
-from ._base import Blob, Lock, Storage, check_key
+from ..errors import MissingObjectError, StoreError
+from ._base import Blob, Lock, Storage, VersionConflict, check_key
 
 _REGISTRY: dict[str, "MemoryStorage"] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -64,6 +64,7 @@ class MemoryStorage(Storage):
     supports_lock = True
     atomic_rename = False
     conditional_put = True
+    versioned_put = True
     max_gap_bytes = 0
     max_get_bytes = 0
 
@@ -71,6 +72,8 @@ class MemoryStorage(Storage):
         self.name = name or uuid.uuid4().hex
         self.url = f"memory://{self.name}"
         self._objects: dict[str, bytes] = {}
+        self._versions: dict[str, str] = {}  # key -> version of its current bytes (a counter)
+        self._counter = 0
         self._held: set[str] = set()
         self._mutex = threading.Lock()
 
@@ -80,7 +83,7 @@ class MemoryStorage(Storage):
         return b"".join(bytes(p) for p in parts)
 
     def _missing(self, key: str) -> StoreError:
-        return StoreError(f"missing object {key!r} in store {self.url}")
+        return MissingObjectError(f"missing object {key!r} in store {self.url}")
 
     def read(self, key: str) -> bytes:
         try:
@@ -88,18 +91,36 @@ class MemoryStorage(Storage):
         except KeyError:
             raise self._missing(key) from None
 
+    def _set(self, key: str, value: bytes) -> str:  # under self._mutex
+        self._counter += 1
+        self._objects[key] = value
+        self._versions[key] = f"m{self._counter}"
+        return self._versions[key]
+
     def write_atomic(self, key: str, data) -> None:
         value = self._bytes(data)  # joined before the lock: readers never see a partial object
         with self._mutex:
-            self._objects[check_key(key)] = value
+            self._set(check_key(key), value)
 
     def write_exclusive(self, key: str, data) -> bool:
         value = self._bytes(data)
         with self._mutex:
             if check_key(key) in self._objects:
                 return False
-            self._objects[key] = value
+            self._set(key, value)
             return True
+
+    def write_if(self, key: str, data, expect: str | None) -> str:
+        value = self._bytes(data)
+        with self._mutex:
+            current = self._versions.get(check_key(key))
+            if current != expect:
+                what = "exists" if expect is None else f"is version {current}, not {expect}"
+                raise VersionConflict(f"object {key!r} in store {self.url} {what}", current)
+            return self._set(key, value)
+
+    def version(self, key: str) -> str | None:
+        return self._versions.get(check_key(key))
 
     def exists(self, key: str) -> bool:
         return check_key(key) in self._objects
@@ -119,12 +140,14 @@ class MemoryStorage(Storage):
     def delete(self, key: str) -> None:
         with self._mutex:
             self._objects.pop(check_key(key), None)
+            self._versions.pop(key, None)
 
     def delete_prefix(self, prefix: str) -> None:
         keys = self._under(prefix)
         with self._mutex:
             for k in keys:
                 self._objects.pop(k, None)
+                self._versions.pop(k, None)
 
     def total_bytes(self, prefix: str = "") -> int:
         return sum(len(self._objects.get(k, b"")) for k in self._under(prefix))
@@ -140,5 +163,5 @@ class MemoryStorage(Storage):
             self._held.add(prefix)
         return _MemoryLock(self, prefix)
 
-    def open_blob(self, key: str) -> Blob:
+    def open_blob(self, key: str, *, whole: bool = False) -> Blob:
         return _MemoryBlob(self.read(key))

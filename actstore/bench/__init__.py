@@ -1,0 +1,52 @@
+"""``actstore bench``: benchmark capture, the store, the loader and the SAE kernels on this machine.
+
+Each suite (``capture``, ``store``, ``loader``, ``kernels``: one module each) builds its
+own inputs, checks that every variant computes the same result (:func:`harness.check_same`),
+then times the variants interleaved round-robin and reports medians with the spread, the
+rate in the suite's unit and the ratios against its baseline (:func:`harness.compare`).
+:func:`run` runs some of them after taking the metadata (machine, versions) first.
+The scripts in ``benchmarks/`` use the same harness.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._dist import local_device
+from . import capture, kernels, loader, store
+from .harness import BenchError, check_same, compare, metadata, table
+
+SUITES = {"capture": capture.run, "store": store.run, "loader": loader.run, "kernels": kernels.run}
+
+
+def device(name: str) -> torch.device:
+    """The device to benchmark on; one line when it is not there."""
+    dev = local_device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"device {name!r} is not there: torch sees no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BenchError(
+                f"device {name!r} is not there: torch sees {torch.cuda.device_count()} CUDA device(s); "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type != "cpu":
+        raise BenchError(f"device {name!r} is not supported by actstore bench: use cpu, cuda or cuda:N")
+    return dev
+
+
+def run(suites, device_name: str = "auto", progress=None, options: dict | None = None) -> dict:
+    """Run ``suites`` (names of :data:`SUITES`) with ``options`` (each suite takes the
+    keywords it knows) and return ``{"meta", "results": [compare() dicts]}``."""
+    dev = device(device_name)
+    meta = metadata(dev)  # before the first measurement
+    results = []
+    for name in suites:
+        if name not in SUITES:
+            raise BenchError(f"unknown bench suite {name!r}: use {', '.join(SUITES)} or all")
+        out = SUITES[name](device=dev, progress=progress, **(options or {}).get(name, {}))
+        results += out if isinstance(out, list) else [out]
+    return {"meta": meta, "results": results}
+
+
+__all__ = ["SUITES", "BenchError", "check_same", "compare", "device", "metadata", "run", "table"]

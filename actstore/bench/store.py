@@ -1,0 +1,96 @@
+"""``actstore bench store``: write and read GB/s of a store against its codec's own ceiling.
+
+Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decimal).
+Variants, interleaved: ``store_write`` (create + append + close, not durable: no fsync) and
+``codec_encode`` (the store's ChunkCodec on the same chunks, in memory, on the store's
+thread count: the ceiling of a write); ``store_read`` (``Store.read`` of every row) and
+``codec_decode`` (the same chunks decoded in memory: the ceiling of a read). Checked
+first: the store reads back the input bit for bit, and so does the codec.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._native import default_threads
+from ..api import create
+from ..api import open as open_store
+from ..store.codecs import codec_from_preset
+from .harness import compare
+
+HOOK = "h"
+
+
+def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5, progress=None, **_) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+    raw = x.view(torch.int16).numpy()
+    work = Path(tempfile.mkdtemp(prefix="actstore-bench-store-"))
+    path = work / "s"
+    threads = default_threads()
+
+    def write():
+        shutil.rmtree(path, ignore_errors=True)
+        with create(path, {HOOK: d}, segment="s", dtype="bf16", codec=codec, durable=False) as w:
+            w.append({HOOK: x})
+
+    write()
+    with open_store(path) as st:
+        chunk_rows = st._hook(HOOK).chunk_rows
+    chunks = [np.ascontiguousarray(raw[i : i + chunk_rows]) for i in range(0, rows, chunk_rows)]
+    cc = codec_from_preset(codec).with_typesize(2)
+    pool = ThreadPoolExecutor(threads)
+    encoded = list(pool.map(cc.encode, chunks))
+
+    def encode():
+        return list(pool.map(cc.encode, chunks))
+
+    def decode():
+        out = np.empty_like(raw)
+
+        def one(i):
+            cc.decode_into(encoded[i], out[i * chunk_rows : (i + 1) * chunk_rows])
+
+        list(pool.map(one, range(len(chunks))))
+        return out
+
+    def read():
+        with open_store(path) as st:
+            return st.read(HOOK, dtype=torch.bfloat16)
+
+    try:
+        res = compare(
+            "store",
+            {"store_write": write, "codec_encode": encode, "store_read": read, "codec_decode": decode},
+            work=rows * d * 2 / 1e9,
+            unit="GB/s",
+            ratios={
+                "write / codec ceiling": ("store_write", "codec_encode"),
+                "read / codec ceiling": ("store_read", "codec_decode"),
+            },
+            outputs={
+                "input": lambda: raw,
+                "store (write, read back)": lambda: (write(), read().view(torch.int16))[1],
+                "codec (encode, decode)": lambda: decode(),
+            },
+            repeats=repeats,
+            params={
+                "rows": rows,
+                "d": d,
+                "dtype": "bf16",
+                "codec": codec,
+                "threads": threads,
+                "chunk_rows": chunk_rows,
+            },
+            progress=progress,
+        )
+    finally:
+        pool.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    return res

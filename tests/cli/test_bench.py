@@ -1,0 +1,53 @@
+"""``actstore bench``: each subcommand at a tiny size prints its table (or JSON with the
+metadata first), and a device that is not there is a one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from actstore.cli import main as cli
+
+TINY = {
+    "store": ["--rows", "2048", "--d", "32"],
+    "loader": ["--rows", "2048", "--d", "32", "--batch-size", "128"],
+    "kernels": ["--n", "64", "--d", "32", "--m", "256", "--k", "4"],
+    "capture": ["--layers", "2", "--d", "64", "--seqs", "4", "--context", "16", "--batch-size", "2"],
+}
+
+
+@pytest.mark.parametrize("suite", list(TINY))
+def test_each_subcommand_prints_a_table_with_machine_and_ratios(suite, capsys):
+    assert cli(["bench", suite, "--device", "cpu", "--repeats", "2", *TINY[suite]]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("machine: ") and "versions: actstore" in out and "x (per round" in out
+    assert f"bench {'kernels encode' if suite == 'kernels' else suite}: checking that" in err and "round 3/3" in err
+
+
+@pytest.mark.slow
+def test_all_as_json_takes_the_metadata_first(capsys):
+    args = ["bench", "all", "--device", "cpu", "--repeats", "1", "--quiet"]
+    args += ["--rows", "2048", "--d", "32", "--batch-size", "2", "--n", "64", "--m", "256", "--k", "4"]
+    args += ["--layers", "2", "--seqs", "4", "--context", "16"]
+    assert cli([*args, "--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert list(doc) == ["meta", "results"] and err == ""
+    assert [r["suite"] for r in doc["results"]] == [
+        "capture",
+        "store",
+        "loader",
+        "kernels encode",
+        "kernels decode",
+        "kernels step",
+    ]
+
+
+def test_a_device_that_is_not_there_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    assert cli(["bench", "store", "--device", "cuda", *TINY["store"]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("actstore: device 'cuda' is not there") and err.count("\n") == 1
