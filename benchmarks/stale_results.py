@@ -73,6 +73,8 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "gpu_model.py": (r"gpu_model", ["kernels", "benchmarks/gpu_compile.py", "actstore/store/format.py"]),
     "sweep_train_defaults.py": (r"train_defaults_sweep", ["actstore/capture", "actstore/demo.py", *SAE]),
     "bench_demo_smollm2.py": (r"demo_smollm2", ["actstore/demo.py", "actstore/analysis", *CAPTURE, *SAE]),
+    "bench_steering_smollm2.py": (r"steering_smollm2", ["actstore/analysis", *CAPTURE]),
+    "bench_representations.py": (r"representations_cpu", ["actstore/analysis", *STORE]),
 }
 
 

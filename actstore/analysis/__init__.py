@@ -9,16 +9,40 @@
 - :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
+
+Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
+
+- :func:`row_groups` (``groups.resolve``): which rows, in which named groups (capture
+  sources, a label table, document lists) and at which positions (all, last, after_prompt);
+- :func:`steering_vectors` -> :class:`SteeringVectors` (steering.py): mean(pos) - mean(neg)
+  per hook, paired PCA, AUROC, cosine across layers, logit lens, top rows with contexts;
+  exports to the steering-vectors and repeng formats;
+- :func:`steer` (steer.py): add them to a model after the prompt, during generate or a forward;
+- :func:`pca` -> :class:`PCA` (pca.py), :func:`principal_angles`; :func:`layer_diff` ->
+  :class:`LayerDiff` (layer_diff.py); :func:`probes` -> :class:`Probes` (probes.py);
+  :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store); :func:`scan` ->
+  :class:`Scan` (scan.py): projections of the rows on any vectors; :func:`steering_between`
+  (two_stores.py): mean(store B) - mean(store A).
 """
 
 from ._pass import AnalysisError, Batch, Reducer
 from ._run import JOBS, run
 from .bins import Bins, EqualWidthBins
 from .config import AnalyzeConfig
+from .dictionary import MCS, mcs, neighbours
 from .feature_stats import FeatureStats
+from .groups import RowGroups
+from .groups import resolve as row_groups
+from .layer_diff import LayerDiff, layer_diff
 from .output import Analysis, LatentView
+from .pca import PCA, pca, principal_angles
+from .probes import Probes, probes
+from .scan import Scan, scan
+from .steer import steer
+from .steering import SteeringVectors, steering_vectors
 from .top import Top
 from .top_tokens import TopTokens
+from .two_stores import steering_between
 
 
 def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
@@ -41,4 +65,22 @@ __all__ = [
     "Bins",
     "EqualWidthBins",
     "TopTokens",
+    "RowGroups",
+    "row_groups",
+    "SteeringVectors",
+    "steering_vectors",
+    "steer",
+    "PCA",
+    "pca",
+    "principal_angles",
+    "LayerDiff",
+    "layer_diff",
+    "Probes",
+    "probes",
+    "MCS",
+    "mcs",
+    "neighbours",
+    "Scan",
+    "scan",
+    "steering_between",
 ]

@@ -156,6 +156,11 @@ class Analysis:
         self.attrs = read_attrs(self.path)
         if self.attrs is None:
             raise AnalysisError(f"no finished analysis at {self.path}: run actstore.analysis.run(...) to make one")
+        if "kind" in self.attrs:  # a representation analysis (steering, pca, ...): no latents
+            raise AnalysisError(
+                f"{self.path} holds a {self.attrs['kind']} result, not an SAE analysis: read it with plain zarr "
+                "or its class's load (e.g. SteeringVectors.load)"
+            )
         self.group = zarr.open_group(str(self.path), mode="r")
         self.m = int(self.attrs["sae"]["m"])
         self._cache: dict[str, np.ndarray] = {}

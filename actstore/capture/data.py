@@ -8,7 +8,11 @@ Accepted ``data``:
 - a directory written by ``datasets``' ``save_to_disk`` (``load_from_disk``);
 - pre-tokenized arrays: ``.npy`` files, NumPy arrays or torch tensors, 2-D (one row per
   document) or 1-D (one document);
-- in Python, also a list of strings, a list of token-id lists, or a ``datasets.Dataset``.
+- in Python, also a list of strings, a list of token-id lists, or a ``datasets.Dataset``;
+- **named sources**: a mapping ``{name: data}`` (``--data pos=pos.jsonl --data neg=neg.jsonl``
+  on the command line), read one after another in the order given. Documents are numbered
+  across all of them, and :func:`source_table` gives the document range of each name
+  (recorded in the store's provenance as ``sources``; see docs/FORMAT.md).
 
 The order is the order given (files sorted by name within a directory or glob), so the
 same command always sees the same token stream: that is what makes resume exact.
@@ -31,6 +35,8 @@ _TOKENIZE_BATCH = 64  # documents per tokenizer call (fast tokenizers batch in R
 
 def describe(data) -> object:
     """A JSON-able description of ``data`` for provenance and resume checks."""
+    if isinstance(data, dict):
+        return {str(k): describe(v) for k, v in data.items()}
     if isinstance(data, (str, os.PathLike)):
         return os.path.abspath(os.fspath(data))
     if (
@@ -139,7 +145,10 @@ def _from_file(path: str, text_column: str, tokenizer) -> Iterator[list[int]]:
 
 def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:
     """Yield each document of ``data`` as a list of token ids (no special tokens added)."""
-    if isinstance(data, (str, os.PathLike)):
+    if isinstance(data, dict):
+        for v in data.values():
+            yield from iter_documents(v, tokenizer, text_column)
+    elif isinstance(data, (str, os.PathLike)):
         for path in _files(os.fspath(data)) or _raise_empty(data):
             yield from _from_file(path, text_column, tokenizer)
     elif isinstance(data, (np.ndarray, torch.Tensor)):
@@ -160,6 +169,60 @@ def iter_documents(data, tokenizer=None, text_column: str = "text") -> Iterator[
                 yield from _from_array(np.asarray(d))
     else:
         raise CaptureError(f"unsupported data of type {type(data).__name__}; see actstore.capture.data")
+
+
+class _CountingTokenizer:
+    """Stands in for a tokenizer when only the number of documents matters (no tokenizing)."""
+
+    def __call__(self, batch, **_):
+        return {"input_ids": [[] for _ in batch]}
+
+
+def count_documents(data, text_column: str = "text") -> int:
+    """How many documents ``data`` holds, in the numbering :func:`iter_documents` gives
+    (empty documents count: they take a number); reads the data without tokenizing it."""
+    return sum(1 for _ in iter_documents(data, _CountingTokenizer(), text_column))
+
+
+def source_table(data, text_column: str = "text") -> list[dict] | None:
+    """For named sources ``{name: data}``: ``[{"name", "data", "docs": [first, stop)}]`` in
+    document order; None for unnamed data."""
+    if not isinstance(data, dict):
+        return None
+    out, start = [], 0
+    for name, v in data.items():
+        if not isinstance(name, str) or not name:
+            raise CaptureError(f"source name {name!r}: name each source with a non-empty string")
+        n = count_documents(v, text_column)
+        out.append({"name": name, "data": describe(v), "docs": [start, start + n]})
+        start += n
+    return out
+
+
+def parse_sources(items) -> object:
+    """``--data`` values: one plain spec is returned as it is; ``NAME=SPEC`` items become
+    ``{NAME: SPEC}`` (named sources, in order); several plain specs become a list."""
+    items = [items] if isinstance(items, str) else list(items)
+    if not items:
+        raise CaptureError("no --data given: pass a file, a folder, a glob, or NAME=PATH sources")
+
+    def named(it: str) -> bool:
+        name, eq, spec = it.partition("=")
+        return bool(eq and name and spec) and not os.path.exists(it) and all(c.isalnum() or c in "_.-" for c in name)
+
+    kinds = [named(it) for it in items]
+    if not any(kinds):
+        return items[0] if len(items) == 1 else items
+    if not all(kinds):
+        bad = items[kinds.index(False)]
+        raise CaptureError(f"--data {bad!r} has no name: when one source is named (NAME=PATH), name them all")
+    out = {}
+    for it in items:
+        name, _, spec = it.partition("=")
+        if name in out:
+            raise CaptureError(f"--data names source {name!r} twice: give each source its own name")
+        out[name] = spec
+    return out
 
 
 def _raise_empty(spec):

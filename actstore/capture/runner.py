@@ -27,7 +27,7 @@ from ..models import HookRecorder, LoadedModel, prepare_model, resolve_hooks
 from ..store.errors import CaptureError
 from ..store.format import DTYPES, FLAG_PAD, parse_flags
 from .config import CaptureConfig
-from .data import describe, iter_documents
+from .data import describe, iter_documents, source_table
 from .pipeline import Sink
 from .plan import Policy, default_policy, iter_batches, iter_windows
 
@@ -58,8 +58,9 @@ def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tok
     model: a local HF model directory, ``python:module:function``, or an nn.Module (HF,
         TransformerLens HookedTransformer, or any module called as ``model(ids)``).
     hooks: module paths (``*`` wildcards, ``:input`` suffix) or TransformerLens hook names.
-    data: see :mod:`actstore.capture.data`. tokenizer: for text data (a path or factory
-        model brings its own).
+    data: see :mod:`actstore.capture.data`; ``{name: data}`` names each source, and the
+        store's provenance then holds the document range of each (``Store.sources``).
+        tokenizer: for text data (a path or factory model brings its own).
     config: a :class:`CaptureConfig`; ``overrides`` are its fields as keywords, applied on
         top (``tokens=10**6, context=128, dtype="bf16"``...). The main ones: tokens (stop
         after this many stored tokens, all ranks together; None takes all data), context
@@ -139,6 +140,9 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
             "context_size": cfg.context,
             "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points],
         }
+        sources = source_table(data, cfg.text_column)
+        if sources is not None:
+            prov["sources"] = sources
         docs = iter_documents(data, cm.tokenizer, cfg.text_column)
         batches = iter_batches(
             iter_windows(docs, policy),

@@ -1,9 +1,12 @@
-"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze``, ``report`` and ``bench``.
+"""The ``actstore`` command line: ``capture``, ``info``, ``demo``, ``train``, ``analyze``, ``report``,
+``bench``, and the representation analyses ``steering``, ``steer``, ``pca``, ``diff``, ``probe``,
+``mcs``, ``scan``.
 
 One module per command (``capture.py``, ``info.py``, ``demo.py``, ``train.py``, ``analyze.py``,
-``report.py``, ``bench.py``), each with ``register(subparsers)`` and ``run(args) -> exit code``; a new
-command is a new module added to ``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the
-``actstore`` console script.
+``report.py``, ``bench.py``, ``steering.py``, ``steer.py``, ``pca.py``, ``diff.py``, ``probe.py``,
+``mcs.py``, ``scan.py``; ``_groups.py`` holds the row-group flags they share), each with
+``register(subparsers)`` and ``run(args) -> exit code``; a new command is a new module added to
+``COMMANDS``. ``python -m actstore.cli`` runs :func:`main`, as does the ``actstore`` console script.
 
 Exit codes: 0 on success; 1 on any failure, printed by the one handler here as a single
 line ``actstore: <message>`` on stderr (every ActstoreError, and the ValueError/OSError a
@@ -16,10 +19,10 @@ import argparse
 import sys
 
 from ..errors import ActstoreError
-from . import analyze, bench, capture, demo, info, report, train
+from . import analyze, bench, capture, demo, diff, info, mcs, pca, probe, report, scan, steer, steering, train
 from .info import format_info
 
-COMMANDS = (info, demo, capture, train, analyze, report, bench)
+COMMANDS = (info, demo, capture, train, analyze, report, bench, steering, steer, pca, diff, probe, mcs, scan)
 
 
 def build_parser() -> argparse.ArgumentParser:

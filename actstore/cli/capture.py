@@ -16,6 +16,7 @@ import torch.distributed as dist
 from .._dist import init_if_launched
 from ..capture import CaptureConfig, capture
 from ..capture.config import CLI_FIELDS
+from ..capture.data import parse_sources
 from ..errors import CaptureError, DependencyError
 from ._options import add_options, given
 
@@ -24,7 +25,9 @@ INPUTS = {
     "model": "local HF model folder, or python:module:function returning a model (or (model, tokenizer))",
     "hooks": "comma-separated module paths ('*' = one path component, ':input' for inputs) or TransformerLens "
     "hook names",
-    "data": "text/jsonl/json/parquet/npy file, a folder (or a save_to_disk dataset), or a glob",
+    "data": "text/jsonl/json/parquet/npy file, a folder (or a save_to_disk dataset), or a glob; repeat as "
+    "NAME=PATH (--data pos=pos.jsonl --data neg=neg.jsonl) to name each source: the store then records which "
+    "documents came from which",
     "out": "the store to write (created, or resumed if it exists)",
 }
 OPTIONS = (*INPUTS, *CLI_FIELDS)
@@ -34,7 +37,7 @@ def register(sub) -> None:
     p = sub.add_parser("capture", help="capture activations of a model at hooks over data into a store (resumable)")
     p.add_argument("--config", help="YAML or JSON file with any of the options below")
     for k, help_ in INPUTS.items():
-        p.add_argument("--" + k, default=None, help=help_)
+        p.add_argument("--" + k, default=None, help=help_, action="append" if k == "data" else "store")
     add_options(p, CaptureConfig, CLI_FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -90,6 +93,8 @@ def run(args) -> int:
     missing = [k for k in INPUTS if not opts.get(k)]
     if missing:
         raise CaptureError(f"missing {', '.join('--' + m for m in missing)} (on the command line or in --config)")
+    if not isinstance(opts["data"], dict):  # a --config file may give {name: path} itself
+        opts["data"] = parse_sources(opts["data"])
     inputs = [opts.pop(k) for k in INPUTS]
     config = CaptureConfig(progress=not args.no_progress, **opts)
     joined = init_if_launched()

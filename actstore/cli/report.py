@@ -1,4 +1,5 @@
-"""``actstore report ANALYSIS``: (re)write the HTML report of a finished analysis.
+"""``actstore report ANALYSIS``: (re)write the HTML report of a finished analysis (or the page of
+a representation-analysis output: steering, pca, diff, probe, scan, mcs; ``report/represent.py``).
 
 Writes ``ANALYSIS/report/index.html`` (or ``--out DIR``) with
 :func:`actstore.analysis.report.render` and prints its path; ``--tokenizer`` decodes the
@@ -7,7 +8,11 @@ tokens (default: the analysed model folder's tokenizer, else token ids are shown
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..analysis.output import read_attrs
 from ..analysis.report import render
+from ..analysis.report.represent import render_repr
 
 
 def register(sub) -> None:
@@ -23,5 +28,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    attrs = read_attrs(Path(args.analysis))
+    if attrs is not None and "kind" in attrs:  # steering, pca, diff, probe, scan, mcs outputs
+        print(render_repr(args.analysis, args.out, tokenizer=args.tokenizer))
+        return 0
     print(render(args.analysis, args.out, tokenizer=args.tokenizer, pages=args.pages))
     return 0

@@ -141,6 +141,13 @@ class Store:
         out = {a.path.split("/", 1)[1]: torch.from_numpy(got[a.path]) for a in cols}
         return {k: v[0] for k, v in out.items()} if scalar else out
 
+    @property
+    def sources(self) -> list[dict]:
+        """The named sources of a capture (``--data pos=a.jsonl --data neg=b.jsonl``):
+        ``[{"name", "data", "docs": [first, stop)}]``, document ranges in order; ``[]`` for a
+        store captured from unnamed data or written without capture."""
+        return [dict(s) for s in ((self.schema.provenance or {}).get("sources") or [])]
+
     def stats(self, hook: str) -> dict:
         """Statistics of ``hook`` over every committed row, merged across segments:
         count, mean/var/std/m2 (float64 ``[d]``), mean_norm, nonfinite_rows."""

@@ -1,0 +1,179 @@
+"""The HTML page of a representation-analysis output (steering vectors, PCA, layer diff,
+probes, vector scan, dictionary comparison): ``render_repr(out)`` writes one self-contained
+``out/report/index.html`` (inline CSS and SVG, jinja2 template ``represent.html.j2``, the
+SAE report's base and macros): the per-hook tables, the saved SVG plots, histograms, logit
+lens tokens and the top rows' token windows coloured by their value. Tokens are decoded
+with ``tokenizer`` (an object with ``decode`` or a tokenizer folder), else shown as ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .._pass import AnalysisError
+from ..output import read_attrs
+from .render import _bars, _env, _exact, _num, _ticks, _Tokens, load_tokenizer
+
+
+def _contexts(tok, rows, values, tokens, wrows, wvals, label_fmt="{:.3g}") -> list[dict]:
+    lines = []
+    for r, v, t, wr, wv in zip(rows, values, tokens, wrows, wvals):
+        if r < 0:
+            continue
+        peak = float(np.abs(wv[wr >= 0]).max()) if (wr >= 0).any() else 1.0
+        cells = [
+            {
+                "text": tok(int(ti)),
+                "ex": int(rr) == int(r),
+                "alpha": round(min(1.0, abs(float(x)) / max(peak, 1e-12)) * 0.85, 3),
+                "title": f"row {int(rr)}: {label_fmt.format(float(x))}",
+            }  # fmt: skip
+            for ti, rr, x in zip(t, wr, wv)
+            if rr >= 0
+        ]
+        lines.append({"row": int(r), "value": float(v), "cells": cells})
+    return lines
+
+
+def _hist_chart(counts, edges, label) -> dict:
+    lo, hi = float(edges[0]), float(edges[-1])
+    c = _bars(counts, [f"[{_num(a)}, {_num(b)})" for a, b in zip(edges[:-1], edges[1:])])
+    c["ticks"] = _ticks(lo, hi if hi > lo else lo + 1, [(lo, _num(lo)), (hi, _num(hi))], c["width"])
+    c["xlabel"], c["label"] = label, label
+    return c
+
+
+def _lens_tokens(tok, g, p, label) -> list[dict]:
+    out = []
+    for side in ("top", "bottom"):
+        if f"{p}/{side}_ids" in g:
+            ids = g[f"{p}/{side}_ids"][...]
+            out.append({"label": f"{label} {side}", "items": [tok(i) for i in ids.reshape(-1)[:10] if i >= 0]})
+    return out
+
+
+def _steering(g, a, tok):
+    hooks = a["hooks"]
+    rows = [[h, _num(n), _num(au)] for h, n, au in zip(hooks, g["steering/norms"][...], g["steering/auroc"][...])]
+    secs = [{"title": "vectors", "table": {"cols": ["hook", "norm", "AUROC"], "rows": rows}}]
+    for j, h in enumerate(hooks):
+        p = f"steering/{j}"
+        sec = {"title": h, "tokens": _lens_tokens(tok, g, f"{p}/lens", "logit lens")}
+        if f"{p}/top/rows" in g:
+            t = {k: g[f"{p}/top/{k}"][...] for k in ("rows", "values", "tokens", "window_rows", "proj")}
+            lines = _contexts(tok, t["rows"], t["values"], t["tokens"], t["window_rows"], t["proj"])
+            sec["contexts"] = [{"label": "rows with the highest projection", "lines": lines}]
+        secs.append(sec)
+    return secs
+
+
+def _pca(g, a, tok, path):
+    secs = []
+    for j, h in enumerate(a["hooks"]):
+        r = g[f"pca/{j}/explained_ratio"][...]
+        table = {"cols": ["component", "explained"], "rows": [[str(i + 1), f"{100 * x:.2f}%"] for i, x in enumerate(r)]}
+        svg = path / f"pca_{j}.svg"
+        secs.append({"title": h, "table": table, "svgs": [svg.read_text()] if svg.exists() else []})
+    if a.get("principal_angles"):
+        rows = [[k, ", ".join(f"{np.degrees(x):.1f}°" for x in v[:6])] for k, v in a["principal_angles"].items()]
+        secs.append({"title": "principal angles", "table": {"cols": ["subspaces", "angles"], "rows": rows}})
+    return secs
+
+
+def _diff(g, a, tok):
+    nm = a["norm"]
+    rows = [
+        ["‖Δ‖ mean, std", f"{_num(nm['mean'])}, {_num(nm['std'])}"],
+        ["‖Δ‖ min, max", f"{_num(nm['min'])}, {_num(nm['max'])}"],
+        ["row norm A → B", f"{_num(a['mean_norm_a'])} → {_num(a['mean_norm_b'])}"],
+    ]
+    sec = {"title": f"{a['hook_b']} − {a['hook_a']}", "table": {"cols": ["", "value"], "rows": rows}}
+    sec["charts"] = [_hist_chart(g["diff/hist"][...], g["diff/hist_edges"][...], "‖Δ‖")]
+    sec["tokens"] = _lens_tokens(tok, g, "diff/lens/mean", "logit lens of the mean Δ")
+    t = {k: g[f"diff/top/{k}"][...] for k in ("rows", "norms", "tokens", "window_rows", "window_norms")}
+    lines = _contexts(tok, t["rows"], t["norms"], t["tokens"], t["window_rows"], t["window_norms"])
+    sec["contexts"] = [{"label": "rows with the largest ‖Δ‖", "lines": lines}]
+    return [sec]
+
+
+def _probes(g, a, tok, path):
+    rows = []
+    for j, h in enumerate(a["hooks"]):
+        rows.append(
+            [h] + [_num(g[f"probes/{k}/{m}"][j]) for k in ("mass_mean", "logistic") for m in ("accuracy", "auroc")]
+        )
+    cols = ["hook", "mass-mean acc", "mass-mean AUROC", "logistic acc", "logistic AUROC"]
+    svg = path / "probes.svg"
+    return [
+        {
+            "title": "test documents",
+            "table": {"cols": cols, "rows": rows},
+            "svgs": [svg.read_text()] if svg.exists() else [],
+        }
+    ]
+
+
+def _scan(g, a, tok):
+    secs = []
+    hist, edges = g["scan/hist"][...], g["scan/edges"][...]
+    for i in range(hist.shape[0]):
+        sec = {"title": f"vector {i}", "charts": [_hist_chart(hist[i], edges[i], "x · v")], "contexts": []}
+        for side in ("top", "bottom"):
+            t = {k: g[f"scan/{side}_{k}"][...][i] for k in ("rows", "values", "tokens", "window_rows", "window_proj")}
+            lines = _contexts(tok, t["rows"], t["values"], t["tokens"], t["window_rows"], t["window_proj"])
+            sec["contexts"].append({"label": f"{side} rows", "lines": lines})
+        secs.append(sec)
+    return secs
+
+
+def _dictionary(g, a, tok):
+    secs = []
+    for name, label in (("ab", "MCS of A's directions in B"), ("ba", "MCS of B's directions in A")):
+        v = g[f"dictionary/{name}"][...]
+        counts, edges = np.histogram(v, bins=20, range=(min(0.0, float(v.min())), 1.0))
+        rows = [["mean", _num(v.mean())], ["> 0.9", f"{100 * (v > 0.9).mean():.1f}%"]]
+        chart = _hist_chart(counts, edges, "max cosine")
+        secs.append({"title": label, "charts": [chart], "table": {"cols": ["", "value"], "rows": rows}})
+    return secs
+
+
+def render_repr(path, out_dir=None, *, tokenizer=None) -> Path:
+    """Write ``out_dir/index.html`` (default ``path/report``) for the result at ``path``; returns its path."""
+    path = Path(path)
+    a = read_attrs(path)
+    if a is None or "kind" not in a:
+        raise AnalysisError(f"no representation-analysis result at {path}: write one with actstore steering, pca, ...")
+    g = zarr.open_group(str(path), mode="r")
+    tok = _Tokens(load_tokenizer(tokenizer) if tokenizer is not None else None)
+    kind = a["kind"]
+    build = {
+        "steering": lambda: _steering(g, a, tok),
+        "pca": lambda: _pca(g, a, tok, path),
+        "layer_diff": lambda: _diff(g, a, tok),
+        "probes": lambda: _probes(g, a, tok, path),
+        "scan": lambda: _scan(g, a, tok),
+        "dictionary": lambda: _dictionary(g, a, tok),
+    }
+    if kind not in build:
+        raise AnalysisError(f"{path} holds a {kind!r} result, which has no report page")
+    secs = build[kind]()
+    for s in secs:
+        for k in ("table", "svgs", "charts", "tokens", "contexts"):
+            s.setdefault(k, [] if k != "table" else None)
+    head = [
+        (k, v) for k, v in (("store", (a.get("store") or {}).get("path")), ("rows", a.get("count"))) if v is not None
+    ]
+    if "positive" in a:
+        head.append(("groups", f"{a['positive']} vs {a['negative']}"))
+    out = Path(out_dir) if out_dir is not None else path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    html = (
+        _env()
+        .get_template("represent.html.j2")
+        .render(kind=kind, title=path.name, head=head, sections=secs, exact=_exact)
+    )
+    (out / "index.html").write_text(html, encoding="utf-8")
+    return out / "index.html"

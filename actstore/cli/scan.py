@@ -1,0 +1,77 @@
+"""``actstore scan``: project a store's rows at one hook on some vectors
+(``actstore.analysis.scan``): a histogram per vector and the top and bottom rows with contexts.
+
+``--vectors`` is a ``.npy`` file ``[V, d]``; a folder written by ``actstore steering`` (the
+hook's unit steering vector) or ``actstore probe`` (the hook's unit logistic and mass-mean
+directions); or an SAE folder (its decoder rows, ``--latents 3,17`` to pick some).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis import AnalysisError
+from ..analysis.output import read_attrs
+from ..analysis.scan import scan
+from ..api import open as open_store
+from ._groups import add_group_options, groups_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("scan", help="project a store's rows on vectors: histograms, top and bottom rows with contexts")
+    p.add_argument("--store", required=True, help="the store to read")
+    p.add_argument("--hook", required=True, help="the hook whose rows are projected")
+    p.add_argument("--vectors", required=True, help=".npy [V, d], a steering or probe output folder, or an SAE folder")
+    p.add_argument("--latents", help="comma list of SAE latents (with an SAE folder; default: all)")
+    p.add_argument("--out", required=True, help="output folder (a Zarr v3 group)")
+    p.add_argument("--k", type=int, default=20, help="top and bottom rows per vector")
+    p.add_argument("--bins", type=int, default=50, help="histogram bins per vector")
+    p.add_argument("--window", type=int, default=8, help="context tokens either side")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_group_options(p, default_sources=False)
+    p.set_defaults(fn=run)
+
+
+def load_vectors(spec: str, hook: str, latents: str | None) -> np.ndarray:
+    p = Path(spec)
+    if p.suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    attrs = read_attrs(p) if (p / "zarr.json").exists() else None
+    if attrs is not None and attrs.get("kind") in ("steering", "probes"):
+        if hook not in attrs["hooks"]:
+            raise AnalysisError(f"{p} holds no vector for hook {hook!r}: it has {', '.join(attrs['hooks'])}")
+        import zarr
+
+        g, j = zarr.open_group(str(p), mode="r"), attrs["hooks"].index(hook)
+        names = ["vector"] if attrs["kind"] == "steering" else ["lr_weight", "mm_direction"]
+        rows = [g[f"{attrs['kind']}/{j}/{n}"][...].astype(np.float64) for n in names]
+        return np.stack([r / max(np.linalg.norm(r), 1e-30) for r in rows])
+    from ..sae import load as load_sae
+
+    sae = load_sae(p / "sae" if (p / "sae" / "config.json").exists() else p)
+    w = sae.W_dec.detach().float().numpy()
+    if latents:
+        w = w[[int(x) for x in latents.split(",")]]
+    return w
+
+
+def run(args) -> int:
+    store = open_store(args.store)
+    groups = groups_from_args(store, args)
+    vecs = load_vectors(args.vectors, args.hook, args.latents)
+    res = scan(store, args.hook, vecs, groups, k=args.k, bins=args.bins, window=args.window, block_rows=args.block_rows)
+    res.save(args.out)
+    summary = {
+        "out": str(args.out),
+        "rows": res.count,
+        "vectors": int(vecs.shape[0]),
+        "range": [[float(e[0]), float(e[-1])] for e in res.edges],
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"scanned {res.count:,} rows of {args.hook} on {vecs.shape[0]} vectors into {args.out}")
+    return 0
