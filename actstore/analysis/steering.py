@@ -185,8 +185,9 @@ class SteeringVectors:
 
     def export_steering_vectors(self, path, method: str = "mean_diff", layers: dict | None = None) -> Path:
         """``torch.save`` of ``{"layer_activations": {layer: tensor}, "layer_type": "decoder_block"}``:
-        the fields of ``steering_vectors.SteeringVector``; loads with ``weights_only=True``
-        and ``SteeringVector(**torch.load(path))``."""
+        the fields of ``steering_vectors.SteeringVector``, for its users' own loading (torch's
+        weights-only loader, then ``SteeringVector(**fields)``). actstore writes this file and
+        never reads one back."""
         torch.save({"layer_activations": self.layer_vectors(method, layers), "layer_type": "decoder_block"}, path)
         return Path(path)
 
