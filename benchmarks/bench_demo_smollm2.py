@@ -6,11 +6,12 @@ or tokens, FVU and bytes on disk, with the machine, versions and the git commit 
 the run. The model's one-time GGUF conversion is timed as the ``model`` stage when the cache
 is empty (``converted``); the README quotes these figures.
 
-    python benchmarks/bench_demo_smollm2.py
+    python benchmarks/bench_demo_smollm2.py [--keep DIR]   # --keep: run in DIR and leave its outputs
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 
@@ -20,8 +21,13 @@ from actstore.demo import run_smollm2_demo
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", help="run in this folder and keep demo_store, demo_sae, demo_analysis there")
+    args = ap.parse_args()
     meta = metadata()  # before the run: the commit whose code is measured
-    with tempfile.TemporaryDirectory(prefix="actstore-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="actstore-demo-") as scratch:
+        tmp = args.keep or scratch
+        os.makedirs(tmp, exist_ok=True)
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
