@@ -188,6 +188,13 @@ def read_block(store, hook: str, sel: Selection, block: int, block_rows: int, d:
     return rows, t, x
 
 
+def _feed(reducers: list[Reducer], batch: Batch, after_block) -> None:
+    for r in reducers:
+        r.update(batch)
+    if after_block is not None:
+        after_block(batch.block, batch.n)
+
+
 def stream(
     store,
     hook: str,
@@ -199,31 +206,41 @@ def stream(
     after_block: Callable[[int, int], None] | None = None,
 ) -> None:
     """Feed every reducer every block of ``blocks``: each block read once (the next one is
-    read by a helper thread while this one is encoded) and encoded once."""
+    read by a helper thread while this one is encoded) and encoded once. The reducers take a
+    block (then ``after_block``) on a second thread while the next block is encoded: the
+    encode's GEMM and top-k release the GIL, and so do most of the reducers' NumPy sorts, so
+    the two overlap; the blocks still reach the reducers one at a time, in order."""
     blocks, d = list(blocks), encoder.sae.cfg.d
     if not blocks:
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="actstore-analysis-read") as pool:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="actstore-analysis-read") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="actstore-analysis-reduce") as work,
+    ):
         nxt = pool.submit(read_block, store, hook, sel, blocks[0], block_rows, d)
-        for j, b in enumerate(blocks):
-            rows, t, x = nxt.result()
-            if j + 1 < len(blocks):
-                nxt = pool.submit(read_block, store, hook, sel, blocks[j + 1], block_rows, d)
-            row_ptr, ent_row, cols, vals = encoder(x)
-            batch = Batch(
-                b,
-                rows,
-                row_ptr,
-                ent_row,
-                cols,
-                vals,
-                t["token"],
-                t["doc"].astype(np.int64, copy=False),
-                t["pos"],
-                t["flags"],
-                encoder.sae.cfg.m,
-            )
-            for r in reducers:
-                r.update(batch)
-            if after_block is not None:
-                after_block(b, batch.n)
+        fed = None
+        try:
+            for j, b in enumerate(blocks):
+                rows, t, x = nxt.result()
+                if j + 1 < len(blocks):
+                    nxt = pool.submit(read_block, store, hook, sel, blocks[j + 1], block_rows, d)
+                row_ptr, ent_row, cols, vals = encoder(x)
+                batch = Batch(
+                    b,
+                    rows,
+                    row_ptr,
+                    ent_row,
+                    cols,
+                    vals,
+                    t["token"],
+                    t["doc"].astype(np.int64, copy=False),
+                    t["pos"],
+                    t["flags"],
+                    encoder.sae.cfg.m,
+                )
+                if fed is not None:
+                    fed.result()  # the previous block is in (and committed) before this one goes
+                fed = work.submit(_feed, reducers, batch, after_block)
+        finally:
+            if fed is not None:
+                fed.result()
