@@ -40,11 +40,12 @@ from .latents import Latents
 # The relu, gated and jumprelu SAEs decode with the sparse ops up to this density
 # (nnz / (n*m)) and with one dense GEMM above it (``decode_by_density``, and
 # ``_decode_dense_or_sparse`` for relu's dense code). Measured on this 2-core CPU
-# (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward):
-# sparse 1.03-1.11x the dense GEMM up to 5% density, even at 10%, 0.86x at 20%. The CPU
-# backward runs dense-scatter GEMMs, so the GPU crossover (Triton kernels) is still to be
-# measured.
-DENSE_DECODE_ABOVE = 0.1
+# (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward,
+# interleaved with the order rotating each round, on an idle machine): sparse 1.01-1.13x the
+# dense GEMM up to 2% density, 0.89x at 5%, 0.75x at 10%, 0.54x at 20%; so the cut sits
+# between 2% and 5%. (An earlier, noisier run had put it at 10%.) The GPU crossover (Triton
+# kernels) is still to be measured.
+DENSE_DECODE_ABOVE = 0.03
 
 
 def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
