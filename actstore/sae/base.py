@@ -41,10 +41,10 @@ from .latents import Latents
 # (nnz / (n*m)) and with one dense GEMM above it (``decode_by_density``, and
 # ``_decode_dense_or_sparse`` for relu's dense code). Measured on this 2-core CPU
 # (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward,
-# interleaved with the order rotating each round, on an idle machine): sparse 1.01-1.13x the
-# dense GEMM up to 2% density, 0.89x at 5%, 0.75x at 10%, 0.54x at 20%; so the cut sits
-# between 2% and 5%. (An earlier, noisier run had put it at 10%.) The GPU crossover (Triton
-# kernels) is still to be measured.
+# interleaved with the order rotating each round, two runs on an idle machine): sparse
+# 0.97-1.28x the dense GEMM up to 2% density (within the noise from 1%), 0.88-0.89x at 5%,
+# 0.75x at 10%, 0.50-0.54x at 20%; so the cut sits between 1% and 5%. (An earlier, noisier
+# run had put it at 10%.) The GPU crossover (Triton kernels) is still to be measured.
 DENSE_DECODE_ABOVE = 0.03
 
 
