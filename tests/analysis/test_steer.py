@@ -6,31 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import actstore
 from actstore.analysis._pass import AnalysisError
 from actstore.models import Intervention
+from helpers import steer_models
 
 HOOK = "model.layers.1"
 
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return steer_models.llama()  # vocabulary 64, d 32, 3 layers
 
 
 @pytest.fixture(scope="module")
