@@ -82,8 +82,14 @@ def _write(entry_key: str, entry: dict) -> None:
     os.replace(tmp, p)  # readers in other processes see the old file or the new one, whole
 
 
-def forced(op: str) -> str | None:
-    return os.environ.get(f"ACTSTORE_{op.upper()}", "").strip() or None
+def forced(op: str, names) -> str | None:
+    """The candidate ``ACTSTORE_<OP>`` forces (checked against ``names``), or None."""
+    f = os.environ.get(f"ACTSTORE_{op.upper()}", "").strip() or None
+    if f is not None and f not in names:
+        raise DispatchError(
+            f"ACTSTORE_{op.upper()}={f!r} is not a candidate here: use one of {', '.join(names)}, or unset it"
+        )
+    return f
 
 
 def choose(
@@ -97,12 +103,8 @@ def choose(
     sync: Callable[[], None] = lambda: None,
 ) -> str:
     """The name of the candidate to run (see the module docstring)."""
-    f = forced(op)
+    f = forced(op, candidates)
     if f is not None:
-        if f not in candidates:
-            raise DispatchError(
-                f"ACTSTORE_{op.upper()}={f!r} is not a candidate here: use one of {', '.join(candidates)}, or unset it"
-            )
         return f
     entry_key = f"{op}|{device}|{key}"
     if entry_key in _memo and _memo[entry_key] in candidates:

@@ -167,12 +167,8 @@ def topk_encode(
 
 def _pick(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux) -> str:
     """The candidate for ``backend=None`` (see the module docstring)."""
-    forced = _autotune.forced("topk_encode")
+    forced = _autotune.forced("topk_encode", CANDIDATES)
     if forced is not None:
-        if forced not in CANDIDATES:
-            raise _autotune.DispatchError(
-                f"ACTSTORE_TOPK_ENCODE={forced!r} is not a candidate: use {', '.join(CANDIDATES)}, or unset it"
-            )
         return forced
     default = resolve_backend(x, None)
     if default != "triton" or not x.is_cuda or torch.compiler.is_compiling():

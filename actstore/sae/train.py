@@ -546,7 +546,8 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         first = next(it)  # also the first step's batch: the init takes nothing from the stream
         _init_thresholds(cfg, run, first, dist)
     while run.step < total:
-        batch, first = (first, None) if first is not None else (next(it), None)
+        batch = first if first is not None else next(it)
+        first = None
         res = _step(cfg, run, batch, total, global_batch, dist)
         if run.step % cfg.log_every == 0 or run.step == total:
             metrics = _metrics(cfg, run, res, dist)
