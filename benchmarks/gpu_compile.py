@@ -62,13 +62,14 @@ from actstore.kernels import (
     dequant_normalize,
     radix_select,
     topk_encode,
+    topk_encode_split,
 )
 from actstore.store.format import DTYPES
 
 ARCHS = {"sm_80": 80, "sm_90a": 90}  # GPUTarget capability 90 emits sm_90a PTX
 LABEL = "compiled, not run"
-HOT = {"topk_encode", "csr_matmul", "csr_gather_dot", "csr_transpose_sorted", "csr_transpose_atomic",
-       "dequant_normalize", "capture_pack"}  # fmt: skip
+HOT = {"topk_encode", "topk_encode_split", "csr_matmul", "csr_gather_dot", "csr_transpose_sorted",
+       "csr_transpose_atomic", "dequant_normalize", "capture_pack"}  # fmt: skip
 PTXAS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "actstore" / "ptxas_v.json"
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The stored element as the kernels see it: capture writes ``DType.torch_dtype`` (fp8 as uint8
@@ -77,14 +78,16 @@ CAPTURED = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "u8", "int8":
 STORED = {"fp32": "fp32", "fp16": "fp16", "bf16": "i16", "fp8": "u8", "int8": "i8"}
 
 # Configurations that spill today, named so that nothing is hidden: (kernel, arch, predicate on
-# the constexprs/dtypes, reason). Issue 14 item 3 (a GPU-shaped encoder) is to empty this list.
+# the constexprs/dtypes, reason). The fused topk_encode kernel stays for the threshold ops'
+# candidates (relu=False) and the dispatch; topk_encode_split (issue 14 item 3) has no entry.
 KNOWN_SPILLS: list[tuple[str, str, object, str]] = [
     ("topk_encode", "sm_90a", lambda r: r["spill_store_bytes"] <= 72 and r["spill_load_bytes"] <= 68,
      "16x64 tiles, running top-k sets in registers: 8-16 B spilled at bf16/fp16 K=16 and K=128 (96-128 registers), "
-     "12-72 B at fp32 with AuxK 256 (168-255 registers); issue 14 item 3 replaces this kernel"),
+     "12-72 B at fp32 with AuxK 256 (168-255 registers); issue 14 item 3's topk_encode_split is the "
+     "spill-free alternative (the dispatch's `split` candidate)"),
     ("topk_encode", "sm_80", lambda r: r["spill_store_bytes"] <= 108 and r["spill_load_bytes"] <= 104,
      "16x64 tiles: 8-24 B spilled in fp32 (80-168 registers) and at K=256 with AuxK 256 (255 registers), "
-     "up to 108 B stores / 104 B loads at fp32 K=256 AuxK 256; issue 14 item 3 replaces this kernel"),
+     "up to 108 B stores / 104 B loads at fp32 K=256 AuxK 256; topk_encode_split is the spill-free alternative"),
     ("capture_pack", "sm_80", lambda r: r["constexprs"]["MODE"] == 0 and r["spill_store_bytes"] <= 4,
      "fp32 -> fp32 at [32, 64] tiles: 4 B spill stores / 4 B loads at 80 registers on sm_80 only (none at "
      "sm_90a); not register pressure, left for a follow-up of issue 14 item 6"),
@@ -119,10 +122,12 @@ class Launch:
     aligned: tuple  # integer arguments divisible by 16 at this shape
     constexprs: dict
     num_warps: int
+    num_stages: int | None = None  # None: Triton's default (3)
     shapes: list = field(default_factory=list)
 
     def key(self, arch: str) -> str:
-        return json.dumps([self.kernel, arch, self.num_warps, self.constexprs, self.ptrs, self.aligned], default=str)
+        fields = [self.kernel, arch, self.num_warps, self.num_stages, self.constexprs, self.ptrs, self.aligned]
+        return json.dumps(fields, default=str)
 
 
 def _cfg(cfg: dict) -> tuple[dict, int]:
@@ -140,6 +145,17 @@ def launches(s: Shape) -> list[Launch]:
                 dead_ptr="i8" if s.k_aux else "fp32", aval_ptr="fp32", aidx_ptr="i64")  # fmt: skip
     out.append(Launch("topk_encode", topk_encode._topk_encode_fwd_kernel, ptrs,
                       ["N", "D", "M", "stride_x", "stride_w"], al, cfg, w))  # fmt: skip
+    # The split encoder: every autotune configuration of the dtype, in each mode a launch
+    # makes (the dense sample / fallback, the threshold epilogue with and without AuxK).
+    split = topk_encode_split
+    ptrs = dict(x_ptr=dt, w_ptr=dt, b_ptr="fp32", thr_ptr="fp32", athr_ptr="fp32", dead_ptr="i8", cnt_ptr="i32",
+                cval_ptr="fp32", ccol_ptr="i32", acnt_ptr="i32", aval_ptr="fp32", acol_ptr="i32")  # fmt: skip
+    for dense, aux in ((True, False), (False, False)) + (((False, True),) if s.k_aux else ()):
+        for c in split._split_configs(s.dtype):
+            cfg = {**split.split_flags(s.dtype, dense, aux), **c}
+            w, st = cfg.pop("num_warps"), cfg.pop("num_stages")
+            ints = ["N", "D", "M0", "M", "CAP", "ACAP", "stride_x", "stride_w"]
+            out.append(Launch("topk_encode_split", split._topk_encode_split_kernel, ptrs, ints, al, cfg, w, st))
     spec = DTYPES[s.store]
     cfg, w = _cfg(capture_pack._capture_pack_config(s.d, spec))
     ptrs = dict(x_ptr=dt, keep_ptr="i8", dst_ptr="i64", shift_ptr="fp32", out_ptr=CAPTURED[s.store],
@@ -262,13 +278,13 @@ def compile_one(lc: Launch, arch: str) -> tuple[str, dict]:
     attrs = {(fn.arg_names.index(a),): div16 for a in lc.ptrs}
     attrs.update({(fn.arg_names.index(a),): div16 for a in lc.aligned if a in lc.ints})
     t = time.perf_counter()
-    ck = triton.compile(
-        ASTSource(fn, sig, lc.constexprs, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
-        options={"num_warps": lc.num_warps},
-    )  # fmt: skip
+    opts = {"num_warps": lc.num_warps, **({"num_stages": lc.num_stages} if lc.num_stages else {})}
+    ck = triton.compile(ASTSource(fn, sig, lc.constexprs, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
+                        options=opts)  # fmt: skip
     return ck.asm["ptx"], {
         "compile_s": round(time.perf_counter() - t, 3),
         "num_warps": ck.metadata.num_warps,
+        "num_stages": ck.metadata.num_stages,
         "triton_shared_bytes": ck.metadata.shared,  # Triton's allocation (dynamic smem at launch)
     }
 
@@ -289,6 +305,7 @@ def run(shapes: list[Shape], verbose: bool = True) -> dict:
     for arch in ARCHS:
         for lc in launches_.values():
             rec = {"kernel": lc.kernel, "function": lc.fn.__name__, "arch": arch, "num_warps": lc.num_warps,
+                   "num_stages": lc.num_stages,
                    "constexprs": lc.constexprs, "pointer_dtypes": lc.ptrs, "divisible_by_16": list(lc.aligned),
                    "shapes": lc.shapes, "hot": lc.kernel in HOT, "label": LABEL}  # fmt: skip
             try:

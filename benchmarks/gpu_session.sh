@@ -9,7 +9,7 @@
 # torch.compile, sparsify and the bf16 GEMM ceiling), the store -> loader -> step pipeline, the
 # loader feed, the trainer against SAELens where it is installed, and data-parallel training
 # under torchrun (NCCL, one rank per GPU; and two ranks per GPU over gloo); it calibrates the
-# measuring dispatch (topk_encode: fused kernel vs chunked GEMM vs eager, per shape class; the
+# measuring dispatch (topk_encode: fused kernel vs split kernel vs chunked GEMM vs eager, per shape class; the
 # choices land in $OUT/dispatch.json) and times capture and store I/O. Commit $OUT's JSON into
 # benchmarks/results/ (measured figures, beside the predicted ones of gpu_model.json).
 set -uo pipefail
@@ -27,8 +27,10 @@ run benchmarks/bench_sae_kernels.py --device cuda --shape small --shape big | te
 run benchmarks/bench_sae_pipeline.py --device cuda | tee "$OUT/sae_pipeline.txt"
 run benchmarks/bench_sae_decode_crossover.py --device cuda --n 8192 --d 4096 --m 32768 | tee "$OUT/crossover.txt"
 run benchmarks/bench_loader_feed.py --device cuda | tee "$OUT/loader_feed.txt"
-# The measuring dispatch at the shapes people train: its timings are the fused kernel's first
-# measured figures against the chunked cuBLAS path.
+# The measuring dispatch at the shapes people train: its timings are the fused and split
+# kernels' first measured figures against the chunked cuBLAS path (and eager up to m=32768);
+# bench_sae_kernels.py above times the same candidates alone (topk_encode_fused / _split /
+# _chunked / _eager beside the bf16 GEMM). The split kernel's autotuned tiles are printed.
 ACTSTORE_DISPATCH_CACHE="$OUT/dispatch.json" timeout 600 python3 - <<'PY' 2>&1 | tee "$OUT/dispatch.txt"
 import torch
 from actstore.ops import topk_encode, _autotune
@@ -38,6 +40,8 @@ for n, d, m, k in [(4096, 768, 24576, 32), (8192, 2304, 65536, 64), (8192, 4096,
     topk_encode(x, W, torch.zeros(m, device="cuda"), k)
 for row in _autotune.table():
     print(row)
+from actstore.kernels import topk_encode_split as S
+print("split autotune:", {str(k): str(v) for k, v in S._topk_encode_split_tuned.cache.items()})
 PY
 run benchmarks/bench_capture.py --device cuda | tee "$OUT/capture.txt"
 run benchmarks/bench_store_io.py | tee "$OUT/store_io.txt"

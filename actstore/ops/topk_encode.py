@@ -1,19 +1,23 @@
 """``topk_encode``: SAE encoder + top-k (+ AuxK), with a sparse backward.
 
-Forward, three candidates:
+Forward, four candidates:
 
 - ``triton``: the fused kernel ``actstore.kernels.topk_encode`` (the ``[n, m]``
   pre-activations never reach memory; the AuxK top-k over dead latents comes out of the
   same pass);
+- ``split``: ``actstore.kernels.topk_encode_split``, a tensor-core tiled GEMM whose
+  epilogue appends the entries above a per-row threshold (from a dense sample of the first
+  latents) to a candidate buffer, then an exact top-k of the candidates (memory
+  ``[n, ~2 sqrt(k m)]``; rows whose buffer overflows are redone densely);
 - ``chunked``: the GEMM on slices of m, then ``torch.topk`` per slice and a merge
   (``ops/topk_encode_chunked.py``; memory ``[n, 8192]``);
 - ``reference``: ``actstore.reference.topk_sae.topk_encode_reference`` (one ``[n, m]``).
 
 On CUDA tensors with ``backend=None`` the measuring dispatch (``ops/_autotune.py``) times
 the candidates on the first call per shape class (eager only up to m=32768) and caches the
-fastest; ``ACTSTORE_TOPK_ENCODE=triton|chunked|reference`` forces one on any device. On the
-CPU the default is the reference. ``backend`` given explicitly is used as is (``triton``
-also on CPU tensors under TRITON_INTERPRET=1).
+fastest; ``ACTSTORE_TOPK_ENCODE=triton|split|chunked|reference`` forces one on any device.
+On the CPU the default is the reference. ``backend`` given explicitly is used as is
+(``triton`` and ``split`` also on CPU tensors under TRITON_INTERPRET=1).
 
 Backward (``actstore.ops.encoder_grads``): through the k (+ k_aux) selected latents only,
 ``O(n (k + k_aux) d)``, with the gradient of a value masked where ReLU was inactive.
@@ -34,7 +38,7 @@ from ._dispatch import check_accumulate, resolve_backend
 from .encoder_grads import encoder_grads
 from .topk_encode_chunked import topk_encode_chunked
 
-CANDIDATES = ("triton", "chunked", "reference")
+CANDIDATES = ("triton", "split", "chunked", "reference")
 EAGER_MAX_M = 32768  # the eager candidate holds [n, m] float32: timed only up to here
 
 
@@ -54,6 +58,10 @@ def _topk_encode_op(
         from ..kernels.topk_encode import topk_encode_fwd
 
         return topk_encode_fwd(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
+    if backend == "split" and x.dtype != torch.float64:
+        from ..kernels.topk_encode_split import topk_encode_split_fwd
+
+        return topk_encode_split_fwd(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
     if backend == "chunked":
         return topk_encode_chunked(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
     out = topk_encode_reference(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)
@@ -80,7 +88,7 @@ def _setup_context(ctx, inputs, output):
     values, indices, aux_values, aux_indices = output
     ctx.save_for_backward(x, W_enc, pre_bias, values, indices, aux_values, aux_indices)
     # The backward's kernels: Triton where the forward ran on CUDA through either GEMM path.
-    ctx.backend = "triton" if backend == "triton" or (backend == "chunked" and x.is_cuda) else "reference"
+    ctx.backend = "triton" if backend in ("triton", "split") or (backend == "chunked" and x.is_cuda) else "reference"
     ctx.accumulate = accumulate
     ctx.mark_non_differentiable(indices, aux_indices)
 
@@ -174,7 +182,7 @@ def _pick(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux) -> str:
     if default != "triton" or not x.is_cuda or torch.compiler.is_compiling():
         return default  # the CPU, no Triton, ACTSTORE_BACKEND, or tracing: nothing to time
     m = W_enc.shape[0]
-    names = ["triton", "chunked"] + (["reference"] if m <= EAGER_MAX_M else [])
+    names = ["triton", "split", "chunked"] + (["reference"] if m <= EAGER_MAX_M else [])
 
     def run(name):
         return lambda: _topk_encode_op(x, W_enc, b_enc, pre_bias, dead_mask, k, k_aux, name, "sorted")

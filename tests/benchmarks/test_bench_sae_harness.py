@@ -22,6 +22,9 @@ import bench_sae_kernels  # noqa: E402
 VARIANTS = {"eager", "actstore", "actstore_atomic", "batchtopk_eager", "batchtopk_actstore"}
 KERNELS = {
     "topk_encode_fused",
+    "topk_encode_split",
+    "topk_encode_chunked",
+    "topk_encode_eager",
     "csr_matmul (decode)",
     "csr_gather_dot (grad values)",
     "csr_transpose_matmul sorted (grad W_dec)",

@@ -72,12 +72,15 @@ def test_ci_set_compiles_every_kernel_for_sm80_and_sm90a(tmp_path):
     _check(r, doc)
     shapes = {s for x in doc["records"] for s in x["shapes"]}
     assert "test" in shapes and "prod-d4096-k32-bf16" in shapes
-    # Deduplicated: one record per (kernel, constexprs, dtypes, integer alignment, warps, arch).
-    keys = [
-        json.dumps([x[f] for f in ("function", "arch", "constexprs", "pointer_dtypes", "divisible_by_16", "num_warps")])
-        for x in doc["records"]
-    ]
+    # Deduplicated: one record per (kernel, constexprs, dtypes, integer alignment, warps, stages, arch).
+    fields = ("function", "arch", "constexprs", "pointer_dtypes", "divisible_by_16", "num_warps", "num_stages")
+    keys = [json.dumps([x.get(f) for f in fields]) for x in doc["records"]]
     assert len(keys) == len(set(keys))
+    # The split encoder: every autotune configuration of each dtype, each mode, 0 spills.
+    split = [x for x in doc["records"] if x["kernel"] == "topk_encode_split" and x["arch"] == "sm_90a"]
+    prod = [x for x in split if "prod-d4096-k32-bf16" in x["shapes"]]
+    assert len(prod) == 2 * 4  # dense and threshold modes x the four 16-bit configurations
+    assert all(x["spill_store_bytes"] == 0 and x["spill_load_bytes"] == 0 for x in split)
 
 
 @pytest.mark.slow

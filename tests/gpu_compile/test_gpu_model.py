@@ -45,3 +45,30 @@ def test_occupancy_by_hand():
     # 100 KiB of shared memory: (228 KiB) // (101 KiB) = 2 blocks
     assert G.occupancy(32, 4, 100 * 1024, dev) == {**o, "blocks_per_sm": 2, "warps_per_sm": 8, "occupancy": 0.125,
                                                    "limited_by": "shared memory"}  # fmt: skip
+
+
+def test_split_encoder_at_the_target_shape_by_hand():
+    s = G.Shape(8192, 4096, 131072, 32, "bf16")
+    cfg = G.launch_config("topk_encode_split", s)
+    assert (cfg["BLOCK_N"], cfg["BLOCK_M"], cfg["GROUP_N"]) == (128, 128, 16)
+    w = G.kernel_work("topk_encode_split", s, cfg)
+    # sample 2 sqrt(32 * 131072) = 4096 latents; 32 * 31 = 992 survivors expected per row; cap 2 * 992 + 64
+    assert (w["sample_m"], w["expected_survivors_per_row"], w["cap"]) == (4096, 992, 2048)
+    tiles = 64 * (4096 // 128 + (131072 - 4096) // 128)  # 64 row blocks x 1024 column blocks
+    assert w["tile_l2_bytes"] == tiles * 256 * 4096 * 2 == 137_438_953_472
+    w_bytes = 131072 * 4096 * 2 + 131072 * 4
+    hbm = 4 * w_bytes + 8192 * 4096 * 2 + 8192 * 4096 * 24 + 8192 * 992 * 64 + 8192 * 32 * 12
+    assert w["hbm_bytes"] == hbm and w["l2_bytes"] == w["tile_l2_bytes"] + hbm
+    assert w["serial_hbm_bytes"] == 8192 * (2048 + 32) * 64
+    dev = G.DEVICES["H200-SXM"]
+    p = G.predict(w, dev)
+    assert p["bound_by"] == "l2"
+    assert p["predicted_s"] == pytest.approx(w["l2_bytes"] / 5.5e12 + 8192 * 2080 * 64 / 4.8e12)  # ~26 ms
+    assert p["predicted_tiled_gemm_s"] == pytest.approx(137_438_953_472 / 5.5e12)  # the tiles' L2 traffic: ~25 ms
+    row = next(r for r in G.model([]) if r["kernel"] == "topk_encode_split" and r["shape"] == s.label)
+    ratio = row["devices"]["H200-SXM"]["ratio_to_gemm"]
+    assert ratio == pytest.approx(p["predicted_s"] / (2 * 8192 * 131072 * 4096 / 989e12))
+    assert row["target_within_1_3x_of_gemm"]["H200-SXM"] == (ratio <= 1.3)
+    # the L2 bandwidth that would bring it within 1.3x: l2 bytes / (1.3 x GEMM - the select)
+    need = w["l2_bytes"] / (1.3 * 2 * 8192 * 131072 * 4096 / 989e12 - 8192 * 2080 * 64 / 4.8e12)
+    assert row["l2_Bps_needed_for_1_3x"]["H200-SXM"] == pytest.approx(need)

@@ -1,0 +1,165 @@
+"""The split TopK encoder (``kernels/topk_encode_split.py``: dense sample, threshold-append
+GEMM epilogue, exact select) against the reference, under TRITON_INTERPRET=1 without a GPU:
+k from 1 to 64, float32/float16/bfloat16, rows not a multiple of the tile, exact ties
+(duplicate W rows, on both sides of the sample, and ties at the threshold), AuxK with dead
+masks (fewer dead latents than k_aux, dead only outside or only inside the sample),
+overflowing candidate buffers redone densely (and counted), NaN rows, the int64 keys, and
+gradients through ``topk_encode(backend="split")``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actstore._numerics import pre_activations
+from actstore.kernels.topk_encode_split import from_keys, to_keys, topk_encode_split_fwd
+from actstore.ops import sparse_decode, topk_encode
+from actstore.reference.topk_sae import sparse_decode_reference, topk_encode_reference
+from helpers.sae_inputs import encoder_inputs
+from helpers.tolerances import assert_grads_close, assert_values_close
+
+pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
+
+
+def _tol_dtype(dtype):
+    # bfloat16 products are exact in float32 (and off CUDA the kernel widens them), so the
+    # float32 tolerance applies; float16 tiles go to tl.dot as float16.
+    return torch.float16 if dtype == torch.float16 else torch.float32
+
+
+def _check(got_v, got_i, x, W, b, pb, k, dtype, dead=None, k_aux=0):
+    """Values within tolerance of the reference's, the chosen latents' own pre-activations
+    equal to the values, distinct latents, and index sets equal but for near-ties."""
+    pre = pre_activations(x, W, b, pb)
+    ref = topk_encode_reference(x, W, b, k, pb)
+    rv, ri = ref
+    assert got_v.shape == rv.shape and got_i.dtype == torch.int64
+    assert_values_close(got_v, rv, _tol_dtype(dtype))
+    assert_values_close(torch.relu(pre.gather(1, got_i.cpu())), got_v.cpu(), _tol_dtype(dtype))
+    assert all(len(set(r.tolist())) == k for r in got_i.cpu())
+    same = sum(set(a.tolist()) == set(c.tolist()) for a, c in zip(got_i.cpu(), ri))
+    assert same >= got_i.shape[0] - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d,m,k", [(37, 48, 512, 1), (80, 64, 512, 64), (21, 40, 300, 8), (5, 16, 96, 8)])
+def test_split_matches_the_reference(dtype, n, d, m, k, device):
+    x, W, b, pb = encoder_inputs(n, d, m, seed=n + d + m + k, dtype=dtype)
+    stats = {}
+    args = (x.to(device), W.to(device), b.to(device), k, pb.to(device))
+    v, i, av, ai = topk_encode_split_fwd(*args, stats=stats)
+    _check(v, i, x, W, b, pb, k, dtype)
+    assert av.shape == (n, 0) and ai.shape == (n, 0)
+    assert stats["fallback_rows"] == 0  # random data: no row needs the dense fallback
+    assert (stats["cap"] > 0) == (stats["sample_m"] < m)
+
+
+def test_ties_prefer_the_lower_latent_across_the_sample_and_at_the_threshold(device):
+    """Four equal largest pre-activations (16) at latents 3, 70, 200 and 299, every other
+    one 0: the top 8 is those four, then the four lowest zeros, in that order; the
+    threshold (0) ties with ~290 latents outside the sample, so rows overflow to the dense
+    fallback with a small buffer and go through the candidates with a large one."""
+    x = torch.ones(3, 16)
+    W = torch.zeros(300, 16)
+    W[[3, 70, 200, 299], :] = 1.0
+    want_i = [[3, 70, 200, 299, 0, 1, 2, 4]] * 3
+    for cap, fallback in ((8, 3), (512, 0)):
+        stats = {}
+        v, i, _, _ = topk_encode_split_fwd(
+            x.to(device), W.to(device), torch.zeros(300, device=device), 8, sample=64, cap=cap, stats=stats
+        )
+        assert i.cpu().tolist() == want_i and stats["fallback_rows"] == fallback
+        assert v.cpu().tolist() == [[16.0] * 4 + [0.0] * 4] * 3
+    v, i = topk_encode(x.to(device), W.to(device), torch.zeros(300, device=device), 2, backend="split")
+    assert i.cpu().tolist() == [[3, 70]] * 3
+
+
+def test_overflowing_rows_are_redone_densely_and_counted(device):
+    x, W, b, pb = encoder_inputs(30, 32, 400, seed=11)
+    stats = {}
+    v, i, _, _ = topk_encode_split_fwd(
+        x.to(device), W.to(device), b.to(device), 8, pb.to(device), sample=16, cap=10, stats=stats
+    )
+    _check(v, i, x, W, b, pb, 8, torch.float32)
+    # With the 8th largest of 16 latents as threshold, ~24x8 of the other 384 survive: more than 10.
+    assert stats["sample_m"] == 16 and stats["cap"] == 10 and stats["fallback_rows"] == 30
+
+
+@pytest.mark.parametrize(
+    "dead_idx,k_aux,sample",
+    [
+        ("third", 6, None),  # dead latents everywhere
+        ("few", 6, None),  # three dead latents: fewer than k_aux
+        ("outside", 5, 128),  # dead latents only outside the sample
+        ("inside", 5, 128),  # dead latents only inside the sample
+        ("third", 64, 128),  # large k_aux: the aux threshold is -inf, the buffer holds every dead latent
+    ],
+)
+def test_auxk_matches_the_reference(dead_idx, k_aux, sample, device):
+    n, d, m, k = 23, 40, 512, 8
+    x, W, b, pb = encoder_inputs(n, d, m, seed=k_aux + len(dead_idx))
+    dead = torch.zeros(m, dtype=torch.bool)
+    sel = {"third": slice(None, None, 3), "few": [4, 200, 401], "outside": slice(300, 340), "inside": slice(10, 50)}
+    dead[sel[dead_idx]] = True
+    v, i, av, ai = topk_encode_split_fwd(
+        x.to(device), W.to(device), b.to(device), k, pb.to(device), dead.to(device), k_aux, sample=sample
+    )
+    rv, ri, rav, rai = topk_encode_reference(x, W, b, k, pb, dead_mask=dead, k_aux=k_aux)
+    _check(v, i, x, W, b, pb, k, torch.float32)
+    assert av.shape == (n, k_aux) and ai.dtype == torch.int64
+    assert_values_close(av, rav)
+    pos = av.cpu() > 0
+    assert dead[ai.cpu()[pos]].all() and (ai.cpu() < m).all()
+    pre = pre_activations(x, W, b, pb)
+    assert_values_close(torch.relu(pre.gather(1, ai.cpu())) * pos, av.cpu())
+    same = sum(set(a[p].tolist()) == set(c[q > 0].tolist()) for a, p, c, q in zip(ai.cpu(), pos, rai, rav))
+    assert same >= n - 1
+    if dead_idx == "few":
+        assert (av[:, 3:] == 0).all() and (ai[:, 3:] == 0).all()
+
+
+def test_nan_rows_come_out_nan_like_the_reference(device):
+    x, W, b, pb = encoder_inputs(4, 48, 300, seed=4)
+    x[1, 5] = float("nan")
+    stats = {}
+    v, i, _, _ = topk_encode_split_fwd(x.to(device), W.to(device), b.to(device), 8, pb.to(device), stats=stats)
+    rv, _ = topk_encode_reference(x, W, b, 8, pb)
+    assert torch.isnan(v[1].cpu()).all() and torch.isnan(rv[1]).all()
+    assert_values_close(v[[0, 2, 3]], rv[[0, 2, 3]])
+    assert stats["fallback_rows"] == 1  # the NaN threshold sends the row to the dense path
+
+
+def test_keys_order_values_then_lower_column_and_round_trip():
+    vals = torch.tensor([float("-inf"), -3.5, -0.0, 0.0, 1e-40, 2.0, 2.0, float("inf"), float("nan"), -float("nan")])
+    cols = torch.arange(vals.numel())
+    keys = to_keys(vals, cols)
+    order = keys.argsort(descending=True).tolist()
+    # NaN (either sign) first, lower column first; +inf; the two 2.0 by column; ...; -0.0 and
+    # 0.0 equal (by column); -inf last.
+    assert order == [8, 9, 7, 5, 6, 4, 2, 3, 1, 0]
+    v, c = from_keys(keys)
+    assert torch.equal(c, cols) and torch.equal(v[:8], vals[:8]) and torch.isnan(v[8:]).all()
+    assert not torch.signbit(v[2])  # -0.0 comes back as 0.0
+
+
+def test_gradients_through_the_op_match_autograd_through_the_reference(device):
+    x, W, b, pb = encoder_inputs(19, 48, 300, seed=6)
+    dead = torch.zeros(300, dtype=torch.bool)
+    dead[::4] = True
+    Wd = torch.randn(300, 48) / 7
+    leaves = [t.clone().to(device).requires_grad_() for t in (x, W, b, pb)]
+    v, i, av, ai = topk_encode(*leaves[:3], 8, leaves[3], dead_mask=dead.to(device), k_aux=5, backend="split")
+    loss = (sparse_decode(v, i, Wd.to(device)) ** 2).sum() + (sparse_decode(av, ai, Wd.to(device)) ** 2).sum()
+    loss.backward()
+    refs = [t.clone().requires_grad_() for t in (x, W, b, pb)]
+    rv, ri, rav, rai = topk_encode_reference(*refs[:3], 8, refs[3], dead_mask=dead, k_aux=5)
+    rloss = (sparse_decode_reference(rv, ri, Wd) ** 2).sum() + (sparse_decode_reference(rav, rai, Wd) ** 2).sum()
+    rloss.backward()
+    assert_grads_close(["x", "W_enc", "b_enc", "pre_bias"], leaves, refs)
+
+
+def test_forced_split_through_the_dispatch(monkeypatch, device):
+    x, W, b, pb = encoder_inputs(12, 32, 200, seed=8)
+    monkeypatch.setenv("ACTSTORE_TOPK_ENCODE", "split")
+    v, i = topk_encode(x.to(device), W.to(device), b.to(device), 4, pb.to(device))
+    _check(v, i, x, W, b, pb, 4, torch.float32)
