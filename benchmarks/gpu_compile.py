@@ -151,7 +151,7 @@ def launches(s: Shape) -> list[Launch]:
     ptrs = dict(x_ptr=dt, w_ptr=dt, b_ptr="fp32", thr_ptr="fp32", athr_ptr="fp32", dead_ptr="i8", cnt_ptr="i32",
                 cval_ptr="fp32", ccol_ptr="i32", acnt_ptr="i32", aval_ptr="fp32", acol_ptr="i32")  # fmt: skip
     for dense, aux in ((True, False), (False, False)) + (((False, True),) if s.k_aux else ()):
-        for c in split._split_configs(s.dtype):
+        for c in split._split_configs(s.dtype, aligned=bool(al)):
             cfg = {**split.split_flags(s.dtype, dense, aux), **c}
             w, st = cfg.pop("num_warps"), cfg.pop("num_stages")
             ints = ["N", "D", "M0", "M", "CAP", "ACAP", "stride_x", "stride_w"]

@@ -14,6 +14,8 @@ Peak figures (the only inputs besides the shapes and results/gpu_compile.json):
 | L2 bandwidth                 | 5.5 TB/s  | 5.5 TB/s | an ASSUMPTION: in no datasheet; third-party  |
 |                              |           |          | microbenchmarks put Hopper's L2 near it      |
 | SMs                          | 132       | 132      | Hopper whitepaper (H100 SXM5) |
+| SM clock (boost)             | 1.98 GHz  | 1.98 GHz | Hopper whitepaper (H100 SXM5 max boost); H200 the same chip |
+| warp schedulers per SM       | 4         | 4        | Hopper whitepaper (one warp instruction per clock each) |
 | per SM: 65536 registers, 228 KiB smem, 2048 threads, 32 blocks | same | same | CUDA C Programming Guide, cc 9.0 |
 
 Model, per kernel and shape: time = max(FLOPs / compute peak, HBM bytes / HBM bandwidth,
@@ -32,9 +34,12 @@ HBM traffic, and the exact select (``torch.topk`` over int64 keys, ``[n, k + cap
 after the GEMM: its HBM bytes (``serial_hbm_bytes``) are added to the roofline time, not
 overlapped. Beside it: ``predicted_tiled_gemm_s``, the same tiles with no epilogue (so the
 gap to the cuBLAS floor that is the tiles' own L2 traffic shows apart from what the top-k
-adds), and ``ratio_to_gemm`` (predicted time / the bf16 GEMM at peak). The epilogue's
-instructions (one round of two row reductions per survivor of a tile's fullest row) are
-not in the roofline.
+adds), and ``ratio_to_gemm`` (predicted time / the bf16 GEMM at peak). Its epilogue is
+added after the roofline too (``predicted_epilogue_s``; one block per SM at its registers,
+so nothing hides it): per tile, one round per survivor of its fullest row (the expected
+maximum over ``BLOCK_N`` rows of a Poisson count with the row's mean survivors per tile),
+each round ~6 instructions per tile element (select, min, compare, select, sum, mask),
+issued by 4 schedulers at the boost clock.
 
     python benchmarks/gpu_model.py      # -> results/gpu_model.json and a table
 """
@@ -74,6 +79,8 @@ class Device:
     tc_flops: float  # dense bf16/fp16 tensor core
     fp32_flops: float  # CUDA cores
     l2_bytes: int = 50 * 10**6
+    clock_hz: float = 1.98e9
+    schedulers_per_sm: int = 4
     sms: int = 132
     regs_per_sm: int = 65536
     smem_per_sm: int = 228 * 1024
@@ -176,9 +183,25 @@ def split_work(s: Shape, cfg: dict) -> dict:
     select = n * (cap + k) * 64
     hbm = w_reads * (m * d * e + m * 4) + n * d * e + sample + cand + out
     l2 = tiles * (bn + bm) * d * e + hbm
+    split_tiles = row_blocks * math.ceil((m - ms) / bm)
+    rounds = expected_max_poisson(survivors * bm / (m - ms), bn) if m > ms else 0.0
     return {"flops": 2 * n * m * d, "hbm_bytes": hbm, "l2_bytes": l2, "serial_hbm_bytes": select,
             "tensor_core": s.dtype != "fp32", "sample_m": ms, "cap": cap, "expected_survivors_per_row": survivors,
-            "tile_l2_bytes": tiles * (bn + bm) * d * e}  # fmt: skip
+            "tile_l2_bytes": tiles * (bn + bm) * d * e, "epilogue_rounds_per_tile": rounds,
+            "epilogue_warp_instructions": split_tiles * rounds * 6 * bn * bm / 32}  # fmt: skip
+
+
+def expected_max_poisson(lam: float, rows: int) -> float:
+    """E[max of ``rows`` independent Poisson(``lam``) counts] = sum_r (1 - F(r)^rows)."""
+    total, cdf, pmf, r = 0.0, 0.0, math.exp(-lam), 0
+    while True:
+        cdf += pmf
+        tail = 1.0 - cdf**rows
+        if tail < 1e-9:
+            return total
+        total += tail
+        r += 1
+        pmf *= lam / r
 
 
 def launch_config(kernel: str, s: Shape) -> dict:
@@ -221,9 +244,16 @@ def predict(work: dict, dev: Device) -> dict:
     }
     bound = max(parts, key=parts.get)
     serial = work.get("serial_hbm_bytes", 0) / dev.hbm_Bps  # phases after the kernel (not overlapped)
-    out = {"predicted_s": parts[bound] + serial, "bound_by": bound, **{f"predicted_{k}_s": v for k, v in parts.items()}}
+    epi = work.get("epilogue_warp_instructions", 0) / (dev.sms * dev.schedulers_per_sm * dev.clock_hz)
+    out = {
+        "predicted_s": parts[bound] + serial + epi,
+        "bound_by": bound,
+        **{f"predicted_{k}_s": v for k, v in parts.items()},
+    }
     if serial:
         out["predicted_serial_s"] = serial
+    if epi:
+        out["predicted_epilogue_s"] = epi
     if "tile_l2_bytes" in work:
         rate = dev.tc_flops if work["tensor_core"] else dev.fp32_flops
         out["predicted_tiled_gemm_s"] = max(work["flops"] / rate, work["tile_l2_bytes"] / dev.l2_Bps)
@@ -246,7 +276,7 @@ def l2_needed(work: dict, p: dict, dev: Device, target: float = 1.3) -> float | 
     """The L2 bandwidth (B/s) at which the prediction ``p`` would come within ``target`` x
     the GEMM floor, the other terms unchanged (None: compute or HBM alone exceed it). The
     model's 5.5 TB/s L2 figure is an assumption; this says how much hangs on it."""
-    budget = target * p["predicted_gemm_s"] - p.get("predicted_serial_s", 0.0)
+    budget = target * p["predicted_gemm_s"] - p.get("predicted_serial_s", 0.0) - p.get("predicted_epilogue_s", 0.0)
     if budget <= max(p["predicted_compute_s"], p["predicted_hbm_s"]):
         return None
     return work["l2_bytes"] / budget

@@ -63,12 +63,19 @@ def test_split_encoder_at_the_target_shape_by_hand():
     dev = G.DEVICES["H200-SXM"]
     p = G.predict(w, dev)
     assert p["bound_by"] == "l2"
-    assert p["predicted_s"] == pytest.approx(w["l2_bytes"] / 5.5e12 + 8192 * 2080 * 64 / 4.8e12)  # ~26 ms
+    # epilogue: 64 x 992 threshold tiles, ~1 survivor per row per tile (992 * 128 / 126976),
+    # the fullest of 128 rows ~4.4; 6 instructions per element per round, 132 SMs x 4 x 1.98 GHz
+    assert G.expected_max_poisson(1.0, 1) == pytest.approx(1.0) and G.expected_max_poisson(0.5, 1) == pytest.approx(0.5)
+    rounds = G.expected_max_poisson(992 * 128 / 126976, 128)
+    assert 4 < rounds < 5 and w["epilogue_rounds_per_tile"] == rounds
+    epi = 64 * 992 * rounds * 6 * 128 * 128 / 32 / (132 * 4 * 1.98e9)  # ~0.8 ms
+    assert p["predicted_epilogue_s"] == pytest.approx(epi)
+    assert p["predicted_s"] == pytest.approx(w["l2_bytes"] / 5.5e12 + 8192 * 2080 * 64 / 4.8e12 + epi)  # ~27 ms
     assert p["predicted_tiled_gemm_s"] == pytest.approx(137_438_953_472 / 5.5e12)  # the tiles' L2 traffic: ~25 ms
     row = next(r for r in G.model([]) if r["kernel"] == "topk_encode_split" and r["shape"] == s.label)
     ratio = row["devices"]["H200-SXM"]["ratio_to_gemm"]
     assert ratio == pytest.approx(p["predicted_s"] / (2 * 8192 * 131072 * 4096 / 989e12))
     assert row["target_within_1_3x_of_gemm"]["H200-SXM"] == (ratio <= 1.3)
     # the L2 bandwidth that would bring it within 1.3x: l2 bytes / (1.3 x GEMM - the select)
-    need = w["l2_bytes"] / (1.3 * 2 * 8192 * 131072 * 4096 / 989e12 - 8192 * 2080 * 64 / 4.8e12)
+    need = w["l2_bytes"] / (1.3 * 2 * 8192 * 131072 * 4096 / 989e12 - 8192 * 2080 * 64 / 4.8e12 - epi)
     assert row["l2_Bps_needed_for_1_3x"]["H200-SXM"] == pytest.approx(need)

@@ -55,22 +55,22 @@ def test_split_matches_the_reference(dtype, n, d, m, k, device):
 
 
 def test_ties_prefer_the_lower_latent_across_the_sample_and_at_the_threshold(device):
-    """Four equal largest pre-activations (16) at latents 3, 70, 200 and 299, every other
+    """Four equal largest pre-activations (16) at latents 3, 70, 130 and 159, every other
     one 0: the top 8 is those four, then the four lowest zeros, in that order; the
-    threshold (0) ties with ~290 latents outside the sample, so rows overflow to the dense
-    fallback with a small buffer and go through the candidates with a large one."""
+    threshold (0) ties with the ~94 latents outside the sample, so rows overflow to the
+    dense fallback with a small buffer and go through the candidates with a large one."""
     x = torch.ones(3, 16)
-    W = torch.zeros(300, 16)
-    W[[3, 70, 200, 299], :] = 1.0
-    want_i = [[3, 70, 200, 299, 0, 1, 2, 4]] * 3
-    for cap, fallback in ((8, 3), (512, 0)):
+    W = torch.zeros(160, 16)
+    W[[3, 70, 130, 159], :] = 1.0
+    want_i = [[3, 70, 130, 159, 0, 1, 2, 4]] * 3
+    for cap, fallback in ((8, 3), (96, 0)):
         stats = {}
         v, i, _, _ = topk_encode_split_fwd(
-            x.to(device), W.to(device), torch.zeros(300, device=device), 8, sample=64, cap=cap, stats=stats
+            x.to(device), W.to(device), torch.zeros(160, device=device), 8, sample=64, cap=cap, stats=stats
         )
         assert i.cpu().tolist() == want_i and stats["fallback_rows"] == fallback
         assert v.cpu().tolist() == [[16.0] * 4 + [0.0] * 4] * 3
-    v, i = topk_encode(x.to(device), W.to(device), torch.zeros(300, device=device), 2, backend="split")
+    v, i = topk_encode(x.to(device), W.to(device), torch.zeros(160, device=device), 2, backend="split")
     assert i.cpu().tolist() == [[3, 70]] * 3
 
 
@@ -163,3 +163,25 @@ def test_forced_split_through_the_dispatch(monkeypatch, device):
     monkeypatch.setenv("ACTSTORE_TOPK_ENCODE", "split")
     v, i = topk_encode(x.to(device), W.to(device), b.to(device), 4, pb.to(device))
     _check(v, i, x, W, b, pb, 4, torch.float32)
+
+
+def test_autotune_prunes_to_the_dtype_and_is_bypassed_off_cuda(device):
+    from actstore.kernels import topk_encode_split as S
+
+    tuned = S._topk_encode_split_tuned
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for d, aligned in ((4096, True), (24, False)):
+            args = {"x_ptr": torch.empty(1, dtype=dtype), "D": d, "stride_x": d, "stride_w": d}
+            kept = S._prune(tuned.configs, args)
+            want = S._split_configs(dtype, aligned)
+            assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], c.num_stages) for c in kept] == [
+                (c["BLOCK_N"], c["BLOCK_M"], c["num_stages"]) for c in want
+            ]
+            assert all(c.kwargs["BLOCK_N"] >= 64 for c in kept)  # tensor-core sized tiles
+    assert len(S._split_configs(torch.bfloat16, False)) == 1  # unaligned 16-bit: the 64-row tile only
+    assert tuned.keys == ["D", "M", "CAP"]
+    if device == "cpu":  # the interpreter runs the first configuration; nothing is timed
+        x, W, b, pb = encoder_inputs(4, 16, 200, seed=2)
+        before = dict(tuned.cache)
+        topk_encode_split_fwd(x, W, b, 2, pb)
+        assert tuned.cache == before
