@@ -13,11 +13,12 @@ What is compiled comes from the launchers themselves: each kernel module has a p
 constexprs a launch would make. The JIT's specialisation is mirrored: pointers 16-byte
 aligned, ``D`` and row strides divisible by 16 when d is (they are at every production d),
 row counts not. Many shapes give the same constexprs, so configurations are deduplicated on
-(kernel, constexprs, pointer dtypes, num_warps, arch) and each is compiled once.
+(kernel, constexprs, pointer dtypes, num_warps, num_stages, arch) and each is compiled once.
 
 Sets: ``ci`` (default; every kernel at its test configuration and at one production
 configuration, per arch: about a minute warm) and ``full`` (the production sweep: d up to
-8192, k 16-256, AuxK at d/2, bf16/fp16/fp32 and every storage dtype). Caches: Triton's own
+8192, k 16-256, AuxK at d/2, bf16/fp16/fp32 and every storage dtype; an autotuned kernel
+with every configuration it may pick, where the CI set takes its first). Caches: Triton's own
 (``~/.triton/cache``) holds the compilations; the ptxas ``-v`` results are kept in
 ``~/.cache/actstore/ptxas_v.json`` keyed by a hash of (ptxas version, arch, PTX).
 
@@ -135,8 +136,10 @@ def _cfg(cfg: dict) -> tuple[dict, int]:
     return cfg, cfg.pop("num_warps")
 
 
-def launches(s: Shape) -> list[Launch]:
-    """The launches each launcher makes at shape ``s``, from its pure config function."""
+def launches(s: Shape, every_config: bool = True) -> list[Launch]:
+    """The launches each launcher makes at shape ``s``, from its pure config function. An
+    autotuned kernel (topk_encode_split) contributes every configuration it may pick, or
+    with ``every_config=False`` (the CI set) the first, the one it runs off CUDA."""
     dt = TORCH_TO_TRITON[s.dtype]
     al = ("D", "stride_x", "stride_w", "stride_g") if s.d % 16 == 0 else ()
     out = []
@@ -151,7 +154,8 @@ def launches(s: Shape) -> list[Launch]:
     ptrs = dict(x_ptr=dt, w_ptr=dt, b_ptr="fp32", thr_ptr="fp32", athr_ptr="fp32", dead_ptr="i8", cnt_ptr="i32",
                 cval_ptr="fp32", ccol_ptr="i32", acnt_ptr="i32", aval_ptr="fp32", acol_ptr="i32")  # fmt: skip
     for dense, aux in ((True, False), (False, False)) + (((False, True),) if s.k_aux else ()):
-        for c in split._split_configs(s.dtype, aligned=bool(al)):
+        configs = split._split_configs(s.dtype, aligned=bool(al))
+        for c in configs if every_config else configs[:1]:
             cfg = {**split.split_flags(s.dtype, dense, aux), **c}
             w, st = cfg.pop("num_warps"), cfg.pop("num_stages")
             ints = ["N", "D", "M0", "M", "CAP", "ACAP", "stride_x", "stride_w"]
@@ -221,11 +225,11 @@ def full_shapes() -> list[Shape]:
     return out
 
 
-def collect(shapes: list[Shape]) -> dict[str, Launch]:
+def collect(shapes: list[Shape], every_config: bool = True) -> dict[str, Launch]:
     """Deduplicated launches over ``shapes`` (each keeps the shape labels that map to it)."""
     seen: dict[str, Launch] = {}
     for s in shapes:
-        for lc in launches(s):
+        for lc in launches(s, every_config):
             k = lc.key("")
             if k not in seen:
                 seen[k] = lc
@@ -297,10 +301,10 @@ def _known(table: list, kernel: str, arch: str, rec: dict) -> str | None:
     return None
 
 
-def run(shapes: list[Shape], verbose: bool = True) -> dict:
+def run(shapes: list[Shape], verbose: bool = True, every_config: bool = True) -> dict:
     cache = json.loads(PTXAS_CACHE.read_text()) if PTXAS_CACHE.exists() else {}
     records, failures = [], []
-    launches_ = collect(shapes)
+    launches_ = collect(shapes, every_config)
     t0 = time.perf_counter()
     for arch in ARCHS:
         for lc in launches_.values():
@@ -356,7 +360,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="result path (default: results/gpu_compile[_ci].json)")
     args = ap.parse_args(argv)
     shapes = TEST_SHAPES + (CI_PRODUCTION if args.set == "ci" else full_shapes())
-    res = run(shapes)
+    res = run(shapes, every_config=args.set == "full")
     ptxas = {a: subprocess.run([get_ptxas(c).path, "--version"], capture_output=True, text=True).stdout.split("\n")[-2]
              for a, c in ARCHS.items()}  # fmt: skip
     meta = metadata()

@@ -274,15 +274,20 @@ def from_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _launch(x, W, b, M0, M, cfg, *, dense_out=None, thr=None, athr=None, dead=None, bufs=None, abufs=None, cap=0):
     """One launch over latents ``[M0, M)`` (see the kernel)."""
     n, d = x.shape
-    dummy = b  # pointers a mode does not read
+    # Pointers a mode does not read: float32 ones alias b; the int ones are scratch of their
+    # own dtype (as benchmarks/gpu_compile.py types them), never an input, because the
+    # autotuner zeroes cnt_ptr/acnt_ptr before every timed run (reset_to_zero).
+    i32 = torch.zeros(1, dtype=torch.int32, device=x.device)
     aux = abufs is not None
     if dense_out is not None:
-        cnt, cval, ccol, cap = dummy, dense_out, dummy, dense_out.shape[1]
+        cnt, cval, ccol, cap = i32, dense_out, i32, dense_out.shape[1]
     else:
         cnt, cval, ccol = bufs
-    acnt, aval, acol = abufs if aux else (dummy, dummy, dummy)
+    acnt, aval, acol = abufs if aux else (i32, b, i32)
     acap = aval.shape[1] if aux else 0
-    args = (x, W, b, thr if thr is not None else dummy, athr if aux else dummy, dead if aux else dummy,
+    if not aux:
+        dead = torch.zeros(1, dtype=torch.int8, device=x.device)
+    args = (x, W, b, thr if thr is not None else b, athr if aux else b, dead,
             cnt, cval, ccol, acnt, aval, acol, n, d, M0, M, cap, acap, x.stride(0), W.stride(0))  # fmt: skip
     flags = split_flags(x.dtype, dense_out is not None, aux, x.is_cuda)
     if x.is_cuda and cfg is None:

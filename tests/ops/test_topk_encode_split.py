@@ -185,3 +185,35 @@ def test_autotune_prunes_to_the_dtype_and_is_bypassed_off_cuda(device):
         before = dict(tuned.cache)
         topk_encode_split_fwd(x, W, b, 2, pb)
         assert tuned.cache == before
+
+
+def test_launch_arguments_the_autotuner_zeroes_are_scratch_and_typed_as_compiled(monkeypatch):
+    """On CUDA the autotuner zeroes ``cnt_ptr``/``acnt_ptr`` before each timed run: in every
+    mode they must be buffers of the launcher's own, never an input (the bias was, once),
+    and every pointer has the dtype benchmarks/gpu_compile.py compiles it with."""
+    from actstore.kernels import topk_encode_split as S
+
+    seen = []
+
+    class Spy:
+        arg_names = S._topk_encode_split_kernel.arg_names
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(dict(zip(self.arg_names, args)))
+
+    monkeypatch.setattr(S, "_topk_encode_split_kernel", Spy())
+    x, W, b, pb = encoder_inputs(6, 16, 400, seed=3)
+    dead = torch.zeros(400, dtype=torch.bool)
+    dead[::5] = True
+    S.topk_encode_split_fwd(x, W, b, 4, pb, dead, 3)
+    S.topk_encode_split_fwd(x, W, b, 4, pb)
+    modes = {(a["cval_ptr"].shape[1] == a["CAP"] and a["cnt_ptr"].numel() == 1, a["ACAP"] > 0) for a in seen}
+    # dense (the sample; the fallback, as the spy computes nothing), threshold with and without AuxK
+    assert len(seen) >= 4 and len(modes) == 3
+    want = {"dead_ptr": torch.int8, "cnt_ptr": torch.int32, "ccol_ptr": torch.int32, "acnt_ptr": torch.int32,
+            "acol_ptr": torch.int32, "b_ptr": torch.float32, "thr_ptr": torch.float32, "athr_ptr": torch.float32,
+            "cval_ptr": torch.float32, "aval_ptr": torch.float32}  # fmt: skip
+    for a in seen:
+        for name in ("cnt_ptr", "acnt_ptr"):
+            assert all(a[name] is not a[other] for other in ("x_ptr", "w_ptr", "b_ptr", "cval_ptr", "aval_ptr"))
+        assert {k: a[k].dtype for k in want} == want
