@@ -217,3 +217,19 @@ def test_launch_arguments_the_autotuner_zeroes_are_scratch_and_typed_as_compiled
         for name in ("cnt_ptr", "acnt_ptr"):
             assert all(a[name] is not a[other] for other in ("x_ptr", "w_ptr", "b_ptr", "cval_ptr", "aval_ptr"))
         assert {k: a[k].dtype for k in want} == want
+
+
+def test_grouped_tile_order_covers_every_tile_once(device):
+    """Small tiles and groups of 2 row blocks: 80 rows = 5 row blocks of 16 (a last group of
+    one), so a tile the grouped order skipped or visited twice would change the result (a
+    skipped one loses candidates, a repeated one appends duplicates)."""
+    x, W, b, pb = encoder_inputs(80, 32, 300, seed=12)
+    cfg = dict(BLOCK_N=16, BLOCK_M=32, BLOCK_D=16, GROUP_N=2, num_warps=4, num_stages=1)
+    dead = torch.zeros(300, dtype=torch.bool)
+    dead[1::4] = True
+    v, i, av, ai = topk_encode_split_fwd(
+        x.to(device), W.to(device), b.to(device), 6, pb.to(device), dead.to(device), 4, config=cfg
+    )
+    _check(v, i, x, W, b, pb, 6, torch.float32)
+    rav = topk_encode_reference(x, W, b, 6, pb, dead_mask=dead, k_aux=4)[2]
+    assert_values_close(av, rav)
