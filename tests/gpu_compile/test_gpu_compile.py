@@ -2,9 +2,8 @@
 no hot kernel spills beyond its named allowlist entry (figures: compiled, not run).
 
 The CI set (every kernel at the tests' configurations and at the production target shape,
-both archs) runs here: about 140 s cold on 2 shared cores (136 s measured with the split encoder's first
-configurations), under 15 s warm, Triton's cache in
-``~/.triton/cache`` and the ptxas results in ``~/.cache/actstore/ptxas_v.json``. The full
+both archs) runs here: about 140 s cold on 2 shared cores (136 s measured), under 15 s warm,
+Triton's cache in ``~/.triton/cache`` and the ptxas results in ``~/.cache/actstore/ptxas_v.json``. The full
 production sweep is slow and runs only with ``ACTSTORE_GPU_COMPILE_FULL=1``.
 
 The script runs as a subprocess: tests/conftest.py switches on TRITON_INTERPRET=1, under
