@@ -32,7 +32,7 @@ from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
 from .contexts import windows
 from .lens import logit_lens, token_mask, unembedding
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "layer_diff"
@@ -73,11 +73,7 @@ class LayerDiff:
             "diff/top/window_norms": self.top_window_norms,
         }
         arrays.update({f"diff/lens/{k}": v for k, v in self.lens.items()})
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hook_a": self.hook_a, "hook_b": self.hook_b, "count": self.count}
         attrs.update(
             norm={"mean": self.norm_mean, "std": self.norm_std, "min": self.norm_min, "max": self.norm_max},

@@ -37,7 +37,7 @@ from .. import _dist
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "pca"
@@ -100,11 +100,7 @@ class PCA:
             arrays[f"{p}/mean"] = self.mean[h]
             arrays[f"{p}/cov"] = self.cov[h]
             arrays[f"{p}/projections"] = self.projections[h]
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hooks": self.hooks, "count": self.count}
         attrs.update(groups=self.group_names, **self.meta)
         write_group(out, arrays, attrs)

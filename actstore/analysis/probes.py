@@ -33,7 +33,7 @@ from .. import _dist
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .pca import splitmix64
 from .steering import _gather, _group_index, auroc
 
@@ -65,11 +65,7 @@ class Probes:
         for j, h in enumerate(self.hooks):
             arrays[f"probes/{j}/mm_direction"] = self.mm_direction[h]
             arrays[f"probes/{j}/lr_weight"] = self.lr_weight[h]
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hooks": self.hooks, "counts": self.counts}
         attrs.update(
             mm_threshold=[self.mm_threshold[h] for h in self.hooks],

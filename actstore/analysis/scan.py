@@ -24,7 +24,7 @@ from .. import _dist
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from .contexts import windows
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "scan"
@@ -45,11 +45,7 @@ class Scan:
 
     def save(self, out) -> Path:
         out = Path(out)
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         arrays = {"scan/edges": self.edges, "scan/hist": self.hist, **{f"scan/{k}": v for k, v in self.arrays.items()}}
         attrs = {"format": FORMAT, "kind": KIND, "hook": self.hook, "count": self.count, **self.meta}
         write_group(out, arrays, attrs)

@@ -45,7 +45,7 @@ from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
 from .contexts import windows
 from .lens import logit_lens, token_mask, unembedding
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, read_attrs, write_group
 
 KIND = "steering"
 
@@ -106,11 +106,7 @@ class SteeringVectors:
             "count_neg": self.count_neg,
             **self.meta,
         }
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         write_group(out, arrays, attrs)
         return out
 
