@@ -13,6 +13,11 @@ json that names it; arrays read back with ``np.load(allow_pickle=False)``):
   next block to read. A finished pass keeps its final state (``done``), so a rerun loads it
   and skips the pass.
 
+- ``<state_dir>/<pass>/<rank>-of-<world>/part-<seq>.npz``: for a pass whose ``save()``
+  returns arrays named ``+key`` (rows appended since its last commit, e.g. one projection
+  per row), those rows, written once; ``state.json``'s ``parts`` lists them in order and
+  ``load`` gets each ``+key`` concatenated.
+
 A pass is tracked by :meth:`Checkpoint.track` (its ``save() -> {name: array}`` and
 ``load(arrays)``) and streamed by ``_rows.stream(..., resume=...)``: the blocks before the
 committed one are skipped, and a commit is made every ``commit_rows`` store rows. Blocks
@@ -32,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from ..store.storage import LocalStorage
+from ..store.storage._local import TMP
 from ._pass import AnalysisError
 
 # Store rows between commits. A commit rewrites the pass's whole state (steering's projection
@@ -122,11 +128,15 @@ class Checkpoint:
 
     def _claim(self) -> None:
         held = read_json(self.dir / "identity.json", self.dir)
-        if held is None:
-            if self.dir.exists() and any(self.dir.iterdir()):
+        if held is None and self.dir.exists() and any(not p.name.startswith(TMP) for p in self.dir.iterdir()):
+            # Every rank writes identity.json before anything else, so a folder with other files
+            # either got it meanwhile (another rank, a moment ago) or holds something else.
+            held = read_json(self.dir / "identity.json", self.dir)
+            if held is None:
                 raise AnalysisError(
                     f"state folder {self.dir} holds something else: pick another state folder, or delete it"
                 )
+        if held is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             doc = {"identity": self.identity, "kind": self.kind, "world": self.world}
             write_atomic(self.dir / "identity.json", json.dumps(doc).encode())
@@ -156,6 +166,7 @@ class PassState:
         self.ck, self.name, self.save, self.load = ck, name, save, load
         self.dir = ck.dir / name / f"{ck.rank}-of-{ck.world}"
         self.doc = {"identity": ck.identity, "pass": name, "next_block": None, "rows": 0, "done": False, "seq": 0}
+        self.doc["parts"] = []
         self.since = 0
 
     def begin(self, blocks: list[int]) -> list[int]:
@@ -165,7 +176,13 @@ class PassState:
             return blocks
         if doc.get("identity") != self.ck.identity or doc.get("pass") != self.name:
             raise AnalysisError(f"{self.dir} holds another analysis's state: delete the state folder {self.ck.dir}")
-        self.load(read_npz(self.dir / str(doc.get("npz")), self.ck.dir))
+        arrays = read_npz(self.dir / str(doc.get("npz")), self.ck.dir)
+        tails: dict[str, list] = {}
+        for part in doc["parts"]:
+            for k, v in read_npz(self.dir / part, self.ck.dir).items():
+                tails.setdefault(k, []).append(v)
+        arrays.update({f"+{k}": np.concatenate(v) for k, v in tails.items()})
+        self.load(arrays)
         self.doc = doc
         if doc["done"]:
             return []
@@ -184,7 +201,20 @@ class PassState:
             self._commit(self.doc["next_block"] or 0, True)
 
     def _commit(self, next_block: int, done: bool) -> None:
-        self.doc = commit(self.dir, self.save(), {**self.doc, "next_block": int(next_block), "done": done})
+        state = self.save()
+        # Arrays named "+key" are the rows appended since the last commit: written once, to
+        # their own part file, so that a growing buffer costs its size in writes, not its
+        # size times the commits.
+        tail = {k[1:]: v for k, v in state.items() if k.startswith("+")}
+        parts = list(self.doc["parts"])
+        if any(len(v) for v in tail.values()):
+            buf = io.BytesIO()
+            np.savez(buf, **tail)
+            parts.append(f"part-{self.doc['seq'] + 1:08d}.npz")
+            write_atomic(self.dir / parts[-1], buf.getvalue())
+        whole = {k: v for k, v in state.items() if not k.startswith("+")}
+        doc = {**self.doc, "next_block": int(next_block), "done": done, "parts": parts}
+        self.doc = commit(self.dir, whole, doc)
         self.since = 0
         if self.ck.on_commit is not None:
             self.ck.on_commit(self.name, self.doc["seq"], self.doc["rows"])

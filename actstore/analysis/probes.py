@@ -244,19 +244,25 @@ def probes(
             scores[h][1].append(x @ lr_w[h] + lr_b[h])
             scores[h][2].append(y)
 
+    saved = 0  # blocks of scores already in a commit: a commit appends only the new ones
+    empty = (np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+
     def save_eval() -> dict:
+        nonlocal saved
         sd = {}
         for j, h in enumerate(hooks):
             for i, name in enumerate(("mm", "lr", "y")):
-                if scores[h][i]:
-                    sd[f"{j}/{name}"] = np.concatenate(scores[h][i])
-                    scores[h][i][:] = [sd[f"{j}/{name}"]]  # one buffer: each commit copies it once
+                new = scores[h][i][saved:]
+                sd[f"+{j}/{name}"] = np.concatenate(new) if new else empty[i]
+        saved = len(scores[hooks[0]][0])
         return sd
 
     def load_eval(sd: dict) -> None:
+        nonlocal saved
         for j, h in enumerate(hooks):
             for i, name in enumerate(("mm", "lr", "y")):
-                scores[h][i][:] = [sd[f"{j}/{name}"]] if f"{j}/{name}" in sd else []
+                scores[h][i][:] = [sd[f"+{j}/{name}"]] if f"+{j}/{name}" in sd else []
+        saved = len(scores[hooks[0]][0])
 
     resume = ck.track("probes.eval", save_eval, load_eval) if ck else None
     stream(store, hooks, groups, range(nb), block_rows, evaluate, resume)

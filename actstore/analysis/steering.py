@@ -225,6 +225,7 @@ def _sums_pass(store, hooks, groups, blocks, block_rows, want_docs: bool, ck: Ch
     (for the paired PCA) per-(block, document) float64 sums. ``ck``: commit the pass as
     ``steering.<name>`` (resumable)."""
     G = len(groups.names)
+    widths = [store.schema.hooks[h].d for h in hooks] if want_docs else []
     tree = BlockTree()
     counts = np.zeros(G, np.int64)
     docs = []  # (block, doc ids [u], {hook index: [u, d] sums}, counts [u])
@@ -250,42 +251,45 @@ def _sums_pass(store, hooks, groups, blocks, block_rows, want_docs: bool, ck: Ch
                 docs[-1][2][j] = np.stack([x[inv == k].sum(0, dtype=np.float64) for k in range(u.size)])
         tree.push(b.block, payload)
 
+    saved = 0  # docs entries already in a commit: a commit appends only the new ones
+
     def save() -> dict:
-        sd = {**tree.state_dict("tree/"), "counts": counts, **_docs_state(docs, len(hooks))}
-        return sd
+        nonlocal saved
+        new, saved = docs[saved:], len(docs)
+        return {**tree.state_dict("tree/"), "counts": counts, **_docs_state(new, widths)}
 
     def load(sd: dict) -> None:
-        nonlocal counts
+        nonlocal counts, saved
         tree.load_state_dict(sd, "tree/")
         counts = sd["counts"]
-        docs[:] = _docs_from_state(sd, len(hooks))
+        docs[:] = _docs_from_state(sd, len(hooks)) if "+docs/block" in sd else []
+        saved = len(docs)
 
     resume = ck.track(f"steering.{name}", save, load) if ck is not None else None
     stream(store, hooks, groups, blocks, block_rows, fn, resume)
     return {"tree": tree, "counts": counts, "docs": docs}
 
 
-def _docs_state(docs: list, H: int) -> dict:
-    """The per-(block, document) sums as flat arrays (``docs/block``, ``docs/size``, ...)."""
+def _docs_state(docs: list, widths: list[int]) -> dict:
+    """The per-(block, document) sums ``docs`` as flat arrays, appended at each commit
+    (``+docs/block``, ``+docs/size``, ``+docs/u``, ``+docs/cnt``, ``+docs/s<j>``)."""
+    cat = lambda xs, empty: np.concatenate(xs) if xs else empty  # noqa: E731
     sd = {
-        "docs/block": np.array([t[0] for t in docs], np.int64),
-        "docs/size": np.array([t[1].size for t in docs], np.int64),
-        "docs/u": np.concatenate([t[1] for t in docs]) if docs else np.zeros(0, np.int64),
-        "docs/cnt": np.concatenate([t[3] for t in docs]) if docs else np.zeros(0, np.int64),
+        "+docs/block": np.array([t[0] for t in docs], np.int64),
+        "+docs/size": np.array([t[1].size for t in docs], np.int64),
+        "+docs/u": cat([t[1] for t in docs], np.zeros(0, np.int64)),
+        "+docs/cnt": cat([t[3] for t in docs], np.zeros(0, np.int64)),
     }
-    for j in range(H if docs else 0):
-        sd[f"docs/s{j}"] = np.concatenate([t[2][j] for t in docs])
+    for j, d in enumerate(widths):
+        sd[f"+docs/s{j}"] = cat([t[2][j] for t in docs], np.zeros((0, d)))
     return sd
 
 
 def _docs_from_state(sd: dict, H: int) -> list:
-    cut = np.cumsum(sd["docs/size"])[:-1]
-    parts = [np.split(sd[k], cut) for k in ("docs/u", "docs/cnt")]
-    sums = [np.split(sd[f"docs/s{j}"], cut) for j in range(H)] if sd["docs/block"].size else []
-    return [
-        (int(blk), parts[0][i], {j: sums[j][i] for j in range(H)}, parts[1][i])
-        for i, blk in enumerate(sd["docs/block"].tolist())
-    ]
+    cut = np.cumsum(sd["+docs/size"])[:-1]
+    u, cnt = np.split(sd["+docs/u"], cut), np.split(sd["+docs/cnt"], cut)
+    sums = [np.split(sd[f"+docs/s{j}"], cut) for j in range(H)]
+    return [(int(b), u[i], {j: sums[j][i] for j in range(H)}, cnt[i]) for i, b in enumerate(sd["+docs/block"].tolist())]
 
 
 def _proj_pass(store, hooks, groups, blocks, block_rows, units: list[torch.Tensor], ck=None, name="proj"):
@@ -296,15 +300,19 @@ def _proj_pass(store, hooks, groups, blocks, block_rows, units: list[torch.Tenso
         p = np.stack([b.x[h].numpy() @ units[j].numpy() for j, h in enumerate(hooks)], 1).astype(np.float32)
         out.append((b.rows, b.group, p))
 
+    saved = 0  # blocks of ``out`` already in a commit: a commit appends only the new ones
+    KEYS = ("rows", "group", "proj")
+
     def save() -> dict:
-        if not out:
-            return {}
-        if len(out) > 1:  # one buffer: each commit then copies it once
-            out[:] = [tuple(np.concatenate([p[i] for p in out]) for i in range(3))]
-        return dict(zip(("rows", "group", "proj"), out[0]))
+        nonlocal saved
+        new, saved = out[saved:], len(out)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, len(hooks)), np.float32))
+        return {f"+{k}": np.concatenate([p[i] for p in new]) if new else empty[i] for i, k in enumerate(KEYS)}
 
     def load(sd: dict) -> None:
-        out[:] = [(sd["rows"], sd["group"], sd["proj"])] if sd else []
+        nonlocal saved
+        out[:] = [tuple(sd[f"+{k}"] for k in KEYS)] if "+rows" in sd else []
+        saved = len(out)
 
     resume = ck.track(f"steering.{name}", save, load) if ck is not None else None
     stream(store, hooks, groups, blocks, block_rows, fn, resume)
