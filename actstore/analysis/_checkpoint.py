@@ -12,7 +12,6 @@ json that names it; arrays read back with ``np.load(allow_pickle=False)``):
   (e.g. ``steering.sums``) of one rank's share: the pass's arrays (its ``save()``) and the
   next block to read. A finished pass keeps its final state (``done``), so a rerun loads it
   and skips the pass.
-
 - ``<state_dir>/<pass>/<rank>-of-<world>/part-<seq>.npz``: for a pass whose ``save()``
   returns arrays named ``+key`` (rows appended since its last commit, e.g. one projection
   per row), those rows, written once; ``state.json``'s ``parts`` lists them in order and
@@ -40,8 +39,9 @@ from ..store.storage import LocalStorage
 from ..store.storage._local import TMP
 from ._pass import AnalysisError
 
-# Store rows between commits. A commit rewrites the pass's whole state (steering's projection
-# pass: 4 bytes per selected row and hook so far), so commits stay rare next to the reading.
+# Store rows between commits. A commit rewrites the pass's fixed-size state (sums, top tables;
+# PCA's d x d float64 moments per hook and tree level) and appends its new rows, so commits
+# stay rare next to the reading (cost measured by benchmarks/bench_resume.py).
 COMMIT_ROWS = 1 << 16
 
 
@@ -176,6 +176,10 @@ class PassState:
             return blocks
         if doc.get("identity") != self.ck.identity or doc.get("pass") != self.name:
             raise AnalysisError(f"{self.dir} holds another analysis's state: delete the state folder {self.ck.dir}")
+        if not {"npz", "parts", "done", "next_block", "seq", "rows"} <= set(doc):
+            raise AnalysisError(
+                f"{self.dir / 'state.json'} is damaged (fields missing): delete the state folder {self.ck.dir}"
+            )
         arrays = read_npz(self.dir / str(doc.get("npz")), self.ck.dir)
         tails: dict[str, list] = {}
         for part in doc["parts"]:

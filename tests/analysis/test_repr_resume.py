@@ -108,20 +108,28 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.slow
-def test_between_two_stores_resumes_after_an_interrupted_pass(store, reference, tmp_path):
-    """steering_between's four passes, stopped by an exception after commit 2 of ``steering.proj_b``."""
+INTERRUPTS = [("between", "steering.proj_b", 2), ("probes", "probes.eval", 3), ("steering", "steering.sums", 4)]
 
-    def stop(name, seq, rows):
-        if (name, seq) == ("steering.proj_b", 2):
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,pass_,stop", INTERRUPTS, ids=[k for k, _, _ in INTERRUPTS])
+def test_an_interrupted_pass_with_appended_parts_resumes(store, reference, tmp_path, kind, pass_, stop):
+    """Passes whose buffers grow by rows (projections, test scores, per-document sums) append a
+    part file per commit; stopped by an exception after commit ``stop``, the rerun reads the
+    parts back. Between two stores covers its four passes."""
+
+    def interrupt(name, seq, rows):
+        if (name, seq) == (pass_, stop):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run("between", store, state_dir=tmp_path / "st", commit_rows=1, on_commit=stop)
+        run(kind, store, state_dir=tmp_path / "st", commit_rows=1, on_commit=interrupt)
+    held = json.loads((tmp_path / "st" / pass_ / "0-of-1" / "state.json").read_text())
+    assert len(held["parts"]) == stop and all((tmp_path / "st" / pass_ / "0-of-1" / p).exists() for p in held["parts"])
     commits = []
-    got = run("between", store, state_dir=tmp_path / "st", commit_rows=1, on_commit=lambda *a: commits.append(a[:2]))
-    assert commits[0] == ("steering.proj_b", 3)
-    assert_same(got, reference("between"))
+    got = run(kind, store, state_dir=tmp_path / "st", commit_rows=1, on_commit=lambda *a: commits.append(a[:2]))
+    assert commits[0] == (pass_, stop + 1)
+    assert_same(got, reference(kind))
 
 
 def one_line(exc_info) -> str:
