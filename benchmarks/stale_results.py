@@ -75,6 +75,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_demo_smollm2.py": (r"demo_smollm2", ["actstore/demo.py", "actstore/analysis", *CAPTURE, *SAE]),
     "bench_steering_smollm2.py": (r"steering_smollm2", ["actstore/analysis", *CAPTURE]),
     "bench_representations.py": (r"representations_cpu", ["actstore/analysis", *STORE]),
+    "bench_resume.py": (r"resume_cpu", ["actstore/analysis", "benchmarks/bench_representations.py", *STORE]),
 }
 
 

@@ -6,7 +6,8 @@ Blocks are aligned to global store rows (block ``k`` = rows ``[k*B, (k+1)*B)``),
 row's group, and the selected rows of every hook are read (float32 ``[n, d]``). Rank ``r`` of
 ``w`` takes the contiguous share ``[n*r//w, n*(r+1)//w)`` of the blocks; float sums go
 through :class:`~actstore.analysis._tree.BlockTree`, so any split merges bit-identically to
-one pass.
+one pass. With ``resume`` a pass commits its state and continues after a crash
+(``_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ._checkpoint import PassState
 from ._pass import AnalysisError
 
 
@@ -57,17 +59,35 @@ def read_block(store, hooks, groups, block: int, block_rows: int) -> RowBlock:
     return RowBlock(block, rows, g[keep], t["doc"][keep].astype(np.int64), x)
 
 
-def stream(store, hooks, groups, blocks: Iterable[int], block_rows: int, fn: Callable[[RowBlock], None]) -> None:
+def stream(
+    store,
+    hooks,
+    groups,
+    blocks: Iterable[int],
+    block_rows: int,
+    fn: Callable[[RowBlock], None],
+    resume: PassState | None = None,
+) -> None:
     """``fn(block)`` for every block of ``blocks`` that has selected rows, in order; the next
-    block is read by a helper thread while ``fn`` runs."""
+    block is read by a helper thread while ``fn`` runs.
+
+    resume (``Checkpoint.track``): the pass's committed state is loaded first and the blocks
+    it holds are skipped (all of them for a finished pass); the state is committed every
+    ``commit_rows`` store rows and once more at the end."""
     blocks = list(blocks)
-    if not blocks:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="actstore-rows") as pool:
-        nxt = pool.submit(read_block, store, hooks, groups, blocks[0], block_rows)
-        for j in range(len(blocks)):
-            b = nxt.result()
-            if j + 1 < len(blocks):
-                nxt = pool.submit(read_block, store, hooks, groups, blocks[j + 1], block_rows)
-            if b.rows.size:
-                fn(b)
+    if resume is not None:
+        blocks = resume.begin(blocks)
+    if blocks:
+        with ThreadPoolExecutor(1, thread_name_prefix="actstore-rows") as pool:
+            nxt = pool.submit(read_block, store, hooks, groups, blocks[0], block_rows)
+            for j in range(len(blocks)):
+                b = nxt.result()
+                if j + 1 < len(blocks):
+                    nxt = pool.submit(read_block, store, hooks, groups, blocks[j + 1], block_rows)
+                if b.rows.size:
+                    fn(b)
+                if resume is not None:
+                    span = min(store.rows, (b.block + 1) * block_rows) - b.block * block_rows
+                    resume.after(b.block, span, j + 1 == len(blocks))
+    if resume is not None:
+        resume.finish()

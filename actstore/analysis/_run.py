@@ -23,12 +23,10 @@ the last share finishes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +39,7 @@ from ..api import open as open_store
 from ..models import prepare_model, resolve_hooks
 from ..sae import load as load_sae
 from ..store.reader import Store
+from ._checkpoint import commit, read_json, read_npz
 from ._pass import AnalysisError, Encoder, Reducer, Selection, parse_flags, stream
 from .ablation import Forward
 from .ablation import ablation as ablate
@@ -139,20 +138,6 @@ def parse_latents(latents, m: int) -> np.ndarray | None:
     return ids
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _ShareState:
     """The committed state of one share (or of the second pass) under ``out/_state/<name>``."""
 
@@ -161,17 +146,15 @@ class _ShareState:
         self.doc = {"identity": identity, "next_block": None, "rows": 0, "done": False, "seq": 0, "npz": None}
 
     def load(self, reducers: list[Reducer]) -> bool:
-        try:
-            doc = json.loads((self.dir / "state.json").read_text())
-        except FileNotFoundError:
+        doc = read_json(self.dir / "state.json", self.dir.parent)
+        if doc is None:
             return False
         if doc.get("identity") != self.identity:
             raise AnalysisError(
                 f"{self.dir.parent.parent} holds a different analysis in progress: pick another "
                 "output folder, or delete it to start again"
             )
-        with np.load(self.dir / doc["npz"], allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(self.dir / doc["npz"], self.dir.parent)
         for r in reducers:
             head = f"{r.name}/"
             r.load_state_dict({k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)})
@@ -179,25 +162,10 @@ class _ShareState:
         return True
 
     def save(self, reducers: list[Reducer], next_block: int, rows: int, done: bool) -> int:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        seq = self.doc["seq"] + 1
-        buf = io.BytesIO()
-        np.savez(buf, **{f"{r.name}/{k}": v for r in reducers for k, v in r.state_dict().items()})
-        name = f"state-{seq:08d}.npz"
-        _write_atomic(self.dir / name, buf.getvalue())
-        old = self.doc.get("npz")
-        self.doc = {
-            "identity": self.identity,
-            "next_block": int(next_block),
-            "rows": int(rows),
-            "done": bool(done),
-            "seq": seq,
-            "npz": name,
-        }
-        _write_atomic(self.dir / "state.json", json.dumps(self.doc, indent=1).encode())
-        if old and old != name:
-            (self.dir / old).unlink(missing_ok=True)
-        return seq
+        arrays = {f"{r.name}/{k}": v for r in reducers for k, v in r.state_dict().items()}
+        doc = {**self.doc, "next_block": int(next_block), "rows": int(rows), "done": bool(done)}
+        self.doc = commit(self.dir, arrays, doc)
+        return self.doc["seq"]
 
 
 def _make(spec: dict, m: int) -> list[Reducer]:

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
 from .contexts import windows
 from .lens import logit_lens, token_mask, unembedding
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "layer_diff"
@@ -73,11 +74,7 @@ class LayerDiff:
             "diff/top/window_norms": self.top_window_norms,
         }
         arrays.update({f"diff/lens/{k}": v for k, v in self.lens.items()})
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hook_a": self.hook_a, "hook_b": self.hook_b, "count": self.count}
         attrs.update(
             norm={"mean": self.norm_mean, "std": self.norm_std, "min": self.norm_min, "max": self.norm_max},
@@ -89,7 +86,7 @@ class LayerDiff:
         return out
 
 
-def _pass1(store, a, b, groups, blocks, block_rows, top_k):
+def _pass1(store, a, b, groups, blocks, block_rows, top_k, ck=None):
     tree = BlockTree()
     cand_rows, cand_norm = np.zeros(0, np.int64), np.zeros(0, np.float64)
     lo_hi = [np.inf, -np.inf]
@@ -117,11 +114,20 @@ def _pass1(store, a, b, groups, blocks, block_rows, top_k):
             o = np.lexsort((cand_rows, -cand_norm))[:top_k]
             cand_rows, cand_norm = cand_rows[o], cand_norm[o]
 
-    stream(store, [a, b], groups, blocks, block_rows, fn)
+    def save() -> dict:
+        return {**tree.state_dict("tree/"), "rows": cand_rows, "norms": cand_norm, "lo_hi": np.array(lo_hi)}
+
+    def load(sd: dict) -> None:
+        nonlocal cand_rows, cand_norm
+        tree.load_state_dict(sd, "tree/")
+        cand_rows, cand_norm = sd["rows"], sd["norms"]
+        lo_hi[:] = sd["lo_hi"].tolist()
+
+    stream(store, [a, b], groups, blocks, block_rows, fn, ck.track("layer_diff.norms", save, load) if ck else None)
     return {"tree": tree, "rows": cand_rows, "norms": cand_norm, "lo_hi": lo_hi}
 
 
-def _pass2(store, a, b, groups, blocks, block_rows, edges):
+def _pass2(store, a, b, groups, blocks, block_rows, edges, ck=None):
     hist = np.zeros(edges.size - 1, np.int64)
 
     def fn(blk):
@@ -129,7 +135,11 @@ def _pass2(store, a, b, groups, blocks, block_rows, edges):
         idx = np.clip(np.searchsorted(edges, nrm, side="right") - 1, 0, hist.size - 1)
         hist[:] += np.bincount(idx, minlength=hist.size)
 
-    stream(store, [a, b], groups, blocks, block_rows, fn)
+    def load(sd: dict) -> None:
+        hist[:] = sd["hist"]
+
+    resume = ck.track("layer_diff.hist", lambda: {"hist": hist}, load) if ck else None
+    stream(store, [a, b], groups, blocks, block_rows, fn, resume)
     return hist
 
 
@@ -148,8 +158,13 @@ def layer_diff(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> LayerDiff:
-    """``x[hook_b] - x[hook_a]`` over the rows ``groups`` selects (see the module docstring)."""
+    """``x[hook_b] - x[hook_a]`` over the rows ``groups`` selects (see the module docstring).
+    state_dir / commit_rows / on_commit: the passes ``layer_diff.norms`` and ``layer_diff.hist``
+    commit their state there and a rerun continues from it (``_checkpoint.py``; None: no state)."""
     from ..api import open as open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -158,8 +173,11 @@ def layer_diff(
     if da != db:
         raise AnalysisError(f"hooks {hook_a!r} (width {da}) and {hook_b!r} (width {db}) differ in width: no delta")
     rank, world = _dist.rank_world(rank, world_size)
+    ident = {"kind": KIND, "store": store_identity(store), "hooks": [hook_a, hook_b], "groups": groups.to_json()}
+    ident.update(top_k=int(top_k), bins=int(bins), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     blocks = share(n_blocks(store, block_rows), rank, world)
-    parts = _gather(_pass1(store, hook_a, hook_b, groups, blocks, block_rows, int(top_k)), world)
+    parts = _gather(_pass1(store, hook_a, hook_b, groups, blocks, block_rows, int(top_k), ck), world)
     tree = parts[0]["tree"]
     for p in parts[1:]:
         tree.merge(p["tree"])
@@ -172,7 +190,7 @@ def layer_diff(
     lo = min(p["lo_hi"][0] for p in parts)
     hi = max(p["lo_hi"][1] for p in parts)
     edges = np.linspace(0.0, hi if hi > 0 else 1.0, int(bins) + 1)
-    hist = sum(_gather(_pass2(store, hook_a, hook_b, groups, blocks, block_rows, edges), world))
+    hist = sum(_gather(_pass2(store, hook_a, hook_b, groups, blocks, block_rows, edges, ck), world))
     rows = np.concatenate([p["rows"] for p in parts])
     norms = np.concatenate([p["norms"] for p in parts])
     o = np.lexsort((rows, -norms))[: int(top_k)]

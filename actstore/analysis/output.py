@@ -66,6 +66,16 @@ def write_group(out: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
         os.close(fd)
 
 
+def prepare_out(out: Path, kind: str) -> None:
+    """Make ``out`` ready for a ``kind`` output: refuse a folder that holds anything but an
+    output of the same kind (its resume state ``_state`` and a half-written ``_build`` aside)."""
+    if out.exists() and any(p.name not in ("_state", "_build") for p in out.iterdir()):
+        held = read_attrs(out)
+        if held is None or held.get("kind") != kind:
+            raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def read_attrs(out: Path) -> dict | None:
     """The analysis attribute of a finished output at ``out``, or None when there is none."""
     try:

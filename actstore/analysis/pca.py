@@ -34,10 +34,11 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "pca"
@@ -100,11 +101,7 @@ class PCA:
             arrays[f"{p}/mean"] = self.mean[h]
             arrays[f"{p}/cov"] = self.cov[h]
             arrays[f"{p}/projections"] = self.projections[h]
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hooks": self.hooks, "count": self.count}
         attrs.update(groups=self.group_names, **self.meta)
         write_group(out, arrays, attrs)
@@ -113,7 +110,7 @@ class PCA:
         return out
 
 
-def _moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample: int, seed: int):
+def _moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample: int, seed: int, ck=None):
     tree = BlockTree(_combine_hooks(hooks))
     keys, rows_s, grp_s = np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int32)
 
@@ -139,7 +136,15 @@ def _moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample
                 o = np.argsort(keys, kind="stable")[:sample]
                 keys, rows_s, grp_s = keys[o], rows_s[o], grp_s[o]
 
-    stream(store, hooks, groups, blocks, block_rows, fn)
+    def save() -> dict:
+        return {**tree.state_dict("tree/"), "keys": keys, "rows": rows_s, "group": grp_s}
+
+    def load(sd: dict) -> None:
+        nonlocal keys, rows_s, grp_s
+        tree.load_state_dict(sd, "tree/")
+        keys, rows_s, grp_s = sd["keys"], sd["rows"], sd["group"]
+
+    stream(store, hooks, groups, blocks, block_rows, fn, ck.track("pca.moments", save, load) if ck else None)
     # The tree's nodes, not the tree: its combine is a closure, and shares travel pickled.
     return {"nodes": tree.nodes, "keys": keys, "rows": rows_s, "group": grp_s}
 
@@ -177,9 +182,14 @@ def pca(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> PCA:
     """Normalized PCA of ``store`` at ``hooks`` over the rows ``groups`` selects (see the
-    module docstring). Under torchrun every rank reads its share and returns the merged result."""
+    module docstring). Under torchrun every rank reads its share and returns the merged result.
+    state_dir / commit_rows / on_commit: the pass ``pca.moments`` commits its state there and
+    a rerun continues from it (``_checkpoint.py``; None: no state)."""
     from ..api import open as open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -193,8 +203,11 @@ def pca(
             std = np.asarray(st["std"], np.float64)
             shift.append(torch.from_numpy(np.asarray(st["mean"], np.float64)))
             scale.append(torch.from_numpy(np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0)))
+    ident = {"kind": KIND, "store": store_identity(store), "hooks": hooks, "groups": groups.to_json()}
+    ident.update(standardize=bool(standardize), sample=int(sample), seed=int(seed), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     blocks = share(n_blocks(store, block_rows), rank, world)
-    parts = _gather(_moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample, seed), world)
+    parts = _gather(_moments_pass(store, hooks, groups, blocks, block_rows, shift, scale, sample, seed, ck), world)
     total = merge_nodes(hooks, parts).total({})
     if not total:
         raise AnalysisError("the groups select no rows: nothing to analyse")

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .pca import splitmix64
 from .steering import _gather, _group_index, auroc
 
@@ -65,11 +66,7 @@ class Probes:
         for j, h in enumerate(self.hooks):
             arrays[f"probes/{j}/mm_direction"] = self.mm_direction[h]
             arrays[f"probes/{j}/lr_weight"] = self.lr_weight[h]
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         attrs = {"format": FORMAT, "kind": KIND, "hooks": self.hooks, "counts": self.counts}
         attrs.update(
             mm_threshold=[self.mm_threshold[h] for h in self.hooks],
@@ -86,7 +83,7 @@ def is_test(doc: np.ndarray, seed: int, test_frac: float) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < test_frac
 
 
-def _sums(store, hooks, groups, blocks, block_rows, ip, ineg, seed, test_frac):
+def _sums(store, hooks, groups, blocks, block_rows, ip, ineg, seed, test_frac, ck=None):
     tree = BlockTree()
     counts = np.zeros(4, np.int64)  # train pos, train neg, test pos, test neg
 
@@ -106,7 +103,12 @@ def _sums(store, hooks, groups, blocks, block_rows, ip, ineg, seed, test_frac):
             payload[f"{j}/sq"] = (tr.double() @ (x * x)).numpy()  # [d]: training sum of squares
         tree.push(b.block, payload)
 
-    stream(store, hooks, groups, blocks, block_rows, fn)
+    def load(sd: dict) -> None:
+        tree.load_state_dict(sd, "tree/")
+        counts[:] = sd["counts"]
+
+    resume = ck.track("probes.sums", lambda: {**tree.state_dict("tree/"), "counts": counts}, load) if ck else None
+    stream(store, hooks, groups, blocks, block_rows, fn, resume)
     return {"tree": tree, "counts": counts}
 
 
@@ -126,8 +128,14 @@ def probes(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> Probes:
-    """Mass-mean and logistic probes of ``positive`` vs ``negative`` per hook (see the module docstring)."""
+    """Mass-mean and logistic probes of ``positive`` vs ``negative`` per hook (see the module docstring).
+    state_dir / commit_rows / on_commit: the passes (``probes.sums``, ``probes.sgd.<epoch>``,
+    ``probes.eval``) commit their state there, the Adam weights, moments and step count
+    included, and a rerun continues from it (``_checkpoint.py``; None: no state)."""
     from ..api import open as open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -138,8 +146,13 @@ def probes(
     if not 0 < test_frac < 1:
         raise AnalysisError(f"test_frac {test_frac}: give a fraction in (0, 1)")
     rank, world = _dist.rank_world(rank, world_size)
+    ident = {"kind": KIND, "store": store_identity(store), "hooks": hooks, "groups": groups.to_json()}
+    ident.update(positive=positive, negative=negative, test_frac=float(test_frac), seed=int(seed))
+    ident.update(epochs=int(epochs), lr=float(lr), batch=int(batch), C=float(C), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     nb = n_blocks(store, block_rows)
-    parts = _gather(_sums(store, hooks, groups, share(nb, rank, world), block_rows, ip, ineg, seed, test_frac), world)
+    mine = share(nb, rank, world)
+    parts = _gather(_sums(store, hooks, groups, mine, block_rows, ip, ineg, seed, test_frac, ck), world)
     tree = parts[0]["tree"]
     for p in parts[1:]:
         tree.merge(p["tree"])
@@ -195,8 +208,22 @@ def probes(
                 mhat, vhat = adam_m[h] / (1 - b1**t), adam_v[h] / (1 - b2**t)
                 w -= lr * mhat / (np.sqrt(vhat) + eps)
 
-    for _ in range(int(epochs)):
-        stream(store, hooks, groups, range(nb), block_rows, step)
+    def save_sgd() -> dict:
+        sd = {"t": np.array(t_step, np.int64)}
+        for j, h in enumerate(hooks):
+            sd[f"{j}/w"], sd[f"{j}/m"], sd[f"{j}/v"] = params[h], adam_m[h], adam_v[h]
+        return sd
+
+    def load_sgd(sd: dict) -> None:
+        t_step[0] = int(sd["t"][0])
+        for j, h in enumerate(hooks):
+            params[h], adam_m[h], adam_v[h] = (sd[f"{j}/{k}"].copy() for k in ("w", "m", "v"))
+
+    # A minibatch is a slice of one block's training rows, so the steps depend on the block
+    # alone: a resumed epoch takes the same steps as an uninterrupted one.
+    for e in range(int(epochs)):
+        resume = ck.track(f"probes.sgd.{e}", save_sgd, load_sgd) if ck else None
+        stream(store, hooks, groups, range(nb), block_rows, step, resume)
     lr_w, lr_b = {}, {}
     for h in hooks:
         w = params[h]
@@ -217,7 +244,28 @@ def probes(
             scores[h][1].append(x @ lr_w[h] + lr_b[h])
             scores[h][2].append(y)
 
-    stream(store, hooks, groups, range(nb), block_rows, evaluate)
+    saved = 0  # blocks of scores already in a commit: a commit appends only the new ones
+    empty = (np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+
+    def save_eval() -> dict:
+        nonlocal saved
+        sd = {}
+        for j, h in enumerate(hooks):
+            for i, name in enumerate(("mm", "lr", "y")):
+                new = scores[h][i][saved:]
+                sd[f"+{j}/{name}"] = np.concatenate(new) if new else empty[i]
+        saved = len(scores[hooks[0]][0])
+        return sd
+
+    def load_eval(sd: dict) -> None:
+        nonlocal saved
+        for j, h in enumerate(hooks):
+            for i, name in enumerate(("mm", "lr", "y")):
+                scores[h][i][:] = [sd[f"+{j}/{name}"]] if f"+{j}/{name}" in sd else []
+        saved = len(scores[hooks[0]][0])
+
+    resume = ck.track("probes.eval", save_eval, load_eval) if ck else None
+    stream(store, hooks, groups, range(nb), block_rows, evaluate, resume)
     acc = {"mass_mean": [], "logistic": []}
     au = {"mass_mean": [], "logistic": []}
     for h in hooks:

@@ -13,6 +13,7 @@ projection at every token.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from .contexts import windows
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, write_group
 from .steering import _gather
 
 KIND = "scan"
@@ -45,11 +47,7 @@ class Scan:
 
     def save(self, out) -> Path:
         out = Path(out)
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         arrays = {"scan/edges": self.edges, "scan/hist": self.hist, **{f"scan/{k}": v for k, v in self.arrays.items()}}
         attrs = {"format": FORMAT, "kind": KIND, "hook": self.hook, "count": self.count, **self.meta}
         write_group(out, arrays, attrs)
@@ -81,8 +79,13 @@ def scan(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> Scan:
-    """Project the rows ``groups`` selects at ``hook`` on ``vectors [V, d]`` (see the module docstring)."""
+    """Project the rows ``groups`` selects at ``hook`` on ``vectors [V, d]`` (see the module docstring).
+    state_dir / commit_rows / on_commit: the passes ``scan.range`` and ``scan.hist`` commit
+    their state there and a rerun continues from it (``_checkpoint.py``; None: no state)."""
     from ..api import open as open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -91,9 +94,16 @@ def scan(
     v = v[None] if v.dim() == 1 else v
     d = store.schema.hooks[hook].d
     if v.dim() != 2 or v.shape[1] != d:
-        raise AnalysisError(f"vectors of shape {tuple(v.shape)} do not match hook {hook!r} of width {d}: give [V, {d}]")
+        raise AnalysisError(
+            f"vectors of width {v.shape[-1]} (shape {tuple(v.shape)}) do not match hook {hook!r} of width {d}: "
+            f"give [V, {d}]"
+        )
     V = v.shape[0]
     rank, world = _dist.rank_world(rank, world_size)
+    ident = {"kind": KIND, "store": store_identity(store), "hooks": [hook], "groups": groups.to_json()}
+    vsha = hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
+    ident.update(vectors=[list(v.shape), vsha], k=int(k), bins=int(bins), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     blocks = share(n_blocks(store, block_rows), rank, world)
     state = {"n": 0, "lo": np.full(V, np.inf), "hi": np.full(V, -np.inf), "top": None, "bot": None}
 
@@ -106,7 +116,19 @@ def scan(
         for name, largest in (("top", True), ("bot", False)):
             state[name] = _merge(state[name], b.rows, p, k, largest)
 
-    stream(store, [hook], groups, blocks, block_rows, fn)
+    def save() -> dict:
+        sd = {"n": np.array([state["n"]], np.int64), "lo": state["lo"], "hi": state["hi"]}
+        for name in ("top", "bot"):
+            if state[name] is not None:
+                sd[f"{name}/rows"], sd[f"{name}/values"] = state[name]
+        return sd
+
+    def load(sd: dict) -> None:
+        state.update(n=int(sd["n"][0]), lo=sd["lo"], hi=sd["hi"])
+        for name in ("top", "bot"):
+            state[name] = (sd[f"{name}/rows"], sd[f"{name}/values"]) if f"{name}/rows" in sd else None
+
+    stream(store, [hook], groups, blocks, block_rows, fn, ck.track("scan.range", save, load) if ck else None)
     parts = _gather(state, world)
     n = sum(p["n"] for p in parts)
     if n == 0:
@@ -129,7 +151,11 @@ def scan(
             idx = np.clip(np.searchsorted(edges[i], p[:, i], side="right") - 1, 0, bins - 1)
             hist[i] += np.bincount(idx, minlength=bins)
 
-    stream(store, [hook], groups, blocks, block_rows, fill)
+    def load_hist(sd: dict) -> None:
+        hist[:] = sd["hist"]
+
+    resume = ck.track("scan.hist", lambda: {"hist": hist}, load_hist) if ck else None
+    stream(store, [hook], groups, blocks, block_rows, fill, resume)
     hist = sum(_gather(hist, world))
 
     def doc_of(idx):

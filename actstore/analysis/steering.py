@@ -40,12 +40,13 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share, stream
 from ._tree import BlockTree
 from .contexts import windows
 from .lens import logit_lens, token_mask, unembedding
-from .output import FORMAT, read_attrs, write_group
+from .output import FORMAT, prepare_out, read_attrs, write_group
 
 KIND = "steering"
 
@@ -106,11 +107,7 @@ class SteeringVectors:
             "count_neg": self.count_neg,
             **self.meta,
         }
-        if out.exists() and any(out.iterdir()):
-            held = read_attrs(out)
-            if held is None or held.get("kind") != KIND:
-                raise AnalysisError(f"{out} exists and holds something else: pick another output folder")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out, KIND)
         write_group(out, arrays, attrs)
         return out
 
@@ -223,10 +220,12 @@ def _group_index(groups, name) -> int:
     return groups.names.index(name)
 
 
-def _sums_pass(store, hooks, groups, blocks, block_rows, want_docs: bool):
+def _sums_pass(store, hooks, groups, blocks, block_rows, want_docs: bool, ck: Checkpoint | None = None, name="sums"):
     """Pass 1 over ``blocks``: a BlockTree of per-group float64 sums per hook, the counts, and
-    (for the paired PCA) per-(block, document) float64 sums."""
+    (for the paired PCA) per-(block, document) float64 sums. ``ck``: commit the pass as
+    ``steering.<name>`` (resumable)."""
     G = len(groups.names)
+    widths = [store.schema.hooks[h].d for h in hooks] if want_docs else []
     tree = BlockTree()
     counts = np.zeros(G, np.int64)
     docs = []  # (block, doc ids [u], {hook index: [u, d] sums}, counts [u])
@@ -252,11 +251,48 @@ def _sums_pass(store, hooks, groups, blocks, block_rows, want_docs: bool):
                 docs[-1][2][j] = np.stack([x[inv == k].sum(0, dtype=np.float64) for k in range(u.size)])
         tree.push(b.block, payload)
 
-    stream(store, hooks, groups, blocks, block_rows, fn)
+    saved = 0  # docs entries already in a commit: a commit appends only the new ones
+
+    def save() -> dict:
+        nonlocal saved
+        new, saved = docs[saved:], len(docs)
+        return {**tree.state_dict("tree/"), "counts": counts, **_docs_state(new, widths)}
+
+    def load(sd: dict) -> None:
+        nonlocal counts, saved
+        tree.load_state_dict(sd, "tree/")
+        counts = sd["counts"]
+        docs[:] = _docs_from_state(sd, len(hooks)) if "+docs/block" in sd else []
+        saved = len(docs)
+
+    resume = ck.track(f"steering.{name}", save, load) if ck is not None else None
+    stream(store, hooks, groups, blocks, block_rows, fn, resume)
     return {"tree": tree, "counts": counts, "docs": docs}
 
 
-def _proj_pass(store, hooks, groups, blocks, block_rows, units: list[torch.Tensor]):
+def _docs_state(docs: list, widths: list[int]) -> dict:
+    """The per-(block, document) sums ``docs`` as flat arrays, appended at each commit
+    (``+docs/block``, ``+docs/size``, ``+docs/u``, ``+docs/cnt``, ``+docs/s<j>``)."""
+    cat = lambda xs, empty: np.concatenate(xs) if xs else empty  # noqa: E731
+    sd = {
+        "+docs/block": np.array([t[0] for t in docs], np.int64),
+        "+docs/size": np.array([t[1].size for t in docs], np.int64),
+        "+docs/u": cat([t[1] for t in docs], np.zeros(0, np.int64)),
+        "+docs/cnt": cat([t[3] for t in docs], np.zeros(0, np.int64)),
+    }
+    for j, d in enumerate(widths):
+        sd[f"+docs/s{j}"] = cat([t[2][j] for t in docs], np.zeros((0, d)))
+    return sd
+
+
+def _docs_from_state(sd: dict, H: int) -> list:
+    cut = np.cumsum(sd["+docs/size"])[:-1]
+    u, cnt = np.split(sd["+docs/u"], cut), np.split(sd["+docs/cnt"], cut)
+    sums = [np.split(sd[f"+docs/s{j}"], cut) for j in range(H)]
+    return [(int(b), u[i], {j: sums[j][i] for j in range(H)}, cnt[i]) for i, b in enumerate(sd["+docs/block"].tolist())]
+
+
+def _proj_pass(store, hooks, groups, blocks, block_rows, units: list[torch.Tensor], ck=None, name="proj"):
     """Pass 2: the projection of every selected row on each hook's unit vector."""
     out = []  # (rows [n], group [n], proj [n, H] float32)
 
@@ -264,7 +300,22 @@ def _proj_pass(store, hooks, groups, blocks, block_rows, units: list[torch.Tenso
         p = np.stack([b.x[h].numpy() @ units[j].numpy() for j, h in enumerate(hooks)], 1).astype(np.float32)
         out.append((b.rows, b.group, p))
 
-    stream(store, hooks, groups, blocks, block_rows, fn)
+    saved = 0  # blocks of ``out`` already in a commit: a commit appends only the new ones
+    KEYS = ("rows", "group", "proj")
+
+    def save() -> dict:
+        nonlocal saved
+        new, saved = out[saved:], len(out)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, len(hooks)), np.float32))
+        return {f"+{k}": np.concatenate([p[i] for p in new]) if new else empty[i] for i, k in enumerate(KEYS)}
+
+    def load(sd: dict) -> None:
+        nonlocal saved
+        out[:] = [tuple(sd[f"+{k}"] for k in KEYS)] if "+rows" in sd else []
+        saved = len(out)
+
+    resume = ck.track(f"steering.{name}", save, load) if ck is not None else None
+    stream(store, hooks, groups, blocks, block_rows, fn, resume)
     return out
 
 
@@ -353,11 +404,18 @@ def steering_vectors(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> SteeringVectors:
     """Steering vectors of ``store`` (a Store or path) at ``hooks`` from ``groups``
     (:func:`~actstore.analysis.groups.resolve`): ``mean(positive) - mean(negative)`` per hook,
     plus the reports of the module docstring. Under torchrun every rank reads its share of
-    the blocks and every rank returns the merged result."""
+    the blocks and every rank returns the merged result.
+
+    state_dir: where the passes (``steering.sums``, ``steering.proj``) commit their state
+    every ``commit_rows`` store rows, so that a rerun after a crash continues and returns
+    the same arrays (``_checkpoint.py``; None: no state); on_commit(pass, seq, rows)."""
     from ..api import open as open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -366,8 +424,11 @@ def steering_vectors(
     if ip == ineg:
         raise AnalysisError("positive and negative are the same group: name two different groups")
     rank, world = _dist.rank_world(rank, world_size)
+    ident = {"kind": KIND, "store": store_identity(store), "hooks": hooks, "groups": groups.to_json()}
+    ident.update(positive=positive, negative=negative, pca=bool(pca), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     blocks = share(n_blocks(store, block_rows), rank, world)
-    st = merge_sums(_gather(_sums_pass(store, hooks, groups, blocks, block_rows, pca), world))
+    st = merge_sums(_gather(_sums_pass(store, hooks, groups, blocks, block_rows, pca, ck), world))
     counts = st["counts"]
     if counts[ip] == 0 or counts[ineg] == 0:
         empty = positive if counts[ip] == 0 else negative
@@ -390,7 +451,7 @@ def steering_vectors(
     pca_dirs = _paired_pca(st["docs"], hooks, groups.doc_group, ip, ineg) if pca else None
 
     units = [vec[h] / max(float(vec[h].norm()), 1e-30) for h in hooks]
-    parts = [p for got in _gather(_proj_pass(store, hooks, groups, blocks, block_rows, units), world) for p in got]
+    parts = [p for got in _gather(_proj_pass(store, hooks, groups, blocks, block_rows, units, ck), world) for p in got]
     rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     grp = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
     proj = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, H), np.float32)

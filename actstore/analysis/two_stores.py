@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import _dist
+from ._checkpoint import COMMIT_ROWS, Checkpoint, store_identity
 from ._pass import AnalysisError
 from ._rows import check_hooks, n_blocks, share
 from .contexts import windows
@@ -47,9 +48,14 @@ def steering_between(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    state_dir=None,
+    commit_rows: int = COMMIT_ROWS,
+    on_commit=None,
 ) -> SteeringVectors:
     """``mean(B) - mean(A)`` per hook; ``groups_a`` / ``groups_b`` (``groups.resolve`` of each
-    store, one group each) select the rows."""
+    store, one group each) select the rows. state_dir / commit_rows / on_commit: the passes
+    (``steering.sums_a``, ``steering.sums_b``, ``steering.proj_a``, ``steering.proj_b``) commit
+    their state there and a rerun continues from it (``_checkpoint.py``; None: no state)."""
     from ..api import open as open_store
 
     sa = open_store(store_a) if isinstance(store_a, (str, os.PathLike)) else store_a
@@ -63,10 +69,14 @@ def steering_between(
     _one_group(groups_a)
     _one_group(groups_b)
     rank, world = _dist.rank_world(rank, world_size)
+    ident = {"kind": "steering_between", "store_a": store_identity(sa), "store_b": store_identity(sb)}
+    ident.update(hooks=hooks, groups_a=groups_a.to_json(), groups_b=groups_b.to_json())
+    ident.update(pca=bool(pca), block_rows=int(block_rows))
+    ck = Checkpoint(state_dir, ident, rank, world, commit_rows, on_commit)
     sums = []
-    for s, g in ((sa, groups_a), (sb, groups_b)):
+    for s, g, side in ((sa, groups_a, "a"), (sb, groups_b, "b")):
         blocks = share(n_blocks(s, block_rows), rank, world)
-        sums.append(merge_sums(_gather(_sums_pass(s, hooks, g, blocks, block_rows, pca), world)))
+        sums.append(merge_sums(_gather(_sums_pass(s, hooks, g, blocks, block_rows, pca, ck, f"sums_{side}"), world)))
     ca, cb = int(sums[0]["counts"][0]), int(sums[1]["counts"][0])
     if ca == 0 or cb == 0:
         raise AnalysisError(f"store {'A' if ca == 0 else 'B'} has no selected rows: check its groups")
@@ -94,9 +104,10 @@ def steering_between(
         pca_dirs = _paired_pca(docs, hooks, gi, 0, 1)
     units = [vec[h] / max(float(vec[h].norm()), 1e-30) for h in hooks]
     proj = []
-    for s, g in ((sa, groups_a), (sb, groups_b)):
+    for s, g, side in ((sa, groups_a, "a"), (sb, groups_b, "b")):
         blocks = share(n_blocks(s, block_rows), rank, world)
-        parts = [p for got in _gather(_proj_pass(s, hooks, g, blocks, block_rows, units), world) for p in got]
+        mine = _proj_pass(s, hooks, g, blocks, block_rows, units, ck, f"proj_{side}")
+        parts = [p for got in _gather(mine, world) for p in got]
         rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         pr = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, H), np.float32)
         proj.append((rows, pr))

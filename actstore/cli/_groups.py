@@ -1,12 +1,16 @@
-"""The row-group flags shared by ``steering``, ``pca``, ``diff`` and ``probe``: which rows,
-in which groups (``--sources`` / ``--labels`` / ``--docs``), at which positions."""
+"""The row-group flags shared by ``steering``, ``pca``, ``diff``, ``probe`` and ``scan``: which
+rows, in which groups (``--sources`` / ``--labels`` / ``--docs``), at which positions; and
+where the run's resume state lives (``--state-dir``, default ``OUT/_state``, removed once the
+output is written)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..analysis import AnalysisError
+from ..analysis._checkpoint import COMMIT_ROWS
 from ..analysis.groups import POSITIONS, resolve
 
 
@@ -21,7 +25,20 @@ def add_group_options(p, default_sources: bool = True) -> None:
     p.add_argument("--tokenizer", help="HF tokenizer folder for --marker (default: --model's)")
     p.add_argument("--drop", default="bos,special", help="leave out rows with these flags (default bos,special)")
     p.add_argument("--block-rows", type=int, default=4096, help="rows read at once")
+    p.add_argument("--state-dir", help="resume state, kept until the output is written (default: OUT/_state)")
+    p.add_argument("--commit-rows", type=int, default=COMMIT_ROWS, help="store rows between state commits")
     p.set_defaults(default_sources=default_sources)
+
+
+def state_dir(args, part: str | None = None) -> Path:
+    """Where the analysis commits its state: ``--state-dir`` or ``OUT/_state`` (``/part`` for a second run)."""
+    root = Path(args.state_dir) if args.state_dir else Path(args.out) / "_state"
+    return root / part if part else root
+
+
+def drop_state(args) -> None:
+    """The output is written: the resume state is no longer needed."""
+    shutil.rmtree(state_dir(args), ignore_errors=True)
 
 
 def marker(args) -> list[int] | None:

@@ -8,7 +8,7 @@ import json
 
 from ..analysis.layer_diff import layer_diff
 from ..api import open as open_store
-from ._groups import add_group_options, groups_from_args
+from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
 def register(sub) -> None:
@@ -31,9 +31,10 @@ def run(args) -> int:
     groups = groups_from_args(store, args)
     res = layer_diff(
         store, args.hook_a, args.hook_b, groups, top_k=args.top_k, window=args.window, bins=args.bins,
-        model=args.model, block_rows=args.block_rows,
+        model=args.model, block_rows=args.block_rows, state_dir=state_dir(args), commit_rows=args.commit_rows,
     )  # fmt: skip
     res.save(args.out)
+    drop_state(args)
     summary = {
         "out": str(args.out),
         "rows": res.count,

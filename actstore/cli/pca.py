@@ -11,7 +11,7 @@ import numpy as np
 
 from ..analysis.pca import pca, principal_angles
 from ..api import open as open_store
-from ._groups import add_group_options, groups_from_args
+from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
 def register(sub) -> None:
@@ -29,15 +29,15 @@ def register(sub) -> None:
     p.set_defaults(fn=run)
 
 
-def _one(path, args):
+def _one(path, args, state):
     store = open_store(path)
     groups = groups_from_args(store, args)
     kw = dict(k=args.k, standardize=args.standardize, sample=args.sample, seed=args.seed, block_rows=args.block_rows)
-    return pca(store, args.hooks, groups, **kw)
+    return pca(store, args.hooks, groups, state_dir=state, commit_rows=args.commit_rows, **kw)
 
 
 def run(args) -> int:
-    res = _one(args.store, args)
+    res = _one(args.store, args, state_dir(args))
     summary = {
         "out": str(args.out),
         "rows": res.count,
@@ -46,7 +46,7 @@ def run(args) -> int:
     angles = {}
     other = None
     if args.store_b:
-        other = _one(args.store_b, args)
+        other = _one(args.store_b, args, state_dir(args, "store_b"))
         for h in res.hooks:
             angles[f"{h} (A vs B)"] = principal_angles(res.components[h], other.components[h]).tolist()
     if len(res.hooks) > 1:
@@ -58,6 +58,7 @@ def run(args) -> int:
     res.save(args.out)
     if other is not None:
         other.save(f"{args.out}/store_b")  # a child group of the output, written after it
+    drop_state(args)
     summary["principal_angles"] = angles
     if args.json:
         print(json.dumps(summary))

@@ -9,7 +9,7 @@ import json
 from ..analysis import AnalysisError
 from ..analysis.probes import probes
 from ..api import open as open_store
-from ._groups import add_group_options, groups_from_args
+from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
 def register(sub) -> None:
@@ -38,9 +38,11 @@ def run(args) -> int:
     pos, neg = args.positive or groups.names[0], args.negative or groups.names[1]
     res = probes(
         store, args.hooks, groups, pos, neg, test_frac=args.test_frac, seed=args.seed, epochs=args.epochs,
-        lr=args.lr, batch=args.batch, C=args.C, block_rows=args.block_rows,
+        lr=args.lr, batch=args.batch, C=args.C, block_rows=args.block_rows, state_dir=state_dir(args),
+        commit_rows=args.commit_rows,
     )  # fmt: skip
     res.save(args.out)
+    drop_state(args)
     summary = {
         "out": str(args.out),
         "counts": res.counts,

@@ -17,7 +17,7 @@ from ..analysis import AnalysisError
 from ..analysis.output import read_attrs
 from ..analysis.scan import scan
 from ..api import open as open_store
-from ._groups import add_group_options, groups_from_args
+from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
 def register(sub) -> None:
@@ -62,8 +62,12 @@ def run(args) -> int:
     store = open_store(args.store)
     groups = groups_from_args(store, args)
     vecs = load_vectors(args.vectors, args.hook, args.latents)
-    res = scan(store, args.hook, vecs, groups, k=args.k, bins=args.bins, window=args.window, block_rows=args.block_rows)
+    res = scan(
+        store, args.hook, vecs, groups, k=args.k, bins=args.bins, window=args.window, block_rows=args.block_rows,
+        state_dir=state_dir(args), commit_rows=args.commit_rows,
+    )  # fmt: skip
     res.save(args.out)
+    drop_state(args)
     summary = {
         "out": str(args.out),
         "rows": res.count,

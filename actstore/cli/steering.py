@@ -19,7 +19,7 @@ from .._dist import init_if_launched
 from ..analysis import AnalysisError
 from ..analysis.steering import steering_vectors
 from ..api import open as open_store
-from ._groups import add_group_options, groups_from_args
+from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 from ._groups import marker as _marker_ids
 
 
@@ -70,6 +70,8 @@ def run(args) -> int:
             window=args.window,
             model=args.model,
             block_rows=args.block_rows,
+            state_dir=state_dir(args),
+            commit_rows=args.commit_rows,
         )
     finally:
         if joined:
@@ -91,7 +93,7 @@ def _between(store, groups, args) -> int:
         groups = resolve(store, positions=args.positions, marker=_marker_ids(args), drop_flags=args.drop)
     sv = steering_between(
         store, store_b, args.hooks, groups, groups_b, pca=args.pca, top_k=args.top_k, window=args.window,
-        model=args.model, block_rows=args.block_rows,
+        model=args.model, block_rows=args.block_rows, state_dir=state_dir(args), commit_rows=args.commit_rows,
     )  # fmt: skip
     return _finish(sv, "B", "A", args)
 
@@ -110,6 +112,7 @@ def _finish(sv, pos, neg, args) -> int:
         sv.export_steering_vectors(args.export_steering_vectors, layers=layers)
     if args.export_repeng:
         sv.export_repeng(args.export_repeng, args.model_hint, layers=layers)
+    drop_state(args)
     summary = {
         "out": str(out),
         "positive": pos,

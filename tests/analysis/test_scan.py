@@ -54,4 +54,4 @@ def test_width_mismatch(planted):
     s, _, rg = planted
     with pytest.raises(AnalysisError, match="do not match hook") as e:
         scan(s, "c", np.ones((2, 16)), rg)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "width 16" in str(e.value) and "width 8" in str(e.value)
