@@ -33,11 +33,10 @@ from torch import nn
 from .._numerics import pre_activations
 from ..errors import SAEError
 from ..ops import csr_decode
-from ..ops.csr_decode import decode_choice
 from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
+from ..ops.csr_decode import decode_choice
 from .config import SAEConfig
 from .latents import Latents
-
 
 
 def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
