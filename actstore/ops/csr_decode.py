@@ -31,6 +31,7 @@ import time
 from typing import Callable
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from .._numerics import acc_dtype, rows_of
 from . import _autotune
@@ -161,7 +162,9 @@ def decode_choice(
             and not torch.compiler.is_compiling()
         )
     if not measure or nnz == 0:
-        return "dense" if nnz > DENSE_DECODE_ABOVE * n * m else default
+        # Under torch.compile nnz may be data-dependent (a threshold encoder's output): then the
+        # sparse default, without a guard on it.
+        return "dense" if guard_or_false(nnz > DENSE_DECODE_ABOVE * n * m) else default
     train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (vals, W_dec, b_dec))
     names = [c for c in TIMED if c != "dense" or n * m <= DENSE_TIMED_MAX]
     key = f"{vals.dtype}|{W_dec.dtype}|{'fwd+bwd' if train else 'fwd'}|" + _autotune.shape_class(
