@@ -2,7 +2,8 @@
 ``f @ W_dec``, forward + backward, over the fraction of active latents.
 
 The dense-encoded SAEs (relu, gated, jumprelu) pick between the two by density
-(``actstore.sae.base.DENSE_DECODE_ABOVE``). For each density the two are timed
+(``actstore.ops.csr_decode.DENSE_DECODE_ABOVE``, where the decode's measuring dispatch does
+not time). For each density the two are timed
 interleaved round-robin (``_common.interleaved``, the order rotating each round) and the
 medians compared (best round and spread beside them), since this machine is noisy. On
 CUDA ``csr_decode`` runs the Triton kernels; elsewhere its reference (embedding_bag and a
@@ -39,6 +40,7 @@ def main(argv=None) -> dict:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(args.m, args.d, generator=g).to(dev).requires_grad_()
+    kernel = "triton" if dev.type == "cuda" else "reference"  # the sparse path itself, not the dispatch
     rows = []
     for density in (0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2):
         mask = torch.rand(args.n, args.m, generator=g) < density
@@ -46,7 +48,7 @@ def main(argv=None) -> dict:
         lat = Latents.from_dense(f)
 
         def sparse():
-            csr_decode(lat.row_ptr, lat.cols, lat.vals, W).sum().backward(retain_graph=True)
+            csr_decode(lat.row_ptr, lat.cols, lat.vals, W, backend=kernel).sum().backward(retain_graph=True)
 
         def dense():
             (f @ W).sum().backward()

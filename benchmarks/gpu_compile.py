@@ -24,7 +24,9 @@ with every configuration it may pick, where the CI set takes its first). Caches:
 
 Fails (exit 1) on a compile error, or on spills in a hot kernel (``HOT``) unless the
 configuration is in ``KNOWN_SPILLS``, whose reasons name the figure (issue 14 item 3 is to
-remove them).
+remove them). A configuration its launcher refuses on an arch (fp8 capture below sm_89: no
+e4m3 conversion there) is recorded with ``unsupported`` (the launcher's one-line reason) and
+not compiled.
 
     python benchmarks/gpu_compile.py                 # the CI set -> results/gpu_compile_ci.json
     python benchmarks/gpu_compile.py --set full      # the sweep -> results/gpu_compile.json
@@ -70,7 +72,7 @@ from actstore.store.format import DTYPES
 ARCHS = {"sm_80": 80, "sm_90a": 90}  # GPUTarget capability 90 emits sm_90a PTX
 LABEL = "compiled, not run"
 HOT = {"topk_encode", "topk_encode_split", "csr_matmul", "csr_gather_dot", "csr_transpose_sorted",
-       "csr_transpose_atomic", "dequant_normalize", "capture_pack"}  # fmt: skip
+       "csr_transpose_atomic", "dequant_normalize", "capture_pack", "capture_row_stats"}  # fmt: skip
 PTXAS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "actstore" / "ptxas_v.json"
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The stored element as the kernels see it: capture writes ``DType.torch_dtype`` (fp8 as uint8
@@ -89,16 +91,10 @@ KNOWN_SPILLS: list[tuple[str, str, object, str]] = [
     ("topk_encode", "sm_80", lambda r: r["spill_store_bytes"] <= 108 and r["spill_load_bytes"] <= 104,
      "16x64 tiles: 8-24 B spilled in fp32 (80-168 registers) and at K=256 with AuxK 256 (255 registers), "
      "up to 108 B stores / 104 B loads at fp32 K=256 AuxK 256; topk_encode_split is the spill-free alternative"),
-    ("capture_pack", "sm_80", lambda r: r["constexprs"]["MODE"] == 0 and r["spill_store_bytes"] <= 4,
-     "fp32 -> fp32 at [32, 64] tiles: 4 B spill stores / 4 B loads at 80 registers on sm_80 only (none at "
-     "sm_90a); not register pressure, left for a follow-up of issue 14 item 6"),
 ]  # fmt: skip
-# Configurations that do not compile today, each with the reason (checked the same way).
-KNOWN_ERRORS: list[tuple[str, str, object, str]] = [
-    ("capture_pack", "sm_80", lambda r: r["constexprs"]["MODE"] == 3,
-     "fp8 storage: tl.float8e4nv needs sm_89+, so an fp8 capture on an A100 fails to compile; encode e4m3fn in "
-     "integer arithmetic (as dequant_normalize decodes it) or fall back to the reference there"),
-]  # fmt: skip
+# Configurations that do not compile today, each with the reason (checked the same way). None now:
+# fp8 capture below sm_89 is refused by its launcher and recorded as "unsupported" (Launch.unsupported).
+KNOWN_ERRORS: list[tuple[str, str, object, str]] = []
 
 
 @dataclass(frozen=True)
@@ -125,10 +121,22 @@ class Launch:
     num_warps: int
     num_stages: int | None = None  # None: Triton's default (3)
     shapes: list = field(default_factory=list)
+    # arch -> why the launcher refuses this configuration there (it is recorded, not compiled)
+    unsupported: dict = field(default_factory=dict)
 
     def key(self, arch: str) -> str:
         fields = [self.kernel, arch, self.num_warps, self.num_stages, self.constexprs, self.ptrs, self.aligned]
         return json.dumps(fields, default=str)
+
+
+def capture_pack_unsupported(spec) -> dict:
+    """Per arch, why the capture launcher refuses storage ``spec`` there (fp8 below sm_89)."""
+    out = {}
+    for arch, cc in ARCHS.items():
+        why = capture_pack._capture_pack_unsupported(spec, divmod(cc, 10))
+        if why:
+            out[arch] = why
+    return out
 
 
 def _cfg(cfg: dict) -> tuple[dict, int]:
@@ -161,11 +169,17 @@ def launches(s: Shape, every_config: bool = True) -> list[Launch]:
             ints = ["N", "D", "M0", "M", "CAP", "ACAP", "stride_x", "stride_w"]
             out.append(Launch("topk_encode_split", split._topk_encode_split_kernel, ptrs, ints, al, cfg, w, st))
     spec = DTYPES[s.store]
+    # Capture: pass 1 (row statistics), pass 2 (element-wise pack); scale_ptr is the moments buffer when unscaled.
+    cfg, w = _cfg(capture_pack._capture_row_stats_config(s.d, spec))
+    ptrs = dict(x_ptr=dt, keep_ptr="i8", dst_ptr="i64", scale_ptr="fp32", bad_ptr="i8", norm_ptr="fp32")
+    out.append(Launch("capture_row_stats", capture_pack._capture_row_stats_kernel, ptrs, ["stride_x", "N", "D"], al,
+                      cfg, w))  # fmt: skip
     cfg, w = _cfg(capture_pack._capture_pack_config(s.d, spec))
     ptrs = dict(x_ptr=dt, keep_ptr="i8", dst_ptr="i64", shift_ptr="fp32", out_ptr=CAPTURED[s.store],
-                scale_ptr="fp32" if spec.scaled else CAPTURED[s.store], bad_ptr="i8", s1_ptr="fp32", s2_ptr="fp32",
-                norm_ptr="fp32")  # fmt: skip
-    out.append(Launch("capture_pack", capture_pack._capture_pack_fwd_kernel, ptrs, ["stride_x", "N", "D"], al, cfg, w))
+                scale_ptr="fp32", bad_ptr="i8", s1_ptr="fp32", s2_ptr="fp32")  # fmt: skip
+    ints = ["stride_x", "N", "D", "ROWS_PER_PROG"]
+    out.append(Launch("capture_pack", capture_pack._capture_pack_fwd_kernel, ptrs, ints, al, cfg, w,
+                      unsupported=capture_pack_unsupported(spec)))  # fmt: skip
     # The loader: scale when the storage is scaled, shift and mul (normalisation) on, out in the model dtype.
     cfg, w = _cfg(dequant_normalize._dequant_normalize_config(s.d, spec, spec.scaled, True, True))
     x = STORED[s.store]
@@ -312,6 +326,12 @@ def run(shapes: list[Shape], verbose: bool = True, every_config: bool = True) ->
                    "num_stages": lc.num_stages,
                    "constexprs": lc.constexprs, "pointer_dtypes": lc.ptrs, "divisible_by_16": list(lc.aligned),
                    "shapes": lc.shapes, "hot": lc.kernel in HOT, "label": LABEL}  # fmt: skip
+            if arch in lc.unsupported:  # the launcher refuses it there with this one-line error
+                rec["unsupported"] = lc.unsupported[arch]
+                records.append(rec)
+                if verbose:
+                    print(f"{arch:7s} {lc.kernel:22s} unsupported: {rec['unsupported']}", flush=True)
+                continue
             try:
                 ptx, info = compile_one(lc, arch)
                 rec.update(info)

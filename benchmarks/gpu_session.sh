@@ -9,7 +9,8 @@
 # torch.compile, sparsify and the bf16 GEMM ceiling), the store -> loader -> step pipeline, the
 # loader feed, the trainer against SAELens where it is installed, and data-parallel training
 # under torchrun (NCCL, one rank per GPU; and two ranks per GPU over gloo); it calibrates the
-# measuring dispatch (topk_encode: fused kernel vs split kernel vs chunked GEMM vs eager, per shape class; the
+# measuring dispatch (topk_encode: fused kernel vs split kernel vs chunked GEMM vs eager; sparse_decode:
+# Triton vs embedding_bag vs dense GEMM; encoder_grads: Triton vs dense vs reference; per shape class; the
 # choices land in $OUT/dispatch.json) and times capture and store I/O. Commit $OUT's JSON into
 # benchmarks/results/ (measured figures, beside the predicted ones of gpu_model.json).
 set -uo pipefail
@@ -30,14 +31,28 @@ run benchmarks/bench_loader_feed.py --device cuda | tee "$OUT/loader_feed.txt"
 # The measuring dispatch at the shapes people train: its timings are the fused and split
 # kernels' first measured figures against the chunked cuBLAS path (and eager up to m=32768);
 # bench_sae_kernels.py above times the same candidates alone (topk_encode_fused / _split /
-# _chunked / _eager beside the bf16 GEMM). The split kernel's autotuned tiles are printed.
+# _chunked / _eager beside the bf16 GEMM). The split kernel's autotuned tiles are printed. Then the
+# sparse decode (Triton CSR kernel vs embedding_bag vs scatter + GEMM, forward + backward) and the
+# encoder backward (Triton vs dense products vs the reference) at TopK densities and at a threshold
+# SAE's early density (10%).
 ACTSTORE_DISPATCH_CACHE="$OUT/dispatch.json" timeout 600 python3 - <<'PY' 2>&1 | tee "$OUT/dispatch.txt"
 import torch
-from actstore.ops import topk_encode, _autotune
+from actstore.ops import _autotune, csr_decode, topk_encode
 for n, d, m, k in [(4096, 768, 24576, 32), (8192, 2304, 65536, 64), (8192, 4096, 131072, 32)]:
     x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16)
     W = (torch.randn(m, d, device="cuda") / d**0.5).to(torch.bfloat16)
     topk_encode(x, W, torch.zeros(m, device="cuda"), k)
+    # The backward through the fused encoder: encoder_grads' dispatch times on this first backward.
+    Wg = W.clone().requires_grad_()
+    topk_encode(x, Wg, torch.zeros(m, device="cuda"), k)[0].sum().backward()
+for n, d, m, per_row in [(4096, 768, 24576, 32), (8192, 2304, 65536, 64), (4096, 768, 24576, 2458), (2048, 2304, 16384, 1638)]:
+    W = (torch.randn(m, d, device="cuda") / d**0.5).to(torch.bfloat16).requires_grad_()
+    row_ptr = torch.arange(n + 1, device="cuda") * per_row
+    cols = torch.randint(0, m, (n * per_row,), device="cuda")
+    vals = torch.rand(n * per_row, device="cuda", requires_grad=True)
+    csr_decode(row_ptr, cols, vals, W).sum().backward()  # forward + backward, timed as one
+    with torch.no_grad():
+        csr_decode(row_ptr, cols, vals, W)  # forward only: its own entry
 for row in _autotune.table():
     print(row)
 from actstore.kernels import topk_encode_split as S

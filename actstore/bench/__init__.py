@@ -37,7 +37,8 @@ def device(name: str) -> torch.device:
 
 def run(suites, device_name: str = "auto", progress=None, options: dict | None = None) -> dict:
     """Run ``suites`` (names of :data:`SUITES`) with ``options`` (each suite takes the
-    keywords it knows) and return ``{"meta", "results": [compare() dicts]}``."""
+    keywords it knows) and return ``{"meta", "results": [compare() dicts]}``, plus
+    ``"dispatch"`` (the cached dispatch choices, ``_autotune.table()``) with ``kernels``."""
     dev = device(device_name)
     meta = metadata(dev)  # before the first measurement
     results = []
@@ -46,7 +47,10 @@ def run(suites, device_name: str = "auto", progress=None, options: dict | None =
             raise BenchError(f"unknown bench suite {name!r}: use {', '.join(SUITES)} or all")
         out = SUITES[name](device=dev, progress=progress, **(options or {}).get(name, {}))
         results += out if isinstance(out, list) else [out]
-    return {"meta": meta, "results": results}
+    doc = {"meta": meta, "results": results}
+    if "kernels" in suites:  # the measuring dispatch's choices, which the kernel suite's calls fill on CUDA
+        doc["dispatch"] = kernels.dispatch_entries()
+    return doc
 
 
 __all__ = ["SUITES", "BenchError", "check_same", "compare", "device", "metadata", "run", "table"]

@@ -9,15 +9,19 @@ ops against eager PyTorch, at a shape ``n x d``, ``m`` latents, ``k`` active.
 
 Work is rows (rows/s). On a GPU the fused Triton kernels run; on a CPU the ops take their
 CPU path, so the ratios say what a user gets there.
+
+:func:`dispatch_table`: after the timings, the measuring dispatch's cached choices
+(``ops/_autotune.py``: op, device, shape class, choice, median ms per candidate), which the
+suite's own calls fill on CUDA; on a CPU it says that the dispatch times only on CUDA.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..ops import sparse_decode, topk_encode
+from ..ops import _autotune, sparse_decode, topk_encode
 from ..reference.topk_sae import sparse_decode_reference, topk_encode_reference
-from .harness import check_same, compare
+from .harness import check_same, compare, fmt_table
 
 # Relative tolerance against eager (float32): the kernels accumulate in float32 like the
 # reference; TF32 products in a Triton dot and summation order leave ~1e-3.
@@ -95,3 +99,28 @@ def run(n: int = 4096, d: int = 768, m: int = 24576, k: int = 32, device="cpu", 
         )
         for op, fns in ops.items()
     ]
+
+
+def dispatch_entries() -> list[dict]:
+    """The measuring dispatch's cached choices (``_autotune.table()``)."""
+    return _autotune.table()
+
+
+def dispatch_table(entries: list[dict], device) -> str:
+    """The dispatch's choices as a table, below a line that says where they come from."""
+    if torch.device(device).type == "cuda":
+        head = f"dispatch: the candidates timed on this machine's first call per shape class ({_autotune.cache_path()})"
+    else:
+        head = (
+            "dispatch: times its candidates on CUDA only; on this CPU the ops take their defaults (topk_encode: "
+            "reference; sparse_decode: by density; encoder_grads: as the forward ran). Cached entries "
+            f"({_autotune.cache_path()}):"
+        )
+    if not entries:
+        return head + "\n  none"
+    rows = []
+    for e in entries:
+        med = e["median_s"] if isinstance(e["median_s"], dict) else {}
+        times = ", ".join(f"{name} {t * 1e3:,.3g}" for name, t in sorted(med.items(), key=lambda kv: kv[1]))
+        rows.append([e["op"], e["device"], e["key"], e["choice"], times or "-"])
+    return head + "\n" + fmt_table(rows, ["op", "device", "dtypes | shape class", "choice", "median ms"])

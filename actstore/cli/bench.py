@@ -1,7 +1,8 @@
 """``actstore bench {capture,store,loader,kernels,all}``: benchmark this machine.
 
 Progress on stderr, a table per comparison on stdout (or ``--json``: the metadata and
-every figure). Before timing, each suite checks that its variants compute the same
+every figure); ``kernels`` adds the measuring dispatch's choices (op, device, shape class,
+choice, median per candidate). Before timing, each suite checks that its variants compute the same
 result; a variant that does not stops the run with a one-line error. ``--device`` that is
 not there is a one-line error too.
 """
@@ -72,4 +73,7 @@ def run(args) -> int:
     for res in doc["results"]:
         print()
         print(bench.table(res))
+    if "dispatch" in doc:
+        print()
+        print(bench.kernels.dispatch_table(doc["dispatch"], bench.device(args.device)))
     return 0

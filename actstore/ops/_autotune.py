@@ -136,7 +136,7 @@ def table() -> list[dict]:
     """The cached choices: ``[{"op", "device", "key", "choice", "median_s"}]``."""
     out = []
     for k, v in sorted(_read().items()):
-        op, device, key = (k.split("|") + ["", ""])[:3]
+        op, device, key = (k.split("|", 2) + ["", ""])[:3]  # the key itself holds "|"
         if isinstance(v, dict):
             choice, med = v.get("choice"), v.get("median_s")
             out.append({"op": op, "device": device, "key": key, "choice": choice, "median_s": med})

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import _native
+from ..errors import CaptureError
 from ..reference.capture_pack import capture_pack_reference
 from ..store.convert import Packed
 from ..store.format import DType, parse_dtype
@@ -45,7 +46,12 @@ def capture_pack(
         return capture_pack_reference(x, keep, shift, spec)
     if backend == "native":
         return _capture_pack_native(x, keep, shift, spec)
-    from ..kernels.capture_pack import capture_pack_fwd  # kernels need Triton, an optional dependency
+    from ..kernels.capture_pack import _capture_pack_unsupported, capture_pack_fwd  # Triton: optional
+
+    if x.is_cuda:
+        why = _capture_pack_unsupported(spec, torch.cuda.get_device_capability(x.device))
+        if why is not None:
+            raise CaptureError(why)
 
     if dst is None:
         dst = torch.cumsum(keep.to(torch.int64), 0) - 1

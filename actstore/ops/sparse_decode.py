@@ -2,7 +2,9 @@
 decode of a TopK result ``[n, k]``.
 
 A TopK result is the CSR matrix with ``row_ptr = arange(n+1) * k``, so this is
-``csr_decode`` on that view (forward and sparse backward: ``actstore.ops.csr_decode``).
+``csr_decode`` on that view (forward, sparse backward, and the measuring dispatch between the
+Triton kernel, ``embedding_bag`` and a dense GEMM, ``ACTSTORE_SPARSE_DECODE``:
+``actstore.ops.csr_decode``).
 Reference: ``actstore.reference.topk_sae.sparse_decode_reference``.
 """
 

@@ -34,18 +34,9 @@ from .._numerics import pre_activations
 from ..errors import SAEError
 from ..ops import csr_decode
 from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
+from ..ops.csr_decode import decode_choice
 from .config import SAEConfig
 from .latents import Latents
-
-# The relu, gated and jumprelu SAEs decode with the sparse ops up to this density
-# (nnz / (n*m)) and with one dense GEMM above it (``decode_by_density``, and
-# ``_decode_dense_or_sparse`` for relu's dense code). Measured on this 2-core CPU
-# (benchmarks/bench_sae_decode_crossover.py, n=2048 d=384 m=3072, forward + backward,
-# interleaved with the order rotating each round, two runs on an idle machine): sparse
-# 0.97-1.28x the dense GEMM up to 2% density (within the noise from 1%), 0.88-0.89x at 5%,
-# 0.75x at 10%, 0.50-0.54x at 20%; so the cut sits between 1% and 5%. (An earlier, noisier
-# run had put it at 10%.) The GPU crossover (Triton kernels) is still to be measured.
-DENSE_DECODE_ABOVE = 0.03
 
 
 def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -160,24 +151,20 @@ class SparseAutoencoder(nn.Module):
         raise SAEError(f"sparsify holds TopK SAEs only, not {self.arch!r}: export it with to_saelens instead")
 
     def decode(self, latents: Latents) -> torch.Tensor:
+        """``[n, d]`` float32. The candidate (sparse kernel, embedding bag, or one dense GEMM
+        when a threshold SAE early in training holds up to half of the ``[n, m]`` entries) is
+        ``actstore.ops.csr_decode``'s: measured on CUDA, the density cut
+        ``DENSE_DECODE_ABOVE`` elsewhere. Same values and gradients either way."""
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
 
-    def decode_by_density(self, latents: Latents) -> torch.Tensor:
-        """:meth:`decode`, or one dense GEMM when more than ``DENSE_DECODE_ABOVE`` of the
-        ``[n, m]`` entries are present (a threshold SAE early in training, before its
-        thresholds close: its CSR then holds up to half of them). Same values and gradients
-        (to the values and ``W_dec``) either way."""
-        if latents.cols.numel() <= DENSE_DECODE_ABOVE * latents.n * latents.m:
-            return self.decode(latents)
-        return latents.dense().float() @ self.W_dec.float() + self.b_dec.float()
-
     def _decode_dense_or_sparse(self, f: torch.Tensor) -> tuple[torch.Tensor, Latents]:
-        """Decode dense activations ``[n, m]``: the sparse kernel when few are active, one
-        GEMM otherwise (see DENSE_DECODE_ABOVE)."""
+        """Decode dense activations ``[n, m]``: where the decode's dispatch picks ``dense``,
+        the GEMM runs on ``f`` itself (no scatter); otherwise the chosen sparse candidate."""
         lat = Latents.from_dense(f)
-        if lat.cols.numel() <= DENSE_DECODE_ABOVE * f.numel():
-            return self.decode(lat), lat
-        return f.float() @ self.W_dec.float() + self.b_dec.float(), lat
+        choice = decode_choice(lat.row_ptr, lat.cols, lat.vals, self.W_dec, self.b_dec)
+        if choice == "dense":
+            return f.float() @ self.W_dec.float() + self.b_dec.float(), lat
+        return csr_decode(lat.row_ptr, lat.cols, lat.vals, self.W_dec, self.b_dec, backend=choice), lat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -74,7 +74,7 @@ class GatedSAE(SparseAutoencoder):
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
         lat, gate = self._encode(x)
-        out = self._recon_terms(x, self.decode_by_density(lat))
+        out = self._recon_terms(x, self.decode(lat))
         norms = self.W_dec.float().norm(dim=1)
         out["l1"] = (gate * norms[lat.cols]).sum() / max(1, lat.n)
         aux_hat = csr_decode(lat.row_ptr, lat.cols, gate, self.W_dec.detach(), self.b_dec.detach())

@@ -64,7 +64,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
         lat, l0 = self._encode(x)
-        out = self._recon_terms(x, self.decode_by_density(lat))
+        out = self._recon_terms(x, self.decode(lat))
         out["l0_penalty"] = l0
         out["loss"] = out["mse"] + self.cfg.l0_coef * l0
         out["latents"] = lat

@@ -2,8 +2,8 @@
 ``mse + l1_coef * sum_i f_i ||W_dec,i||`` (the L1 weighted by decoder norms, Anthropic's
 April 2024 update, so the decoder is not renormalized).
 
-The encode is dense; the decode is sparse below ``DENSE_DECODE_ABOVE`` density and one
-GEMM above it.
+The encode is dense; the decode is the sparse kernel or one GEMM on ``f``, as
+``actstore.ops.csr_decode.decode_choice`` picks (measured on CUDA, by density elsewhere).
 """
 
 from __future__ import annotations

@@ -26,6 +26,23 @@ def test_each_subcommand_prints_a_table_with_machine_and_ratios(suite, capsys):
     assert f"bench {'kernels encode' if suite == 'kernels' else suite}: checking that" in err and "round 3/3" in err
 
 
+def test_kernels_prints_the_dispatch_table(tmp_path, monkeypatch, capsys):
+    from actstore.ops import _autotune
+
+    monkeypatch.setenv("ACTSTORE_DISPATCH_CACHE", str(tmp_path / "dispatch.json"))
+    _autotune.choose("sparse_decode", "NVIDIA H200", "torch.bfloat16|k=32", {"triton": lambda: 0, "dense": lambda: 0})
+    assert cli(["bench", "kernels", "--device", "cpu", "--repeats", "1", "--quiet", *TINY["kernels"]]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("dispatch: ") :]
+    assert "times its candidates on CUDA only" in tail and str(tmp_path / "dispatch.json") in tail
+    row = [line for line in tail.splitlines() if line.startswith("sparse_decode")]
+    assert len(row) == 1 and "NVIDIA H200" in row[0] and "torch.bfloat16|k=32" in row[0]
+    assert "triton" in row[0] and "dense" in row[0]  # the median of each candidate, in ms
+    monkeypatch.setenv("ACTSTORE_DISPATCH_CACHE", str(tmp_path / "none.json"))
+    assert cli(["bench", "kernels", "--device", "cpu", "--repeats", "1", "--quiet", *TINY["kernels"]]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("none")
+
+
 @pytest.mark.slow
 def test_all_as_json_takes_the_metadata_first(capsys):
     args = ["bench", "all", "--device", "cpu", "--repeats", "1", "--quiet"]
@@ -34,7 +51,7 @@ def test_all_as_json_takes_the_metadata_first(capsys):
     assert cli([*args, "--json"]) == 0
     out, err = capsys.readouterr()
     doc = json.loads(out)
-    assert list(doc) == ["meta", "results"] and err == ""
+    assert list(doc) == ["meta", "results", "dispatch"] and err == ""
     assert [r["suite"] for r in doc["results"]] == [
         "capture",
         "store",

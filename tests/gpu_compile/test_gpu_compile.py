@@ -65,6 +65,9 @@ def _check(r, doc) -> None:
         if x.get("spill_store_bytes", 0) + x.get("spill_load_bytes", 0) and x["hot"]:
             assert x.get("known_spill"), x
         assert "error" not in x or x.get("known_error"), x
+        # A configuration the launcher refuses on an arch is recorded with its reason, not compiled.
+        if "unsupported" in x:
+            assert "registers" not in x and "error" not in x and x["unsupported"].count("\n") == 0, x
 
 
 def test_ci_set_compiles_every_kernel_for_sm80_and_sm90a(tmp_path):
@@ -72,6 +75,9 @@ def test_ci_set_compiles_every_kernel_for_sm80_and_sm90a(tmp_path):
     _check(r, doc)
     shapes = {s for x in doc["records"] for s in x["shapes"]}
     assert "test" in shapes and "prod-d4096-k32-bf16" in shapes
+    # fp8 capture: refused on sm_80 (no e4m3 conversion), compiled on sm_90a.
+    fp8 = {x["arch"]: x for x in doc["records"] if x["kernel"] == "capture_pack" and "test-fp8" in x["shapes"]}
+    assert "8.9+" in fp8["sm_80"]["unsupported"] and fp8["sm_90a"]["registers"] > 0
     # Deduplicated: one record per (kernel, constexprs, dtypes, integer alignment, warps, stages, arch).
     fields = ("function", "arch", "constexprs", "pointer_dtypes", "divisible_by_16", "num_warps", "num_stages")
     keys = [json.dumps([x.get(f) for f in fields]) for x in doc["records"]]

@@ -31,7 +31,8 @@ def _inputs(n, d, seed, nan_rows=()):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "fp8"])
-@pytest.mark.parametrize("n,d", [(64, 64), (37, 48), (70, 100), (20, 1300)])
+# (300, 40): each pack program walks two row tiles (ROWS_PER_PROG 16 > BLOCK_M 8), the last group partial.
+@pytest.mark.parametrize("n,d", [(64, 64), (37, 48), (70, 100), (20, 1300), (300, 40)])
 def test_kernel_matches_reference(dtype, n, d):
     x, keep, shift = _inputs(n, d, seed=n * 1000 + d, nan_rows=[(3, float("nan")), (9, float("-inf"))])
     with warnings.catch_warnings():
@@ -109,3 +110,14 @@ def test_native_cpu_path_matches_reference(dtype):
         assert torch.equal(got.scale[good], ref.scale[good])
     for name in ("s1", "s2", "norm_sum"):  # float64 sums against the reference's, rounded to float32
         assert_close(name, getattr(ref, name), getattr(got, name), RMS_RATIO[torch.float64])
+
+
+def test_fp8_is_refused_below_sm89_in_one_line():
+    from actstore.kernels.capture_pack import _capture_pack_unsupported
+    from actstore.store.format import DTYPES
+
+    why = _capture_pack_unsupported(DTYPES["fp8"], (8, 0))
+    assert why.startswith("fp8 capture needs a GPU of compute capability 8.9+") and "8.0" in why and "\n" not in why
+    assert _capture_pack_unsupported(DTYPES["fp8"], (8, 9)) is None
+    assert _capture_pack_unsupported(DTYPES["fp8"], (9, 0)) is None
+    assert all(_capture_pack_unsupported(DTYPES[t], (8, 0)) is None for t in ("fp32", "fp16", "bf16", "int8"))

@@ -4,6 +4,7 @@ formats: actstore's own, and round trips through the real SAELens and sparsify p
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -321,13 +322,14 @@ def test_cand_k_follows_the_batches_and_dense_rows_are_counted():
 
 @pytest.mark.parametrize("arch", ["jumprelu", "gated"])
 def test_dense_codes_decode_by_one_gemm_with_the_same_loss_and_gradients(arch, monkeypatch):
-    import actstore.sae.base as base
+    # The module (actstore.ops re-exports its function under the same name).
+    csr_decode_mod = importlib.import_module("actstore.ops.csr_decode")
 
     sae = build(SAEConfig(arch, D, M), seed=3)  # at init: about half the latents active
     x = _x()
     out = {}
     for cut in (0.1, 1.0):  # 0.1: the dense GEMM (density ~0.5); 1.0: the sparse decode
-        monkeypatch.setattr(base, "DENSE_DECODE_ABOVE", cut)
+        monkeypatch.setattr(csr_decode_mod, "DENSE_DECODE_ABOVE", cut)
         sae.zero_grad()
         loss = sae.loss(x)
         density = loss["latents"].cols.numel() / (x.shape[0] * M)
