@@ -3,7 +3,9 @@
 Output (``out_dir``, default ``analysis_dir/report``): ``index.html`` (the run's summary, the
 log-density histogram and a sortable, filterable table of every latent) and one page per
 latent, ``latents/<i:05d>.html`` (statistics, activation histogram, top input tokens, logit
-lens, contexts of the top examples and of every bin's samples, ablation rows). Everything is
+lens, contexts of the top examples and of every bin's samples, ablation rows). The index also
+holds a section per representation job of the run (``OUT/<job>/``: ``represent.sections``,
+plots as inline SVG); a run of representation jobs only gets just those. Everything is
 inline (CSS, a small JS for the table, SVG charts): the pages work from ``file://`` with no
 server and no network. The table applies ``?sort=KEY`` (``-KEY`` descending), ``?q=TEXT``
 and ``?hide=dead`` on load, so a link (or a headless browser) can ask for an order.
@@ -32,7 +34,7 @@ import jinja2
 import numpy as np
 
 from .._pass import AnalysisError
-from ..output import Analysis
+from ..output import Analysis, read_attrs
 
 MARKER = "report.json"
 PAD = 3  # empty histogram bins shown on each side of a latent's nonzero ones
@@ -94,7 +96,7 @@ def load_tokenizer(spec):
 
 def _model_tokenizer(attrs: dict):
     """The tokenizer of the analysis' model folder, or None (no model, a factory, or no tokenizer files)."""
-    name = (attrs.get("model") or {}).get("name")
+    name = (attrs.get("model") or (attrs.get("represent") or {}).get("model") or {}).get("name")
     if not name or not os.path.isdir(name):
         return None
     try:
@@ -432,12 +434,72 @@ def _check_out(out: Path, identity: str) -> None:
         raise AnalysisError(f"{out} exists and holds no actstore report: pick another folder")
 
 
+def _represent(path: Path, attrs: dict, tok: _Tokens) -> list[dict]:
+    """One entry per representation job of the run (``jobs.py``), in run order: its sections
+    (``represent.sections``), or ``sections`` None for a job whose group is not finished."""
+    # Deferred: represent.py builds on this module's helpers (a cycle at import time).
+    from ..jobs import MARKER, REPR_JOBS
+    from .represent import head, sections
+
+    out = []
+    for job in attrs.get("jobs", {}):
+        if job not in REPR_JOBS:
+            continue
+        p = path / job
+        got = read_attrs(p) if (p / "zarr.json").exists() else None
+        if got is None or got.get(MARKER) is None:
+            out.append({"job": job, "kind": None, "head": [], "sections": None})
+            continue
+        a, secs = sections(p, tok)
+        out.append({"job": job, "kind": a["kind"], "head": head(a), "sections": secs})
+    return out
+
+
+def _render_represent_only(path: Path, attrs: dict, out: Path, tok) -> Path:
+    """The index page of a run of representation jobs only (no SAE: no latent table)."""
+    head = {
+        "store": attrs["store"]["path"],
+        "jobs": list(attrs["jobs"]),
+        "tokens": "decoded" if tok is not None else "shown as ids [n]",
+        "identity": attrs.get("identity", "")[:12],
+        "m": None,
+    }
+    represent = _represent(path, attrs, _Tokens(tok))
+    _check_out(out, attrs.get("identity", ""))
+    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
+    try:
+        build.mkdir(parents=True)
+        idx = (
+            _env()
+            .get_template("index.html.j2")
+            .render(head=head, rows=None, chart=None, represent=represent, exact=_exact)
+        )
+        (build / "index.html").write_text(idx, encoding="utf-8")
+        (build / MARKER).write_text(
+            json.dumps({"identity": attrs.get("identity", ""), "analysis": str(path)}, indent=1)
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return out / "index.html"
+
+
 def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     """Write the HTML report of the analysis at ``analysis_dir`` into ``out_dir`` (default
     ``analysis_dir/report``); returns the path of its ``index.html``. ``pages``: which latents
     get a page (None: all; n: the n that fire most; or latent ids); the index lists every
     latent and links those. A page holds every example's context, a few hundred KB with
-    the default jobs, so a wide SAE's full report runs to hundreds of MB."""
+    the default jobs, so a wide SAE's full report runs to hundreds of MB. Each representation
+    job of the run (``OUT/<job>/``, ``jobs.py``) gets a section of the index; a run of those
+    jobs only gets an index of its sections."""
+    path = Path(analysis_dir)
+    attrs = read_attrs(path)
+    if attrs is not None and "sae" not in attrs and "kind" not in attrs and "represent" in attrs:
+        out = Path(out_dir) if out_dir is not None else path / "report"
+        tok = load_tokenizer(tokenizer) if tokenizer is not None else _model_tokenizer(attrs)
+        return _render_represent_only(path, attrs, out, tok)
     a = Analysis(analysis_dir)
     out = Path(out_dir) if out_dir is not None else a.path / "report"
     identity = a.attrs.get("identity", "")
@@ -467,7 +529,11 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     try:
         (build / "latents").mkdir(parents=True)
         idx = env.get_template("index.html.j2").render(
-            head=head, rows=rep.index_rows(), chart=rep.density_chart(), exact=_exact
+            head=head,
+            rows=rep.index_rows(),
+            chart=rep.density_chart(),
+            represent=_represent(a.path, at, rep.tok),
+            exact=_exact,
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
         page = env.get_template("latent.html.j2")
