@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -432,6 +433,8 @@ def run_all(
             fn, args, kw = job_call(job, c, opts)
             res = fn(*args, **kw)
             if r == 0:
+                if path.exists() and not (path / "zarr.json").exists():
+                    shutil.rmtree(path)  # a write cut short: this plan's (the root matched), redone whole
                 res.save(path)
                 _write_marker(path, {"job": job, "plan": plan_id})
         _barrier(world)

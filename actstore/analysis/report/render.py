@@ -30,123 +30,20 @@ import shutil
 import uuid
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
 from .._pass import AnalysisError
+from ..jobs import MARKER as DONE
+from ..jobs import REPR_JOBS
 from ..output import Analysis, read_attrs
+from .represent import head as repr_head
+from .represent import sections
+from .widgets import _bars, _env, _exact, _model_tokenizer, _num, _ticks, _Tokens, load_tokenizer
 
 MARKER = "report.json"
 PAD = 3  # empty histogram bins shown on each side of a latent's nonzero ones
 SHOW_TOKENS = 5  # top input / logit tokens per latent in the index table
 BIN_MODES = (("equal", "equal width on [0, max]"), ("abs", "absolute"), ("quantile", "rank quantiles"))
-TEMPLATES = Path(__file__).with_name("templates")
-
-
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,  # every token string is untrusted text
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = _num
-    return env
-
-
-def _num(x, digits: int = 4) -> str:
-    """A short human form of a number: ints with thousands separators, floats to ``digits`` significant."""
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    x = float(x)
-    if math.isnan(x):
-        return "–"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    return f"{x:.{digits}g}"
-
-
-def _exact(x) -> str:
-    """The number exactly (round-trips through float()): what data-v attributes and tests read."""
-    return repr(float(x)) if not isinstance(x, (int, np.integer)) else str(int(x))
-
-
-def load_tokenizer(spec):
-    """``spec``: None, an object with ``decode``, or a Hugging Face tokenizer folder (loaded offline)."""
-    if spec is None or hasattr(spec, "decode"):
-        return spec
-    path = os.fspath(spec)
-    if not os.path.isdir(path):
-        raise AnalysisError(f"--tokenizer {path!r} is not a folder: give a Hugging Face tokenizer or model folder")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
-    # Deferred: transformers is an optional extra (actstore[capture]) and takes seconds to import.
-    import transformers
-
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise AnalysisError(
-            f"no tokenizer in {path!r} ({type(e).__name__}): give --tokenizer a folder with tokenizer files"
-        ) from None
-    return tok
-
-
-def _model_tokenizer(attrs: dict):
-    """The tokenizer of the analysis' model folder, or None (no model, a factory, or no tokenizer files)."""
-    name = (attrs.get("model") or (attrs.get("represent") or {}).get("model") or {}).get("name")
-    if not name or not os.path.isdir(name):
-        return None
-    try:
-        tok = load_tokenizer(name)
-    except AnalysisError:
-        return None
-    return tok if len(tok) > 1 else None  # an empty stand-in is no tokenizer
-
-
-class _Tokens:
-    """Token id -> display text (cached); ids when there is no tokenizer."""
-
-    def __init__(self, tokenizer):
-        self.tok, self.cache = tokenizer, {}
-
-    def __call__(self, i: int) -> str:
-        i = int(i)
-        if i < 0:
-            return ""
-        if i not in self.cache:
-            if self.tok is None:
-                text = f"[{i}]"
-            else:
-                try:
-                    text = self.tok.decode([i])
-                except Exception:
-                    text = f"[{i}]"
-                text = text.replace("\n", "⏎").replace("\t", "⇥") or "∅"
-            self.cache[i] = text
-        return self.cache[i]
-
-
-def _bars(counts, labels, width=560, height=120) -> dict:
-    """Geometry of an inline SVG bar chart of ``counts`` (bar heights on a linear scale)."""
-    counts = [int(c) for c in counts]
-    top = max(counts + [1])
-    n = max(len(counts), 1)
-    w = width / n
-    bars = [
-        {"x": round(j * w, 2), "w": round(max(w - 1, 1), 2), "h": round(height * c / top, 2), "title": f"{lab}: {c:,}"}
-        for j, (c, lab) in enumerate(zip(counts, labels))
-    ]
-    for b in bars:
-        b["y"] = round(height - b["h"], 2)
-    return {"width": width, "height": height, "bars": bars, "top": top}
-
-
-def _ticks(lo: float, hi: float, values, width: int) -> list[dict]:
-    """Axis labels at ``values`` on a linear axis [lo, hi] mapped to [0, width]."""
-    return [{"x": round((v - lo) / (hi - lo) * width, 2), "label": lab} for v, lab in values]
 
 
 class _Report:
@@ -437,21 +334,17 @@ def _check_out(out: Path, identity: str) -> None:
 def _represent(path: Path, attrs: dict, tok: _Tokens) -> list[dict]:
     """One entry per representation job of the run (``jobs.py``), in run order: its sections
     (``represent.sections``), or ``sections`` None for a job whose group is not finished."""
-    # Deferred: represent.py builds on this module's helpers (a cycle at import time).
-    from ..jobs import MARKER, REPR_JOBS
-    from .represent import head, sections
-
     out = []
     for job in attrs.get("jobs", {}):
         if job not in REPR_JOBS:
             continue
         p = path / job
         got = read_attrs(p) if (p / "zarr.json").exists() else None
-        if got is None or got.get(MARKER) is None:
+        if got is None or got.get(DONE) is None:
             out.append({"job": job, "kind": None, "head": [], "sections": None})
             continue
         a, secs = sections(p, tok)
-        out.append({"job": job, "kind": a["kind"], "head": head(a), "sections": secs})
+        out.append({"job": job, "kind": a["kind"], "head": repr_head(a), "sections": secs})
     return out
 
 

@@ -17,7 +17,7 @@ import zarr
 
 from .._pass import AnalysisError
 from ..output import read_attrs
-from .render import _bars, _env, _exact, _num, _ticks, _Tokens, load_tokenizer
+from .widgets import _bars, _env, _exact, _num, _ticks, _Tokens, load_tokenizer
 
 
 def _contexts(tok, rows, values, tokens, wrows, wvals, label_fmt="{:.3g}") -> list[dict]:
