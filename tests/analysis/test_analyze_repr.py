@@ -28,7 +28,7 @@ from helpers.paths import HELPERS, ROOT
 from helpers.procs import torchrun
 from helpers.repr_store import write_repr_store
 
-BLOCK = 37  # rows a block: the 728-row store spans many blocks and both segments
+BLOCK = 97  # rows a block: the 728-row store spans 8 blocks and both segments
 
 
 def _cli(*args):
@@ -153,6 +153,7 @@ def _browser(url: str) -> tuple[str, list[str]]:
     return out.stdout, [ln for ln in out.stderr.splitlines() if ":CONSOLE" in ln]
 
 
+@pytest.mark.slow  # five CLI processes and a browser: about a minute on 2 shared cores
 def test_cli_features_and_representation_jobs_with_the_report(world, tmp_path):
     out = tmp_path / "o"
     jobs = "stats,top,steering,pca,diff,scan"
@@ -211,6 +212,8 @@ def test_representation_only_report_and_cli(world, tmp_path):
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert 'id="job-probe"' in page and 'id="job-scan"' in page and "<polyline" in page
     assert 'id="latents-table"' not in page and "<script" not in page
+    with pytest.raises(AnalysisError, match="holds representation jobs only"):
+        an.open(out)
     assert render(out, tmp_path / "r2").read_text(encoding="utf-8") == page.replace(
         str(out / "report"), str(tmp_path / "r2")
     )
