@@ -96,8 +96,25 @@ def split_jobs(jobs) -> tuple[dict[str, dict], dict[str, dict]]:
             unknown = sorted(set(given) - set(OPTIONS[j]))
             if unknown:
                 raise AnalysisError(f"unknown option {j}.{unknown[0]}: {j} takes {', '.join(OPTIONS[j])}")
+            for k, v in given.items():
+                _check_type(j, k, v)
             rep[j] = {**OPTIONS[j], **given}
     return feat, rep
+
+
+def _check_type(job: str, key: str, value) -> None:
+    """A given option has its default's type (an int for a float; text, a list or null where the default is null)."""
+    want = type(OPTIONS[job][key])
+    if want is bool:
+        ok, what = isinstance(value, bool), "true or false"
+    elif want is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif want is float:
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, what = value is None or isinstance(value, (str, list)), "text"
+    if not ok:
+        raise AnalysisError(f"option {job}.{key}={json.dumps(value)}: give {what}")
 
 
 @dataclass
@@ -225,30 +242,27 @@ def _diff_hooks(c: Context, o: dict) -> tuple[str, str]:
 
 def job_call(job: str, c: Context, o: dict) -> tuple[Callable, tuple, dict]:
     """``(function, args, kwargs)`` of representation job ``job`` with options ``o``: the one
-    place that builds them (per-job keywords such as a state folder belong here)."""
-    ranks = {"rank": c.rank, "world_size": c.world_size}
+    place that builds them (a keyword every store pass takes, such as a state folder, goes in
+    ``passes``)."""
+    pick = lambda *keys: {k: o[k] for k in keys}  # noqa: E731
+    passes = {"block_rows": c.block_rows, "rank": c.rank, "world_size": c.world_size}
+    two = (c.store, c.hooks, c.groups, c.positive, c.negative)  # the args of the two-group jobs
     if job == "steering":
-        kw = {k: o[k] for k in ("pca", "top_k", "window", "lens_t", "lens_outlier_z")}
-        return steering_vectors, (c.store, c.hooks, c.groups, c.positive, c.negative), {
-            **kw, "model": c.model, "block_rows": c.block_rows, **ranks,
-        }  # fmt: skip
+        kw = pick("pca", "top_k", "window", "lens_t", "lens_outlier_z")
+        return steering_vectors, two, {**kw, "model": c.model, **passes}
     if job == "pca":
-        kw = {k: o[k] for k in ("k", "standardize", "sample", "seed")}
-        return _pca_job, (c.store, c.hooks, c.groups), {**kw, "block_rows": c.block_rows, **ranks}
+        return _pca_job, (c.store, c.hooks, c.groups), {**pick("k", "standardize", "sample", "seed"), **passes}
     if job == "diff":
-        kw = {k: o[k] for k in ("top_k", "window", "bins", "lens_t", "lens_outlier_z")}
-        return layer_diff, (c.store, *_diff_hooks(c, o), c.groups), {
-            **kw, "model": c.model, "block_rows": c.block_rows, **ranks,
-        }  # fmt: skip
+        kw = pick("top_k", "window", "bins", "lens_t", "lens_outlier_z")
+        return layer_diff, (c.store, *_diff_hooks(c, o), c.groups), {**kw, "model": c.model, **passes}
     if job == "probe":
-        kw = {k: o[k] for k in ("test_frac", "seed", "epochs", "lr", "batch", "C")}
-        return probes, (c.store, c.hooks, c.groups, c.positive, c.negative), {**kw, "block_rows": c.block_rows, **ranks}
+        kw = pick("test_frac", "seed", "epochs", "lr", "batch", "C")
+        return probes, two, {**kw, **passes}
     if job == "scan":
         hook, vecs = _scan_vectors(c, o)
-        kw = {k: o[k] for k in ("k", "bins", "window")}
-        return scan, (c.store, hook, vecs, c.groups), {**kw, "block_rows": c.block_rows, **ranks}
+        return scan, (c.store, hook, vecs, c.groups), {**pick("k", "bins", "window"), **passes}
     if job == "mcs":
-        return _mcs_job, (c.sae, _other_sae(o)), {"neighbours_k": int(o["neighbours"]), "tile": int(o["tile"])}
+        return _mcs_job, (c.sae, _other_sae(o)), {"neighbours_k": o["neighbours"], "tile": o["tile"]}
     raise AnalysisError(f"unknown representation job {job!r}: use some of {', '.join(REPR_JOBS)}")
 
 

@@ -228,6 +228,8 @@ def test_representation_only_report_and_cli(world, tmp_path):
         (["--jobs", "scan"], "missing --sae"),
         (["--jobs", "pca", "--hooks", "a,zz"], "unknown hook(s) ['zz']"),
         (["--jobs", "pca", "--option", "pca.kk=3"], "unknown option pca.kk"),
+        (["--jobs", "pca", "--option", "pca.k=lots"], 'option pca.k="lots": give an integer'),
+        (["--jobs", "steering", "--option", "steering.pca=1"], "option steering.pca=1: give true or false"),
         (["--jobs", "diff"], "diff takes two hooks and --hooks names 3"),
         (["--jobs", "diff", "--hooks", "a,c"], "differ in width"),
         (["--jobs", "steering", "--docs", "{ONE}"], "compare two row groups"),
