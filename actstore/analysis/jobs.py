@@ -401,6 +401,7 @@ def run_all(
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
+    on_job: Callable[[str], None] | None = None,
     **feature_kw,
 ) -> Path | None:
     """Run ``jobs`` (feature and representation jobs; see the module docstring) of ``store``
@@ -412,7 +413,8 @@ def run_all(
     model: a causal LM for ``lens``/``ablation`` and the logit lens of ``steering``/``diff``.
     feature_kw: the other keywords of :func:`~actstore.analysis.run` (hook, rows, drop_flags,
     docs, latents, commit_rows, device, progress, on_commit). With feature jobs only this is
-    :func:`~actstore.analysis.run`."""
+    :func:`~actstore.analysis.run`. on_job: called with each representation job's name once
+    its group is written and marked (after the ranks' barrier), not for a skipped one."""
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
     out = Path(out)
     feat, rep = split_jobs(jobs)
@@ -451,7 +453,9 @@ def run_all(
                     shutil.rmtree(path)  # a write cut short: this plan's (the root matched), redone whole
                 res.save(path)
                 _write_marker(path, {"job": job, "plan": plan_id})
-        _barrier(world)
+            _barrier(world)
+            if on_job is not None:
+                on_job(job)
     return out if r == 0 else None
 
 

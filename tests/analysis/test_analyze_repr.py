@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from actstore.analysis.output import ATTR, read_attrs
 from actstore.analysis.report import render
 from actstore.cli import main
 from actstore.sae import SAEConfig, TopKSAE, load, save
+from helpers.analyze_repr_kill_job import BLOCK as KB
+from helpers.analyze_repr_kill_job import JOBS as KJ
 from helpers.paths import HELPERS, ROOT
 from helpers.procs import torchrun
 from helpers.repr_store import write_repr_store
@@ -127,6 +130,24 @@ def test_rerun_skips_finished_jobs_redoes_unmarked_and_refuses_another_plan(worl
     with pytest.raises(AnalysisError, match="holds no actstore analysis"):
         an.run_all(s, "pca", tmp_path / "x", groups=g)
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_job_then_rerun_skips_it_and_gives_the_same_bytes(world, tmp_path):
+    ref = an.run_all(world / "s", KJ, tmp_path / "ref", hooks="a,b", block_rows=KB)
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
+                              "pca"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after writing pca
+    assert os.WIFSTOPPED(status)
+    os.kill(child.pid, signal.SIGKILL)
+    os.waitpid(child.pid, 0)
+    child.returncode = -9
+    assert (out / "pca" / "zarr.json").exists() and not (out / "probe").exists()
+    done = []
+    assert an.run_all(world / "s", KJ, out, hooks="a,b", block_rows=KB, on_job=done.append) == out
+    assert done == ["probe"]  # steering and pca were finished: skipped
+    assert _files(out, skip=()) == _files(ref, skip=())
 
 
 CHROMIUM = shutil.which("chromium")
