@@ -34,7 +34,7 @@ class AnalyzeConfig:
     )
     hook: str | None = field(default=None, metadata=_h("the hook the SAE reads (default: the SAE's own hook)"))
     model: str | None = field(
-        default=None, metadata=_h("local HF causal LM folder or python:module:function (for lens and ablation)")
+        default=None, metadata=_h("local HF causal LM folder or python:module:function (lens, ablation; steering and diff's lens)")
     )
     jobs: str = field(
         default="stats,top,bins",
@@ -53,7 +53,10 @@ class AnalyzeConfig:
         default=None, metadata=_h("steering and probe: the negative group (default: the second)")
     )
     rows: str | None = field(default=None, metadata=_h("store rows A:B to analyse (A: or :B leave a side open)"))
-    drop: str | None = field(default=None, metadata=_h("leave out rows with these flags: bos,special,pad"))
+    drop: str | None = field(
+        default=None,
+        metadata=_h("leave out rows with these flags: bos,special,pad (unset: none, and bos,special for the groups)"),
+    )
     latents: str | None = field(default=None, metadata=_h("analyse only these latents: ids and ranges, e.g. 0-127,300"))
     block_rows: int = field(default=4096, metadata=_h("rows read and encoded at once"))
     commit_rows: int = field(default=1 << 20, metadata=_h("rows between state commits (how much a crash loses)"))
