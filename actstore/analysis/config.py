@@ -34,7 +34,8 @@ class AnalyzeConfig:
     )
     hook: str | None = field(default=None, metadata=_h("the hook the SAE reads (default: the SAE's own hook)"))
     model: str | None = field(
-        default=None, metadata=_h("local HF causal LM folder or python:module:function (lens, ablation; steering and diff's lens)")
+        default=None,
+        metadata=_h("local HF causal LM folder or python:module:function (lens, ablation; steering and diff's lens)"),
     )
     jobs: str = field(
         default="stats,top,bins",
