@@ -7,6 +7,10 @@
   ``bins`` (bins.py), ``contexts`` (contexts.py), ``top_tokens`` (top_tokens.py), ``lens``
   (lens.py) and ``ablation`` (ablation.py), which need ``model=``.
 - :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
+- :func:`run_all` (store, jobs, out, sae=, hooks=, groups=, ...): the feature jobs and the
+  representation jobs below (:data:`REPR_JOBS`: steering, pca, diff, probe, scan, mcs) into one
+  folder, each representation result in ``out/<job>/``, resumable job by job (``jobs.py``);
+  what ``actstore analyze`` runs.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
 
@@ -33,6 +37,7 @@ from .dictionary import MCS, mcs, neighbours
 from .feature_stats import FeatureStats
 from .groups import RowGroups
 from .groups import resolve as row_groups
+from .jobs import ALL_JOBS, REPR_JOBS, run_all
 from .layer_diff import LayerDiff, layer_diff
 from .output import Analysis, LatentView
 from .pca import PCA, pca, principal_angles
@@ -52,8 +57,11 @@ def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
 
 __all__ = [
     "run",
+    "run_all",
     "open",
     "JOBS",
+    "REPR_JOBS",
+    "ALL_JOBS",
     "AnalyzeConfig",
     "Analysis",
     "LatentView",

@@ -267,6 +267,7 @@ def run(
     device=None,
     progress: bool = False,
     on_commit: Callable[[int, int], None] | None = None,
+    plan: dict | None = None,
 ) -> Path | None:
     """Analyse ``store`` (a Store or path) with ``sae`` (an SAE module or saved folder) into
     the Zarr group ``out``; returns ``out``, or None for a share that did not finish the run.
@@ -282,6 +283,8 @@ def run(
         every job then covers only those (the encode still computes every latent, as TopK needs);
         ``latents/selected [m]`` bool marks them in the output.
     block_rows: rows read and encoded at once; commit_rows: rows between state commits.
+    plan: the representation jobs run after this one into ``out`` (``jobs.run_all``): listed in
+        ``jobs`` and recorded as ``represent`` in the root attributes, and part of the identity.
     """
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
     sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
@@ -328,6 +331,9 @@ def run(
         "block_rows": int(block_rows),
         "jobs": {j: _job_config(j, o) for j, o in spec.items()},
     }
+    if plan is not None:
+        ident["jobs"].update(plan["jobs"])
+        ident["represent"] = {k: v for k, v in plan.items() if k not in ("jobs", "store")}
     loaded = None
     if set(MODEL_JOBS) & set(spec):
         if model is None:

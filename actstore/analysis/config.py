@@ -2,7 +2,8 @@
 
 Each field is one flag (``--block-rows`` for ``block_rows``; type, default and help from
 here, through ``actstore/cli/_options.py``). ``to_run_kwargs()`` turns it into the
-arguments of :func:`actstore.analysis.run`: ``rows`` ``"A:B"`` (either side may be left
+arguments of :func:`actstore.analysis.run_all` (without the row groups, which the CLI
+resolves from the flags of ``cli/_groups.py``): ``rows`` ``"A:B"`` (either side may be left
 out) becomes ``slice(A, B)`` of store rows, ``jobs`` a comma list, ``options`` per-job
 settings ``{job: {key: value}}`` (``--option top.k=50`` on the command line).
 """
@@ -23,17 +24,40 @@ def _h(text: str) -> dict:
 @dataclass(frozen=True)
 class AnalyzeConfig:
     store: str = field(metadata=_h("the store to analyse"))
-    sae: str = field(metadata=_h("SAE folder written by actstore train (OUT or OUT/sae) or actstore.sae.save"))
     out: str = field(metadata=_h("output folder (a Zarr v3 group); rerun the same line to resume"))
+    sae: str | None = field(
+        default=None,
+        metadata=_h(
+            "SAE folder written by actstore train (OUT or OUT/sae) or actstore.sae.save (the feature jobs, mcs, "
+            "scan of decoder rows)"
+        ),
+    )
     hook: str | None = field(default=None, metadata=_h("the hook the SAE reads (default: the SAE's own hook)"))
     model: str | None = field(
-        default=None, metadata=_h("local HF causal LM folder or python:module:function (for lens and ablation)")
+        default=None,
+        metadata=_h("local HF causal LM folder or python:module:function (lens, ablation; steering and diff's lens)"),
     )
     jobs: str = field(
-        default="stats,top,bins", metadata=_h("comma list of stats,top,bins,contexts,top_tokens,lens,ablation")
+        default="stats,top,bins",
+        metadata=_h(
+            "comma list of feature jobs stats,top,bins,contexts,top_tokens,lens,ablation and representation "
+            "jobs steering,pca,diff,probe,scan,mcs"
+        ),
+    )
+    hooks: str | None = field(
+        default=None, metadata=_h("comma list of hooks the representation jobs read (default: every hook)")
+    )
+    positive: str | None = field(
+        default=None, metadata=_h("steering and probe: the positive group (default: the first)")
+    )
+    negative: str | None = field(
+        default=None, metadata=_h("steering and probe: the negative group (default: the second)")
     )
     rows: str | None = field(default=None, metadata=_h("store rows A:B to analyse (A: or :B leave a side open)"))
-    drop: str | None = field(default=None, metadata=_h("leave out rows with these flags: bos,special,pad"))
+    drop: str | None = field(
+        default=None,
+        metadata=_h("leave out rows with these flags: bos,special,pad (unset: none, and bos,special for the groups)"),
+    )
     latents: str | None = field(default=None, metadata=_h("analyse only these latents: ids and ranges, e.g. 0-127,300"))
     block_rows: int = field(default=4096, metadata=_h("rows read and encoded at once"))
     commit_rows: int = field(default=1 << 20, metadata=_h("rows between state commits (how much a crash loses)"))
@@ -66,8 +90,10 @@ class AnalyzeConfig:
             raise AnalysisError(f"options given for job(s) {unknown} that are not in --jobs {self.jobs}")
         return {j: dict(self.options.get(j, {})) for j in names}
 
-    def sae_path(self) -> Path:
-        """``sae`` itself, or its ``sae/`` subfolder when it is a training run's output folder."""
+    def sae_path(self) -> Path | None:
+        """``sae`` itself, or its ``sae/`` subfolder when it is a training run's output folder (None: no SAE)."""
+        if self.sae is None:
+            return None
         p = Path(self.sae)
         return p / "sae" if not (p / "config.json").exists() and (p / "sae" / "config.json").exists() else p
 
@@ -79,6 +105,9 @@ class AnalyzeConfig:
             "out": self.out,
             "hook": self.hook,
             "model": self.model,
+            "hooks": self.hooks,
+            "positive": self.positive,
+            "negative": self.negative,
             "rows": self.row_slice(),
             "drop_flags": self.drop,
             "latents": self.latents,

@@ -171,6 +171,11 @@ class Analysis:
                 f"{self.path} holds a {self.attrs['kind']} result, not an SAE analysis: read it with plain zarr "
                 "or its class's load (e.g. SteeringVectors.load)"
             )
+        if "sae" not in self.attrs:  # a run of representation jobs only (jobs.py): their groups are out/<job>
+            raise AnalysisError(
+                f"{self.path} holds representation jobs only ({', '.join(self.attrs.get('jobs', {}))}): read "
+                f"{self.path}/<job> with plain zarr or its class's load"
+            )
         self.group = zarr.open_group(str(self.path), mode="r")
         self.m = int(self.attrs["sae"]["m"])
         self._cache: dict[str, np.ndarray] = {}

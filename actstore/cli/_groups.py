@@ -1,7 +1,9 @@
-"""The row-group flags shared by ``steering``, ``pca``, ``diff``, ``probe`` and ``scan``: which
-rows, in which groups (``--sources`` / ``--labels`` / ``--docs``), at which positions; and
-where the run's resume state lives (``--state-dir``, default ``OUT/_state``, removed once the
-output is written)."""
+"""The row-group flags shared by ``steering``, ``pca``, ``diff``, ``probe``, ``scan`` and
+``analyze``: which rows, in which groups (``--sources`` / ``--labels`` / ``--docs``), at which
+positions; and where the run's resume state lives (``--state-dir``, default ``OUT/_state``,
+removed once the output is written). A command that has its own ``--drop``, ``--block-rows``,
+``--tokenizer``, ``--commit-rows`` or state folder (analyze) passes them in ``shared``; left unset
+there (None), the groups drop ``bos,special`` rows and read 4096 rows at once."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from ..analysis import AnalysisError
 from ..analysis._checkpoint import COMMIT_ROWS
 from ..analysis.groups import POSITIONS, resolve
 
+DROP = "bos,special"
+BLOCK_ROWS = 4096
 
-def add_group_options(p, default_sources: bool = True) -> None:
+
+def add_group_options(p, default_sources: bool = True, shared: tuple[str, ...] = ()) -> None:
+    """Add the group flags to parser ``p``, but not those of ``shared`` (the command's own)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sources", help="comma list of the capture's named sources (--sources all: every one)")
     g.add_argument("--labels", help="document label table: CSV, JSON or Parquet with columns doc,label")
@@ -22,11 +28,16 @@ def add_group_options(p, default_sources: bool = True) -> None:
     p.add_argument("--positions", default="all", choices=POSITIONS, help="which tokens of each document")
     p.add_argument("--marker", help="prompt marker text for --positions after_prompt (tokenized with --tokenizer)")
     p.add_argument("--marker-ids", help="prompt marker as comma token ids")
-    p.add_argument("--tokenizer", help="HF tokenizer folder for --marker (default: --model's)")
-    p.add_argument("--drop", default="bos,special", help="leave out rows with these flags (default bos,special)")
-    p.add_argument("--block-rows", type=int, default=4096, help="rows read at once")
-    p.add_argument("--state-dir", help="resume state, kept until the output is written (default: OUT/_state)")
-    p.add_argument("--commit-rows", type=int, default=COMMIT_ROWS, help="store rows between state commits")
+    if "tokenizer" not in shared:
+        p.add_argument("--tokenizer", help="HF tokenizer folder for --marker (default: --model's)")
+    if "drop" not in shared:
+        p.add_argument("--drop", default=DROP, help=f"leave out rows with these flags (default {DROP})")
+    if "block_rows" not in shared:
+        p.add_argument("--block-rows", type=int, default=BLOCK_ROWS, help="rows read at once")
+    if "state_dir" not in shared:
+        p.add_argument("--state-dir", help="resume state, kept until the output is written (default: OUT/_state)")
+    if "commit_rows" not in shared:
+        p.add_argument("--commit-rows", type=int, default=COMMIT_ROWS, help="store rows between state commits")
     p.set_defaults(default_sources=default_sources)
 
 
@@ -67,6 +78,6 @@ def groups_from_args(store, args):
         kw["sources"] = [s.strip() for s in args.sources.split(",")]
     elif args.sources == "all" or (args.default_sources and store.sources):
         kw["sources"] = True
-    return resolve(
-        store, positions=args.positions, marker=marker(args), drop_flags=args.drop, block_rows=args.block_rows, **kw
-    )
+    drop = args.drop if args.drop is not None else DROP
+    block_rows = args.block_rows if args.block_rows is not None else BLOCK_ROWS
+    return resolve(store, positions=args.positions, marker=marker(args), drop_flags=drop, block_rows=block_rows, **kw)

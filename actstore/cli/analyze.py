@@ -1,10 +1,18 @@
-"""``actstore analyze``: feature analyses of a store with an SAE into a Zarr group (resumable).
+"""``actstore analyze``: feature analyses of a store with an SAE, and representation analyses
+of its hooks, into one Zarr group (resumable).
 
 The options are fields of :class:`~actstore.analysis.AnalyzeConfig` (names, types, defaults
 and help from the dataclass); ``--option JOB.KEY=JSON`` (repeatable) sets a job's option,
-e.g. ``--option top.k=50 --option contexts.window=16``. Progress is a bar in rows/s on
-stderr; the same line run again continues from the last commit. Under ``torchrun`` each
-rank takes a share and rank 0 writes the output. ``--html`` then writes the HTML report to
+e.g. ``--option top.k=50 --option pca.k=5 --option steering.pca=true``. ``--jobs`` mixes the
+feature jobs (``stats,top,bins,contexts,top_tokens,lens,ablation``; they need ``--sae``) and
+the representation jobs (``steering,pca,diff,probe,scan,mcs``, named as their subcommands;
+``actstore.analysis.jobs``), which read ``--hooks`` (default: every hook of the store) and the
+row groups of the flags of ``cli/_groups.py`` (``--sources`` / ``--labels`` / ``--docs``,
+``--positions``, ``--marker``; ``--drop`` defaults to ``bos,special`` for them and to nothing
+for the feature jobs) and write ``OUT/<job>/``. Progress is a bar in rows/s on stderr (the
+feature pass); the same line run again continues from the last commit and skips the finished
+representation jobs. Under ``torchrun`` each rank takes a share and rank 0 writes the output.
+``--html`` then writes the HTML report, with a section per representation job, to
 ``OUT/report/index.html`` (``actstore.analysis.report.render``; ``actstore report OUT`` redoes it).
 """
 
@@ -16,32 +24,41 @@ import json
 import torch.distributed as dist
 
 from .._dist import init_if_launched
-from ..analysis import AnalysisError, AnalyzeConfig
-from ..analysis import run as run_analysis
+from ..analysis import JOBS, AnalysisError, AnalyzeConfig, run_all
 from ..analysis.config import parse_option
+from ..analysis.jobs import split_jobs
 from ..analysis.output import read_attrs
 from ..analysis.report import render
+from ..api import open as open_store
+from ._groups import add_group_options, groups_from_args
 from ._options import add_options, given
 
 OPTIONS = tuple(f.name for f in dataclasses.fields(AnalyzeConfig) if f.name != "options")
-REQUIRED = ("store", "sae", "out")
+REQUIRED = ("store", "out")
+# Group flags analyze has itself (its resume state is OUT/_state).
+SHARED = ("drop", "block_rows", "tokenizer", "commit_rows", "state_dir")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("analyze", help="feature analyses of a store with an SAE into a Zarr group (resumable)")
+    p = sub.add_parser(
+        "analyze", help="feature analyses with an SAE and representation analyses of a store into a Zarr group"
+    )
     add_options(p, AnalyzeConfig, OPTIONS)
     p.add_argument(
         "--option",
         action="append",
         metavar="JOB.KEY=JSON",
-        help="a job's option, repeatable: top.k, bins.samples, contexts.window, top_tokens.t, lens.t, ...",
+        help="a job's option, repeatable: top.k, bins.samples, contexts.window, lens.t, steering.pca, pca.k, "
+        "diff.a, diff.b, scan.vectors, mcs.other, ...",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--html", action="store_true", help="also write the HTML report to OUT/report/index.html")
     p.add_argument(
-        "--tokenizer", help="HF tokenizer folder to decode tokens in the report (default: the --model folder's)"
+        "--tokenizer",
+        help="HF tokenizer folder to decode tokens in the report and for --marker (default: the --model folder's)",
     )
+    add_group_options(p, default_sources=True, shared=SHARED)
     p.set_defaults(fn=run)
 
 
@@ -55,9 +72,16 @@ def run(args) -> int:
         job, key, value = parse_option(text)
         job_opts.setdefault(job, {})[key] = value
     cfg = AnalyzeConfig(**opts, options=job_opts)
+    kwargs = cfg.to_run_kwargs()
+    feat, rep = split_jobs(kwargs["jobs"])
+    if cfg.sae is None and (feat or "mcs" in rep or ("scan" in rep and rep["scan"]["vectors"] is None)):
+        raise AnalysisError("missing --sae")
+    if set(rep) - {"mcs"}:
+        kwargs["store"] = open_store(cfg.store)
+        kwargs["groups"] = groups_from_args(kwargs["store"], args)
     joined = init_if_launched()
     try:
-        out = run_analysis(**cfg.to_run_kwargs(), progress=not args.no_progress)
+        out = run_all(**kwargs, progress=not args.no_progress)
     finally:
         if joined:
             dist.destroy_process_group()
@@ -68,23 +92,28 @@ def run(args) -> int:
     attrs = read_attrs(out)
     summary = {
         "out": str(out),
-        "rows_seen": attrs["rows_seen"],
-        "m": attrs["sae"]["m"],
-        "hook": attrs["hook"],
+        "rows_seen": attrs.get("rows_seen"),
+        "m": attrs["sae"]["m"] if "sae" in attrs else None,
+        "hook": attrs.get("hook"),
         "jobs": list(attrs["jobs"]),
-        "summary": attrs["summary"],
+        "summary": attrs.get("summary", {}),
+        "represent": {j: str(out / j) for j in attrs["jobs"] if j not in JOBS},
     }
     if args.html:
         summary["report"] = str(render(out, out / "report", tokenizer=args.tokenizer))
     if args.json:
         print(json.dumps(summary))
     else:
-        stats = attrs["summary"].get("stats", {})
-        extra = f", {stats['dead']} dead, {stats['dense']} dense" if "dead" in stats else ""
-        print(
-            f"analysed {summary['rows_seen']:,} rows of {summary['hook']} with {summary['m']} latents "
-            f"({', '.join(summary['jobs'])}{extra}) into {out}"
-        )
+        if summary["rows_seen"] is not None:
+            stats = summary["summary"].get("stats", {})
+            extra = f", {stats['dead']} dead, {stats['dense']} dense" if "dead" in stats else ""
+            feats = ", ".join(j for j in summary["jobs"] if j in JOBS)
+            print(
+                f"analysed {summary['rows_seen']:,} rows of {summary['hook']} with {summary['m']} latents "
+                f"({feats}{extra}) into {out}"
+            )
+        for job, path in summary["represent"].items():
+            print(f"{job}: {path}")
         if args.html:
             print(f"report: {summary['report']}")
     return 0

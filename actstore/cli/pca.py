@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from ..analysis.jobs import hook_angles
 from ..analysis.pca import pca, principal_angles
 from ..api import open as open_store
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
@@ -49,10 +50,7 @@ def run(args) -> int:
         other = _one(args.store_b, args, state_dir(args, "store_b"))
         for h in res.hooks:
             angles[f"{h} (A vs B)"] = principal_angles(res.components[h], other.components[h]).tolist()
-    if len(res.hooks) > 1:
-        for a, b in zip(res.hooks, res.hooks[1:]):
-            if res.components[a].shape[1] == res.components[b].shape[1]:
-                angles[f"{a} vs {b}"] = principal_angles(res.components[a], res.components[b]).tolist()
+    angles.update(hook_angles(res))
     if angles:
         res.meta["principal_angles"] = angles
     res.save(args.out)

@@ -1,5 +1,6 @@
-"""``actstore report ANALYSIS``: (re)write the HTML report of a finished analysis (or the page of
-a representation-analysis output: steering, pca, diff, probe, scan, mcs; ``report/represent.py``).
+"""``actstore report ANALYSIS``: (re)write the HTML report of a finished analysis, with a section
+per representation job of an ``actstore analyze`` run (``OUT/<job>/``), or the page of a
+representation-analysis output: steering, pca, diff, probe, scan, mcs; ``report/represent.py``).
 
 Writes ``ANALYSIS/report/index.html`` (or ``--out DIR``) with
 :func:`actstore.analysis.report.render` and prints its path; ``--tokenizer`` decodes the

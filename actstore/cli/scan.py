@@ -9,12 +9,8 @@ directions); or an SAE folder (its decoder rows, ``--latents 3,17`` to pick some
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
-
-from ..analysis import AnalysisError
-from ..analysis.output import read_attrs
+from ..analysis.jobs import load_vectors
 from ..analysis.scan import scan
 from ..api import open as open_store
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
@@ -33,29 +29,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_group_options(p, default_sources=False)
     p.set_defaults(fn=run)
-
-
-def load_vectors(spec: str, hook: str, latents: str | None) -> np.ndarray:
-    p = Path(spec)
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    attrs = read_attrs(p) if (p / "zarr.json").exists() else None
-    if attrs is not None and attrs.get("kind") in ("steering", "probes"):
-        if hook not in attrs["hooks"]:
-            raise AnalysisError(f"{p} holds no vector for hook {hook!r}: it has {', '.join(attrs['hooks'])}")
-        import zarr
-
-        g, j = zarr.open_group(str(p), mode="r"), attrs["hooks"].index(hook)
-        names = ["vector"] if attrs["kind"] == "steering" else ["lr_weight", "mm_direction"]
-        rows = [g[f"{attrs['kind']}/{j}/{n}"][...].astype(np.float64) for n in names]
-        return np.stack([r / max(np.linalg.norm(r), 1e-30) for r in rows])
-    from ..sae import load as load_sae
-
-    sae = load_sae(p / "sae" if (p / "sae" / "config.json").exists() else p)
-    w = sae.W_dec.detach().float().numpy()
-    if latents:
-        w = w[[int(x) for x in latents.split(",")]]
-    return w
 
 
 def run(args) -> int:

@@ -3,7 +3,9 @@
 Output (``out_dir``, default ``analysis_dir/report``): ``index.html`` (the run's summary, the
 log-density histogram and a sortable, filterable table of every latent) and one page per
 latent, ``latents/<i:05d>.html`` (statistics, activation histogram, top input tokens, logit
-lens, contexts of the top examples and of every bin's samples, ablation rows). Everything is
+lens, contexts of the top examples and of every bin's samples, ablation rows). The index also
+holds a section per representation job of the run (``OUT/<job>/``: ``represent.sections``,
+plots as inline SVG); a run of representation jobs only gets just those. Everything is
 inline (CSS, a small JS for the table, SVG charts): the pages work from ``file://`` with no
 server and no network. The table applies ``?sort=KEY`` (``-KEY`` descending), ``?q=TEXT``
 and ``?hide=dead`` on load, so a link (or a headless browser) can ask for an order.
@@ -28,123 +30,20 @@ import shutil
 import uuid
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
 from .._pass import AnalysisError
-from ..output import Analysis
+from ..jobs import MARKER as DONE
+from ..jobs import REPR_JOBS
+from ..output import Analysis, read_attrs
+from .represent import head as repr_head
+from .represent import sections
+from .widgets import _bars, _env, _exact, _model_tokenizer, _num, _ticks, _Tokens, load_tokenizer
 
 MARKER = "report.json"
 PAD = 3  # empty histogram bins shown on each side of a latent's nonzero ones
 SHOW_TOKENS = 5  # top input / logit tokens per latent in the index table
 BIN_MODES = (("equal", "equal width on [0, max]"), ("abs", "absolute"), ("quantile", "rank quantiles"))
-TEMPLATES = Path(__file__).with_name("templates")
-
-
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,  # every token string is untrusted text
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = _num
-    return env
-
-
-def _num(x, digits: int = 4) -> str:
-    """A short human form of a number: ints with thousands separators, floats to ``digits`` significant."""
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    x = float(x)
-    if math.isnan(x):
-        return "–"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    return f"{x:.{digits}g}"
-
-
-def _exact(x) -> str:
-    """The number exactly (round-trips through float()): what data-v attributes and tests read."""
-    return repr(float(x)) if not isinstance(x, (int, np.integer)) else str(int(x))
-
-
-def load_tokenizer(spec):
-    """``spec``: None, an object with ``decode``, or a Hugging Face tokenizer folder (loaded offline)."""
-    if spec is None or hasattr(spec, "decode"):
-        return spec
-    path = os.fspath(spec)
-    if not os.path.isdir(path):
-        raise AnalysisError(f"--tokenizer {path!r} is not a folder: give a Hugging Face tokenizer or model folder")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
-    # Deferred: transformers is an optional extra (actstore[capture]) and takes seconds to import.
-    import transformers
-
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise AnalysisError(
-            f"no tokenizer in {path!r} ({type(e).__name__}): give --tokenizer a folder with tokenizer files"
-        ) from None
-    return tok
-
-
-def _model_tokenizer(attrs: dict):
-    """The tokenizer of the analysis' model folder, or None (no model, a factory, or no tokenizer files)."""
-    name = (attrs.get("model") or {}).get("name")
-    if not name or not os.path.isdir(name):
-        return None
-    try:
-        tok = load_tokenizer(name)
-    except AnalysisError:
-        return None
-    return tok if len(tok) > 1 else None  # an empty stand-in is no tokenizer
-
-
-class _Tokens:
-    """Token id -> display text (cached); ids when there is no tokenizer."""
-
-    def __init__(self, tokenizer):
-        self.tok, self.cache = tokenizer, {}
-
-    def __call__(self, i: int) -> str:
-        i = int(i)
-        if i < 0:
-            return ""
-        if i not in self.cache:
-            if self.tok is None:
-                text = f"[{i}]"
-            else:
-                try:
-                    text = self.tok.decode([i])
-                except Exception:
-                    text = f"[{i}]"
-                text = text.replace("\n", "⏎").replace("\t", "⇥") or "∅"
-            self.cache[i] = text
-        return self.cache[i]
-
-
-def _bars(counts, labels, width=560, height=120) -> dict:
-    """Geometry of an inline SVG bar chart of ``counts`` (bar heights on a linear scale)."""
-    counts = [int(c) for c in counts]
-    top = max(counts + [1])
-    n = max(len(counts), 1)
-    w = width / n
-    bars = [
-        {"x": round(j * w, 2), "w": round(max(w - 1, 1), 2), "h": round(height * c / top, 2), "title": f"{lab}: {c:,}"}
-        for j, (c, lab) in enumerate(zip(counts, labels))
-    ]
-    for b in bars:
-        b["y"] = round(height - b["h"], 2)
-    return {"width": width, "height": height, "bars": bars, "top": top}
-
-
-def _ticks(lo: float, hi: float, values, width: int) -> list[dict]:
-    """Axis labels at ``values`` on a linear axis [lo, hi] mapped to [0, width]."""
-    return [{"x": round((v - lo) / (hi - lo) * width, 2), "label": lab} for v, lab in values]
 
 
 class _Report:
@@ -432,12 +331,68 @@ def _check_out(out: Path, identity: str) -> None:
         raise AnalysisError(f"{out} exists and holds no actstore report: pick another folder")
 
 
+def _represent(path: Path, attrs: dict, tok: _Tokens) -> list[dict]:
+    """One entry per representation job of the run (``jobs.py``), in run order: its sections
+    (``represent.sections``), or ``sections`` None for a job whose group is not finished."""
+    out = []
+    for job in attrs.get("jobs", {}):
+        if job not in REPR_JOBS:
+            continue
+        p = path / job
+        got = read_attrs(p) if (p / "zarr.json").exists() else None
+        if got is None or got.get(DONE) is None:
+            out.append({"job": job, "kind": None, "head": [], "sections": None})
+            continue
+        a, secs = sections(p, tok)
+        out.append({"job": job, "kind": a["kind"], "head": repr_head(a), "sections": secs})
+    return out
+
+
+def _render_represent_only(path: Path, attrs: dict, out: Path, tok) -> Path:
+    """The index page of a run of representation jobs only (no SAE: no latent table)."""
+    head = {
+        "store": attrs["store"]["path"],
+        "jobs": list(attrs["jobs"]),
+        "tokens": "decoded" if tok is not None else "shown as ids [n]",
+        "identity": attrs.get("identity", "")[:12],
+        "m": None,
+    }
+    represent = _represent(path, attrs, _Tokens(tok))
+    _check_out(out, attrs.get("identity", ""))
+    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
+    try:
+        build.mkdir(parents=True)
+        idx = (
+            _env()
+            .get_template("index.html.j2")
+            .render(head=head, rows=None, chart=None, represent=represent, exact=_exact)
+        )
+        (build / "index.html").write_text(idx, encoding="utf-8")
+        (build / MARKER).write_text(
+            json.dumps({"identity": attrs.get("identity", ""), "analysis": str(path)}, indent=1)
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return out / "index.html"
+
+
 def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     """Write the HTML report of the analysis at ``analysis_dir`` into ``out_dir`` (default
     ``analysis_dir/report``); returns the path of its ``index.html``. ``pages``: which latents
     get a page (None: all; n: the n that fire most; or latent ids); the index lists every
     latent and links those. A page holds every example's context, a few hundred KB with
-    the default jobs, so a wide SAE's full report runs to hundreds of MB."""
+    the default jobs, so a wide SAE's full report runs to hundreds of MB. Each representation
+    job of the run (``OUT/<job>/``, ``jobs.py``) gets a section of the index; a run of those
+    jobs only gets an index of its sections."""
+    path = Path(analysis_dir)
+    attrs = read_attrs(path)
+    if attrs is not None and "sae" not in attrs and "kind" not in attrs and "represent" in attrs:
+        out = Path(out_dir) if out_dir is not None else path / "report"
+        tok = load_tokenizer(tokenizer) if tokenizer is not None else _model_tokenizer(attrs)
+        return _render_represent_only(path, attrs, out, tok)
     a = Analysis(analysis_dir)
     out = Path(out_dir) if out_dir is not None else a.path / "report"
     identity = a.attrs.get("identity", "")
@@ -467,7 +422,11 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     try:
         (build / "latents").mkdir(parents=True)
         idx = env.get_template("index.html.j2").render(
-            head=head, rows=rep.index_rows(), chart=rep.density_chart(), exact=_exact
+            head=head,
+            rows=rep.index_rows(),
+            chart=rep.density_chart(),
+            represent=_represent(a.path, at, rep.tok),
+            exact=_exact,
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
         page = env.get_template("latent.html.j2")

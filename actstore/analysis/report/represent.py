@@ -1,5 +1,7 @@
 """The HTML page of a representation-analysis output (steering vectors, PCA, layer diff,
-probes, vector scan, dictionary comparison): ``render_repr(out)`` writes one self-contained
+probes, vector scan, dictionary comparison). ``sections(path, tok)`` builds a result's
+sections (one builder per kind, :data:`BUILDERS`); the analyze report (``render.py``) shows
+them for each representation job of a run, and ``render_repr(out)`` writes one self-contained
 ``out/report/index.html`` (inline CSS and SVG, jinja2 template ``represent.html.j2``, the
 SAE report's base and macros): the per-hook tables, the saved SVG plots, histograms, logit
 lens tokens and the top rows' token windows coloured by their value. Tokens are decoded
@@ -15,7 +17,7 @@ import zarr
 
 from .._pass import AnalysisError
 from ..output import read_attrs
-from .render import _bars, _env, _exact, _num, _ticks, _Tokens, load_tokenizer
+from .widgets import _bars, _env, _exact, _num, _ticks, _Tokens, load_tokenizer
 
 
 def _contexts(tok, rows, values, tokens, wrows, wvals, label_fmt="{:.3g}") -> list[dict]:
@@ -140,40 +142,54 @@ def _dictionary(g, a, tok):
     return secs
 
 
-def render_repr(path, out_dir=None, *, tokenizer=None) -> Path:
-    """Write ``out_dir/index.html`` (default ``path/report``) for the result at ``path``; returns its path."""
+BUILDERS = {
+    "steering": lambda g, a, tok, path: _steering(g, a, tok),
+    "pca": _pca,
+    "layer_diff": lambda g, a, tok, path: _diff(g, a, tok),
+    "probes": _probes,
+    "scan": lambda g, a, tok, path: _scan(g, a, tok),
+    "dictionary": lambda g, a, tok, path: _dictionary(g, a, tok),
+}
+
+
+def sections(path, tok) -> tuple[dict, list[dict]]:
+    """The attributes and the page sections of the representation result at ``path`` (each
+    ``{title, table, svgs, charts, tokens, contexts}``); ``tok`` maps a token id to its text.
+    What both :func:`render_repr` and the analyze report (``render.py``) show."""
     path = Path(path)
     a = read_attrs(path)
     if a is None or "kind" not in a:
         raise AnalysisError(f"no representation-analysis result at {path}: write one with actstore steering, pca, ...")
-    g = zarr.open_group(str(path), mode="r")
-    tok = _Tokens(load_tokenizer(tokenizer) if tokenizer is not None else None)
-    kind = a["kind"]
-    build = {
-        "steering": lambda: _steering(g, a, tok),
-        "pca": lambda: _pca(g, a, tok, path),
-        "layer_diff": lambda: _diff(g, a, tok),
-        "probes": lambda: _probes(g, a, tok, path),
-        "scan": lambda: _scan(g, a, tok),
-        "dictionary": lambda: _dictionary(g, a, tok),
-    }
-    if kind not in build:
-        raise AnalysisError(f"{path} holds a {kind!r} result, which has no report page")
-    secs = build[kind]()
+    if a["kind"] not in BUILDERS:
+        raise AnalysisError(f"{path} holds a {a['kind']!r} result, which has no report page")
+    secs = BUILDERS[a["kind"]](zarr.open_group(str(path), mode="r"), a, tok, path)
     for s in secs:
         for k in ("table", "svgs", "charts", "tokens", "contexts"):
             s.setdefault(k, [] if k != "table" else None)
-    head = [
+    return a, secs
+
+
+def head(a: dict) -> list[tuple[str, object]]:
+    """The (label, value) line over a result's sections: its store, rows and groups."""
+    out = [
         (k, v) for k, v in (("store", (a.get("store") or {}).get("path")), ("rows", a.get("count"))) if v is not None
     ]
     if "positive" in a:
-        head.append(("groups", f"{a['positive']} vs {a['negative']}"))
+        out.append(("groups", f"{a['positive']} vs {a['negative']}"))
+    return out
+
+
+def render_repr(path, out_dir=None, *, tokenizer=None) -> Path:
+    """Write ``out_dir/index.html`` (default ``path/report``) for the result at ``path``; returns its path."""
+    path = Path(path)
+    tok = _Tokens(load_tokenizer(tokenizer) if tokenizer is not None else None)
+    a, secs = sections(path, tok)
     out = Path(out_dir) if out_dir is not None else path / "report"
     out.mkdir(parents=True, exist_ok=True)
     html = (
         _env()
         .get_template("represent.html.j2")
-        .render(kind=kind, title=path.name, head=head, sections=secs, exact=_exact)
+        .render(kind=a["kind"], title=path.name, head=head(a), sections=secs, exact=_exact)
     )
     (out / "index.html").write_text(html, encoding="utf-8")
     return out / "index.html"
