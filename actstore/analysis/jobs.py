@@ -135,6 +135,7 @@ class Context:
     rank: int | None
     world_size: int | None
     commit_rows: int = COMMIT_ROWS  # store rows between a job's state commits (OUT/_state/repr-<job>)
+    on_commit: Callable[[str, int, int], None] | None = None  # (pass, seq, rows) after each state commit
 
 
 @dataclass
@@ -254,7 +255,7 @@ def job_call(job: str, c: Context, o: dict) -> tuple[Callable, tuple, dict]:
     pick = lambda *keys: {k: o[k] for k in keys}  # noqa: E731
     passes = {"block_rows": c.block_rows, "rank": c.rank, "world_size": c.world_size}
     if job != "mcs":  # every store pass commits its state, so a killed run resumes mid-job
-        passes.update(state_dir=state_dir(c.out, job), commit_rows=c.commit_rows)
+        passes.update(state_dir=state_dir(c.out, job), commit_rows=c.commit_rows, on_commit=c.on_commit)
     two = (c.store, c.hooks, c.groups, c.positive, c.negative)  # the args of the two-group jobs
     if job == "steering":
         kw = pick("pca", "top_k", "window", "lens_t", "lens_outlier_z")
@@ -411,6 +412,7 @@ def run_all(
     rank: int | None = None,
     world_size: int | None = None,
     on_job: Callable[[str], None] | None = None,
+    on_pass_commit: Callable[[str, int, int], None] | None = None,
     **feature_kw,
 ) -> Path | None:
     """Run ``jobs`` (feature and representation jobs; see the module docstring) of ``store``
@@ -423,7 +425,10 @@ def run_all(
     feature_kw: the other keywords of :func:`~actstore.analysis.run` (hook, rows, drop_flags,
     docs, latents, commit_rows, device, progress, on_commit). With feature jobs only this is
     :func:`~actstore.analysis.run`. on_job: called with each representation job's name once
-    its group is written and marked (after the ranks' barrier), not for a skipped one."""
+    its group is written and marked (after the ranks' barrier), not for a skipped one.
+    Each representation job commits its passes' state to ``out/_state/repr-<job>`` every
+    ``commit_rows`` store rows (default 65,536), so a killed run resumes inside the job;
+    on_pass_commit: called with ``(pass, seq, rows)`` after each of those commits."""
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
     out = Path(out)
     feat, rep = split_jobs(jobs)
@@ -446,6 +451,7 @@ def run_all(
     sae_hook = feature_kw.get("hook") or (sae.cfg.hook if sae is not None and sae.cfg.hook in store.hooks else None)
     c = Context(store, out, hooks, groups, positive, negative, model, sae, sae_hook, block_rows, rank, world_size)
     c.commit_rows = int(feature_kw.get("commit_rows") or COMMIT_ROWS)
+    c.on_commit = on_pass_commit
     plan = _plan(c, rep, _check(c, rep))
     plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     r, world = _dist.rank_world(rank, world_size)

@@ -150,6 +150,31 @@ def test_sigkill_after_a_job_then_rerun_skips_it_and_gives_the_same_bytes(world,
     assert _files(out, skip=()) == _files(ref, skip=())
 
 
+@pytest.mark.slow
+def test_sigkill_inside_a_job_then_rerun_resumes_that_pass_and_gives_the_same_bytes(world, tmp_path):
+    ref = an.run_all(world / "s", KJ, tmp_path / "ref", hooks="a,b", block_rows=KB)
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
+                              "probes.sgd.0:2"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    _, status = os.waitpid(child.pid, os.WUNTRACED)  # stopped after the SGD pass's second commit
+    assert os.WIFSTOPPED(status)
+    os.kill(child.pid, signal.SIGKILL)
+    os.waitpid(child.pid, 0)
+    child.returncode = -9
+    assert (out / "_state" / "repr-probe").is_dir() and not (out / "probe").exists()
+    commits, done = [], []
+    rerun = an.run_all(
+        world / "s", KJ, out, hooks="a,b", block_rows=KB, commit_rows=1, on_job=done.append,
+        on_pass_commit=lambda name, seq, rows: commits.append((name, seq)),
+    )  # fmt: skip
+    assert rerun == out and done == ["probe"]
+    names = [n for n, _ in commits]
+    assert "probes.sums" not in names  # finished before the kill: not read again
+    assert min(q for n, q in commits if n == "probes.sgd.0") == 3  # continues after commit 2
+    assert not (out / "_state" / "repr-probe").exists()  # removed once the group is written
+    assert _files(out, skip=()) == _files(ref, skip=())
+
+
 CHROMIUM = shutil.which("chromium")
 
 

@@ -1,6 +1,8 @@
 """Child process for the SIGKILL test of the representation jobs (test_analyze_repr.py): runs
 ``steering,pca,probe`` over the planted store (tests/helpers/repr_store.py) and stops itself
-(SIGSTOP) right after job ``STOP_AFTER`` is written, so the parent can SIGKILL it there.
+(SIGSTOP) right after job ``STOP_AFTER`` is written, or, for ``STOP_AFTER`` = ``PASS:SEQ``,
+right after commit SEQ of a job's pass PASS (inside the job: every block commits), so the parent
+can SIGKILL it there.
 
 usage: python analyze_repr_kill_job.py STORE OUT STOP_AFTER
 """
@@ -22,7 +24,13 @@ def main() -> None:
         if job == stop_after:
             os.kill(os.getpid(), signal.SIGSTOP)
 
-    an.run_all(store, JOBS, out, hooks="a,b", block_rows=BLOCK, on_job=on_job)
+    def on_pass_commit(name: str, seq: int, rows: int) -> None:
+        if f"{name}:{seq}" == stop_after:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    an.run_all(
+        store, JOBS, out, hooks="a,b", block_rows=BLOCK, on_job=on_job, on_pass_commit=on_pass_commit, commit_rows=1
+    )
 
 
 if __name__ == "__main__":
