@@ -43,7 +43,7 @@ demo: install-demo
 
 # The whole test suite (CI runs exactly this). The native extension must have built.
 test: install
-	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q
+	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q --durations=30
 
 # The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install

@@ -15,11 +15,19 @@
   ones (``make test-fast`` deselects them).
 - ``s3_server`` (one moto S3 server per session, tests/helpers/s3.py) and ``s3_url`` (a fresh
   ``s3://`` prefix in its bucket, with the environment pointing actstore at it).
+- ``ACTSTORE_SLOW_SAMPLE=F`` (0 < F <= 1) keeps a fraction F of the ``slow`` tests, chosen by a
+  hash of each test's id and ``ACTSTORE_SLOW_SEED`` (default: the checked-out commit), so
+  successive commits cover different halves and a failing sample reruns with the same seed;
+  the header says which seed and how many were kept. ``.ci/run`` samples half (CI's 30-minute
+  budget); ``make test`` alone runs them all.
 - ``ACTSTORE_REQUIRE_GPU=1`` makes a run without CUDA a usage error, so that a GPU session
   cannot pass on the interpreter by mistake.
 """
 
+import hashlib
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +41,43 @@ if DEVICE != "cuda":
 def pytest_configure(config):
     if os.environ.get("ACTSTORE_REQUIRE_GPU") == "1" and DEVICE != "cuda":
         raise pytest.UsageError("ACTSTORE_REQUIRE_GPU=1 but torch sees no CUDA device: run on the GPU machine")
+
+
+def _slow_seed() -> str:
+    seed = os.environ.get("ACTSTORE_SLOW_SEED")
+    if seed:
+        return seed
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return head.stdout.strip() or "0"
+
+
+def pytest_collection_modifyitems(config, items):
+    frac = os.environ.get("ACTSTORE_SLOW_SAMPLE")
+    if not frac:
+        return
+    frac = float(frac)
+    if not 0 < frac <= 1:
+        raise pytest.UsageError(f"ACTSTORE_SLOW_SAMPLE={frac}: give a fraction in (0, 1]")
+    seed = _slow_seed()
+
+    def kept(item) -> bool:
+        h = hashlib.sha256(f"{seed}|{item.nodeid}".encode()).digest()
+        return int.from_bytes(h[:8], "big") < frac * 2**64
+
+    slow = [it for it in items if it.get_closest_marker("slow")]
+    drop = [it for it in slow if not kept(it)]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        gone = set(map(id, drop))
+        items[:] = [it for it in items if id(it) not in gone]
+    config._actstore_slow_sample = (seed, len(slow) - len(drop), len(slow))
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    got = getattr(config, "_actstore_slow_sample", None)
+    if got:
+        seed, kept, total = got
+        return f"slow tests sampled: {kept} of {total} (ACTSTORE_SLOW_SEED={seed})"
 
 
 @pytest.fixture(scope="session")
