@@ -449,9 +449,9 @@ def run_all(
     positive = positive or (names[0] if len(names) > 1 else None)
     negative = negative or (names[1] if len(names) > 1 else None)
     sae_hook = feature_kw.get("hook") or (sae.cfg.hook if sae is not None and sae.cfg.hook in store.hooks else None)
-    c = Context(store, out, hooks, groups, positive, negative, model, sae, sae_hook, block_rows, rank, world_size)
-    c.commit_rows = int(feature_kw.get("commit_rows") or COMMIT_ROWS)
-    c.on_commit = on_pass_commit
+    commit_rows = int(feature_kw.get("commit_rows") or COMMIT_ROWS)
+    c = Context(store, out, hooks, groups, positive, negative, model, sae, sae_hook, block_rows, rank, world_size,
+                commit_rows, on_pass_commit)  # fmt: skip
     plan = _plan(c, rep, _check(c, rep))
     plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     r, world = _dist.rank_world(rank, world_size)

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -359,24 +360,30 @@ def _render_represent_only(path: Path, attrs: dict, out: Path, tok) -> Path:
     }
     represent = _represent(path, attrs, _Tokens(tok))
     _check_out(out, attrs.get("identity", ""))
-    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
-    try:
-        build.mkdir(parents=True)
+    with _publish(out, attrs.get("identity", ""), path) as build:
         idx = (
             _env()
             .get_template("index.html.j2")
             .render(head=head, rows=None, chart=None, represent=represent, exact=_exact)
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
-        (build / MARKER).write_text(
-            json.dumps({"identity": attrs.get("identity", ""), "analysis": str(path)}, indent=1)
-        )
+    return out / "index.html"
+
+
+@contextmanager
+def _publish(out: Path, identity: str, analysis: Path):
+    """A fresh build folder beside ``out``; on a clean exit it gets the report marker and
+    replaces ``out`` (a reader never sees a half-written report); on an error it is removed."""
+    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
+    try:
+        build.mkdir(parents=True)
+        yield build
+        (build / MARKER).write_text(json.dumps({"identity": identity, "analysis": str(analysis)}, indent=1))
         if out.exists():
             shutil.rmtree(out)
         os.replace(build, out)
     finally:
         shutil.rmtree(build, ignore_errors=True)
-    return out / "index.html"
 
 
 def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
@@ -418,9 +425,8 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
         "tokens": "decoded" if tok is not None else "shown as ids [n]",
         "identity": identity[:12],
     }
-    build = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.build")
-    try:
-        (build / "latents").mkdir(parents=True)
+    with _publish(out, identity, a.path) as build:
+        (build / "latents").mkdir()
         idx = env.get_template("index.html.j2").render(
             head=head,
             rows=rep.index_rows(),
@@ -433,10 +439,4 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
         for i in rep.paged:
             html = page.render(head=head, L=rep.latent_context(i), exact=_exact)
             (build / rep.page(i)).write_text(html, encoding="utf-8")
-        (build / MARKER).write_text(json.dumps({"identity": identity, "analysis": str(a.path)}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(build, out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out / "index.html"
