@@ -79,8 +79,15 @@ if cpu_ext is not None:
     ext_modules.append(cpu_ext)
     cmdclass["build_ext"] = build_ext
 
-# `kernels/` is installed as actstore.kernels, never as a top-level `kernels`
-# (that name belongs to other packages).
+# `kernels/` is installed as actstore.kernels, never as a top-level `kernels`: that name belongs to
+# Hugging Face's `kernels` package, which transformers >= 5 imports. The folder deliberately has no
+# `__init__.py`: whenever the repository root is on sys.path (`python -m actstore.cli` or `python -c`
+# run from a clone, pytest's rootdir), a regular package there would win over the installed one and
+# break transformers. Without it the folder is at most a namespace portion, and Python's import system
+# gives a regular package of the same name anywhere later on sys.path precedence over namespace
+# portions. actstore/kernels.py stands in for the package's `__init__` (its `__path__` points at the
+# folder: setuptools' editable finder resolves only packages with an `__init__.py`); a wheel gets the
+# files in actstore/kernels/. tests/test_no_shadowing.py checks all three imports from the root.
 packages = find_packages(include=["actstore", "actstore.*"])
 packages += ["actstore.kernels"] + [f"actstore.kernels.{p}" for p in find_packages(where=os.path.join(ROOT, "kernels"))]
 

@@ -1,1 +1,0 @@
-"""Triton kernels, one op per file; installed as actstore.kernels."""
