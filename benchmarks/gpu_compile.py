@@ -355,7 +355,7 @@ def run(shapes: list[Shape], verbose: bool = True, every_config: bool = True) ->
                 regs, smem, el = rec.get("registers"), rec.get("triton_shared_bytes"), time.perf_counter() - t0
                 print(f"{arch:7s} {lc.kernel:22s} regs={regs} spill={spills} smem={smem} {el:6.1f}s", flush=True)
     PTXAS_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = PTXAS_CACHE.with_suffix(".tmp")
+    tmp = PTXAS_CACHE.with_suffix(f".tmp-{os.getpid()}")  # per process: test workers may write it at once
     tmp.write_text(json.dumps(cache))
     os.replace(tmp, PTXAS_CACHE)
     return {"records": records, "failures": failures, "wall_s": round(time.perf_counter() - t0, 1)}

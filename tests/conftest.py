@@ -25,22 +25,49 @@
 """
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.device import DEVICE
-from helpers.s3 import BUCKET, MotoServer, fresh_url, s3_env
+from helpers.s3 import BUCKET, MotoServer, SharedMoto, fresh_url, s3_env
 
 if DEVICE != "cuda":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Under pytest-xdist (make test runs several workers), each worker gets its share of the cores
+# for torch's intra-op threads, and so do the subprocesses it starts (OMP_NUM_THREADS): workers
+# that each spun one OpenMP thread per core oversubscribed the machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    torch.set_num_threads(_THREADS)
+
+
+# The endpoint of the run's one moto server, set by the controller for its xdist workers.
+MOTO_ENV = "ACTSTORE_TEST_MOTO_ENDPOINT"
 
 
 def pytest_configure(config):
     if os.environ.get("ACTSTORE_REQUIRE_GPU") == "1" and DEVICE != "cuda":
         raise pytest.UsageError("ACTSTORE_REQUIRE_GPU=1 but torch sees no CUDA device: run on the GPU machine")
+    # One moto server per run: the controller starts it without waiting (it comes up while the
+    # workers start and collect) and workers inherit the endpoint through the environment.
+    if not hasattr(config, "workerinput") and MOTO_ENV not in os.environ and importlib.util.find_spec("moto"):
+        config._actstore_moto = MotoServer(wait=False)
+        os.environ[MOTO_ENV] = config._actstore_moto.endpoint
+
+
+def pytest_unconfigure(config):
+    server = getattr(config, "_actstore_moto", None)
+    if server is not None:
+        server.stop()
+        os.environ.pop(MOTO_ENV, None)
 
 
 def _slow_seed() -> str:
@@ -88,15 +115,16 @@ def device() -> str:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """One moto S3 server (a real subprocess on 127.0.0.1) for the session, with a bucket."""
+    """The run's one moto S3 server (a real subprocess on 127.0.0.1, started by the controller in
+    ``pytest_configure``, shared by every xdist worker), with the tests' bucket."""
     pytest.importorskip("obstore", reason="object storage tests need obstore: pip install -e '.[s3,dev]'")
     pytest.importorskip("moto.server", reason="object storage tests need moto[server]>=5.2.1")
-    server = MotoServer()
-    try:
-        server.make_bucket(BUCKET)
-        yield server
-    finally:
-        server.stop()
+    endpoint = os.environ.get(MOTO_ENV)
+    if not endpoint:  # the controller saw no moto; importorskip above says why if it is missing
+        pytest.fail(f"no shared moto server ({MOTO_ENV} unset): tests/conftest.py pytest_configure starts it")
+    server = SharedMoto(endpoint)
+    server.make_bucket(BUCKET)
+    return server
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -43,9 +44,12 @@ def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = 
 
 
 class MotoServer:
-    """``moto.server`` on 127.0.0.1:<free port> in a real subprocess."""
+    """``moto.server`` on 127.0.0.1:<free port> in a real subprocess.
 
-    def __init__(self, env: dict | None = None):
+    ``wait=False`` returns at once (the test run's shared server starts in the background while
+    pytest collects); :meth:`ready` waits for it."""
+
+    def __init__(self, env: dict | None = None, wait: bool = True):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -54,6 +58,10 @@ class MotoServer:
             stderr=subprocess.DEVNULL,
             env={**os.environ, **CREDENTIALS, **(env or {})},
         )
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
         try:
             wait_port(self.port, proc=self.proc)
         except BaseException:
@@ -61,8 +69,7 @@ class MotoServer:
             raise
 
     def make_bucket(self, name: str, endpoint: str | None = None) -> None:
-        req = urllib.request.Request(f"{endpoint or self.endpoint}/{name}", method="PUT")
-        urllib.request.urlopen(req, timeout=10).close()
+        make_bucket(endpoint or self.endpoint, name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -72,6 +79,29 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    """Create bucket ``name``; one that this account already owns is fine (shared server)."""
+    req = urllib.request.Request(f"{endpoint}/{name}", method="PUT")
+    try:
+        urllib.request.urlopen(req, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # BucketAlreadyOwnedByYou: another worker made it first
+            raise
+
+
+class SharedMoto:
+    """The run's one moto server, started by the pytest controller (tests/conftest.py), as seen
+    from a test process (an xdist worker, or the controller itself): its ``endpoint``."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.port = int(endpoint.rsplit(":", 1)[1])
+        wait_port(self.port)
+
+    def make_bucket(self, name: str, endpoint: str | None = None) -> None:
+        make_bucket(endpoint or self.endpoint, name)
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
