@@ -18,7 +18,7 @@ runs in this process, interleaved round-robin, median of the repeats with the sp
   moto server is another process and is not counted).
 
 The loopback server is a single Python process (moto), so its figures are a floor set by
-the server, not what real S3 gives; the README gives, on paper, the requests in flight
+the server, not what real S3 gives; docs/guide/object-storage.md gives, on paper, the requests in flight
 needed for 1-5 GB/s from real S3. Result: benchmarks/results/s3.json.
 """
 

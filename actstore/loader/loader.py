@@ -106,9 +106,9 @@ class ActivationLoader:
             in store order (for analysis passes).
         seed: the seed of every permutation; the same seed gives the same batches.
         epochs: how many epochs one iteration runs (None: without end).
-        device, dtype: where the batches land ("auto": this rank's GPU or the CPU; a bare "cuda":
-            this rank's GPU, see :func:`actstore._dist.local_device`) and their dtype
-            (float32, bfloat16, float16).
+        device: where the batches land ("auto": this rank's GPU or the CPU; a bare "cuda":
+            this rank's GPU, see :func:`actstore._dist.local_device`).
+        dtype: the batches' dtype (float32, bfloat16, float16).
         normalize: None; ``"mean_norm"`` scales each hook by ``sqrt(d) / mean_norm`` from
             the store's statistics (SAELens' convention: mean row norm becomes sqrt(d);
             the factors are in ``scale_factors``); ``"standardize"`` gives
@@ -123,8 +123,9 @@ class ActivationLoader:
             d=4096 bf16 is 512 MiB per window.
         threads: decode threads (default min(CPU count, 8)).
         prefetch: batches prepared ahead of the consumer.
-        rank, world_size: this process's share; default from ``torch.distributed`` when
-            it is initialized, else 0 of 1.
+        rank: this process's share, of ``world_size``; default from ``torch.distributed``
+            when it is initialized, else 0.
+        world_size: how many shares; default from ``torch.distributed``, else 1.
         rows: ``(start, stop)``: only the rows ``[start, stop)`` of the store, counted in
             store order over the committed rows (before the flag filter). A held-out
             split is two loaders over complementary ranges.
