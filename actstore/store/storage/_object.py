@@ -13,7 +13,7 @@ Settings (environment, read when a storage is opened):
 
 - ``ACTSTORE_S3_INFLIGHT`` (default 16): ranged gets kept in flight; readers size their
   pools to at least this. One S3 stream gives roughly 50-100 MB/s, so 1-5 GB/s takes
-  about 16-100 (README, "Object storage").
+  about 16-100 (docs/guide/object-storage.md).
 - ``ACTSTORE_S3_RETRIES`` (default 10) and ``ACTSTORE_S3_RETRY_SECONDS`` (default 60):
   obstore retries 5xx (503 SlowDown), dropped connections and timeouts with exponential
   backoff, at most this many times and this long per request; then a one-line error.
