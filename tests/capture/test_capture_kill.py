@@ -55,14 +55,15 @@ def reference(tmp_path_factory):
     return _snapshot(out)
 
 
-def _start_paused(out, batch):
-    """Start the job and return it stopped (SIGSTOP) right after its ``batch``-th batch, or
-    None if it completed the store (exit 0) before reaching that batch.
+def _start_paused(out, batch, *args):
+    """Start the job (``args``: more of its options) and return it stopped (SIGSTOP) right
+    after its ``batch``-th batch, or None if it completed the store (exit 0) before
+    reaching that batch.
 
     The child stops itself at that batch, so where the signal lands is fixed by the batch
     number whatever the machine's speed; its writer thread stops with it wherever it was."""
     p = subprocess.Popen(
-        [sys.executable, str(JOB), str(out), "--pause-at", str(batch)],
+        [sys.executable, str(JOB), str(out), "--pause-at", str(batch), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,6 +104,32 @@ def test_sigkill_at_seeded_batches_then_rerun_matches(tmp_path, reference):
     r = _run(out)
     assert r.returncode == 0, r.stderr
     _assert_same(_snapshot(out), reference)
+
+
+@pytest.mark.slow
+def test_sigkill_on_s3_then_the_same_command_resumes_at_once(tmp_path, s3_url, monkeypatch):
+    """Object storage: the rerun takes the killed run's lease over at once (same host, its
+    pid gone: store/lease.py) instead of being refused until ACTSTORE_LEASE_SECONDS (the
+    default 60 s here) have passed, and ends bit-identical to an uninterrupted run."""
+    monkeypatch.delenv("ACTSTORE_LEASE_SECONDS", raising=False)
+    docs = ("--docs", 40)  # ~21 batches: a short run
+    r = _run(tmp_path / "ref", *docs)
+    assert r.returncode == 0, r.stderr
+    reference, batches = _snapshot(tmp_path / "ref"), r.stdout.count("batch ")
+    # Stopped after batch 12, its writer thread wherever it was (mid-PUT or not), then killed.
+    p = _start_paused(s3_url, 12, *docs)
+    assert p is not None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    snap = _snapshot(s3_url)
+    n = snap["token"].numel()
+    assert 0 < n < reference["token"].numel()  # a prefix was committed: the rerun resumes it
+    for k in ("token", "layers.0", "layers.2"):
+        assert torch.equal(snap[k], reference[k][:n])
+    r = _run(s3_url, *docs)  # at once: the lease the killed run held has 60 s to go
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("batch ") < batches  # it resumed, not started over
+    _assert_same(_snapshot(s3_url), reference)
 
 
 @pytest.mark.slow
