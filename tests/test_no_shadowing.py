@@ -53,7 +53,9 @@ def test_project_kernels_never_a_top_level_portion_from_root():
         "print('\\n'.join(s.submodule_search_locations or []) if s else '')"
     )
     portions = [Path(p).resolve() for p in got.splitlines() if p]
-    assert ROOT / "kernels" not in portions, f"the project's kernels/ is importable as a top-level `kernels`: {portions}"
+    assert ROOT / "kernels" not in portions, (
+        f"the project's kernels/ is importable as a top-level `kernels`: {portions}"
+    )
 
 
 def test_transformers_hub_kernels_imports_from_root():
