@@ -113,6 +113,21 @@ def fmt_table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def check_sizes(suite: str, **sizes) -> None:
+    """A :class:`BenchError` (one line, naming the option as the CLI spells it) for a size
+    that is not a positive integer: checked before a suite writes anything, so that a bad
+    ``--rows`` is neither torch's traceback nor a temporary store left behind."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise BenchError(f"bench {suite}: {flag} must be a positive integer, got {value!r}")
+
+
 # -- correctness -------------------------------------------------------------------------------
 
 

@@ -22,31 +22,35 @@ from .._native import default_threads
 from ..api import create
 from ..api import open as open_store
 from ..store.codecs import codec_from_preset
-from .harness import compare
+from .harness import check_sizes, compare
 
 HOOK = "h"
+DEFAULT_ROWS = 262144
 
 
-def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5, progress=None, **_) -> dict:
+def run(
+    rows: int = DEFAULT_ROWS,
+    d: int = 1024,
+    codec: str = "zstd",
+    repeats: int = 5,
+    progress=None,
+    **_,
+) -> dict:
+    # Sizes first, and the data in memory, before the temporary folder exists.
+    check_sizes("store", rows=rows, d=d, repeats=repeats)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+    source = {"source": "random bf16"}
     raw = x.view(torch.int16).numpy()
+    threads = default_threads()
     work = Path(tempfile.mkdtemp(prefix="actstore-bench-store-"))
     path = work / "s"
-    threads = default_threads()
+    pool = None
 
     def write():
         shutil.rmtree(path, ignore_errors=True)
         with create(path, {HOOK: d}, segment="s", dtype="bf16", codec=codec, durable=False) as w:
             w.append({HOOK: x})
-
-    write()
-    with open_store(path) as st:
-        chunk_rows = st._hook(HOOK).chunk_rows
-    chunks = [np.ascontiguousarray(raw[i : i + chunk_rows]) for i in range(0, rows, chunk_rows)]
-    cc = codec_from_preset(codec).with_typesize(2)
-    pool = ThreadPoolExecutor(threads)
-    encoded = list(pool.map(cc.encode, chunks))
 
     def encode():
         return list(pool.map(cc.encode, chunks))
@@ -64,7 +68,14 @@ def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5
         with open_store(path) as st:
             return st.read(HOOK, dtype=torch.bfloat16)
 
-    try:
+    try:  # from the first write on, so that the temporary store goes whatever fails
+        write()
+        with open_store(path) as st:
+            chunk_rows = st._hook(HOOK).chunk_rows
+        chunks = [np.ascontiguousarray(raw[i : i + chunk_rows]) for i in range(0, rows, chunk_rows)]
+        cc = codec_from_preset(codec).with_typesize(2)
+        pool = ThreadPoolExecutor(threads)
+        encoded = list(pool.map(cc.encode, chunks))
         res = compare(
             "store",
             {"store_write": write, "codec_encode": encode, "store_read": read, "codec_decode": decode},
@@ -87,10 +98,12 @@ def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5
                 "codec": codec,
                 "threads": threads,
                 "chunk_rows": chunk_rows,
+                **source,
             },
             progress=progress,
         )
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     return res

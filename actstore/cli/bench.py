@@ -4,7 +4,8 @@ Progress on stderr, a table per comparison on stdout (or ``--json``: the metadat
 every figure); ``kernels`` adds the measuring dispatch's choices (op, device, shape class,
 choice, median per candidate). Before timing, each suite checks that its variants compute the same
 result; a variant that does not stops the run with a one-line error. ``--device`` that is
-not there is a one-line error too.
+not there, and a size that is not a positive integer, are one-line errors too (checked
+before anything is written). The temporary stores are always removed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def run(args) -> int:
     for suite in names:
         opts = {k: getattr(args, k, None) for k in SIZES[suite]}
         options[suite] = {k: (v if v is not None else SIZES[suite][k]) for k, v in opts.items()}
+        bench.check_sizes(suite, **{k: v for k, v in options[suite].items() if isinstance(SIZES[suite][k], int)})
+        bench.check_sizes(suite, repeats=args.repeats)
         options[suite]["repeats"] = args.repeats
     if args.suite == "capture" and args.model:
         if not args.hooks:

@@ -4,6 +4,7 @@ metadata first), and a device that is not there is a one-line error."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
@@ -68,3 +69,44 @@ def test_a_device_that_is_not_there_is_one_line(capsys):
     assert cli(["bench", "store", "--device", "cuda", *TINY["store"]]) == 1
     err = capsys.readouterr().err
     assert err.startswith("actstore: device 'cuda' is not there") and err.count("\n") == 1
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    """tempfile's folder for this test only: what the suites leave there is visible."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+@pytest.mark.parametrize(
+    "suite, args, flag",
+    [
+        ("loader", ["--rows", "-5"], "--rows"),
+        ("loader", ["--rows", "0"], "--rows"),
+        ("loader", ["--rows", "64", "--d", "8", "--batch-size", "0"], "--batch-size"),
+        ("store", ["--rows", "-5"], "--rows"),
+        ("store", ["--rows", "0"], "--rows"),
+        ("store", ["--rows", "64", "--d", "0"], "--d"),
+        ("kernels", ["--k", "0"], "--k"),
+        ("loader", ["--rows", "64", "--d", "8", "--repeats", "0"], "--repeats"),
+    ],
+)
+def test_a_size_that_is_not_positive_is_one_line_and_leaves_nothing(suite, args, flag, temp_dir, capsys):
+    assert cli(["bench", suite, "--device", "cpu", "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"actstore: bench {suite}: {flag} must be a positive integer") and err.count("\n") == 1
+    assert list(temp_dir.iterdir()) == []  # no actstore-bench-* folder left behind
+
+
+def test_a_failing_suite_removes_its_temporary_store(temp_dir, monkeypatch):
+    from actstore.bench import loader
+
+    def broken(*a, **k):  # fails after the temporary store is written
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(loader, "ActivationLoader", broken)
+    with pytest.raises(RuntimeError, match="planted"):
+        loader.run(rows=256, d=8, batch_size=32, repeats=1)
+    assert list(temp_dir.iterdir()) == []
