@@ -1,6 +1,10 @@
 """``actstore bench store``: write and read GB/s of a store against its codec's own ceiling.
 
-Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decimal).
+Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decimal). With
+``store`` (``--store PATH``): the first ``rows`` rows (default: at most 262144) of ``hook``
+in the user's own store, read once as bf16, so that the codec sees real activations
+(random values compress less than those); they are written to a temporary store like the
+random ones, and the user's store is only read.
 Variants, interleaved: ``store_write`` (create + append + close, not durable: no fsync) and
 ``codec_encode`` (the store's ChunkCodec on the same chunks, in memory, on the store's
 thread count: the ceiling of a write); ``store_read`` (``Store.read`` of every row) and
@@ -22,25 +26,40 @@ from .._native import default_threads
 from ..api import create
 from ..api import open as open_store
 from ..store.codecs import codec_from_preset
-from .harness import check_sizes, compare
+from .harness import BenchError, check_sizes, compare, open_user_store
 
 HOOK = "h"
 DEFAULT_ROWS = 262144
 
 
 def run(
-    rows: int = DEFAULT_ROWS,
-    d: int = 1024,
+    rows: int | None = DEFAULT_ROWS,
+    d: int | None = 1024,
     codec: str = "zstd",
     repeats: int = 5,
     progress=None,
+    store: str | None = None,
+    hook: str | None = None,
     **_,
 ) -> dict:
     # Sizes first, and the data in memory, before the temporary folder exists.
     check_sizes("store", rows=rows, d=d, repeats=repeats)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
-    source = {"source": "random bf16"}
+    if store is None:
+        rows = DEFAULT_ROWS if rows is None else rows
+        d = 1024 if d is None else d
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+        source = {"source": "random bf16"}
+    else:
+        user, spec, rows = open_user_store("store", store, hook, rows, DEFAULT_ROWS)
+        with user:
+            if d is not None and d != spec.d:
+                raise BenchError(
+                    f"bench store: --d {d} differs from hook {spec.name!r}'s width {spec.d}; leave --d out"
+                )
+            d = spec.d
+            x = user.read(spec.name, slice(0, rows), dtype=torch.bfloat16)
+        source = {"source": str(store), "hook": spec.name, "source_dtype": spec.dtype.name}
     raw = x.view(torch.int16).numpy()
     threads = default_threads()
     work = Path(tempfile.mkdtemp(prefix="actstore-bench-store-"))
@@ -105,5 +124,5 @@ def run(
     finally:
         if pool is not None:
             pool.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # the temporary store only; a --store is never written
     return res
