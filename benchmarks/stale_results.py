@@ -76,6 +76,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_steering_smollm2.py": (r"steering_smollm2", ["actstore/analysis", *CAPTURE]),
     "bench_representations.py": (r"representations_cpu", ["actstore/analysis", *STORE]),
     "bench_resume.py": (r"resume_cpu", ["actstore/analysis", "benchmarks/bench_representations.py", *STORE]),
+    "bench_hf_datasets.py": (r"hf_datasets_cpu(_quick)?", ["actstore/integrations/hf_datasets.py", *STORE]),
 }
 
 

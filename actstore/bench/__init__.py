@@ -14,7 +14,7 @@ import torch
 
 from .._dist import local_device
 from . import capture, kernels, loader, store
-from .harness import BenchError, check_same, compare, metadata, table
+from .harness import BenchError, check_same, check_sizes, compare, metadata, table
 
 SUITES = {"capture": capture.run, "store": store.run, "loader": loader.run, "kernels": kernels.run}
 
@@ -53,4 +53,4 @@ def run(suites, device_name: str = "auto", progress=None, options: dict | None =
     return doc
 
 
-__all__ = ["SUITES", "BenchError", "check_same", "compare", "device", "metadata", "run", "table"]
+__all__ = ["SUITES", "BenchError", "check_same", "check_sizes", "compare", "device", "metadata", "run", "table"]

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..api import open as open_store
 from ..errors import ActstoreError
 
 
@@ -111,6 +112,46 @@ def fmt_table(rows: list[list], header: list[str]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def check_sizes(suite: str, **sizes) -> None:
+    """A :class:`BenchError` (one line, naming the option as the CLI spells it) for a size
+    that is not a positive integer: checked before a suite writes anything, so that a bad
+    ``--rows`` is neither torch's traceback nor a temporary store left behind."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise BenchError(f"bench {suite}: {flag} must be a positive integer, got {value!r}")
+
+
+def open_user_store(suite: str, path, hook: str | None, rows: int | None, default_rows: int):
+    """The user's store (``--store``), the hook to bench and the rows to use, checked.
+
+    ``hook`` None: the store's only hook (several: a one-line error listing them). ``rows``
+    None: the first ``min(store rows, default_rows)`` rows, so that the default run reads a
+    bounded amount of a large store; more than the store holds is an error. The store is
+    only read, never written or removed. Returns ``(store, hook spec, rows)``."""
+    st = open_store(path)
+    try:
+        if hook is None:
+            if len(st.hooks) != 1:
+                raise BenchError(f"bench {suite}: store {path} has hooks {', '.join(st.hooks)}: pick one with --hook")
+            hook = st.hooks[0]
+        spec = st._hook(hook)  # UnknownHookError, one line, naming the hooks there are
+        if not st.rows:
+            raise BenchError(f"bench {suite}: store {path} has no committed rows: capture or append activations first")
+        n = min(st.rows, default_rows) if rows is None else int(rows)
+        if n > st.rows:
+            raise BenchError(f"bench {suite}: --rows {n} is more than the {st.rows} rows of store {path}; use fewer")
+    except BaseException:
+        st.close()
+        raise
+    return st, spec, n
 
 
 # -- correctness -------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """``actstore bench store``: write and read GB/s of a store against its codec's own ceiling.
 
-Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decimal).
+Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decimal). With
+``store`` (``--store PATH``): the first ``rows`` rows (default: at most 262144) of ``hook``
+in the user's own store, read once as bf16, so that the codec sees real activations
+(random values compress less than those); they are written to a temporary store like the
+random ones, and the user's store is only read.
 Variants, interleaved: ``store_write`` (create + append + close, not durable: no fsync) and
 ``codec_encode`` (the store's ChunkCodec on the same chunks, in memory, on the store's
 thread count: the ceiling of a write); ``store_read`` (``Store.read`` of every row) and
@@ -22,31 +26,50 @@ from .._native import default_threads
 from ..api import create
 from ..api import open as open_store
 from ..store.codecs import codec_from_preset
-from .harness import compare
+from .harness import BenchError, check_sizes, compare, open_user_store
 
 HOOK = "h"
+DEFAULT_ROWS = 262144
 
 
-def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5, progress=None, **_) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+def run(
+    rows: int | None = DEFAULT_ROWS,
+    d: int | None = 1024,
+    codec: str = "zstd",
+    repeats: int = 5,
+    progress=None,
+    store: str | None = None,
+    hook: str | None = None,
+    **_,
+) -> dict:
+    # Sizes first, and the data in memory, before the temporary folder exists.
+    check_sizes("store", rows=rows, d=d, repeats=repeats)
+    if store is None:
+        rows = DEFAULT_ROWS if rows is None else rows
+        d = 1024 if d is None else d
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+        source = {"source": "random bf16"}
+    else:
+        user, spec, rows = open_user_store("store", store, hook, rows, DEFAULT_ROWS)
+        with user:
+            if d is not None and d != spec.d:
+                raise BenchError(
+                    f"bench store: --d {d} differs from hook {spec.name!r}'s width {spec.d}; leave --d out"
+                )
+            d = spec.d
+            x = user.read(spec.name, slice(0, rows), dtype=torch.bfloat16)
+        source = {"source": str(store), "hook": spec.name, "source_dtype": spec.dtype.name}
     raw = x.view(torch.int16).numpy()
+    threads = default_threads()
     work = Path(tempfile.mkdtemp(prefix="actstore-bench-store-"))
     path = work / "s"
-    threads = default_threads()
+    pool = None
 
     def write():
         shutil.rmtree(path, ignore_errors=True)
         with create(path, {HOOK: d}, segment="s", dtype="bf16", codec=codec, durable=False) as w:
             w.append({HOOK: x})
-
-    write()
-    with open_store(path) as st:
-        chunk_rows = st._hook(HOOK).chunk_rows
-    chunks = [np.ascontiguousarray(raw[i : i + chunk_rows]) for i in range(0, rows, chunk_rows)]
-    cc = codec_from_preset(codec).with_typesize(2)
-    pool = ThreadPoolExecutor(threads)
-    encoded = list(pool.map(cc.encode, chunks))
 
     def encode():
         return list(pool.map(cc.encode, chunks))
@@ -64,7 +87,14 @@ def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5
         with open_store(path) as st:
             return st.read(HOOK, dtype=torch.bfloat16)
 
-    try:
+    try:  # from the first write on, so that the temporary store goes whatever fails
+        write()
+        with open_store(path) as st:
+            chunk_rows = st._hook(HOOK).chunk_rows
+        chunks = [np.ascontiguousarray(raw[i : i + chunk_rows]) for i in range(0, rows, chunk_rows)]
+        cc = codec_from_preset(codec).with_typesize(2)
+        pool = ThreadPoolExecutor(threads)
+        encoded = list(pool.map(cc.encode, chunks))
         res = compare(
             "store",
             {"store_write": write, "codec_encode": encode, "store_read": read, "codec_decode": decode},
@@ -87,10 +117,12 @@ def run(rows: int = 262144, d: int = 1024, codec: str = "zstd", repeats: int = 5
                 "codec": codec,
                 "threads": threads,
                 "chunk_rows": chunk_rows,
+                **source,
             },
             progress=progress,
         )
     finally:
-        pool.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        if pool is not None:
+            pool.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the temporary store only; a --store is never written
     return res

@@ -4,7 +4,10 @@ Progress on stderr, a table per comparison on stdout (or ``--json``: the metadat
 every figure); ``kernels`` adds the measuring dispatch's choices (op, device, shape class,
 choice, median per candidate). Before timing, each suite checks that its variants compute the same
 result; a variant that does not stops the run with a one-line error. ``--device`` that is
-not there is a one-line error too.
+not there, and a size that is not a positive integer, are one-line errors too (checked
+before anything is written). ``store`` and ``loader`` take ``--store PATH`` (and ``--hook``):
+bench the user's own store (its first ``--rows`` rows, default at most 262144) instead of
+random data; it is only read, and the temporary stores are always removed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def register(sub) -> None:
                 if any(flag in a.option_strings for a in q._actions):
                     continue
                 q.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+        if name in ("store", "loader"):
+            q.add_argument(
+                "--store",
+                help="bench this existing store (path or URL; only read) instead of random data: "
+                "--rows then counts its first rows (default: all, at most 262144)",
+            )
+            q.add_argument("--hook", help="with --store: the hook to bench (default: the store's only hook)")
         if name == "capture":
             q.add_argument("--model", help="a local HF model directory (default: the synthetic GPT-2)")
             q.add_argument("--hooks", help="with --model: module paths, comma separated")
@@ -46,10 +56,19 @@ def register(sub) -> None:
 def run(args) -> int:
     names = list(bench.SUITES) if args.suite == "all" else [args.suite]
     options = {}
+    user_store = getattr(args, "store", None)
+    if getattr(args, "hook", None) and not user_store:
+        raise bench.BenchError("--hook names a hook of --store PATH: give --store too")
     for suite in names:
         opts = {k: getattr(args, k, None) for k in SIZES[suite]}
-        options[suite] = {k: (v if v is not None else SIZES[suite][k]) for k, v in opts.items()}
+        # With --store, the rows and width come from that store unless given.
+        keep_unset = ("rows", "d") if user_store else ()
+        options[suite] = {k: (v if v is not None or k in keep_unset else SIZES[suite][k]) for k, v in opts.items()}
+        bench.check_sizes(suite, **{k: v for k, v in options[suite].items() if isinstance(SIZES[suite][k], int)})
+        bench.check_sizes(suite, repeats=args.repeats)
         options[suite]["repeats"] = args.repeats
+        if user_store:
+            options[suite].update(store=user_store, hook=args.hook)
     if args.suite == "capture" and args.model:
         if not args.hooks:
             raise bench.BenchError("--model needs --hooks (its module paths, comma separated)")

@@ -13,8 +13,9 @@ when called, so ``import actstore.integrations`` costs nothing and needs none of
 - ``dictionary_learning``: :class:`DictionaryLearningBuffer`, the activation buffer its
   trainers and ``trainSAE`` take (``next()`` gives ``[B, d]`` on the device), and
   :func:`train_dictionary`;
-- ``nnsight``: :func:`capture` from an nnsight ``LanguageModel``, hooks named as nnsight
-  users write them (``model.transformer.h[5].output``, ``.input``, or the Envoy itself).
+- ``nnsight``: :func:`capture` from an nnsight ``TransformersModel`` (or the deprecated
+  ``LanguageModel``), hooks named as nnsight users write them (``model.transformer.h[5].output``,
+  ``.input``, or the Envoy itself).
 
 A store hook whose width differs from the peer's config, or a module path the model lacks,
 is a one-line :class:`actstore.errors.IntegrationError`; a missing peer package is a

@@ -30,6 +30,9 @@ normalization and the resume:
   loader), and training continues with the batches an uninterrupted run would have seen.
   SAELens saves ``n_training_steps`` one short (before the step counter moves); the resume
   sets it from the samples seen.
+- **Held-out split**: ``rows=(start, stop)`` or ``docs=(lo, hi)`` train on only those rows of
+  the store (as :class:`actstore.ActivationLoader` takes them), so one store serves a training
+  run and an evaluation over the complementary range; a resume keeps the same selection.
 - A store hook whose width differs from the config's ``d_in`` is a one-line IntegrationError.
 """
 
@@ -55,7 +58,8 @@ class SAELensDataProvider:
     """``Iterator[Tensor]``: ``next()`` gives a ``[batch_size, d]`` float batch on ``device``.
 
     An endless, shuffled, resumable :class:`actstore.ActivationLoader` (``loader``) over one
-    hook; SAELens' ``SAETrainer`` takes it as its ``data_provider``. ``save_to_checkpoint`` /
+    hook (``rows=(start, stop)`` / ``docs=(lo, hi)``: only those rows, as the loader takes
+    them); SAELens' ``SAETrainer`` takes it as its ``data_provider``. ``save_to_checkpoint`` /
     ``load_from_checkpoint`` write and read the loader state beside a SAELens checkpoint.
     """
 
@@ -72,6 +76,8 @@ class SAELensDataProvider:
         drop_flags=None,
         buffer_rows: int = 65536,
         threads: int | None = None,
+        rows: tuple[int, int] | None = None,
+        docs: tuple[int, int] | None = None,
     ):
         if normalize not in (None, "mean_norm"):
             raise IntegrationError(
@@ -92,6 +98,8 @@ class SAELensDataProvider:
             drop_last=True,
             buffer_rows=buffer_rows,
             threads=threads,
+            rows=rows,
+            docs=docs,
         )
         self.d_in = self.loader.store._hook(hook).d
         self._it = None
@@ -160,9 +168,12 @@ def make_saelens_trainer(
     buffer_rows: int = 65536,
     threads: int | None = None,
     resume: bool = True,
+    rows: tuple[int, int] | None = None,
+    docs: tuple[int, int] | None = None,
 ):
     """SAELens' ``SAETrainer`` over a :class:`SAELensDataProvider`, resumed from the newest
-    checkpoint when ``resume``; returns ``(trainer, provider)``. :func:`train_saelens` runs it."""
+    checkpoint when ``resume``; returns ``(trainer, provider)``. :func:`train_saelens` runs it.
+    ``rows`` / ``docs``: train on only those rows of the store (see :class:`SAELensDataProvider`)."""
     sae_lens = require("sae_lens", "sae-lens")
     if trainer_cfg.lr_end is None:  # SAELens' runner config fills it in (lr / 10); its trainer asserts it
         trainer_cfg = dataclasses.replace(trainer_cfg, lr_end=trainer_cfg.lr / 10)
@@ -181,6 +192,8 @@ def make_saelens_trainer(
         drop_flags=drop_flags,
         buffer_rows=buffer_rows,
         threads=threads,
+        rows=rows,
+        docs=docs,
     )
     try:
         check_width(provider.loader.store, hook, sae_cfg.d_in, "SAELens", "d_in")
@@ -216,13 +229,16 @@ def train_saelens(
     threads: int | None = None,
     resume: bool = True,
     out: str | os.PathLike | None = None,
+    rows: tuple[int, int] | None = None,
+    docs: tuple[int, int] | None = None,
 ):
     """Train a SAELens SAE with SAELens' ``SAETrainer`` on ``hook`` of ``store``; see the module docstring.
 
     Returns the trained SAELens ``TrainingSAE``, taking raw activations (the ``mean_norm``
     factor folded in); with ``out`` it is also saved there (``save_inference_model``:
     ``cfg.json`` + ``sae_weights.safetensors``, loadable with ``SAE.load_from_disk``).
-    Ctrl-C saves a checkpoint (when ``checkpoint_path`` is set) and re-raises.
+    Ctrl-C saves a checkpoint (when ``checkpoint_path`` is set) and re-raises. ``rows=(start,
+    stop)`` / ``docs=(lo, hi)``: train on only those store rows (a held-out split in one store).
     """
     if trainer_cfg.lr_end is None:
         trainer_cfg = dataclasses.replace(trainer_cfg, lr_end=trainer_cfg.lr / 10)
@@ -237,6 +253,8 @@ def train_saelens(
         buffer_rows=buffer_rows,
         threads=threads,
         resume=resume,
+        rows=rows,
+        docs=docs,
     )
     try:
         try:

@@ -7,7 +7,11 @@ For users who want their own loop, sampler or ``DataLoader``::
     for x in dl: ...                                              # x: [4096, d]
 
     ds = RowDataset("acts", ["blocks.6.ln2", "blocks.6.mlp"], tokens=True)
-    ds[7]   # {"blocks.6.ln2": [d1], "blocks.6.mlp": [d2], "token", "doc", "pos"}
+    ds[7]   # {"blocks.6.ln2": [d1], "blocks.6.mlp": [d2], "token", "doc", "pos", "row"}
+
+With ``tokens=True`` an item also carries ``row``: its global store row index (int64
+scalar; a batch: ``[B]``), the one key that names a row uniquely. ``(doc, pos)`` does not:
+tokens a capture inserted (BOS, separators) have ``pos == -1``.
 
 Index ``i`` is the ``i``-th kept row of the store's committed rows when the dataset was
 made (segments in name order; ``drop_flags`` leaves BOS/special rows out). A
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 
 from ..api import open as open_store
-from ..loader.loader import NORMALIZE, TOKEN_KEYS, parse_drop_flags
+from ..loader.loader import NORMALIZE, ROW_KEY, TOKEN_KEYS, parse_drop_flags
 from ..store.errors import LoaderError
 from ..store.reader import Store
 
@@ -59,8 +63,8 @@ class RowDataset(torch.utils.data.Dataset):
         s = store if isinstance(store, Store) else open_store(self.path)
         self._store, self._pid = s, os.getpid()
         self.widths = {h: s._hook(h).d for h in self.hooks}  # UnknownHookError, one line
-        if tokens and set(self.hooks) & set(TOKEN_KEYS):
-            clash = sorted(set(self.hooks) & set(TOKEN_KEYS))[0]
+        if tokens and set(self.hooks) & {*TOKEN_KEYS, ROW_KEY}:
+            clash = sorted(set(self.hooks) & {*TOKEN_KEYS, ROW_KEY})[0]
             raise LoaderError(f"a hook named {clash!r} collides with the token columns of tokens=True; rename it")
         mask = parse_drop_flags(drop_flags)
         # The snapshot: rows committed now; later commits need a new dataset.
@@ -121,6 +125,7 @@ class RowDataset(torch.utils.data.Dataset):
         if self.tokens:
             t = s.tokens(rows)
             out.update({k: t[k] for k in TOKEN_KEYS})
+            out[ROW_KEY] = torch.from_numpy(rows.astype(np.int64, copy=True))  # global store rows, not dataset indices
         return out
 
     def __getitem__(self, i):

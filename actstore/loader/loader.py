@@ -49,6 +49,10 @@ from .plan import Block, EpochPlan, make_blocks
 STATE_VERSION = 1
 NORMALIZE = ("mean_norm", "standardize")
 TOKEN_KEYS = ("token", "doc", "pos")
+# With tokens=True a batch also carries each row's global store row index (int64 [B]): the
+# one unique name of a row ((doc, pos) is not: inserted tokens have pos -1). It is not a
+# stored column: the producer writes it from the plan.
+ROW_KEY = "row"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Stored numpy dtype -> a numpy dtype of the same width that torch can hold (torch has no
 # general uint16 support, and only the bits matter).
@@ -114,7 +118,9 @@ class ActivationLoader:
             the factors are in ``scale_factors``); ``"standardize"`` gives
             ``(x - mean) / std`` per dimension.
         drop_flags: rows to leave out, by flag ("bos", "special", "pad") or bit mask.
-        tokens: also return ``token`` (int32), ``doc`` (int64) and ``pos`` (int32) ``[B]``
+        tokens: also return ``token`` (int32), ``doc`` (int64) and ``pos`` (int32) ``[B]``,
+            and ``row`` (int64 ``[B]``): each row's global index in the store (segments in
+            name order, as ``Store.read`` counts), unique where ``(doc, pos)`` is not
             (batches are then dicts).
         drop_last: every rank yields the same number of full batches, ``(N // W) // B``
             (what DDP needs); the rows past that are skipped this epoch.
@@ -192,9 +198,9 @@ class ActivationLoader:
         if len(set(self.hooks)) != len(self.hooks):
             raise LoaderError(f"hooks {self.hooks} name a hook twice")
         self._specs = [self.store._hook(h) for h in self.hooks]  # UnknownHookError, one line
-        if tokens and set(self.hooks) & set(TOKEN_KEYS):
+        if tokens and set(self.hooks) & {*TOKEN_KEYS, ROW_KEY}:
             raise LoaderError(
-                f"a hook named {sorted(set(self.hooks) & set(TOKEN_KEYS))[0]!r} collides with the token "
+                f"a hook named {sorted(set(self.hooks) & {*TOKEN_KEYS, ROW_KEY})[0]!r} collides with the token "
                 "columns of tokens=True; read the tokens with Store.tokens instead"
             )
 
@@ -270,6 +276,9 @@ class ActivationLoader:
         if not segs:
             raise LoaderError(f"store {self.store.path} has no committed rows: capture or append activations first")
         self.blocks: list[Block] = make_blocks([s.rows for s in segs], self.block_rows)
+        # Global store row of each block's first row (segments in order): the ``row`` column.
+        seg_base = np.concatenate([[0], np.cumsum([s.rows for s in segs])]).astype(np.int64)
+        self._block_base = np.array([seg_base[b.segment] + b.start for b in self.blocks], dtype=np.int64)
         self._kept_local: dict[int, np.ndarray] = {}
         if self.drop_mask or self.row_range or self.doc_range:
             kept = np.empty(len(self.blocks), dtype=np.int64)
@@ -517,6 +526,7 @@ class ActivationLoader:
         if self.tokens:
             for k in TOKEN_KEYS:
                 out[k] = stored[f"tokens/{k}"].reshape(-1)
+            out[ROW_KEY] = stored[ROW_KEY]
         return out
 
     def _finish(self, host: dict[str, torch.Tensor]):
@@ -661,6 +671,14 @@ class _Producer:
             local = np.arange(p.lo, p.hi, dtype=np.int64) if kept is None else kept[p.lo : p.hi]
             if not keep.all():
                 rows, local = rows[keep], local[keep]
+            if rows.size and loader.tokens:
+                # The global store row of each kept row, written here from the plan (no read):
+                # the batch's ``row`` column, in the same slots as the rows the fetcher scatters.
+                glob = loader._block_base[p.block] + local
+                bidx = rows // B
+                for b in np.unique(bidx):
+                    sel = bidx == b
+                    self._buffers[int(b)][ROW_KEY][1][rows[sel] % B] = glob[sel]
             if rows.size:
                 futures.append(
                     loader._fetcher.submit(
@@ -689,6 +707,9 @@ class _Producer:
                 buf = np.empty((n, width), dtype=holder)
                 t = torch.from_numpy(buf)
             out[a.path] = (t if a.row_shape else t.reshape(-1), buf)
+        if self.loader.tokens:
+            t = torch.empty(n, dtype=torch.int64, pin_memory=pin)
+            out[ROW_KEY] = (t, t.numpy())
         return out
 
     def _batches(self):

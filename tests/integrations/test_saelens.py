@@ -168,3 +168,26 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(store, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("split", ["rows", "docs"])
+def test_train_saelens_trains_on_only_the_selected_rows(tmp_path, monkeypatch, split):
+    # A held-out split in one store: every row SAELens is fed comes from the selection.
+    from actstore.integrations import saelens as sl
+    from helpers.integration_store import HOOKS, rows_store
+
+    ref = rows_store(tmp_path / "s")["h.a"]  # fp32, doc = row // 50, unique random rows
+    sel, allowed = ({"rows": (100, 900)}, range(100, 900)) if split == "rows" else ({"docs": (4, 12)}, range(200, 600))
+    fed = []
+    real = sl.SAELensDataProvider.__next__
+    monkeypatch.setattr(sl.SAELensDataProvider, "__next__", lambda self: fed.append(real(self)) or fed[-1])
+    cfg = sae_lens.TopKTrainingSAEConfig(d_in=HOOKS["h.a"], d_sae=32, k=4)
+    tr = SAETrainerConfig(total_training_samples=12 * 64, train_batch_size_samples=64, lr=1e-3, device="cpu")
+    train_saelens(tmp_path / "s", "h.a", cfg, tr, normalize=None, threads=1, **sel)
+    got = torch.cat(fed)
+    assert got.shape[0] >= 12 * 64
+    idx = ((got[:, None, :] == ref[None, :, :]).all(-1)).int().argmax(1)  # each fed row's store row
+    assert torch.equal(ref[idx], got)  # every fed row is a store row, unchanged (normalize=None)
+    assert set(idx.tolist()) <= set(allowed) and len(set(idx.tolist())) > 300  # and from the selection only
+    with pytest.raises(actstore.LoaderError, match=r"rows=\(9, 3\) is empty"):
+        train_saelens(tmp_path / "s", "h.a", cfg, tr, normalize=None, threads=1, rows=(9, 3))

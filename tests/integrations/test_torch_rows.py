@@ -81,3 +81,20 @@ def test_unknown_hook_is_one_line(store):
     with pytest.raises(actstore.UnknownHookError) as e:
         RowDataset(path, "h.zzz")
     assert "\n" not in str(e.value) and "h.a" in str(e.value)
+
+
+def test_tokens_carry_the_global_store_row(store):
+    # (doc, pos) repeats and token ids wrap in this store; "row" names the store row itself,
+    # also when drop_flags makes dataset indices differ from store rows.
+    path, ref = store
+    ds = RowDataset(path, "h.a", tokens=True, drop_flags="bos")
+    keep = np.flatnonzero((ref["flags"].numpy() & actstore.FLAG_BOS) == 0)
+    item = ds[20]
+    assert item["row"].dtype == torch.int64 and int(item["row"]) == keep[20]
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    for b in DataLoader(ds, batch_size=100, shuffle=True, generator=g):
+        assert b["row"].dtype == torch.int64
+        assert torch.equal(b["h.a"], ref["h.a"][b["row"]]) and torch.equal(b["token"], ref["token"][b["row"]].int())
+        seen.append(b["row"].numpy())
+    assert np.array_equal(np.sort(np.concatenate(seen)), keep)

@@ -447,3 +447,38 @@ def test_a_selection_with_no_rows_is_one_line(store):
     with pytest.raises(LoaderError) as e:
         ActivationLoader(store, "wide", 32, docs=(10_000, 20_000))
     assert "leave no rows" in _one_line(e)
+
+
+def test_row_column_is_each_rows_global_store_index(store):
+    # tokens=True batches carry "row" (int64): the row's index in the store, as Store.read
+    # counts, also under a flag filter, a row selection, a rank split and a mid-epoch resume.
+    opts = dict(tokens=True, seed=2, drop_flags="bos", rows=(500, 2000), buffer_rows=256)
+    got = []
+    for r in range(2):
+        for b in ActivationLoader(store, ["wide", "narrow"], 61, rank=r, world_size=2, **opts):
+            row = b["row"]
+            assert row.dtype == torch.int64 and row.shape == b["token"].shape
+            assert torch.equal(b["wide"], store.read("wide", row))
+            assert torch.equal(b["narrow"], store.read("narrow", row))
+            t = store.tokens(row)
+            assert all(torch.equal(b[k], t[k]) for k in ("token", "doc", "pos"))
+            got.append(row.numpy().copy())
+    want = np.array([i for i in range(500, 2000) if i % 50 != 0])  # the fixture's row i has token i, BOS at % 50
+    assert np.array_equal(np.sort(np.concatenate(got)), want)
+    full = [b["row"].numpy().copy() for b in ActivationLoader(store, "wide", 61, **opts)]
+    first = ActivationLoader(store, "wide", 61, **opts)
+    it = iter(first)
+    head = [next(it)["row"].numpy().copy() for _ in range(3)]
+    state = first.state_dict()
+    first.close()
+    second = ActivationLoader(store, "wide", 61, **opts)
+    second.load_state_dict(state)
+    tail = [b["row"].numpy().copy() for b in second]
+    assert len(head + tail) == len(full) and all(np.array_equal(x, y) for x, y in zip(head + tail, full))
+
+
+def test_a_hook_named_row_collides_with_tokens(tmp_path):
+    with actstore.create(tmp_path / "s", {"row": 4}, segment="s", durable=False) as w:
+        w.append({"row": torch.zeros(8, 4)})
+    with pytest.raises(LoaderError, match="'row' collides with the token columns"):
+        ActivationLoader(tmp_path / "s", "row", 4, tokens=True)
