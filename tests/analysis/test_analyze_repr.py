@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from actstore.analysis.output import ATTR, read_attrs
 from actstore.analysis.report import render
 from actstore.cli import main
 from actstore.sae import SAEConfig, TopKSAE, load, save
+from helpers import zygote
 from helpers.analyze_repr_kill_job import BLOCK as KB
 from helpers.analyze_repr_kill_job import JOBS as KJ
 from helpers.paths import HELPERS, ROOT
@@ -35,7 +35,7 @@ BLOCK = 97  # rows a block: the 728-row store spans 8 blocks and both segments
 
 
 def _cli(*args):
-    return subprocess.run(
+    return zygote.run(
         [sys.executable, "-m", "actstore.cli", "analyze", *map(str, args)], capture_output=True, text=True, cwd=ROOT
     )
 
@@ -136,13 +136,11 @@ def test_rerun_skips_finished_jobs_redoes_unmarked_and_refuses_another_plan(worl
 def test_sigkill_after_a_job_then_rerun_skips_it_and_gives_the_same_bytes(world, tmp_path):
     ref = an.run_all(world / "s", KJ, tmp_path / "ref", hooks="a,b", block_rows=KB)
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
+    child = zygote.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
                               "pca"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-    _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after writing pca
-    assert os.WIFSTOPPED(status)
-    os.kill(child.pid, signal.SIGKILL)
-    os.waitpid(child.pid, 0)
-    child.returncode = -9
+    assert zygote.wait_stopped(child)  # returns once the child has stopped after writing pca
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
     assert (out / "pca" / "zarr.json").exists() and not (out / "probe").exists()
     done = []
     assert an.run_all(world / "s", KJ, out, hooks="a,b", block_rows=KB, on_job=done.append) == out
@@ -154,13 +152,11 @@ def test_sigkill_after_a_job_then_rerun_skips_it_and_gives_the_same_bytes(world,
 def test_sigkill_inside_a_job_then_rerun_resumes_that_pass_and_gives_the_same_bytes(world, tmp_path):
     ref = an.run_all(world / "s", KJ, tmp_path / "ref", hooks="a,b", block_rows=KB)
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
+    child = zygote.Popen([sys.executable, str(HELPERS / "analyze_repr_kill_job.py"), str(world / "s"), str(out),
                               "probes.sgd.0:2"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-    _, status = os.waitpid(child.pid, os.WUNTRACED)  # stopped after the SGD pass's second commit
-    assert os.WIFSTOPPED(status)
-    os.kill(child.pid, signal.SIGKILL)
-    os.waitpid(child.pid, 0)
-    child.returncode = -9
+    assert zygote.wait_stopped(child)  # stopped after the SGD pass's second commit
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
     assert (out / "_state" / "repr-probe").is_dir() and not (out / "probe").exists()
     commits, done = [], []
     rerun = an.run_all(
@@ -180,7 +176,7 @@ CHROMIUM = shutil.which("chromium")
 
 def _browser(url: str) -> tuple[str, list[str]]:
     """The DOM chromium builds for ``url`` and the console lines it logged."""
-    out = subprocess.run(
+    out = zygote.run(
         [
             CHROMIUM,
             "--headless",
@@ -231,7 +227,7 @@ def test_cli_features_and_representation_jobs_with_the_report(world, tmp_path):
     assert {j: (out / j / "zarr.json").stat().st_mtime_ns for j in doc["represent"]} == stamps
     other = _cli(*line[:-3], "--option", "pca.k=4", "--out", out, "--no-progress")
     assert other.returncode == 1 and other.stderr.count("\n") == 1 and "holds a different analysis" in other.stderr
-    rep = subprocess.run([sys.executable, "-m", "actstore.cli", "report", out, "--out", tmp_path / "again"],
+    rep = zygote.run([sys.executable, "-m", "actstore.cli", "report", out, "--out", tmp_path / "again"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert rep.returncode == 0 and 'id="job-pca"' in (tmp_path / "again" / "index.html").read_text(), rep.stderr
     if CHROMIUM is None:
@@ -304,7 +300,7 @@ def test_two_ranks_write_the_single_process_bytes(world, tmp_path):
     args = ["analyze", "--store", world / "s", "--jobs", "steering,pca", "--hooks", "a,b,c", "--block-rows", BLOCK,
             "--option", "steering.pca=true", "--option", "pca.k=3", "--option", "pca.sample=30",
             "--no-progress"]  # fmt: skip
-    one = subprocess.run([sys.executable, HELPERS / "analyze_cli.py", *map(str, args), "--out", tmp_path / "one"],
+    one = zygote.run([sys.executable, HELPERS / "analyze_cli.py", *map(str, args), "--out", tmp_path / "one"],
                          capture_output=True, text=True, env=env)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     r = torchrun(HELPERS / "analyze_cli.py", [*args, "--out", tmp_path / "two"], nproc=2, port_base=31700, env=env)

@@ -4,13 +4,13 @@ the output equals the library's, a killed run resumes, bad input is one line and
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
 import actstore.analysis as an
 from actstore.sae import save
+from helpers import zygote
 from helpers.analysis_store import BLOCK, relu_sae
 from helpers.paths import ROOT
 
@@ -20,7 +20,7 @@ SPEC = {"stats": {}, "top": {"k": 5}, "bins": {"samples": 3}, "contexts": {"wind
 
 
 def _cli(*args):
-    return subprocess.run(
+    return zygote.run(
         [sys.executable, "-m", "actstore.cli", "analyze", *map(str, args)], capture_output=True, text=True, cwd=ROOT
     )
 

@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from actstore.analysis._tree import BlockTree
 from actstore.analysis.report import render
 from actstore.errors import ActstoreError
 from actstore.sae import ReLUSAE, SAEConfig
+from helpers import zygote
 from helpers.analysis_store import BLOCK, JOBS, relu_sae, write_store
 from helpers.paths import HELPERS, ROOT
 from helpers.procs import torchrun
@@ -76,14 +76,12 @@ def test_sigkill_then_rerun_is_byte_identical(planted, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ref = an.run(path, relu_sae(), JOBS, tmp_path / "ref", block_rows=BLOCK, commit_rows=1)
     out = tmp_path / "out"
-    child = subprocess.Popen(
+    child = zygote.Popen(
         [sys.executable, str(HELPERS / "analysis_kill_job.py"), str(path), str(out), "3"], cwd=ROOT, env=env
     )
-    _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped after commit 3
-    assert os.WIFSTOPPED(status)
-    os.kill(child.pid, signal.SIGKILL)
-    os.waitpid(child.pid, 0)
-    child.returncode = -9
+    assert zygote.wait_stopped(child)  # returns once the child has stopped after commit 3
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
     assert not (out / "zarr.json").exists() and (out / "_state").exists()
     seqs = []
     an.run(path, relu_sae(), JOBS, out, block_rows=BLOCK, commit_rows=1, on_commit=lambda s, r: seqs.append(s))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +22,7 @@ import actstore.analysis as an
 from actstore.analysis import AnalysisError
 from actstore.analysis.report import render
 from actstore.sae import ReLUSAE, SAEConfig, save
+from helpers import zygote
 from helpers.analysis_store import BLOCK, relu_sae
 from helpers.paths import ROOT
 
@@ -244,9 +244,7 @@ def test_lens_tables_and_ablation_rows(with_model):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "actstore.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT
-    )
+    return zygote.run([sys.executable, "-m", "actstore.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
 def _word_tokenizer_folder(path: Path) -> Path:
@@ -289,7 +287,7 @@ CHROMIUM = shutil.which("chromium")
 
 
 def _dump(url: str) -> Page:
-    out = subprocess.run(
+    out = zygote.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
         capture_output=True,
         text=True,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 from actstore.analysis import AnalysisError
 from actstore.cli import main
 from actstore.errors import ActstoreError
+from helpers import zygote
 from helpers.paths import HELPERS, ROOT
 from helpers.repr_kill_job import run
 from helpers.repr_store import write_repr_store
@@ -63,15 +62,14 @@ def kill_at(kind: str, store, state, pass_: str, stop: int) -> None:
     """Run ``kind`` in a child until commit ``stop`` of ``pass_``, then SIGKILL it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)])}
     argv = [sys.executable, str(HELPERS / "repr_kill_job.py"), kind, str(store), str(state), pass_, str(stop)]
-    child = subprocess.Popen(argv, cwd=ROOT, env=env)
+    child = zygote.Popen(argv, cwd=ROOT, env=env)
     try:
-        _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once the child has stopped itself
-        assert os.WIFSTOPPED(status), f"the child ended (status {status}) before commit {stop} of {pass_}"
+        stopped = zygote.wait_stopped(child)  # returns once the child has stopped itself
+        assert stopped, f"the child ended (status {child.returncode}) before commit {stop} of {pass_}"
     finally:
         if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-            os.waitpid(child.pid, 0)
-            child.returncode = -9
+            child.kill()
+            child.wait()
 
 
 CASES = [

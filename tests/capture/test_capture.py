@@ -5,7 +5,6 @@ HookedTransformer, and a plain nn.Module; every input kind; resume; NaN handling
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ from actstore.capture import CaptureConfig
 from actstore.capture.plan import Policy, iter_batches, iter_windows
 from actstore.capture.runner import _run_capture
 from actstore.store.errors import CaptureError
+from helpers import zygote
 from helpers.capture_models import TinyLM, token_array, token_docs
 from helpers.paths import HELPERS
 
@@ -343,7 +343,7 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
         assert torch.allclose(st.stats(h)["mean"], x.mean(0), atol=1e-5)
         assert torch.allclose(st.stats(h)["var"], x.var(0, unbiased=False), rtol=1e-4)
         assert st.stats(h)["count"] == x.shape[0]
-    info = subprocess.run(
+    info = zygote.run(
         [sys.executable, "-m", "actstore.cli", "info", str(tmp_path / "s")], capture_output=True, text=True
     )
     assert f"nonfinite rows {n_bad}" in info.stdout
@@ -397,7 +397,7 @@ def test_one_line_errors(tmp_path):
         actstore.capture(TinyLM(), "layers.0", token_docs(), tmp_path / "c", batch_size=0, progress=False)
     with pytest.raises(CaptureError, match="text data needs a tokenizer"):
         actstore.capture(TinyLM(), "layers.0", ["some text"], tmp_path / "d", progress=False)
-    r = subprocess.run(
+    r = zygote.run(
         [
             sys.executable,
             "-m",
@@ -435,7 +435,7 @@ def test_cli_capture_from_a_yaml_config(tmp_path):
         "model: python:capture_models:make_tiny\nhooks: [layers.0, 'layers.1.mlp.2:input']\n"
         f"data: {tmp_path / 'toks.npy'}\nout: {tmp_path / 'store'}\ncontext: 16\nbatch-size: 3\ndtype: fp16\n"
     )
-    r = subprocess.run(
+    r = zygote.run(
         [
             sys.executable,
             "-m",

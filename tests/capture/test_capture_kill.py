@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import actstore
+from helpers import zygote
 from helpers.paths import HELPERS
 from helpers.procs import torchrun
 
@@ -24,9 +25,7 @@ TRIALS = int(os.environ.get("ACTSTORE_CAPTURE_KILL_TRIALS", "4"))
 
 
 def _run(*args, **kw):
-    return subprocess.run(
-        [sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300, **kw
-    )
+    return zygote.run([sys.executable, str(JOB), *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
 
 
 def _snapshot(path):
@@ -62,7 +61,7 @@ def _start_paused(out, batch, *args):
 
     The child stops itself at that batch, so where the signal lands is fixed by the batch
     number whatever the machine's speed; its writer thread stops with it wherever it was."""
-    p = subprocess.Popen(
+    p = zygote.Popen(
         [sys.executable, str(JOB), str(out), "--pause-at", str(batch), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -75,8 +74,7 @@ def _start_paused(out, batch, *args):
         p.wait()
         assert p.returncode == 0, f"the job failed before batch {batch}: {p.stderr.read()}"
         return None
-    _, status = os.waitpid(p.pid, os.WUNTRACED)  # returns once the child is stopped, not before
-    assert os.WIFSTOPPED(status), status
+    assert zygote.wait_stopped(p), f"the job ended ({p.returncode}) before it stopped at batch {batch}"
     return p
 
 
@@ -198,9 +196,7 @@ def test_full_disk_stops_with_one_line_and_keeps_commits(tmp_path, reference):
     mnt.mkdir()
     if (
         os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
+        or zygote.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True).returncode
         != 0
     ):
         pytest.skip("cannot mount a small tmpfs here (needs root); the EFBIG test covers failing writes")
@@ -216,7 +212,7 @@ def test_full_disk_stops_with_one_line_and_keeps_commits(tmp_path, reference):
             assert torch.equal(snap[k], reference[k][:n])
         shutil.copytree(mnt / "store", tmp_path / "moved")
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        zygote.run(["umount", str(mnt)], capture_output=True)
     r = _run(tmp_path / "moved")  # on a disk with room, the same run completes
     assert r.returncode == 0, r.stderr
     _assert_same(_snapshot(tmp_path / "moved"), reference)

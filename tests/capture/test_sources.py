@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import actstore
 from actstore.capture.data import parse_sources
 from actstore.store.errors import CaptureError
+from helpers import zygote
 from helpers.capture_models import TinyLM, token_array, token_docs
 from helpers.paths import HELPERS
 
@@ -52,7 +52,7 @@ def test_cli_named_sources(tmp_path):
     cmd = [sys.executable, "-m", "actstore.cli", "capture", "--model", "python:capture_models:make_tiny"]
     cmd += ["--hooks", "layers.0", "--data", f"pos={tmp_path / 'p.npy'}", "--data", f"neg={tmp_path / 'n.npy'}"]
     cmd += ["--out", str(tmp_path / "s"), "--context", "16", "--no-progress", "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = zygote.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["committed_rows"] > 0
     src = actstore.open(tmp_path / "s").sources

@@ -11,6 +11,7 @@ import torch
 
 import actstore
 from actstore.errors import IntegrationError
+from helpers import zygote
 from helpers.integration_store import sparse_store
 from helpers.paths import HELPERS
 
@@ -152,9 +153,9 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(store, tmp_path):
 
     path, _ = store
     run = [sys.executable, str(HELPERS / "saelens_run.py"), str(path), HOOK]
-    done = subprocess.run([*run, str(tmp_path / "a"), str(tmp_path / "a.st")], capture_output=True, text=True)
+    done = zygote.run([*run, str(tmp_path / "a"), str(tmp_path / "a.st")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    p = subprocess.Popen([*run, str(tmp_path / "b"), str(tmp_path / "b.st"), "30"], stdout=subprocess.PIPE, text=True)
+    p = zygote.Popen([*run, str(tmp_path / "b"), str(tmp_path / "b.st"), "30"], stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if line.strip() != "stopped 30":
         p.kill()
@@ -162,7 +163,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(store, tmp_path):
     p.send_signal(signal.SIGKILL)
     assert p.wait(timeout=60) == -signal.SIGKILL
     assert latest_checkpoint(tmp_path / "b").name == str(24 * BATCH + BATCH)  # saved after the 25th step
-    again = subprocess.run([*run, str(tmp_path / "b"), str(tmp_path / "b.st")], capture_output=True, text=True)
+    again = zygote.run([*run, str(tmp_path / "b"), str(tmp_path / "b.st")], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = load_file(str(tmp_path / "a.st")), load_file(str(tmp_path / "b.st"))
     assert a.keys() == b.keys()

@@ -18,6 +18,7 @@ import torch
 from actstore.cli import main as cli
 from actstore.errors import SAEError
 from actstore.sae import TrainConfig, load, train
+from helpers import zygote
 from helpers.loader_store import build
 from helpers.paths import HELPERS
 from helpers.procs import torchrun
@@ -34,7 +35,7 @@ def store(tmp_path_factory):
 
 def _run(store, out, arch="topk", tokens=32 * 60, stop=None):
     env = {**ENV, "TRAIN_RUN_STOP": stop} if stop else ENV
-    return subprocess.Popen(
+    return zygote.Popen(
         [sys.executable, str(RUN), str(store.path), str(out), arch, str(tokens)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -24,6 +24,7 @@ import torch
 
 import actstore
 from actstore.errors import StoreError
+from helpers import zygote
 from helpers.kill_writer import HOOKS, rows
 from helpers.paths import HELPERS
 
@@ -48,7 +49,7 @@ def _lease_writer(url: str) -> subprocess.Popen:
     """helpers/lease_writer.py: a real subprocess that holds segment s0's lease, 100 rows
     committed, until it reads a line (the environment as the test left it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
+    return zygote.Popen(
         [sys.executable, str(HELPERS / "lease_writer.py"), url],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -104,7 +105,7 @@ def test_an_expired_lease_is_taken_over_and_the_stale_writer_refused(s3_url, mon
 def test_a_sigstopped_zombie_wakes_up_refused(s3_url, monkeypatch):
     monkeypatch.setenv("ACTSTORE_LEASE_SECONDS", "2")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen(
+    p = zygote.Popen(
         [sys.executable, str(HELPERS / "lease_writer.py"), s3_url],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -158,7 +159,7 @@ def test_a_live_holder_is_refused_and_a_killed_one_taken_over_at_once(s3_url, mo
             _create(s3_url)
         assert f"is being written by writer {holder} (host {socket.gethostname()}, pid {p.pid}" in _one_line(e.value)
         p.send_signal(signal.SIGSTOP)  # stopped is not dead: still refused
-        os.waitpid(p.pid, os.WUNTRACED)
+        assert zygote.wait_stopped(p)
         with pytest.raises(StoreError) as e:
             _create(s3_url)
         assert "is being written by writer " + holder in _one_line(e.value)
@@ -186,10 +187,10 @@ def test_a_lease_record_is_taken_over_only_when_its_holder_is_dead_here(s3_url):
     """The record of a real writer of this process (alive, its heartbeat stopped), changed in
     one respect at a time and written back unexpired: taken over exactly when the process it
     names is certainly dead on this host."""
-    gone = subprocess.Popen(["true"])
+    gone = zygote.Popen(["true"])
     gone.wait()  # a pid with no process (reaped)
-    live = subprocess.Popen(["sleep", "60"])  # another live process of this host
-    zombie = subprocess.Popen(["sleep", "60"])
+    live = zygote.Popen(["sleep", "60"])  # another live process of this host
+    zombie = zygote.Popen(["sleep", "60"])
     zombie_start = _start_tick(zombie.pid)
     zombie.kill()  # exited, not reaped: its /proc entry stays, state Z
     old = lambda r: {k: v for k, v in r.items() if k not in ("boot_id", "pid_ns", "pid_start")}  # noqa: E731

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ import actstore
 from actstore.errors import CorruptDataError, StoreError
 from actstore.store.reader import Store
 from actstore.store.storage import open_storage
+from helpers import zygote
 from helpers.capture_models import token_array
 from helpers.paths import HELPERS
 from helpers.s3 import BUCKET, MotoServer, free_port
@@ -98,7 +98,7 @@ def test_capture_cli_and_info_take_an_s3_url(s3_url, tmp_path):
     np.save(tmp_path / "toks.npy", token_array(10, seed=2, length=33))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "actstore.cli"]
-    r = subprocess.run(
+    r = zygote.run(
         cmd
         + [
             "capture",
@@ -123,7 +123,7 @@ def test_capture_cli_and_info_take_an_s3_url(s3_url, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["committed_rows"] == 200
-    r = subprocess.run(cmd + ["info", s3_url, "--json"], capture_output=True, text=True, env=env)
+    r = zygote.run(cmd + ["info", s3_url, "--json"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rows"] == 200
     assert actstore.open(s3_url).hooks == ["layers.0"]

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import actstore
+from helpers import zygote
 from helpers.kill_writer import HOOKS, rows
 from helpers.paths import HELPERS
 
@@ -31,7 +32,7 @@ MAX_PUT = 120  # a shard is 13 PUTs (6 shards, 6 shapes, 1 commit) plus seeded c
 
 def _spawn(*args):
     env = {**os.environ, "ACTSTORE_LEASE_SECONDS": str(LEASE)}
-    return subprocess.Popen(
+    return zygote.Popen(
         [sys.executable, str(HELPERS / "kill_writer.py"), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

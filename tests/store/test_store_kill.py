@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import actstore
+from helpers import zygote
 from helpers.kill_writer import HOOKS, rows
 from helpers.paths import HELPERS
 
@@ -31,7 +32,8 @@ MAX_WRITE = 300
 
 
 def _spawn(*args):
-    return subprocess.Popen(
+    # forked from the test zygote (helpers/zygote.py): a real process, without a torch import each
+    return zygote.Popen(
         [sys.executable, str(HELPER), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
