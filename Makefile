@@ -72,7 +72,7 @@ test-latest:
 	$(LATEST_VENV)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' | sort > build/latest-freeze.txt
 	@echo "versions that differ from $(LOCK) (< lock, > latest):"
 	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - build/latest-freeze.txt | grep -E '^[<>]' || echo "  none"
-	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
+	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist load
 
 # Main job: SmolLM2-135M-Instruct over English text: capture model.layers.15 into ./demo_store, train a
 # TopK SAE into ./demo_sae, analyse (logit lens, ablation) into ./demo_analysis, print the timings.
@@ -82,11 +82,12 @@ demo: install-demo
 
 # The whole test suite (CI runs exactly this) on pytest-xdist workers; the native extension must
 # have built. More workers than cores: the kill, torchrun and subprocess tests mostly wait on their
-# children (the worker count was chosen by timing the suite: README). Each worker gives torch its
-# share of the cores (tests/conftest.py). `PYTEST_WORKERS=0` runs in one process.
+# children (the worker count was chosen by timing the suite: docs/getting-started.md). Each worker
+# gives torch its share of the cores; slow tests are handed out first (tests/conftest.py), and
+# `--dist load` gives each worker the next test as it frees up. `PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 3
 test: install
-	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=30
+	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
 
 # The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install

@@ -557,6 +557,7 @@ def _run_subprocess(out_dir, no_native: bool):
     return status, arrays
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_no_native_env_forces_fallback(tmp_path):
     status, fallback = _run_subprocess(tmp_path / "off", no_native=True)
     assert status == {"have": False, "error": "disabled by ACTSTORE_NO_NATIVE=1"}

@@ -83,6 +83,7 @@ def _reference(w: Path, s, g, out: Path) -> None:
     )
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_each_job_equals_its_function(world, tmp_path):
     s = actstore.open(world / "s")
     g = an.row_groups(s, sources=True)

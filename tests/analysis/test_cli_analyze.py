@@ -109,6 +109,7 @@ def test_analyze_missing_required_and_foreign_folder(planted, saved, tmp_path):
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_analyze_with_a_model_folder(planted, saved, tmp_path):
     from test_lens import gpt2, llama  # the tiny HF models of the lens tests
 

@@ -261,6 +261,7 @@ def _word_tokenizer_folder(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_cli_analyze_html_and_report(planted, tmp_path):
     path, _ = planted
     save(relu_sae(), tmp_path / "sae")

@@ -17,6 +17,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "actstore.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_info_json_and_text(tmp_path):
     two_hook_store(tmp_path / "s")
     r = _cli("info", tmp_path / "s", "--json")

@@ -48,6 +48,7 @@ def test_gated_encode_values_and_every_gradient(backend, cand_k, device):
     assert_grads_close(["x", "W_enc", "b_gate", "r_mag", "b_mag", "pre_bias", "W_dec"], got, ref)
 
 
+@pytest.mark.slow  # over ~15 s on 2 busy cores (subprocesses or compiles): scheduled first
 def test_torch_compile_fullgraph_through_jumprelu_and_gated(device):
     x, W, b, pb, Wd, target, g = threshold_inputs(9, 48, 96, seed=2)
     theta = torch.rand(96, generator=g) * 0.3
