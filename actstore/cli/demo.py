@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 
-from ..demo import run_demo, run_smollm2_demo
 from .info import print_info
 
 
@@ -42,8 +41,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from .. import demo  # deferred: it imports torch and transformers, which building the parser must not
+
     if args.model == "minilm":
-        run_demo(
+        demo.run_demo(
             args.out,
             layers=tuple(int(x) for x in args.layers.split(",")),
             context=args.context,
@@ -54,7 +55,7 @@ def run(args) -> int:
         )
         print_info(args.out)
         return 0
-    summary = run_smollm2_demo(
+    summary = demo.run_smollm2_demo(
         args.out,
         args.sae_out,
         args.analysis_out,
