@@ -316,7 +316,7 @@ def format_summary(s: dict) -> str:
         f"  train    {tr['seconds']:6.1f} s  {tr['tokens']:,} tokens, TopK {tr['latents']} latents k={tr['k']}, "
         + _fvu(tr),
         f"  analyze  {an['seconds']:6.1f} s  {an['rows']:,} rows, {','.join(an['jobs'])} "
-        f"(ablation on {an['ablation_latents']} latents, those with report pages), {an['bytes_on_disk'] / 1e6:.1f} MB",
+        f"(ablation: the {an['ablation_latents']} latents with report pages), {an['bytes_on_disk'] / 1e6:.1f} MB",
         *(
             [
                 f"  report   {st['report']['seconds']:6.1f} s  {st['report']['pages']:,} pages, "

@@ -320,9 +320,9 @@ def test_cli_analyze_html_and_report(planted, tmp_path):
 CHROMIUM = shutil.which("chromium")
 
 
-def _dump(url: str) -> Page:
+def _dump(url: str, *flags: str) -> Page:
     out = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *flags, "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=120,
@@ -360,6 +360,30 @@ def test_in_a_headless_browser_the_table_sorts_and_links_work(full, tmp_path):
             assert (base.parent / href).resolve().is_file(), href
 
 
+class LongTokenizer:
+    """Tokens of 32 characters: five of them side by side are wider than the page."""
+
+    def decode(self, ids):
+        return f" token_{ids[0]:03d}_" + "x" * 21
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_in_a_1400px_window_the_index_needs_no_horizontal_scrollbar(full, tmp_path):
+    index = render(full[0].path, tmp_path / "r", tokenizer=LongTokenizer())
+    # The page measures itself once laid out, into an attribute that --dump-dom shows.
+    measure = (
+        "<script>var e = document.documentElement, t = document.getElementById('latents');"
+        "document.body.setAttribute('data-overflow', e.scrollWidth - e.clientWidth);"
+        "document.body.setAttribute('data-table', Math.round(t.getBoundingClientRect().width));</script>"
+    )
+    probe = index.with_name("probe.html")
+    probe.write_text(index.read_text(encoding="utf-8").replace("</body>", measure + "</body>"), encoding="utf-8")
+    (body,) = _dump(probe.as_uri(), "--window-size=1400,900").find("body")
+    assert int(body["attrs"]["data-overflow"]) <= 0 and 0 < int(body["attrs"]["data-table"]) <= 1400
+    tokens = [e for e in Page(index).find("span", **{"class": "tk"}) if e["text"].startswith(" token_")]
+    assert len(tokens) > 10  # the long tokens are there, wrapped, not dropped
+
+
 def test_pages_limit_links_only_the_rendered_latents(full, tmp_path):
     a = full[0]
     out = a.path
@@ -374,5 +398,9 @@ def test_pages_limit_links_only_the_rendered_latents(full, tmp_path):
     for p in (index.parent / "latents").glob("*.html"):  # prev/next stay inside the rendered pages
         for h in re.findall(r'href="(\d+\.html)"', p.read_text()):
             assert (p.parent / h).exists()
+    gap = render(out, tmp_path / "gap", pages=[1, 5]).parent / "latents"
+    (nxt,) = [e for e in Page(gap / "00001.html").find("a") if e["attrs"]["href"] == "00005.html"]
+    (prev,) = [e for e in Page(gap / "00005.html").find("a") if e["attrs"]["href"] == "00001.html"]
+    assert (nxt["text"], prev["text"]) == ("latent 5 ›", "‹ latent 1")  # the pages they lead to, not i ± 1
     with pytest.raises(AnalysisError, match="no latent"):
         render(out, tmp_path / "bad", pages=[a.m])

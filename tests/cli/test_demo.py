@@ -45,7 +45,7 @@ def test_summary_prints_the_held_out_fvu_and_labels_the_last_batch():
 def test_summary_names_the_text_and_the_ablated_latents():
     text = demo.format_summary(_summary())
     assert "text      out/demo_data/pydoc_topics.jsonl" in text
-    assert "ablation on 64 latents, those with report pages" in text
+    assert "(ablation: the 64 latents with report pages)" in text
 
 
 def test_the_text_goes_beside_the_store_not_into_the_working_directory(tmp_path):

@@ -88,13 +88,16 @@ class _Report:
         self._paged_set = set(self.paged)
 
     def _neighbour(self, i: int, step: int):
-        """The file name of the previous (step -1) or next (+1) latent that has a page, or None."""
+        """``{"href": file name, "i": latent}`` of the previous (step -1) or next (+1) latent
+        that has a page (not i - 1 or i + 1 when pages are limited), or None."""
         pos = bisect.bisect_left(self.paged, i)
         if step < 0:
             j = pos - 1
         else:
             j = pos + 1 if pos < len(self.paged) and self.paged[pos] == i else pos
-        return self.page(self.paged[j]).split("/")[-1] if 0 <= j < len(self.paged) else None
+        if not 0 <= j < len(self.paged):
+            return None
+        return {"href": self.page(self.paged[j]).split("/")[-1], "i": self.paged[j]}
 
     # -- index -----------------------------------------------------------------------------------
     def index_rows(self) -> list[dict]:
