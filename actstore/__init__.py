@@ -15,25 +15,34 @@ Public entry points:
 See README.md, and docs/ARCHITECTURE.md for how the parts fit.
 """
 
+from . import _lazy
 from ._version import __version__
-from .api import create, open
-from .capture import CaptureConfig, capture
-from .errors import ActstoreError
-from .loader import ActivationDataset, ActivationLoader
-from .store import (
-    FLAG_BOS,
-    FLAG_PAD,
-    FLAG_SPECIAL,
-    FORMAT_VERSION,
-    AppendError,
-    CaptureError,
-    CorruptDataError,
-    FormatVersionError,
-    LoaderError,
-    SegmentWriter,
-    Store,
-    StoreError,
-    UnknownHookError,
+
+# Imported on first use (_lazy.py): ``import actstore`` stays free of torch, which the
+# command line's help and ``actstore info`` never need.
+_lazy.attach(
+    __name__,
+    {
+        ".api": ("create", "open"),
+        ".capture": ("CaptureConfig", "capture"),
+        ".errors": ("ActstoreError",),
+        ".loader": ("ActivationDataset", "ActivationLoader"),
+        ".store": (
+            "FLAG_BOS",
+            "FLAG_PAD",
+            "FLAG_SPECIAL",
+            "FORMAT_VERSION",
+            "AppendError",
+            "CaptureError",
+            "CorruptDataError",
+            "FormatVersionError",
+            "LoaderError",
+            "SegmentWriter",
+            "Store",
+            "StoreError",
+            "UnknownHookError",
+        ),
+    },
 )
 
 

@@ -6,13 +6,16 @@ import datetime as _dt
 import json
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .store.errors import StoreError
 from .store.format import Schema, group_doc, make_schema
 from .store.reader import Store
 from .store.storage import open_storage
-from .store.writer import SegmentWriter
+
+if TYPE_CHECKING:
+    from .store.writer import SegmentWriter
 
 
 def open(path: str | os.PathLike, *, threads: int | None = None) -> Store:  # noqa: A001 - the public name
@@ -84,6 +87,8 @@ def create(
                 f"another path"
             )
     name = segment or f"seg-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    from .store.writer import SegmentWriter  # deferred: it imports torch, which open() never needs
+
     return SegmentWriter(storage, schema, name, threads=threads, commit_every_shard=commit_every_shard)
 
 

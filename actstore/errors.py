@@ -57,6 +57,13 @@ class SAEFileError(SAEError, FileNotFoundError):
     """An SAE folder, checkpoint or weight file that is missing."""
 
 
+class AnalysisError(ActstoreError, ValueError):
+    """An analysis cannot run: a bad SAE, hook, latent, row selection, store or output folder.
+
+    Defined here rather than in ``actstore.analysis`` so that the command line can name it
+    without importing the analyses (and torch); ``actstore.analysis.AnalysisError`` is this class."""
+
+
 class ModelError(CaptureError):
     """A model that cannot be loaded, a hook spec that names no module, or a hook that gives no tensor.
 

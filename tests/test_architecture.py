@@ -14,7 +14,7 @@ PKG = ROOT / "actstore"
 
 # Top to bottom, as drawn in docs/ARCHITECTURE.md; a module may import its own layer or any above.
 LAYERS = [
-    {"errors", "_dist", "_native", "_numerics", "_version", "_C"},
+    {"errors", "_dist", "_native", "_numerics", "_version", "_C", "_lazy"},
     {"store"},
     {"models"},
     {"reference"},

@@ -29,29 +29,40 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
   (two_stores.py): mean(store B) - mean(store A).
 """
 
-from ._pass import AnalysisError, Batch, Reducer
-from ._run import JOBS, run
-from .bins import Bins, EqualWidthBins
-from .config import AnalyzeConfig
-from .dictionary import MCS, mcs, neighbours
-from .feature_stats import FeatureStats
-from .groups import RowGroups
-from .groups import resolve as row_groups
-from .jobs import ALL_JOBS, REPR_JOBS, run_all
-from .layer_diff import LayerDiff, layer_diff
-from .output import Analysis, LatentView
-from .pca import PCA, pca, principal_angles
-from .probes import Probes, probes
-from .scan import Scan, scan
-from .steer import steer
-from .steering import SteeringVectors, steering_vectors
-from .top import Top
-from .top_tokens import TopTokens
-from .two_stores import steering_between
+from .. import _lazy
+
+# Imported on first use (actstore/_lazy.py): the command line reads AnalyzeConfig and the
+# group flags' choices from here without importing the analyses (and torch).
+_lazy.attach(
+    __name__,
+    {
+        "..errors": ("AnalysisError",),
+        "._pass": ("Batch", "Reducer"),
+        "._run": ("JOBS", "run"),
+        ".bins": ("Bins", "EqualWidthBins"),
+        ".config": ("AnalyzeConfig",),
+        ".dictionary": ("MCS", "mcs", "neighbours"),
+        ".feature_stats": ("FeatureStats",),
+        ".groups": ("RowGroups", "row_groups"),
+        ".jobs": ("ALL_JOBS", "REPR_JOBS", "run_all"),
+        ".layer_diff": ("LayerDiff", "layer_diff"),
+        ".output": ("Analysis", "LatentView"),
+        ".pca": ("PCA", "pca", "principal_angles"),
+        ".probes": ("Probes", "probes"),
+        ".scan": ("Scan", "scan"),
+        ".steer": ("steer",),
+        ".steering": ("SteeringVectors", "steering_vectors"),
+        ".top": ("Top",),
+        ".top_tokens": ("TopTokens",),
+        ".two_stores": ("steering_between",),
+    },
+)
 
 
-def open(path) -> Analysis:  # noqa: A001 - the public name, like actstore.open
-    """The finished analysis at ``path``, with per-latent views (``a[i].top``, ``.bins``, ...)."""
+def open(path):  # noqa: A001 - the public name, like actstore.open
+    """The finished analysis at ``path``: an :class:`Analysis`, with per-latent views (``a[i].top``, ...)."""
+    from .output import Analysis
+
     return Analysis(path)
 
 

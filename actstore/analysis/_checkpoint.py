@@ -35,14 +35,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import AnalysisError
 from ..store.storage import LocalStorage
 from ..store.storage._local import TMP
-from ._pass import AnalysisError
-
-# Store rows between commits. A commit rewrites the pass's fixed-size state (sums, top tables;
-# PCA's d x d float64 moments per hook and tree level) and appends its new rows, so commits
-# stay rare next to the reading (cost measured by benchmarks/bench_resume.py).
-COMMIT_ROWS = 1 << 16
+from .config import COMMIT_ROWS  # noqa: F401 - the representation jobs' default, read from here
 
 
 def write_atomic(path: Path, data: bytes) -> None:

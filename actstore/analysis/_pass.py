@@ -32,12 +32,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..errors import ActstoreError
-
-
-class AnalysisError(ActstoreError, ValueError):
-    """An analysis cannot run: a bad SAE, hook, latent, row selection, store or output folder."""
-
+from ..errors import AnalysisError
 
 FLAG_BITS = {"bos": 1, "pad": 2, "special": 4}
 

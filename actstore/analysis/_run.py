@@ -46,7 +46,7 @@ from .ablation import ablation as ablate
 from .ablation import options as ablation_options
 from .bins import Bins, EqualWidthBins
 from .contexts import contexts as collect_contexts
-from .feature_stats import FeatureStats
+from .feature_stats import FeatureStats, busiest
 from .lens import check_vocab, seen_tokens, unembedding
 from .lens import lens as logit_lens
 from .lens import options as lens_options
@@ -71,6 +71,8 @@ def _parse_jobs(jobs) -> dict[str, dict]:
         raise AnalysisError("contexts are taken around the examples of top or bins: add top or bins to the jobs")
     if "ablation" in spec and "top" not in spec:
         raise AnalysisError("ablation runs on the top examples of each latent: add top to the jobs")
+    if (spec.get("ablation") or {}).get("busiest") is not None and "stats" not in spec:
+        raise AnalysisError("ablation.busiest ranks the latents by how often they fire: add stats to the jobs")
     return {j: dict(spec[j] or {}) for j in JOBS if j in spec}
 
 
@@ -517,13 +519,18 @@ def _finish(j: _Finish) -> Path:
     if "lens" in j.spec:
         arrays.update(logit_lens(j.encoder.sae, j.loaded.model, j.seen, **_job_config("lens", j.spec["lens"])))
     if "ablation" in j.spec:
-        opts = _job_config("ablation", j.spec["ablation"])
+        opts = dict(_job_config("ablation", j.spec["ablation"]))
+        n = opts.pop("busiest", None)
+        if n is not None:  # the latents that fire most, among those analysed: the report's pages
+            opts["latents"] = busiest(arrays["latents/count"], n, j.ident.get("latents")).tolist()
         fwd = Forward(j.loaded, j.hook, j.encoder.sae, opts["batch"])
         try:
             vocab = _vocab_size(j.loaded.model) or np.iinfo(np.int64).max
             arrays.update(ablate(j.store, arrays["top/rows"], fwd, vocab, **opts))
         finally:
             fwd.close()
+    if j.loaded is not None:  # the model's own name for the report; not part of the identity
+        attrs["model"] = {**attrs["model"], "label": j.loaded.label}
     write_group(j.out, arrays, attrs)
     shutil.rmtree(j.out / STATE, ignore_errors=True)
     return j.out

@@ -1,7 +1,9 @@
 """``ablation`` ("ablated text"): how much each earlier token of an example makes its latent fire.
 
 Examples: for latent l, its first ``examples`` (E) ``top`` rows (so ``top`` must run too),
-or only the latents in ``latents`` when given. For an example at store row r the model
+for every latent, or only the latents in ``latents``, or only the ``busiest`` N (those that
+fire on most rows, by ``stats``' counts: the latents ``actstore report --pages N`` gives pages;
+``feature_stats.busiest``). For an example at store row r the model
 input is the prefix of store rows ``r-A .. r`` (``tokens`` A), cut at the first row of
 another document (the rule of ``contexts``' windows). One forward on the prefix gives the
 base activation ``a0`` of l at r's position; for each of the up to A earlier tokens, one
@@ -38,16 +40,28 @@ PAD_ID = 0
 
 def options(opts: dict) -> dict:
     """The ablation options, checked and with defaults (part of the analysis identity)."""
-    unknown = set(opts) - {"examples", "tokens", "batch", "latents"}
+    unknown = set(opts) - {"examples", "tokens", "batch", "latents", "busiest"}
     if unknown:
-        raise AnalysisError(f"bad job option: ablation takes examples, tokens, batch, latents, not {sorted(unknown)}")
+        raise AnalysisError(
+            f"bad job option: ablation takes examples, tokens, batch, latents, busiest, not {sorted(unknown)}"
+        )
     lat = opts.get("latents")
-    return {
+    out = {
         "examples": int(opts.get("examples", 3)),
         "tokens": int(opts.get("tokens", 8)),
         "batch": int(opts.get("batch", 64)),
         "latents": None if lat is None else sorted({int(x) for x in lat}),
     }
+    if opts.get("busiest") is not None:
+        # Only when given: the options are the analysis identity, and every analysis written
+        # before this option existed must keep its identity (and so resume).
+        if lat is not None:
+            raise AnalysisError("ablation takes latents or busiest, not both")
+        n = opts["busiest"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise AnalysisError(f"ablation.busiest must be a positive number of latents, got {n!r}")
+        out["busiest"] = n
+    return out
 
 
 class Forward:

@@ -14,7 +14,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._pass import AnalysisError
+from ..errors import AnalysisError
+
+# Store rows between commits of the representation jobs. A commit rewrites the pass's
+# fixed-size state (sums, top tables; PCA's d x d float64 moments per hook and tree level) and
+# appends its new rows, so commits stay rare next to the reading (cost measured by
+# benchmarks/bench_resume.py). Here, with no numpy import, because the command line's flags
+# show it (cli/_groups.py).
+COMMIT_ROWS = 1 << 16
+# The row positions of each document a row group keeps (groups.py; the CLI's --positions).
+POSITIONS = ("all", "last", "after_prompt")
 
 
 def _h(text: str) -> dict:

@@ -160,3 +160,14 @@ class FeatureStats(Reducer):
             "dense": int((self.count / max(rows, 1) > self.opts["dense_threshold"]).sum()),
             "mean_l0": float((self.l0 * np.arange(self.m + 1)).sum() / max(rows, 1)),
         }
+
+
+def busiest(count: np.ndarray, n: int, among=None) -> np.ndarray:
+    """The ``n`` latents that fire on the most rows, as ascending ids (int64 ``[min(n, len)]``).
+
+    ``count [m]``: rows each latent fires on (``latents/count``); ``among``: the latent ids to
+    rank (default all), ties go to the lower id. The report's pages (``render(pages=n)``) and
+    ablation's ``busiest`` option both pick with this, so they pick the same latents."""
+    universe = np.arange(count.shape[0], dtype=np.int64) if among is None else np.sort(np.asarray(among, np.int64))
+    order = np.argsort(-np.asarray(count, np.int64)[universe], kind="stable")
+    return np.sort(universe[order[: max(0, int(n))]])

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._pass import AnalysisError, parse_flags
+from ..errors import AnalysisError
+from .config import POSITIONS
 
-POSITIONS = ("all", "last", "after_prompt")
 _NONE = np.int32(-1)
 
 
@@ -229,6 +229,8 @@ def resolve(
     else:
         start = np.where(ends >= 0, ends + 1, np.iinfo(np.int64).max)
         stop = np.full(D, np.iinfo(np.int64).max, np.int64)
+    from ._pass import parse_flags  # deferred: it imports torch, which the CLI's --positions choices must not
+
     rg = RowGroups(names, doc_group, start, stop, positions, parse_flags(drop_flags), np.zeros(len(names), np.int64))
     counts = np.zeros(len(names), np.int64)
     for lo in range(0, store.rows, block_rows):
@@ -242,3 +244,6 @@ def resolve(
             f"group(s) {empty} select no rows of store {store.path}{why}: check the groups, positions and drop flags"
         )
     return RowGroups(names, doc_group, start, stop, positions, rg.drop_flags, counts)
+
+
+row_groups = resolve  # its name in actstore.analysis

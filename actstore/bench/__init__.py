@@ -10,17 +10,49 @@ The scripts in ``benchmarks/`` use the same harness.
 
 from __future__ import annotations
 
-import torch
+import importlib
+from collections.abc import Mapping
 
-from .._dist import local_device
-from . import capture, kernels, loader, store
-from .harness import BenchError, check_same, check_sizes, compare, metadata, table
+from .. import _lazy
 
-SUITES = {"capture": capture.run, "store": store.run, "loader": loader.run, "kernels": kernels.run}
+# Imported on first use (actstore/_lazy.py): ``actstore bench --help`` needs only the suites' names.
+_lazy.attach(
+    __name__,
+    {
+        ".": ("capture", "kernels", "loader", "store"),
+        ".harness": ("BenchError", "check_same", "check_sizes", "compare", "metadata", "table"),
+    },
+)
 
 
-def device(name: str) -> torch.device:
-    """The device to benchmark on; one line when it is not there."""
+class _Suites(Mapping):
+    """Suite name -> its ``run`` function; the names are known at once, a suite's module (and
+    torch) is imported when its function is asked for."""
+
+    NAMES = ("capture", "store", "loader", "kernels")
+
+    def __getitem__(self, name):
+        if name not in self.NAMES:
+            raise KeyError(name)
+        return importlib.import_module(f".{name}", __name__).run
+
+    def __iter__(self):
+        return iter(self.NAMES)
+
+    def __len__(self):
+        return len(self.NAMES)
+
+
+SUITES = _Suites()
+
+
+def device(name: str):
+    """The ``torch.device`` to benchmark on; one line when it is not there."""
+    import torch  # deferred, as the suites
+
+    from .._dist import local_device
+    from .harness import BenchError
+
     dev = local_device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -39,6 +71,9 @@ def run(suites, device_name: str = "auto", progress=None, options: dict | None =
     """Run ``suites`` (names of :data:`SUITES`) with ``options`` (each suite takes the
     keywords it knows) and return ``{"meta", "results": [compare() dicts]}``, plus
     ``"dispatch"`` (the cached dispatch choices, ``_autotune.table()``) with ``kernels``."""
+    from . import kernels
+    from .harness import BenchError, metadata
+
     dev = device(device_name)
     meta = metadata(dev)  # before the first measurement
     results = []

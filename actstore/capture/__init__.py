@@ -7,8 +7,17 @@ resolution, recording and model loading live in :mod:`actstore.models`; the name
 exposed before are re-exported here.
 """
 
-from ..models import HookPoint, HookRecorder, HookSite, prepare_model, resolve_hooks
-from .config import CaptureConfig
-from .runner import capture
+from .. import _lazy
+
+# Imported on first use (actstore/_lazy.py): ``actstore capture --help`` reads CaptureConfig
+# without importing the capture pipeline (and torch).
+_lazy.attach(
+    __name__,
+    {
+        "..models": ("HookPoint", "HookRecorder", "HookSite", "prepare_model", "resolve_hooks"),
+        ".config": ("CaptureConfig",),
+        ".runner": ("capture",),
+    },
+)
 
 __all__ = ["capture", "CaptureConfig", "resolve_hooks", "HookSite", "HookPoint", "HookRecorder", "prepare_model"]

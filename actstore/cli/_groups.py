@@ -11,9 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..analysis import AnalysisError
-from ..analysis._checkpoint import COMMIT_ROWS
-from ..analysis.groups import POSITIONS, resolve
+from ..analysis.config import COMMIT_ROWS, POSITIONS
+from ..errors import AnalysisError
 
 DROP = "bos,special"
 BLOCK_ROWS = 4096
@@ -78,6 +77,8 @@ def groups_from_args(store, args):
         kw["sources"] = [s.strip() for s in args.sources.split(",")]
     elif args.sources == "all" or (args.default_sources and store.sources):
         kw["sources"] = True
+    from ..analysis.groups import resolve  # deferred: numpy and the store, which building the parser must not load
+
     drop = args.drop if args.drop is not None else DROP
     block_rows = args.block_rows if args.block_rows is not None else BLOCK_ROWS
     return resolve(store, positions=args.positions, marker=marker(args), drop_flags=drop, block_rows=block_rows, **kw)

@@ -21,15 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import torch.distributed as dist
-
-from .._dist import init_if_launched
-from ..analysis import JOBS, AnalysisError, AnalyzeConfig, run_all
-from ..analysis.config import parse_option
-from ..analysis.jobs import split_jobs
-from ..analysis.output import read_attrs
-from ..analysis.report import render
-from ..api import open as open_store
+from ..analysis.config import AnalyzeConfig, parse_option
+from ..errors import AnalysisError
 from ._groups import add_group_options, groups_from_args
 from ._options import add_options, given
 
@@ -63,6 +56,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    import torch.distributed as dist
+
+    from .._dist import init_if_launched
+    from ..analysis import JOBS, run_all
+    from ..analysis.jobs import split_jobs
+    from ..analysis.output import read_attrs
+    from ..analysis.report import render
+    from ..api import open as open_store
+
     opts = given(args, OPTIONS)
     missing = [k for k in REQUIRED if k not in opts]
     if missing:

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import json
 
-import torch.distributed as dist
-
-from .._dist import init_if_launched
-from ..capture import CaptureConfig, capture
-from ..capture.config import CLI_FIELDS
-from ..capture.data import parse_sources
+from ..capture.config import CLI_FIELDS, CaptureConfig
 from ..errors import CaptureError, DependencyError
 from ._options import add_options, given
 
@@ -88,6 +83,13 @@ def _parse_error(path: str, e: Exception) -> CaptureError:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    import torch.distributed as dist
+
+    from .._dist import init_if_launched
+    from ..capture import capture
+    from ..capture.data import parse_sources
+
     opts = load_config(args.config) if args.config else {}
     opts.update(given(args, OPTIONS))
     missing = [k for k in INPUTS if not opts.get(k)]

@@ -1,18 +1,19 @@
 """``actstore demo``: the main job on a real model, over English text, every stage timed.
 
 ``--model smollm2`` (the default): capture SmolLM2-135M-Instruct's ``model.layers.15`` into
-``--out``, train a TopK SAE into ``--sae-out``, analyse with the logit lens and ablation into
-``--analysis-out``, and print each stage's time and where the results are
+``--out``, train a TopK SAE into ``--sae-out``, analyse with the logit lens and ablation (on
+the ``--pages`` latents that fire most, which get report pages) into ``--analysis-out``, and
+print each stage's time (the SAE's held-out FVU) and where the results are
 (:func:`actstore.demo.run_smollm2_demo`; ``--json`` prints the summary as JSON too).
 ``--model minilm``: capture all-MiniLM-L6-v2 at ``--layers``, then print ``info`` (an encoder,
-no SAE or analysis).
+no SAE or analysis). Both write the input text to ``--data`` (default:
+``demo_data/pydoc_topics.jsonl`` beside ``--out``) and print where.
 """
 
 from __future__ import annotations
 
 import json
 
-from ..demo import run_demo, run_smollm2_demo
 from .info import print_info
 
 
@@ -37,13 +38,19 @@ def register(sub) -> None:
     p.add_argument("--latents", type=int, default=2048, help="(smollm2 only) SAE width")
     p.add_argument("--k", type=int, default=32, help="(smollm2 only) active latents per token")
     p.add_argument("--train-tokens", type=int, default=200_000, help="(smollm2 only) SAE training tokens")
+    p.add_argument("--pages", type=int, default=64, help="(smollm2 only) latents with a report page and ablation: "
+                   "those that fire most")  # fmt: skip
+    p.add_argument("--data", default=None, help="where the input text is written as JSON lines (default: "
+                   "demo_data/pydoc_topics.jsonl beside --out)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="(smollm2 only) print the summary as JSON at the end")
     p.set_defaults(fn=run)
 
 
 def run(args) -> int:
+    from .. import demo  # deferred: it imports torch and transformers, which building the parser must not
+
     if args.model == "minilm":
-        run_demo(
+        demo.run_demo(
             args.out,
             layers=tuple(int(x) for x in args.layers.split(",")),
             context=args.context,
@@ -51,10 +58,11 @@ def run(args) -> int:
             max_tokens=args.tokens,
             dtype=args.dtype,
             codec=args.codec,
+            data=args.data,
         )
         print_info(args.out)
         return 0
-    summary = run_smollm2_demo(
+    summary = demo.run_smollm2_demo(
         args.out,
         args.sae_out,
         args.analysis_out,
@@ -65,6 +73,8 @@ def run(args) -> int:
         latents=args.latents,
         k=args.k,
         train_tokens=args.train_tokens,
+        report_pages=args.pages,
+        data=args.data,
     )
     if args.json:
         print(json.dumps(summary))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-from ..analysis.layer_diff import layer_diff
-from ..api import open as open_store
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
@@ -27,6 +25,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    from ..analysis.layer_diff import layer_diff
+    from ..api import open as open_store
+
     store = open_store(args.store)
     groups = groups_from_args(store, args)
     res = layer_diff(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..api import open as open_store
-
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="summarize a store: hooks, rows, dtype, codec, bytes, ratio, statistics, segments")
@@ -20,6 +18,8 @@ def run(args) -> int:
 
 
 def print_info(path, as_json: bool = False) -> None:
+    from ..api import open as open_store  # deferred: numpy and the codecs, which building the parser must not load
+
     with open_store(path) as s:
         info = s.info()
     print(json.dumps(info, indent=2) if as_json else format_info(info))

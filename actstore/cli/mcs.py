@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from ..analysis.dictionary import mcs, neighbours
-
 
 def register(sub) -> None:
     p = sub.add_parser("mcs", help="maximum cosine similarity between two SAEs' decoders (+ nearest neighbours)")
@@ -23,6 +19,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    import numpy as np
+
+    from ..analysis.dictionary import mcs, neighbours
+
     res = mcs(args.sae_a, args.sae_b, tile=args.tile)
     extra = {}
     if args.neighbours > 0:

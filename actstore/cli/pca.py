@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from ..analysis.jobs import hook_angles
-from ..analysis.pca import pca, principal_angles
-from ..api import open as open_store
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
@@ -31,6 +26,10 @@ def register(sub) -> None:
 
 
 def _one(path, args, state):
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    from ..analysis.pca import pca
+    from ..api import open as open_store
+
     store = open_store(path)
     groups = groups_from_args(store, args)
     kw = dict(k=args.k, standardize=args.standardize, sample=args.sample, seed=args.seed, block_rows=args.block_rows)
@@ -38,6 +37,11 @@ def _one(path, args, state):
 
 
 def run(args) -> int:
+    import numpy as np
+
+    from ..analysis.jobs import hook_angles  # deferred, as in _one
+    from ..analysis.pca import principal_angles
+
     res = _one(args.store, args, state_dir(args))
     summary = {
         "out": str(args.out),

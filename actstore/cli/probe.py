@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 
-from ..analysis import AnalysisError
-from ..analysis.probes import probes
-from ..api import open as open_store
+from ..errors import AnalysisError
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
@@ -31,6 +29,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    from ..analysis.probes import probes
+    from ..api import open as open_store
+
     store = open_store(args.store)
     groups = groups_from_args(store, args)
     if len(groups.names) < 2:

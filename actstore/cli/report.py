@@ -11,10 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis.output import read_attrs
-from ..analysis.report import render
-from ..analysis.report.represent import render_repr
-
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write the HTML report of a finished analysis (ANALYSIS/report/index.html)")
@@ -29,6 +25,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    from ..analysis.output import read_attrs
+    from ..analysis.report import render
+    from ..analysis.report.represent import render_repr
+
     attrs = read_attrs(Path(args.analysis))
     if attrs is not None and "kind" in attrs:  # steering, pca, diff, probe, scan, mcs outputs
         print(render_repr(args.analysis, args.out, tokenizer=args.tokenizer))

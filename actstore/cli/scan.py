@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 
-from ..analysis.jobs import load_vectors
-from ..analysis.scan import scan
-from ..api import open as open_store
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 
 
@@ -32,6 +29,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    from ..analysis.jobs import load_vectors
+    from ..analysis.scan import scan
+    from ..api import open as open_store
+
     store = open_store(args.store)
     groups = groups_from_args(store, args)
     vecs = load_vectors(args.vectors, args.hook, args.latents)

@@ -13,12 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from ..analysis import AnalysisError
-from ..analysis.steer import steer
-from ..analysis.steering import SteeringVectors
-from ..models import prepare_model
+from ..errors import AnalysisError
 
 
 def register(sub) -> None:
@@ -41,6 +36,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    import torch
+
+    from ..analysis.steer import steer
+    from ..analysis.steering import SteeringVectors
+    from ..models import prepare_model
+
     prompts = list(args.prompt or [])
     if args.prompts:
         prompts += [ln for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]

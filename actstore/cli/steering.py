@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import json
 
-import torch.distributed as dist
-
-from .._dist import init_if_launched
-from ..analysis import AnalysisError
-from ..analysis.steering import steering_vectors
-from ..api import open as open_store
+from ..errors import AnalysisError
 from ._groups import add_group_options, drop_state, groups_from_args, state_dir
 from ._groups import marker as _marker_ids
 
@@ -49,6 +44,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # Deferred: they import torch, which building the parser (actstore --help) must not.
+    import torch.distributed as dist
+
+    from .._dist import init_if_launched
+    from ..analysis.steering import steering_vectors
+    from ..api import open as open_store
+
     store = open_store(args.store)
     groups = groups_from_args(store, args)
     if args.store_b:
@@ -86,6 +88,7 @@ def run(args) -> int:
 def _between(store, groups, args) -> int:
     from ..analysis.groups import resolve
     from ..analysis.two_stores import steering_between
+    from ..api import open as open_store
 
     store_b = open_store(args.store_b)
     groups_b = resolve(store_b, positions=args.positions, marker=_marker_ids(args), drop_flags=args.drop)

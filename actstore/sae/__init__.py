@@ -10,16 +10,25 @@ trainer.
 - training: :func:`train` (``actstore train`` on the command line).
 """
 
-from .base import SparseAutoencoder
-from .config import ARCHS, SAEConfig
-from .gated import GatedSAE
-from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
-from .jumprelu import JumpReLUSAE
-from .latents import Latents
-from .registry import build
-from .relu import ReLUSAE
-from .topk import BatchTopKSAE, TopKSAE
-from .train import TrainConfig, train
+from .. import _lazy
+
+# Imported on first use (actstore/_lazy.py): ``actstore train --help`` reads TrainConfig
+# without importing the SAEs (and torch).
+_lazy.attach(
+    __name__,
+    {
+        ".base": ("SparseAutoencoder",),
+        ".config": ("ARCHS", "SAEConfig", "TrainConfig"),
+        ".gated": ("GatedSAE",),
+        ".io": ("from_saelens", "from_sparsify", "load", "save", "to_saelens", "to_sparsify"),
+        ".jumprelu": ("JumpReLUSAE",),
+        ".latents": ("Latents",),
+        ".registry": ("build",),
+        ".relu": ("ReLUSAE",),
+        ".topk": ("BatchTopKSAE", "TopKSAE"),
+        ".train": ("train",),
+    },
+)
 
 __all__ = [
     "ARCHS",

@@ -1,4 +1,7 @@
-"""``SAEConfig``: everything needed to rebuild an SAE, stored as JSON next to its weights.
+"""``SAEConfig``: everything needed to rebuild an SAE, stored as JSON next to its weights; and
+``TrainConfig``: every option of one ``actstore train`` run (the CLI's flags), here rather than
+in ``train.py`` so that the command line builds its parser without importing the trainer (and
+torch); ``actstore.sae.train.TrainConfig`` is the same class.
 
 Units: ``d`` input width, ``m`` latents, ``k`` active latents per row (TopK; the batch mean
 for BatchTopK). ``scale`` is the dataset normalization factor the SAE was trained under
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import SAEError
 
@@ -62,3 +66,95 @@ class SAEConfig:
         if unknown:
             raise SAEError(f"SAE config has unknown keys {sorted(unknown)}: written by a newer actstore?")
         return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+# The defaults, chosen by benchmarks/sweep_train_defaults.py (TopK m=3072 k=32, 400k tokens of
+# MiniLM layer-3 activations, held-out FVU; benchmarks/results/train_defaults_sweep.json).
+# The old ones (batch 4096, lr 2e-4 / sqrt(m / 2^14) = 4.6e-4, 50 warmup steps = half of that
+# run) left held-out FVU 0.334-0.336 (3 seeds); these give 0.136-0.137. More steps per token
+# and a higher lr won throughout the grid: batch 1024 at the same lr gave 0.114, but halves a
+# GPU's matmuls on long runs; 8x the old lr gave 0.100-0.137 but left 2-10% of the latents
+# dead on the held-out rows (4x: 0.1-0.2%). Warmup 0 gave 0.132, 10% 0.139, 25% 0.145: 5% is
+# kept as a margin for longer runs, where a cold start at this lr is the larger risk.
+DEFAULT_BATCH = 2048
+DEFAULT_WARMUP_FRAC = 0.05
+LR_BASE = 8e-4  # lr = LR_BASE / sqrt(latents / 2^14): sparsify's scaling in m, at 4x its 2e-4
+EVAL_ROWS_FRAC, EVAL_ROWS_MAX = 0.05, 16384
+
+ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
+
+
+def _opt(default, help: str):  # noqa: A002 - argparse's word
+    """A field offered as a ``actstore train`` flag, with its help."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    store: str = field(metadata={"help": "the store to train on"})
+    hook: str = field(metadata={"help": "the hook whose activations the SAE reconstructs"})
+    arch: str = field(metadata={"help": "topk | batchtopk | jumprelu | gated | relu"})
+    latents: int = field(metadata={"help": "number of latents m"})
+    out: str = field(metadata={"help": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"})
+    tokens: int = field(metadata={"help": "training tokens (all ranks together)"})
+    k: int | None = _opt(None, "active latents per row (topk; batch mean for batchtopk)")
+    batch_size: int = _opt(DEFAULT_BATCH, "rows per step per rank")
+    lr: float | None = _opt(None, "peak learning rate (default LR_BASE / sqrt(latents / 2^14))")
+    warmup_frac: float = _opt(DEFAULT_WARMUP_FRAC, "linear warmup over this fraction of the steps")
+    warmup_steps: int | None = _opt(None, "linear warmup steps (overrides --warmup-frac)")
+    decay_frac: float = _opt(0.2, "fraction of the steps at the end with a linear decay to 0")
+    eval_rows: int | None = _opt(
+        None, "rows at the end of the store set aside for a held-out evaluation, never trained on "
+        "(default: 5%% of the rows, at most 16384; 0: no evaluation)"
+    )  # fmt: skip
+    eval_docs: int | None = _opt(None, "instead of --eval-rows: set aside the documents with the N highest ids")
+    eval_model: str | None = _opt(
+        None, "after training, splice the SAE into this model (a local HF folder or python:module:function) "
+        "over the held-out tokens and report the LM loss increase"
+    )  # fmt: skip
+    eval_model_tokens: int = _opt(16384, "held-out tokens the --eval-model step runs over, at most")
+    init_l0: float | None = _opt(
+        None, "jumprelu/gated: start the thresholds where about this many latents fire per row, set from "
+        "the first batch (default: --k, else 64; 0: keep the configured init_threshold)"
+    )  # fmt: skip
+    weight_decay: float = 0.0
+    seed: int = _opt(0, "initialization and shuffle seed")
+    normalize: str | None = "mean_norm"
+    dead_tokens: int = _opt(1_000_000, "tokens without firing after which a latent counts as dead")
+    checkpoint_every: int = _opt(200, "steps between checkpoints")
+    log_every: int = _opt(10, "steps between metric lines")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    buffer_rows: int = 65536
+    threads: int | None = None
+    sae: dict = field(default_factory=dict)  # SAEConfig overrides: k_aux, aux_coef, l1_coef, ...
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise SAEError(f"unknown arch {self.arch!r}: use one of {', '.join(ARCHS)}")
+        for name in ("latents", "tokens", "batch_size", "checkpoint_every", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SAEError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "eval_rows", "eval_docs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise SAEError(f"{name} must be a non-negative integer, got {v!r}")
+        if not 0 <= self.warmup_frac < 1:
+            raise SAEError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+        if self.eval_docs is not None and self.eval_rows is not None:
+            raise SAEError("give --eval-rows or --eval-docs, not both")
+        if self.eval_model and self.eval_rows == 0:
+            raise SAEError("--eval-model runs over the held-out rows: leave --eval-rows at its default or above 0")
+        unknown = set(self.sae) - set(ARCH_KEYS)
+        if unknown:
+            raise SAEError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
+
+    @classmethod
+    def from_file(cls, path, **overrides) -> "TrainConfig":
+        doc = json.loads(Path(path).read_text())
+        doc.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            raise SAEError(f"{path}: unknown training option(s) {sorted(unknown)}: use the TrainConfig fields")
+        return cls(**doc)

@@ -1,17 +1,25 @@
 """The v1 activation store: format, storage layer, segment writer and reader."""
 
-from .errors import (
-    AppendError,
-    CaptureError,
-    CorruptDataError,
-    FormatVersionError,
-    LoaderError,
-    StoreError,
-    UnknownHookError,
+from .. import _lazy
+
+# Imported on first use (actstore/_lazy.py): reading a store's metadata needs no torch.
+_lazy.attach(
+    __name__,
+    {
+        ".errors": (
+            "AppendError",
+            "CaptureError",
+            "CorruptDataError",
+            "FormatVersionError",
+            "LoaderError",
+            "StoreError",
+            "UnknownHookError",
+        ),
+        ".format": ("FLAG_BOS", "FLAG_PAD", "FLAG_SPECIAL", "FORMAT_VERSION"),
+        ".reader": ("Store",),
+        ".writer": ("SegmentWriter",),
+    },
 )
-from .format import FLAG_BOS, FLAG_PAD, FLAG_SPECIAL, FORMAT_VERSION
-from .reader import Store
-from .writer import SegmentWriter
 
 __all__ = [
     "AppendError",

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..errors import DTypeError
 from .codecs import ChunkCodec, codec_from_preset, codec_from_zarr
@@ -50,7 +49,7 @@ class DType:
     name: str  # user-facing name: bf16, fp16, fp32, fp8, int8
     stored: str  # numpy/zarr data_type of the stored array
     logical: str  # what the bits mean, a torch dtype name; accepted as an alias of ``name``
-    torch_dtype: torch.dtype  # the stored values as a torch tensor: bf16 as bfloat16, fp8 as its uint8 bits
+    container: str  # the torch dtype name of the stored values as a tensor: bf16 as bfloat16, fp8 as its uint8 bits
     mode: int  # the MODE constexpr of kernels/capture_pack.py and kernels/dequant_normalize.py
     qmax: float | None = None  # scaled dtypes: the largest code; scale = row absmax / qmax
 
@@ -60,17 +59,26 @@ class DType:
         return self.qmax is not None
 
     @property
-    def value_dtype(self) -> torch.dtype:
+    def torch_dtype(self):
+        """The torch dtype of the stored values as a tensor (``container``)."""
+        import torch  # deferred: the store's metadata (actstore info) is read without torch
+
+        return getattr(torch, self.container)
+
+    @property
+    def value_dtype(self):
         """The torch dtype of the values the bits mean (``float8_e4m3fn`` for fp8)."""
+        import torch  # deferred, as above
+
         return getattr(torch, self.logical)
 
 
 DTYPES = {
-    "bf16": DType("bf16", "uint16", "bfloat16", torch.bfloat16, 2),
-    "fp16": DType("fp16", "float16", "float16", torch.float16, 1),
-    "fp32": DType("fp32", "float32", "float32", torch.float32, 0),
-    "fp8": DType("fp8", "uint8", "float8_e4m3fn", torch.uint8, 3, qmax=448.0),  # largest finite e4m3fn
-    "int8": DType("int8", "int8", "int8", torch.int8, 4, qmax=127.0),  # symmetric: -128 is never used
+    "bf16": DType("bf16", "uint16", "bfloat16", "bfloat16", 2),
+    "fp16": DType("fp16", "float16", "float16", "float16", 1),
+    "fp32": DType("fp32", "float32", "float32", "float32", 0),
+    "fp8": DType("fp8", "uint8", "float8_e4m3fn", "uint8", 3, qmax=448.0),  # largest finite e4m3fn
+    "int8": DType("int8", "int8", "int8", "int8", 4, qmax=127.0),  # symmetric: -128 is never used
 }
 # Every accepted spelling: the names and the logical (torch) names as aliases.
 _BY_NAME = {**{d.logical: d for d in DTYPES.values()}, **DTYPES}

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from .. import _native
 from .chunks import decode_chunks
-from .convert import from_stored
 from .errors import MissingObjectError, StoreError, UnknownHookError
 from .format import SEGMENTS, ArraySpec, Schema
 from .manifest import load_latest_commit
@@ -38,7 +37,8 @@ def _row_index(rows, total: int) -> tuple[np.ndarray, bool]:
     elif isinstance(rows, slice):
         return np.arange(*rows.indices(total), dtype=np.int64), False
     else:
-        if isinstance(rows, torch.Tensor):
+        torch = sys.modules.get("torch")  # no torch loaded: rows cannot be a tensor (metadata reads stay torch-free)
+        if torch is not None and isinstance(rows, torch.Tensor):
             rows = rows.detach().cpu().numpy()
         idx = np.asarray(rows)
         if idx.dtype == bool:
@@ -118,23 +118,32 @@ class Store:
         except KeyError:
             raise UnknownHookError(f"unknown hook {hook!r}: this store holds {', '.join(self.schema.hooks)}") from None
 
-    def read(self, hook: str, rows=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Activations of ``hook`` at ``rows`` -> ``[n, d]`` tensor of ``dtype`` on the CPU.
+    def read(self, hook: str, rows=None, dtype=None):
+        """Activations of ``hook`` at ``rows`` -> ``[n, d]`` torch tensor of ``dtype`` (default
+        ``torch.float32``) on the CPU.
 
         ``rows``: None (all), an int (returns ``[d]``), a slice, or a 1-D integer or
         boolean array/tensor of global row numbers. fp8/int8 are dequantized with their
         per-row scales; bf16 read as bfloat16 is bit-exact and zero-copy.
         """
+        import torch  # deferred: opening a store and reading its metadata need no torch
+
+        from .convert import from_stored  # deferred with torch
+
         spec = self._hook(hook)
         idx, scalar = _row_index(rows, self.rows)
         arrays = {a.path: a for a in self.schema.arrays()}
         got = self._gather([arrays[spec.array]] + ([arrays[spec.scale_array]] if spec.scale_array else []), idx)
-        out = from_stored(spec.dtype, got[spec.array], got.get(spec.scale_array), dtype)
+        out = from_stored(
+            spec.dtype, got[spec.array], got.get(spec.scale_array), torch.float32 if dtype is None else dtype
+        )
         return out[0] if scalar else out
 
-    def tokens(self, rows=None) -> dict[str, torch.Tensor]:
-        """Token-aligned columns at ``rows``: ``token`` (int32), ``doc`` (int64), ``pos``
-        (int32) and ``flags`` (uint8 bits: 1 BOS, 2 pad, 4 special), each ``[n]``."""
+    def tokens(self, rows=None) -> dict:
+        """Token-aligned columns at ``rows`` as torch tensors: ``token`` (int32), ``doc`` (int64),
+        ``pos`` (int32) and ``flags`` (uint8 bits: 1 BOS, 2 pad, 4 special), each ``[n]``."""
+        import torch  # deferred, as in read()
+
         idx, scalar = _row_index(rows, self.rows)
         cols = [a for a in self.schema.arrays() if a.path.startswith("tokens/")]
         got = self._gather(cols, idx)

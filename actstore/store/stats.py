@@ -12,7 +12,6 @@ import base64
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .. import _native
 
@@ -49,9 +48,11 @@ class RunningStats:
         if self.m2 is None:
             self.m2 = np.zeros(self.d, dtype=np.float64)
 
-    def update(self, x: torch.Tensor) -> int:
+    def update(self, x) -> int:
         """Add rows ``x [n, d]`` (any float dtype, any device). Returns the number of
         non-finite rows found (they are counted, not added)."""
+        import torch  # deferred: the stats of a store's commits are read without torch (actstore info)
+
         x = x.detach()
         if x.shape[0] == 0:
             return 0
@@ -140,6 +141,8 @@ class RunningStats:
 
     def as_dict(self) -> dict:
         """User-facing view: torch float64 tensors for the per-dimension fields."""
+        import torch  # deferred, as in update()
+
         return {
             "count": self.count,
             "mean": torch.from_numpy(self.mean.copy()),

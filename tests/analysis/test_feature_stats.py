@@ -45,3 +45,12 @@ def test_stats_row_selection(planted, relu, tmp_path):
     out2 = an.run(path, relu, ["stats"], tmp_path / "o2", block_rows=BLOCK, docs=[1, 3])
     keep = np.isin(cols["doc"], [1, 3])
     assert (an.open(out2).array("latents/count") == (f[keep] > 0).sum(0)).all()
+
+
+def test_busiest_ranks_by_count_ties_to_the_lower_id_within_the_given_latents():
+    from actstore.analysis.feature_stats import busiest
+
+    count = np.array([5, 9, 0, 9, 7, 5], np.int64)
+    assert busiest(count, 3).tolist() == [1, 3, 4]  # 9, 9, 7; returned in id order
+    assert busiest(count, 2, among=[5, 0, 4]).tolist() == [0, 4]  # 7, then the tie 5/5 goes to 0
+    assert busiest(count, 10, among=[2, 5]).tolist() == [2, 5] and busiest(count, 0).tolist() == []

@@ -199,23 +199,29 @@ def test_an_analysis_of_one_job_renders(planted, tmp_path, job):
         assert "INTERVAL" in "".join(page.text)
 
 
-@pytest.fixture(scope="module")
-def with_model(tmp_path_factory):
-    """A tiny Llama, a store of its layer-0 outputs, and lens + ablation over it."""
+def _llama_store(d: Path, m: int = 6):
+    """A tiny Llama, a store of its layer-0 outputs at ``d / "s"`` and a ReLU SAE of ``m`` latents over them."""
     from test_ablation import HOOK, VOCAB, layer0, llama
 
     model = llama()
     g = np.random.default_rng(3)
     docs = [g.integers(0, VOCAB, int(g.integers(4, 14))).tolist() for _ in range(8)]
-    d = tmp_path_factory.mktemp("m")
     with actstore.create(d / "s", {HOOK: 16}, segment="a", dtype="fp32", codec="none") as w:
         for i, doc in enumerate(docs):
             n = len(doc)
             w.append({HOOK: layer0(model, doc)}, tokens=np.array(doc, np.int32), doc=np.full(n, i, np.int64),
                      pos=np.arange(n, dtype=np.int32), flags=np.zeros(n, np.uint8))  # fmt: skip
-    sae = ReLUSAE(SAEConfig("relu", 16, 6, hook=HOOK), seed=1)
+    sae = ReLUSAE(SAEConfig("relu", 16, m, hook=HOOK), seed=1)
     with torch.no_grad():
         sae.W_enc.mul_(3.0)
+    return model, sae
+
+
+@pytest.fixture(scope="module")
+def with_model(tmp_path_factory):
+    """A tiny Llama, a store of its layer-0 outputs, and lens + ablation over it."""
+    d = tmp_path_factory.mktemp("m")
+    model, sae = _llama_store(d)
     jobs = {"stats": {}, "top": {"k": 3}, "contexts": {"window": 2}, "lens": {"t": 4}, "ablation": {"examples": 2}}
     out = an.run(d / "s", sae, jobs, d / "o", model=model, block_rows=16)
     return an.open(out), render(out, tokenizer=WordTokenizer())
@@ -241,6 +247,32 @@ def test_lens_tables_and_ablation_rows(with_model):
     index_page = Page(index)
     shown = [e["text"] for e in index_page.within(index_page.find("span", **{"class": "tk"}), **{"data-latent": "2"})]
     assert shown == [WordTokenizer().decode([t]) for t in a.array("lens/top_ids")[2]]
+
+
+def test_ablation_of_the_busiest_latents_is_on_their_pages_and_the_index(tmp_path):
+    """ablation.busiest=n runs on the latents that render(pages=n) gives pages, the index lists
+    each with its top example's ablation line and a link, and names the model by its own name."""
+    model, sae = _llama_store(tmp_path, m=12)
+    model.name_or_path = "org/tiny-llama"  # what from_pretrained sets (load_smollm2: the hub name)
+    jobs = {"stats": {}, "top": {"k": 3}, "ablation": {"examples": 2, "busiest": 4}}
+    a = an.open(an.run(tmp_path / "s", sae, jobs, tmp_path / "o", model=model, block_rows=16))
+    index = render(a.path, tokenizer=WordTokenizer(), pages=4)
+    paged = sorted(int(p.stem) for p in (index.parent / "latents").glob("*.html"))
+    count = np.asarray(a.array("latents/count"))
+    assert len(paged) == 4 and paged != list(range(4)) and (count[paged] > 0).all()  # not simply the first ids
+    ablated = np.flatnonzero((np.asarray(a.array("ablation/rows")) >= 0).any(axis=1)).tolist()
+    assert ablated == paged
+    page = Page(index)
+    rows = [e for e in page.find("tr") if "data-ablated" in e["attrs"]]
+    assert [int(r["attrs"]["data-ablated"]) for r in rows] == ablated
+    links = [e["attrs"]["href"] for e in page.within(page.find("a"), id="ablation-table")]
+    assert links == [f"latents/{i:05d}.html" for i in ablated]
+    lines = page.within(page.find("div", **{"class": "ctx"}), id="ablation-table")
+    assert [int(e["attrs"]["data-row"]) for e in lines] == [int(a.array("ablation/rows")[i, 0]) for i in ablated]
+    (model_el,) = page.find("b", id="model")
+    assert model_el["text"] == "org/tiny-llama" and model_el["attrs"]["title"] == "LlamaForCausalLM"
+    with pytest.raises(AnalysisError, match="add stats"):
+        an.run(tmp_path / "s", sae, {"top": {}, "ablation": {"busiest": 4}}, tmp_path / "p", model=model)
 
 
 def _cli(*args):
@@ -287,9 +319,9 @@ def test_cli_analyze_html_and_report(planted, tmp_path):
 CHROMIUM = shutil.which("chromium")
 
 
-def _dump(url: str) -> Page:
+def _dump(url: str, *flags: str) -> Page:
     out = zygote.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *flags, "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=120,
@@ -327,6 +359,30 @@ def test_in_a_headless_browser_the_table_sorts_and_links_work(full, tmp_path):
             assert (base.parent / href).resolve().is_file(), href
 
 
+class LongTokenizer:
+    """Tokens of 32 characters: five of them side by side are wider than the page."""
+
+    def decode(self, ids):
+        return f" token_{ids[0]:03d}_" + "x" * 21
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_in_a_1400px_window_the_index_needs_no_horizontal_scrollbar(full, tmp_path):
+    index = render(full[0].path, tmp_path / "r", tokenizer=LongTokenizer())
+    # The page measures itself once laid out, into an attribute that --dump-dom shows.
+    measure = (
+        "<script>var e = document.documentElement, t = document.getElementById('latents');"
+        "document.body.setAttribute('data-overflow', e.scrollWidth - e.clientWidth);"
+        "document.body.setAttribute('data-table', Math.round(t.getBoundingClientRect().width));</script>"
+    )
+    probe = index.with_name("probe.html")
+    probe.write_text(index.read_text(encoding="utf-8").replace("</body>", measure + "</body>"), encoding="utf-8")
+    (body,) = _dump(probe.as_uri(), "--window-size=1400,900").find("body")
+    assert int(body["attrs"]["data-overflow"]) <= 0 and 0 < int(body["attrs"]["data-table"]) <= 1400
+    tokens = [e for e in Page(index).find("span", **{"class": "tk"}) if e["text"].startswith(" token_")]
+    assert len(tokens) > 10  # the long tokens are there, wrapped, not dropped
+
+
 def test_pages_limit_links_only_the_rendered_latents(full, tmp_path):
     a = full[0]
     out = a.path
@@ -341,5 +397,9 @@ def test_pages_limit_links_only_the_rendered_latents(full, tmp_path):
     for p in (index.parent / "latents").glob("*.html"):  # prev/next stay inside the rendered pages
         for h in re.findall(r'href="(\d+\.html)"', p.read_text()):
             assert (p.parent / h).exists()
+    gap = render(out, tmp_path / "gap", pages=[1, 5]).parent / "latents"
+    (nxt,) = [e for e in Page(gap / "00001.html").find("a") if e["attrs"]["href"] == "00005.html"]
+    (prev,) = [e for e in Page(gap / "00005.html").find("a") if e["attrs"]["href"] == "00001.html"]
+    assert (nxt["text"], prev["text"]) == ("latent 5 ›", "‹ latent 1")  # the pages they lead to, not i ± 1
     with pytest.raises(AnalysisError, match="no latent"):
         render(out, tmp_path / "bad", pages=[a.m])

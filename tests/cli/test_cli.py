@@ -95,12 +95,13 @@ def test_console_script_and_library_raise_no_system_exit(monkeypatch):
 
 
 def test_demo_runs_smollm2_by_default_and_minilm_on_request(monkeypatch):
+    from actstore import demo
     from actstore.cli import build_parser
     from actstore.cli import demo as cli_demo
 
     calls = []
-    monkeypatch.setattr(cli_demo, "run_smollm2_demo", lambda *a, **kw: calls.append(("smollm2", a, kw)) or {})
-    monkeypatch.setattr(cli_demo, "run_demo", lambda *a, **kw: calls.append(("minilm", a, kw)))
+    monkeypatch.setattr(demo, "run_smollm2_demo", lambda *a, **kw: calls.append(("smollm2", a, kw)) or {})
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: calls.append(("minilm", a, kw)))
     monkeypatch.setattr(cli_demo, "print_info", lambda out: calls.append(("info", out)))
     p = build_parser()
     for argv in (["demo"], ["demo", "--model", "minilm", "--out", "m"]):

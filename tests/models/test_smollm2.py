@@ -42,3 +42,22 @@ def test_cache_dir_from_env(monkeypatch, tmp_path):
     assert smollm2.cache_dir() == tmp_path
     monkeypatch.delenv(smollm2.ENV_DIR)
     assert smollm2.cache_dir().parts[-2:] == ("actstore", "smollm2-135m-instruct")
+
+
+def test_loaded_model_is_named_by_its_hub_name_not_the_factory(monkeypatch, tmp_path):
+    """What a report's header shows (LoadedModel.label); a tiny Llama folder stands in for the
+    converted cache, so no GGUF conversion runs."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from actstore.models import prepare_model
+
+    cfg = LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0}, unk_token="a"))).save_pretrained(tmp_path)
+    monkeypatch.setattr(smollm2, "smollm2_path", lambda: tmp_path)
+    spec = "python:actstore.models.smollm2:load_smollm2"
+    lm = prepare_model(spec, device=torch.device("cpu"))
+    assert lm.label == smollm2.HUB_NAME == "HuggingFaceTB/SmolLM2-135M-Instruct" and lm.name == spec

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .._pass import AnalysisError
+from ..feature_stats import busiest
 from ..jobs import MARKER as DONE
 from ..jobs import REPR_JOBS
 from ..output import Analysis, read_attrs
@@ -74,8 +75,7 @@ class _Report:
             chosen = universe
         elif isinstance(pages, int):
             count = self.col("latents/count")
-            order = np.argsort(-count[universe], kind="stable") if count is not None else np.arange(universe.size)
-            chosen = universe[order[: max(0, pages)]]
+            chosen = busiest(count, pages, universe) if count is not None else universe[: max(0, pages)]
         else:
             chosen = [int(i) for i in pages]
             bad = [i for i in chosen if not 0 <= i < self.m]
@@ -88,13 +88,16 @@ class _Report:
         self._paged_set = set(self.paged)
 
     def _neighbour(self, i: int, step: int):
-        """The file name of the previous (step -1) or next (+1) latent that has a page, or None."""
+        """``{"href": file name, "i": latent}`` of the previous (step -1) or next (+1) latent
+        that has a page (not i - 1 or i + 1 when pages are limited), or None."""
         pos = bisect.bisect_left(self.paged, i)
         if step < 0:
             j = pos - 1
         else:
             j = pos + 1 if pos < len(self.paged) and self.paged[pos] == i else pos
-        return self.page(self.paged[j]).split("/")[-1] if 0 <= j < len(self.paged) else None
+        if not 0 <= j < len(self.paged):
+            return None
+        return {"href": self.page(self.paged[j]).split("/")[-1], "i": self.paged[j]}
 
     # -- index -----------------------------------------------------------------------------------
     def index_rows(self) -> list[dict]:
@@ -286,6 +289,32 @@ class _Report:
             out.append({"row": int(rows[e]), "base": float(base[e]), "cells": cells})
         return out
 
+    def ablation_index(self) -> list[dict]:
+        """The index's ablation section: per latent that has ablation examples (ascending id),
+        its page (or None), how many examples, its first example's line (the top activation's,
+        as on its page) and ``key``: the earlier token whose deletion lowers that activation
+        most, with the change (None when no deletion lowers it)."""
+        if not self.has("ablation/rows"):
+            return []
+        rows = self.col("ablation/rows")
+        out = []
+        for i in self.latents:
+            if not (rows[i] >= 0).any():
+                continue
+            lines = self.ablation(i)
+            drops = [c for c in lines[0]["cells"] if not c["ex"] and math.isfinite(c["delta"]) and c["delta"] < 0]
+            key = min(drops, key=lambda c: c["delta"]) if drops else None
+            out.append(
+                {
+                    "i": i,
+                    "href": self.page(i) if i in self._paged_set else None,
+                    "examples": len(lines),
+                    "first": lines[0],
+                    "key": None if key is None else {"text": key["text"], "delta": key["delta"]},
+                }
+            )
+        return out
+
     def top_tokens(self, i: int) -> list[dict]:
         if not self.has("top_tokens/tokens"):
             return []
@@ -364,7 +393,7 @@ def _render_represent_only(path: Path, attrs: dict, out: Path, tok) -> Path:
         idx = (
             _env()
             .get_template("index.html.j2")
-            .render(head=head, rows=None, chart=None, represent=represent, exact=_exact)
+            .render(head=head, rows=None, chart=None, represent=represent, ablation=[], exact=_exact)
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
     return out / "index.html"
@@ -410,6 +439,7 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     env = _env()
     at = a.attrs
     summary = at.get("summary", {}).get("stats", {})
+    model = at.get("model") or {}
     head = {
         "store": at["store"]["path"],
         "hook": at["hook"],
@@ -417,7 +447,10 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
         "m": a.m,
         "d": at["sae"]["d"],
         "arch": at["sae"]["arch"],
-        "model": (at.get("model") or {}).get("name"),
+        # The model's own name (its Hugging Face name_or_path) where the analysis recorded one;
+        # the --model spec it was loaded by (a folder, python:module:function) as a tooltip.
+        "model": model.get("label") or model.get("name"),
+        "model_spec": model.get("name"),
         "jobs": list(at["jobs"]),
         "dead": summary.get("dead"),
         "dense": summary.get("dense"),
@@ -432,6 +465,7 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
             rows=rep.index_rows(),
             chart=rep.density_chart(),
             represent=_represent(a.path, at, rep.tok),
+            ablation=rep.ablation_index(),
             exact=_exact,
         )
         (build / "index.html").write_text(idx, encoding="utf-8")
