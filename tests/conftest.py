@@ -13,13 +13,18 @@
 - Markers (registered in pyproject.toml): ``gpu`` selects the tests that run on the GPU
   when one is present (``pytest -m gpu``, benchmarks/gpu_session.sh); ``slow`` the long
   ones (``make test-fast`` deselects them).
-- ``s3_server`` (one moto S3 server per session, tests/helpers/s3.py) and ``s3_url`` (a fresh
-  ``s3://`` prefix in its bucket, with the environment pointing actstore at it).
+- ``make test`` runs the suite on pytest-xdist workers (``-n 3 --dist load``): the slow tests are
+  handed out first, and each worker gives torch its share of the cores.
+- ``s3_server`` (one moto S3 server for the whole run, started by the controller and shared by
+  every worker, tests/helpers/s3.py) and ``s3_url`` (a fresh ``s3://`` prefix in its bucket, with
+  the environment pointing actstore at it).
+- Subprocess-heavy tests start their Python children through ``helpers.zygote`` (a fork server
+  with torch and numpy imported): real processes, about two seconds cheaper each.
 - ``ACTSTORE_SLOW_SAMPLE=F`` (0 < F <= 1) keeps a fraction F of the ``slow`` tests, chosen by a
   hash of each test's id and ``ACTSTORE_SLOW_SEED`` (default: the checked-out commit), so
   successive commits cover different halves and a failing sample reruns with the same seed;
-  the header says which seed and how many were kept. ``.ci/run`` samples half (CI's 30-minute
-  budget); ``make test`` alone runs them all.
+  the header says which seed and how many were kept. Neither ``make test`` nor ``.ci/run`` samples:
+  both run every test.
 - ``ACTSTORE_REQUIRE_GPU=1`` makes a run without CUDA a usage error, so that a GPU session
   cannot pass on the interpreter by mistake.
 """
