@@ -71,12 +71,9 @@ class _Zygote:
             return cls._inst
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        from .s3 import stop_process
+
+        stop_process(self.proc)
         try:
             os.unlink(self.path)
             os.rmdir(self.dir)

@@ -104,15 +104,7 @@ def test_an_expired_lease_is_taken_over_and_the_stale_writer_refused(s3_url, mon
 @pytest.mark.slow
 def test_a_sigstopped_zombie_wakes_up_refused(s3_url, monkeypatch):
     monkeypatch.setenv("ACTSTORE_LEASE_SECONDS", "2")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    p = zygote.Popen(
-        [sys.executable, str(HELPERS / "lease_writer.py"), s3_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    p = _lease_writer(s3_url)
     try:
         line = p.stdout.readline()
         assert line.startswith("ready"), p.stderr.read()
