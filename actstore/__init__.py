@@ -15,8 +15,32 @@ Public entry points:
 See README.md, and docs/ARCHITECTURE.md for how the parts fit.
 """
 
+from typing import TYPE_CHECKING
+
 from . import _lazy
 from ._version import __version__
+
+if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
+    # reads the source statically and follows these imports; they never run)
+    from .api import create, open
+    from .capture import CaptureConfig, capture
+    from .errors import ActstoreError
+    from .loader import ActivationDataset, ActivationLoader
+    from .store import (
+        FLAG_BOS,
+        FLAG_PAD,
+        FLAG_SPECIAL,
+        FORMAT_VERSION,
+        AppendError,
+        CaptureError,
+        CorruptDataError,
+        FormatVersionError,
+        LoaderError,
+        SegmentWriter,
+        Store,
+        StoreError,
+        UnknownHookError,
+    )
 
 # Imported on first use (_lazy.py): ``import actstore`` stays free of torch, which the
 # command line's help and ``actstore info`` never need.

@@ -29,7 +29,31 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
   (two_stores.py): mean(store B) - mean(store A).
 """
 
+from typing import TYPE_CHECKING
+
 from .. import _lazy
+
+if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
+    # reads the source statically and follows these imports; they never run)
+    from ..errors import AnalysisError
+    from ._pass import Batch, Reducer
+    from ._run import JOBS, run
+    from .bins import Bins, EqualWidthBins
+    from .config import AnalyzeConfig
+    from .dictionary import MCS, mcs, neighbours
+    from .feature_stats import FeatureStats
+    from .groups import RowGroups, row_groups
+    from .jobs import ALL_JOBS, REPR_JOBS, run_all
+    from .layer_diff import LayerDiff, layer_diff
+    from .output import Analysis, LatentView
+    from .pca import PCA, pca, principal_angles
+    from .probes import Probes, probes
+    from .scan import Scan, scan
+    from .steer import steer
+    from .steering import SteeringVectors, steering_vectors
+    from .top import Top
+    from .top_tokens import TopTokens
+    from .two_stores import steering_between
 
 # Imported on first use (actstore/_lazy.py): the command line reads AnalyzeConfig and the
 # group flags' choices from here without importing the analyses (and torch).

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .. import _lazy
+
+if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
+    # reads the source statically and follows these imports; they never run)
+    from .harness import BenchError, check_same, check_sizes, compare, metadata, table
 
 # Imported on first use (actstore/_lazy.py): ``actstore bench --help`` needs only the suites' names.
 _lazy.attach(

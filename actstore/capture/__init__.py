@@ -7,7 +7,15 @@ resolution, recording and model loading live in :mod:`actstore.models`; the name
 exposed before are re-exported here.
 """
 
+from typing import TYPE_CHECKING
+
 from .. import _lazy
+
+if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
+    # reads the source statically and follows these imports; they never run)
+    from ..models import HookPoint, HookRecorder, HookSite, prepare_model, resolve_hooks
+    from .config import CaptureConfig
+    from .runner import capture
 
 # Imported on first use (actstore/_lazy.py): ``actstore capture --help`` reads CaptureConfig
 # without importing the capture pipeline (and torch).

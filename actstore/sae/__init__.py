@@ -10,7 +10,22 @@ trainer.
 - training: :func:`train` (``actstore train`` on the command line).
 """
 
+from typing import TYPE_CHECKING
+
 from .. import _lazy
+
+if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
+    # reads the source statically and follows these imports; they never run)
+    from .base import SparseAutoencoder
+    from .config import ARCHS, SAEConfig, TrainConfig
+    from .gated import GatedSAE
+    from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
+    from .jumprelu import JumpReLUSAE
+    from .latents import Latents
+    from .registry import build
+    from .relu import ReLUSAE
+    from .topk import BatchTopKSAE, TopKSAE
+    from .train import train
 
 # Imported on first use (actstore/_lazy.py): ``actstore train --help`` reads TrainConfig
 # without importing the SAEs (and torch).
