@@ -82,9 +82,9 @@ demo: install-demo
 
 # The whole test suite (CI runs exactly this) on pytest-xdist workers; the native extension must
 # have built. More workers than cores: the kill, torchrun and subprocess tests mostly wait on their
-# children (the worker count was chosen by timing the suite: docs/getting-started.md). Each worker
-# gives torch its share of the cores; slow tests are handed out first (tests/conftest.py), and
-# `--dist load` gives each worker the next test as it frees up. `PYTEST_WORKERS=0` runs in one process.
+# children (3 workers: 7.7 min on 2 cores, against 26.5 min in one process; docs/getting-started.md).
+# Each worker gives torch its share of the cores; slow tests are handed out first (tests/conftest.py),
+# and `--dist load` gives each worker the next test as it frees up. `PYTEST_WORKERS=0`: one process.
 PYTEST_WORKERS ?= 3
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
