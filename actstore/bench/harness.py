@@ -129,13 +129,14 @@ def check_sizes(suite: str, **sizes) -> None:
             raise BenchError(f"bench {suite}: {flag} must be a positive integer, got {value!r}")
 
 
-def open_user_store(suite: str, path, hook: str | None, rows: int | None, default_rows: int):
+def open_user_store(suite: str, path, hook: str | None, rows: int | None, default_rows: int, d: int | None = None):
     """The user's store (``--store``), the hook to bench and the rows to use, checked.
 
     ``hook`` None: the store's only hook (several: a one-line error listing them). ``rows``
     None: the first ``min(store rows, default_rows)`` rows, so that the default run reads a
-    bounded amount of a large store; more than the store holds is an error. The store is
-    only read, never written or removed. Returns ``(store, hook spec, rows)``."""
+    bounded amount of a large store; more than the store holds is an error. ``d``, when
+    given, must be the hook's width. The store is only read, never written or removed.
+    Returns ``(store, hook spec, rows)``."""
     st = open_store(path)
     try:
         if hook is None:
@@ -143,6 +144,8 @@ def open_user_store(suite: str, path, hook: str | None, rows: int | None, defaul
                 raise BenchError(f"bench {suite}: store {path} has hooks {', '.join(st.hooks)}: pick one with --hook")
             hook = st.hooks[0]
         spec = st._hook(hook)  # UnknownHookError, one line, naming the hooks there are
+        if d is not None and d != spec.d:
+            raise BenchError(f"bench {suite}: --d {d} differs from hook {spec.name!r}'s width {spec.d}; leave --d out")
         if not st.rows:
             raise BenchError(f"bench {suite}: store {path} has no committed rows: capture or append activations first")
         n = min(st.rows, default_rows) if rows is None else int(rows)

@@ -22,7 +22,7 @@ import torch
 from ..api import create
 from ..api import open as open_store
 from ..loader import ActivationLoader
-from .harness import BenchError, check_sizes, compare, open_user_store
+from .harness import check_sizes, compare, open_user_store
 
 HOOK = "h"
 DEFAULT_ROWS = 262144
@@ -57,11 +57,7 @@ def run(
             row_bytes = d * 2
             source = {"store": "temporary (random bf16)", "dtype": "bf16"}
         else:
-            st, spec, rows = open_user_store("loader", store, hook, rows, DEFAULT_ROWS)
-            if d is not None and d != spec.d:
-                raise BenchError(
-                    f"bench loader: --d {d} differs from hook {spec.name!r}'s width {spec.d}; leave --d out"
-                )
+            st, spec, rows = open_user_store("loader", store, hook, rows, DEFAULT_ROWS, d)
             name, d = spec.name, spec.d
             arrays = {a.path: a for a in st.schema.arrays()}
             row_bytes = sum(

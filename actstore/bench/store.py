@@ -26,7 +26,7 @@ from .._native import default_threads
 from ..api import create
 from ..api import open as open_store
 from ..store.codecs import codec_from_preset
-from .harness import BenchError, check_sizes, compare, open_user_store
+from .harness import check_sizes, compare, open_user_store
 
 HOOK = "h"
 DEFAULT_ROWS = 262144
@@ -51,12 +51,8 @@ def run(
         x = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
         source = {"source": "random bf16"}
     else:
-        user, spec, rows = open_user_store("store", store, hook, rows, DEFAULT_ROWS)
+        user, spec, rows = open_user_store("store", store, hook, rows, DEFAULT_ROWS, d)
         with user:
-            if d is not None and d != spec.d:
-                raise BenchError(
-                    f"bench store: --d {d} differs from hook {spec.name!r}'s width {spec.d}; leave --d out"
-                )
             d = spec.d
             x = user.read(spec.name, slice(0, rows), dtype=torch.bfloat16)
         source = {"source": str(store), "hook": spec.name, "source_dtype": spec.dtype.name}

@@ -134,12 +134,19 @@ def _outputs(mod: nn.Module, names: list[str]) -> dict[str, object]:
     return seen
 
 
-def _check_element0(mod: nn.Module, written: str, names: list[str]) -> None:
+def _check_element0(mod: nn.Module, specs: list[tuple[str, list[str]]]) -> None:
     """``.output[0]`` as nnsight means it: element 0 of the output. Accepted where that is the
     first tensor of a tuple (what actstore stores); a tensor output's element 0 is batch
-    element 0 in nnsight, which is not a per-token activation: refused, saying what to write."""
+    element 0 in nnsight, which is not a per-token activation: refused, saying what to write.
+    ``specs``: (the spec as written, the modules it names); one forward serves them all."""
+    seen = _outputs(mod, sorted({n for _, found in specs for n in found}))
+    for written, found in specs:
+        _check_outputs(written, {n: seen[n] for n in found if n in seen})
+
+
+def _check_outputs(written: str, outputs: dict[str, object]) -> None:
     plain = written[: -len("[0]")]
-    for n, out in _outputs(mod, names).items():
+    for n, out in outputs.items():
         if isinstance(out, torch.Tensor):
             raise IntegrationError(
                 f"hook {written!r}: {_nnsight_path(n)} returns a tensor, so in nnsight .output[0] is batch "
@@ -167,6 +174,7 @@ def hook_names(model, hooks) -> list[str]:
     known = set(names)
     specs = hooks if isinstance(hooks, (list, tuple)) and not _is_pair(hooks) else [hooks]
     out: list[str] = []
+    element0_specs: list[tuple[str, list[str]]] = []
     for spec in specs:
         path, is_input, written, element0 = _parse(spec)
         if "*" in path:
@@ -181,11 +189,13 @@ def hook_names(model, hooks) -> list[str]:
                 f"closest: {', '.join(close) or '(none)'}"
             )
         if element0:
-            _check_element0(mod, written, found)
+            element0_specs.append((written, found))
         for n in found:
             name = f"{n}:input" if is_input else n
             if name not in out:
                 out.append(name)
+    if element0_specs:
+        _check_element0(mod, element0_specs)
     return out
 
 
