@@ -16,11 +16,13 @@ from ._options import add_options, given
 
 # The TrainConfig fields offered as flags: those whose metadata carries a help text.
 OPTIONS = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
-REQUIRED = ("store", "hook", "arch", "latents", "tokens", "out")
+REQUIRED = ("store", "arch", "latents", "tokens", "out")  # the hooks: TrainConfig checks them per arch
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train an SAE on a store's activations (resumable; torchrun for many ranks)")
+    p = sub.add_parser(
+        "train", help="train an SAE or a transcoder on a store's activations (resumable; torchrun for many ranks)"
+    )
     p.add_argument("--config", help="JSON file with any of the options below (the command line wins)")
     add_options(p, TrainConfig, OPTIONS)
     p.add_argument(

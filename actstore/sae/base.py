@@ -46,6 +46,9 @@ def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype)
 
 class SparseAutoencoder(nn.Module):
     arch = ""
+    # The activation function (the arch itself for SAEs; a transcoder class names the SAE
+    # class whose encoder it shares).
+    act = ""
     # The loss takes ``dead_mask`` and trains the dead latents with AuxK (the trainer then
     # tracks and passes it; other archs get None).
     uses_auxk = False
@@ -58,14 +61,16 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, cfg: SAEConfig, *, device=None, dtype=None, seed: int = 0):
         super().__init__()
-        if cfg.arch != self.arch:
-            raise SAEError(f"{type(self).__name__} needs arch {self.arch!r}, got {cfg.arch!r}")
+        if cfg.arch != self.arch or cfg.act != self.act:
+            raise SAEError(f"{type(self).__name__} needs arch {self.arch!r} ({self.act}), got {cfg.arch!r} ({cfg.act})")
         self.cfg = cfg
         dtype = dtype or getattr(torch, cfg.dtype)
         kw = {"device": device, "dtype": dtype}
         self.W_enc = nn.Parameter(torch.empty(cfg.m, cfg.d, **kw))
-        self.W_dec = nn.Parameter(torch.empty(cfg.m, cfg.d, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.m, cfg.d_target, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_target, **kw))
+        # Skip transcoders: y_hat += x @ W_skip.T, zero at init (SAELens' SkipTranscoder, sparsify).
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_target, cfg.d, **kw)) if cfg.arch == "skip_transcoder" else None
         self._init_arch_params(kw)
         self.reset_parameters(seed)
         # Threshold encoders (batchtopk, jumprelu, gated): candidates per row on the Triton
@@ -91,13 +96,46 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:
         """Decoder rows: random unit vectors; encoder: the decoder's transpose (the tied
-        initialization of Gao et al. 2024 and sparsify); biases 0."""
+        initialization of Gao et al. 2024 and sparsify); biases 0. A transcoder's input and
+        output are different spaces, so its encoder rows are drawn on their own (unit norm)."""
         g = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.cfg.m, self.cfg.d, generator=g)
+        w = torch.randn(self.cfg.m, self.cfg.d_target, generator=g)
         w /= w.norm(dim=1, keepdim=True)
         self.W_dec.copy_(w)
+        if self.cfg.is_transcoder:
+            w = torch.randn(self.cfg.m, self.cfg.d, generator=g)
+            w /= w.norm(dim=1, keepdim=True)
         self.W_enc.copy_(w)
         self.b_dec.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
+
+    @property
+    def pre_bias(self) -> torch.Tensor | None:
+        """What the encoder subtracts from its input: ``b_dec`` for an SAE (SAELens'
+        ``apply_b_dec_to_input``), nothing for a transcoder, whose ``b_dec`` lives in the
+        target space (SAELens forbids it there; sparsify dropped it, PR #49)."""
+        return None if self.cfg.is_transcoder else self.b_dec
+
+    def target_of(self, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """The rows the loss reconstructs: ``target`` ``[n, d_out]``, or ``x`` for an SAE."""
+        if target is None:
+            if self.cfg.is_transcoder:
+                raise SAEError(
+                    f"a {self.arch} reconstructs its target hook: pass target= rows [n, {self.cfg.d_target}]"
+                )
+            return x
+        if target.dim() != 2 or target.shape != (x.shape[0], self.cfg.d_target):
+            raise SAEError(f"target must be [n={x.shape[0]}, d_out={self.cfg.d_target}], got {tuple(target.shape)}")
+        return target
+
+    def add_skip(self, y_hat: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """``y_hat + x @ W_skip.T`` for a skip transcoder (float32), ``y_hat`` otherwise."""
+        if self.W_skip is None:
+            return y_hat
+        if x is None:
+            raise SAEError("a skip transcoder's output needs its source rows (W_skip x): pass source=")
+        return y_hat + x.float() @ self.W_skip.float().t()
 
     @property
     def renorm_decoder(self) -> bool:
@@ -157,6 +195,13 @@ class SparseAutoencoder(nn.Module):
         ``DENSE_DECODE_ABOVE`` elsewhere. Same values and gradients either way."""
         return csr_decode(latents.row_ptr, latents.cols, latents.vals, self.W_dec, self.b_dec)
 
+    def output(self, x: torch.Tensor, latents: Latents | None = None) -> torch.Tensor:
+        """The reconstruction of the target ``[n, d_out]`` float32 from source rows ``x``:
+        the decode of ``latents`` (encoded from ``x`` when not given), plus ``W_skip x`` for
+        a skip transcoder. For an SAE, ``forward(x)``."""
+        lat = self.encode(x) if latents is None else latents
+        return self.add_skip(self.decode(lat), x)
+
     def _decode_dense_or_sparse(self, f: torch.Tensor) -> tuple[torch.Tensor, Latents]:
         """Decode dense activations ``[n, m]``: where the decode's dispatch picks ``dense``,
         the GEMM runs on ``f`` itself (no scatter); otherwise the chosen sparse candidate."""
@@ -167,7 +212,7 @@ class SparseAutoencoder(nn.Module):
         return csr_decode(lat.row_ptr, lat.cols, lat.vals, self.W_dec, self.b_dec, backend=choice), lat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.output(x)
 
     def _recon_terms(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict:
         xf = x.float()
@@ -192,18 +237,24 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def fold_scale(self) -> None:
-        """Fold the training normalization ``x' = scale * x`` into the weights so that the
-        SAE takes raw activations: ``W_enc *= s``, ``W_dec /= s``, ``b_dec /= s``; the
-        latents are unchanged (so thresholds stay as they are)."""
+        """Fold the training normalization ``x' = scale * x`` (and ``y' = scale_out * y``
+        for a transcoder's target) into the weights so that the SAE takes and gives raw
+        activations: ``W_enc *= s``, ``W_dec /= s_out``, ``b_dec /= s_out``,
+        ``W_skip *= s / s_out``; the latents are unchanged (so thresholds stay as they are)."""
         s = float(self.cfg.scale)
-        if s == 1.0:
+        s_out = float(self.cfg.scale_out) if self.cfg.is_transcoder else s
+        if s == 1.0 and s_out == 1.0:
             return
-        if not math.isfinite(s) or s <= 0:
-            raise SAEError(f"cannot fold scale {s}: it must be a positive finite number")
+        for v in (s, s_out):
+            if not math.isfinite(v) or v <= 0:
+                raise SAEError(f"cannot fold scale {v}: it must be a positive finite number")
         self.W_enc.mul_(s)
-        self.W_dec.div_(s)
-        self.b_dec.div_(s)
+        self.W_dec.div_(s_out)
+        self.b_dec.div_(s_out)
+        if self.W_skip is not None:
+            self.W_skip.mul_(s / s_out)
         self.cfg.scale = 1.0
+        self.cfg.scale_out = 1.0
 
     def _note_candidates(self, row_ptr: torch.Tensor, may_go_dense: bool = True) -> None:
         """After a threshold encode whose CSR rows hold exactly the candidates above its floor:
@@ -239,7 +290,7 @@ class SparseAutoencoder(nn.Module):
         qs = []
         for s in range(0, m, 4096):
             sl = slice(s, s + 4096)
-            pre = pre_activations(x.to(self.W_enc.device), self.W_enc[sl], self._quantile_bias()[sl], self.b_dec)
+            pre = pre_activations(x.to(self.W_enc.device), self.W_enc[sl], self._quantile_bias()[sl], self.pre_bias)
             qs.append(pre.kthvalue(kth, dim=0).values)
         self._set_quantile(torch.cat(qs))
 
@@ -251,6 +302,6 @@ class SparseAutoencoder(nn.Module):
         ``l0/m`` of the rows exceed."""
 
     def init_b_dec(self, mean: torch.Tensor) -> None:
-        """Start the decoder bias at the data mean ``[d]`` (in the training scale)."""
+        """Start the decoder bias at the target's mean ``[d_out]`` (in the training scale)."""
         with torch.no_grad():
             self.b_dec.copy_(mean.to(self.b_dec))

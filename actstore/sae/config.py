@@ -20,7 +20,14 @@ from ..errors import SAEError
 
 # The arch names a config may hold; actstore.sae.registry maps each to its class (and checks
 # at import that the two agree, so a new arch cannot be half added).
-ARCHS = ("topk", "batchtopk", "jumprelu", "gated", "relu")
+ARCHS = ("topk", "batchtopk", "jumprelu", "gated", "relu", "matryoshka_batchtopk", "transcoder", "skip_transcoder")
+# Archs that read a source hook and reconstruct a different target hook (``d_out`` may differ
+# from ``d``), and the activations each of them can use.
+TRANSCODER_ARCHS = ("transcoder", "skip_transcoder")
+TRANSCODER_ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
+# Matryoshka loss scales: ``mean`` is dictionary_learning's (mean over levels of 1/G-weighted
+# squared errors, so (1/G^2) * sum), ``sum`` SAELens' (sum over levels).
+MATRYOSHKA_LOSSES = ("mean", "sum")
 FORMAT = "actstore-sae/1"
 
 
@@ -39,20 +46,62 @@ class SAEConfig:
     normalize_decoder: bool = True  # unit-norm decoder rows after every step (topk, batchtopk, jumprelu)
     scale: float = 1.0  # inputs were multiplied by this during training (1 once folded)
     threshold: float | None = None  # batchtopk: the inference threshold (running mean of batch thresholds)
-    hook: str | None = None
+    hook: str | None = None  # the source hook (what the encoder reads)
     dtype: str = "float32"
     extra: dict = field(default_factory=dict)
+    # -- sources and targets (transcoders): the decoder writes ``d_out`` values of ``target``
+    d_out: int | None = None  # None: d (an SAE reconstructs its own input)
+    target: str | None = None  # the target hook; None: the source hook
+    scale_out: float = 1.0  # targets were multiplied by this during training (1 once folded)
+    activation: str | None = None  # transcoders: topk | batchtopk | jumprelu
+    # -- matryoshka_batchtopk: the nested prefix widths (strictly increasing, the last is m)
+    widths: list[int] | None = None
+    matryoshka_loss: str = "mean"
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise SAEError(f"unknown SAE arch {self.arch!r}: use one of {', '.join(ARCHS)}")
-        if self.d < 1 or self.m < 1:
-            raise SAEError(f"SAE sizes must be positive, got d={self.d} m={self.m}")
-        if self.arch in ("topk", "batchtopk"):
+        if self.d < 1 or self.m < 1 or (self.d_out is not None and self.d_out < 1):
+            raise SAEError(f"SAE sizes must be positive, got d={self.d} m={self.m} d_out={self.d_out}")
+        if self.arch in TRANSCODER_ARCHS:
+            self.activation = self.activation or "topk"
+            if self.activation not in TRANSCODER_ACTIVATIONS:
+                raise SAEError(
+                    f"arch {self.arch!r} takes activation {' | '.join(TRANSCODER_ACTIVATIONS)}, got {self.activation!r}"
+                )
+        elif self.activation not in (None, self.arch):
+            raise SAEError(f"arch {self.arch!r} has no activation option (transcoders do), got {self.activation!r}")
+        elif self.d_out not in (None, self.d):
+            raise SAEError(
+                f"arch {self.arch!r} reconstructs its input (d={self.d}), not d_out={self.d_out}: use a transcoder"
+            )
+        if self.act in ("topk", "batchtopk", "matryoshka_batchtopk"):
             if not self.k or not 1 <= self.k <= self.m:
                 raise SAEError(f"arch {self.arch!r} needs 1 <= k <= m={self.m}, got k={self.k}")
             if self.k_aux is None:
-                self.k_aux = min(self.m, max(1, self.d // 2))
+                self.k_aux = min(self.m, max(1, self.d_target // 2))
+        if self.arch == "matryoshka_batchtopk":
+            self.widths = check_widths(self.widths, self.m)
+            if self.matryoshka_loss not in MATRYOSHKA_LOSSES:
+                raise SAEError(
+                    f"matryoshka_loss must be {' or '.join(MATRYOSHKA_LOSSES)}, got {self.matryoshka_loss!r}"
+                )
+        elif self.widths is not None:
+            raise SAEError(f"widths are for arch matryoshka_batchtopk, not {self.arch!r}")
+
+    @property
+    def act(self) -> str:
+        """The activation function: the arch itself for SAEs, ``activation`` for transcoders."""
+        return self.activation or self.arch
+
+    @property
+    def d_target(self) -> int:
+        """The decoder's output width: ``d_out``, else ``d``."""
+        return self.d_out or self.d
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.arch in TRANSCODER_ARCHS
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, indent=1, sort_keys=True)
@@ -68,6 +117,22 @@ class SAEConfig:
         return cls(**{k: v for k, v in doc.items() if k in names})
 
 
+def check_widths(widths, m: int) -> list[int]:
+    """Matryoshka prefix widths: positive, strictly increasing, at most ``m``; ``m`` is
+    appended when the last is below it (the outermost level is the whole dictionary)."""
+    if not widths:
+        raise SAEError("arch matryoshka_batchtopk needs --widths, e.g. 128,512,2048 (nested prefixes of the latents)")
+    try:
+        w = [int(v) for v in (widths.split(",") if isinstance(widths, str) else widths)]
+    except ValueError:
+        raise SAEError(f"matryoshka widths must be integers, got {widths!r}") from None
+    if w[0] < 1 or any(b <= a for a, b in zip(w, w[1:])):
+        raise SAEError(f"matryoshka widths must be positive and strictly increasing, got {w}")
+    if w[-1] > m:
+        raise SAEError(f"matryoshka widths {w} exceed the {m} latents: the last width must be at most m")
+    return w if w[-1] == m else [*w, m]
+
+
 # The defaults, chosen by benchmarks/sweep_train_defaults.py (TopK m=3072 k=32, 400k tokens of
 # MiniLM layer-3 activations, held-out FVU; benchmarks/results/train_defaults_sweep.json).
 # The old ones (batch 4096, lr 2e-4 / sqrt(m / 2^14) = 4.6e-4, 50 warmup steps = half of that
@@ -81,7 +146,9 @@ DEFAULT_WARMUP_FRAC = 0.05
 LR_BASE = 8e-4  # lr = LR_BASE / sqrt(latents / 2^14): sparsify's scaling in m, at 4x its 2e-4
 EVAL_ROWS_FRAC, EVAL_ROWS_MAX = 0.05, 16384
 
-ARCH_KEYS = ("k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder")
+ARCH_KEYS = (
+    "k_aux", "aux_coef", "l1_coef", "l0_coef", "bandwidth", "init_threshold", "normalize_decoder", "matryoshka_loss"
+)  # fmt: skip
 
 
 def _opt(default, help: str):  # noqa: A002 - argparse's word
@@ -92,12 +159,19 @@ def _opt(default, help: str):  # noqa: A002 - argparse's word
 @dataclass
 class TrainConfig:
     store: str = field(metadata={"help": "the store to train on"})
-    hook: str = field(metadata={"help": "the hook whose activations the SAE reconstructs"})
-    arch: str = field(metadata={"help": "topk | batchtopk | jumprelu | gated | relu"})
+    hook: str | None = field(
+        default=None, kw_only=True, metadata={"help": "SAEs: the hook whose activations the SAE reconstructs"}
+    )
+    arch: str = field(metadata={"help": " | ".join(ARCHS)})
     latents: int = field(metadata={"help": "number of latents m"})
     out: str = field(metadata={"help": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"})
     tokens: int = field(metadata={"help": "training tokens (all ranks together)"})
     k: int | None = _opt(None, "active latents per row (topk; batch mean for batchtopk)")
+    source: str | None = _opt(None, "transcoders: the hook the encoder reads, e.g. 'model.layers.15.mlp:input'")
+    target: str | None = _opt(None, "transcoders: the hook the decoder reconstructs, e.g. 'model.layers.15.mlp'")
+    target_store: str | None = _opt(None, "the store holding --target, when not --store (it must be the same store)")
+    activation: str | None = _opt(None, "transcoders: topk | batchtopk | jumprelu (default topk)")
+    widths: str | None = _opt(None, "matryoshka_batchtopk: nested prefix widths, e.g. 128,512,2048 (m is appended)")
     batch_size: int = _opt(DEFAULT_BATCH, "rows per step per rank")
     lr: float | None = _opt(None, "peak learning rate (default LR_BASE / sqrt(latents / 2^14))")
     warmup_frac: float = _opt(DEFAULT_WARMUP_FRAC, "linear warmup over this fraction of the steps")
@@ -148,6 +222,45 @@ class TrainConfig:
         unknown = set(self.sae) - set(ARCH_KEYS)
         if unknown:
             raise SAEError(f"unknown SAE option(s) {sorted(unknown)}: use {', '.join(ARCH_KEYS)}")
+        self._check_hooks()
+
+    def _check_hooks(self) -> None:
+        """One line for each way of naming the wrong hooks for the arch."""
+        if self.arch in TRANSCODER_ARCHS:
+            if self.hook is not None:
+                raise SAEError(f"arch {self.arch!r} reads --source and reconstructs --target: give those, not --hook")
+            if not self.source or not self.target:
+                raise SAEError(
+                    f"arch {self.arch!r} needs --source and --target, e.g. --source 'model.layers.15.mlp:input' "
+                    "--target 'model.layers.15.mlp'"
+                )
+            if self.source == self.target:
+                raise SAEError(f"--source and --target are both {self.source!r}: for an SAE use --hook")
+            return
+        if self.activation is not None:
+            raise SAEError(f"--activation is for transcoders; arch {self.arch!r} is its own activation")
+        if self.hook is None and self.source is None:
+            raise SAEError(f"arch {self.arch!r} needs --hook (the activations it reconstructs)")
+        if self.hook is not None and self.source not in (None, self.hook):
+            raise SAEError(f"--hook {self.hook!r} and --source {self.source!r} differ: give one of them")
+        if self.target not in (None, self.hook or self.source):
+            raise SAEError(
+                f"arch {self.arch!r} reconstructs its own input: --target {self.target!r} needs --arch transcoder"
+            )
+        if self.arch == "matryoshka_batchtopk":
+            check_widths(self.widths, self.latents)
+        elif self.widths is not None:
+            raise SAEError(f"--widths is for arch matryoshka_batchtopk, not {self.arch!r}")
+
+    @property
+    def source_hook(self) -> str:
+        """The hook the encoder reads (``hook`` for SAEs)."""
+        return self.source or self.hook
+
+    @property
+    def target_hook(self) -> str:
+        """The hook the decoder reconstructs (the source for SAEs)."""
+        return self.target or self.source_hook
 
     @classmethod
     def from_file(cls, path, **overrides) -> "TrainConfig":

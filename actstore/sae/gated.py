@@ -22,7 +22,7 @@ from .latents import Latents
 
 
 class GatedSAE(SparseAutoencoder):
-    arch = "gated"
+    arch = act = "gated"
     saelens_arch = saelens_reads = "gated"
 
     def _init_arch_params(self, kw) -> None:

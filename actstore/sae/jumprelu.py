@@ -22,7 +22,7 @@ from .latents import Latents
 
 
 class JumpReLUSAE(SparseAutoencoder):
-    arch = "jumprelu"
+    arch = act = "jumprelu"
     unit_norm_decoder = True
     saelens_arch = saelens_reads = "jumprelu"
 
@@ -53,7 +53,13 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _encode(self, x):
         rp, c, v, _, l0 = jumprelu_encode(
-            x, self.W_enc, self.b_enc, self.log_threshold.exp(), self.b_dec, eps=self.cfg.bandwidth, cand_k=self.cand_k
+            x,
+            self.W_enc,
+            self.b_enc,
+            self.log_threshold.exp(),
+            self.pre_bias,
+            eps=self.cfg.bandwidth,
+            cand_k=self.cand_k,
         )
         self._note_candidates(rp)
         return Latents(rp, c, v, self.cfg.m), l0
@@ -62,9 +68,10 @@ class JumpReLUSAE(SparseAutoencoder):
         lat, _ = self._encode(x)
         return lat.dense() if dense else lat
 
-    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict:
+        y = self.target_of(x, target)
         lat, l0 = self._encode(x)
-        out = self._recon_terms(x, self.decode(lat))
+        out = self._recon_terms(y, self.output(x, lat))
         out["l0_penalty"] = l0
         out["loss"] = out["mse"] + self.cfg.l0_coef * l0
         out["latents"] = lat

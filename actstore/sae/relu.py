@@ -16,7 +16,7 @@ from .latents import Latents
 
 
 class ReLUSAE(SparseAutoencoder):
-    arch = "relu"
+    arch = act = "relu"
     saelens_arch, saelens_reads = "standard", "standard"
 
     @torch.no_grad()

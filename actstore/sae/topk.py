@@ -37,7 +37,7 @@ class _TopKLoss:
 
 
 class TopKSAE(_TopKLoss, SparseAutoencoder):
-    arch = "topk"
+    arch = act = "topk"
     saelens_arch = saelens_reads = "topk"
 
     def saelens_config(self) -> dict:
@@ -65,11 +65,12 @@ class TopKSAE(_TopKLoss, SparseAutoencoder):
         return st, doc
 
     def encode(self, x: torch.Tensor, dense: bool = False):
-        v, i = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec)
+        v, i = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.pre_bias)
         lat = Latents.from_topk(v, i, self.cfg.m)
         return lat.dense() if dense else lat
 
-    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict:
+        y = self.target_of(x, target)
         use_aux = dead_mask is not None and bool(dead_mask.any())
         if use_aux:
             v, i, av, ai = topk_encode(
@@ -77,14 +78,14 @@ class TopKSAE(_TopKLoss, SparseAutoencoder):
                 self.W_enc,
                 self.b_enc,
                 self.cfg.k,
-                self.b_dec,
+                self.pre_bias,
                 dead_mask=dead_mask,
                 k_aux=min(self.cfg.k_aux, self.cfg.m),
             )
         else:
-            (v, i), av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.b_dec), None, None
-        x_hat = sparse_decode(v, i, self.W_dec, self.b_dec)
-        rec = self._recon_terms(x, x_hat)
+            (v, i), av, ai = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.pre_bias), None, None
+        y_hat = self.add_skip(sparse_decode(v, i, self.W_dec, self.b_dec), x)
+        rec = self._recon_terms(y, y_hat)
         out = {**rec, **self._aux_terms(rec, dead_mask, av, ai)}
         out["loss"] = out["fvu"] + self.cfg.aux_coef * out["aux_fvu"]
         out["latents"] = Latents.from_topk(v, i, self.cfg.m)
@@ -97,7 +98,7 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
     (an exponential mean, rate 0.01) towards it, and eval mode encodes with that fixed
     threshold (the JumpReLU form), so a row's code no longer depends on its batch."""
 
-    arch = "batchtopk"
+    arch = act = "batchtopk"
     # SAELens runs its BatchTopK SAEs at inference as JumpReLU with one theta on every
     # latent: that is the export; its BatchTopK training saves import.
     saelens_arch, saelens_reads = "jumprelu", "batchtopk"
@@ -147,7 +148,7 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
             self.W_enc,
             self.b_enc,
             self.cfg.k,
-            self.b_dec,
+            self.pre_bias,
             threshold=float(self.threshold) if fixed else None,
             cand_k=self.cand_k,
             **aux,
@@ -166,13 +167,14 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
         lat = self._encode_csr(x)
         return lat.dense() if dense else lat
 
-    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> dict:
+    def loss(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict:
+        y = self.target_of(x, target)
         use_aux = dead_mask is not None and bool(dead_mask.any())
         if use_aux:  # the dead latents' top-k comes out of the same encoder pass
             lat, av, ai = self._encode_csr(x, dead_mask)
         else:
             lat, av, ai = self._encode_csr(x), None, None
-        rec = self._recon_terms(x, self.decode(lat))
+        rec = self._recon_terms(y, self.output(x, lat))
         out = {**rec, **self._aux_terms(rec, dead_mask, av, ai)}
         out["loss"] = out["fvu"] + self.cfg.aux_coef * out["aux_fvu"]
         out["latents"] = lat

@@ -1,5 +1,11 @@
 """``actstore.sae.train``: from a store to a trained SAE (``actstore train`` on the CLI).
 
+A dictionary reads **source** rows and reconstructs **target** rows: an SAE has one hook
+(``hook``, source = target); a transcoder reads ``source`` (``[B, d]``) and reconstructs
+``target`` (``[B, d_out]``), both from one :class:`~actstore.ActivationLoader` over the two
+hooks, so a batch holds the same rows of each (one shuffle). Each hook is normalized by its
+own factor; the held-out split, resume and the metrics work the same for both.
+
 One loop on every rank: an :class:`~actstore.ActivationLoader` batch (shuffled,
 normalized to mean row norm sqrt(d)), the SAE's loss on the fused ops, backward, gradients
 averaged over ranks (``torch.distributed`` all-reduce: gloo on CPU, NCCL on GPUs, started
@@ -132,6 +138,24 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _new_sae(cfg: TrainConfig, store, loader: ActivationLoader) -> SparseAutoencoder:
+    """A fresh SAE for ``cfg``: sizes from the store, normalization factors from the loader,
+    decoder bias at the target's mean (in the training scale)."""
+    src, tgt = cfg.source_hook, cfg.target_hook
+    scale = loader.scale_factors.get(src, 1.0)
+    scale_out = loader.scale_factors.get(tgt, 1.0)
+    extra = {}
+    if tgt != src:
+        extra = {"d_out": store._hook(tgt).d, "target": tgt, "scale_out": scale_out, "activation": cfg.activation}
+    scfg = SAEConfig(
+        cfg.arch, store._hook(src).d, cfg.latents, k=cfg.k, scale=scale, hook=src, widths=cfg.widths, **extra, **cfg.sae
+    )
+    sae = build(scfg, seed=cfg.seed)
+    mean = torch.as_tensor(store.stats(tgt)["mean"], dtype=torch.float32)
+    sae.init_b_dec(mean * scale_out if cfg.normalize != "standardize" else torch.zeros_like(mean))
+    return sae
+
+
 def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader, dev: torch.device, rank: int) -> _Run:
     """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
     settings differ), or a new SAE (decoder bias at the data mean, in the training scale)."""
@@ -156,12 +180,7 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-        scale = loader.scale_factors.get(cfg.hook, 1.0)
-        d = store._hook(cfg.hook).d
-        scfg = SAEConfig(cfg.arch, d, cfg.latents, k=cfg.k, scale=scale, hook=cfg.hook, **cfg.sae)
-        sae = build(scfg, seed=cfg.seed).to(dev)
-        mean = torch.as_tensor(store.stats(cfg.hook)["mean"], dtype=torch.float32)
-        sae.init_b_dec(mean * scale if cfg.normalize != "standardize" else torch.zeros_like(mean))
+        sae = _new_sae(cfg, store, loader).to(dev)
         step, tokens = 0, 0
         since_fired = torch.zeros(cfg.latents, dtype=torch.int64, device=dev)
     sae.train()
@@ -231,11 +250,12 @@ def _all_reduce_grads(sae: SparseAutoencoder, dist) -> None:
             g.copy_(part.view_as(g))
 
 
-def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, total: int, global_batch: int, dist) -> dict:
-    """One optimizer step on this rank's batch ``x [batch_size, d]``; returns the loss terms."""
+def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, y, total: int, global_batch: int, dist) -> dict:
+    """One optimizer step on this rank's batch ``x [batch_size, d]`` (and a transcoder's
+    targets ``y [batch_size, d_out]``, else None); returns the loss terms."""
     sae, opt = run.sae, run.opt
     dead = run.since_fired >= cfg.dead_tokens
-    res = sae.loss(x, dead_mask=dead if sae.uses_auxk else None)
+    res = sae.loss(x, dead_mask=dead if sae.uses_auxk else None, **({} if y is None else {"target": y}))
     opt.zero_grad(set_to_none=True)
     res["loss"].backward()
     fired = res["latents"].fired()
@@ -339,26 +359,36 @@ def split(cfg: TrainConfig, store) -> tuple[dict, dict | None, dict]:
     return {"rows": (0, n - rows)}, {"rows": (n - rows, n)}, {"eval_rows": rows}
 
 
+def _source_target(batch, cfg: TrainConfig):
+    """``(x, y)`` of a loader batch: a tensor for an SAE (y None), a dict for a transcoder."""
+    if torch.is_tensor(batch):
+        return batch, None
+    return batch[cfg.source_hook], batch[cfg.target_hook]
+
+
 @torch.no_grad()
-def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None) -> dict:
-    """FVU (over the whole set: squared error / total variance about the set's mean), L0
-    (mean active latents per row) and the fraction of latents that never fire, on every
-    row ``loader`` yields (summed over ranks)."""
+def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: TrainConfig | None = None) -> dict:
+    """FVU of the target (over the whole set: squared error / total variance about the set's
+    mean), L0 (mean active latents per row) and the fraction of latents that never fire, on
+    every row ``loader`` yields (summed over ranks). A transcoder's loader yields its source
+    and target hooks (``cfg`` names them); an SAE's, one tensor."""
     was_training = sae.training
     sae.eval()
     dev = next(sae.parameters()).device
     m = sae.cfg.m
-    acc = None  # [err^2, rows, active] float64, then sum x and sum x^2 per dim
+    acc = None  # [err^2, rows, active] float64, then sum y and sum y^2 per dim
     fired = torch.zeros(m, dtype=torch.int32, device=dev)
-    for x in loader:
+    for batch in loader:
+        x, y = _source_target(batch, cfg) if cfg is not None else (batch, None)
+        y = x if y is None else y
         lat = sae.encode(x)
-        x_hat = sae.decode(lat)
-        xd = x.double()
+        y_hat = sae.output(x, lat)
+        xd = y.double()
         part = torch.cat(
             [
                 torch.stack(
                     [
-                        (x_hat.double() - xd).pow(2).sum(),
+                        (y_hat.double() - xd).pow(2).sum(),
                         torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev),
                         torch.tensor(lat.l0() * lat.n, dtype=torch.float64, device=dev),
                     ]
@@ -383,6 +413,21 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None) -> dic
         "l0": active / n,
         "dead_frac": float((fired == 0).float().mean()),
     }
+
+
+def _check_store_hooks(cfg: TrainConfig, store) -> None:
+    """One line for a hook the store lacks, or a target in another store."""
+    for role, name in (("hook" if cfg.hook else "source", cfg.source_hook), ("target", cfg.target_hook)):
+        if name not in store.hooks:
+            raise SAEError(f"{role} {name!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
+    if cfg.target_store is not None:
+        other = cfg.target_store if isinstance(cfg.target_store, Store) else api.open(cfg.target_store)
+        if Path(str(other.path)).resolve() != Path(str(store.path)).resolve():
+            rows = "" if other.rows == store.rows else f" ({other.rows} rows there, {store.rows} here)"
+            raise SAEError(
+                f"source and target come from different stores{rows}: one shuffle needs both hooks in one store; "
+                "capture them in one run (--hooks SOURCE TARGET)"
+            )
 
 
 def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
@@ -432,13 +477,13 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     out = Path(cfg.out)
     dev = _device(cfg.device)
     store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
-    if cfg.hook not in store.hooks:
-        raise SAEError(f"hook {cfg.hook!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
+    _check_store_hooks(cfg, store)
+    hooks = cfg.source_hook if cfg.source_hook == cfg.target_hook else [cfg.source_hook, cfg.target_hook]
     train_rows, eval_rows, held_out = split(cfg, store)
     common = dict(device=dev, normalize=cfg.normalize, threads=cfg.threads, rank=rank, world_size=world)
     loader = ActivationLoader(
         store,
-        cfg.hook,
+        hooks,
         cfg.batch_size,
         shuffle=True,
         seed=cfg.seed,
@@ -460,13 +505,13 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     metrics = {}
     it = iter(loader)
     first = None
-    if run.step == 0 and run.sae.arch in ("jumprelu", "gated"):
+    if run.step == 0 and run.sae.act in ("jumprelu", "gated"):
         first = next(it)  # also the first step's batch: the init takes nothing from the stream
-        _init_thresholds(cfg, run, first, dist)
+        _init_thresholds(cfg, run, _source_target(first, cfg)[0], dist)
     while run.step < total:
         batch = first if first is not None else next(it)
         first = None
-        res = _step(cfg, run, batch, total, global_batch, dist)
+        res = _step(cfg, run, *_source_target(batch, cfg), total, global_batch, dist)
         if run.step % cfg.log_every == 0 or run.step == total:
             metrics = _metrics(cfg, run, res, dist)
             now = time.perf_counter()  # after the metrics' device sync, so the rate counts the step's work
@@ -490,8 +535,8 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         bar.close()
     loader.close()
     if eval_rows is not None:
-        ev_loader = ActivationLoader(store, cfg.hook, cfg.batch_size, shuffle=False, epochs=1, **common, **eval_rows)
-        held_out.update(evaluate(run.sae, ev_loader, dist))
+        ev_loader = ActivationLoader(store, hooks, cfg.batch_size, shuffle=False, epochs=1, **common, **eval_rows)
+        held_out.update(evaluate(run.sae, ev_loader, dist, cfg))
         ev_loader.close()
         if rank == 0:
             with open(log_path, "a") as fh:
@@ -505,6 +550,8 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         "warmup_steps": warmup_steps(cfg, total),
         "out": str(out),
         "arch": cfg.arch,
+        "source": cfg.source_hook,
+        "target": cfg.target_hook,
         "latents": cfg.latents,
         "k": cfg.k,
         "world_size": world,
