@@ -267,6 +267,18 @@ class SparseAutoencoder(nn.Module):
         c = adapt_cand_k(counts, m)
         self.cand_k = c if may_go_dense else min(c, DENSE_CAND_K, m)
 
+    def encoder_state(self) -> dict:
+        """What the threshold encoders carry from batch to batch outside the weights
+        (``cand_k`` and the counts since the metrics last read them), for checkpoints: a
+        resumed run then logs what an uninterrupted one does. The code itself does not
+        depend on it (every candidate count gives the same latents)."""
+        return {"cand_k": self.cand_k, "encode_rows": self.encode_rows, "dense_rows": self.dense_rows}
+
+    def load_encoder_state(self, state: dict) -> None:
+        self.cand_k, self.encode_rows, self.dense_rows = (
+            int(state[k]) for k in ("cand_k", "encode_rows", "dense_rows")
+        )
+
     def take_encode_counts(self) -> dict:
         """``{"encode_rows", "dense_rows"}`` since the last call (then reset): how many rows the
         threshold encoders recomputed densely, for the trainer's metrics."""
