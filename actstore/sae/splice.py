@@ -137,9 +137,9 @@ def lm_loss_increase(
         nonlocal tap
         total, count = 0.0, 0
         # The tap first, so at a shared module its hook runs before the target's edit.
-        tap = _SourceTap(lm.model, source) if with_tap else None
-        ctx = Intervention(lm.model, {target: edit}, mode="replace") if edit is not None else None
+        tap, ctx = (_SourceTap(lm.model, source) if with_tap else None), None
         try:
+            ctx = Intervention(lm.model, {target: edit}, mode="replace") if edit is not None else None
             for lo in range(0, len(windows), batch):
                 part = windows[lo : lo + batch]
                 n = max(w.size for w in part)

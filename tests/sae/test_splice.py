@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import actstore
-from actstore.errors import SAEError
+from actstore.errors import ModelError, SAEError
 from actstore.sae import SAEConfig, load, train
 from actstore.sae.registry import build
 from actstore.sae.splice import lm_loss_increase, windows_from_rows
@@ -165,13 +165,26 @@ def test_a_transcoder_that_outputs_zeros_costs_the_ablation(affine_llama):
     assert abs(other["increase"]) > 0.01 and other["clean"] == pytest.approx(r["clean"])
 
 
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 def test_a_source_after_its_target_is_one_line(affine_llama):
+    from transformers import LlamaForCausalLM
+
     path, a, b = affine_llama
+    model = LlamaForCausalLM.from_pretrained(path).eval()
+    model(torch.ones(1, 2, dtype=torch.long))  # transformers adds its own hooks on a first forward
+    before = _hooks(model)
     sae = _skip_transcoder("model.layers.1.mlp:input", a, b)
     with pytest.raises(SAEError) as e:
-        lm_loss_increase(path, sae, WINDOWS)
+        lm_loss_increase(model, sae, WINDOWS)
     msg = str(e.value)
     assert "\n" not in msg and "model.layers.1.mlp:input" in msg and repr(MLP_OUT) in msg and "before" in msg
+    sae.cfg.target = "model.layers.0.nope"
+    with pytest.raises(ModelError, match="unknown hook 'model.layers.0.nope'"):
+        lm_loss_increase(model, sae, WINDOWS)
+    assert _hooks(model) == before  # the tap and the edit are gone after either failure
     with pytest.raises(SAEError, match="leave hook= out"):
         lm_loss_increase(path, _skip_transcoder(MLP_IN, a, b), WINDOWS, hook="model.layers.1")
 
