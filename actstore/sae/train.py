@@ -444,7 +444,7 @@ def _check_store_hooks(cfg: TrainConfig, store) -> None:
             rows = "" if other.rows == store.rows else f" ({other.rows} rows there, {store.rows} here)"
             raise SAEError(
                 f"source and target come from different stores{rows}: one shuffle needs both hooks in one store; "
-                "capture them in one run (--hooks SOURCE TARGET)"
+                "capture them in one run (--hooks SOURCE,TARGET)"
             )
 
 
