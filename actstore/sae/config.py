@@ -43,7 +43,9 @@ class SAEConfig:
     l0_coef: float = 1.0  # jumprelu: weight of the (pseudo-gradient) L0 penalty
     bandwidth: float = 0.001  # jumprelu: rectangle kernel width eps
     init_threshold: float = 0.001  # jumprelu: initial theta
-    normalize_decoder: bool = True  # unit-norm decoder rows after every step (topk, batchtopk, jumprelu)
+    # Unit-norm decoder rows after every step (topk, batchtopk, jumprelu); None: the arch's
+    # default, on for SAEs and off for transcoders (see SparseAutoencoder.reset_parameters).
+    normalize_decoder: bool | None = None
     scale: float = 1.0  # inputs were multiplied by this during training (1 once folded)
     threshold: float | None = None  # batchtopk: the inference threshold (running mean of batch thresholds)
     hook: str | None = None  # the source hook (what the encoder reads)
@@ -63,6 +65,8 @@ class SAEConfig:
             raise SAEError(f"unknown SAE arch {self.arch!r}: use one of {', '.join(ARCHS)}")
         if self.d < 1 or self.m < 1 or (self.d_out is not None and self.d_out < 1):
             raise SAEError(f"SAE sizes must be positive, got d={self.d} m={self.m} d_out={self.d_out}")
+        if self.normalize_decoder is None:
+            self.normalize_decoder = self.arch not in TRANSCODER_ARCHS
         if self.arch in TRANSCODER_ARCHS:
             self.activation = self.activation or "topk"
             if self.activation not in TRANSCODER_ACTIVATIONS:

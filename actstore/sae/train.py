@@ -154,8 +154,11 @@ def _new_sae(cfg: TrainConfig, store, loader: ActivationLoader) -> SparseAutoenc
         cfg.arch, store._hook(src).d, cfg.latents, k=cfg.k, scale=scale, hook=src, widths=cfg.widths, **extra, **cfg.sae
     )
     sae = build(scfg, seed=cfg.seed)
+    standardized = cfg.normalize == "standardize"  # zero-mean already
     mean = torch.as_tensor(store.stats(tgt)["mean"], dtype=torch.float32)
-    sae.init_b_dec(mean * scale_out if cfg.normalize != "standardize" else torch.zeros_like(mean))
+    sae.init_b_dec(mean * scale_out if not standardized else torch.zeros_like(mean))
+    if sae.cfg.is_transcoder and not standardized:
+        sae.center_encoder(torch.as_tensor(store.stats(src)["mean"], dtype=torch.float32) * scale)
     return sae
 
 

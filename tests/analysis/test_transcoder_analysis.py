@@ -61,7 +61,8 @@ def transcoder(arch="transcoder", d=DS, d_out=DT, hook=SRC, target=TGT, seed=3):
     with torch.no_grad():
         sae.W_enc.mul_(3.0)
         sae.b_enc.copy_(torch.linspace(-1.0, 1.0, M))
-        sae.W_dec.mul_(torch.linspace(0.5, 2.0, M)[:, None])  # rows of different norms
+        sae.W_dec.normal_()  # a transcoder's decoder starts at zero: give it rows
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, M)[:, None])  # of different norms
         sae.b_dec.normal_()
         if sae.W_skip is not None:
             sae.W_skip.normal_()  # nothing the feature jobs read

@@ -367,3 +367,19 @@ def test_a_target_from_another_store_is_refused_in_one_line(store, tmp_path):
     # The same store named twice is fine.
     _train_small(store, tmp_path / "p", hook=None, arch="transcoder", source="narrow", target="wide",
                  target_store=str(store.path), tokens=32 * 2)  # fmt: skip
+
+
+def test_a_transcoder_starts_with_centred_pre_activations_and_its_target_mean(store):
+    """No ``b_dec`` is subtracted from a transcoder's input, so its encoder bias takes the
+    centring (sparsify's init): over the store's rows, in the training scale, every latent's
+    pre-activation has mean 0, and the decoder bias is the target's mean."""
+    cfg = TrainConfig(store=store.path, arch="transcoder", source="narrow", target="wide", latents=64, k=4,
+                      tokens=64, out="unused")  # fmt: skip
+    loader = trainer.ActivationLoader(store, ["narrow", "wide"], 256, normalize="mean_norm")
+    sae = trainer._new_sae(cfg, store, loader)
+    x = store.read("narrow", slice(0, store.rows)).double() * sae.cfg.scale
+    pre = x @ sae.W_enc.double().t() + sae.b_enc.double()
+    assert pre.mean(0).abs().max() < 1e-4 * pre.std(0).min()
+    y = store.read("wide", slice(0, store.rows)).double() * sae.cfg.scale_out
+    torch.testing.assert_close(sae.b_dec.double(), y.mean(0), rtol=1e-4, atol=1e-5)
+    loader.close()
