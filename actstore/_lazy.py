@@ -26,6 +26,14 @@ def attach(package: str, exports: dict[str, tuple[str, ...]]) -> None:
     face = sys.modules[package]
 
     class LazyPackage(types.ModuleType):
+        def __getattribute__(self, name):
+            # An exported name not loaded yet goes to __getattr__ even when normal lookup would
+            # find something: nnsight gives every object a ``save`` method (on ``object``), which
+            # would otherwise shadow ``actstore.sae.save`` for good once nnsight is imported.
+            if name in source and name not in types.ModuleType.__getattribute__(self, "__dict__"):
+                return type(self).__getattr__(self, name)
+            return types.ModuleType.__getattribute__(self, name)
+
         def __getattr__(self, name):
             mod = source.get(name)
             if mod is None:

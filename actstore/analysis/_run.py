@@ -6,6 +6,12 @@ contiguous share of the selected blocks through every streaming job (``stats``, 
 share is done, merge the shares in rank order, run the second pass of ``bins``' equal-width
 mode if asked, collect ``contexts``, and write the output group.
 
+Transcoders (``sae.cfg.is_transcoder``): the latents are encoded from the **source** hook's rows
+(``cfg.hook``: the pass, ``contexts`` and ``ablation`` read it), and the decoder rows are in the
+**target**'s space (``cfg.target``: ``lens`` reads them through the unembedding as they are, the
+residual-stream contribution of an MLP-output target). The store must hold both hooks (a
+one-line error otherwise); ``hook`` and ``target`` are in the output's attributes.
+
 Resume: ``out/_state/<share>/state.json`` names the committed ``state-<seq>.npz`` (the
 jobs' arrays, ``np.load(allow_pickle=False)``) and the next block; each file is written to
 a temporary name, fsynced and renamed into place, the npz first. A rerun of the same
@@ -177,6 +183,42 @@ def _make(spec: dict, m: int) -> list[Reducer]:
         raise AnalysisError(f"bad job option: {e}") from None
 
 
+def sae_hooks(store, sae, hook: str | None = None) -> tuple[str, str | None]:
+    """``(hook, target)``: the store hook the SAE encodes (``hook``, else the SAE's own, else
+    the store's only hook) and, for a transcoder, the hook its decoder writes (None for an
+    SAE). A transcoder's source is ``cfg.hook`` and its target ``cfg.target``; the store must
+    hold both. Each hook's width is checked against the SAE's."""
+    cfg, have = sae.cfg, ", ".join(store.hooks)
+    if cfg.is_transcoder:
+        if hook is not None and cfg.hook not in (None, hook):
+            raise AnalysisError(f"this {cfg.arch} reads hook {cfg.hook!r}, not {hook!r}: leave the hook out")
+        hook = hook or cfg.hook
+        if hook is None:
+            raise AnalysisError(f"which hook? the {cfg.arch} names no source hook: pass its source, one of {have}")
+        target = cfg.target or hook
+        missing = [h for h in (hook, target) if h not in store.hooks]
+        if missing:
+            raise AnalysisError(
+                f"this {cfg.arch} reads {hook!r} and writes {target!r}, and the store lacks "
+                f"{', '.join(map(repr, missing))} (it holds {have}): capture both hooks"
+            )
+    else:
+        target = None
+        if hook is None:
+            hook = cfg.hook if cfg.hook in store.hooks else (store.hooks[0] if len(store.hooks) == 1 else None)
+            if hook is None:
+                raise AnalysisError(f"which hook? the SAE names none of {have}: pass hook=")
+        if hook not in store.hooks:
+            raise AnalysisError(f"unknown hook {hook!r}: this store holds {have}")
+    for role, name, width in (("takes", hook, cfg.d), ("writes", target, cfg.d_target)):
+        d = None if name is None else len(store.stats(name)["mean"])
+        if d is not None and d != width:
+            raise AnalysisError(
+                f"the SAE {role} width {width} but hook {name!r} has width {d}: use the SAE trained on this hook"
+            )
+    return hook, target
+
+
 def _pass_share(
     store,
     hook,
@@ -279,6 +321,7 @@ def run(
         samples, seed), ``top_tokens`` (t), ``contexts`` (window), ``lens`` (t, outlier_z, unseen),
         ``ablation`` (examples, tokens, batch, latents).
     model: for ``lens`` and ``ablation``: an HF causal LM (module, local folder or ``python:mod:fn``).
+    hook: the store hook to encode (default: the SAE's; a transcoder's source, which it must be).
     rows: None, a slice or (lo, hi) of store rows; drop_flags: "bos,special" or a bit mask;
         docs: document ids to keep.
     latents: None (all) or the latent ids to analyse (an iterable, a range, or "0-127,300"):
@@ -292,17 +335,7 @@ def run(
     sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
     out = Path(out)
     spec = _parse_jobs(jobs)
-    if hook is None:
-        hook = sae.cfg.hook if sae.cfg.hook in store.hooks else (store.hooks[0] if len(store.hooks) == 1 else None)
-        if hook is None:
-            raise AnalysisError(f"which hook? the SAE names none of {', '.join(store.hooks)}: pass hook=")
-    if hook not in store.hooks:
-        raise AnalysisError(f"unknown hook {hook!r}: this store holds {', '.join(store.hooks)}")
-    d = len(store.stats(hook)["mean"])
-    if sae.cfg.d != d:
-        raise AnalysisError(
-            f"the SAE takes width {sae.cfg.d} but hook {hook!r} has width {d}: use the SAE trained on this hook"
-        )
+    hook, target = sae_hooks(store, sae, hook)
     sel = _selection(store, rows, drop_flags, docs)
     if {"contexts", "top_tokens", "ablation"} & set(spec) and sel.hi > sel.lo:
         probe = store.tokens(slice(sel.lo, min(sel.hi, sel.lo + block_rows)))["token"]
@@ -327,6 +360,7 @@ def run(
             "segments": [[s["name"], s["rows"]] for s in info["segments"]],
         },
         "hook": hook,
+        **({"target": target} if target is not None else {}),  # a transcoder's; SAE analyses keep their identity
         "sae": {"hash": _sae_hash(sae), "m": m, "d": sae.cfg.d, "arch": sae.cfg.arch, "config": cfg},
         "selection": sel.to_json(),
         "latents": None if chosen is None else chosen.tolist(),

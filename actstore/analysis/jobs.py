@@ -15,7 +15,7 @@ groups ``groups`` (:func:`~actstore.analysis.groups.resolve`; default: the captu
 when the store records them, else one group of every row); ``steering`` and ``probe`` take
 ``positive`` / ``negative`` (default: the first two groups); ``diff`` takes ``diff.a`` /
 ``diff.b`` (default: ``hooks`` when there are exactly two); ``scan`` projects ``scan.hook``
-(default: the SAE's hook for its decoder rows, else the first hook) on ``scan.vectors``: a
+(default: the SAE's hook for its decoder rows, a transcoder's target, else the first hook) on ``scan.vectors``: a
 ``.npy`` ``[V, d]``, a steering or probe output folder, ``"steering"`` / ``"probe"`` (that job's
 result in this run), or, left out, the SAE's decoder rows (``scan.latents`` picks some);
 ``mcs`` compares the SAE with ``mcs.other`` (an SAE folder). ``model`` (a causal LM) adds the
@@ -130,7 +130,7 @@ class Context:
     negative: str | None
     model: object
     sae: object  # an SAE module, or None
-    sae_hook: str | None
+    sae_hook: str | None  # where the SAE's decoder rows live (scan's default): a transcoder's target
     block_rows: int
     rank: int | None
     world_size: int | None
@@ -332,8 +332,11 @@ def _check(c: Context, rep: dict) -> dict:
         if c.sae is None:
             raise AnalysisError("mcs compares the SAE with another: pass --sae (and --option mcs.other=PATH)")
         other = _other_sae(rep["mcs"])
-        if other.cfg.d != c.sae.cfg.d:
-            raise AnalysisError(f"mcs: the SAEs have widths {c.sae.cfg.d} and {other.cfg.d}: compare SAEs of one hook")
+        if other.cfg.d_target != c.sae.cfg.d_target:  # decoder rows: a transcoder's are d_out wide
+            raise AnalysisError(
+                f"mcs: the SAEs' decoders have widths {c.sae.cfg.d_target} and {other.cfg.d_target}: "
+                "compare SAEs of one hook"
+            )
         extra["mcs"] = {"other": _sae_hash(other)}
     return extra
 
@@ -448,7 +451,7 @@ def run_all(
     names = groups.names if groups is not None else ()
     positive = positive or (names[0] if len(names) > 1 else None)
     negative = negative or (names[1] if len(names) > 1 else None)
-    sae_hook = feature_kw.get("hook") or (sae.cfg.hook if sae is not None and sae.cfg.hook in store.hooks else None)
+    sae_hook = _decoder_hook(store, sae, feature_kw.get("hook"))
     commit_rows = int(feature_kw.get("commit_rows") or COMMIT_ROWS)
     c = Context(store, out, hooks, groups, positive, negative, model, sae, sae_hook, block_rows, rank, world_size,
                 commit_rows, on_pass_commit)  # fmt: skip
@@ -475,6 +478,17 @@ def run_all(
             if on_job is not None:
                 on_job(job)
     return out if r == 0 else None
+
+
+def _decoder_hook(store, sae, hook: str | None) -> str | None:
+    """The store hook the SAE's decoder rows live in (``scan``'s default): a transcoder's
+    target (its ``W_dec`` rows are ``d_out`` wide); an SAE's ``hook``, else its own hook when
+    the store holds it."""
+    if sae is None:
+        return hook
+    if sae.cfg.is_transcoder:
+        return sae.cfg.target or hook or sae.cfg.hook
+    return hook or (sae.cfg.hook if sae.cfg.hook in store.hooks else None)
 
 
 def _root(out: Path, plan: dict, plan_id: str, rank: int, world: int) -> None:

@@ -2,7 +2,9 @@
 
 For latent f the logits over the vocabulary are ``(W_dec[f] * g) @ W_U^T`` ``[V]``, where
 ``W_dec [m, d]`` is the SAE's decoder (raw activation units: the SAE's normalization is
-folded in), ``W_U [V, d]`` the model's unembedding (HF ``get_output_embeddings().weight``,
+folded in; a transcoder's rows are ``d_out`` wide, in its target's space: for an MLP's
+output, the latent's contribution to the residual stream, so the lens reads them as they
+are), ``W_U [V, d]`` the model's unembedding (HF ``get_output_embeddings().weight``,
 TransformerLens ``W_U^T``) and ``g [d]`` the gain of its final norm (``model.norm``,
 ``transformer.ln_f``, ...; ``1 + weight`` for Gemma's norm; ones if the model has none).
 The norm's centring, scale and bias and the unembedding's bias are left out: they do not

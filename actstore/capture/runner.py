@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .._dist import group, local_device, rank_world
 from ..api import create
 from ..models import HookRecorder, LoadedModel, prepare_model, resolve_hooks
+from ..models.norms import detect_norms
 from ..store.errors import CaptureError
 from ..store.format import DTYPES, FLAG_PAD, parse_flags
 from .config import CaptureConfig
@@ -116,7 +117,11 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
     drop_bits = parse_flags(cfg.drop, "drop", CaptureError)
     recorder = HookRecorder(cm.model, points, stop_early=cfg.stop_early)
     try:
-        widths = _probe_widths(cm, recorder, policy, dev)
+        probe = _probe_ids(policy, dev)
+        widths = _probe_widths(cm, recorder, probe)
+        # Where each hook sits relative to a norm (post/pre, the norm, its gain): one more forward
+        # of the probe's few tokens, stopped once every hook is settled; unknown on any failure.
+        norms = detect_norms(cm.model, points, lambda: cm.forward(probe, torch.ones_like(probe)))
         record = {
             "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{cm.kind}:{cm.name}>",
             "hooks": [p.name for p in points],
@@ -138,7 +143,7 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
             "model": record["model"],
             "dataset": record["data"],
             "context_size": cfg.context,
-            "hooks": [{"name": p.name, "module": p.module, "output": not p.input} for p in points],
+            "hooks": [{"name": p.name, "module": p.module, "output": not p.input, **norms[p.name]} for p in points],
         }
         sources = source_table(data, cfg.text_column)
         if sources is not None:
@@ -179,11 +184,16 @@ def _run_capture(model, hooks, data, out, cfg: CaptureConfig, *, tokenizer=None,
         recorder.remove()
 
 
-def _probe_widths(cm, recorder, policy, dev) -> dict[str, int]:
-    """Run a 1 x 4 token forward to learn each hook's width (trailing dims flattened)."""
+def _probe_ids(policy, dev) -> torch.Tensor:
+    """The probe forwards' input: 1 x 4 tokens (BOS, else pad)."""
     S = min(4, policy.context)
     fill = policy.bos_id if policy.bos_id is not None else policy.pad_id
-    ids = torch.full((1, S), fill, dtype=torch.long, device=dev)
+    return torch.full((1, S), fill, dtype=torch.long, device=dev)
+
+
+def _probe_widths(cm, recorder, ids) -> dict[str, int]:
+    """Run a forward of ``ids`` (1 x 4 tokens) to learn each hook's width (trailing dims flattened)."""
+    S = ids.shape[1]
     with torch.inference_mode():
         got = recorder.run(lambda: cm.forward(ids, torch.ones_like(ids)))
     widths = {}

@@ -98,6 +98,7 @@ def run(args) -> int:
         "rows_seen": attrs.get("rows_seen"),
         "m": attrs["sae"]["m"] if "sae" in attrs else None,
         "hook": attrs.get("hook"),
+        "target": attrs.get("target"),
         "jobs": list(attrs["jobs"]),
         "summary": attrs.get("summary", {}),
         "represent": {j: str(out / j) for j in attrs["jobs"] if j not in JOBS},
@@ -111,8 +112,9 @@ def run(args) -> int:
             stats = summary["summary"].get("stats", {})
             extra = f", {stats['dead']} dead, {stats['dense']} dense" if "dead" in stats else ""
             feats = ", ".join(j for j in summary["jobs"] if j in JOBS)
+            into = f" (a transcoder into {summary['target']})" if summary["target"] else ""
             print(
-                f"analysed {summary['rows_seen']:,} rows of {summary['hook']} with {summary['m']} latents "
+                f"analysed {summary['rows_seen']:,} rows of {summary['hook']}{into} with {summary['m']} latents "
                 f"({feats}{extra}) into {out}"
             )
         for job, path in summary["represent"].items():

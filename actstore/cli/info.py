@@ -47,9 +47,11 @@ def format_info(info: dict) -> str:
         ratio = f"{h['compression_ratio']:.3f}x" if h["compression_ratio"] else "-"
         norm = f"{st['mean_norm']:.3f}" if st["count"] else "-"
         std = f"{st['mean_std']:.4f}" if st["count"] else "-"
+        at = h.get("norm") or {}
+        place = f", {at['norm']}-norm ({at['norm_module']})" if at.get("norm") else ""
         lines.append(
             f"  {name:<32} d={h['d']:<6} {h['dtype']:<5} {_human(h['bytes_on_disk']):>10} on disk, "
-            f"ratio {ratio}, mean norm {norm}, mean std {std}, nonfinite rows {st['nonfinite_rows']}"
+            f"ratio {ratio}, mean norm {norm}, mean std {std}, nonfinite rows {st['nonfinite_rows']}{place}"
         )
     lines.append("segments")
     for s in info["segments"]:

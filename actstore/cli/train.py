@@ -72,8 +72,9 @@ def run(args) -> int:
             )
         em = summary.get("eval_model")
         if em:
+            where = f" from {em['source']} into {em['target']}" if em.get("source") != em.get("target") else ""
             print(
-                f"spliced into the model ({em['tokens']:,} held-out tokens): LM loss {em['clean']:.3f} -> "
+                f"spliced into the model{where} ({em['tokens']:,} held-out tokens): LM loss {em['clean']:.3f} -> "
                 f"{em['spliced']:.3f} (+{em['increase']:.3f}; zero-ablation {em['zero_ablation']:.3f}, "
                 f"{em['recovered']:.1%} recovered)"
             )

@@ -1,4 +1,5 @@
-"""What the adapters share: importing a peer package on demand, and the width check."""
+"""What the adapters share: importing a peer package on demand, the width check, and the
+refusal of a source/target pair by trainers that train single-hook SAEs only."""
 
 from __future__ import annotations
 
@@ -27,3 +28,21 @@ def check_width(store: Store, hook: str, want: int, tool: str, field: str) -> in
             f"set {field}={d} or pick the hook of width {int(want)}"
         )
     return d
+
+
+def no_transcoder(tool: str, why: str, given: str) -> IntegrationError:
+    """The one-line error for a transcoder (``given``) asked of ``tool``, which trains SAEs on
+    one hook only (``why``): actstore's own trainer takes the source/target pair."""
+    return IntegrationError(
+        f"{tool} cannot train a transcoder ({why}), so it takes one hook, not {given}: train it with "
+        "`actstore train --arch transcoder --source S --target T` and export it with actstore.sae.to_saelens "
+        "or to_sparsify"
+    )
+
+
+def one_hook(hook, tool: str, why: str):
+    """``hook`` itself; a source/target pair (a list or tuple of hooks) is the one-line
+    :func:`no_transcoder` error."""
+    if isinstance(hook, (list, tuple)):
+        raise no_transcoder(tool, why, f"a source/target pair {list(hook)!r}")
+    return hook

@@ -17,6 +17,10 @@ default, ``normalize`` as the loader's, resumable with ``state_dict``/``load_sta
 :func:`train_dictionary` checks every trainer config's ``activation_dim`` against the
 store's width (a one-line IntegrationError) and runs ``trainSAE`` on the buffer's device.
 
+dictionary_learning has no transcoders (its dictionaries reconstruct their own input), so a
+source/target pair of hooks is a one-line IntegrationError pointing at ``actstore train --arch
+transcoder``.
+
 dictionary-learning 0.1.0 pins ``nnsight<0.4`` for its own buffer; install it with
 ``pip install --no-deps dictionary-learning`` beside a current nnsight (its trainers do not
 use nnsight).
@@ -29,7 +33,7 @@ import torch
 from ..errors import IntegrationError
 from ..loader.loader import ActivationLoader
 from ..store.reader import Store
-from ._common import check_width, require
+from ._common import check_width, one_hook, require
 
 
 class DictionaryLearningBuffer:
@@ -50,7 +54,7 @@ class DictionaryLearningBuffer:
         buffer_rows: int = 65536,
         threads: int | None = None,
     ):
-        self.hook = hook
+        self.hook = one_hook(hook, "dictionary_learning", "it has no transcoders")
         self.loader = ActivationLoader(
             store,
             hook,

@@ -34,6 +34,12 @@ normalization and the resume:
   the store (as :class:`actstore.ActivationLoader` takes them), so one store serves a training
   run and an evaluation over the complementary range; a resume keeps the same selection.
 - A store hook whose width differs from the config's ``d_in`` is a one-line IntegrationError.
+- **Transcoders**: SAELens removed its transcoder training in v6.5.0 (its ``Transcoder``
+  classes load and run, they do not train), so a source/target pair of hooks, or a SAELens
+  transcoder config (one with ``d_out``), is a one-line IntegrationError pointing at
+  ``actstore train --arch transcoder`` and ``actstore.sae.to_saelens``. Matryoshka SAEs train
+  here like any SAELens training architecture (``MatryoshkaBatchTopKTrainingSAEConfig``);
+  ``actstore.sae.from_saelens`` reads the saved result back as a ``MatryoshkaBatchTopKSAE``.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ import torch
 from ..errors import IntegrationError
 from ..loader.loader import ActivationLoader
 from ..store.reader import Store
-from ._common import check_width, require
+from ._common import check_width, no_transcoder, one_hook, require
 
 LOADER_STATE = "actstore_loader.json"
+# Why a transcoder cannot go through SAELens' trainer (the one-line refusals say it).
+NO_TRANSCODERS = "SAELens removed its transcoder training in v6.5.0"
 
 
 class SAELensDataProvider:
@@ -83,7 +91,7 @@ class SAELensDataProvider:
             raise IntegrationError(
                 f"normalize={normalize!r}: SAELens folds a scalar scale into its SAEs; use 'mean_norm' or None"
             )
-        self.hook = hook
+        self.hook = one_hook(hook, "SAELens", NO_TRANSCODERS)
         self.loader = ActivationLoader(
             store,
             hook,
@@ -175,6 +183,9 @@ def make_saelens_trainer(
     checkpoint when ``resume``; returns ``(trainer, provider)``. :func:`train_saelens` runs it.
     ``rows`` / ``docs``: train on only those rows of the store (see :class:`SAELensDataProvider`)."""
     sae_lens = require("sae_lens", "sae-lens")
+    one_hook(hook, "SAELens", NO_TRANSCODERS)
+    if getattr(sae_cfg, "d_out", None) is not None:  # SAELens' TranscoderConfig family: inference only
+        raise no_transcoder("SAELens", NO_TRANSCODERS, f"a {type(sae_cfg).__name__} (d_out={sae_cfg.d_out})")
     if trainer_cfg.lr_end is None:  # SAELens' runner config fills it in (lr / 10); its trainer asserts it
         trainer_cfg = dataclasses.replace(trainer_cfg, lr_end=trainer_cfg.lr / 10)
     if normalize is not None and getattr(sae_cfg, "normalize_activations", "none") != "none":

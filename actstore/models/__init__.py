@@ -5,7 +5,8 @@ What capture, analysis, ablation, steering and the logit lens share; none of it 
 module gives), ``recorder`` (:class:`HookRecorder`: record at sites, stop the forward
 early), ``intervention`` (:class:`Intervention`: add to or replace an activation at chosen
 positions), ``loading`` (:func:`prepare_model`: HF folder, ``python:`` factory, TransformerLens
-or any ``nn.Module`` -> how to call it).
+or any ``nn.Module`` -> how to call it), ``norms`` (:func:`~actstore.models.norms.detect_norms`:
+whether each hook is a normalization's output or input, found in one forward).
 """
 
 from .hooks import HookPoint, HookSite, first_tensor, replace_first_tensor, resolve_hooks

@@ -16,9 +16,11 @@ What differs per arch lives on the class, so the trainer and the file formats as
 instead of branching on its name: ``uses_auxk`` (the loss takes ``dead_mask``),
 ``renorm_decoder`` (unit-norm decoder rows after each step), ``sync_state(dist)`` (state
 that training moves outside the gradients, averaged over ranks), and the SAELens /
-sparsify conversions (``saelens_arch``, ``saelens_reads``, ``saelens_state()``,
-``saelens_config()``, ``config_from_saelens()``, ``state_from_saelens()``,
-``sparsify_state()``). ``actstore.sae.registry`` maps arch names to the classes.
+sparsify conversions (``saelens_arch``, ``saelens_reads``, ``saelens_trained_as``,
+``saelens_state()``, ``saelens_config()``, ``saelens_metadata()``, ``saelens_holds()``,
+``config_from_saelens()``, ``saelens_config_keys()``, ``state_from_saelens()``;
+``sparsify_reads``, ``sparsify_state()``, ``state_from_sparsify()``; ``new_config()``).
+``actstore.sae.registry`` maps arch names to the classes.
 
 Reconstruction losses are float32 whatever the parameter dtype.
 """
@@ -35,8 +37,19 @@ from ..errors import SAEError
 from ..ops import csr_decode
 from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
 from ..ops.csr_decode import decode_choice
-from .config import SAEConfig
+from .config import TRANSCODER_ARCHS, SAEConfig
 from .latents import Latents
+
+
+def saelens_field(doc: dict, name: str):
+    """``name`` from SAELens' ``cfg.json`` ``doc``: its own key (a training save), else the
+    ``metadata.training_architecture_details`` that SAELens writes beside an inference save
+    of another form (a BatchTopK or Matryoshka SAE saved as JumpReLU keeps its ``k`` and
+    ``matryoshka_widths`` there); None when neither holds it."""
+    if doc.get(name) is not None:
+        return doc[name]
+    details = (doc.get("metadata") or {}).get("training_architecture_details") or {}
+    return details.get(name)
 
 
 def _shifted(bias: torch.Tensor, shift: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -55,9 +68,16 @@ class SparseAutoencoder(nn.Module):
     # Decoder rows are kept at unit norm (when ``cfg.normalize_decoder``): right for archs
     # whose penalty ignores decoder norms; relu and gated weight their L1 by them instead.
     unit_norm_decoder = False
-    # SAELens' ``architecture`` this arch is written as, and the one it is read from.
+    # SAELens' ``architecture`` this arch is written as, and the one it is read from ("": none).
     saelens_arch = ""
     saelens_reads = ""
+    # For an arch SAELens stores in another's form (BatchTopK and Matryoshka as JumpReLU): the
+    # ``metadata.training_architecture`` its export records, by which a file of that form
+    # (``saelens_arch``) imports as this class again when :meth:`saelens_holds` it.
+    saelens_trained_as = ""
+    # sparsify's ``(transcode, skip_connection)`` of the checkpoints this class reads and writes
+    # (None: sparsify cannot hold it).
+    sparsify_reads: tuple[bool, bool] | None = None
 
     def __init__(self, cfg: SAEConfig, *, device=None, dtype=None, seed: int = 0):
         super().__init__()
@@ -152,41 +172,84 @@ class SparseAutoencoder(nn.Module):
 
     # -- SAELens and sparsify layouts (called by actstore.sae.io on a folded CPU copy) -------
 
+    @classmethod
+    def new_config(cls, d: int, m: int, d_out: int | None = None, **kw) -> SAEConfig:
+        """A config of this class (its arch, and a transcoder's activation) for ``d`` inputs,
+        ``m`` latents and ``d_out`` outputs (an SAE's ``d_out`` is its ``d``); ``kw``: the
+        other :class:`SAEConfig` fields. The importers build their configs with it."""
+        if cls.arch in TRANSCODER_ARCHS:
+            return SAEConfig(cls.arch, d, m, activation=cls.act, d_out=d_out or d, **kw)
+        return SAEConfig(cls.arch, d, m, d_out=None if d_out == d else d_out, **kw)
+
     def saelens_state(self) -> dict[str, torch.Tensor]:
-        """The weights in SAELens' layout: ``W_enc [d, m]`` (transposed), ``W_dec [m, d]``,
-        ``b_dec [d]``, ``b_enc [m]`` and the arch's own."""
-        return {
+        """The weights in SAELens' layout: ``W_enc [d, m]`` (transposed), ``W_dec [m, d_out]``,
+        ``b_dec [d_out]``, ``b_enc [m]``, a skip transcoder's ``W_skip [d_out, d]`` and the
+        arch's own."""
+        st = {
             "W_enc": self.W_enc.detach().t().contiguous(),
             "W_dec": self.W_dec.detach().contiguous(),
             "b_dec": self.b_dec.detach().contiguous(),
             "b_enc": self.b_enc.detach().contiguous(),
         }
+        if self.W_skip is not None:
+            st["W_skip"] = self.W_skip.detach().contiguous()
+        return st
 
     def saelens_config(self) -> dict:
         """The arch's own keys of SAELens' ``cfg.json`` (beyond sizes, dtype and architecture)."""
         return {}
 
+    def saelens_metadata(self) -> dict:
+        """The arch's own keys of SAELens' ``cfg.json`` ``metadata`` (beyond the hook names)."""
+        return {}
+
+    @classmethod
+    def saelens_holds(cls, doc: dict, st: dict) -> bool:
+        """Whether SAELens' ``doc`` and tensors ``st`` hold an SAE of this class exactly (asked
+        of the class a ``saelens_trained_as`` record names; when not, the file's own
+        architecture reads it)."""
+        return True
+
+    @classmethod
+    def saelens_config_keys(cls, doc: dict, st: dict) -> dict:
+        """The :class:`SAEConfig` fields (beyond ``d``, ``m`` and dtype) read from SAELens'
+        ``cfg.json`` ``doc`` and tensors ``st``: a transcoder's ``d_out``, ``k``, and the arch's own."""
+        k, d_out = doc.get("k"), doc.get("d_out")
+        return {"k": int(k) if k else None, "d_out": int(d_out) if d_out else None}
+
     @classmethod
     def config_from_saelens(cls, doc: dict, st: dict, d: int, m: int, dtype: str) -> SAEConfig:
         """The config of an SAE read from SAELens' ``cfg.json`` ``doc`` and tensors ``st``."""
-        k = doc.get("k")
-        return SAEConfig(cls.arch, d, m, k=int(k) if k else None, dtype=dtype)
+        return cls.new_config(d, m, dtype=dtype, **cls.saelens_config_keys(doc, st))
 
     def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
         """This module's state dict from SAELens' tensors ``st``. ``shift`` (``[m]`` float32,
         ``W_enc @ b_dec``) is given when SAELens did not subtract ``b_dec`` from the input:
         the encoder biases take it, so our pre-activation ``(x - b_dec) W + b`` matches theirs."""
         dtype = st["W_dec"].dtype
-        return {
+        state = {
             "W_enc": st["W_enc"].t(),
             "W_dec": st["W_dec"],
             "b_dec": st["b_dec"],
             "b_enc": _shifted(st["b_enc"], shift, dtype),
         }
+        if self.W_skip is not None:
+            if "W_skip" not in st:
+                raise SAEError(f"{source}: a {self.arch} needs W_skip [d_out, d], which the file lacks")
+            state["W_skip"] = st["W_skip"]
+        return state
 
     def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """``(tensors, cfg.json)`` of a sparsify checkpoint; sparsify holds TopK SAEs only."""
-        raise SAEError(f"sparsify holds TopK SAEs only, not {self.arch!r}: export it with to_saelens instead")
+        """``(tensors, cfg.json)`` of a sparsify checkpoint; sparsify holds TopK SAEs and TopK
+        (skip) transcoders only."""
+        raise SAEError(
+            f"sparsify holds TopK SAEs and TopK transcoders only, not {self.arch!r} ({self.act}): "
+            "export it with to_saelens instead"
+        )
+
+    def state_from_sparsify(self, st: dict) -> dict:
+        """This module's state dict from a sparsify checkpoint's tensors ``st``."""
+        raise SAEError(f"sparsify checkpoints hold TopK SAEs and transcoders only, not {self.arch!r}")
 
     def decode(self, latents: Latents) -> torch.Tensor:
         """``[n, d]`` float32. The candidate (sparse kernel, embedding bag, or one dense GEMM
@@ -266,6 +329,18 @@ class SparseAutoencoder(nn.Module):
         self.dense_rows += dense_fallback_rows(counts, self.cand_k, m)
         c = adapt_cand_k(counts, m)
         self.cand_k = c if may_go_dense else min(c, DENSE_CAND_K, m)
+
+    def encoder_state(self) -> dict:
+        """What the threshold encoders carry from batch to batch outside the weights
+        (``cand_k`` and the counts since the metrics last read them), for checkpoints: a
+        resumed run then logs what an uninterrupted one does. The code itself does not
+        depend on it (every candidate count gives the same latents)."""
+        return {"cand_k": self.cand_k, "encode_rows": self.encode_rows, "dense_rows": self.dense_rows}
+
+    def load_encoder_state(self, state: dict) -> None:
+        self.cand_k, self.encode_rows, self.dense_rows = (
+            int(state[k]) for k in ("cand_k", "encode_rows", "dense_rows")
+        )
 
     def take_encode_counts(self) -> dict:
         """``{"encode_rows", "dense_rows"}`` since the last call (then reset): how many rows the

@@ -5,19 +5,29 @@
   normalization into the weights first, so a saved SAE takes raw activations.
 - SAELens (``cfg.json`` + ``sae_weights.safetensors``): ``W_enc`` is ``[d, m]`` there.
   topk -> ``topk``; relu -> ``standard``; jumprelu -> ``jumprelu``; gated -> ``gated``;
-  batchtopk -> ``jumprelu`` with its inference threshold on every latent (what SAELens does
-  with its own BatchTopK SAEs at inference). Imports read those and SAELens' ``batchtopk``
-  training saves.
+  batchtopk and matryoshka_batchtopk -> ``jumprelu`` with the inference threshold on every
+  latent (what SAELens does with its own at inference), with SAELens' record of what was
+  trained (``metadata.training_architecture``, ``training_architecture_details``: ``k``,
+  ``matryoshka_widths``), by which the import reads them back as the class they were.
+  Transcoders: jumprelu -> ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder``, batchtopk
+  -> the same with its threshold, topk -> none (SAELens has none); ``d_out``,
+  ``apply_b_dec_to_input`` false, ``metadata.hook_name`` the source and ``hook_name_out``
+  the target. Imports read those, SAELens' ``batchtopk`` and ``matryoshka_batchtopk``
+  training saves (``rescale_acts_by_decoder_norm`` folded into the weights) and its
+  inference saves of them. Every export folds the normalization (``scale``, ``scale_out``).
 - sparsify (``cfg.json`` + ``sae.safetensors``, keys ``encoder.weight [m, d]``,
-  ``encoder.bias``, ``W_dec``, ``b_dec``): TopK SAEs import and export.
+  ``encoder.bias``, ``W_dec``, ``b_dec``, ``W_skip``): TopK SAEs and TopK (skip)
+  transcoders (``transcode``, ``skip_connection``; ``d_out == d`` there) import and export.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from importlib import metadata as _dist_metadata
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -25,7 +35,7 @@ from ..errors import SAEError, SAEFileError
 from ..store.storage import open_storage
 from .base import SparseAutoencoder
 from .config import SAEConfig
-from .registry import SAELENS_READS, build, sae_class
+from .registry import SAELENS_READS, SAELENS_TRAINED_AS, SPARSIFY_READS, build
 from .topk import TopKSAE
 
 
@@ -43,9 +53,10 @@ def write_safetensors(folder: Path, name: str, tensors: dict) -> None:
 
 def save(sae: SparseAutoencoder, path, *, fold_scale: bool = True) -> Path:
     """Write ``path/config.json`` and ``path/sae.safetensors``; with ``fold_scale`` a copy
-    with the normalization folded in is written (``sae`` itself is left as it is)."""
+    with the normalization (``scale``, a transcoder's ``scale_out``) folded in is written
+    (``sae`` itself is left as it is)."""
     path = Path(path)
-    if fold_scale and sae.cfg.scale != 1.0:
+    if fold_scale and (sae.cfg.scale != 1.0 or sae.cfg.scale_out != 1.0):
         sae = copy.deepcopy(sae)
         sae.fold_scale()
     write_safetensors(path, "sae.safetensors", sae.state_dict())
@@ -100,36 +111,78 @@ def load(path, *, device=None) -> SparseAutoencoder:
 # -- SAELens ---------------------------------------------------------------------------------
 
 
+def _saelens_version() -> str:
+    """The SAELens version whose format :func:`to_saelens` writes, for ``metadata.sae_lens_version``:
+    the installed one, else 6.0.0 (the format's first). SAELens reads a file without it as a
+    pre-6.0 config and rebuilds ``metadata`` from top-level keys, dropping what is written there."""
+    try:
+        return _dist_metadata.version("sae-lens")
+    except _dist_metadata.PackageNotFoundError:
+        return "6.0.0"
+
+
 def to_saelens(sae: SparseAutoencoder, path) -> Path:
-    """Write SAELens' on-disk format (``SAE.load_from_disk(path)`` reads it)."""
+    """Write SAELens' on-disk format (``SAE.load_from_disk(path)`` reads it), with the
+    normalization folded in; an arch SAELens cannot hold is a one-line SAEError."""
     path = Path(path)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()
     c = sae.cfg
+    state = sae.saelens_state()  # raises for what SAELens cannot hold, before anything is written
+    names = {"hook_name": c.hook, "hook_name_out": c.target if c.is_transcoder else None}
     doc = {
         "d_in": c.d,
         "d_sae": c.m,
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        # What our encoder subtracts: b_dec for an SAE, nothing for a transcoder (SAELens forbids it there).
+        "apply_b_dec_to_input": sae.pre_bias is not None,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "architecture": sae.saelens_arch,
-        "metadata": {"hook_name": c.hook} if c.hook else {},
+        "metadata": {
+            "sae_lens_version": _saelens_version(),
+            **{k: v for k, v in names.items() if v},
+            **sae.saelens_metadata(),
+        },
         **sae.saelens_config(),
     }
-    write_safetensors(path, "sae_weights.safetensors", sae.saelens_state())
+    write_safetensors(path, "sae_weights.safetensors", state)
     write_file(path, "cfg.json", json.dumps(doc))
     return path
 
 
+def _fold_decoder_norms(st: dict) -> dict:
+    """SAELens' ``rescale_acts_by_decoder_norm`` (TopK family: the pre-activations are
+    multiplied by the decoder row norms ``n`` before the top-k, and the code divided by them
+    before the decode) folded into the weights: ``W_enc *= n``, ``b_enc *= n``, ``W_dec /= n``
+    give the same code and reconstruction without it (SAELens' own ``fold_W_dec_norm``)."""
+    W_dec = st["W_dec"].float()
+    n = W_dec.norm(dim=1)
+    safe = torch.where(n > 0, n, torch.ones_like(n))  # a zero row stays zero (and never fires)
+    dtype = st["W_dec"].dtype
+    return {
+        **st,
+        "W_enc": (st["W_enc"].float() * n[None, :]).to(dtype),
+        "b_enc": (st["b_enc"].float() * n).to(dtype),
+        "W_dec": (W_dec / safe[:, None]).to(dtype),
+    }
+
+
 def from_saelens(path, *, device=None) -> SparseAutoencoder:
-    """Load an SAE saved by SAELens (``save_model``) or written by :func:`to_saelens`."""
+    """Load an SAE or transcoder saved by SAELens (``save_model`` / ``save_inference_model``)
+    or written by :func:`to_saelens`, in eval mode (a BatchTopK SAE then encodes with its
+    inference threshold, as SAELens' JumpReLU form does)."""
     path = Path(path)
     doc = _read_json(path / "cfg.json", "SAELens SAE")
     st = _load_weights(path / "sae_weights.safetensors", "SAELens SAE")
+    md = doc.get("metadata") or {}
     arch_in = doc.get("architecture", "standard")
-    cls = SAELENS_READS.get(arch_in)
+    # A file in another arch's form (BatchTopK / Matryoshka saved as JumpReLU) that records
+    # what was trained reads back as that class, when the file holds it exactly.
+    cls = SAELENS_TRAINED_AS.get((arch_in, md.get("training_architecture")))
+    if cls is None or not cls.saelens_holds(doc, st):
+        cls = SAELENS_READS.get(arch_in)
     if cls is None:
         raise SAEError(
             f"{path}: SAELens architecture {arch_in!r} has no actstore counterpart "
@@ -140,17 +193,27 @@ def from_saelens(path, *, device=None) -> SparseAutoencoder:
             f"{path}: normalize_activations={doc['normalize_activations']!r} is not supported; "
             "export the SAE with its normalization folded in"
         )
-    if doc.get("rescale_acts_by_decoder_norm") or doc.get("reshape_activations", "none") != "none":
-        raise SAEError(f"{path}: rescale_acts_by_decoder_norm / reshape_activations are not supported")
+    if doc.get("reshape_activations", "none") != "none":
+        raise SAEError(f"{path}: reshape_activations={doc['reshape_activations']!r} is not supported")
+    if doc.get("rescale_acts_by_decoder_norm"):
+        st = _fold_decoder_norms(st)
     d, m = int(doc["d_in"]), int(doc["d_sae"])
     cfg = cls.config_from_saelens(doc, st, d, m, str(st["W_dec"].dtype).removeprefix("torch."))
-    cfg.hook = (doc.get("metadata") or {}).get("hook_name")
+    cfg.hook = md.get("hook_name")
+    cfg.target = md.get("hook_name_out") if cfg.is_transcoder else None
     sae = build(cfg)
-    # Their pre-activation is x W + b without apply_b_dec_to_input; ours subtracts b_dec
-    # first, so W b_dec folds into the encoder biases.
-    shift = None if doc.get("apply_b_dec_to_input", True) else st["W_enc"].t().float() @ st["b_dec"].float()
+    # Their pre-activation is x W + b without apply_b_dec_to_input; where ours subtracts b_dec
+    # first (an SAE), W b_dec folds into the encoder biases. A transcoder subtracts nothing.
+    theirs, ours = bool(doc.get("apply_b_dec_to_input", True)), sae.pre_bias is not None
+    if theirs and not ours:
+        raise SAEError(
+            f"{path}: apply_b_dec_to_input is true, but a {sae.arch}'s b_dec is in its target's space "
+            "(SAELens forbids it for transcoders): the file is damaged"
+        )
+    shift = st["W_enc"].t().float() @ st["b_dec"].float() if ours and not theirs else None
     state = sae.state_from_saelens(st, path, shift)
     sae = _assign(sae, {k_: v.contiguous() for k_, v in state.items()}, path)
+    sae.eval()
     return sae.to(device) if device is not None else sae
 
 
@@ -158,34 +221,37 @@ def from_saelens(path, *, device=None) -> SparseAutoencoder:
 
 
 def from_sparsify(path, *, device=None) -> TopKSAE:
-    """Load a sparsify TopK checkpoint (``SparseCoder.save_to_disk``)."""
+    """Load a sparsify TopK checkpoint (``SparseCoder.save_to_disk``): an SAE, or with
+    ``transcode`` a TopK transcoder (a skip transcoder with ``skip_connection``)."""
     path = Path(path)
     doc = _read_json(path / "cfg.json", "sparsify checkpoint")
     st = _load_weights(path / "sae.safetensors", "sparsify checkpoint")
     if doc.get("activation", "topk") != "topk":
         raise SAEError(f"{path}: sparsify activation {doc['activation']!r} is not supported (only topk)")
-    if doc.get("transcode") or doc.get("skip_connection"):
-        raise SAEError(f"{path}: sparsify transcoders / skip connections are not supported")
+    cls = SPARSIFY_READS.get((bool(doc.get("transcode")), bool(doc.get("skip_connection"))))
+    if cls is None:
+        raise SAEError(f"{path}: sparsify's skip connection without transcode (an SAE with W_skip) is not supported")
     W = st["encoder.weight"]
     m, d = W.shape
     if int(doc.get("d_in", d)) != d:
         raise SAEError(f"{path}: d_in={doc['d_in']} but encoder.weight is {tuple(W.shape)}")
-    cfg = SAEConfig(
-        "topk",
+    cfg = cls.new_config(
         d,
         m,
+        d_out=int(st["W_dec"].shape[-1]),
         k=int(doc["k"]),
         normalize_decoder=bool(doc.get("normalize_decoder", True)),
         dtype=str(W.dtype).removeprefix("torch."),
     )
-    sae = sae_class("topk")(cfg)
-    state = {"W_enc": W, "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
+    sae = build(cfg)
+    state = sae.state_from_sparsify(st)
     sae = _assign(sae, {k_: v.contiguous() for k_, v in state.items()}, path)
     return sae.to(device) if device is not None else sae
 
 
 def to_sparsify(sae: TopKSAE, path) -> Path:
-    """Write a TopK SAE as a sparsify checkpoint (``SparseCoder.load_from_disk`` reads it)."""
+    """Write a TopK SAE or TopK (skip) transcoder with ``d_out == d`` as a sparsify checkpoint
+    (``SparseCoder.load_from_disk`` reads it), with the normalization folded in."""
     path = Path(path)
     sae = copy.deepcopy(sae).cpu()
     sae.fold_scale()

@@ -22,7 +22,11 @@ The default is dictionary_learning's because its aux term keeps the same weight 
 reconstruction whatever the number of levels (SAELens' sum grows with G^2 while its aux
 does not), and because it is the reference SAELens synced its Matryoshka with (#571).
 Training moves the BatchTopK inference threshold as :class:`~actstore.sae.topk.BatchTopKSAE`
-does; exports are that class's (SAELens stores Matryoshka SAEs as JumpReLU).
+does; exports are that class's (SAELens stores Matryoshka SAEs as JumpReLU), with SAELens' own
+record of what was trained (``metadata.training_architecture`` ``matryoshka_batchtopk``, and
+``k``, ``matryoshka_widths`` and ``matryoshka_loss`` in ``training_architecture_details``), so
+``from_saelens`` reads the export back as this class with the same widths. SAELens'
+``matryoshka_batchtopk`` training saves import too (``matryoshka_loss`` ``sum``: theirs).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import csr_decode, sparse_decode
+from .base import saelens_field
 from .latents import Latents
 from .topk import BatchTopKSAE
 
@@ -51,7 +56,27 @@ def split_levels(lat: Latents, widths: list[int]) -> list[Latents]:
 
 class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     arch = act = "matryoshka_batchtopk"
-    saelens_reads = "matryoshka_batchtopk"  # SAELens writes them as jumprelu (the inherited export)
+    # SAELens writes them as jumprelu (the inherited export), recording this training architecture.
+    saelens_reads = saelens_trained_as = "matryoshka_batchtopk"
+
+    def saelens_metadata(self) -> dict:
+        md = super().saelens_metadata()
+        details = md["training_architecture_details"]
+        details.update(matryoshka_widths=list(self.cfg.widths), matryoshka_loss=self.cfg.matryoshka_loss)
+        return md
+
+    @classmethod
+    def saelens_holds(cls, doc: dict, st: dict) -> bool:
+        return saelens_field(doc, "matryoshka_widths") is not None and super().saelens_holds(doc, st)
+
+    @classmethod
+    def saelens_config_keys(cls, doc: dict, st: dict) -> dict:
+        # matryoshka_loss is actstore's key: a file SAELens trained gets its sum over levels.
+        return {
+            **super().saelens_config_keys(doc, st),
+            "widths": saelens_field(doc, "matryoshka_widths"),
+            "matryoshka_loss": saelens_field(doc, "matryoshka_loss") or "sum",
+        }
 
     def level_outputs(self, lat: Latents) -> list[torch.Tensor]:
         """``[x_hat_1, ..., x_hat_G]``: each level's reconstruction ``[n, d]`` float32."""

@@ -2,8 +2,14 @@
 
 Every lookup by name goes through here: :func:`build` (a new SAE from an
 :class:`~actstore.sae.config.SAEConfig`), ``load`` and the SAELens / sparsify importers in
-``actstore.sae.io``. ``SAELENS_READS`` maps SAELens' ``architecture`` names to the class
-that reads them (each class's ``saelens_reads``).
+``actstore.sae.io``, from each class's own attributes:
+
+- ``SAELENS_READS``: SAELens' ``architecture`` -> the class that reads it (``saelens_reads``);
+- ``SAELENS_TRAINED_AS``: ``(architecture, metadata.training_architecture)`` -> the class
+  whose export that pair is (``saelens_arch``, ``saelens_trained_as``: BatchTopK and
+  Matryoshka SAEs and BatchTopK transcoders, stored in the JumpReLU form), which reads such a
+  file back when it :meth:`~actstore.sae.base.SparseAutoencoder.saelens_holds` it;
+- ``SPARSIFY_READS``: sparsify's ``(transcode, skip_connection)`` -> the class (``sparsify_reads``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,26 @@ if set(CLASSES) | {a for a, _ in TRANSCODERS} != set(ARCHS) or set(TRANSCODERS) 
 }:
     raise ImportError(f"actstore.sae: arch classes {sorted(CLASSES)} do not match config.ARCHS {sorted(ARCHS)}")
 
-SAELENS_READS: dict[str, type[SparseAutoencoder]] = {c.saelens_reads: c for c in CLASSES.values()}
+
+def _index(key) -> dict:
+    """``{key(c): c}`` over every class whose key is not None; a key two classes share is a
+    programming error, caught at import."""
+    out: dict = {}
+    for c in (*CLASSES.values(), *TRANSCODERS.values()):
+        k = key(c)
+        if k is None:
+            continue
+        if k in out:
+            raise ImportError(f"actstore.sae: {out[k].__name__} and {c.__name__} both claim {k!r}")
+        out[k] = c
+    return out
+
+
+SAELENS_READS: dict[str, type[SparseAutoencoder]] = _index(lambda c: c.saelens_reads or None)
+SAELENS_TRAINED_AS: dict[tuple[str, str], type[SparseAutoencoder]] = _index(
+    lambda c: (c.saelens_arch, c.saelens_trained_as) if c.saelens_trained_as else None
+)
+SPARSIFY_READS: dict[tuple[bool, bool], type[SparseAutoencoder]] = _index(lambda c: c.sparsify_reads)
 
 
 def sae_class(arch: str, activation: str | None = None) -> type[SparseAutoencoder]:

@@ -14,8 +14,7 @@ import torch
 
 from ..errors import SAEError
 from ..ops import batch_topk_encode, sparse_decode, topk_encode
-from .base import SparseAutoencoder
-from .config import SAEConfig
+from .base import SparseAutoencoder, saelens_field
 from .latents import Latents
 
 
@@ -39,18 +38,28 @@ class _TopKLoss:
 class TopKSAE(_TopKLoss, SparseAutoencoder):
     arch = act = "topk"
     saelens_arch = saelens_reads = "topk"
+    sparsify_reads = (False, False)  # sparsify's (transcode, skip_connection)
 
     def saelens_config(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def sparsify_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         c = self.cfg
+        if c.d_target != c.d:
+            raise SAEError(
+                f"sparsify's transcoders write as many values as they read (d_in); this {self.arch} reads "
+                f"d={c.d} and writes d_out={c.d_target}, so it has no sparsify form (nor a SAELens one: "
+                "SAELens has no TopK transcoder; train with --activation batchtopk or jumprelu for to_saelens)"
+            )
         st = {
             "encoder.weight": self.W_enc.detach().contiguous(),
             "encoder.bias": self.b_enc.detach().contiguous(),
             "W_dec": self.W_dec.detach().contiguous(),
             "b_dec": self.b_dec.detach().contiguous(),
         }
+        if self.W_skip is not None:
+            st["W_skip"] = self.W_skip.detach().contiguous()
+        transcode, skip = self.sparsify_reads
         doc = {
             "activation": "topk",
             "expansion_factor": max(1, c.m // c.d),
@@ -58,11 +67,17 @@ class TopKSAE(_TopKLoss, SparseAutoencoder):
             "num_latents": c.m,
             "k": c.k,
             "multi_topk": False,
-            "skip_connection": False,
-            "transcode": False,
+            "skip_connection": skip,
+            "transcode": transcode,
             "d_in": c.d,
         }
         return st, doc
+
+    def state_from_sparsify(self, st: dict) -> dict:
+        state = {"W_enc": st["encoder.weight"], "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
+        if self.W_skip is not None:
+            state["W_skip"] = st["W_skip"]
+        return state
 
     def encode(self, x: torch.Tensor, dense: bool = False):
         v, i = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, self.pre_bias)
@@ -100,8 +115,9 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
 
     arch = act = "batchtopk"
     # SAELens runs its BatchTopK SAEs at inference as JumpReLU with one theta on every
-    # latent: that is the export; its BatchTopK training saves import.
-    saelens_arch, saelens_reads = "jumprelu", "batchtopk"
+    # latent: that is the export (recording training_architecture "batchtopk", as SAELens'
+    # own inference saves do, so it reads back as this class); its BatchTopK training saves import.
+    saelens_arch, saelens_reads, saelens_trained_as = "jumprelu", "batchtopk", "batchtopk"
 
     def _init_arch_params(self, kw) -> None:
         super()._init_arch_params(kw)
@@ -128,12 +144,35 @@ class BatchTopKSAE(_TopKLoss, SparseAutoencoder):
             )
         return {**super().saelens_state(), "threshold": torch.full((self.cfg.m,), t, dtype=self.W_enc.dtype)}
 
+    def saelens_metadata(self) -> dict:
+        # SAELens' own record for a BatchTopK SAE it saves as JumpReLU: from_saelens reads the
+        # file back as this class (k and the threshold), not as a JumpReLU SAE.
+        return {"training_architecture": self.saelens_trained_as, "training_architecture_details": {"k": self.cfg.k}}
+
     @classmethod
-    def config_from_saelens(cls, doc: dict, st: dict, d: int, m: int, dtype: str) -> SAEConfig:
+    def saelens_holds(cls, doc: dict, st: dict) -> bool:
+        """A whole ``k``, and either SAELens' training threshold or one JumpReLU threshold
+        (at least 0) on every latent."""
+        k = saelens_field(doc, "k")
+        if k is None or not float(k).is_integer() or float(k) < 1:
+            return False
+        if "topk_threshold" in st:
+            return True
+        t = st.get("threshold")
+        return t is not None and t.numel() > 0 and bool((t == t.flatten()[0]).all()) and float(t.flatten()[0]) >= 0
+
+    @classmethod
+    def saelens_config_keys(cls, doc: dict, st: dict) -> dict:
+        # A training save holds topk_threshold (a scalar); the JumpReLU form, one threshold per latent.
         thr = st.get("topk_threshold")
-        return SAEConfig(
-            cls.arch, d, m, k=int(doc.get("k")), threshold=None if thr is None else float(thr), dtype=dtype
-        )
+        if thr is None and st.get("threshold") is not None:
+            thr = st["threshold"].flatten()[0]
+        k = saelens_field(doc, "k")
+        return {
+            **super().saelens_config_keys(doc, st),
+            "k": int(k) if k is not None else None,
+            "threshold": None if thr is None else float(thr),
+        }
 
     def state_from_saelens(self, st: dict, source, shift: torch.Tensor | None = None) -> dict:
         t = self.cfg.threshold

@@ -16,8 +16,10 @@ Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; To
 BatchTopK train the dead ones with AuxK.
 
 Metrics every ``log_every`` steps, on a tqdm bar and as JSON lines in ``OUT/log.jsonl``:
-step, tokens, loss, fvu, l0, dead_frac, lr, tokens_per_s, and for the threshold archs
-dense_rows_frac (rows their encoder recomputed densely).
+step, tokens, loss, fvu (of the target), l0, dead_frac, lr, tokens_per_s, for the
+threshold archs dense_rows_frac (rows their encoder recomputed densely), and for
+Matryoshka SAEs level_fvu (each nested prefix's FVU, innermost first; the held-out
+evaluation reports it too).
 
 The loop is three parts: :func:`_resume_or_init` (the SAE, AdamW and the counters, from
 the newest checkpoint or fresh), :func:`_step` (one optimizer step on one batch) and
@@ -27,7 +29,8 @@ branched on its name.
 
 Checkpoints (``OUT/ckpt-<step>/``, the newest named by ``OUT/latest.json``, which is
 replaced atomically once the folder is complete): the SAE (unfolded), AdamW's state
-(safetensors + JSON: no pickles), the trainer counters and each rank's loader state. A
+(safetensors + JSON: no pickles), the trainer counters, and each rank's loader state and
+threshold-encoder state (its candidate count and the counts behind ``dense_rows_frac``). A
 run started again with the same ``OUT`` continues from the newest checkpoint and gives
 the same weights, bit for bit, as a run that was never stopped. At the end ``OUT/sae/``
 holds the SAE with the normalization folded in (it takes raw activations) and
@@ -177,6 +180,9 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
         step, tokens = counters["step"], counters["tokens"]
         since_fired = load_file(str(ck / "trainer.safetensors"))["tokens_since_fired"].to(dev)
         loader.load_state_dict(json.loads((ck / f"loader-rank{rank}.json").read_text()))
+        enc = ck / f"encoder-rank{rank}.json"  # absent in checkpoints of older versions: start afresh
+        if enc.exists():
+            sae.load_encoder_state(json.loads(enc.read_text()))
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +210,7 @@ def _write_checkpoint(out: Path, run: _Run, loader: ActivationLoader, dist, rank
     if dist is not None:
         dist.barrier()
     write_file(ck, f"loader-rank{rank}.json", json.dumps(loader.state_dict()))
+    write_file(ck, f"encoder-rank{rank}.json", json.dumps(run.sae.encoder_state()))
     if rank == 0:
         save(run.sae, ck / "sae", fold_scale=False)
         _save_optimizer(run.opt, ck)
@@ -281,11 +288,17 @@ def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, y, total: int, global_ba
 
 def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
     """The log line of this step, less ``tokens_per_s``: loss, fvu and l0 averaged over ranks."""
-    vals = torch.stack(
+    levels = res.get("level_fvu")  # Matryoshka: the FVU of each nested prefix, innermost first
+    vals = torch.cat(
         [
-            res["loss"].detach().float(),
-            res["fvu"].detach().float(),
-            torch.tensor(res["latents"].l0(), device=run.since_fired.device),
+            torch.stack(
+                [
+                    res["loss"].detach().float(),
+                    res["fvu"].detach().float(),
+                    torch.tensor(res["latents"].l0(), device=run.since_fired.device),
+                ]
+            ),
+            levels.float() if levels is not None else torch.zeros(0, device=run.since_fired.device),
         ]
     )
     if dist is not None:
@@ -297,6 +310,7 @@ def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
         "loss": float(vals[0]),
         "fvu": float(vals[1]),
         "l0": float(vals[2]),
+        **({"level_fvu": [float(v) for v in vals[3:]]} if levels is not None else {}),
         "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
         "lr": run.opt.param_groups[0]["lr"],
         **_dense_rows(run.sae),
@@ -382,15 +396,16 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: T
         x, y = _source_target(batch, cfg) if cfg is not None else (batch, None)
         y = x if y is None else y
         lat = sae.encode(x)
-        y_hat = sae.output(x, lat)
         xd = y.double()
+        # Matryoshka: every prefix's squared error; the last level is the whole reconstruction.
+        outs = sae.level_outputs(lat) if hasattr(sae, "level_outputs") else [sae.output(x, lat)]
         part = torch.cat(
             [
                 torch.stack(
                     [
-                        (y_hat.double() - xd).pow(2).sum(),
                         torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev),
                         torch.tensor(lat.l0() * lat.n, dtype=torch.float64, device=dev),
+                        *[(o.double() - xd).pow(2).sum() for o in outs],
                     ]
                 ),
                 xd.sum(0),
@@ -403,13 +418,16 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: T
         dist.all_reduce(acc)
         dist.all_reduce(fired, op=dist.ReduceOp.MAX)
     sae.train(was_training)
-    err, n, active = (float(v) for v in acc[:3])
-    d = (acc.numel() - 3) // 2
-    s1, s2 = acc[3 : 3 + d], acc[3 + d :]
-    total = float((s2 - s1.pow(2) / n).sum())
+    g = len(sae.cfg.widths) if hasattr(sae, "level_outputs") else 1
+    n, active = float(acc[0]), float(acc[1])
+    errs = [float(v) for v in acc[2 : 2 + g]]
+    d = (acc.numel() - 2 - g) // 2
+    s1, s2 = acc[2 + g : 2 + g + d], acc[2 + g + d :]
+    total = max(float((s2 - s1.pow(2) / n).sum()), 1e-12)
     return {
         "rows": int(n),
-        "fvu": err / max(total, 1e-12),
+        "fvu": errs[-1] / total,
+        **({"level_fvu": [e / total for e in errs]} if g > 1 else {}),
         "l0": active / n,
         "dead_frac": float((fired == 0).float().mean()),
     }
@@ -426,13 +444,14 @@ def _check_store_hooks(cfg: TrainConfig, store) -> None:
             rows = "" if other.rows == store.rows else f" ({other.rows} rows there, {store.rows} here)"
             raise SAEError(
                 f"source and target come from different stores{rows}: one shuffle needs both hooks in one store; "
-                "capture them in one run (--hooks SOURCE TARGET)"
+                "capture them in one run (--hooks SOURCE,TARGET)"
             )
 
 
 def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
-    """The LM loss with the saved SAE (normalization folded in) spliced in at ``cfg.hook``,
-    over the held-out rows' tokens (:mod:`actstore.sae.splice`), on rank 0."""
+    """The LM loss with the saved SAE (normalization folded in) spliced in, over the held-out
+    rows' tokens (:mod:`actstore.sae.splice`), on rank 0: an SAE at its hook; a transcoder
+    in place of the module it stands in for (``cfg.target_hook`` fed from ``cfg.source_hook``)."""
     from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
 
     if "rows" in selection:
@@ -453,10 +472,8 @@ def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dic
         windows.append(w[: cfg.eval_model_tokens - n])
         n += windows[-1].size
     windows = [w for w in windows if w.size >= 2]
-    return {
-        "model": cfg.eval_model,
-        **lm_loss_increase(cfg.eval_model, load(out / "sae"), cfg.hook, windows, device=dev),
-    }
+    sae = load(out / "sae")  # its cfg names the source and target (cfg.source_hook, cfg.target_hook)
+    return {"model": cfg.eval_model, **lm_loss_increase(cfg.eval_model, sae, windows, hook=cfg.source_hook, device=dev)}
 
 
 def _progress_bar(cfg: TrainConfig, total: int, step: int):

@@ -35,6 +35,10 @@ FLAG_PAD = 2
 FLAG_SPECIAL = 4
 FLAGS = {"bos": FLAG_BOS, "pad": FLAG_PAD, "special": FLAG_SPECIAL}
 
+# What capture records of each hook in provenance["hooks"], besides name, module and output: where
+# it sits relative to a normalization (actstore.models.norms finds it; Store.hook_norm reads it).
+NORM_FIELDS = ("norm", "norm_module", "norm_gain_folded", "norm_gain_applied")
+
 
 @dataclass(frozen=True)
 class DType:

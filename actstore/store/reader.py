@@ -20,7 +20,7 @@ import numpy as np
 from .. import _native
 from .chunks import decode_chunks
 from .errors import MissingObjectError, StoreError, UnknownHookError
-from .format import SEGMENTS, ArraySpec, Schema
+from .format import NORM_FIELDS, SEGMENTS, ArraySpec, Schema
 from .manifest import load_latest_commit
 from .segment import SegmentReader
 from .stats import RunningStats
@@ -157,6 +157,28 @@ class Store:
         store captured from unnamed data or written without capture."""
         return [dict(s) for s in ((self.schema.provenance or {}).get("sources") or [])]
 
+    def hook_norm(self, hook: str) -> dict:
+        """Where ``hook`` was taken relative to a normalization, as capture found it in a forward:
+        ``{"norm", "norm_module", "norm_gain_folded", "norm_gain_applied"}``.
+
+        ``norm``: ``"post"`` (the tensor is a norm's output, e.g. HF Llama's
+        ``model.layers.15.mlp:input``, or TransformerLens' ``blocks.15.ln2.hook_normalized``),
+        ``"pre"`` (it is a norm's input, e.g. ``model.layers.15.post_attention_layernorm:input``
+        or ``blocks.15.hook_resid_mid``), or None (neither, or not known). ``norm_module``: that
+        norm's module path. ``norm_gain_folded``: True when the norm has no gain of its own
+        because it was folded into the following weights (a TransformerLens ``LNPre``/``RMSPre``
+        model), False when it has one, None when not known. ``norm_gain_applied``: whether the
+        stored tensor has that gain (and bias) applied: True for a norm module's output, False
+        for ``"pre"`` and for TransformerLens' ``hook_normalized`` of a norm with a gain (taken
+        before ``w`` and ``b``), None when the norm has no gain. A ``"post"`` tensor with the
+        gain applied or folded is exactly what the next layer reads. Every field is None for a
+        hook not captured by ``actstore capture``, or by a version that did not record it."""
+        self._hook(hook)
+        held = (self.schema.provenance or {}).get("hooks")
+        held = held if isinstance(held, list) else []  # provenance is free-form: anything else says nothing
+        entry = next((h for h in held if isinstance(h, dict) and h.get("name") == hook), {})
+        return {k: entry.get(k) for k in NORM_FIELDS}
+
     def stats(self, hook: str) -> dict:
         """Statistics of ``hook`` over every committed row, merged across segments:
         count, mean/var/std/m2 (float64 ``[d]``), mean_norm, nonfinite_rows."""
@@ -171,7 +193,8 @@ class Store:
         return total
 
     def info(self) -> dict:
-        """A JSON-ready summary: hooks, rows, dtype and codec, bytes, ratio, stats, segments."""
+        """A JSON-ready summary: hooks (each with its width, dtype, bytes, ratio, stats and
+        ``norm``, as :meth:`hook_norm` gives it), rows, codec, bytes, segments, provenance."""
         sch = self.schema
         hooks = {}
         for h, spec in sch.hooks.items():
@@ -187,6 +210,7 @@ class Store:
                 "dtype": spec.dtype.name,
                 "logical_dtype": spec.dtype.logical,
                 "chunk_rows": spec.chunk_rows,
+                "norm": self.hook_norm(h),
                 "stored_bytes": raw,
                 "bytes_on_disk": on_disk,
                 "compression_ratio": round(raw / on_disk, 4) if on_disk else None,

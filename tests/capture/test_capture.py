@@ -230,7 +230,7 @@ def test_transformerlens_hook_names(tmp_path):
     m = HookedTransformer(cfg)
     data = token_array(12, seed=3, length=40)
     calls = []
-    m.blocks[2].register_forward_hook(lambda *a: calls.append(1))
+    m.blocks[2].register_forward_hook(lambda _m, args, _o: calls.append(tuple(args[0].shape[:2])))
     actstore.capture(
         m,
         "blocks.*.hook_resid_post,blocks.0.attn.hook_z",
@@ -257,7 +257,9 @@ def test_transformerlens_hook_names(tmp_path):
     assert torch.allclose(st.read("blocks.1.hook_resid_post", slice(0, 120)), want, atol=1e-5)
     z = cache["blocks.0.attn.hook_z"].reshape(-1, 32)
     assert torch.allclose(st.read("blocks.0.attn.hook_z", slice(0, 120)), z, atol=1e-5)
-    assert calls == [1]  # blocks.2 ran only in run_with_cache: capture needed it, but stop right after
+    # blocks.2 ran to its end only in the norm detection's probe forward (1 x 4 tokens: it goes on until
+    # ln_final has read blocks.2.hook_resid_post) and in run_with_cache; capture's batches stopped inside it
+    assert calls == [(1, 4), (5, 24)]
 
 
 def test_hf_model_from_a_local_folder_and_context_limit(tmp_path):

@@ -51,7 +51,7 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path):
         r = _cli(*args)
         assert r.returncode == 2 and "usage: actstore" in r.stderr, args
     r = _cli("train", "--store", tmp_path / "s", "--no-progress")  # options missing: a failure, not usage
-    assert r.returncode == 1 and r.stderr.startswith("actstore: missing --hook") and r.stderr.count("\n") == 1
+    assert r.returncode == 1 and r.stderr.startswith("actstore: missing --arch") and r.stderr.count("\n") == 1
     r = _cli("capture", "--config", tmp_path / "absent.yaml")
     assert r.returncode == 1 and r.stderr.startswith("actstore: config") and r.stderr.count("\n") == 1
 

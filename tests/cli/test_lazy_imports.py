@@ -64,3 +64,17 @@ def test_lazy_faces_resolve_every_name_and_keep_functions_over_submodules():
     )
     got = _loaded_after(code)
     assert got["out"].strip() == "True"
+
+
+def test_a_name_every_object_has_does_not_shadow_an_export():
+    """nnsight gives every object a ``save`` (it patches ``object``): after ``import nnsight``,
+    ``actstore.sae.save`` must still be actstore's, not found on the class by normal lookup."""
+    pytest.importorskip("nnsight")
+    code = (
+        "import nnsight\n"
+        "assert hasattr(object, 'save')  # what makes the shadowing possible\n"
+        "from actstore.sae import save, load\n"
+        "import actstore.sae\n"
+        "print(save.__module__, actstore.sae.save is save, load.__module__)"
+    )
+    assert _loaded_after(code)["out"].split() == ["actstore.sae.io", "True", "actstore.sae.io"]

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from actstore.sae import TrainConfig, train
+from actstore.sae.config import TRANSCODER_ARCHS
 
 # The module, not the function: ``actstore.sae.train`` the attribute is train() itself.
 trainer = importlib.import_module("actstore.sae.train")
@@ -57,12 +58,18 @@ def main() -> None:
     store, out, arch, tokens = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     if os.environ.get("TRAIN_RUN_STOP"):
         stop_at(os.environ["TRAIN_RUN_STOP"])
+    # ARCH[:ACTIVATION]: a transcoder reads "narrow" (d=20) and reconstructs "wide" (d=40).
+    arch, _, act = arch.partition(":")
+    if arch in TRANSCODER_ARCHS:
+        hooks = {"source": "narrow", "target": "wide", "activation": act or None}
+    else:
+        hooks = {"hook": "wide", "widths": "8,32" if arch == "matryoshka_batchtopk" else None}
     cfg = TrainConfig(
         store=store,
-        hook="wide",
+        **hooks,
         arch=arch,
         latents=64,
-        k=4 if "topk" in arch else None,
+        k=None if (act or arch) in ("jumprelu", "gated", "relu") else 4,
         tokens=tokens,
         out=str(out),
         batch_size=32,

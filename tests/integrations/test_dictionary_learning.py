@@ -89,3 +89,10 @@ def test_width_mismatch_is_one_line(store):
         buf.close()
     msg = str(e.value)
     assert "\n" not in msg and f"width {D}" in msg and f"activation_dim={2 * D}" in msg
+
+
+def test_a_source_target_pair_is_one_line(store):
+    path, _ = store
+    with pytest.raises(IntegrationError, match="dictionary_learning cannot train a transcoder") as e:
+        DictionaryLearningBuffer(path, [HOOK, HOOK], BATCH, threads=1)
+    assert "\n" not in str(e.value) and "actstore train --arch transcoder" in str(e.value)

@@ -1,5 +1,6 @@
 """SAELens' own SAETrainer fed by actstore (real sae-lens): the loss falls, resume is exact,
-the mean_norm factor folds into the SAE, and a width mismatch is one line."""
+the mean_norm factor folds into the SAE, a width mismatch and a transcoder are one line, and
+a Matryoshka SAE trained there reads back into actstore with its widths."""
 
 import copy
 import signal
@@ -61,6 +62,9 @@ ARCHS = {
     "jumprelu": lambda: sae_lens.JumpReLUTrainingSAEConfig(d_in=D, d_sae=64),
     "standard": lambda: sae_lens.StandardTrainingSAEConfig(d_in=D, d_sae=64, l1_coefficient=1.0),
     "gated": lambda: sae_lens.GatedTrainingSAEConfig(d_in=D, d_sae=64, l1_coefficient=1.0),
+    "matryoshka_batchtopk": lambda: sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=D, d_sae=64, k=4, matryoshka_widths=[16, 64]
+    ),
 }
 
 
@@ -134,6 +138,38 @@ def test_width_mismatch_is_one_line(store):
         train_saelens(path, HOOK, sae_cfg, tr)
     msg = str(e.value)
     assert "\n" not in msg and f"width {D}" in msg and f"d_in={D + 1}" in msg
+
+
+def test_a_matryoshka_sae_trained_by_saelens_reads_back_with_its_widths(store, tmp_path):
+    from actstore.sae import from_saelens
+
+    path, x = store
+    torch.manual_seed(3)
+    _, tr = _cfgs(steps=8)
+    train_saelens(path, HOOK, ARCHS["matryoshka_batchtopk"](), tr, threads=1, out=tmp_path / "out")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "out"))  # SAELens' JumpReLU form
+    ours = from_saelens(tmp_path / "out")
+    assert ours.arch == "matryoshka_batchtopk" and ours.cfg.widths == [16, 64] and ours.cfg.k == 4
+    raw = x[-256:].float()
+    with torch.no_grad():
+        want = theirs.encode(raw)
+        torch.testing.assert_close(ours.encode(raw, dense=True), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.output(raw), theirs(raw), atol=1e-4, rtol=1e-4)
+    assert (want > 0).sum() > 0
+
+
+def test_transcoders_are_refused_in_one_line(store):
+    path, _ = store
+    sae_cfg, tr = _cfgs()
+    tc = sae_lens.TranscoderConfig(d_in=D, d_sae=64, d_out=D, apply_b_dec_to_input=False)
+    for call in (
+        lambda: train_saelens(path, [HOOK, HOOK], sae_cfg, tr),
+        lambda: SAELensDataProvider(path, (HOOK, HOOK), BATCH),
+        lambda: train_saelens(path, HOOK, tc, tr),
+    ):
+        with pytest.raises(IntegrationError, match="SAELens cannot train a transcoder .*v6.5.0.*actstore train") as e:
+            call()
+        assert "\n" not in str(e.value)
 
 
 def test_double_normalization_is_refused(store):

@@ -87,3 +87,65 @@ def test_bad_widths_one_line(widths, msg):
     with pytest.raises(SAEError, match=msg) as e:
         SAEConfig("matryoshka_batchtopk", D, M, k=K, widths=widths)
     assert "\n" not in str(e.value)
+
+
+# -- SAELens ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["mean", "sum"])
+def test_saelens_export_keeps_the_widths_and_reads_back_as_matryoshka(loss, tmp_path):
+    """SAELens stores Matryoshka SAEs as JumpReLU: its loader takes our export (the widths in
+    its training_architecture_details), and from_saelens gives back the Matryoshka SAE."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from actstore.sae import from_saelens, to_saelens
+
+    sae, _, x = _pair(3)
+    sae.cfg.matryoshka_loss = loss
+    sae.train()
+    sae.loss(x)  # sets the inference threshold
+    sae.eval()
+    to_saelens(sae, tmp_path / "sl")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sl"))
+    assert type(theirs).__name__ == "JumpReLUSAE"
+    assert theirs.cfg.metadata.training_architecture == "matryoshka_batchtopk"
+    assert theirs.cfg.metadata.training_architecture_details["matryoshka_widths"] == WIDTHS
+    back = from_saelens(tmp_path / "sl")
+    assert type(back) is type(sae) and back.cfg.widths == WIDTHS and back.cfg.matryoshka_loss == loss
+    assert back.cfg.k == K and back.cfg.threshold == pytest.approx(float(sae.threshold))
+    with torch.no_grad():
+        want = sae.encode(x, dense=True)
+        torch.testing.assert_close(theirs.encode(x), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(back.encode(x, dense=True), want)
+        torch.testing.assert_close(back.output(x), theirs(x), atol=1e-5, rtol=1e-5)
+    assert (want > 0).sum() > 0
+
+
+def test_saelens_own_matryoshka_saves_import_with_their_widths(tmp_path):
+    """SAELens' MatryoshkaBatchTopKTrainingSAE writes architecture ``matryoshka_batchtopk``
+    (``save_model``, with its default decoder-norm rescaling) and the JumpReLU form
+    (``save_inference_model``): both import as a Matryoshka SAE with its widths and its loss
+    scale, with the latents of SAELens' own inference model."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from actstore.sae import from_saelens
+
+    cfg = sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=M, k=K, matryoshka_widths=WIDTHS)
+    theirs = sae_lens.MatryoshkaBatchTopKTrainingSAE(cfg)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        theirs.topk_threshold.fill_(0.5)
+    theirs.save_model(tmp_path / "train")
+    assert '"architecture": "matryoshka_batchtopk"' in (tmp_path / "train" / "cfg.json").read_text()
+    theirs.save_inference_model(tmp_path / "inference")
+    inference = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"))
+    x = torch.randn(64, D, generator=g) * 2
+    with torch.no_grad():
+        want, want_out = inference.encode(x), inference(x)
+    assert (want > 0).sum() > 0
+    for folder in ("train", "inference"):
+        ours = from_saelens(tmp_path / folder)
+        assert ours.arch == "matryoshka_batchtopk" and ours.cfg.widths == WIDTHS, folder
+        assert ours.cfg.matryoshka_loss == "sum" and ours.cfg.threshold == pytest.approx(0.5), folder
+        torch.testing.assert_close(ours.encode(x, dense=True), want, atol=1e-4, rtol=1e-4, msg=folder)
+        torch.testing.assert_close(ours.output(x), want_out, atol=1e-4, rtol=1e-4, msg=folder)

@@ -255,16 +255,52 @@ def test_saelens_models_import_with_the_same_latents(arch, tmp_path):
 @pytest.mark.parametrize("arch", SAE_ARCHS)
 def test_actstore_saes_export_to_saelens_with_the_same_latents(arch, tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
-    ours = _sae(arch)
+    ours = _sae(arch, hook="blocks.2.hook_resid_post")
     ours.cfg.scale = 2.0  # export folds it: SAELens then takes raw activations
-    x = _x()
+    x = _x() / 2.0  # raw rows that training scaled to _x()
     want = ours.encode(x * 2.0, dense=True)
     to_saelens(ours, tmp_path / "sl")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sl"))
+    assert theirs.cfg.metadata.hook_name == "blocks.2.hook_resid_post"  # SAELens kept our metadata
     with torch.no_grad():
         got = theirs.encode(x)
     assert (want > 0).sum() > 0
     torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+    # and back: the same class (BatchTopK and Matryoshka too, by SAELens' training_architecture
+    # record beside their JumpReLU form), the same code
+    back = from_saelens(tmp_path / "sl")
+    assert type(back) is type(ours) and back.cfg.hook == "blocks.2.hook_resid_post" and not back.training
+    torch.testing.assert_close(back.encode(x, dense=True), want.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_saelens_training_saves_import_with_their_decoder_norm_rescaling_folded(arch, tmp_path):
+    """SAELens' TopK-family training configs rescale the pre-activations by the decoder norms
+    by default (``rescale_acts_by_decoder_norm``): the import folds that into the weights. Its
+    inference save of a BatchTopK SAE (the JumpReLU form, recording the training arch) reads
+    back as BatchTopK too."""
+    sae_lens = pytest.importorskip("sae_lens")
+    name = {"topk": "TopKTrainingSAE", "batchtopk": "BatchTopKTrainingSAE"}[arch]
+    theirs = getattr(sae_lens, name)(getattr(sae_lens, name + "Config")(d_in=D, d_sae=M, k=6))
+    assert theirs.cfg.rescale_acts_by_decoder_norm
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # decoder rows far from unit norm, so the rescaling matters
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if arch == "batchtopk":
+            theirs.topk_threshold.fill_(0.5)
+    theirs.save_model(tmp_path / "train")
+    theirs.save_inference_model(tmp_path / "inference")
+    inference = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"))
+    x = _x()
+    with torch.no_grad():
+        want, want_out = inference.encode(x), inference(x)
+    assert (want > 0).sum() > 0
+    for folder in ("train", "inference"):
+        ours = from_saelens(tmp_path / folder)
+        assert ours.arch == arch and ours.cfg.k == 6, folder
+        torch.testing.assert_close(ours.encode(x, dense=True), want, atol=1e-4, rtol=1e-4, msg=folder)
+        torch.testing.assert_close(ours(x), want_out, atol=1e-4, rtol=1e-4, msg=folder)
 
 
 # -- sparsify ------------------------------------------------------------------------------

@@ -44,9 +44,9 @@ def _run(store, out, arch="topk", tokens=32 * 60, stop=None):
     )
 
 
-def _kill_at(store, out, stop):
+def _kill_at(store, out, stop, arch="topk"):
     """Run until the child has stopped itself at ``stop`` (see helpers/train_run.py), then SIGKILL it there."""
-    p = _run(store, out, stop=stop)
+    p = _run(store, out, arch, stop=stop)
     line = p.stdout.readline()
     if line.strip() != f"stopped {stop}":
         p.kill()
@@ -119,6 +119,25 @@ def test_a_run_killed_at_chosen_steps_resumes_to_the_same_weights(store, tmp_pat
             f"killed at {plan}: resumed weights differ"
         )
         assert _log(run, True) == _log(tmp_path / "ref", True), f"killed at {plan}: the log differs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["transcoder:jumprelu", "skip_transcoder:batchtopk", "matryoshka_batchtopk"])
+def test_every_dictionary_family_resumes_to_the_same_weights_after_sigkill(store, tmp_path, arch):
+    """The families with a target (and the skip weights) or nested levels keep all of it in
+    the checkpoint: killed mid-interval, with a folder not yet named, and at the last
+    checkpoint, the rerun ends bit-identical to an uninterrupted run, log included."""
+    ref = _run(store, tmp_path / "ref", arch)
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-2000:]
+    run = tmp_path / "kill"
+    for stop in ["step:7", "written:12", "ckpt:60"]:
+        _kill_at(store, run, stop, arch)
+    p = _run(store, run, arch)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and out.split() == ["done", "60"], err[-2000:]
+    assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text()
+    assert _log(run, True) == _log(tmp_path / "ref", True)
 
 
 @pytest.mark.slow
@@ -264,3 +283,87 @@ def test_threshold_archs_start_near_their_target_l0_and_log_dense_rows(store, tm
     assert q[0]["l0"] < 3 * 4 and z[0]["l0"] > 16, (q[0]["l0"], z[0]["l0"])  # of 64 latents
     assert all(0 <= r["dense_rows_frac"] <= 1 for r in q + z)
     assert z[0]["dense_rows_frac"] == 1.0  # cand_k 64 >= m = 64: every row dense, by choice
+
+
+TC = ["--source", "narrow", "--target", "wide"]
+
+
+def _held_out_fvu(store, sae, rows, source, target):
+    """FVU of the saved SAE (normalization folded in) on the last ``rows`` raw rows, by brute force."""
+    n = store.rows
+    x = store.read(source, slice(n - rows, n)).double()
+    y = store.read(target, slice(n - rows, n)).double()
+    with torch.no_grad():
+        y_hat = sae.eval().double().output(x)
+    return float((y_hat - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+
+
+@pytest.mark.parametrize(
+    "flags, source, target",
+    [
+        (["--arch", "transcoder", *TC, "--activation", "batchtopk"], "narrow", "wide"),
+        (["--arch", "skip_transcoder", *TC, "--activation", "jumprelu"], "narrow", "wide"),
+        (["--arch", "matryoshka_batchtopk", "--hook", "wide", "--widths", "8,32"], "wide", "wide"),
+    ],
+)  # fmt: skip
+def test_cli_trains_each_family_and_reports_the_held_out_fvu_of_its_target(
+    store, tmp_path, capsys, flags, source, target
+):
+    out = tmp_path / "o"
+    args = ["train", "--store", str(store.path), *flags, "--latents", "64", "--tokens", str(32 * 30), "--out", str(out)]
+    args += ["--batch-size", "32", "--lr", "3e-3", "--no-progress", "--json"]
+    args += [] if "jumprelu" in flags else ["--k", "4"]
+    assert cli(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["source"], summary["target"]) == (source, target)
+    sae = load(out / "sae")
+    assert sae.arch == flags[1] and sae.cfg.hook == source and sae.cfg.d_target == store._hook(target).d
+    assert sae.cfg.scale == 1.0 and sae.cfg.scale_out == 1.0  # both normalizations folded
+    ev = summary["eval"]
+    assert 0 < ev["fvu"] < 1  # it learned something about the target
+    assert _held_out_fvu(store, sae, ev["rows"], source, target) == pytest.approx(ev["fvu"], rel=1e-5)
+    if sae.arch == "matryoshka_batchtopk":
+        assert sae.cfg.widths == [8, 32, 64]
+        levels = ev["level_fvu"]  # each prefix alone, by brute force: nested, so never better than the next
+        assert levels[-1] == pytest.approx(ev["fvu"]) and levels[0] >= levels[1] >= levels[2]
+        x = store.read("wide", slice(store.rows - ev["rows"], store.rows)).double()
+        with torch.no_grad():
+            dense = sae.double().encode(x, dense=True)
+            for w, want in zip([8, 32], levels):
+                x_hat = dense[:, :w] @ sae.W_dec[:w] + sae.b_dec
+                assert float((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()) == pytest.approx(want, rel=1e-5)
+        assert all(len(r["level_fvu"]) == 3 for r in _log(out))
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"hook": None, "arch": "transcoder", "source": "narrow"}, "needs --source and --target"),
+        ({"hook": None, "arch": "transcoder", "source": "narrow", "target": "narrow"}, "for an SAE use --hook"),
+        ({"arch": "transcoder", "source": "narrow", "target": "wide"}, "not --hook"),
+        ({"target": "narrow"}, "needs --arch transcoder"),
+        ({"activation": "jumprelu"}, "--activation is for transcoders"),
+        ({"hook": None, "arch": "transcoder", "source": "narrow", "target": "nope"}, "'nope' is not in the store"),
+        ({"arch": "matryoshka_batchtopk", "widths": "32,8"}, "strictly increasing"),
+        ({"arch": "matryoshka_batchtopk", "widths": "8,128"}, "exceed the 64 latents"),
+        ({"arch": "matryoshka_batchtopk"}, "needs --widths"),
+        ({"widths": "8,32"}, "--widths is for arch matryoshka_batchtopk"),
+        ({"hook": None, "arch": "transcoder", "source": "narrow", "target": "wide", "activation": "relu"}, "activa"),
+    ],
+)  # fmt: skip
+def test_bad_sources_targets_and_widths_are_one_line(store, tmp_path, kw, msg):
+    with pytest.raises(SAEError) as e:
+        _train_small(store, tmp_path / "o", **kw)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_target_from_another_store_is_refused_in_one_line(store, tmp_path):
+    other = build(tmp_path / "other", segments={"rank00000": 500})
+    with pytest.raises(SAEError) as e:
+        _train_small(store, tmp_path / "o", hook=None, arch="transcoder", source="narrow", target="wide",
+                     target_store=str(other.path))  # fmt: skip
+    msg = str(e.value)
+    assert "different stores" in msg and f"(500 rows there, {store.rows} here)" in msg and "\n" not in msg
+    # The same store named twice is fine.
+    _train_small(store, tmp_path / "p", hook=None, arch="transcoder", source="narrow", target="wide",
+                 target_store=str(store.path), tokens=32 * 2)  # fmt: skip

@@ -442,7 +442,7 @@ def render(analysis_dir, out_dir=None, *, tokenizer=None, pages=None) -> Path:
     model = at.get("model") or {}
     head = {
         "store": at["store"]["path"],
-        "hook": at["hook"],
+        "hook": at["hook"] if "target" not in at else f"{at['hook']} → {at['target']}",  # a transcoder's
         "rows_seen": at["rows_seen"],
         "m": a.m,
         "d": at["sae"]["d"],
