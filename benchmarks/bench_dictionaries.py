@@ -49,6 +49,10 @@ Parts (``--parts``, comma-separated; each ~2-10 min on 2 shared cores):
   ``optimizer.eval()``, as its checkpoints are; its Adam default is left out: 1000 warmup
   steps would keep it below its peak lr for the whole run); SAELens Adam at lr 3e-4,
   constant.
+  ``--pairs transcoder_init`` (FVU only, not timed): actstore's TopK transcoder at the
+  defaults beside two labelled diagnostic inits, to explain its dead latents: the decoder
+  at 0 (sparsify's), and sparsify's whole init (its encoder matrix, pre-activations centred
+  on the first batch, decoder 0); the trainer's step otherwise.
   BatchTopK codes are evaluated two ways: the inference form (each library's running
   threshold: actstore's eval mode, SAELens' JumpReLU export) and batch top-k over held-out
   batches of ``--batch`` rows.
@@ -71,6 +75,7 @@ replaces its own section and keeps the others. The top-level ``meta`` is the las
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -357,13 +362,29 @@ def part_parity(args, store_path: Path) -> dict:
 
 
 class ActstoreRun:
-    """An actstore dictionary trained by the trainer's own ``_step`` on batches given to it."""
+    """An actstore dictionary trained by the trainer's own ``_step`` on batches given to it.
+    ``init`` (diagnostics of the transcoder's dead latents, not a default): ``zero_dec``
+    starts the decoder at 0 (sparsify's transcoder init; the trainer's renormalization leaves
+    a zero row at 0 until its first update); ``as_sparsify`` also takes sparsify's encoder
+    (``nn.Linear``'s init under the same seed, so the same matrix as sparsify's) and centres
+    the pre-activations on the first batch (``b_enc = -W_enc mean(x)``), as its trainer does."""
 
-    def __init__(self, cfg: TrainConfig, store, loader, total: int):
-        self.cfg, self.total = cfg, total
+    def __init__(self, cfg: TrainConfig, store, loader, total: int, init: str = "default"):
+        self.cfg, self.total, self.init, self.n = cfg, total, init, 0
         self.run = _resume_or_init(cfg, Path(cfg.out), store, loader, torch.device("cpu"), 0)
+        sae = self.run.sae
+        with torch.no_grad():
+            if init in ("zero_dec", "as_sparsify"):
+                sae.W_dec.zero_()
+            if init == "as_sparsify":
+                torch.manual_seed(cfg.seed)
+                sae.W_enc.copy_(torch.nn.Linear(sae.cfg.d, sae.cfg.m).weight)
 
     def step(self, x, y):
+        if self.n == 0 and self.init == "as_sparsify":
+            with torch.no_grad():
+                self.run.sae.b_enc.copy_(-(self.run.sae.W_enc @ x.mean(0)))
+        self.n += 1
         y = None if self.cfg.arch == "matryoshka_batchtopk" else y
         _step(self.cfg, self.run, x, y, self.total, x.shape[0], None)
 
@@ -584,8 +605,8 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
     store = open_store(str(store_path))
     steps = args.train_steps
     widths = [m // 16, m // 4, m]
-    arch = "transcoder" if pair == "transcoder" else "matryoshka_batchtopk"
-    extra = {} if pair == "transcoder" else {"widths": ",".join(map(str, widths))}
+    arch = "matryoshka_batchtopk" if pair == "matryoshka" else "transcoder"
+    extra = {"widths": ",".join(map(str, widths))} if pair == "matryoshka" else {}
     cfg = train_cfg(store_path, work / "a", arch, m, k, steps * batch, batch, **extra)
     tr_sel, _, _ = split(cfg, store)
     held, held_info = held_out_batches(cfg, store)
@@ -605,6 +626,15 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
                 "sparsify_adam_same_lr": SparsifyRun(d, m, k, total, "adam", lr_fn=same_lr),
                 "sparsify_signum_default": SparsifyRun(d, m, k, total, "signum"),
             }
+        elif pair == "transcoder_init":
+            runs = {
+                name: ActstoreRun(dataclasses.replace(cfg, out=str(work / name)), store, ld, total, init)
+                for name, init in (
+                    ("actstore", "default"),
+                    ("actstore_init_zero_dec", "zero_dec"),
+                    ("actstore_init_as_sparsify", "as_sparsify"),
+                )
+            }
         else:
             runs = {
                 "actstore": ActstoreRun(cfg, store, ld, total),
@@ -614,30 +644,7 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
         return ld, runs
 
     # (1) the step, timed on fresh models and pre-read batches (actstore vs the baseline's default step)
-    ld, runs = fresh()
-    batches = read_batches(ld, cfg, args.time_batches)
-    ld.close()
-    timed_names = ["actstore", "sparsify_adam_same_lr" if pair == "transcoder" else "saelens_same_lr"]
-    print(f"{pair}: timing one step, {args.repeats} interleaved rounds ...", flush=True)
-    timing = _time_pair({n: runs[n] for n in timed_names}, batches, args.repeats, batch)
-    base = timed_names[1]
-    ratio = {
-        f"{base}_over_actstore_time_median": timing[base]["median_s"] / timing["actstore"]["median_s"],
-        f"{base}_over_actstore_time_min": timing[base]["min_s"] / timing["actstore"]["min_s"],
-        # the two steps of a round ran back to back: the median of the per-round ratios moves
-        # less when another job takes the cores for part of the run
-        f"{base}_over_actstore_time_paired_median": statistics.median(
-            b / a for a, b in zip(timing["actstore"]["all_s"], timing[base]["all_s"])
-        ),
-    }
-    for n in timed_names:
-        t = timing[n]
-        print(
-            f"  {n:>24}: median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f}  max {t['max_s'] * 1e3:7.1f}"
-            f"  -> {t['steps_per_s_at_median']:.2f} steps/s ({t['tokens_per_s_at_median']:.0f} rows/s)",
-            flush=True,
-        )
-    print("  ratio " + ", ".join(f"{k_} {v:.2f}" for k_, v in ratio.items()), flush=True)
+    timing = _speed_timing(args, pair, fresh, cfg, batch) if pair != "transcoder_init" else None
     shutil.rmtree(work, ignore_errors=True)
 
     # (2) equal steps on the same batches, then held-out FVU
@@ -664,7 +671,7 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
     lrs = {
         n: (
             {"lr": base_lr, "schedule": "actstore: warmup 5%, linear decay over the last 20%"}
-            if n == "actstore" or n.endswith("same_lr")
+            if n.startswith("actstore") or n.endswith("same_lr")
             else {"lr": r.lr, "schedule": _default_schedule(n)}
         )
         for n, r in runs.items()
@@ -679,14 +686,14 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
             "d": d,
             "m": m,
             "k": k,
-            "widths": widths if pair != "transcoder" else None,
+            "widths": widths if pair == "matryoshka" else None,
             "batch": batch,
             "dtype": "float32",
             "held_out": held_info,
             "train_steps": steps,
             "time_batches": args.time_batches,
         },
-        "step_timing": {**timing, **ratio},
+        "step_timing": timing,
         "equal_steps": {
             "steps": steps,
             "wall_s": wall,
@@ -695,6 +702,36 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
             "step_seconds_during_training": lock,
         },
     }
+
+
+def _speed_timing(args, pair: str, fresh, cfg: TrainConfig, batch: int) -> dict:
+    """One step of actstore and of the baseline at the same lr, interleaved on fresh models
+    and ``args.time_batches`` pre-read batches."""
+    ld, runs = fresh()
+    batches = read_batches(ld, cfg, args.time_batches)
+    ld.close()
+    timed_names = ["actstore", "sparsify_adam_same_lr" if pair == "transcoder" else "saelens_same_lr"]
+    print(f"{pair}: timing one step, {args.repeats} interleaved rounds ...", flush=True)
+    timing = _time_pair({n: runs[n] for n in timed_names}, batches, args.repeats, batch)
+    base = timed_names[1]
+    ratio = {
+        f"{base}_over_actstore_time_median": timing[base]["median_s"] / timing["actstore"]["median_s"],
+        f"{base}_over_actstore_time_min": timing[base]["min_s"] / timing["actstore"]["min_s"],
+        # the two steps of a round ran back to back: the median of the per-round ratios moves
+        # less when another job takes the cores for part of the run
+        f"{base}_over_actstore_time_paired_median": statistics.median(
+            b / a for a, b in zip(timing["actstore"]["all_s"], timing[base]["all_s"])
+        ),
+    }
+    for n in timed_names:
+        t = timing[n]
+        print(
+            f"  {n:>24}: median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f}  max {t['max_s'] * 1e3:7.1f}"
+            f"  -> {t['steps_per_s_at_median']:.2f} steps/s ({t['tokens_per_s_at_median']:.0f} rows/s)",
+            flush=True,
+        )
+    print("  ratio " + ", ".join(f"{k_} {v:.2f}" for k_, v in ratio.items()), flush=True)
+    return {**timing, **ratio}
 
 
 def _default_schedule(name: str) -> str:
@@ -778,7 +815,11 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=2048, help="rows per step (the trainer's default)")
     ap.add_argument("--parity-steps", type=int, default=20)
-    ap.add_argument("--pairs", default="transcoder,matryoshka", help="speed: transcoder, matryoshka")
+    ap.add_argument(
+        "--pairs",
+        default="transcoder,matryoshka",
+        help="speed: transcoder, matryoshka, transcoder_init (actstore's transcoder with other inits: FVU only)",
+    )
     ap.add_argument("--repeats", type=int, default=15, help="speed: timed interleaved rounds")
     ap.add_argument("--time-batches", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=300, help="speed: steps before the held-out FVU")
