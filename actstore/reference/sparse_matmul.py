@@ -59,7 +59,7 @@ def csr_gather_dot_reference(rows: torch.Tensor, cols: torch.Tensor, G: torch.Te
         # embedding_bag's gradient of its per_sample_weights, fed G: exactly G[row(e)] . W[cols[e]]
         # (an aten op since torch 1.3; called directly because this runs below autograd).
         return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            G.to(acc).contiguous(), W.to(acc).contiguous(), cols, offsets[:-1], rows, 0, -1
+            G.to(acc).contiguous(), W.to(acc).contiguous(), cols.contiguous(), offsets[:-1], rows.contiguous(), 0, -1
         )
     if G.shape[0] * W.shape[0] <= _DENSE_MAX:
         return (G.to(acc) @ W.to(acc).t())[rows, cols]

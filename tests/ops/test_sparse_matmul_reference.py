@@ -51,3 +51,14 @@ def test_no_entries():
     assert S.csr_gather_dot_reference(z, z, torch.randn(3, 4), torch.randn(5, 4)).shape == (0,)
     gw, gb = S.csr_transpose_matmul_reference(z, z, torch.zeros(0), torch.randn(3, 4), 5)
     assert gw.shape == (5, 4) and not gw.any() and not gb.any()
+
+
+def test_strided_index_views_are_accepted():
+    """A slice of a [n, k] index tensor (Matryoshka's AuxK keeps min(k_aux, n_dead) columns)
+    reshapes to a strided view: the embedding_bag path must take it."""
+    n, m, d, k = 16, 40, 8, 6
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, m, (n, k), generator=g)[:, :1]
+    rows, cols = torch.arange(n), idx.reshape(-1)
+    G, W = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+    torch.testing.assert_close(S.csr_gather_dot_reference(rows, cols, G, W), (G @ W.t())[rows, cols])

@@ -149,3 +149,14 @@ def test_saelens_own_matryoshka_saves_import_with_their_widths(tmp_path):
         assert ours.cfg.matryoshka_loss == "sum" and ours.cfg.threshold == pytest.approx(0.5), folder
         torch.testing.assert_close(ours.encode(x, dense=True), want, atol=1e-4, rtol=1e-4, msg=folder)
         torch.testing.assert_close(ours.output(x), want_out, atol=1e-4, rtol=1e-4, msg=folder)
+
+
+@pytest.mark.parametrize("dead", [1, 2])
+def test_one_dead_latent_trains(dead):
+    """The AuxK slice to min(k_aux, n_dead) columns is a strided view: the backward takes it."""
+    sae = build(SAEConfig("matryoshka_batchtopk", D, M, k=K, widths=[12, 40]), seed=0).train()
+    mask = torch.zeros(M, dtype=torch.bool)
+    mask[M - dead :] = True
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(5))
+    sae.loss(x, dead_mask=mask)["loss"].backward()
+    assert sae.W_enc.grad is not None and torch.isfinite(sae.W_enc.grad).all()
