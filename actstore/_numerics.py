@@ -35,7 +35,7 @@ def pre_activations(
     xc = x.to(acc)
     if pre_bias is not None:
         xc = xc - pre_bias.to(acc)
-    return xc @ W_enc.to(acc).t() + b_enc.to(acc)
+    return torch.addmm(b_enc.to(acc), xc, W_enc.to(acc).t())  # the bias inside the GEMM: no second [n, m] pass
 
 
 def rows_of(row_ptr: torch.Tensor, nnz: int | None = None) -> torch.Tensor:
