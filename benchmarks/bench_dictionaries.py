@@ -26,8 +26,9 @@ Parts (``--parts``, comma-separated; each ~2-10 min on 2 shared cores):
   ``--repeats`` rounds after one warm-up; median, min, max) on ``--time-batches`` pre-read
   batches, each library as its own trainer runs a step:
   (a) actstore's TopK transcoder (``mlp:input`` -> ``mlp``): the trainer's ``_step`` (loss
-  with target, backward, parallel decoder-gradient removal, AdamW with the lr schedule,
-  unit-norm decoder, firing counts) against sparsify ``SparseCoder(576,
+  with target, backward, AdamW with the lr schedule, firing counts; the parallel
+  decoder-gradient removal and unit-norm decoder rows only where ``normalize_decoder`` is on,
+  which transcoders leave off by default since e1b1ebc) against sparsify ``SparseCoder(576,
   SparseCoderConfig(transcode=True, k, num_latents=m))``: ``forward(x, y)``, loss ``fvu +
   auxk_alpha * auxk + multi_topk_fvu / 8`` (auxk_alpha 0 by default: no dead mask),
   backward, Adam step, zero_grad, scheduler step, firing counts; no decoder normalization
@@ -49,10 +50,6 @@ Parts (``--parts``, comma-separated; each ~2-10 min on 2 shared cores):
   ``optimizer.eval()``, as its checkpoints are; its Adam default is left out: 1000 warmup
   steps would keep it below its peak lr for the whole run); SAELens Adam at lr 3e-4,
   constant.
-  ``--pairs transcoder_init`` (FVU only, not timed): actstore's TopK transcoder at the
-  defaults beside two labelled diagnostic inits, to explain its dead latents: the decoder
-  at 0 (sparsify's), and sparsify's whole init (its encoder matrix, pre-activations centred
-  on the first batch, decoder 0); the trainer's step otherwise.
   BatchTopK codes are evaluated two ways: the inference form (each library's running
   threshold: actstore's eval mode, SAELens' JumpReLU export) and batch top-k over held-out
   batches of ``--batch`` rows.
@@ -75,7 +72,6 @@ replaces its own section and keeps the others. The top-level ``meta`` is the las
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -362,29 +358,14 @@ def part_parity(args, store_path: Path) -> dict:
 
 
 class ActstoreRun:
-    """An actstore dictionary trained by the trainer's own ``_step`` on batches given to it.
-    ``init`` (diagnostics of the transcoder's dead latents, not a default): ``zero_dec``
-    starts the decoder at 0 (sparsify's transcoder init; the trainer's renormalization leaves
-    a zero row at 0 until its first update); ``as_sparsify`` also takes sparsify's encoder
-    (``nn.Linear``'s init under the same seed, so the same matrix as sparsify's) and centres
-    the pre-activations on the first batch (``b_enc = -W_enc mean(x)``), as its trainer does."""
+    """An actstore dictionary trained by the trainer's own ``_step`` on batches given to it
+    (its SAE, AdamW and counters from the trainer's ``_resume_or_init``)."""
 
-    def __init__(self, cfg: TrainConfig, store, loader, total: int, init: str = "default"):
-        self.cfg, self.total, self.init, self.n = cfg, total, init, 0
+    def __init__(self, cfg: TrainConfig, store, loader, total: int):
+        self.cfg, self.total = cfg, total
         self.run = _resume_or_init(cfg, Path(cfg.out), store, loader, torch.device("cpu"), 0)
-        sae = self.run.sae
-        with torch.no_grad():
-            if init in ("zero_dec", "as_sparsify"):
-                sae.W_dec.zero_()
-            if init == "as_sparsify":
-                torch.manual_seed(cfg.seed)
-                sae.W_enc.copy_(torch.nn.Linear(sae.cfg.d, sae.cfg.m).weight)
 
     def step(self, x, y):
-        if self.n == 0 and self.init == "as_sparsify":
-            with torch.no_grad():
-                self.run.sae.b_enc.copy_(-(self.run.sae.W_enc @ x.mean(0)))
-        self.n += 1
         y = None if self.cfg.arch == "matryoshka_batchtopk" else y
         _step(self.cfg, self.run, x, y, self.total, x.shape[0], None)
 
@@ -626,15 +607,6 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
                 "sparsify_adam_same_lr": SparsifyRun(d, m, k, total, "adam", lr_fn=same_lr),
                 "sparsify_signum_default": SparsifyRun(d, m, k, total, "signum"),
             }
-        elif pair == "transcoder_init":
-            runs = {
-                name: ActstoreRun(dataclasses.replace(cfg, out=str(work / name)), store, ld, total, init)
-                for name, init in (
-                    ("actstore", "default"),
-                    ("actstore_init_zero_dec", "zero_dec"),
-                    ("actstore_init_as_sparsify", "as_sparsify"),
-                )
-            }
         else:
             runs = {
                 "actstore": ActstoreRun(cfg, store, ld, total),
@@ -644,7 +616,7 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
         return ld, runs
 
     # (1) the step, timed on fresh models and pre-read batches (actstore vs the baseline's default step)
-    timing = _speed_timing(args, pair, fresh, cfg, batch) if pair != "transcoder_init" else None
+    timing = _speed_timing(args, pair, fresh, cfg, batch)
     shutil.rmtree(work, ignore_errors=True)
 
     # (2) equal steps on the same batches, then held-out FVU
@@ -671,7 +643,7 @@ def _speed_pair(args, store_path: Path, pair: str) -> dict:
     lrs = {
         n: (
             {"lr": base_lr, "schedule": "actstore: warmup 5%, linear decay over the last 20%"}
-            if n.startswith("actstore") or n.endswith("same_lr")
+            if n == "actstore" or n.endswith("same_lr")
             else {"lr": r.lr, "schedule": _default_schedule(n)}
         )
         for n, r in runs.items()
@@ -759,7 +731,7 @@ def part_quality(args, store_path: Path) -> dict:
             "k": k,
             "tokens": tokens,
             "eval_model": SMOLLM2_MODEL,
-            "eval_model_tokens": TrainConfig.__dataclass_fields__["eval_model_tokens"].default,
+            "eval_model_tokens": args.q_eval_tokens,
             "activation": "topk",
             "defaults": "batch, lr, warmup, decay, held-out split: the trainer's",
         },
@@ -770,7 +742,8 @@ def part_quality(args, store_path: Path) -> dict:
         splice = args.eval_model_transcoders or "transcoder" not in arch
         cfg = train_cfg(
             store_path, work / name, arch, m, k, tokens, TrainConfig.__dataclass_fields__["batch_size"].default,
-            eval_model=SMOLLM2_MODEL if splice else None, checkpoint_every=10**9, **extra,
+            eval_model=SMOLLM2_MODEL if splice else None, eval_model_tokens=args.q_eval_tokens,
+            checkpoint_every=10**9, **extra,
         )  # fmt: skip
         print(f"quality {name}: train {arch} m={m} k={k} {tokens} tokens (eval_model: {splice}) ...", flush=True)
         t0 = time.perf_counter()
@@ -818,13 +791,19 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--pairs",
         default="transcoder,matryoshka",
-        help="speed: transcoder, matryoshka, transcoder_init (actstore's transcoder with other inits: FVU only)",
+        help="speed: transcoder, matryoshka (each its own section of the results)",
     )
     ap.add_argument("--repeats", type=int, default=15, help="speed: timed interleaved rounds")
     ap.add_argument("--time-batches", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=300, help="speed: steps before the held-out FVU")
     ap.add_argument("--q-latents", type=int, default=4096)
     ap.add_argument("--q-tokens", type=int, default=300_000)
+    ap.add_argument(
+        "--q-eval-tokens",
+        type=int,
+        default=TrainConfig.__dataclass_fields__["eval_model_tokens"].default,
+        help="quality: held-out tokens of the eval_model splice (the trainer's default)",
+    )
     ap.add_argument(
         "--no-eval-model-transcoders", dest="eval_model_transcoders", action="store_false",
         help="quality: no eval_model splice for the transcoders",
