@@ -8,9 +8,9 @@ float32 (float64 for float64 inputs). Work is done in slices of ``_SLICE`` entri
 the ``[nnz, d]`` intermediates stay bounded (64k x d floats).
 
 CPU speed: with the entries in row order (CSR, what every SAE op hands over) the
-gather-dot and the transposed product are the two halves of ``F.embedding_bag``'s backward
-(``d out / d per_sample_weights`` and ``d out / d weight``, with ``X`` or ``G`` as the
-incoming gradient), one fused C++ pass each, with no ``[nnz, d]`` intermediate: at n=2048,
+gather-dot is ``F.embedding_bag``'s per-sample-weight gradient fed ``G``, and the transposed
+product (any order) is an ``F.embedding_bag`` over the rows of ``X`` with one bag a latent,
+one fused C++ pass each, with no ``[nnz, d]`` intermediate: at n=2048,
 d=576, m=4096, k=32 on this 2-core CPU the transposed product takes 10 ms against 67 ms as
 one dense GEMM and 280 ms as sliced gathers. Otherwise, while ``n * m`` is at most
 ``_DENSE_MAX`` elements, one dense GEMM (the sparse matrix scattered into ``[n, m]``), and

@@ -283,6 +283,11 @@ class SparseAutoencoder(nn.Module):
             return f.float() @ self.W_dec.float() + self.b_dec.float(), lat
         return csr_decode(lat.row_ptr, lat.cols, lat.vals, self.W_dec, self.b_dec, backend=choice), lat
 
+    def level_outputs(self, latents: Latents, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each nested level's reconstruction ``[n, d_out]``, the whole one last: one level for
+        every arch but Matryoshka (which overrides it)."""
+        return [self.add_skip(self.decode(latents), x)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(x)
 

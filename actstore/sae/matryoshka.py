@@ -78,7 +78,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             "matryoshka_loss": saelens_field(doc, "matryoshka_loss") or "sum",
         }
 
-    def level_outputs(self, lat: Latents) -> list[torch.Tensor]:
+    def level_outputs(self, lat: Latents, x: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``[x_hat_1, ..., x_hat_G]``: each level's reconstruction ``[n, d]`` float32."""
         outs, acc = [], self.b_dec.float().expand(lat.n, -1)
         for part in split_levels(lat, self.cfg.widths):

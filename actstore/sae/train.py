@@ -400,8 +400,8 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: T
         y = x if y is None else y
         lat = sae.encode(x)
         xd = y.double()
-        # Matryoshka: every prefix's squared error; the last level is the whole reconstruction.
-        outs = sae.level_outputs(lat) if hasattr(sae, "level_outputs") else [sae.output(x, lat)]
+        # Every level's squared error (several for Matryoshka); the last is the whole reconstruction.
+        outs = sae.level_outputs(lat, x)
         part = torch.cat(
             [
                 torch.stack(
@@ -421,7 +421,7 @@ def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: T
         dist.all_reduce(acc)
         dist.all_reduce(fired, op=dist.ReduceOp.MAX)
     sae.train(was_training)
-    g = len(sae.cfg.widths) if hasattr(sae, "level_outputs") else 1
+    g = len(sae.cfg.widths or [None])  # levels: Matryoshka's widths, else one
     n, active = float(acc[0]), float(acc[1])
     errs = [float(v) for v in acc[2 : 2 + g]]
     d = (acc.numel() - 2 - g) // 2
