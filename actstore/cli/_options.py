@@ -17,8 +17,24 @@ import typing
 _SCALARS = (int, float, str)
 
 
+def _boolean(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off) for a bool field."""
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+_boolean.__name__ = "true|false"  # argparse names the type in its error message
+
+
 def option_type(hint) -> type:
-    """The argparse ``type`` for an annotation: int, float or str (first of them in a union; str otherwise)."""
+    """The argparse ``type`` for an annotation: bool (read as true/false), int, float or str
+    (first of them in a union; str otherwise)."""
+    if hint is bool:
+        return _boolean
     if hint in _SCALARS:
         return hint
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

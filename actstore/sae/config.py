@@ -20,11 +20,27 @@ from ..errors import SAEError
 
 # The arch names a config may hold; actstore.sae.registry maps each to its class (and checks
 # at import that the two agree, so a new arch cannot be half added).
-ARCHS = ("topk", "batchtopk", "jumprelu", "gated", "relu", "matryoshka_batchtopk", "transcoder", "skip_transcoder")
+ARCHS = (
+    "topk", "batchtopk", "jumprelu", "gated", "relu", "matryoshka_batchtopk", "transcoder", "skip_transcoder",
+    "crosscoder", "clt", "skip_clt",
+)  # fmt: skip
 # Archs that read a source hook and reconstruct a different target hook (``d_out`` may differ
 # from ``d``), and the activations each of them can use.
 TRANSCODER_ARCHS = ("transcoder", "skip_transcoder")
 TRANSCODER_ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
+# Crosscoders: one dictionary over K hooks (or one hook of two models), the input the
+# concatenation of the K blocks; relu is Anthropic's recipe (L1 weighted by the sum of the
+# per-block decoder norms), topk / batchtopk keep unit-norm decoder rows over the concatenation.
+CROSSCODER_ACTIVATIONS = ("topk", "batchtopk", "relu")
+# Cross-layer transcoders: an encoder per layer, decoders from layer s to every layer l >= s.
+CLT_ARCHS = ("clt", "skip_clt")
+CLT_ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
+# The activations of each arch that takes one (the first is the default).
+ACTIVATIONS = {
+    **{a: TRANSCODER_ACTIVATIONS for a in TRANSCODER_ARCHS},
+    "crosscoder": CROSSCODER_ACTIVATIONS,
+    **{a: CLT_ACTIVATIONS for a in CLT_ARCHS},
+}
 # Matryoshka loss scales: ``mean`` is dictionary_learning's (mean over levels of 1/G-weighted
 # squared errors, so (1/G^2) * sum), ``sum`` SAELens' (sum over levels).
 MATRYOSHKA_LOSSES = ("mean", "sum")
@@ -59,6 +75,13 @@ class SAEConfig:
     # -- matryoshka_batchtopk: the nested prefix widths (strictly increasing, the last is m)
     widths: list[int] | None = None
     matryoshka_loss: str = "mean"
+    # -- crosscoders and CLTs: the hooks of each block (a crosscoder's K input blocks, each
+    # d // K wide; a CLT's L source layers) and their training normalization factors (1 once
+    # folded); a CLT's L target hooks and theirs. A CLT's d, d_out and m are per layer.
+    sources: list[str] | None = None
+    source_scales: list[float] | None = None
+    targets: list[str] | None = None
+    target_scales: list[float] | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -66,16 +89,17 @@ class SAEConfig:
         if self.d < 1 or self.m < 1 or (self.d_out is not None and self.d_out < 1):
             raise SAEError(f"SAE sizes must be positive, got d={self.d} m={self.m} d_out={self.d_out}")
         if self.normalize_decoder is None:
-            self.normalize_decoder = self.arch not in TRANSCODER_ARCHS
-        if self.arch in TRANSCODER_ARCHS:
-            self.activation = self.activation or "topk"
-            if self.activation not in TRANSCODER_ACTIVATIONS:
+            self.normalize_decoder = self.arch not in (*TRANSCODER_ARCHS, *CLT_ARCHS)
+        if self.arch in ACTIVATIONS:
+            self.activation = self.activation or ACTIVATIONS[self.arch][0]
+            if self.activation not in ACTIVATIONS[self.arch]:
                 raise SAEError(
-                    f"arch {self.arch!r} takes activation {' | '.join(TRANSCODER_ACTIVATIONS)}, got {self.activation!r}"
+                    f"arch {self.arch!r} takes activation {' | '.join(ACTIVATIONS[self.arch])}, got {self.activation!r}"
                 )
         elif self.activation not in (None, self.arch):
-            raise SAEError(f"arch {self.arch!r} has no activation option (transcoders do), got {self.activation!r}")
-        elif self.d_out not in (None, self.d):
+            raise SAEError(f"arch {self.arch!r} has no activation option, got {self.activation!r}")
+        self._check_blocks()
+        if self.arch not in (*TRANSCODER_ARCHS, *CLT_ARCHS) and self.d_out not in (None, self.d):
             raise SAEError(
                 f"arch {self.arch!r} reconstructs its input (d={self.d}), not d_out={self.d_out}: use a transcoder"
             )
@@ -93,6 +117,39 @@ class SAEConfig:
         elif self.widths is not None:
             raise SAEError(f"widths are for arch matryoshka_batchtopk, not {self.arch!r}")
 
+    def _check_blocks(self) -> None:
+        """The hook lists of a crosscoder (``sources``: K >= 2 blocks of ``d // K``) and a CLT
+        (``sources`` and ``targets``: L layers each), with one scale per hook."""
+        multi = self.arch == "crosscoder" or self.arch in CLT_ARCHS
+        if not multi:
+            if self.sources or self.targets or self.source_scales or self.target_scales:
+                raise SAEError(f"sources/targets lists are for crosscoders and CLTs, not arch {self.arch!r}")
+            return
+        if self.arch == "crosscoder":
+            if not self.sources or len(self.sources) < 2:
+                raise SAEError(f"a crosscoder reads K >= 2 hooks (sources), got {self.sources!r}")
+            if self.d % len(self.sources):
+                raise SAEError(f"a crosscoder's d={self.d} must be K={len(self.sources)} blocks of equal width")
+            if self.targets is not None:
+                raise SAEError("a crosscoder reconstructs its own sources: it takes no targets")
+        else:
+            if not self.sources or not self.targets or len(self.sources) != len(self.targets):
+                raise SAEError(
+                    f"a CLT needs one target per source layer, got {len(self.sources or [])} sources "
+                    f"and {len(self.targets or [])} targets"
+                )
+        for name, hooks in (("source_scales", self.sources), ("target_scales", self.targets)):
+            v = getattr(self, name)
+            if v is None and hooks is not None:
+                setattr(self, name, [1.0] * len(hooks))
+            elif v is not None and (hooks is None or len(v) != len(hooks)):
+                raise SAEError(f"{name} has {len(v)} entries for {len(hooks or [])} hooks")
+
+    @property
+    def blocks(self) -> int:
+        """Hook blocks: a crosscoder's K, a CLT's L layers, 1 otherwise."""
+        return len(self.sources) if self.sources else 1
+
     @property
     def act(self) -> str:
         """The activation function: the arch itself for SAEs, ``activation`` for transcoders."""
@@ -106,6 +163,10 @@ class SAEConfig:
     @property
     def is_transcoder(self) -> bool:
         return self.arch in TRANSCODER_ARCHS
+
+    @property
+    def is_clt(self) -> bool:
+        return self.arch in CLT_ARCHS
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, indent=1, sort_keys=True)
@@ -171,10 +232,30 @@ class TrainConfig:
     out: str = field(metadata={"help": "output folder: checkpoints, log.jsonl, sae/, summary.json; rerun to resume"})
     tokens: int = field(metadata={"help": "training tokens (all ranks together)"})
     k: int | None = _opt(None, "active latents per row (topk; batch mean for batchtopk)")
-    source: str | None = _opt(None, "transcoders: the hook the encoder reads, e.g. 'model.layers.15.mlp:input'")
-    target: str | None = _opt(None, "transcoders: the hook the decoder reconstructs, e.g. 'model.layers.15.mlp'")
+    source: str | None = _opt(
+        None, "transcoders: the hook the encoder reads, e.g. 'model.layers.15.mlp:input'; CLTs: one per layer, "
+        "comma-separated or with * (e.g. 'model.layers.*.mlp:input')"
+    )  # fmt: skip
+    target: str | None = _opt(
+        None, "transcoders: the hook the decoder reconstructs, e.g. 'model.layers.15.mlp'; CLTs: one per layer "
+        "(e.g. 'model.layers.*.mlp'), paired with --source layer by layer"
+    )  # fmt: skip
     target_store: str | None = _opt(None, "the store holding --target, when not --store (it must be the same store)")
-    activation: str | None = _opt(None, "transcoders: topk | batchtopk | jumprelu (default topk)")
+    hooks: str | None = _opt(
+        None, "crosscoders: the K hooks one dictionary reads and reconstructs, comma-separated, "
+        "* wildcards allowed (e.g. 'model.layers.4,model.layers.8,model.layers.12')"
+    )  # fmt: skip
+    paired_store: str | None = _opt(
+        None, "crosscoders: a second store captured from another model on the same tokens; the "
+        "crosscoder reads --hooks from both (model diffing), each model normalized on its own"
+    )  # fmt: skip
+    activation: str | None = _opt(
+        None, "transcoders and CLTs: topk | batchtopk | jumprelu; crosscoders: topk | batchtopk | relu (default topk)"
+    )
+    shard_latents: bool = _opt(
+        False, "CLTs under torchrun: split every layer's latents over the ranks (each reads the same "
+        "batch; one all-reduce of the output per step) instead of data parallelism"
+    )  # fmt: skip
     widths: str | None = _opt(None, "matryoshka_batchtopk: nested prefix widths, e.g. 128,512,2048 (m is appended)")
     batch_size: int = _opt(DEFAULT_BATCH, "rows per step per rank")
     lr: float | None = _opt(None, "peak learning rate (default LR_BASE / sqrt(latents / 2^14))")
@@ -229,7 +310,36 @@ class TrainConfig:
         self._check_hooks()
 
     def _check_hooks(self) -> None:
-        """One line for each way of naming the wrong hooks for the arch."""
+        """One line for each way of naming the wrong hooks for the arch (the hook lists of
+        crosscoders and CLTs are matched against the store when training starts)."""
+        if self.arch != "crosscoder" and (self.hooks is not None or self.paired_store is not None):
+            raise SAEError(f"--hooks and --paired-store are for crosscoders, not arch {self.arch!r}")
+        if self.shard_latents and self.arch not in CLT_ARCHS:
+            raise SAEError(f"--shard-latents is for CLTs (clt, skip_clt), not arch {self.arch!r}")
+        if self.arch in ACTIVATIONS and self.activation not in (None, *ACTIVATIONS[self.arch]):
+            raise SAEError(
+                f"arch {self.arch!r} takes --activation {' | '.join(ACTIVATIONS[self.arch])}, got {self.activation!r}"
+            )
+        if self.arch == "crosscoder":
+            if self.hook is not None or self.source is not None or self.target is not None:
+                raise SAEError(
+                    "a crosscoder reads --hooks (K of them, or one with --paired-store): not --hook/--source"
+                )
+            if not self.hooks:
+                raise SAEError(
+                    "arch 'crosscoder' needs --hooks, e.g. --hooks 'model.layers.4,model.layers.8' "
+                    "(or one hook and --paired-store for two models)"
+                )
+            return
+        if self.arch in CLT_ARCHS:
+            if self.hook is not None:
+                raise SAEError(f"arch {self.arch!r} reads --source and reconstructs --target: give those, not --hook")
+            if not self.source or not self.target:
+                raise SAEError(
+                    f"arch {self.arch!r} needs --source and --target, one hook per layer, e.g. "
+                    "--source 'model.layers.*.mlp:input' --target 'model.layers.*.mlp'"
+                )
+            return
         if self.arch in TRANSCODER_ARCHS:
             if self.hook is not None:
                 raise SAEError(f"arch {self.arch!r} reads --source and reconstructs --target: give those, not --hook")
@@ -242,7 +352,9 @@ class TrainConfig:
                 raise SAEError(f"--source and --target are both {self.source!r}: for an SAE use --hook")
             return
         if self.activation is not None:
-            raise SAEError(f"--activation is for transcoders; arch {self.arch!r} is its own activation")
+            raise SAEError(
+                f"--activation is for transcoders, crosscoders and CLTs; arch {self.arch!r} is its own activation"
+            )
         if self.hook is None and self.source is None:
             raise SAEError(f"arch {self.arch!r} needs --hook (the activations it reconstructs)")
         if self.hook is not None and self.source not in (None, self.hook):

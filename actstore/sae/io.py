@@ -56,8 +56,17 @@ def save(sae: SparseAutoencoder, path, *, fold_scale: bool = True) -> Path:
     with the normalization (``scale``, a transcoder's ``scale_out``) folded in is written
     (``sae`` itself is left as it is)."""
     path = Path(path)
-    if fold_scale and (sae.cfg.scale != 1.0 or sae.cfg.scale_out != 1.0):
-        sae = copy.deepcopy(sae)
+    c = sae.cfg
+    scales = [c.scale, c.scale_out, *(c.source_scales or []), *(c.target_scales or [])]
+    if fold_scale and any(v != 1.0 for v in scales):
+        dist = getattr(sae, "dist", None)  # a process group does not deep-copy; the copy needs none
+        if dist is not None:
+            sae.dist = None
+        try:
+            sae = copy.deepcopy(sae)
+        finally:
+            if dist is not None:
+                sae.dist = dist
         sae.fold_scale()
     write_safetensors(path, "sae.safetensors", sae.state_dict())
     write_file(path, "config.json", sae.export_config().to_json())
@@ -98,12 +107,12 @@ def _assign(sae: SparseAutoencoder, state: dict, source: Path) -> SparseAutoenco
     return sae
 
 
-def load(path, *, device=None) -> SparseAutoencoder:
-    """Load an SAE written by :func:`save`."""
+def load(path, *, device=None, **kw) -> SparseAutoencoder:
+    """Load an SAE written by :func:`save` (``kw``: a sharded CLT's ``shard`` and ``dist``)."""
     path = Path(path)
     cfg = SAEConfig.from_dict(_read_json(path / "config.json", "actstore SAE"))
     state = _load_weights(path / "sae.safetensors", "actstore SAE")
-    sae = build(cfg)
+    sae = build(cfg, **kw)
     _assign(sae, state, path / "sae.safetensors")
     return sae.to(device) if device is not None else sae
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from ..errors import SAEError
 from .base import SparseAutoencoder
-from .config import ARCHS, TRANSCODER_ACTIVATIONS, TRANSCODER_ARCHS, SAEConfig
+from .clt import CrossLayerTranscoder
+from .config import ACTIVATIONS, ARCHS, CLT_ARCHS, SAEConfig
+from .crosscoder import CLASSES as CROSSCODERS
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaBatchTopKSAE
@@ -27,9 +29,16 @@ from .transcoder import CLASSES as TRANSCODERS
 CLASSES: dict[str, type[SparseAutoencoder]] = {
     c.arch: c for c in (TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, ReLUSAE, MatryoshkaBatchTopKSAE)
 }
+# The archs that take an activation: (arch, activation) -> class. A CLT is one class for
+# every activation (the activation is a branch of its encoder, not a class of its own).
+BY_ACTIVATION: dict[tuple[str, str], type] = {
+    **TRANSCODERS,
+    **CROSSCODERS,
+    **{(a, f): CrossLayerTranscoder for a in CLT_ARCHS for f in ACTIVATIONS[a]},
+}
 # A programming error, caught at import rather than at first use: every arch has its class(es).
-if set(CLASSES) | {a for a, _ in TRANSCODERS} != set(ARCHS) or set(TRANSCODERS) != {
-    (a, f) for a in TRANSCODER_ARCHS for f in TRANSCODER_ACTIVATIONS
+if set(CLASSES) | {a for a, _ in BY_ACTIVATION} != set(ARCHS) or set(BY_ACTIVATION) != {
+    (a, f) for a, acts in ACTIVATIONS.items() for f in acts
 }:
     raise ImportError(f"actstore.sae: arch classes {sorted(CLASSES)} do not match config.ARCHS {sorted(ARCHS)}")
 
@@ -38,7 +47,7 @@ def _index(key) -> dict:
     """``{key(c): c}`` over every class whose key is not None; a key two classes share is a
     programming error, caught at import."""
     out: dict = {}
-    for c in (*CLASSES.values(), *TRANSCODERS.values()):
+    for c in (*CLASSES.values(), *TRANSCODERS.values(), *CROSSCODERS.values()):
         k = key(c)
         if k is None:
             continue
@@ -56,14 +65,14 @@ SPARSIFY_READS: dict[tuple[bool, bool], type[SparseAutoencoder]] = _index(lambda
 
 
 def sae_class(arch: str, activation: str | None = None) -> type[SparseAutoencoder]:
-    """The class of ``arch`` (one of ``ARCHS``); a transcoder's also depends on its
-    ``activation`` (default topk)."""
-    if arch in TRANSCODER_ARCHS:
+    """The class of ``arch`` (one of ``ARCHS``); a transcoder's, crosscoder's or CLT's also
+    depends on its ``activation`` (default: the arch's first)."""
+    if arch in ACTIVATIONS:
         try:
-            return TRANSCODERS[arch, activation or "topk"]
+            return BY_ACTIVATION[arch, activation or ACTIVATIONS[arch][0]]
         except KeyError:
             raise SAEError(
-                f"arch {arch!r} takes activation {' | '.join(TRANSCODER_ACTIVATIONS)}, got {activation!r}"
+                f"arch {arch!r} takes activation {' | '.join(ACTIVATIONS[arch])}, got {activation!r}"
             ) from None
     try:
         return CLASSES[arch]

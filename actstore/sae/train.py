@@ -68,6 +68,7 @@ from .config import (  # noqa: F401 - re-exported: the options lived here first
     TrainConfig,
 )
 from .io import load, save, write_file, write_safetensors
+from .layout import Layout, resolve
 from .registry import build
 
 
@@ -111,7 +112,7 @@ def _device(name: str) -> torch.device:
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path, suffix: str = "") -> None:
     sd = opt.state_dict()
     tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
     for idx, st in sd["state"].items():
@@ -121,13 +122,13 @@ def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
                 tensors[f"{idx}.{k}"] = v
             else:
                 meta["state"][str(idx)][k] = v
-    write_safetensors(path, "optimizer.safetensors", tensors)
-    write_file(path, "optimizer.json", json.dumps(meta))
+    write_safetensors(path, f"optimizer{suffix}.safetensors", tensors)
+    write_file(path, f"optimizer{suffix}.json", json.dumps(meta))
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
-    meta = json.loads((path / "optimizer.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device, suffix: str = "") -> None:
+    meta = json.loads((path / f"optimizer{suffix}.json").read_text())
+    tensors = load_file(str(path / f"optimizer{suffix}.safetensors"))
     state = {}
     for idx, extra in meta["state"].items():
         st = dict(extra)
@@ -141,30 +142,70 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def _new_sae(cfg: TrainConfig, store, loader: ActivationLoader) -> SparseAutoencoder:
-    """A fresh SAE for ``cfg``: sizes from the store, normalization factors from the loader,
-    decoder bias at the target's mean (in the training scale)."""
-    src, tgt = cfg.source_hook, cfg.target_hook
-    scale = loader.scale_factors.get(src, 1.0)
-    scale_out = loader.scale_factors.get(tgt, 1.0)
+def _new_sae(cfg: TrainConfig, store, loaders, lay: Layout | None = None, shard=None, dist=None) -> SparseAutoencoder:
+    """A fresh dictionary for ``cfg``: sizes from the store, normalization factors from the
+    loaders (``loaders[1]``: the paired store's), decoder bias at the target's mean (in the
+    training scale); a transcoder's or CLT's encoder centred on its source's mean."""
+    standardized = cfg.normalize == "standardize"  # zero-mean already
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    lay = lay or resolve(cfg, store, api.open)
+
+    def scale(h, i=0):
+        return loaders[i].scale_factors.get(h, 1.0)
+
+    def mean(h, i=0):
+        st = (store if i == 0 else lay.paired).stats(h)
+        m = torch.as_tensor(st["mean"], dtype=torch.float32)
+        return torch.zeros_like(m) if standardized else m * scale(h, i)
+
+    kind, src, tgt = lay.kind, lay.sources, lay.targets
+    if kind == "crosscoder":
+        half = len(src) // 2 if lay.paired is not None else len(src)
+        which = [0 if b < half else 1 for b in range(len(src))]
+        scfg = SAEConfig(
+            cfg.arch, sum(store._hook(h).d for h in src), cfg.latents, k=cfg.k, activation=cfg.activation,
+            sources=lay.names, source_scales=[scale(h, i) for h, i in zip(src, which)], **cfg.sae,
+        )  # fmt: skip
+        sae = build(scfg, seed=cfg.seed)
+        sae.init_b_dec(torch.cat([mean(h, i) for h, i in zip(src, which)]))
+        return sae
+    if kind == "clt":
+        widths = {store._hook(h).d for h in src}, {store._hook(h).d for h in tgt}
+        if len(widths[0]) > 1 or len(widths[1]) > 1:
+            raise SAEError(
+                f"a CLT's sources (widths {sorted(widths[0])}) and targets ({sorted(widths[1])}) must each be one width"
+            )
+        scfg = SAEConfig(
+            cfg.arch, widths[0].pop(), cfg.latents, k=cfg.k, d_out=widths[1].pop(), activation=cfg.activation,
+            sources=src, targets=tgt, source_scales=[scale(h) for h in src], target_scales=[scale(h) for h in tgt],
+            **cfg.sae,
+        )  # fmt: skip
+        sae = build(scfg, seed=cfg.seed, **({"shard": shard, "dist": dist} if shard else {}))
+        sae.init_b_dec(torch.stack([mean(h) for h in tgt]))
+        if not standardized:
+            sae.center_encoder(torch.stack([mean(h) for h in src]))
+        return sae
+    s, t = src[0], tgt[0]
     extra = {}
-    if tgt != src:
-        extra = {"d_out": store._hook(tgt).d, "target": tgt, "scale_out": scale_out, "activation": cfg.activation}
+    if t != s:
+        extra = {"d_out": store._hook(t).d, "target": t, "scale_out": scale(t), "activation": cfg.activation}
     scfg = SAEConfig(
-        cfg.arch, store._hook(src).d, cfg.latents, k=cfg.k, scale=scale, hook=src, widths=cfg.widths, **extra, **cfg.sae
+        cfg.arch, store._hook(s).d, cfg.latents, k=cfg.k, scale=scale(s), hook=s, widths=cfg.widths, **extra, **cfg.sae
     )
     sae = build(scfg, seed=cfg.seed)
-    standardized = cfg.normalize == "standardize"  # zero-mean already
-    mean = torch.as_tensor(store.stats(tgt)["mean"], dtype=torch.float32)
-    sae.init_b_dec(mean * scale_out if not standardized else torch.zeros_like(mean))
+    sae.init_b_dec(mean(t))
     if sae.cfg.is_transcoder and not standardized:
-        sae.center_encoder(torch.as_tensor(store.stats(src)["mean"], dtype=torch.float32) * scale)
+        sae.center_encoder(mean(s))
     return sae
 
 
-def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader, dev: torch.device, rank: int) -> _Run:
+def _resume_or_init(
+    cfg: TrainConfig, out: Path, store, loaders, dev, rank: int, lay: Layout | None = None, shard=None, dist=None
+) -> _Run:
     """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
-    settings differ), or a new SAE (decoder bias at the data mean, in the training scale)."""
+    settings differ), or a new SAE (decoder bias at the data mean, in the training scale).
+    A latent-sharded CLT keeps each rank's shard (weights and AdamW state) in its own files."""
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     latest = out / "latest.json"
     resumed = latest.exists()
     if resumed:
@@ -178,47 +219,59 @@ def _resume_or_init(cfg: TrainConfig, out: Path, store, loader: ActivationLoader
                 "use a new --out, or the same settings to resume"
             )
         ck = out / pointer["checkpoint"]
-        sae = load(ck / "sae").to(dev)
+        if shard:
+            sae = load(ck / f"sae-rank{rank}", shard=shard, dist=dist).to(dev)
+        else:
+            sae = load(ck / "sae").to(dev)
         counters = json.loads((ck / "trainer.json").read_text())
         step, tokens = counters["step"], counters["tokens"]
-        since_fired = load_file(str(ck / "trainer.safetensors"))["tokens_since_fired"].to(dev)
-        loader.load_state_dict(json.loads((ck / f"loader-rank{rank}.json").read_text()))
+        fired_file = f"trainer-rank{rank}.safetensors" if shard else "trainer.safetensors"
+        since_fired = load_file(str(ck / fired_file))["tokens_since_fired"].to(dev)
+        for i, ld in enumerate(loaders):
+            ld.load_state_dict(json.loads((ck / f"loader{'-b' if i else ''}-rank{rank}.json").read_text()))
         enc = ck / f"encoder-rank{rank}.json"  # absent in checkpoints of older versions: start afresh
         if enc.exists():
             sae.load_encoder_state(json.loads(enc.read_text()))
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-        sae = _new_sae(cfg, store, loader).to(dev)
+        sae = _new_sae(cfg, store, loaders, lay, shard, dist).to(dev)
         step, tokens = 0, 0
-        since_fired = torch.zeros(cfg.latents, dtype=torch.int64, device=dev)
+        since_fired = torch.zeros(_total_latents(sae), dtype=torch.int64, device=dev)
     sae.train()
     base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.latents)
     opt = torch.optim.AdamW(sae.parameters(), lr=base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     if resumed:
-        _load_optimizer(opt, ck, dev)
+        _load_optimizer(opt, ck, dev, f"-rank{rank}" if shard else "")
     elif sae.renorm_decoder:
         sae.normalize_decoder()
     return _Run(sae, opt, base_lr, step, tokens, since_fired)
 
 
-def _write_checkpoint(out: Path, run: _Run, loader: ActivationLoader, dist, rank: int) -> Path:
-    """Write ``ckpt-<step>/`` whole (every rank its loader state, rank 0 the rest); ranks
-    meet before and after."""
+def _write_checkpoint(out: Path, run: _Run, loaders: list[ActivationLoader], dist, rank: int) -> Path:
+    """Write ``ckpt-<step>/`` whole (every rank its loader state, rank 0 the rest; every rank
+    its shard of a latent-sharded CLT); ranks meet before and after."""
     ck = out / f"ckpt-{run.step:08d}"
+    sharded = getattr(run.sae, "sharded", False)
     if rank == 0:
         if ck.exists():  # left by a run killed while writing it
             shutil.rmtree(ck)
         ck.mkdir(parents=True)
     if dist is not None:
         dist.barrier()
-    write_file(ck, f"loader-rank{rank}.json", json.dumps(loader.state_dict()))
+    for i, ld in enumerate(loaders):
+        write_file(ck, f"loader{'-b' if i else ''}-rank{rank}.json", json.dumps(ld.state_dict()))
     write_file(ck, f"encoder-rank{rank}.json", json.dumps(run.sae.encoder_state()))
+    if sharded:
+        save(run.sae, ck / f"sae-rank{rank}", fold_scale=False)
+        _save_optimizer(run.opt, ck, f"-rank{rank}")
+        write_safetensors(ck, f"trainer-rank{rank}.safetensors", {"tokens_since_fired": run.since_fired})
     if rank == 0:
-        save(run.sae, ck / "sae", fold_scale=False)
-        _save_optimizer(run.opt, ck)
+        if not sharded:
+            save(run.sae, ck / "sae", fold_scale=False)
+            _save_optimizer(run.opt, ck)
+            write_safetensors(ck, "trainer.safetensors", {"tokens_since_fired": run.since_fired})
         write_file(ck, "trainer.json", json.dumps({"step": run.step, "tokens": run.tokens}))
-        write_safetensors(ck, "trainer.safetensors", {"tokens_since_fired": run.since_fired})
     if dist is not None:
         dist.barrier()
     return ck
@@ -234,9 +287,9 @@ def _point_latest(cfg: TrainConfig, out: Path, ck: Path, step: int) -> None:
         shutil.rmtree(out / prev, ignore_errors=True)
 
 
-def _checkpoint(cfg: TrainConfig, out: Path, run: _Run, loader: ActivationLoader, dist, rank: int) -> None:
+def _checkpoint(cfg: TrainConfig, out: Path, run: _Run, loaders: list[ActivationLoader], dist, rank: int) -> None:
     """Write ``ckpt-<step>/``, then point ``latest.json`` at it and delete the older folder."""
-    ck = _write_checkpoint(out, run, loader, dist, rank)
+    ck = _write_checkpoint(out, run, loaders, dist, rank)
     if rank == 0:
         _point_latest(cfg, out, ck, run.step)
 
@@ -262,14 +315,16 @@ def _all_reduce_grads(sae: SparseAutoencoder, dist) -> None:
 
 def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, y, total: int, global_batch: int, dist) -> dict:
     """One optimizer step on this rank's batch ``x [batch_size, d]`` (and a transcoder's
-    targets ``y [batch_size, d_out]``, else None); returns the loss terms."""
+    targets ``y [batch_size, d_out]``, else None; a CLT's ``[batch_size, L, .]``); returns
+    the loss terms. A latent-sharded CLT's ranks hold the same batch and different latents:
+    no gradient all-reduce (the output's all-reduce in the forward is its communication)."""
     sae, opt = run.sae, run.opt
     dead = run.since_fired >= cfg.dead_tokens
     res = sae.loss(x, dead_mask=dead if sae.uses_auxk else None, **({} if y is None else {"target": y}))
     opt.zero_grad(set_to_none=True)
     res["loss"].backward()
     fired = res["latents"].fired()
-    if dist is not None:
+    if dist is not None and not getattr(sae, "sharded", False):  # a sharded CLT's ranks hold different latents
         _all_reduce_grads(sae, dist)
         f = fired.to(torch.int32)
         dist.all_reduce(f, op=dist.ReduceOp.MAX)
@@ -291,30 +346,32 @@ def _step(cfg: TrainConfig, run: _Run, x: torch.Tensor, y, total: int, global_ba
 
 def _metrics(cfg: TrainConfig, run: _Run, res: dict, dist) -> dict:
     """The log line of this step, less ``tokens_per_s``: loss, fvu and l0 averaged over ranks."""
-    levels = res.get("level_fvu")  # Matryoshka: the FVU of each nested prefix, innermost first
+    # Matryoshka: each nested prefix's FVU, innermost first; a CLT: each layer's.
+    levels = res.get("level_fvu", res.get("layer_fvu"))
+    dev = run.since_fired.device
+    # A sharded CLT gives its L0 over every rank's latents (the other terms are the same on every rank).
+    l0 = res["l0"] if res.get("l0") is not None else torch.tensor(res["latents"].l0(), device=dev)
+    dead = (run.since_fired >= cfg.dead_tokens).float().mean()
     vals = torch.cat(
         [
-            torch.stack(
-                [
-                    res["loss"].detach().float(),
-                    res["fvu"].detach().float(),
-                    torch.tensor(res["latents"].l0(), device=run.since_fired.device),
-                ]
-            ),
-            levels.float() if levels is not None else torch.zeros(0, device=run.since_fired.device),
+            torch.stack([res["loss"].detach().float(), res["fvu"].detach().float(), l0.float(), dead]),
+            levels.float() if levels is not None else torch.zeros(0, device=dev),
         ]
     )
     if dist is not None:
         dist.all_reduce(vals)
         vals /= dist.get_world_size()
+    if not getattr(run.sae, "sharded", False):
+        vals[3] = dead  # data parallel: every rank tracks every latent
+    key = "layer_fvu" if "layer_fvu" in res else "level_fvu"
     return {
         "step": run.step,
         "tokens": run.tokens,
         "loss": float(vals[0]),
         "fvu": float(vals[1]),
         "l0": float(vals[2]),
-        **({"level_fvu": [float(v) for v in vals[3:]]} if levels is not None else {}),
-        "dead_frac": float((run.since_fired >= cfg.dead_tokens).float().mean()),
+        **({key: [float(v) for v in vals[4:]]} if levels is not None else {}),
+        "dead_frac": float(vals[3]),
         "lr": run.opt.param_groups[0]["lr"],
         **_dense_rows(run.sae),
     }
@@ -376,71 +433,96 @@ def split(cfg: TrainConfig, store) -> tuple[dict, dict | None, dict]:
     return {"rows": (0, n - rows)}, {"rows": (n - rows, n)}, {"eval_rows": rows}
 
 
-def _source_target(batch, cfg: TrainConfig):
-    """``(x, y)`` of a loader batch: a tensor for an SAE (y None), a dict for a transcoder."""
-    if torch.is_tensor(batch):
-        return batch, None
-    return batch[cfg.source_hook], batch[cfg.target_hook]
+def _total_latents(sae) -> int:
+    """The latents whose firing the trainer tracks on this rank (a CLT: every layer's)."""
+    return getattr(sae, "total_latents", sae.cfg.m)
+
+
+def _pairs(loaders: list[ActivationLoader], lay: Layout):
+    """``(x, y)`` per step from the loaders (two for a two-model crosscoder, in lockstep)."""
+    if len(loaders) == 1:
+        for batch in loaders[0]:
+            yield lay.assemble(batch)
+    else:
+        for a, b in zip(*loaders, strict=True):
+            yield lay.assemble(a, b)
 
 
 @torch.no_grad()
-def evaluate(sae: SparseAutoencoder, loader: ActivationLoader, dist=None, cfg: TrainConfig | None = None) -> dict:
+def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None = None) -> dict:
     """FVU of the target (over the whole set: squared error / total variance about the set's
     mean), L0 (mean active latents per row) and the fraction of latents that never fire, on
-    every row ``loader`` yields (summed over ranks). A transcoder's loader yields its source
-    and target hooks (``cfg`` names them); an SAE's, one tensor."""
+    every ``(x, y)`` of ``batches`` (y None: the dictionary reconstructs x), summed over
+    ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) also each block's FVU,
+    ``block_fvu``. A latent-sharded CLT's ranks all see the same rows: only its latent counts
+    are summed over them."""
     was_training = sae.training
     sae.eval()
     dev = next(sae.parameters()).device
-    m = sae.cfg.m
-    acc = None  # [err^2, rows, active] float64, then sum y and sum y^2 per dim
-    fired = torch.zeros(m, dtype=torch.int32, device=dev)
-    for batch in loader:
-        x, y = _source_target(batch, cfg) if cfg is not None else (batch, None)
-        y = x if y is None else y
+    sharded = getattr(sae, "sharded", False)
+    acc = None  # [rows, active, err^2 per level] float64, then sum y, sum y^2, sum err^2 per dim
+    fired = torch.zeros(_total_latents(sae), dtype=torch.int32, device=dev)
+    for x, y in batches:
+        y = (x if y is None else y).flatten(1)
         lat = sae.encode(x)
-        xd = y.double()
+        yd = y.double()
         # Every level's squared error (several for Matryoshka); the last is the whole reconstruction.
-        outs = sae.level_outputs(lat, x)
+        outs = [o.flatten(1).double() for o in sae.level_outputs(lat, x)]
+        per_dim = (outs[-1] - yd).pow(2).sum(0)
         part = torch.cat(
             [
                 torch.stack(
                     [
-                        torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev),
+                        torch.tensor(float(y.shape[0]), dtype=torch.float64, device=dev),
                         torch.tensor(lat.l0() * lat.n, dtype=torch.float64, device=dev),
-                        *[(o.double() - xd).pow(2).sum() for o in outs],
+                        *[(o - yd).pow(2).sum() for o in outs],
                     ]
                 ),
-                xd.sum(0),
-                xd.pow(2).sum(0),
+                yd.sum(0),
+                yd.pow(2).sum(0),
+                per_dim,
             ]
         )
         acc = part if acc is None else acc + part
         fired |= lat.fired().to(torch.int32)
     if dist is not None:
-        dist.all_reduce(acc)
-        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        if sharded:  # same rows everywhere: only the latents differ
+            active = acc[1:2].clone()
+            dist.all_reduce(active)
+            acc[1] = active[0]
+        else:
+            dist.all_reduce(acc)
+            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
     sae.train(was_training)
-    g = len(sae.cfg.widths or [None])  # levels: Matryoshka's widths, else one
+    g = len(getattr(sae.cfg, "widths", None) or [None])  # levels: Matryoshka's widths, else one
     n, active = float(acc[0]), float(acc[1])
     errs = [float(v) for v in acc[2 : 2 + g]]
-    d = (acc.numel() - 2 - g) // 2
-    s1, s2 = acc[2 + g : 2 + g + d], acc[2 + g + d :]
-    total = max(float((s2 - s1.pow(2) / n).sum()), 1e-12)
-    return {
+    d = (acc.numel() - 2 - g) // 3
+    s1, s2, e2 = acc[2 + g : 2 + g + d], acc[2 + g + d : 2 + g + 2 * d], acc[2 + g + 2 * d :]
+    var = s2 - s1.pow(2) / n
+    total = max(float(var.sum()), 1e-12)
+    dead = (fired == 0).float().mean()
+    if dist is not None and sharded:
+        dist.all_reduce(dead)
+        dead /= dist.get_world_size()
+    out = {
         "rows": int(n),
         "fvu": errs[-1] / total,
         **({"level_fvu": [e / total for e in errs]} if g > 1 else {}),
         "l0": active / n,
-        "dead_frac": float((fired == 0).float().mean()),
+        "dead_frac": float(dead),
     }
+    if names and len(names) > 1:
+        w = d // len(names)
+        out["block_fvu"] = {
+            nm: float(e2[i * w : (i + 1) * w].sum() / var[i * w : (i + 1) * w].sum().clamp_min(1e-12))
+            for i, nm in enumerate(names)
+        }
+    return out
 
 
 def _check_store_hooks(cfg: TrainConfig, store) -> None:
-    """One line for a hook the store lacks, or a target in another store."""
-    for role, name in (("hook" if cfg.hook else "source", cfg.source_hook), ("target", cfg.target_hook)):
-        if name not in store.hooks:
-            raise SAEError(f"{role} {name!r} is not in the store (it has {', '.join(store.hooks)}): pick one of those")
+    """One line for a target in another store (the hooks themselves: :func:`layout.resolve`)."""
     if cfg.target_store is not None:
         other = cfg.target_store if isinstance(cfg.target_store, Store) else api.open(cfg.target_store)
         if Path(str(other.path)).resolve() != Path(str(store.path)).resolve():
@@ -498,24 +580,26 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     dev = _device(cfg.device)
     store = cfg.store if isinstance(cfg.store, Store) else api.open(cfg.store)
     _check_store_hooks(cfg, store)
-    hooks = cfg.source_hook if cfg.source_hook == cfg.target_hook else [cfg.source_hook, cfg.target_hook]
+    lay = resolve(cfg, store, api.open)
+    # A latent-sharded CLT: every rank reads the whole batch (the loaders' rank 0 of 1) and
+    # holds 1/world of the latents; otherwise data parallel, each rank its share of rows.
+    shard = (rank, world) if cfg.shard_latents and world > 1 else None
+    data_rank, data_world = (0, 1) if shard else (rank, world)
     train_rows, eval_rows, held_out = split(cfg, store)
-    common = dict(device=dev, normalize=cfg.normalize, threads=cfg.threads, rank=rank, world_size=world)
-    loader = ActivationLoader(
-        store,
-        hooks,
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        epochs=None,
-        drop_last=True,
-        buffer_rows=cfg.buffer_rows,
-        **common,
-        **train_rows,
+    common = dict(device=dev, normalize=cfg.normalize, threads=cfg.threads, rank=data_rank, world_size=data_world)
+    stores = [store] if lay.paired is None else [store, lay.paired]
+    hooks = lay.loader_hooks()
+    paired = dict(tokens=True) if lay.paired is not None else {}
+
+    def loaders_over(selection: dict, **kw) -> list[ActivationLoader]:
+        return [ActivationLoader(st, hooks, cfg.batch_size, **kw, **paired, **common, **selection) for st in stores]
+
+    loaders = loaders_over(
+        train_rows, shuffle=True, seed=cfg.seed, epochs=None, drop_last=True, buffer_rows=cfg.buffer_rows
     )
-    global_batch = cfg.batch_size * world
+    global_batch = cfg.batch_size * data_world
     total = math.ceil(cfg.tokens / global_batch)
-    run = _resume_or_init(cfg, out, store, loader, dev, rank)
+    run = _resume_or_init(cfg, out, store, loaders, dev, rank, lay, shard, dist)
 
     log_path = out / "log.jsonl"
     if rank == 0:
@@ -523,15 +607,15 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     bar = _progress_bar(cfg, total, run.step) if rank == 0 and progress else None
     t_last, tok_last = time.perf_counter(), run.tokens
     metrics = {}
-    it = iter(loader)
+    it = _pairs(loaders, lay)
     first = None
     if run.step == 0 and run.sae.act in ("jumprelu", "gated"):
         first = next(it)  # also the first step's batch: the init takes nothing from the stream
-        _init_thresholds(cfg, run, _source_target(first, cfg)[0], dist)
+        _init_thresholds(cfg, run, first[0], None if shard else dist)
     while run.step < total:
-        batch = first if first is not None else next(it)
+        pair = first if first is not None else next(it)
         first = None
-        res = _step(cfg, run, *_source_target(batch, cfg), total, global_batch, dist)
+        res = _step(cfg, run, *pair, total, global_batch, dist)
         if run.step % cfg.log_every == 0 or run.step == total:
             metrics = _metrics(cfg, run, res, dist)
             now = time.perf_counter()  # after the metrics' device sync, so the rate counts the step's work
@@ -550,14 +634,16 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         if bar is not None:
             bar.update(1)
         if run.step % cfg.checkpoint_every == 0 or run.step == total:
-            _checkpoint(cfg, out, run, loader, dist, rank)
+            _checkpoint(cfg, out, run, loaders, dist, rank)
     if bar is not None:
         bar.close()
-    loader.close()
+    for ld in loaders:
+        ld.close()
     if eval_rows is not None:
-        ev_loader = ActivationLoader(store, hooks, cfg.batch_size, shuffle=False, epochs=1, **common, **eval_rows)
-        held_out.update(evaluate(run.sae, ev_loader, dist, cfg))
-        ev_loader.close()
+        ev_loaders = loaders_over(eval_rows, shuffle=False, epochs=1)
+        held_out.update(evaluate(run.sae, _pairs(ev_loaders, lay), dist, lay.names))
+        for ld in ev_loaders:
+            ld.close()
         if rank == 0:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps({"step": run.step, "tokens": run.tokens, "eval": held_out}) + "\n")
@@ -570,14 +656,15 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         "warmup_steps": warmup_steps(cfg, total),
         "out": str(out),
         "arch": cfg.arch,
-        "source": cfg.source_hook,
-        "target": cfg.target_hook,
+        "source": lay.sources[0] if len(lay.sources) == 1 else lay.sources,
+        "target": lay.targets[0] if len(lay.targets) == 1 else lay.targets,
         "latents": cfg.latents,
         "k": cfg.k,
         "world_size": world,
     }
+    whole = run.sae.gathered() if shard else run.sae  # every rank takes part in the gather
     if rank == 0:
-        save(run.sae, out / "sae")
+        save(whole, out / "sae")
         if cfg.eval_model and eval_rows is not None:
             summary["eval_model"] = _eval_model(cfg, store, eval_rows, out, dev)
             with open(log_path, "a") as fh:

@@ -24,11 +24,12 @@ from actstore.sae import (
     to_saelens,
     to_sparsify,
 )
-from actstore.sae.config import TRANSCODER_ARCHS
+from actstore.sae.config import CLT_ARCHS, TRANSCODER_ARCHS
 
 D, M = 24, 96
-# The archs that reconstruct their own input (transcoders: tests/sae/test_transcoder.py).
-SAE_ARCHS = [a for a in ARCHS if a not in TRANSCODER_ARCHS]
+# The one-hook archs that reconstruct their own input (transcoders: tests/sae/test_transcoder.py;
+# crosscoders: test_crosscoder.py; CLTs: test_clt.py).
+SAE_ARCHS = [a for a in ARCHS if a not in (*TRANSCODER_ARCHS, *CLT_ARCHS, "crosscoder")]
 
 
 def _sae(arch, seed=0, **kw):
