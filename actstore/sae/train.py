@@ -453,8 +453,8 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
     """FVU of the target (over the whole set: squared error / total variance about the set's
     mean), L0 (mean active latents per row) and the fraction of latents that never fire, on
     every ``(x, y)`` of ``batches`` (y None: the dictionary reconstructs x), summed over
-    ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) also each block's FVU,
-    ``block_fvu``. A latent-sharded CLT's ranks all see the same rows: only its latent counts
+    ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) each block's FVU,
+    ``block_fvu``, and ``fvu`` their mean. A latent-sharded CLT's ranks all see the same rows: only its latent counts
     are summed over them."""
     was_training = sae.training
     sae.eval()
@@ -513,11 +513,15 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
         "dead_frac": float(dead),
     }
     if names and len(names) > 1:
+        # Each block's FVU, and their mean as the headline: a pooled FVU over blocks would
+        # weigh each by its variance in the training scale (each hook normalized on its own),
+        # so it would change with the normalization; the mean does not (and is the CLT's loss).
         w = d // len(names)
         out["block_fvu"] = {
             nm: float(e2[i * w : (i + 1) * w].sum() / var[i * w : (i + 1) * w].sum().clamp_min(1e-12))
             for i, nm in enumerate(names)
         }
+        out["fvu"] = sum(out["block_fvu"].values()) / len(names)
     return out
 
 

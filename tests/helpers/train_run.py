@@ -11,6 +11,12 @@ SIGSTOP, so the test SIGKILLs it exactly there, never at a moment of the clock. 
 - ``written:N``: checkpoint N's folder is complete, ``latest.json`` does not name it yet;
 - ``ckpt:N``: checkpoint N is complete and ``latest.json`` names it.
 
+ARCH is ``arch[:activation]``. Transcoders read "narrow" and reconstruct "wide" of the loader
+store (helpers/loader_store.py); CLTs and crosscoders read a layer store
+(helpers/layer_store.py): every layer's MLP input -> output, every layer's MLP output.
+``TRAIN_RUN_SHARD=1`` shards a CLT's latents over the torchrun ranks; ``TRAIN_RUN_PAIRED=PATH``
+gives a crosscoder its second store.
+
 usage: train_run.py STORE OUT ARCH TOKENS
 """
 
@@ -26,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from actstore.sae import TrainConfig, train
-from actstore.sae.config import TRANSCODER_ARCHS
+from actstore.sae.config import CLT_ARCHS, TRANSCODER_ARCHS
 
 # The module, not the function: ``actstore.sae.train`` the attribute is train() itself.
 trainer = importlib.import_module("actstore.sae.train")
@@ -62,6 +68,17 @@ def main() -> None:
     arch, _, act = arch.partition(":")
     if arch in TRANSCODER_ARCHS:
         hooks = {"source": "narrow", "target": "wide", "activation": act or None}
+    elif arch in CLT_ARCHS:
+        hooks = {
+            "source": "model.layers.*.mlp:input",
+            "target": "model.layers.*.mlp",
+            "activation": act or None,
+            "shard_latents": os.environ.get("TRAIN_RUN_SHARD") == "1",
+        }
+    elif arch == "crosscoder":
+        paired = os.environ.get("TRAIN_RUN_PAIRED")
+        hooks = {"hooks": "model.layers.1.mlp" if paired else "model.layers.*.mlp", "activation": act or None}
+        hooks["paired_store"] = paired
     else:
         hooks = {"hook": "wide", "widths": "8,32" if arch == "matryoshka_batchtopk" else None}
     cfg = TrainConfig(
