@@ -540,7 +540,8 @@ def _check_store_hooks(cfg: TrainConfig, store) -> None:
 def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
     """The LM loss with the saved SAE (normalization folded in) spliced in, over the held-out
     rows' tokens (:mod:`actstore.sae.splice`), on rank 0: an SAE at its hook; a transcoder
-    in place of the module it stands in for (``cfg.target_hook`` fed from ``cfg.source_hook``)."""
+    in place of the module it stands in for (``cfg.target_hook`` fed from ``cfg.source_hook``);
+    a CLT in place of every target layer (its cfg's ``targets``, fed from its ``sources``)."""
     from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
 
     if "rows" in selection:
@@ -562,7 +563,8 @@ def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dic
         n += windows[-1].size
     windows = [w for w in windows if w.size >= 2]
     sae = load(out / "sae")  # its cfg names the source and target (cfg.source_hook, cfg.target_hook)
-    return {"model": cfg.eval_model, **lm_loss_increase(cfg.eval_model, sae, windows, hook=cfg.source_hook, device=dev)}
+    hook = None if sae.cfg.is_clt else cfg.source_hook  # a CLT's cfg holds its hooks, one per layer
+    return {"model": cfg.eval_model, **lm_loss_increase(cfg.eval_model, sae, windows, hook=hook, device=dev)}
 
 
 def _progress_bar(cfg: TrainConfig, total: int, step: int):
