@@ -155,6 +155,14 @@ class CrossLayerTranscoder(nn.Module):
     def export_config(self) -> SAEConfig:
         return self.cfg
 
+    def saelens_state(self):
+        raise SAEError(
+            "SAELens holds no cross-layer transcoders: export with actstore.sae.circuit_tracer.to_circuit_tracer"
+        )
+
+    def sparsify_state(self):
+        raise SAEError("sparsify holds no cross-layer transcoders: export with to_circuit_tracer")
+
     def encoder_state(self) -> dict:
         return {"cand_k": list(self.cand_k), "encode_rows": self.encode_rows, "dense_rows": self.dense_rows}
 

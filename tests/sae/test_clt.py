@@ -269,7 +269,8 @@ def test_latents_sharded_over_two_ranks_train_the_weights_of_one_rank(store, tmp
     one = _run(store, tmp_path / "one", f"clt:{act}")
     _, err = one.communicate(timeout=300)
     assert one.returncode == 0, err[-2000:]
-    r = torchrun(RUN, [store.path, tmp_path / "two", f"clt:{act}", 32 * 30], nproc=2, env={"TRAIN_RUN_SHARD": "1"})
+    env = {"TRAIN_RUN_SHARD": "1", "TRAIN_RUN_COMM": "1"}
+    r = torchrun(RUN, [store.path, tmp_path / "two", f"clt:{act}", 32 * 30], nproc=2, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load(tmp_path / "one" / "sae"), load(tmp_path / "two" / "sae")
     assert b.W_enc.shape == a.W_enc.shape == (3, 64, 16)
@@ -284,3 +285,29 @@ def test_latents_sharded_over_two_ranks_train_the_weights_of_one_rank(store, tmp
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4) and rb["l0"] == pytest.approx(ra["l0"], rel=1e-4)
     ck = json.loads((tmp_path / "two" / "latest.json").read_text())["checkpoint"]
     assert {p.name for p in (tmp_path / "two" / ck).glob("sae-rank*")} == {"sae-rank0", "sae-rank1"}
+    # The step's communication (payload of each rank's collectives, batch 32, L=3, d_out=16,
+    # float32): the all-reduce of the partial outputs [32, 3, 16] and of the L0 (a scalar);
+    # JumpReLU adds its L0 terms [3]; TopK an AuxK flag (int64), the all-gather of every
+    # layer's local top-k values [2 ranks x 32 x 4] and, once latents are dead, AuxK (every
+    # layer: [2 x 32 x 8] gathered, the aux decode [32, 16] reduced, one dead count).
+    comm = json.loads((tmp_path / "two" / "comm-rank0.json").read_text())
+    assert len(comm) == 30
+    out_bytes = 32 * 3 * 16 * 4 + 4
+    if act == "jumprelu":
+        assert set(comm) == {out_bytes + 3 * 4}
+    else:
+        plain = out_bytes + 8 + 3 * 2 * 32 * 4 * 4
+        aux = plain + 3 * (2 * 32 * 8 * 4 + 32 * 16 * 4 + 4)
+        assert comm[0] == plain and set(comm) == {plain, aux}
+
+
+def test_saelens_and_sparsify_refuse_clts_and_crosscoders_in_one_line(tmp_path):
+    from actstore.sae import to_saelens, to_sparsify
+
+    cc = build(SAEConfig("crosscoder", 24, 32, k=4, sources=["a", "b", "c"]))
+    for f in (to_saelens, to_sparsify):
+        for d in (_clt(), cc):
+            with pytest.raises(SAEError, match="holds no") as e:
+                f(d, tmp_path / "x")
+            assert "\n" not in str(e.value)
+    assert not (tmp_path / "x").exists()
