@@ -454,7 +454,8 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
     mean), L0 (mean active latents per row) and the fraction of latents that never fire, on
     every ``(x, y)`` of ``batches`` (y None: the dictionary reconstructs x), summed over
     ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) each block's FVU,
-    ``block_fvu``, and ``fvu`` their mean. A latent-sharded CLT's ranks all see the same rows: only its latent counts
+    ``block_fvu``, and ``fvu`` their mean; a CLT's active latents per row of each layer,
+    ``layer_l0``. A latent-sharded CLT's ranks all see the same rows: only its latent counts
     are summed over them."""
     was_training = sae.training
     sae.eval()
@@ -462,6 +463,8 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
     sharded = getattr(sae, "sharded", False)
     acc = None  # [rows, active, err^2 per level] float64, then sum y, sum y^2, sum err^2 per dim
     fired = torch.zeros(_total_latents(sae), dtype=torch.int32, device=dev)
+    layers = getattr(sae, "n_layers", None)  # a CLT: active latents per layer too
+    per_layer = torch.zeros(layers or 0, dtype=torch.float64, device=dev)
     for x, y in batches:
         y = (x if y is None else y).flatten(1)
         lat = sae.encode(x)
@@ -485,11 +488,14 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
         )
         acc = part if acc is None else acc + part
         fired |= lat.fired().to(torch.int32)
+        if layers:
+            on = lat.cols[lat.vals.detach() != 0] // sae.m_local
+            per_layer += torch.bincount(on, minlength=layers).double()
     if dist is not None:
         if sharded:  # same rows everywhere: only the latents differ
-            active = acc[1:2].clone()
+            active = torch.cat([acc[1:2], per_layer])
             dist.all_reduce(active)
-            acc[1] = active[0]
+            acc[1], per_layer = active[0], active[1:]
         else:
             dist.all_reduce(acc)
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
@@ -522,6 +528,8 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
             for i, nm in enumerate(names)
         }
         out["fvu"] = sum(out["block_fvu"].values()) / len(names)
+    if layers:
+        out["layer_l0"] = (per_layer / n).tolist()
     return out
 
 

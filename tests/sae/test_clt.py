@@ -181,6 +181,9 @@ def test_training_reports_each_layers_held_out_fvu_and_the_saved_clt_takes_raw_r
     assert per_layer == pytest.approx(list(ev["block_fvu"].values()), rel=1e-4)
     assert ev["fvu"] == pytest.approx(sum(per_layer) / 3, rel=1e-4)  # the mean over layers
     assert 0 < ev["fvu"] < 0.9  # it learned the cross-layer structure, partly
+    assert sum(ev["layer_l0"]) == pytest.approx(ev["l0"], rel=1e-6) and len(ev["layer_l0"]) == 3
+    if act == "topk":
+        assert ev["layer_l0"] == pytest.approx([4, 4, 4], abs=0.05)  # k per layer (a few rows hold zeros)
     log = [json.loads(ln) for ln in (tmp_path / "o" / "log.jsonl").read_text().splitlines() if "eval" not in ln]
     assert len(log[-1]["layer_fvu"]) == 3 and log[-1]["fvu"] < log[0]["fvu"]
 
