@@ -199,6 +199,16 @@ def _new_sae(cfg: TrainConfig, store, loaders, lay: Layout | None = None, shard=
     return sae
 
 
+def _config_doc(cfg: TrainConfig) -> dict:
+    """``cfg`` as JSON-ready values, an open :class:`Store` given as a field written as its
+    path (``dataclasses.asdict`` would deep-copy the store, thread queues and all)."""
+    doc = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for k in ("store", "target_store", "paired_store"):
+        if isinstance(doc[k], Store):
+            doc[k] = str(doc[k].path)
+    return json.loads(json.dumps(doc))
+
+
 def _resume_or_init(
     cfg: TrainConfig, out: Path, store, loaders, dev, rank: int, lay: Layout | None = None, shard=None, dist=None
 ) -> _Run:
@@ -211,7 +221,7 @@ def _resume_or_init(
     if resumed:
         pointer = json.loads(latest.read_text())
         saved = pointer["train_config"]
-        mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        mine = _config_doc(cfg)
         diff = sorted(k for k in mine if k not in ("device", "threads") and mine[k] != saved.get(k))
         if diff:
             raise SAEError(
@@ -281,7 +291,7 @@ def _point_latest(cfg: TrainConfig, out: Path, ck: Path, step: int) -> None:
     """Rank 0: replace ``latest.json`` by one naming ``ck`` (every file of it is durable by
     now), then delete the checkpoint it named before."""
     prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
-    doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
+    doc = {"checkpoint": ck.name, "step": step, "train_config": _config_doc(cfg)}
     write_file(out, "latest.json", json.dumps(doc))
     if prev and prev != ck.name:
         shutil.rmtree(out / prev, ignore_errors=True)

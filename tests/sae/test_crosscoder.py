@@ -92,21 +92,9 @@ def _raw_block_fvu(stores_and_hooks, cc, rows):
 
 
 def _train(out, **kw):
-    return train(
-        arch="crosscoder",
-        latents=64,
-        tokens=32 * 40,
-        out=str(out),
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=5,
-        log_every=10,
-        checkpoint_every=20,
-        buffer_rows=256,
-        eval_rows=320,
-        progress=False,
-        **kw,
-    )
+    opts = dict(latents=64, tokens=32 * 40, batch_size=32, lr=3e-3, warmup_steps=5, log_every=10)
+    opts.update(checkpoint_every=20, buffer_rows=256, eval_rows=320)
+    return train(arch="crosscoder", out=str(out), progress=False, **{**opts, **kw})
 
 
 @pytest.mark.parametrize("act", ["topk", "relu"])
@@ -195,3 +183,14 @@ def test_a_two_model_crosscoder_killed_mid_run_resumes_to_the_same_weights(store
     assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text()
     ck = json.loads((run / "latest.json").read_text())["checkpoint"]
     assert (run / ck / "loader-b-rank0.json").exists()  # the second store's position is kept too
+
+
+def test_open_stores_given_as_objects_checkpoint_and_resume(stores, tmp_path):
+    """``train(store=<Store>, paired_store=<Store>)``: the checkpoint records their paths
+    (the config once deep-copied the open stores and failed at the first checkpoint)."""
+    _, a, b = stores
+    kw = dict(store=a, paired_store=b, hooks="model.layers.1.mlp", k=4, checkpoint_every=5)
+    first = _train(tmp_path / "o", **{**kw, "tokens": 32 * 10})
+    doc = json.loads((tmp_path / "o" / "latest.json").read_text())
+    assert doc["train_config"]["store"] == str(a.path) and doc["train_config"]["paired_store"] == str(b.path)
+    assert first["steps"] == 10
