@@ -6,7 +6,8 @@ trainer.
   ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig` by
   :func:`build` (``registry.py``: arch name -> class);
 - formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
-  :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`;
+  :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`, :func:`to_circuit_tracer` /
+  :func:`from_circuit_tracer` (per-layer transcoder sets and CLTs);
 - training: :func:`train` (``actstore train`` on the command line).
 """
 
@@ -17,6 +18,7 @@ from .. import _lazy
 if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
     # reads the source statically and follows these imports; they never run)
     from .base import SparseAutoencoder
+    from .circuit_tracer import from_circuit_tracer, to_circuit_tracer
     from .config import ARCHS, SAEConfig, TrainConfig
     from .gated import GatedSAE
     from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
@@ -33,6 +35,7 @@ _lazy.attach(
     __name__,
     {
         ".base": ("SparseAutoencoder",),
+        ".circuit_tracer": ("from_circuit_tracer", "to_circuit_tracer"),
         ".config": ("ARCHS", "SAEConfig", "TrainConfig"),
         ".gated": ("GatedSAE",),
         ".io": ("from_saelens", "from_sparsify", "load", "save", "to_saelens", "to_sparsify"),
@@ -62,6 +65,8 @@ __all__ = [
     "from_saelens",
     "from_sparsify",
     "to_sparsify",
+    "to_circuit_tracer",
+    "from_circuit_tracer",
     "TrainConfig",
     "train",
 ]
