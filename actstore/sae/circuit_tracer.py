@@ -188,6 +188,27 @@ def _theta(dictionary, layer: int | None = None) -> torch.Tensor:
     )
 
 
+_LAYOUT_FILE = re.compile(r"^(layer|W_enc|W_dec)_(\d+)\.safetensors$")
+
+
+def _check_stale(path: Path, kind: str, n_layers: int) -> None:
+    """Refuse a folder holding weight files that this export would not replace (of another
+    export): circuit-tracer reads every ``layer_*`` / ``W_enc_*`` file it finds."""
+    if not path.is_dir():
+        return
+    own = ("layer",) if kind == SET else ("W_enc", "W_dec")
+    stale = sorted(
+        f.name
+        for f in path.iterdir()
+        if (mt := _LAYOUT_FILE.match(f.name)) and (mt.group(1) not in own or int(mt.group(2)) >= n_layers)
+    )
+    if stale:
+        raise SAEError(
+            f"{path} holds files of another export ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}), "
+            "which circuit-tracer would read too: export into an empty folder"
+        )
+
+
 def _yaml(doc: dict) -> str:
     """``config.yaml``: one ``key: value`` line each, values as JSON (strings, ints, lists and
     mappings of them are YAML flow scalars and collections as well)."""
@@ -239,6 +260,7 @@ def _export_set(tcs: list, path: Path, doc: dict, store, inp: str | None, out: s
     doc["feature_output_hook"], out_layers = _feature_hook(targets, "output", out, [None] * len(tcs))
     _check_layers(in_layers, "transcoder")
     _check_layers(out_layers, "transcoder")
+    _check_stale(path, SET, len(tcs))
     c = tcs[0].cfg
     doc["actstore"] = {
         "arch": c.arch,
@@ -280,6 +302,7 @@ def _export_clt(clt, path: Path, doc: dict, store, inp: str | None, out: str | N
     doc["feature_output_hook"], out_layers = _feature_hook(list(c.targets), "output", out, [None] * L)
     _check_layers(in_layers, "source")
     _check_layers(out_layers, "target")
+    _check_stale(path, CLT, L)
     doc["actstore"] = {
         "arch": c.arch,
         "activation": c.act,

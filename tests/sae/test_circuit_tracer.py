@@ -314,7 +314,7 @@ def _capture(model, ids, hooks):
         return {k: v[0].float() for k, v in rec.run(lambda: model(ids)).items()}
 
 
-def _smollm2_transcoders(model, tok, m=64, l0=8):
+def _smollm2_transcoders(model, tok, m=32, l0=4):
     """One JumpReLU transcoder per layer (``model.layers.{l}.mlp:input`` -> ``model.layers.{l}.mlp``),
     made in seconds, not trained: random encoders centred on the rows of FIT_TEXT, thresholds
     where about ``l0`` latents fire on them, decoders and ``b_dec`` the least-squares fit of the
@@ -432,3 +432,13 @@ def test_unreadable_folders_are_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: x\n")
     with pytest.raises(SAEError, match="no layer_0.safetensors"):
         from_circuit_tracer(tmp_path)
+
+
+def test_a_folder_with_another_export_is_refused(tmp_path):
+    to_circuit_tracer(_with(lambda i: _tc("jumprelu", False, i)), tmp_path)
+    to_circuit_tracer(_with(lambda i: _tc("batchtopk", False, i)), tmp_path)  # the same files, replaced
+    with pytest.raises(SAEError, match=r"another export \(layer_2.safetensors\)"):
+        to_circuit_tracer([_tc("jumprelu", False, i) for i in range(2)], tmp_path)
+    with pytest.raises(SAEError, match=r"another export \(layer_0.safetensors, layer_1.safetensors, layer_2"):
+        to_circuit_tracer(_clt(), tmp_path)
+    assert _load(tmp_path)[1]["actstore"]["activation"] == "batchtopk"  # left as it was
