@@ -136,7 +136,7 @@ def _layer_and_name(hook: str | None, side: str, norm: dict | None) -> tuple[int
 def _feature_hook(hooks: list, side: str, given: str | None, norms: list) -> tuple[str, list]:
     """The one circuit-tracer name of ``hooks`` (layer order) and their parsed layers; ``given``
     overrides the names (the layers are then the list order where the names say none)."""
-    got = [_layer_and_name(h, side, n) for h, n in zip(hooks, norms)]
+    got = [_layer_and_name(h, side, None if given else n) for h, n in zip(hooks, norms)]
     layers = [layer for layer, _ in got]
     if given:
         return given, layers

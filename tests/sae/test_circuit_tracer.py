@@ -288,6 +288,8 @@ def test_store_record_at_another_norm_is_refused(tmp_path):
     tcs = _with(lambda i: _tc("jumprelu", False, i))
     with pytest.raises(SAEError, match="not layer 0's pre-MLP norm"):
         to_circuit_tracer(tcs, tmp_path, store=_Store("post", "model.layers.{}.input_layernorm"))
+    to_circuit_tracer(tcs, tmp_path, store=_Store("post", "model.layers.{}.input_layernorm"), feature_input_hook="x.y")
+    assert _load(tmp_path)[1]["feature_input_hook"] == "x.y"  # an explicit name is taken as it is
 
 
 # -- SmolLM2: an attribution graph, offline -------------------------------------------------------
