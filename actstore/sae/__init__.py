@@ -3,8 +3,10 @@ trainer.
 
 - modules: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`,
   :class:`GatedSAE`, :class:`ReLUSAE` (one interface: ``encode`` / ``decode`` /
-  ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig` by
-  :func:`build` (``registry.py``: arch name -> class);
+  ``forward`` / ``loss``; see ``base.py``), the transcoders, crosscoders
+  (:class:`TopKCrosscoder`, :class:`BatchTopKCrosscoder`, :class:`ReLUCrosscoder`) and
+  :class:`CrossLayerTranscoder`, built from an :class:`SAEConfig` by :func:`build`
+  (``registry.py``: arch name -> class);
 - formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
   :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`, :func:`to_circuit_tracer` /
   :func:`from_circuit_tracer` (per-layer transcoder sets and CLTs);
@@ -19,7 +21,9 @@ if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the
     # reads the source statically and follows these imports; they never run)
     from .base import SparseAutoencoder
     from .circuit_tracer import from_circuit_tracer, to_circuit_tracer
+    from .clt import CrossLayerTranscoder
     from .config import ARCHS, SAEConfig, TrainConfig
+    from .crosscoder import BatchTopKCrosscoder, ReLUCrosscoder, TopKCrosscoder
     from .gated import GatedSAE
     from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
     from .jumprelu import JumpReLUSAE
@@ -36,6 +40,8 @@ _lazy.attach(
     {
         ".base": ("SparseAutoencoder",),
         ".circuit_tracer": ("from_circuit_tracer", "to_circuit_tracer"),
+        ".clt": ("CrossLayerTranscoder",),
+        ".crosscoder": ("BatchTopKCrosscoder", "ReLUCrosscoder", "TopKCrosscoder"),
         ".config": ("ARCHS", "SAEConfig", "TrainConfig"),
         ".gated": ("GatedSAE",),
         ".io": ("from_saelens", "from_sparsify", "load", "save", "to_saelens", "to_sparsify"),
@@ -58,6 +64,10 @@ __all__ = [
     "JumpReLUSAE",
     "GatedSAE",
     "ReLUSAE",
+    "TopKCrosscoder",
+    "BatchTopKCrosscoder",
+    "ReLUCrosscoder",
+    "CrossLayerTranscoder",
     "build",
     "save",
     "load",
