@@ -82,6 +82,8 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
         r"dictionary_defaults_sweep",
         ["actstore/demo.py", "benchmarks/bench_dictionaries.py", *CAPTURE, *SAE],
     ),
+    # the export and the fitted dictionaries' encoders; the graphs themselves are circuit-tracer's
+    "bench_circuit_tracer_smollm2.py": (r"circuit_tracer_smollm2", ["actstore/sae", "actstore/models", *KERNELS]),
 }
 
 

@@ -8,7 +8,8 @@ trainer.
   :class:`CrossLayerTranscoder`, built from an :class:`SAEConfig` by :func:`build`
   (``registry.py``: arch name -> class);
 - formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
-  :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`;
+  :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`, :func:`to_circuit_tracer` /
+  :func:`from_circuit_tracer` (per-layer transcoder sets and CLTs);
 - training: :func:`train` (``actstore train`` on the command line).
 """
 
@@ -19,6 +20,7 @@ from .. import _lazy
 if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
     # reads the source statically and follows these imports; they never run)
     from .base import SparseAutoencoder
+    from .circuit_tracer import from_circuit_tracer, to_circuit_tracer
     from .clt import CrossLayerTranscoder
     from .config import ARCHS, SAEConfig, TrainConfig
     from .crosscoder import BatchTopKCrosscoder, ReLUCrosscoder, TopKCrosscoder
@@ -37,6 +39,7 @@ _lazy.attach(
     __name__,
     {
         ".base": ("SparseAutoencoder",),
+        ".circuit_tracer": ("from_circuit_tracer", "to_circuit_tracer"),
         ".clt": ("CrossLayerTranscoder",),
         ".crosscoder": ("BatchTopKCrosscoder", "ReLUCrosscoder", "TopKCrosscoder"),
         ".config": ("ARCHS", "SAEConfig", "TrainConfig"),
@@ -72,6 +75,8 @@ __all__ = [
     "from_saelens",
     "from_sparsify",
     "to_sparsify",
+    "to_circuit_tracer",
+    "from_circuit_tracer",
     "TrainConfig",
     "train",
 ]
