@@ -8,9 +8,9 @@
   (lens.py) and ``ablation`` (ablation.py), which need ``model=``.
 - :class:`AnalyzeConfig`: every option of a run, as ``actstore analyze`` takes them.
 - :func:`run_all` (store, jobs, out, sae=, hooks=, groups=, ...): the feature jobs and the
-  representation jobs below (:data:`REPR_JOBS`: steering, pca, diff, probe, scan, mcs) into one
-  folder, each representation result in ``out/<job>/``, resumable job by job (``jobs.py``);
-  what ``actstore analyze`` runs.
+  representation jobs below (:data:`REPR_JOBS`: steering, pca, diff, probe, scan, mcs,
+  crosscoder) into one folder, each representation result in ``out/<job>/``, resumable job by
+  job (``jobs.py``); what ``actstore analyze`` runs.
 - :func:`open` (path) -> :class:`Analysis`, per-latent views of a finished output (a Zarr v3
   group; layout in docs/FORMAT.md, "Analysis output").
 
@@ -26,7 +26,10 @@ Representation analyses (no SAE; several hooks in one pass, ``_rows.py``):
   :class:`LayerDiff` (layer_diff.py); :func:`probes` -> :class:`Probes` (probes.py);
   :func:`mcs` and :func:`neighbours` (dictionary.py, two SAEs, no store); :func:`scan` ->
   :class:`Scan` (scan.py): projections of the rows on any vectors; :func:`steering_between`
-  (two_stores.py): mean(store B) - mean(store A).
+  (two_stores.py): mean(store B) - mean(store A); :func:`crosscoder_diff` ->
+  :class:`CrosscoderDiff` (crosscoder_diff.py): a crosscoder's decoder norms per block (the
+  relative norm of two models' blocks, classes, most specific latents) and explained variance
+  per block.
 """
 
 from typing import TYPE_CHECKING
@@ -40,6 +43,7 @@ if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the
     from ._run import JOBS, run
     from .bins import Bins, EqualWidthBins
     from .config import AnalyzeConfig
+    from .crosscoder_diff import CrosscoderDiff, crosscoder_diff
     from .dictionary import MCS, mcs, neighbours
     from .feature_stats import FeatureStats
     from .groups import RowGroups, row_groups
@@ -65,6 +69,7 @@ _lazy.attach(
         "._run": ("JOBS", "run"),
         ".bins": ("Bins", "EqualWidthBins"),
         ".config": ("AnalyzeConfig",),
+        ".crosscoder_diff": ("CrosscoderDiff", "crosscoder_diff"),
         ".dictionary": ("MCS", "mcs", "neighbours"),
         ".feature_stats": ("FeatureStats",),
         ".groups": ("RowGroups", "row_groups"),
@@ -126,4 +131,6 @@ __all__ = [
     "Scan",
     "scan",
     "steering_between",
+    "CrosscoderDiff",
+    "crosscoder_diff",
 ]

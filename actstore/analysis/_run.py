@@ -189,6 +189,11 @@ def sae_hooks(store, sae, hook: str | None = None) -> tuple[str, str | None]:
     SAE). A transcoder's source is ``cfg.hook`` and its target ``cfg.target``; the store must
     hold both. Each hook's width is checked against the SAE's."""
     cfg, have = sae.cfg, ", ".join(store.hooks)
+    if cfg.blocks > 1:  # a crosscoder's K blocks, a CLT's L layers: no one hook to encode
+        raise AnalysisError(
+            f"the feature jobs encode one hook, and this {cfg.arch} reads {cfg.blocks} ({', '.join(cfg.sources)})"
+            + (": run the crosscoder job (--jobs crosscoder)" if cfg.arch == "crosscoder" else "")
+        )
     if cfg.is_transcoder:
         if hook is not None and cfg.hook not in (None, hook):
             raise AnalysisError(f"this {cfg.arch} reads hook {cfg.hook!r}, not {hook!r}: leave the hook out")

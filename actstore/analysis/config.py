@@ -42,6 +42,13 @@ class AnalyzeConfig:
         ),
     )
     hook: str | None = field(default=None, metadata=_h("the hook the SAE reads (default: the SAE's own hook)"))
+    paired_store: str | None = field(
+        default=None,
+        metadata=_h(
+            "crosscoder job, a two-model crosscoder: the second model's store, captured on the same tokens "
+            "(as actstore train --paired-store)"
+        ),
+    )
     model: str | None = field(
         default=None,
         metadata=_h("local HF causal LM folder or python:module:function (lens, ablation; steering and diff's lens)"),
@@ -50,7 +57,7 @@ class AnalyzeConfig:
         default="stats,top,bins",
         metadata=_h(
             "comma list of feature jobs stats,top,bins,contexts,top_tokens,lens,ablation and representation "
-            "jobs steering,pca,diff,probe,scan,mcs"
+            "jobs steering,pca,diff,probe,scan,mcs,crosscoder"
         ),
     )
     hooks: str | None = field(
@@ -114,6 +121,7 @@ class AnalyzeConfig:
             "out": self.out,
             "hook": self.hook,
             "model": self.model,
+            "paired_store": self.paired_store,
             "hooks": self.hooks,
             "positive": self.positive,
             "negative": self.negative,

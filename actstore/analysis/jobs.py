@@ -6,7 +6,9 @@ named as their subcommands): ``steering`` (:func:`~actstore.analysis.steering_ve
 ``pca`` (:func:`~actstore.analysis.pca`, with the principal angles between consecutive hooks
 of one width), ``diff`` (:func:`~actstore.analysis.layer_diff`), ``probe``
 (:func:`~actstore.analysis.probes`), ``scan`` (:func:`~actstore.analysis.scan`) and ``mcs``
-(:func:`~actstore.analysis.mcs` and :func:`~actstore.analysis.neighbours`). Their options and
+(:func:`~actstore.analysis.mcs` and :func:`~actstore.analysis.neighbours`) and ``crosscoder``
+(:func:`~actstore.analysis.crosscoder_diff`: a crosscoder's decoder norms per block and
+explained variance per block, the model-diffing view). Their options and
 defaults are :data:`OPTIONS` (``--option pca.k=5``); :func:`job_call` is the one place that
 turns them into each function's arguments.
 
@@ -18,8 +20,10 @@ when the store records them, else one group of every row); ``steering`` and ``pr
 (default: the SAE's hook for its decoder rows, a transcoder's target, else the first hook) on ``scan.vectors``: a
 ``.npy`` ``[V, d]``, a steering or probe output folder, ``"steering"`` / ``"probe"`` (that job's
 result in this run), or, left out, the SAE's decoder rows (``scan.latents`` picks some);
-``mcs`` compares the SAE with ``mcs.other`` (an SAE folder). ``model`` (a causal LM) adds the
-logit lens to ``steering`` and ``diff``.
+``mcs`` compares the SAE with ``mcs.other`` (an SAE folder); ``crosscoder`` reads the SAE (a
+crosscoder: one line otherwise) over its own blocks' hooks, from ``store`` and, for a
+two-model crosscoder, ``paired_store`` (the same tokens, checked up front). ``model`` (a causal
+LM) adds the logit lens to ``steering`` and ``diff``.
 
 Output: ``out`` is the feature analysis group as :func:`~actstore.analysis.run` writes it
 (with representation jobs only: a group holding only attributes), and each representation
@@ -52,9 +56,10 @@ import numpy as np
 from .. import _dist
 from ..api import open as open_store
 from ..sae import load as load_sae
-from ._checkpoint import COMMIT_ROWS
+from ._checkpoint import COMMIT_ROWS, store_identity
 from ._pass import AnalysisError
 from ._run import JOBS, STATE, _sae_hash, _weights_hash, run
+from .crosscoder_diff import crosscoder_diff, resolve_blocks
 from .dictionary import MCS, mcs, neighbours
 from .groups import RowGroups, resolve
 from .layer_diff import layer_diff
@@ -64,7 +69,7 @@ from .probes import probes
 from .scan import scan
 from .steering import steering_vectors
 
-REPR_JOBS = ("steering", "pca", "diff", "probe", "scan", "mcs")
+REPR_JOBS = ("steering", "pca", "diff", "probe", "scan", "mcs", "crosscoder")
 ALL_JOBS = JOBS + REPR_JOBS
 MARKER = "analyze"  # the completion marker in a representation job's attributes
 # Every option of each representation job, with its default (the functions' own defaults).
@@ -75,6 +80,7 @@ OPTIONS = {
     "probe": {"test_frac": 0.25, "seed": 0, "epochs": 20, "lr": 0.01, "batch": 256, "C": 1.0},
     "scan": {"hook": None, "vectors": None, "latents": None, "k": 20, "bins": 50, "window": 8},
     "mcs": {"other": None, "neighbours": 10, "tile": 4096},
+    "crosscoder": {"bins": 20, "top": 20},
 }
 TWO_GROUPS = ("steering", "probe")  # the jobs that compare a positive and a negative group
 
@@ -136,6 +142,8 @@ class Context:
     world_size: int | None
     commit_rows: int = COMMIT_ROWS  # store rows between a job's state commits (OUT/_state/repr-<job>)
     on_commit: Callable[[str, int, int], None] | None = None  # (pass, seq, rows) after each state commit
+    paired: object = None  # the second model's Store of a two-model crosscoder (the crosscoder job)
+    device: object = None  # where the crosscoder job encodes (default: the rank's GPU, else the CPU)
 
 
 @dataclass
@@ -273,6 +281,9 @@ def job_call(job: str, c: Context, o: dict) -> tuple[Callable, tuple, dict]:
         return scan, (c.store, hook, vecs, c.groups), {**pick("k", "bins", "window"), **passes}
     if job == "mcs":
         return _mcs_job, (c.sae, _other_sae(o)), {"neighbours_k": o["neighbours"], "tile": o["tile"]}
+    if job == "crosscoder":
+        kw = {**pick("bins", "top"), "paired_store": c.paired, "device": c.device}
+        return crosscoder_diff, (c.sae, c.store, c.groups), {**kw, **passes}
     raise AnalysisError(f"unknown representation job {job!r}: use some of {', '.join(REPR_JOBS)}")
 
 
@@ -338,6 +349,14 @@ def _check(c: Context, rep: dict) -> dict:
                 "compare SAEs of one hook"
             )
         extra["mcs"] = {"other": _sae_hash(other)}
+    if "crosscoder" in rep:
+        if c.sae is None:
+            raise AnalysisError("the crosscoder job reads a crosscoder: pass --sae (actstore train --arch crosscoder)")
+        for k in ("bins", "top"):
+            if rep["crosscoder"][k] < 1:
+                raise AnalysisError(f"option crosscoder.{k}={rep['crosscoder'][k]}: give a positive integer")
+        resolve_blocks(c.sae, c.store, c.paired)
+        extra["crosscoder"] = {"paired_store": None if c.paired is None else store_identity(c.paired)}
     return extra
 
 
@@ -411,6 +430,7 @@ def run_all(
     positive: str | None = None,
     negative: str | None = None,
     model=None,
+    paired_store=None,
     block_rows: int = 4096,
     rank: int | None = None,
     world_size: int | None = None,
@@ -425,6 +445,7 @@ def run_all(
     hooks: comma list or list of hooks (default: every hook of the store). groups: a
     :class:`RowGroups` (default: the capture's sources, else every row as one group).
     model: a causal LM for ``lens``/``ablation`` and the logit lens of ``steering``/``diff``.
+    paired_store: the second model's store (Store or path) of a two-model crosscoder (``crosscoder``).
     feature_kw: the other keywords of :func:`~actstore.analysis.run` (hook, rows, drop_flags,
     docs, latents, commit_rows, device, progress, on_commit). With feature jobs only this is
     :func:`~actstore.analysis.run`. on_job: called with each representation job's name once
@@ -438,6 +459,10 @@ def run_all(
     if feat and sae is None:
         raise AnalysisError(f"jobs {', '.join(feat)} read an SAE's latents: pass sae= (--sae)")
     sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    if isinstance(paired_store, (str, os.PathLike)):
+        paired_store = open_store(paired_store)
+    if paired_store is not None and "crosscoder" not in rep:
+        raise AnalysisError("--paired-store is read by the crosscoder job only: add crosscoder to --jobs")
     common = dict(model=model, block_rows=block_rows, rank=rank, world_size=world_size)
     if not rep:
         return run(store, sae, feat, out, **common, **feature_kw)
@@ -454,7 +479,7 @@ def run_all(
     sae_hook = _decoder_hook(store, sae, feature_kw.get("hook"))
     commit_rows = int(feature_kw.get("commit_rows") or COMMIT_ROWS)
     c = Context(store, out, hooks, groups, positive, negative, model, sae, sae_hook, block_rows, rank, world_size,
-                commit_rows, on_pass_commit)  # fmt: skip
+                commit_rows, on_pass_commit, paired_store, feature_kw.get("device"))  # fmt: skip
     plan = _plan(c, rep, _check(c, rep))
     plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     r, world = _dist.rank_world(rank, world_size)

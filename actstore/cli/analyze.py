@@ -5,15 +5,17 @@ The options are fields of :class:`~actstore.analysis.AnalyzeConfig` (names, type
 and help from the dataclass); ``--option JOB.KEY=JSON`` (repeatable) sets a job's option,
 e.g. ``--option top.k=50 --option pca.k=5 --option steering.pca=true``. ``--jobs`` mixes the
 feature jobs (``stats,top,bins,contexts,top_tokens,lens,ablation``; they need ``--sae``) and
-the representation jobs (``steering,pca,diff,probe,scan,mcs``, named as their subcommands;
-``actstore.analysis.jobs``), which read ``--hooks`` (default: every hook of the store) and the
-row groups of the flags of ``cli/_groups.py`` (``--sources`` / ``--labels`` / ``--docs``,
-``--positions``, ``--marker``; ``--drop`` defaults to ``bos,special`` for them and to nothing
-for the feature jobs) and write ``OUT/<job>/``. Progress is a bar in rows/s on stderr (the
-feature pass); the same line run again continues from the last commit and skips the finished
-representation jobs. Under ``torchrun`` each rank takes a share and rank 0 writes the output.
-``--html`` then writes the HTML report, with a section per representation job, to
-``OUT/report/index.html`` (``actstore.analysis.report.render``; ``actstore report OUT`` redoes it).
+the representation jobs (``steering,pca,diff,probe,scan,mcs``, named as their subcommands, and
+``crosscoder``, a crosscoder's model-diffing view, which reads ``--sae`` over its own hooks and
+``--paired-store`` for a two-model one; ``actstore.analysis.jobs``), which read ``--hooks``
+(default: every hook of the store) and the row groups of the flags of ``cli/_groups.py``
+(``--sources`` / ``--labels`` / ``--docs``, ``--positions``, ``--marker``; ``--drop`` defaults
+to ``bos,special`` for them and to nothing for the feature jobs) and write ``OUT/<job>/``.
+Progress is a bar in rows/s on stderr (the feature pass); the same line run again continues
+from the last commit and skips the finished representation jobs. Under ``torchrun`` each rank
+takes a share and rank 0 writes the output. ``--html`` then writes the HTML report, with a
+section per representation job, to ``OUT/report/index.html``
+(``actstore.analysis.report.render``; ``actstore report OUT`` redoes it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def register(sub) -> None:
         action="append",
         metavar="JOB.KEY=JSON",
         help="a job's option, repeatable: top.k, bins.samples, contexts.window, lens.t, steering.pca, pca.k, "
-        "diff.a, diff.b, scan.vectors, mcs.other, ...",
+        "diff.a, diff.b, scan.vectors, mcs.other, crosscoder.bins, ...",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -77,7 +79,9 @@ def run(args) -> int:
     cfg = AnalyzeConfig(**opts, options=job_opts)
     kwargs = cfg.to_run_kwargs()
     feat, rep = split_jobs(kwargs["jobs"])
-    if cfg.sae is None and (feat or "mcs" in rep or ("scan" in rep and rep["scan"]["vectors"] is None)):
+    if cfg.sae is None and (
+        feat or "mcs" in rep or "crosscoder" in rep or ("scan" in rep and rep["scan"]["vectors"] is None)
+    ):
         raise AnalysisError("missing --sae")
     if set(rep) - {"mcs"}:
         kwargs["store"] = open_store(cfg.store)
@@ -118,7 +122,15 @@ def run(args) -> int:
                 f"({feats}{extra}) into {out}"
             )
         for job, path in summary["represent"].items():
-            print(f"{job}: {path}")
+            print(f"{job}: {path}" + (_crosscoder_line(read_attrs(out / job)) if job == "crosscoder" else ""))
         if args.html:
             print(f"report: {summary['report']}")
     return 0
+
+
+def _crosscoder_line(a: dict) -> str:
+    """`` (explained variance A 87.7%, B 86.7%; 120 specific to A, 98 to B, 410 between, 12 dead)``."""
+    ev = ", ".join(f"{k} {100 * v:.1f}%" for k, v in a["ev"].items())
+    c = a["classes"]
+    spec = ", ".join(f"{n} to {k}" for k, n in c["specific"].items())
+    return f" (explained variance {ev}; specific: {spec}; {c['between']} between, {a['dead']} dead)"

@@ -72,7 +72,11 @@ def run(args) -> int:
             )
         em = summary.get("eval_model")
         if em:
-            where = f" from {em['source']} into {em['target']}" if em.get("source") != em.get("target") else ""
+            src, tgt = em.get("source"), em.get("target")
+            if isinstance(src, list):  # a CLT: every layer's target replaced, from every layer's source
+                where = f" from {src[0]} .. {src[-1]} into {tgt[0]} .. {tgt[-1]} ({len(src)} layers)"
+            else:
+                where = f" from {src} into {tgt}" if src != tgt else ""
             print(
                 f"spliced into the model{where} ({em['tokens']:,} held-out tokens): LM loss {em['clean']:.3f} -> "
                 f"{em['spliced']:.3f} (+{em['increase']:.3f}; zero-ablation {em['zero_ablation']:.3f}, "

@@ -3,8 +3,10 @@ trainer.
 
 - modules: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`,
   :class:`GatedSAE`, :class:`ReLUSAE` (one interface: ``encode`` / ``decode`` /
-  ``forward`` / ``loss``; see ``base.py``), built from an :class:`SAEConfig` by
-  :func:`build` (``registry.py``: arch name -> class);
+  ``forward`` / ``loss``; see ``base.py``), the transcoders, crosscoders
+  (:class:`TopKCrosscoder`, :class:`BatchTopKCrosscoder`, :class:`ReLUCrosscoder`) and
+  :class:`CrossLayerTranscoder`, built from an :class:`SAEConfig` by :func:`build`
+  (``registry.py``: arch name -> class);
 - formats: :func:`save` / :func:`load` (safetensors + JSON), :func:`to_saelens` /
   :func:`from_saelens`, :func:`from_sparsify` / :func:`to_sparsify`;
 - training: :func:`train` (``actstore train`` on the command line).
@@ -17,7 +19,9 @@ from .. import _lazy
 if TYPE_CHECKING:  # the same names, imported at once: for type checkers and the API docs (mkdocstrings
     # reads the source statically and follows these imports; they never run)
     from .base import SparseAutoencoder
+    from .clt import CrossLayerTranscoder
     from .config import ARCHS, SAEConfig, TrainConfig
+    from .crosscoder import BatchTopKCrosscoder, ReLUCrosscoder, TopKCrosscoder
     from .gated import GatedSAE
     from .io import from_saelens, from_sparsify, load, save, to_saelens, to_sparsify
     from .jumprelu import JumpReLUSAE
@@ -33,6 +37,8 @@ _lazy.attach(
     __name__,
     {
         ".base": ("SparseAutoencoder",),
+        ".clt": ("CrossLayerTranscoder",),
+        ".crosscoder": ("BatchTopKCrosscoder", "ReLUCrosscoder", "TopKCrosscoder"),
         ".config": ("ARCHS", "SAEConfig", "TrainConfig"),
         ".gated": ("GatedSAE",),
         ".io": ("from_saelens", "from_sparsify", "load", "save", "to_saelens", "to_sparsify"),
@@ -55,6 +61,10 @@ __all__ = [
     "JumpReLUSAE",
     "GatedSAE",
     "ReLUSAE",
+    "TopKCrosscoder",
+    "BatchTopKCrosscoder",
+    "ReLUCrosscoder",
+    "CrossLayerTranscoder",
     "build",
     "save",
     "load",

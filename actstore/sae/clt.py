@@ -155,6 +155,14 @@ class CrossLayerTranscoder(nn.Module):
     def export_config(self) -> SAEConfig:
         return self.cfg
 
+    def saelens_state(self):
+        raise SAEError(
+            "SAELens holds no cross-layer transcoders: export with actstore.sae.circuit_tracer.to_circuit_tracer"
+        )
+
+    def sparsify_state(self):
+        raise SAEError("sparsify holds no cross-layer transcoders: export with to_circuit_tracer")
+
     def encoder_state(self) -> dict:
         return {"cand_k": list(self.cand_k), "encode_rows": self.encode_rows, "dense_rows": self.dense_rows}
 
@@ -375,6 +383,10 @@ class CrossLayerTranscoder(nn.Module):
             raise SAEError(f"a CLT reconstructs its targets: pass target= rows [n, L, {self.cfg.d_target}]")
         self._check(target, "target", self.cfg.d_target)
         use_aux = dead_mask is not None and bool(dead_mask.any())
+        if self.sharded and dead_mask is not None:  # every rank must take the same path (its collectives)
+            flag = torch.tensor([int(use_aux)], device=dead_mask.device)
+            self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+            use_aux = bool(flag)
         lat, auxes, l0s = self._encode_all(x, dead_mask if use_aux else None)
         y = target.float()
         y_hat = self.output(x, lat)

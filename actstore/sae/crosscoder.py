@@ -58,6 +58,9 @@ class _Crosscoder:
     def saelens_state(self):
         raise SAEError("SAELens holds no crosscoders: keep the actstore format (actstore.sae.save)")
 
+    def sparsify_state(self):
+        raise SAEError("sparsify holds no crosscoders: keep the actstore format (actstore.sae.save)")
+
     @torch.no_grad()
     def fold_scale(self) -> None:
         """Fold each block's normalization ``x_k' = s_k x_k`` into the weights (the block's

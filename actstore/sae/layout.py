@@ -160,7 +160,7 @@ def resolve(cfg: TrainConfig, store, open_store) -> Layout:
                     "for one hook of two models"
                 )
             return Layout(cfg.arch, chosen, chosen, names=chosen)
-        other = open_store(cfg.paired_store)
+        other = cfg.paired_store if hasattr(cfg.paired_store, "hooks") else open_store(cfg.paired_store)
         missing = [h for h in chosen if h not in other.hooks]
         if missing:
             raise SAEError(f"--paired-store {other.path} lacks {', '.join(missing)} (it has {', '.join(other.hooks)})")

@@ -15,6 +15,13 @@ e.g. that MLP's input, or an earlier module's output) saw earlier in the same fo
 zero-ablation baseline zeroes the target. A source that has not fired when the target does
 is a one-line :class:`~actstore.errors.SAEError` naming both hooks.
 
+A cross-layer transcoder (CLT) replaces every layer's module at once (the replacement model
+of circuit tracing): in one forward, layer ``s``'s source hook (``cfg.sources[s]``) is
+encoded as it fires, and target ``t``'s activation (``cfg.targets[t]``) becomes
+``decode_target(t, codes of layers 0..t, x_t)``, so later layers compute from the replaced
+outputs. The zero-ablation baseline zeroes every target. A target that fires before a source
+it reads, or a hook the model lacks, is a one-line SAEError.
+
 The SAE must take raw activations (``load(OUT/sae)``: the normalization folded in).
 """
 
@@ -23,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import SAEError
+from ..errors import ModelError, SAEError
 from ..models.hooks import SiteHooks, first_tensor, resolve_hooks
 from ..models.intervention import Intervention
 from ..models.loading import prepare_model
@@ -90,15 +97,90 @@ def _rows(act: torch.Tensor, width: int, what: str) -> torch.Tensor:
     return act.reshape(-1, width).float()
 
 
+class _LayerTaps(SiteHooks):
+    """Calls ``fn(i, act)`` with the activation the ``i``-th of ``sites`` sees, at every forward."""
+
+    def __init__(self, model, sites, fn):
+        self._fn = fn
+        self._register(model, [(site, i) for i, site in enumerate(sites)])
+
+    def _make_pre(self, _site, i):
+        return lambda _mod, args, kwargs: self._fn(i, first_tensor((args, kwargs)))
+
+    def _make_post(self, _site, i):
+        return lambda _mod, _args, out: self._fn(i, first_tensor(out))
+
+
+def _one_site(model, hook: str, what: str):
+    """The one module site ``hook`` names in ``model``; one line when it names none or several."""
+    try:
+        sites = resolve_hooks(model, hook)
+    except ModelError as e:
+        raise SAEError(f"the model lacks the CLT's {what} {hook!r}: use the model it was trained on ({e})") from None
+    if len(sites) != 1:
+        raise SAEError(f"the CLT's {what} {hook!r} names {len(sites)} modules of the model: a splice needs one")
+    return sites[0]
+
+
+def _mean_loss(lm, windows: list[np.ndarray], batch: int, device, install=None, reset=None) -> tuple[float, int]:
+    """Mean next-token loss (nats per predicted token) and the count of predicted tokens over
+    ``windows``, right-padded in batches of ``batch``. ``install(held)`` registers hooks,
+    appending each to ``held`` as it is made (all are removed at the end, also on an error);
+    ``reset()`` runs before every forward."""
+    total, count, held = 0.0, 0, []
+    try:
+        if install is not None:
+            install(held)
+        for lo in range(0, len(windows), batch):
+            part = windows[lo : lo + batch]
+            n = max(w.size for w in part)
+            ids = torch.zeros(len(part), n, dtype=torch.long)
+            mask = torch.zeros(len(part), n, dtype=torch.long)
+            for r, w in enumerate(part):  # right padding: a causal model's kept tokens do not see it
+                ids[r, : w.size] = torch.from_numpy(w)
+                mask[r, : w.size] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            if reset is not None:
+                reset()  # nothing of the previous forward is kept
+            logits = _logits(lm.forward(ids, mask if lm.kind == "hf" else None)).float()
+            lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+            keep = mask[:, 1:].bool()
+            total += float(-lp[keep].sum())
+            count += int(keep.sum())
+    finally:
+        for h in held:
+            h.remove()
+    return total / count, count
+
+
+def _report(source, target, n: int, windows, clean: float, spliced: float, zero: float) -> dict:
+    gap = zero - clean
+    return {
+        "source": source,
+        "target": target,
+        "tokens": n,
+        "windows": len(windows),
+        "clean": clean,
+        "spliced": spliced,
+        "zero_ablation": zero,
+        "increase": spliced - clean,
+        "recovered": (zero - spliced) / gap if gap != 0 else float("nan"),
+    }
+
+
 @torch.no_grad()
 def lm_loss_increase(
     model, sae, windows: list[np.ndarray], *, hook: str | None = None, device="cpu", batch: int = 8
 ) -> dict:
     """Mean next-token loss over ``windows`` with the model as it is, with the SAE spliced
     in (an SAE at ``hook``, default ``sae.cfg.hook``; a transcoder from ``cfg.hook`` into
-    ``cfg.target``) and with the replaced activation zeroed (see the module docstring)."""
+    ``cfg.target``; a CLT from every ``cfg.sources[s]`` into every ``cfg.targets[t]``) and
+    with the replaced activations zeroed (see the module docstring). ``source`` and
+    ``target`` in the result are a CLT's hook lists."""
     if not windows:
         raise SAEError("no held-out token windows to evaluate the model on: set aside more rows (--eval-rows)")
+    if sae.cfg.is_clt:
+        return _clt_loss_increase(model, sae, windows, hook=hook, device=device, batch=batch)
     source, target = splice_hooks(sae, hook)
     lm = prepare_model(model, device=torch.device(device))
     sae = sae.to(device).eval()
@@ -133,50 +215,84 @@ def lm_loss_increase(
             )
         return replace(act, src)
 
-    def loss(edit, with_tap: bool = False) -> tuple[float, int]:
+    def with_tap(held: list) -> None:
         nonlocal tap
-        total, count = 0.0, 0
         # The tap first, so at a shared module its hook runs before the target's edit.
-        tap, ctx = (_SourceTap(lm.model, source) if with_tap else None), None
-        try:
-            ctx = Intervention(lm.model, {target: edit}, mode="replace") if edit is not None else None
-            for lo in range(0, len(windows), batch):
-                part = windows[lo : lo + batch]
-                n = max(w.size for w in part)
-                ids = torch.zeros(len(part), n, dtype=torch.long)
-                mask = torch.zeros(len(part), n, dtype=torch.long)
-                for r, w in enumerate(part):  # right padding: a causal model's kept tokens do not see it
-                    ids[r, : w.size] = torch.from_numpy(w)
-                    mask[r, : w.size] = 1
-                ids, mask = ids.to(device), mask.to(device)
-                if tap is not None:
-                    tap.act = None  # nothing of the previous forward is kept
-                logits = _logits(lm.forward(ids, mask if lm.kind == "hf" else None)).float()
-                lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-                keep = mask[:, 1:].bool()
-                total += float(-lp[keep].sum())
-                count += int(keep.sum())
-        finally:
-            for c in (ctx, tap):
-                if c is not None:
-                    c.remove()
-        return total / count, count
+        tap = _SourceTap(lm.model, source)
+        held.append(tap)
+        held.append(Intervention(lm.model, {target: spliced}, mode="replace"))
+
+    def reset_tap() -> None:
+        tap.act = None
+
+    def edit(fn):
+        return lambda held: held.append(Intervention(lm.model, {target: fn}, mode="replace"))
 
     if source == target:
-        spliced_loss, n = loss(replace)
+        spliced_loss, n = _mean_loss(lm, windows, batch, device, edit(replace))
     else:  # first, so a source that comes after its target fails before the other passes
-        spliced_loss, n = loss(spliced, with_tap=True)
-    clean, _ = loss(None)
-    zero, _ = loss(lambda act: torch.zeros_like(act))
-    gap = zero - clean
-    return {
-        "source": source,
-        "target": target,
-        "tokens": n,
-        "windows": len(windows),
-        "clean": clean,
-        "spliced": spliced_loss,
-        "zero_ablation": zero,
-        "increase": spliced_loss - clean,
-        "recovered": (zero - spliced_loss) / gap if gap != 0 else float("nan"),
-    }
+        spliced_loss, n = _mean_loss(lm, windows, batch, device, with_tap, reset_tap)
+    clean, _ = _mean_loss(lm, windows, batch, device)
+    zero, _ = _mean_loss(lm, windows, batch, device, edit(torch.zeros_like))
+    return _report(source, target, n, windows, clean, spliced_loss, zero)
+
+
+def _clt_loss_increase(model, clt, windows: list[np.ndarray], *, hook, device, batch: int) -> dict:
+    """:func:`lm_loss_increase` for a cross-layer transcoder: every target replaced in one forward."""
+    cfg = clt.cfg
+    sources, targets = list(cfg.sources), list(cfg.targets)
+    if hook is not None:
+        raise SAEError(f"a CLT splices at its own hooks (cfg.sources, cfg.targets): leave hook= out (it was {hook!r})")
+    if getattr(clt, "sharded", False):
+        raise SAEError("splice a whole CLT, not one rank's latent shard: pass clt.gathered() (or load(OUT/sae))")
+    if any(v != 1.0 for v in (*cfg.source_scales, *cfg.target_scales)):
+        raise SAEError("this CLT still holds its training normalization: call fold_scale() first (load(OUT/sae) has)")
+    lm = prepare_model(model, device=torch.device(device))
+    clt = clt.to(device).eval()
+    # Every hook checked up front, so a missing one fails before any forward.
+    src_sites = [_one_site(lm.model, h, "source") for h in sources]
+    for h in targets:
+        _one_site(lm.model, h, "target")
+    d, d_out, L = cfg.d, cfg.d_target, len(sources)
+    codes: list = [None] * L  # layer s's Latents over its m, this forward
+    xs: list = [None] * L  # layer s's source rows [n, d] (a skip CLT's W_skip reads them)
+    lead: list = [None] * L  # layer s's leading (batch, position) dims
+
+    def encode(s: int, act: torch.Tensor | None) -> None:
+        if act is None:
+            raise SAEError(f"the CLT's source {sources[s]!r} holds no tensor in the model's forward")
+        x = _rows(act, d, f"source {sources[s]!r}").to(device)
+        codes[s], xs[s], lead[s] = clt.layer_latents(s, x), x, act.shape[:-1]
+
+    def replace(t: int, act: torch.Tensor) -> torch.Tensor:
+        missing = next((s for s in range(t + 1) if codes[s] is None), None)
+        if missing is not None:
+            raise SAEError(
+                f"the CLT's target {targets[t]!r} ran before its source {sources[missing]!r} in the forward: "
+                "each source must come before the targets that read it (e.g. MLP inputs, MLP outputs as targets)"
+            )
+        _rows(act, d_out, f"target {targets[t]!r}")
+        if any(lead[s] != act.shape[:-1] for s in range(t + 1)):
+            raise SAEError(
+                f"the CLT's target {targets[t]!r} {tuple(act.shape)} and its sources differ in their leading "
+                "(batch, position) dims: a CLT maps one row of each"
+            )
+        y = clt.decode_target(t, codes[: t + 1], xs[t])
+        return y.reshape(act.shape).to(act.device, act.dtype)
+
+    def install(held: list) -> None:
+        # The taps first, so at a module that is both a source and a target the source sees the original.
+        held.append(_LayerTaps(lm.model, src_sites, encode))
+        edits = {h: (lambda act, t=t: replace(t, act)) for t, h in enumerate(targets)}
+        held.append(Intervention(lm.model, edits, mode="replace"))
+
+    def reset() -> None:
+        codes[:] = xs[:] = lead[:] = [None] * L
+
+    spliced, n = _mean_loss(lm, windows, batch, device, install, reset)  # first: a hook order error fails fast
+    clean, _ = _mean_loss(lm, windows, batch, device)
+    zero, _ = _mean_loss(
+        lm, windows, batch, device,
+        lambda held: held.append(Intervention(lm.model, {h: torch.zeros_like for h in targets}, mode="replace")),
+    )  # fmt: skip
+    return _report(sources, targets, n, windows, clean, spliced, zero)

@@ -199,6 +199,16 @@ def _new_sae(cfg: TrainConfig, store, loaders, lay: Layout | None = None, shard=
     return sae
 
 
+def _config_doc(cfg: TrainConfig) -> dict:
+    """``cfg`` as JSON-ready values, an open :class:`Store` given as a field written as its
+    path (``dataclasses.asdict`` would deep-copy the store, thread queues and all)."""
+    doc = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for k in ("store", "target_store", "paired_store"):
+        if isinstance(doc[k], Store):
+            doc[k] = str(doc[k].path)
+    return json.loads(json.dumps(doc))
+
+
 def _resume_or_init(
     cfg: TrainConfig, out: Path, store, loaders, dev, rank: int, lay: Layout | None = None, shard=None, dist=None
 ) -> _Run:
@@ -211,7 +221,7 @@ def _resume_or_init(
     if resumed:
         pointer = json.loads(latest.read_text())
         saved = pointer["train_config"]
-        mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        mine = _config_doc(cfg)
         diff = sorted(k for k in mine if k not in ("device", "threads") and mine[k] != saved.get(k))
         if diff:
             raise SAEError(
@@ -281,7 +291,7 @@ def _point_latest(cfg: TrainConfig, out: Path, ck: Path, step: int) -> None:
     """Rank 0: replace ``latest.json`` by one naming ``ck`` (every file of it is durable by
     now), then delete the checkpoint it named before."""
     prev = json.loads((out / "latest.json").read_text())["checkpoint"] if (out / "latest.json").exists() else None
-    doc = {"checkpoint": ck.name, "step": step, "train_config": dataclasses.asdict(cfg)}
+    doc = {"checkpoint": ck.name, "step": step, "train_config": _config_doc(cfg)}
     write_file(out, "latest.json", json.dumps(doc))
     if prev and prev != ck.name:
         shutil.rmtree(out / prev, ignore_errors=True)
@@ -453,8 +463,9 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
     """FVU of the target (over the whole set: squared error / total variance about the set's
     mean), L0 (mean active latents per row) and the fraction of latents that never fire, on
     every ``(x, y)`` of ``batches`` (y None: the dictionary reconstructs x), summed over
-    ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) also each block's FVU,
-    ``block_fvu``. A latent-sharded CLT's ranks all see the same rows: only its latent counts
+    ranks. With ``names`` (a crosscoder's K blocks, a CLT's L targets) each block's FVU,
+    ``block_fvu``, and ``fvu`` their mean; a CLT's active latents per row of each layer,
+    ``layer_l0``. A latent-sharded CLT's ranks all see the same rows: only its latent counts
     are summed over them."""
     was_training = sae.training
     sae.eval()
@@ -462,6 +473,8 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
     sharded = getattr(sae, "sharded", False)
     acc = None  # [rows, active, err^2 per level] float64, then sum y, sum y^2, sum err^2 per dim
     fired = torch.zeros(_total_latents(sae), dtype=torch.int32, device=dev)
+    layers = getattr(sae, "n_layers", None)  # a CLT: active latents per layer too
+    per_layer = torch.zeros(layers or 0, dtype=torch.float64, device=dev)
     for x, y in batches:
         y = (x if y is None else y).flatten(1)
         lat = sae.encode(x)
@@ -485,11 +498,14 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
         )
         acc = part if acc is None else acc + part
         fired |= lat.fired().to(torch.int32)
+        if layers:
+            on = lat.cols[lat.vals.detach() != 0] // sae.m_local
+            per_layer += torch.bincount(on, minlength=layers).double()
     if dist is not None:
         if sharded:  # same rows everywhere: only the latents differ
-            active = acc[1:2].clone()
+            active = torch.cat([acc[1:2], per_layer])
             dist.all_reduce(active)
-            acc[1] = active[0]
+            acc[1], per_layer = active[0], active[1:]
         else:
             dist.all_reduce(acc)
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
@@ -513,11 +529,17 @@ def evaluate(sae: SparseAutoencoder, batches, dist=None, names: list[str] | None
         "dead_frac": float(dead),
     }
     if names and len(names) > 1:
+        # Each block's FVU, and their mean as the headline: a pooled FVU over blocks would
+        # weigh each by its variance in the training scale (each hook normalized on its own),
+        # so it would change with the normalization; the mean does not (and is the CLT's loss).
         w = d // len(names)
         out["block_fvu"] = {
             nm: float(e2[i * w : (i + 1) * w].sum() / var[i * w : (i + 1) * w].sum().clamp_min(1e-12))
             for i, nm in enumerate(names)
         }
+        out["fvu"] = sum(out["block_fvu"].values()) / len(names)
+    if layers:
+        out["layer_l0"] = (per_layer / n).tolist()
     return out
 
 
@@ -536,7 +558,8 @@ def _check_store_hooks(cfg: TrainConfig, store) -> None:
 def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dict:
     """The LM loss with the saved SAE (normalization folded in) spliced in, over the held-out
     rows' tokens (:mod:`actstore.sae.splice`), on rank 0: an SAE at its hook; a transcoder
-    in place of the module it stands in for (``cfg.target_hook`` fed from ``cfg.source_hook``)."""
+    in place of the module it stands in for (``cfg.target_hook`` fed from ``cfg.source_hook``);
+    a CLT in place of every target layer (its cfg's ``targets``, fed from its ``sources``)."""
     from .splice import lm_loss_increase, windows_from_rows  # deferred: loads the model machinery
 
     if "rows" in selection:
@@ -558,7 +581,8 @@ def _eval_model(cfg: TrainConfig, store, selection: dict, out: Path, dev) -> dic
         n += windows[-1].size
     windows = [w for w in windows if w.size >= 2]
     sae = load(out / "sae")  # its cfg names the source and target (cfg.source_hook, cfg.target_hook)
-    return {"model": cfg.eval_model, **lm_loss_increase(cfg.eval_model, sae, windows, hook=cfg.source_hook, device=dev)}
+    hook = None if sae.cfg.is_clt else cfg.source_hook  # a CLT's cfg holds its hooks, one per layer
+    return {"model": cfg.eval_model, **lm_loss_increase(cfg.eval_model, sae, windows, hook=hook, device=dev)}
 
 
 def _progress_bar(cfg: TrainConfig, total: int, step: int):

@@ -11,12 +11,21 @@ SIGSTOP, so the test SIGKILLs it exactly there, never at a moment of the clock. 
 - ``written:N``: checkpoint N's folder is complete, ``latest.json`` does not name it yet;
 - ``ckpt:N``: checkpoint N is complete and ``latest.json`` names it.
 
+ARCH is ``arch[:activation]``. Transcoders read "narrow" and reconstruct "wide" of the loader
+store (helpers/loader_store.py); CLTs and crosscoders read a layer store
+(helpers/layer_store.py): every layer's MLP input -> output, every layer's MLP output.
+``TRAIN_RUN_SHARD=1`` shards a CLT's latents over the torchrun ranks; ``TRAIN_RUN_PAIRED=PATH``
+gives a crosscoder its second store. ``TRAIN_RUN_COMM=1`` counts the bytes each rank's
+collectives send or receive inside each loss call (forward and backward of one step) and writes
+them, one number per step, to OUT/comm-rank<r>.json.
+
 usage: train_run.py STORE OUT ARCH TOKENS
 """
 
 import functools
 import hashlib
 import importlib
+import json
 import os
 import signal
 import sys
@@ -26,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from actstore.sae import TrainConfig, train
-from actstore.sae.config import TRANSCODER_ARCHS
+from actstore.sae.config import CLT_ARCHS, TRANSCODER_ARCHS
 
 # The module, not the function: ``actstore.sae.train`` the attribute is train() itself.
 trainer = importlib.import_module("actstore.sae.train")
@@ -54,14 +63,65 @@ def stop_at(spec: str) -> None:
     setattr(trainer, name, wrapper)
 
 
+def count_comm(out: Path) -> None:
+    """Wrap the collectives a CLT step uses, counting the payload (the tensor's bytes) of
+    each call made while a CLT's ``loss`` (forward, and the backward that follows it, whose
+    collectives are none) runs."""
+    from actstore.sae.clt import CrossLayerTranscoder
+
+    steps: list[int] = []
+    active = [False]
+
+    def wrap(name, size):
+        inner = getattr(dist, name)
+
+        @functools.wraps(inner)
+        def wrapper(*args, **kwargs):
+            if active[0]:
+                steps[-1] += size(*args)
+            return inner(*args, **kwargs)
+
+        setattr(dist, name, wrapper)
+
+    wrap("all_reduce", lambda t, *a, **k: t.numel() * t.element_size())
+    wrap("all_gather", lambda parts, t, *a, **k: sum(p.numel() * p.element_size() for p in parts))
+    loss = CrossLayerTranscoder.loss
+
+    def counted(self, *args, **kwargs):
+        steps.append(0)
+        active[0] = True
+        try:
+            return loss(self, *args, **kwargs)
+        finally:
+            active[0] = False
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            (out / f"comm-rank{rank}.json").write_text(json.dumps(steps))
+
+    CrossLayerTranscoder.loss = counted
+
+
 def main() -> None:
     store, out, arch, tokens = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     if os.environ.get("TRAIN_RUN_STOP"):
         stop_at(os.environ["TRAIN_RUN_STOP"])
+    if os.environ.get("TRAIN_RUN_COMM"):
+        out.mkdir(parents=True, exist_ok=True)
+        count_comm(out)
     # ARCH[:ACTIVATION]: a transcoder reads "narrow" (d=20) and reconstructs "wide" (d=40).
     arch, _, act = arch.partition(":")
     if arch in TRANSCODER_ARCHS:
         hooks = {"source": "narrow", "target": "wide", "activation": act or None}
+    elif arch in CLT_ARCHS:
+        hooks = {
+            "source": "model.layers.*.mlp:input",
+            "target": "model.layers.*.mlp",
+            "activation": act or None,
+            "shard_latents": os.environ.get("TRAIN_RUN_SHARD") == "1",
+        }
+    elif arch == "crosscoder":
+        paired = os.environ.get("TRAIN_RUN_PAIRED")
+        hooks = {"hooks": "model.layers.1.mlp" if paired else "model.layers.*.mlp", "activation": act or None}
+        hooks["paired_store"] = paired
     else:
         hooks = {"hook": "wide", "widths": "8,32" if arch == "matryoshka_batchtopk" else None}
     cfg = TrainConfig(

@@ -1,5 +1,5 @@
 """The HTML page of a representation-analysis output (steering vectors, PCA, layer diff,
-probes, vector scan, dictionary comparison). ``sections(path, tok)`` builds a result's
+probes, vector scan, dictionary comparison, a crosscoder's model diff). ``sections(path, tok)`` builds a result's
 sections (one builder per kind, :data:`BUILDERS`); the analyze report (``render.py``) shows
 them for each representation job of a run, and ``render_repr(out)`` writes one self-contained
 ``out/report/index.html`` (inline CSS and SVG, jinja2 template ``represent.html.j2``, the
@@ -142,6 +142,74 @@ def _dictionary(g, a, tok):
     return secs
 
 
+def _crosscoder(g, a, tok):
+    """The latents (live, dead), the relative decoder norms (two blocks: the histogram of r;
+    more: each block's share) with the class counts, the explained variance per block and
+    each block's most specific latents."""
+    labels, K = a["blocks"], len(a["blocks"])
+    arr = lambda k: g[f"crosscoder/{k}"][...]  # noqa: E731
+    hist, edges = arr("hist"), arr("hist_edges")
+    norms, cos, count = arr("norms"), arr("cosine"), arr("count")
+    lo, hi = 1 - a["thresholds"]["specific"], a["thresholds"]["specific"]
+    live, every = a["classes"], a["classes_all"]
+    rows = [
+        ["latents", _num(a["sae"]["m"])],
+        ["live (a decoder, fired on these rows)", _num(live["latents"])],
+        ["dead", _num(a["dead"])],
+        ["· never fired on these rows", _num(int((count == 0).sum()))],
+        ["· zero decoder", _num(a["zero_decoder"])],
+        ["mean L0", _num(a["l0"])],
+    ]
+    secs = [{"title": "latents", "table": {"cols": ["", "count"], "rows": rows}}]
+    ticks = [(v, _num(v)) for v in (0.0, lo, 0.5, hi, 1.0)]
+    if K == 2:
+        title = "relative decoder norm r = ‖W_dec^B‖ / (‖W_dec^A‖ + ‖W_dec^B‖)"
+        charts = [_hist_chart(hist[1], edges, f"r (A = {labels[0]}, B = {labels[1]}; live latents)")]
+        s_lo, s_hi = a["thresholds"]["shared"]
+        names = [
+            (f"A-only (r < {_num(lo)})", "specific", labels[0]),
+            (f"between ({_num(lo)} ≤ r ≤ {_num(hi)})", "between", None),
+            (f"· shared ({_num(s_lo)} ≤ r ≤ {_num(s_hi)})", "shared", None),
+            (f"B-only (r > {_num(hi)})", "specific", labels[1]),
+        ]
+        between = (arr("classes") == K) & ~np.isnan(cos[:, 0])
+        c, e = np.histogram(cos[between, 0], bins=20, range=(-1.0, 1.0))
+        pair = _hist_chart(c, e, "cosine of the A and B decoder vectors (live latents between)")
+        pair["ticks"] = _ticks(-1.0, 1.0, [(v, _num(v)) for v in (-1.0, 0.0, 1.0)], pair["width"])
+        charts.append(pair)
+    else:
+        title = "each block's share of the decoder norm ‖W_dec^k‖ / Σ_j ‖W_dec^j‖"
+        charts = [_hist_chart(hist[k], edges, f"share of {lab} (live latents)") for k, lab in enumerate(labels)]
+        names = [(f"only {lab} (share > {_num(hi)})", "specific", lab) for lab in labels]
+        names.append((f"spread (no share > {_num(hi)})", "between", None))
+    for ch in charts[: 1 if K == 2 else K]:
+        ch["ticks"] = _ticks(0.0, 1.0, ticks, ch["width"])
+    rows = [[n, _num(live[key] if lab is None else live[key][lab]),
+             _num(every[key] if lab is None else every[key][lab])] for n, key, lab in names]  # fmt: skip
+    rows.append(["total", _num(live["latents"]), _num(every["latents"])])
+    table = {"cols": ["class", "live latents", "with the never-fired (every latent with a decoder)"], "rows": rows}
+    secs.append({"title": title, "charts": charts, "table": table})
+    ev, fvu, var = arr("ev"), arr("fvu"), arr("variance")
+    rows = [[lab, r["store"], r["hook"], f"{100 * e:.2f}%", _num(f), _num(v)]
+            for lab, r, e, f, v in zip(labels, a["reads"], ev, fvu, var)]  # fmt: skip
+    rows.append(["all blocks", "", "", f"{100 * a['ev_total']:.2f}%", _num(1 - a["ev_total"]), _num(var.sum())])
+    cols = ["block", "store", "hook", "explained variance", "FVU", "variance (sum over rows)"]
+    secs.append({"title": "explained variance per block", "table": {"cols": cols, "rows": rows}})
+    ids, top = arr("top_latents"), arr("top_share")
+    for k, lab in enumerate(labels):
+        rows = []
+        for i, v in zip(ids[k], top[k]):
+            if i < 0:
+                continue
+            other = float(norms[i].sum() - norms[i, k])
+            pair = [_num(x) for x in cos[i]] if K == 2 else []
+            rows.append([str(int(i)), _num(v), _num(norms[i, k]), _num(other), *pair, _num(count[i])])
+        cols = ["latent", f"share of {lab}", "norm here", "norm elsewhere", *(["cosine A·B"] if K == 2 else []),
+                "rows fired"]  # fmt: skip
+        secs.append({"title": f"latents most specific to {lab}", "table": {"cols": cols, "rows": rows}})
+    return secs
+
+
 BUILDERS = {
     "steering": lambda g, a, tok, path: _steering(g, a, tok),
     "pca": _pca,
@@ -149,6 +217,7 @@ BUILDERS = {
     "probes": _probes,
     "scan": lambda g, a, tok, path: _scan(g, a, tok),
     "dictionary": lambda g, a, tok, path: _dictionary(g, a, tok),
+    "crosscoder": lambda g, a, tok, path: _crosscoder(g, a, tok),
 }
 
 
@@ -176,6 +245,8 @@ def head(a: dict) -> list[tuple[str, object]]:
     ]
     if "positive" in a:
         out.append(("groups", f"{a['positive']} vs {a['negative']}"))
+    if a.get("paired_store"):
+        out.append(("paired store", a["paired_store"]["path"]))
     return out
 
 
