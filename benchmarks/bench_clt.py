@@ -11,7 +11,11 @@ bf16 zstd; d = 576). Every part reads this one store; rows are scaled as the tra
 loader does (``normalize="mean_norm"``: each hook by sqrt(d) / its mean row norm), and
 "held-out" is the trainer's own split (the last 5% of the rows), never trained on.
 
-Parts (``--parts``, comma-separated; the default runs all, ~15 min on 2 shared cores):
+Sizes (the defaults): m = 1024 latents and TopK k = 16 per layer (k/m = 1.6%, under the 3%
+where actstore's CPU decode switches to a dense GEMM, so the CLT decodes sparsely), batch 512,
+200 steps (102,400 tokens: about one pass over the ~107k training rows), float32, 2 threads.
+
+Parts (``--parts``, comma-separated; the default runs all of them):
 
 - ``clt``: ``actstore.sae.train`` of a TopK CLT (``arch="clt"``, ``source`` the 8 MLP inputs,
   ``target`` the 8 MLP outputs, ``--latents`` m per layer, ``--k`` per layer) against 8 TopK
@@ -581,7 +585,7 @@ def part_speed(args, store_path: Path) -> dict:
             rp = torch.arange(lat.n + 1) * kk
             choices.append(decode_choice(rp, i, v.reshape(-1), clt.W_dec[t]))
     check = {
-        "loss_actstore": float(ref["loss"]),
+        "loss_actstore": float(ref["loss"].detach()),
         "decode_backend_per_target": choices,
         "code_density_per_target": k / m,
     }
@@ -589,7 +593,7 @@ def part_speed(args, store_path: Path) -> dict:
         mod.zero_grad(set_to_none=True)
         out = mod.loss(x, target=y)
         out["loss"].backward()
-        la, lb = float(ref["loss"]), float(out["loss"])
+        la, lb = float(ref["loss"].detach()), float(out["loss"].detach())
         g = _grad_diff(mod, clt)
         check[name] = {
             "loss": lb,
@@ -677,11 +681,35 @@ def part_speed(args, store_path: Path) -> dict:
 # -- memory --------------------------------------------------------------------------------
 
 
+def _status_kib(*keys: str) -> dict:
+    """``/proc/self/status`` fields in KiB (VmRSS: resident now; VmHWM: this address space's peak)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in keys:
+            out[name] = int(rest.split()[0])
+    return out
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(spec: str) -> None:
-    """Run in a fresh process: ``L,impl,m,k,batch,steps`` -> one JSON line of peak RSS."""
+    """Run in a fresh process: ``L,impl,m,k,batch,steps`` -> one JSON line of its memory.
+
+    The peak is ``VmHWM`` of ``/proc/self/status``, not ``getrusage().ru_maxrss``: on Linux
+    the latter carries the parent's high-water mark through fork + exec (a child of a 1.2 GiB
+    parent reports at least 1.2 GiB), VmHWM belongs to the new address space."""
     L, impl, m, k, batch, steps = spec.split(",")
     L, m, k, batch, steps = int(L), int(m), int(k), int(batch), int(steps)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def make(L_, m_, k_):
         if impl == "actstore_clt":
@@ -694,7 +722,7 @@ def memory_child(spec: str) -> None:
     tiny = make(2, 64, 4)
     Stepper(tiny, 1e-3).step(torch.randn(8, 2, D), torch.randn(8, 2, D))
     del tiny
-    rss = {"after_imports_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    rss = {"after_imports_kib": _status_kib("VmRSS")["VmRSS"]}
     torch.manual_seed(0)
     model = make(L, m, k)
     with torch.no_grad():
@@ -704,13 +732,19 @@ def memory_child(spec: str) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, L, D, generator=g)  # synthetic rows
     y = torch.randn(batch, L, D, generator=g)
-    rss["after_build_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    b = _status_kib("VmRSS", "VmHWM")
+    rss["after_build_kib"], rss["peak_through_build_kib"] = b["VmRSS"], b["VmHWM"]
+    rss["peak_reset_before_steps"] = _reset_peak()
     secs = []
     for _ in range(steps):
         t0 = time.perf_counter()
         st.step(x, y)
         secs.append(time.perf_counter() - t0)
-    rss["peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    a = _status_kib("VmRSS", "VmHWM")
+    rss["peak_during_steps_kib"] = a["VmHWM"]
+    rss["after_steps_kib"] = a["VmRSS"]
+    rss["peak_kib"] = max(a["VmHWM"], b["VmHWM"])
+    rss["ru_maxrss_kib_at_start_inherited"] = inherited
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"rss": rss, "params": params, "param_bytes": params * 4, "step_s": secs}))
 
@@ -733,8 +767,10 @@ def part_memory(args) -> dict:
             rs = r["rss"]
             r["peak_mib"] = rs["peak_kib"] / 1024
             r["peak_over_imports_mib"] = (rs["peak_kib"] - rs["after_imports_kib"]) / 1024
-            r["steps_over_build_mib"] = (rs["peak_kib"] - rs["after_build_kib"]) / 1024
+            r["steps_over_build_mib"] = (rs["peak_during_steps_kib"] - rs["after_build_kib"]) / 1024
             r["param_mib"] = r["param_bytes"] / 2**20
+            # derived: what the steps took beyond the gradients and AdamW's two moments (3 x params)
+            r["steps_beyond_grads_and_adamw_mib"] = r["steps_over_build_mib"] - 3 * r["param_mib"]
             rows[f"L{L}_{impl}"] = r
             print(
                 f"memory L={L:>2} {impl:>14}: peak RSS {r['peak_mib']:7.0f} MiB "
@@ -751,8 +787,13 @@ def part_memory(args) -> dict:
             "batch": batch,
             "steps": args.mem_steps,
             "dtype": "float32",
-            "process": "a fresh python subprocess per configuration; resource.getrusage(RUSAGE_SELF).ru_maxrss "
-            "(the high-water mark: after imports, after building the CLT and AdamW, after the steps)",
+            "process": "a fresh python subprocess per configuration; RSS from /proc/self/status: VmRSS after the "
+            "imports (and one tiny warm-up step), after building the model and AdamW; VmHWM (peak) through the build, "
+            "then reset (clear_refs 5) and read after the steps. Not getrusage().ru_maxrss: on Linux a child inherits "
+            "its parent's high-water mark through fork + exec (every child here read the parent's ~1.2 GiB)",
+            "peak_mib": "max(peak through build, peak during steps)",
+            "steps_over_build_mib": "peak during the steps minus RSS after build: the step's own working memory "
+            "(activations, gradients, AdamW state allocated at the first step)",
             "weights": "each variant built on its own: encoders U(-1/sqrt(d), 1/sqrt(d)), decoders N(0, 0.01^2)",
         },
         "runs": rows,
@@ -808,11 +849,11 @@ def _table(results: dict) -> None:
     if "memory" in results:
         rows = [
             [n, f"{r['peak_mib']:.0f}", f"{r['peak_over_imports_mib']:.0f}", f"{r['steps_over_build_mib']:.0f}",
-             f"{r['param_mib']:.0f}"]
+             f"{r['steps_beyond_grads_and_adamw_mib']:.0f}", f"{r['param_mib']:.0f}"]
             for n, r in results["memory"]["runs"].items()
         ]  # fmt: skip
         print("\npeak RSS of CLT training steps (synthetic rows), MiB:")
-        print(C.fmt_table(rows, ["config", "peak", "over imports", "over build", "params"]))
+        print(C.fmt_table(rows, ["config", "peak", "over imports", "steps over build", "beyond grads+AdamW", "params"]))
 
 
 def main(argv=None) -> None:
@@ -820,13 +861,20 @@ def main(argv=None) -> None:
     ap.add_argument("--parts", default="data,clt,crosscoder,speed,memory")
     ap.add_argument("--work", default="/tmp/actstore-clt", help="the store and scratch runs")
     ap.add_argument("--latents", type=int, default=1024, help="m per layer (CLT, transcoders, SAEs)")
-    ap.add_argument("--k", type=int, default=16, help="TopK k per layer")
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=300, help="training steps of clt and crosscoder")
+    ap.add_argument(
+        "--k", type=int, default=16, help="TopK k per layer (k/m = 1.6%%: under the CPU decode's 3%% dense cut)"
+    )
+    ap.add_argument("--batch", type=int, default=512, help="rows per step (every part)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="training steps of clt and crosscoder (200 x 512: one pass over the train rows)",
+    )
     ap.add_argument("--repeats", type=int, default=8, help="speed: timed interleaved rounds")
     ap.add_argument("--time-batches", type=int, default=4)
     ap.add_argument("--warm-steps", type=int, default=20, help="speed: CLT steps before the check and timing")
-    ap.add_argument("--mem-steps", type=int, default=3)
+    ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -859,7 +907,12 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         fn = {"clt": part_clt, "crosscoder": part_crosscoder, "speed": part_speed}.get(part)
         res = fn(args, store) if fn else part_memory(args)
-        results[part] = {**res, "part_seconds": time.perf_counter() - t0, "meta": part_meta}
+        results[part] = {
+            **res,
+            "part_seconds": time.perf_counter() - t0,
+            "process_max_rss_mib_at_part_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "meta": part_meta,
+        }
     _table(results)
     if args.no_write:
         return
