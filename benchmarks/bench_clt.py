@@ -620,12 +620,15 @@ def part_speed(args, store_path: Path) -> dict:
         "actstore_transcoders_x8": TranscoderSet(L, m, k, lr),
     }
     idx = {n: 0 for n in steppers}
+    cpu = {n: [] for n in steppers}  # process CPU seconds of each call (all threads), warm-up included
 
     def caller(name):
         def call():
             xb, yb = timed[idx[name] % len(timed)]
             idx[name] += 1
+            c0 = time.process_time()
             steppers[name].step(xb, yb)
+            cpu[name].append(time.process_time() - c0)
 
         return call
 
@@ -635,17 +638,19 @@ def part_speed(args, store_path: Path) -> dict:
     for n, ts in times.items():
         s = C.summary(ts)
         res[n] = {**s, "steps_per_s_at_median": 1 / s["median_s"], "rows_per_s_at_median": batch / s["median_s"],
-                  "all_s": ts}  # fmt: skip
+                  "cpu_median_s": statistics.median(cpu[n][1:]), "all_s": ts, "all_cpu_s": cpu[n][1:]}  # fmt: skip
         print(
             f"  {n:>24}: median {s['median_s'] * 1e3:8.1f} ms (min {s['min_s'] * 1e3:.1f}, max {s['max_s'] * 1e3:.1f})"
-            f" -> {res[n]['steps_per_s_at_median']:.2f} steps/s, {res[n]['rows_per_s_at_median']:.0f} rows/s",
+            f" -> {res[n]['steps_per_s_at_median']:.2f} steps/s, {res[n]['rows_per_s_at_median']:.0f} rows/s; "
+            f"CPU {res[n]['cpu_median_s'] * 1e3:.0f} ms",
             flush=True,
         )
     base = times["actstore_clt"]
-    ratios = {}
+    ratios = {"actstore_clt_over_actstore_clt_time_paired_median": 1.0}
     for n in ("dense_decode", "plain_pytorch", "actstore_transcoders_x8"):
         ratios[f"{n}_over_actstore_clt_time_median"] = res[n]["median_s"] / res["actstore_clt"]["median_s"]
         ratios[f"{n}_over_actstore_clt_time_paired_median"] = statistics.median(b / a_ for a_, b in zip(base, times[n]))
+        ratios[f"{n}_over_actstore_clt_cpu_median"] = res[n]["cpu_median_s"] / res["actstore_clt"]["cpu_median_s"]
     print("  ratios " + ", ".join(f"{k_} {v:.2f}" for k_, v in ratios.items()), flush=True)
     print("speed: the decode alone (8 targets, forward + backward) ...", flush=True)
     dec = _decode_only(args, clt, variants_models["dense_decode"], x)
@@ -841,11 +846,14 @@ def _table(results: dict) -> None:
         base = t["actstore_clt"]["median_s"]
         rows = [
             [n, f"{t[n]['median_s'] * 1e3:.1f}", f"{t[n]['steps_per_s_at_median']:.2f}",
-             f"{t[n]['rows_per_s_at_median']:.0f}", f"{t[n]['median_s'] / base:.2f}"]
+             f"{t[n]['rows_per_s_at_median']:.0f}", f"{t[n]['median_s'] / base:.2f}",
+             f"{t[n + '_over_actstore_clt_time_paired_median']:.2f}",
+             f"{t[n]['cpu_median_s'] * 1e3:.0f}", f"{t[n]['spread']:.1f}"]
             for n in ("actstore_clt", "dense_decode", "plain_pytorch", "actstore_transcoders_x8")
         ]  # fmt: skip
         print("\nCLT training step (L=8), medians of interleaved rounds:")
-        print(C.fmt_table(rows, ["variant", "ms/step", "steps/s", "rows/s", "time / actstore"]))
+        print(C.fmt_table(rows, ["variant", "ms/step", "steps/s", "rows/s", "time / actstore", "paired ratio",
+                                 "CPU ms", "spread"]))  # fmt: skip
     if "memory" in results:
         rows = [
             [n, f"{r['peak_mib']:.0f}", f"{r['peak_over_imports_mib']:.0f}", f"{r['steps_over_build_mib']:.0f}",
@@ -871,7 +879,7 @@ def main(argv=None) -> None:
         default=200,
         help="training steps of clt and crosscoder (200 x 512: one pass over the train rows)",
     )
-    ap.add_argument("--repeats", type=int, default=8, help="speed: timed interleaved rounds")
+    ap.add_argument("--repeats", type=int, default=30, help="speed: timed interleaved rounds")
     ap.add_argument("--time-batches", type=int, default=4)
     ap.add_argument("--warm-steps", type=int, default=20, help="speed: CLT steps before the check and timing")
     ap.add_argument("--mem-steps", type=int, default=2)
@@ -937,6 +945,16 @@ def main(argv=None) -> None:
     }
     doc["notes"] = {
         "shared_machine": SHARED_NOTE,
+        "auxk": (
+            f"the trainer's dead_tokens default ({TrainConfig.__dataclass_fields__['dead_tokens'].default:,} tokens) "
+            f"exceeds the {args.steps * args.batch:,} training tokens: no latent was marked dead during training, "
+            "so AuxK never engaged in any run (dead_frac is measured on the held-out rows afterwards)"
+        ),
+        "decode_path": (
+            "on the CPU, actstore decodes a code densely when nnz > 3% of [n, m] (csr_decode.DENSE_DECODE_ABOVE); "
+            "k/m = 16/1024 = 1.6% here, so the CLT, the transcoders and the SAEs all decode sparsely (the speed "
+            "part records the backend of each target)"
+        ),
         "eval_model": (
             "LM loss with the CLT spliced in is not measured: the trainer's eval_model splices one source and one "
             "target hook (actstore.sae.splice) and a CLT's splice was not on main when this ran; per-layer "
