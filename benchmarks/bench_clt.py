@@ -26,8 +26,11 @@ Parts (``--parts``, comma-separated; the default runs all of them):
   transcoder's ``fvu``) and their mean, L0, dead fraction (per layer for the CLT, from its
   held-out codes), wall time of each ``train`` call (run one after the other: 4 transcoders,
   the CLT, 4 transcoders; the interleaved step timing is in ``speed``), parameters.
-  The LM loss with the dictionaries spliced in (``eval_model=``) is not measured here: the
-  trainer's splice takes one source and one target hook, not a CLT's lists (see ``notes``).
+  Then the LM loss with all 8 MLP outputs replaced at once over the same held-out tokens
+  (``--eval-model-tokens``; the trainer's ``eval_model`` step, ``_eval_model``): by the CLT, and
+  by the 8 transcoders put together by this script as one block-diagonal CLT (decoder
+  ``s -> t`` zero for ``s != t``; checked to give each transcoder's output), spliced by the
+  same code; clean, spliced, all 8 zeroed, and the share of that gap recovered.
 - ``crosscoder``: a TopK layer crosscoder over ``model.layers.{9,12,15}.mlp`` (m_total = 3 m,
   k_total = 3 k) against 3 TopK SAEs (m and k each), the same batch and steps, each at the
   trainer's default lr for its ``latents`` (the crosscoder's is 1/sqrt(3) of the SAEs'), and
@@ -59,6 +62,7 @@ others.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -80,12 +84,14 @@ from torch import nn  # noqa: E402
 RSS_AFTER_IMPORT_TORCH_KIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 from actstore import open as open_store  # noqa: E402
+from actstore.demo import SMOLLM2_MODEL  # noqa: E402
 from actstore.loader import ActivationLoader  # noqa: E402
 from actstore.ops import topk_encode  # noqa: E402
 from actstore.ops.csr_decode import decode_choice  # noqa: E402
 from actstore.sae.config import SAEConfig  # noqa: E402
+from actstore.sae.io import load, save  # noqa: E402
 from actstore.sae.registry import build  # noqa: E402
-from actstore.sae.train import TrainConfig, default_lr, split, train  # noqa: E402
+from actstore.sae.train import TrainConfig, _eval_model, default_lr, split, train  # noqa: E402
 
 LAYERS = list(range(8, 16))
 HOOKS_IN = [f"model.layers.{layer}.mlp:input" for layer in LAYERS]
@@ -109,7 +115,7 @@ def prepare_store(work: Path) -> tuple[Path, dict]:
     ``work`` once (a ``done`` file marks it complete); its path and what the capture reported
     (or that it was cached)."""
     from actstore.capture import capture  # deferred: the model machinery
-    from actstore.demo import SMOLLM2_MODEL, write_english_jsonl
+    from actstore.demo import write_english_jsonl
 
     store = work / STORE_NAME
     done = work / f"{STORE_NAME}.done.json"
@@ -223,6 +229,70 @@ def clt_layer_dead(sae, cfg: TrainConfig, store) -> dict:
     }
 
 
+def block_diagonal_clt(transcoders: list, m: int, k: int):
+    """The 8 transcoders as one CLT whose decoders ``s -> t`` are zero for ``s != t``: layer
+    ``t``'s encoder and decoder are transcoder ``t``'s, so the CLT's output at target ``t`` is
+    transcoder ``t``'s (this script's code; it lets actstore's CLT splice put all 8 in at once)."""
+    bd = build(SAEConfig("clt", D, m, k=k, d_out=D, activation="topk", sources=HOOKS_IN, targets=HOOKS_OUT), seed=0)
+    with torch.no_grad():
+        for t, tc in enumerate(transcoders):
+            bd.W_enc[t].copy_(tc.W_enc)
+            bd.b_enc[t].copy_(tc.b_enc)
+            bd.b_dec[t].copy_(tc.b_dec)
+            bd.W_dec[t].zero_()
+            bd.W_dec[t][t * m : (t + 1) * m].copy_(tc.W_dec)
+    return bd.eval()
+
+
+@torch.no_grad()
+def _check_block_diagonal(bd, transcoders: list, store, cfg: TrainConfig) -> float:
+    """Max abs difference of the block-diagonal CLT's outputs from each transcoder's, on 512
+    raw (unnormalized) held-out rows."""
+    _, ev, _ = split(cfg, store)
+    ld = ActivationLoader(store, HOOKS_IN, 512, shuffle=False, epochs=1, **ev)
+    b = next(iter(ld))
+    ld.close()
+    x = torch.stack([b[h] for h in HOOKS_IN], 1)
+    y = bd.output(x)
+    return max(float((y[:, t] - tc.output(x[:, t])).abs().max()) for t, tc in enumerate(transcoders))
+
+
+def _splices(args, ccfg: TrainConfig, store, transcoders: list, work: Path) -> dict:
+    """The LM loss with all 8 layers' MLP outputs replaced at once, over the same held-out
+    tokens (the trainer's ``_eval_model``: its windows, its splice): by the CLT (its saved,
+    folded ``OUT/sae``) and by the 8 transcoders (as a block-diagonal CLT, this script's code)."""
+    cfg = dataclasses.replace(ccfg, eval_model=SMOLLM2_MODEL, eval_model_tokens=args.eval_model_tokens)
+    _, ev, _ = split(cfg, store)
+    out = {}
+    tc_dir = work / "transcoder_set"
+    shutil.rmtree(tc_dir, ignore_errors=True)
+    bd = block_diagonal_clt(transcoders, args.latents, args.k)
+    save(bd, tc_dir / "sae")
+    check = _check_block_diagonal(bd, transcoders, store, cfg)
+    print(f"clt: the transcoders as a block-diagonal CLT: outputs within {check:.2e} (max abs) of theirs", flush=True)
+    for name, folder in (("clt", Path(ccfg.out)), ("transcoders_x8", tc_dir)):
+        print(f"clt: LM loss with {name} spliced in at layers 8-15 ({args.eval_model_tokens} tokens) ...", flush=True)
+        t0 = time.perf_counter()
+        em = _eval_model(cfg, store, ev, folder, torch.device("cpu"))
+        em["seconds"] = time.perf_counter() - t0
+        out[name] = em
+        print(
+            f"  clean {em['clean']:.4f} spliced {em['spliced']:.4f} zero {em['zero_ablation']:.4f} nats/token: "
+            f"recovered {em['recovered']:.4f} ({em['tokens']} tokens, {em['seconds']:.0f} s)",
+            flush=True,
+        )
+    shutil.rmtree(tc_dir, ignore_errors=True)
+    return {
+        "how": "actstore.sae.train._eval_model (the trainer's eval_model step) on the CLT's saved folder and on a "
+        "folder holding the 8 transcoders as one block-diagonal CLT (built by this script: decoders s->t zero for "
+        "s != t); both replace every MLP output of layers 8-15 in one forward (layer 16+ compute from the replaced "
+        "outputs); zero ablation zeroes all 8",
+        "model": SMOLLM2_MODEL,
+        "block_diagonal_max_abs_diff": check,
+        **out,
+    }
+
+
 def part_clt(args, store_path: Path) -> dict:
     m, k, steps, batch = args.latents, args.k, args.steps, args.batch
     work = Path(args.work) / "runs_clt"
@@ -238,6 +308,7 @@ def part_clt(args, store_path: Path) -> dict:
     )
     order = [("transcoder", i) for i in range(4)] + [("clt", None)] + [("transcoder", i) for i in range(4, 8)]
     tc_rows: list = [None] * 8
+    tc_saved: list = [None] * 8
     clt_row = None
     for kind, i in order:
         if kind == "clt":
@@ -258,9 +329,9 @@ def part_clt(args, store_path: Path) -> dict:
                 "decoder_params": sum(w.numel() for w in sae.W_dec),
                 "train_fvu_last_log": s["final"].get("fvu"),
             }
-            shutil.rmtree(ccfg.out, ignore_errors=True)
         else:
             s, sae, sec = _run_train(f"transcoder L{LAYERS[i]}", tcfgs[i])
+            tc_saved[i] = load(Path(tcfgs[i].out) / "sae")  # normalization folded in: takes raw activations
             tc_rows[i] = {
                 "seconds": sec,
                 "steps": s["steps"],
@@ -270,6 +341,8 @@ def part_clt(args, store_path: Path) -> dict:
                 "params": _params(sae),
             }
             shutil.rmtree(tcfgs[i].out, ignore_errors=True)
+    splice = _splices(args, ccfg, store, tc_saved, work) if args.eval_model_tokens else None
+    shutil.rmtree(ccfg.out, ignore_errors=True)
     store.close()
     tc = {
         "fvu_per_layer": [r["held_out"]["fvu"] for r in tc_rows],
@@ -306,7 +379,7 @@ def part_clt(args, store_path: Path) -> dict:
         "clt": clt_row,
         "transcoders": tc,
         "clt_minus_transcoders_fvu_per_layer": [a - b for a, b in zip(clt_row["fvu_per_layer"], tc["fvu_per_layer"])],
-        "eval_model": "not measured: see notes.eval_model",
+        "eval_model": splice,
     }
 
 
@@ -827,6 +900,15 @@ def _table(results: dict) -> None:
             f"{tc['seconds_total']:.0f} s (8 runs) vs {clt['seconds']:.0f} s; params "
             f"{tc['params_total'] / 1e6:.1f}M vs {clt['params'] / 1e6:.1f}M"
         )
+        em = r.get("eval_model")
+        if isinstance(em, dict):
+            rows = [
+                [n, f"{em[n]['clean']:.4f}", f"{em[n]['spliced']:.4f}", f"{em[n]['zero_ablation']:.4f}",
+                 f"{em[n]['recovered']:.4f}", em[n]["tokens"]]
+                for n in ("transcoders_x8", "clt")
+            ]  # fmt: skip
+            print("LM loss (nats/token) with the MLP outputs of layers 8-15 all replaced, held-out tokens:")
+            print(C.fmt_table(rows, ["spliced", "clean", "spliced", "all 8 zeroed", "recovered", "tokens"]))
     if "crosscoder" in results:
         r = results["crosscoder"]
         a, b, c = r["saes"], r["crosscoder"], r["crosscoder_at_sae_lr"]
@@ -878,6 +960,12 @@ def main(argv=None) -> None:
         type=int,
         default=200,
         help="training steps of clt and crosscoder (200 x 512: one pass over the train rows)",
+    )
+    ap.add_argument(
+        "--eval-model-tokens",
+        type=int,
+        default=16384,
+        help="clt: held-out tokens of the LM-loss splice, at most (0: none)",
     )
     ap.add_argument("--repeats", type=int, default=30, help="speed: timed interleaved rounds")
     ap.add_argument("--time-batches", type=int, default=4)
@@ -956,9 +1044,9 @@ def main(argv=None) -> None:
             "part records the backend of each target)"
         ),
         "eval_model": (
-            "LM loss with the CLT spliced in is not measured: the trainer's eval_model splices one source and one "
-            "target hook (actstore.sae.splice) and a CLT's splice was not on main when this ran; per-layer "
-            "transcoders' LM loss one at a time would not be comparable to a CLT's all-layers splice, so it is left out"
+            "LM loss recovered (clt.eval_model) splices all 8 layers at once for both: the CLT through actstore's "
+            "CLT splice, the 8 transcoders through the same splice as one block-diagonal CLT built by this script "
+            "(not through actstore's per-transcoder splice, which replaces one layer)"
         ),
     }
     print(f"wrote {C.write_result(RESULT, doc)}")
