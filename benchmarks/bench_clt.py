@@ -41,16 +41,18 @@ Parts (``--parts``, comma-separated; the default runs all of them):
   here in plain PyTorch with the code densified to ``[B, L m]`` and multiplied by each target's
   stacked decoder ``[(l+1) m, d]``: ``dense_decode`` (actstore's TopK encoder op, so only the
   decode differs) and ``plain_pytorch`` (also the encoder: ``addmm`` + ``torch.topk`` with
-  autograd, a dense encoder backward); and 8 actstore transcoders, one step each on the
-  layer slices of the same batch. Same weights (the CLT after ``--warm-steps`` steps, copied),
+  autograd, a dense encoder backward); and 8 actstore transcoders (fresh, seeds 0-7), one step
+  each on the layer slices of the same batch. Same weights (the CLT after ``--warm-steps`` steps, copied),
   same batches, interleaved rounds (``_common.interleaved``, order rotating), medians. Before
   timing, the loss and every gradient of each variant are compared with actstore's on one
   batch. Also the decode alone (forward + backward of the 8 targets from a fixed code).
-- ``memory``: peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh subprocess
-  per configuration running ``--mem-steps`` CLT training steps on **synthetic** rows
-  (``torch.randn``, labelled so) at L = 8 and 16 layers: actstore's CLT, ``dense_decode`` and
-  ``plain_pytorch``; with the RSS after imports and after building the model and AdamW, so the
-  step's own memory is visible beside that of the parameters.
+- ``memory``: peak RSS of a fresh subprocess per configuration running ``--mem-steps`` CLT
+  training steps on **synthetic** rows (``torch.randn``, labelled so) at L = 8 and 16 layers:
+  actstore's CLT, ``dense_decode`` and ``plain_pytorch``; with the RSS after imports and after
+  building the model and AdamW, so the step's own memory is visible beside that of the
+  parameters. The peak is ``VmHWM`` of ``/proc/self/status`` (reset before the steps), not
+  ``getrusage().ru_maxrss``: on Linux a child inherits its parent's high-water mark through
+  fork + exec (each child here started at the parent's ~6 GiB).
 
     PYTHONPATH=$PWD python benchmarks/bench_clt.py [--parts data,clt,crosscoder,speed,memory]
 
@@ -80,8 +82,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-
-RSS_AFTER_IMPORT_TORCH_KIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 from actstore import open as open_store  # noqa: E402
 from actstore.demo import SMOLLM2_MODEL  # noqa: E402
