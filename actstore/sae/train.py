@@ -443,6 +443,21 @@ def split(cfg: TrainConfig, store) -> tuple[dict, dict | None, dict]:
     return {"rows": (0, n - rows)}, {"rows": (n - rows, n)}, {"eval_rows": rows}
 
 
+WINDOW_BYTES = 1 << 30  # a multi-hook run's shuffle window holds at most this many stored bytes
+
+
+def _window(cfg: TrainConfig, lay: Layout, stores: list) -> int:
+    """The loader's shuffle window in rows: ``cfg.buffer_rows``, but for a crosscoder or CLT
+    at most ``WINDOW_BYTES`` of stored rows over all its hooks (and at least one batch): the
+    loader holds 2-3 windows, and 65,536 rows of SmolLM2's 60 MLP hooks in bf16 are 4.5 GB
+    each. SAEs and transcoders keep ``buffer_rows`` as given (their shuffles are unchanged)."""
+    if lay.kind not in ("crosscoder", "clt"):
+        return cfg.buffer_rows
+    hooks = lay.loader_hooks()
+    row_bytes = sum(st._hook(h).d * np.dtype(st._hook(h).dtype.stored).itemsize for st in stores for h in hooks)
+    return max(cfg.batch_size, min(cfg.buffer_rows, WINDOW_BYTES // max(1, row_bytes)))
+
+
 def _total_latents(sae) -> int:
     """The latents whose firing the trainer tracks on this rank (a CLT: every layer's)."""
     return getattr(sae, "total_latents", sae.cfg.m)
@@ -619,7 +634,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
         return [ActivationLoader(st, hooks, cfg.batch_size, **kw, **paired, **common, **selection) for st in stores]
 
     loaders = loaders_over(
-        train_rows, shuffle=True, seed=cfg.seed, epochs=None, drop_last=True, buffer_rows=cfg.buffer_rows
+        train_rows, shuffle=True, seed=cfg.seed, epochs=None, drop_last=True, buffer_rows=_window(cfg, lay, stores)
     )
     global_batch = cfg.batch_size * data_world
     total = math.ceil(cfg.tokens / global_batch)

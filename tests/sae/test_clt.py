@@ -314,3 +314,22 @@ def test_saelens_and_sparsify_refuse_clts_and_crosscoders_in_one_line(tmp_path):
                 f(d, tmp_path / "x")
             assert "\n" not in str(e.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_many_hook_runs_shuffle_window_is_capped_in_bytes(store, monkeypatch):
+    """The loader holds 2-3 shuffle windows: a CLT's window is cut to WINDOW_BYTES of stored
+    rows over all its hooks (6 hooks x 16 float32 = 384 B a row here), an SAE's is left."""
+    import importlib
+
+    import actstore
+    from actstore.sae.layout import resolve
+
+    trainer = importlib.import_module("actstore.sae.train")
+    monkeypatch.setattr(trainer, "WINDOW_BYTES", 384 * 100)
+    kw = dict(store=str(store.path), latents=16, k=2, tokens=64, out="o", batch_size=32, buffer_rows=4096)
+    clt = TrainConfig(arch="clt", source="model.layers.*.mlp:input", target="model.layers.*.mlp", **kw)
+    sae = TrainConfig(arch="topk", hook="model.layers.0.mlp", **kw)
+    assert trainer._window(clt, resolve(clt, store, actstore.open), [store]) == 100
+    assert trainer._window(sae, resolve(sae, store, actstore.open), [store]) == 4096
+    monkeypatch.setattr(trainer, "WINDOW_BYTES", 384 * 10)
+    assert trainer._window(clt, resolve(clt, store, actstore.open), [store]) == 32  # never below a batch
