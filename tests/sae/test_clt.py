@@ -6,10 +6,6 @@ torchrun ranks against one rank, and the one-line errors."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,12 +15,10 @@ from actstore.errors import SAEError
 from actstore.sae import TrainConfig, load, train
 from actstore.sae.config import SAEConfig
 from actstore.sae.registry import build
-from helpers import layer_store, zygote
-from helpers.paths import HELPERS
+from helpers import layer_store, train_kill
 from helpers.procs import torchrun
 
-RUN = HELPERS / "train_run.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+RUN = train_kill.RUN
 L, D, DO, M, K = 3, 12, 10, 24, 3
 SRC = [f"model.layers.{i}.mlp:input" for i in range(L)]
 TGT = [f"model.layers.{i}.mlp" for i in range(L)]
@@ -223,44 +217,10 @@ def test_sharding_options_are_checked():
         build(SAEConfig("clt", D, M, k=K, d_out=DO, activation="batchtopk", sources=SRC, targets=TGT), shard=(0, 2))
 
 
-def _run(store, out, arch, stop=None, extra=None):
-    env = {**ENV, **(extra or {}), **({"TRAIN_RUN_STOP": stop} if stop else {})}
-    return zygote.Popen(
-        [sys.executable, str(RUN), str(store.path), str(out), arch, str(32 * 30)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _log(out):
-    rows = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("tokens_per_s", None)
-    return rows
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["clt:jumprelu", "skip_clt:batchtopk"])
 def test_a_clt_killed_mid_run_resumes_to_the_same_weights(store, tmp_path, arch):
-    ref = _run(store, tmp_path / "ref", arch)
-    _, err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, err[-2000:]
-    run = tmp_path / "kill"
-    for stop in ["step:5", "written:9", "ckpt:30"]:
-        p = _run(store, run, arch, stop)
-        line = p.stdout.readline()
-        if line.strip() != f"stopped {stop}":
-            p.kill()
-            pytest.fail(f"did not stop at {stop}: {p.communicate(timeout=60)[1][-2000:]}")
-        p.send_signal(signal.SIGKILL)
-        assert p.wait(timeout=60) == -signal.SIGKILL
-    p = _run(store, run, arch)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and out.split() == ["done", "30"], err[-2000:]
-    assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text()
-    assert _log(run) == _log(tmp_path / "ref")
+    train_kill.kill_and_resume(store.path, tmp_path, arch, 30, ["step:5", "written:9", "ckpt:30"])
 
 
 @pytest.mark.slow
@@ -269,9 +229,7 @@ def test_latents_sharded_over_two_ranks_train_the_weights_of_one_rank(store, tmp
     """Two torchrun ranks, each with half of every layer's latents and the whole batch, end
     where one rank holding every latent does (float rounding apart): the saved CLT (gathered
     on rank 0) and the loss log agree."""
-    one = _run(store, tmp_path / "one", f"clt:{act}")
-    _, err = one.communicate(timeout=300)
-    assert one.returncode == 0, err[-2000:]
+    train_kill.finish(train_kill.run(store.path, tmp_path / "one", f"clt:{act}", 32 * 30), 30)
     env = {"TRAIN_RUN_SHARD": "1", "TRAIN_RUN_COMM": "1"}
     r = torchrun(RUN, [store.path, tmp_path / "two", f"clt:{act}", 32 * 30], nproc=2, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -279,7 +237,7 @@ def test_latents_sharded_over_two_ranks_train_the_weights_of_one_rank(store, tmp
     assert b.W_enc.shape == a.W_enc.shape == (3, 64, 16)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(q, p, rtol=2e-4, atol=2e-5, msg=name)
-    la, lb = _log(tmp_path / "one"), _log(tmp_path / "two")
+    la, lb = train_kill.log(tmp_path / "one"), train_kill.log(tmp_path / "two")
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb):
         if "eval" in ra:

@@ -6,10 +6,6 @@ stores (each block's held-out FVU checked on the raw rows), the token check of t
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,11 +16,8 @@ from actstore.errors import SAEError
 from actstore.sae import TrainConfig, load, train
 from actstore.sae.config import SAEConfig
 from actstore.sae.registry import build
-from helpers import layer_store, zygote
-from helpers.paths import HELPERS
+from helpers import layer_store, train_kill
 
-RUN = HELPERS / "train_run.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 K, DH, M = 3, 8, 40
 
 
@@ -156,31 +149,12 @@ def test_crosscoder_hook_errors_are_one_line(stores, tmp_path, kw, msg):
     assert "\n" not in str(e.value)
 
 
-def _run(store, out, arch, paired, stop=None):
-    env = {**ENV, "TRAIN_RUN_PAIRED": str(paired), **({"TRAIN_RUN_STOP": stop} if stop else {})}
-    return zygote.Popen([sys.executable, str(RUN), str(store), str(out), arch, str(32 * 30)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_two_model_crosscoder_killed_mid_run_resumes_to_the_same_weights(stores, tmp_path):
     _, a, b = stores
-    ref = _run(a.path, tmp_path / "ref", "crosscoder:batchtopk", b.path)
-    _, err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, err[-2000:]
-    run = tmp_path / "kill"
-    for stop in ["step:5", "written:9", "ckpt:30"]:
-        p = _run(a.path, run, "crosscoder:batchtopk", b.path, stop)
-        line = p.stdout.readline()
-        if line.strip() != f"stopped {stop}":
-            p.kill()
-            pytest.fail(f"did not stop at {stop}: {p.communicate(timeout=60)[1][-2000:]}")
-        p.send_signal(signal.SIGKILL)
-        assert p.wait(timeout=60) == -signal.SIGKILL
-    p = _run(a.path, run, "crosscoder:batchtopk", b.path)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and out.split() == ["done", "30"], err[-2000:]
-    assert (run / "params-rank0.sha256").read_text() == (tmp_path / "ref" / "params-rank0.sha256").read_text()
+    env = {"TRAIN_RUN_PAIRED": str(b.path)}
+    stops = ["step:5", "written:9", "ckpt:30"]
+    run = train_kill.kill_and_resume(a.path, tmp_path, "crosscoder:batchtopk", 30, stops, env)
     ck = json.loads((run / "latest.json").read_text())["checkpoint"]
     assert (run / ck / "loader-b-rank0.json").exists()  # the second store's position is kept too
 
