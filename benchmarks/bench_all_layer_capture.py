@@ -41,7 +41,7 @@ run (its ``per_layer_scale``), zstd level 3 (its default) on the codes.
 Memory: peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` before each run) over
 the RSS at the reset, per timed run; then bf16 runs of ``--tokens`` and 3x as many with
 one-chunk shards (``chunks_per_shard=1``: 2048 rows, so both runs fill and write whole
-shards: 2 and 6) to show that the peak does not grow with the tokens; and the bound, computed from
+shards: 1 and 3 at the default 2048 tokens) to show that the peak does not grow with the tokens; and the bound, computed from
 the schema: one shard of every array (the default layout: 64 chunks of ~2 MiB each, what a
 run reaches after one shard of tokens) plus ``slots`` + 1 batches of fp32 activations.
 
@@ -230,7 +230,7 @@ def clt_forge_scheme(ref: actstore.Store) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=4096, help="stored tokens per timed run")
+    ap.add_argument("--tokens", type=int, default=2048, help="stored tokens per timed run")
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="windows per forward")
     ap.add_argument("--repeats", type=int, default=3)
