@@ -40,12 +40,13 @@ run (its ``per_layer_scale``), zstd level 3 (its default) on the codes.
 
 Memory: peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` before each run) over
 the RSS at the reset, per timed run; then bf16 runs of ``--tokens`` and 3x as many with
-one-chunk shards (``chunks_per_shard=1``: 2048 rows, so both runs fill and write whole
-shards: 1 and 3 at the default 2048 tokens) to show that the peak does not grow with the tokens; and the bound, computed from
-the schema: one shard of every array (the default layout: 64 chunks of ~2 MiB each, what a
-run reaches after one shard of tokens) plus ``slots`` + 1 batches of fp32 activations.
+one-chunk shards (``chunks_per_shard=1``: 2048 rows, so both runs write whole shards, 1 and
+3 at the default 2048 tokens) to show that the peak does not grow with the tokens; and the
+bound, computed from the schema: one shard of every array (the default layout: 64 chunks of
+~2 MiB each, what a run reaches after one shard of tokens) plus ``slots`` + 1 batches of
+fp32 activations.
 
-    python benchmarks/bench_all_layer_capture.py            # ~8 min on 2 shared cores
+    python benchmarks/bench_all_layer_capture.py            # ~10 min on 2 shared cores
     python benchmarks/bench_all_layer_capture.py --quick    # smoke run, writes *_quick.json
 
 Writes ``benchmarks/results/all_layer_capture_cpu.json``.
