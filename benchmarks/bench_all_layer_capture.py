@@ -24,9 +24,11 @@ Reported: seconds of every round (median, min, max, spread), stored tokens/s (at
 and at the best round), each capture's time over ``forward_to_L29``'s (of the medians, of
 the minima, the median of per-round ratios; the same for the capture loop alone, the
 summary's ``capture_seconds`` without the setup, and for the process CPU seconds of all
-threads). Rounds are short (``--tokens`` 1024: 3 forwards of 4 x 128) and many, so the two
-sides of a per-round ratio run seconds apart: another job on the 2 shared cores comes and
-goes in bursts, and moved single runs by 3-8x while this was written.
+threads, with ``OMP_WAIT_POLICY=PASSIVE`` so that they count work, not spinning: the figure
+that another job on the machine moves least). Rounds are short (``--tokens`` 1024: 3
+forwards of 4 x 128) and many, so the two sides of a per-round ratio run seconds apart:
+another job on the 2 shared cores comes and goes in bursts, and moved single runs by 3-8x
+while this was written.
 
 Bytes (from the store's files on disk, the last round's store of each dtype; fp16 and fp32
 are captured once more, untimed): activation bytes per token (every hook's ``acts`` and
@@ -68,6 +70,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Before torch loads OpenMP: waiting threads sleep instead of spinning, so the process's CPU
+# seconds count work, not waits. Another job on the 2 shared cores stretched 1024 tokens of
+# forward from ~2.5 s to 13-33 s by the wall clock, and its CPU seconds with it (spinning);
+# with PASSIVE six runs under load took 4.5-5.1 CPU seconds.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -239,13 +246,14 @@ def main() -> None:
     ap.add_argument("--flat-tokens", type=int, default=2048, help="the memory runs: this many tokens and 3x")
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="windows per forward")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--dir", default=None, help="scratch folder for the stores (default: a new temporary one)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 512 tokens, 1 round")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     meta = C.metadata()  # before anything is measured
     meta["torch_threads"] = torch.get_num_threads()
+    meta["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     if a.quick:
         a.tokens, a.repeats = 512, 1
     scratch = Path(a.dir or tempfile.mkdtemp(prefix="actstore-bench-all-layer-"))
