@@ -48,9 +48,10 @@ Memory: peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` before each
 the RSS at the reset, per timed run; then bf16 runs of ``--flat-tokens`` and 3x as many,
 twice each, with one-chunk shards (``chunks_per_shard=1``: 2048 rows, so both runs write
 whole shards, 1 and 3 at the default 2048 tokens) to show that the peak does not grow with
-the tokens; and the bound, computed from the schema: one shard of every array (the default
-layout: 64 chunks of ~2 MiB each, what a run reaches after one shard of tokens) plus
-``slots`` + 1 batches of fp32 activations.
+the tokens, with the RSS sampled every 20 ms and its peak in each third of the run (memory
+that grew with the tokens would climb from third to third); and the bound, computed from
+the schema: one shard of every array (the default layout: 64 chunks of ~2 MiB each, what a
+run reaches after one shard of tokens) plus ``slots`` + 1 batches of fp32 activations.
 
     python benchmarks/bench_all_layer_capture.py            # ~10 min on 2 shared cores
     python benchmarks/bench_all_layer_capture.py --quick    # smoke run, writes *_quick.json
@@ -66,6 +67,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +124,38 @@ def peak_bytes() -> int:
     with open("/proc/self/status") as f:
         line = next(ln for ln in f if ln.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
+
+
+class RssSampler:
+    """Samples the RSS every ``every`` seconds on a thread, for :meth:`thirds`: the peak in
+    each third of the run. A writer that kept what it wrote would climb from third to third;
+    the peak of the whole run alone cannot tell that from a longer run meeting a higher
+    transient (the maximum of more samples)."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), rss_bytes()))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def thirds(self, start: int) -> list[int]:
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        edges = [t0 + (t1 - t0) * k / 3 for k in range(4)]
+        return [
+            max((r for t, r in self.samples if edges[k] <= t <= edges[k + 1]), default=start) - start for k in range(3)
+        ]
 
 
 def memory_bound(dtype: str, batch_rows: int, slots: int, chunks_per_shard: int | None = None) -> dict:
@@ -437,9 +471,14 @@ def main() -> None:
             shutil.rmtree(path, ignore_errors=True)
             start = reset_peak()
             t = time.perf_counter()
-            run()
-            f = flat.setdefault(name, {"tokens": mult * a.flat_tokens, "peak_rss_over_start_bytes": [], "seconds": []})
+            with RssSampler() as sampler:
+                run()
+            f = flat.setdefault(
+                name,
+                {"tokens": mult * a.flat_tokens, "peak_rss_over_start_bytes": [], "thirds_bytes": [], "seconds": []},
+            )
             f["peak_rss_over_start_bytes"].append(peak_bytes() - start)
+            f["thirds_bytes"].append(sampler.thirds(start))
             f["seconds"].append(time.perf_counter() - t)
             f["shards_written"] = len(list((path / "segments/rank00000/acts/model.layers.0.mlp/c").iterdir()))
             shutil.rmtree(path, ignore_errors=True)
@@ -473,7 +512,8 @@ def main() -> None:
     print(C.fmt_table(rows, ["dtype", "acts B/token", "B/value", "x raw bf16", "total B/token", "rel err (median)"]))
     for k, v in flat.items():
         mib = ", ".join(f"{x / 2**20:,.0f}" for x in v["peak_rss_over_start_bytes"])
-        print(f"{k}: {v['tokens']} tokens, {v['shards_written']} shards, peak RSS + {mib} MiB")
+        thirds = "; ".join(", ".join(f"{x / 2**20:,.0f}" for x in th) for th in v["thirds_bytes"])
+        print(f"{k}: {v['tokens']} tokens, {v['shards_written']} shards, peak RSS + {mib} MiB; by thirds {thirds}")
 
     doc = {
         "meta": meta,
@@ -505,6 +545,7 @@ def main() -> None:
             "tokens_per_s": "stored tokens (BOS/EOS rows run but are not stored) / median seconds",
             "bytes": "bytes on disk (1 KB = 1000 B in the quoted figures)",
             "peak_rss_over_start_bytes": "VmHWM in the run minus the RSS at its start (clear_refs), per round",
+            "thirds_bytes": "the highest RSS sample (every 20 ms) in each third of the run's time, minus the start",
             "rel_l2": "||x_hat - x|| / ||x|| per hook, against the fp32 store",
             "noise_over_variance": "sum (x_hat - x)^2 / sum (x - mean)^2 per hook",
         },
