@@ -63,6 +63,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),
     "bench_capture.py": (r"capture_overhead(_gpu)?(_quick)?", CAPTURE),
     "bench_capture_saelens.py": (r"capture_saelens(_quick)?", CAPTURE),
+    "bench_all_layer_capture.py": (r"all_layer_capture_cpu(_quick)?", ["actstore/demo.py", *CAPTURE]),
     "bench_sae_kernels.py": (r"sae_kernels_\w+", KERNELS),
     "bench_sae_decode_crossover.py": (r"sae_decode_crossover_\w+", ["actstore/sae/latents.py", *KERNELS]),
     "bench_sae_pipeline.py": (r"sae_pipeline_\w+", SAE),

@@ -76,14 +76,44 @@ def resolve_hooks(model: nn.Module, specs) -> list[HookSite]:
         else:
             found = [path] if path in order else []
         if not found:
-            close = difflib.get_close_matches(path, names, n=5, cutoff=0.5) or _similar_depth(path, names)
-            raise ModelError(
-                f"unknown hook {spec!r}: {type(model).__name__} has no module of that name; "
-                f"closest: {', '.join(close) or '(none)'}"
-            )
+            raise ModelError(_unknown(model, spec, path, names))
         for n in found:
             sites[HookSite(n, side == "input")] = None
     return sorted(sites, key=lambda p: (order[p.module], p.input is False))
+
+
+def _unknown(model: nn.Module, spec: str, path: str, names: list[str]) -> str:
+    """The one-line reason ``spec`` names no module of ``model``, with the paths to write instead.
+
+    Two cases get more than a list of close names, since the close names alone mislead
+    there: an index past the end of a numbered container (``model.layers.31`` on a 30-layer
+    model; the close names would be ``model.layers.3`` and ``model.layers.21``) says how
+    many there are, and a wildcard spec is matched against wildcard forms of the paths
+    (``model.layers.*.mlpx`` -> ``model.layers.*.mlp``, not ``model.layers.0.mlp``)."""
+    parts = path.split(".")
+    note = ""
+    for i, p in enumerate(parts):
+        if not p.isdigit():
+            continue
+        prefix = ".".join(parts[:i]) + "." if i else ""
+        held = sorted(int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())
+        if held and int(p) not in held:
+            note = f" ({prefix[:-1] or 'the model'} holds {len(held)}, numbered {held[0]}-{held[-1]})"
+            break
+    close: list[str] = []
+    if "*" in path:
+        stars = [i for i, p in enumerate(parts) if "*" in p]
+        starred = []
+        for n in names:
+            comps = n.split(".")
+            if len(comps) == len(parts):
+                starred.append(".".join("*" if i in stars else c for i, c in enumerate(comps)))
+        close = difflib.get_close_matches(path, list(dict.fromkeys(starred)), n=5, cutoff=0.5)
+    close = close or difflib.get_close_matches(path, names, n=5, cutoff=0.5) or _similar_depth(path, names)
+    return (
+        f"unknown hook {spec!r}: {type(model).__name__} has no module of that name{note}; "
+        f"closest: {', '.join(close) or '(none)'}"
+    )
 
 
 def _similar_depth(path: str, names: list[str]) -> list[str]:
