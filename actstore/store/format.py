@@ -95,6 +95,10 @@ COLUMNS = {"token": "int32", "doc": "int64", "pos": "int32", "flags": "uint8"}
 CHUNK_BYTES = 2 << 20
 # Inner chunks per shard on local disk: ~128 MiB shard objects, few files.
 CHUNKS_PER_SHARD = 64
+# A writer holds one shard of every array: by default the shards of all hooks together stay
+# under this many uncompressed bytes (SmolLM2's 60 MLP hooks at 64 chunks a shard would hold
+# 8.4 GiB; capped, 945 MiB, 7 chunks a shard). Up to 8 hooks of ~2 MiB chunks keep 64.
+SHARD_BUFFER_BYTES = 1 << 30
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]]*$")
 
@@ -304,7 +308,7 @@ def make_schema(
     hooks: dict[str, int],
     dtype: str | DType = "bf16",
     codec: str = "zstd",
-    chunks_per_shard: int = CHUNKS_PER_SHARD,
+    chunks_per_shard: int | None = None,
     provenance: dict | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Schema:
@@ -312,7 +316,9 @@ def make_schema(
 
     Every array shares one shard row count so that a shard of every array covers the
     same rows: about ``chunks_per_shard`` chunks of the widest hook, rounded up to a whole
-    number of chunks of every hook.
+    number of chunks of every hook. Unset, ``CHUNKS_PER_SHARD`` chunks, fewer where one shard
+    of every hook together would exceed ``SHARD_BUFFER_BYTES`` (a writer holds one of each:
+    many hooks would otherwise hold GiBs), never below one chunk of every hook.
     """
     if not hooks:
         raise StoreError("no hooks given: pass at least one hook name with its width")
@@ -330,7 +336,11 @@ def make_schema(
     # A whole number of chunks of every hook: chunk row counts are powers of two, so a
     # multiple of the largest is a multiple of all (with chunks_per_shard=3 and chunks of
     # 4 and 8 rows, 12-row shards would split an 8-row chunk).
-    shard_rows = -(-max(max_rows, chunks_per_shard * min_rows) // max_rows) * max_rows
+    shard_rows = -(-max(max_rows, (chunks_per_shard or CHUNKS_PER_SHARD) * min_rows) // max_rows) * max_rows
+    if chunks_per_shard is None:
+        all_row_bytes = sum(s.d * np.dtype(s.dtype.stored).itemsize for s in specs.values())
+        fit = SHARD_BUFFER_BYTES // all_row_bytes // max_rows * max_rows
+        shard_rows = max(max_rows, min(shard_rows, fit))
     return Schema(specs, codec, shard_rows, dict(provenance or {}))
 
 

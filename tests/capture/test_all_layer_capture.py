@@ -184,3 +184,23 @@ def test_memory_is_one_shard_per_array_and_at_most_slots_batches_in_flight(llama
     shards = list((tmp_path / "s/segments/rank00000/acts/model.layers.29.mlp/c").iterdir())
     assert len(shards) == docs.size // 48
     assert counts["put"] == 6 and counts["max_in_flight"] == slots  # reached (the store was slower), never passed
+
+
+def test_the_default_layout_caps_one_shard_of_every_hook_at_the_buffer_budget():
+    """A writer holds one shard of every array: SmolLM2's 60 MLP hooks in bf16 at 64 chunks
+    a shard would hold 8.4 GiB; by default the shards shrink to fit SHARD_BUFFER_BYTES. A few
+    hooks, or an explicit chunks_per_shard, keep the layout as it was."""
+    from actstore.store.format import CHUNKS_PER_SHARD, SHARD_BUFFER_BYTES, make_schema
+
+    def shard_bytes(schema):
+        return sum(schema.shard_rows * s.d * 2 for s in schema.hooks.values())
+
+    many = {f"model.layers.{i}.mlp{side}": 576 for i in range(30) for side in ("", ":input")}
+    capped = make_schema(many, "bf16")
+    chunk_rows = next(iter(capped.hooks.values())).chunk_rows
+    assert SHARD_BUFFER_BYTES * 0.8 < shard_bytes(capped) <= SHARD_BUFFER_BYTES  # 7 chunks a shard, 945 MiB
+    assert make_schema(many, "bf16", chunks_per_shard=64).shard_rows // chunk_rows == 64  # asked for: kept
+    one = make_schema({"model.layers.15": 576}, "bf16")
+    assert one.shard_rows // one.hooks["model.layers.15"].chunk_rows == CHUNKS_PER_SHARD
+    huge = make_schema({f"h{i}": 65536 for i in range(1024)}, "fp32")  # one chunk of each is over budget
+    assert huge.shard_rows == max(s.chunk_rows for s in huge.hooks.values())
