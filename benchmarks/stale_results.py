@@ -79,6 +79,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_resume.py": (r"resume_cpu", ["actstore/analysis", "benchmarks/bench_representations.py", *STORE]),
     "bench_hf_datasets.py": (r"hf_datasets_cpu(_quick)?", ["actstore/integrations/hf_datasets.py", *STORE]),
     "bench_dictionaries.py": (r"dictionaries_cpu", ["actstore/capture", "actstore/demo.py", *CAPTURE, *SAE]),
+    "bench_clt.py": (r"clt_cpu", ["actstore/capture", "actstore/demo.py", "actstore/loader", *CAPTURE, *SAE]),
     "sweep_dictionary_defaults.py": (
         r"dictionary_defaults_sweep",
         ["actstore/demo.py", "benchmarks/bench_dictionaries.py", *CAPTURE, *SAE],
