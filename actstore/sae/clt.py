@@ -46,7 +46,7 @@ import math
 import torch
 from torch import nn
 
-from .._numerics import pre_activations
+from .._numerics import csr_from_coo, pre_activations, rows_of
 from ..errors import SAEError
 from ..ops import batch_topk_encode, csr_decode, jumprelu_encode, sparse_decode, topk_encode
 from ..ops._candidates import DENSE_CAND_K, adapt_cand_k, dense_fallback_rows
@@ -323,23 +323,24 @@ class CrossLayerTranscoder(nn.Module):
         """Whether this CLT's codes are TopK's top form ``[n, L k]`` (TopK on one rank)."""
         return self.act == "topk" and not self.sharded
 
-    def _partial(self, lat: Latents, t: int) -> torch.Tensor:
+    def _partial(self, lat: Latents, t: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Target ``t`` from this rank's latents of layers ``<= t`` (a prefix of every row of
-        ``lat``): one sparse decode, ``[n, d_out]`` float32, no bias."""
+        ``lat``; ``rows``: its entries' rows, for a CSR code): one sparse decode, ``[n, d_out]``
+        float32, no bias."""
         if self._top_form:  # the first (t+1) k columns
             kk = (t + 1) * min(self.cfg.k, self.m_local)
             v = lat.vals.view(lat.n, -1)[:, :kk]
             i = lat.cols.view(lat.n, -1)[:, :kk]
             return sparse_decode(v.contiguous(), i.contiguous(), self.W_dec[t])
         keep = lat.cols < (t + 1) * self.m_local
-        counts = torch.bincount(lat.rows()[keep], minlength=lat.n)
-        row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        row_ptr = _row_ptr(torch.bincount(rows[keep], minlength=lat.n))
         return csr_decode(row_ptr, lat.cols[keep], lat.vals[keep], self.W_dec[t])
 
     def output(self, x: torch.Tensor, latents: Latents | None = None) -> torch.Tensor:
         """``[n, L, d_out]`` float32: every target, from the sources ``x [n, L, d]``."""
         lat = self.encode(x) if latents is None else latents
-        parts = torch.stack([self._partial(lat, t) for t in range(self.n_layers)], dim=1)
+        rows = None if self._top_form else lat.rows()  # once for every target's prefix
+        parts = torch.stack([self._partial(lat, t, rows) for t in range(self.n_layers)], dim=1)
         if self.sharded:
             parts = _SumOverRanks.apply(parts, self.dist)
         out = parts + self.b_dec.float()
@@ -351,15 +352,8 @@ class CrossLayerTranscoder(nn.Module):
         """Target ``t`` ``[n, d_out]`` float32 from the codes of layers ``0..t`` (each a
         :class:`Latents` over this layer's ``m``, as :meth:`layer_latents` gives) and, for
         skip_clt, the source ``x_t [n, d]``: what a spliced forward needs at layer ``t``."""
-        m = self.m_local
-        rows = torch.cat([c.rows() for c in codes])
-        cols = torch.cat([c.cols + s * m for s, c in enumerate(codes)])
-        vals = torch.cat([c.vals for c in codes])
-        order = torch.sort(rows, stable=True).indices
-        n = codes[0].n
-        counts = torch.bincount(rows, minlength=n)
-        row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        y = csr_decode(row_ptr, cols[order], vals[order], self.W_dec[t]) + self.b_dec[t].float()
+        lat = _merge_csr([(c.row_ptr, c.cols, c.vals) for c in codes], self.m_local, codes[0].n)
+        y = csr_decode(lat.row_ptr, lat.cols, lat.vals, self.W_dec[t]) + self.b_dec[t].float()
         if self.W_skip is not None:
             if x_t is None:
                 raise SAEError("a skip CLT's output needs its source rows (W_skip x)")
@@ -483,24 +477,20 @@ class CrossLayerTranscoder(nn.Module):
         return full
 
 
+def _row_ptr(counts: torch.Tensor) -> torch.Tensor:
+    """CSR ``row_ptr [n+1]`` from entries per row ``[n]``."""
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
 def _csr_of_masked(v: torch.Tensor, i: torch.Tensor, keep: torch.Tensor):
     """``(row_ptr, cols, vals)`` of the entries of ``v, i [n, k]`` where ``keep``."""
-    counts = keep.sum(1)
-    row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return row_ptr, i[keep], v[keep]
+    return _row_ptr(keep.sum(1)), i[keep], v[keep]
 
 
 def _merge_csr(codes: list, m: int, n: int) -> Latents:
-    """Per-layer CSR codes (cols in ``[0, m)``) -> one CSR over ``L * m`` whose rows keep
-    layer order (a stable sort of the entries by row)."""
-    rows, cols, vals = [], [], []
-    for s, (rp, c, v) in enumerate(codes):
-        counts = rp[1:] - rp[:-1]
-        rows.append(torch.repeat_interleave(torch.arange(n, device=rp.device), counts))
-        cols.append(c + s * m)
-        vals.append(v)
-    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    order = torch.sort(rows, stable=True).indices
-    counts = torch.bincount(rows, minlength=n)
-    row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return Latents(row_ptr, cols[order], vals[order], len(codes) * m)
+    """Per-layer CSR codes ``(row_ptr, cols, vals)`` (cols in ``[0, m)``) -> one CSR over
+    ``len(codes) * m`` whose rows keep layer order (``csr_from_coo``'s stable sort)."""
+    rows = torch.cat([rows_of(rp, c.numel()) for rp, c, _ in codes])
+    cols = torch.cat([c + s * m for s, (_, c, _) in enumerate(codes)])
+    vals = torch.cat([v for _, _, v in codes])
+    return Latents(*csr_from_coo(n, rows, cols, vals), len(codes) * m)

@@ -133,15 +133,12 @@ class Layout:
             )
         if self.paired is None:
             return torch.cat([batch[h] for h in self.sources], dim=1), None
-        if not torch.equal(batch["row"], batch_b["row"]) or not torch.equal(batch["token"], batch_b["token"]):
-            bad = (
-                int(torch.nonzero(batch["row"] != batch_b["row"]).flatten()[0])
-                if not torch.equal(batch["row"], batch_b["row"])
-                else 0
-            )
+        differ = (batch["row"] != batch_b["row"]) | (batch["token"] != batch_b["token"])
+        if bool(differ.any()):
+            i = int(differ.nonzero()[0])
             raise SAEError(
-                f"the two stores' batches hold different rows (row {int(batch['row'][bad])} beside "
-                f"{int(batch_b['row'][bad])}): their chunk layouts differ; capture both with the same settings"
+                f"the two stores' batches hold different rows (row {int(batch['row'][i])} beside "
+                f"{int(batch_b['row'][i])}): their chunk layouts differ; capture both with the same settings"
             )
         hooks = self.sources[: len(self.sources) // 2]
         return torch.cat([batch[h] for h in hooks] + [batch_b[h] for h in hooks], dim=1), None
