@@ -32,7 +32,7 @@ LOCK_VENV = build/lock-venv
 PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile -q --upgrade --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links --no-emit-trusted-host
 
-.PHONY: install install-demo demo test test-fast test-latest lock docs lint format bench clean
+.PHONY: install install-demo demo test test-fast test-power-loss test-latest lock docs lint format bench clean
 
 $(STAMP): $(DEPS)
 	$(PIP) install -q torch==2.13.0
@@ -95,6 +95,10 @@ demo: install-demo
 PYTEST_WORKERS ?= 3
 test: install
 	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
+
+# Every crash point of the power-loss tests (tests/helpers/power_loss.py), not the per-commit sample.
+test-power-loss: install
+	ACTSTORE_POWER_LOSS_SAMPLE=all $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load -k power_loss
 
 # The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -301,6 +302,7 @@ def _checkpoint(cfg: TrainConfig, out: Path, run: _Run, loaders: list[Activation
     """Write ``ckpt-<step>/``, then point ``latest.json`` at it and delete the older folder."""
     ck = _write_checkpoint(out, run, loaders, dist, rank)
     if rank == 0:
+        _sync_log(out / "log.jsonl")
         _point_latest(cfg, out, ck, run.step)
 
 
@@ -416,7 +418,21 @@ def _keep_log_until(log_path: Path, step: int) -> None:
             for ln in log_path.read_text().splitlines()
             if ln and json.loads(ln)["step"] <= step and "eval" not in json.loads(ln)  # the eval comes again at the end
         ]
-        log_path.write_text("".join(ln + "\n" for ln in lines))
+        # Replaced whole (temporary, fsync, rename): a crash here leaves the old log or the new one.
+        write_file(log_path.parent, log_path.name, "".join(ln + "\n" for ln in lines))
+
+
+def _sync_log(log_path: Path) -> None:
+    """fsync ``OUT/log.jsonl``: its lines are appended unsynced; a checkpoint (and the end
+    of the run) makes them durable before ``latest.json`` (``summary.json``) is written, so
+    a power loss cannot leave a checkpoint whose log lines are lost (a resumed run does not
+    write them again)."""
+    if log_path.exists():
+        fd = os.open(log_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # -- held-out evaluation ----------------------------------------------------------------------
@@ -710,6 +726,7 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
                 fh.write(
                     json.dumps({"step": run.step, "tokens": run.tokens, "eval_model": summary["eval_model"]}) + "\n"
                 )
+        _sync_log(log_path)
         write_file(out, "summary.json", json.dumps(summary, indent=1))
     if dist is not None:
         dist.barrier()

@@ -57,6 +57,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, durable: bool) -> None:
+    """``mkdir -p path``; where ``durable``, each folder it creates is made durable by an
+    fsync of its parent. A new folder's entry lives in its parent folder: the fsync of a
+    file and of the file's own folder does not cover it, so without this a power loss after
+    a commit could lose a new segment's, shard's or commit's folder, and the whole store with
+    a new root (found by tests/store/test_power_loss.py's strictest disk)."""
+    if path.is_dir():
+        return
+    missing = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            # made meanwhile by another thread or process, which may not have synced it yet
+        if durable:
+            _fsync_dir(p.parent)
+
+
 class LocalStorage(Storage):
     """A directory on the local file system; see the module docstring for durability."""
 
@@ -86,7 +110,7 @@ class LocalStorage(Storage):
         tmp = path.parent / f"{TMP}{path.name}-{uuid.uuid4().hex[:12]}"
         parts = data if isinstance(data, (list, tuple)) else [data]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent, self.durable)
             with open(tmp, "wb") as f:
                 for part in parts:
                     f.write(part)
@@ -162,7 +186,7 @@ class LocalStorage(Storage):
 
     def lock(self, prefix: str) -> Lock:
         path = self._path(prefix)
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path, self.durable)
         # flock on the directory itself: no lock file to clean up, and the kernel drops
         # the lock when the holder dies (SIGKILL included).
         fd = os.open(path, os.O_RDONLY)
