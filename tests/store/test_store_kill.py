@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ from helpers.paths import HELPERS
 HELPER = HELPERS / "kill_writer.py"
 
 TRIALS = int(os.environ.get("ACTSTORE_KILL_TRIALS", "20"))
+# After the child stops inside its write, the kill waits this long: the writer's other
+# threads run on meanwhile (the pool's other puts, a commit that does not wait for them),
+# as they would before a real crash. Killed at once, a commit published before its shard
+# writes finished went unseen (no thread had time to publish it).
+GRACE = float(os.environ.get("ACTSTORE_KILL_GRACE", "0.3"))
 # A shard of this store is 13 writes (6 shards, 6 shapes, 1 commit record) plus the seeded
 # commits between shards; 300 writes reach ~20 shards in.
 MAX_WRITE = 300
@@ -64,6 +70,7 @@ def _kill_at_write(path, seg, seed, write) -> tuple[int | None, int | None]:
             ready = int(line.split()[1])
         elif line.startswith("stopped"):
             break
+    time.sleep(GRACE)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL
