@@ -8,6 +8,8 @@
 - :func:`interleaved`: time several variants round-robin, so that the noise of a shared
   machine hits all of them alike; :func:`summary` gives the median of the repeats with the
   best (min), the worst (max) and the relative spread beside it.
+- :func:`ratio_figures`, :func:`target_verdict`: a ratio of two variants with the range its
+  rounds allow, and a target verdict that is never "met" while that range covers the target.
 - :func:`write_result`: write ``benchmarks/results/<name>.json``.
 """
 
@@ -105,6 +107,34 @@ def metadata() -> dict:
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def ratio_figures(t_num: list[float], t_den: list[float]) -> dict:
+    """The rate of variant ``num`` over variant ``den`` (the same work each round), from their
+    seconds per round: ``of_medians``, ``per_round`` (the paired rounds' ratios: min, median,
+    max) and ``range`` ``[lo, hi]``, every value the rounds allow: den's fastest over num's
+    slowest, den's slowest over num's fastest. A target inside ``range`` is not decided by the
+    run (:func:`target_verdict`)."""
+    import statistics
+
+    paired = [b / a for a, b in zip(t_num, t_den)]
+    return {
+        "of_medians": statistics.median(t_den) / statistics.median(t_num),
+        "per_round": {"min": min(paired), "median": statistics.median(paired), "max": max(paired)},
+        "range": [min(t_den) / max(t_num), max(t_den) / min(t_num)],
+    }
+
+
+def target_verdict(ratio_range: list[float], target: float) -> str:
+    """``"met"`` only when the whole range of a ratio (:func:`ratio_figures`) is at or above
+    ``target``; ``"NOT met"`` when all of it is below; otherwise the range covers the target
+    and the run decides nothing (a median alone inside a wide spread is no verdict)."""
+    lo, hi = ratio_range
+    if lo >= target:
+        return "met"
+    if hi < target:
+        return "NOT met"
+    return f"not decided: the rounds range {lo:.2f}-{hi:.2f}x, across the target {target:.2f}x (rerun when quieter)"
 
 
 def write_result(name: str, doc: dict) -> Path:

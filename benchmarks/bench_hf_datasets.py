@@ -87,6 +87,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         ROWS, TAKE, args.repeats = 1024, 256, 1
+    meta = metadata()  # before anything is measured: the load and the commit at the start
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s"
         want = make_store(path)[:TAKE]
@@ -124,7 +125,7 @@ def main():
     for k, v in ratios.items():
         print(f"{k}: {v:.1f}x")
     doc = {
-        "meta": metadata(),
+        "meta": meta,
         "setup": {
             "rows_in_store": ROWS,
             "rows_per_call": TAKE,

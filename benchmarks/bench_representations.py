@@ -88,6 +88,7 @@ def peak_mb() -> float:
 
 
 def main():
+    meta = metadata()  # before anything is measured: the load and the commit at the start
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for rows in (ROWS // 2, ROWS):
@@ -127,7 +128,7 @@ def main():
                 memory.setdefault(kind, {})[rows] = mb
                 print(f"peak memory {kind:13s} {rows:>7,} rows: {mb:,.0f} MB")
     doc = {
-        "meta": metadata(),
+        "meta": meta,
         "setup": {
             "rows": ROWS,
             "d": D,

@@ -53,6 +53,7 @@ def same(a, b) -> bool:
 
 
 def main():
+    meta = metadata()  # before anything is measured: the load and the commit at the start
     with tempfile.TemporaryDirectory() as tmp:
         make_store(Path(tmp) / "s", ROWS)
         s = actstore.open(Path(tmp) / "s")
@@ -93,7 +94,7 @@ def main():
               f"({100 * speed[name]['overhead']:+.1f}%; spreads {plain['spread']:.2f}, {st['spread']:.2f}), "
               f"{commits[name]} commits, state {sizes[name] / 2**20:.1f} MiB")  # fmt: skip
     doc = {
-        "meta": metadata(),
+        "meta": meta,
         "setup": {
             "rows": ROWS,
             "d": D,

@@ -1,7 +1,7 @@
 """Feature dashboards: actstore.analysis.run against SAEDashboard's SaeVisRunner, on the CPU.
 
     python benchmarks/bench_saedashboard.py [--tokens 4096,32768,98304] [--latents 128]
-        [--repeats 2] [--sdv /tmp/sdv/bin/python] [--dir DIR] [--quick]
+        [--repeats 5] [--sdv /tmp/sdv/bin/python] [--dir DIR] [--quick] [--tools T,...] [--no-write]
 
 SAEDashboard (PyPI ``sae-dashboard`` 0.8.0) cannot be installed beside the pinned torch
 2.13.0+cpu (it pulls torch 2.14.1 with CUDA and numpy 1.26), but it imports and runs beside
@@ -27,26 +27,34 @@ The setup (built once, untimed, in ``--dir``):
 - tokens: Python's ``pydoc_data.topics`` (``actstore.demo.english_documents``) tokenized with
   SmolLM2's tokenizer (offline, ``actstore.models.smollm2``), documents joined by EOS and cut
   into ``[prompts, 128]`` windows;
-- store: ``actstore.capture`` of ``blocks.1.hook_resid_post`` over exactly those windows
-  (``bos="none", eos="none"``: store row ``p*128 + s`` is prompt p, position s), fp32 so that
-  both tools see bit-identical activations;
+- the model's weights, saved once, loaded by every child (SAEDashboard's and actstore's)
+  before its timer starts;
 - SAE: an actstore ``TopKSAE`` (d 256, 2048 latents, k 32, random init, unit-norm decoder
   rows, so SAEDashboard's ``fold_W_dec_norm`` would change nothing; SAELens 6 refuses that
   call for TopK SAEs, so the child checks the norms and skips it), written with
   ``actstore.sae.to_saelens`` and loaded by ``sae_lens.SAE.load_from_disk`` for SAEDashboard.
 
-What is timed (wall clock of the call; model, SAE and token loading and imports are not):
+What is timed (wall clock from tokens to dashboard data; model, SAE and token loading and
+imports are not), like with like: both sides run the model's forward over the tokens and
+compute the logit tables:
 
 - SAEDashboard: ``SaeVisRunner(SaeVisConfig(hook_point, features=range(latents),
   minibatch_size_features=128)).run(sae, model, tokens[:prompts])`` with its defaults
   otherwise (64 prompts per forward, no disk cache): per batch of 128 latents a forward
   pass over all the tokens, a dense ``[prompts, 128, 128]`` activation buffer, stats and
   quantiles, histograms, logit tables, top / quantile-group example sequences;
-- actstore: ``actstore.analysis.run(store, sae, ["stats", "top", "bins", "contexts",
-  "top_tokens"], rows=(0, tokens))``: one streaming pass over the stored rows, every latent
-  encoded once per block, twice: ``actstore_subset`` with ``latents=range(--latents)``, the
-  same latents as SAEDashboard (the issue's comparison: ``speedup_median``), and ``actstore``
-  over all 2048 latents (``speedup_all_latents``: 16x the work at the default 128).
+- actstore: the capture, then the analysis. ``actstore.capture(model, hook, tokens[:prompts],
+  store, batch_size=64, dtype="fp32", bos="none", eos="none")`` (the forward, stopped after
+  the hooked block, into a fresh store, durable as ``capture`` writes by default; store row
+  ``p*128 + s`` is prompt p, position s), then ``actstore.analysis.run(store, sae, ["stats",
+  "top", "bins", "contexts", "top_tokens", "lens"], model=model)``: one streaming pass over
+  the stored rows, every latent encoded once per block, and the logit lens of the decoder
+  directions through the model's unembedding (SAEDashboard's logit tables; top and bottom
+  10). Twice: ``actstore_subset`` with ``latents=range(--latents)``, the same latents as
+  SAEDashboard (the issue's comparison: ``speedup_median``, ``speedup_min``), and
+  ``actstore`` over all 2048 latents (``speedup_all_latents_*``: 16x the work at the
+  default 128). The results/saedashboard_cpu.json of the earlier script timed actstore's
+  analysis of a store captured untimed, without the lens, over 2 repeats: superseded.
 
 Peak memory, per child: the RSS just before the call (imports and inputs loaded), then the
 peak RSS during the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``
@@ -59,9 +67,13 @@ activation (SAEDashboard's ``feature_stats.max`` and the first example of its to
 actstore's ``latents/max`` and ``top``) must agree to 1e-4 relative, and the top example's
 (prompt, position) must be the same row.
 
-Repeats go round-robin per token count (the order alternates), each in a fresh subprocess
-and a fresh output folder. Results: benchmarks/results/saedashboard_cpu.json
-(saedashboard_cpu_quick.json with --quick).
+Repeats (at least 5; ``--quick`` may take fewer) go round-robin per token count (the order
+rotates), each in a fresh subprocess and a fresh store and output folder; every figure is
+reported as min, median and max of the repeats, and the speedups both of the medians and of
+the minima (the least-loaded run of each). ``--tools`` runs a subset (without
+``saedashboard`` there is no check and no speedup: a smoke run of actstore's side where
+SAEDashboard is not installed). Results: benchmarks/results/saedashboard_cpu.json
+(saedashboard_cpu_quick.json with --quick; ``--no-write``: none).
 """
 
 from __future__ import annotations
@@ -103,7 +115,9 @@ MODEL_CFG = dict(
     device="cpu",
 )
 SAE_M, SAE_K = 2048, 32
-JOBS = ["stats", "top", "bins", "contexts", "top_tokens"]
+JOBS = ["stats", "top", "bins", "contexts", "top_tokens", "lens"]  # lens: SAEDashboard's logit tables
+CAPTURE_BATCH = 64  # prompts per forward: SaeVisConfig's minibatch_size_tokens default
+MIN_REPEATS = 5
 CHECK_LATENTS = 16
 RTOL = 1e-4
 TOP_ATOL = 1e-4  # SAEDashboard rounds the activations of its example sequences to 4 decimals
@@ -179,12 +193,11 @@ def prepare(work: Path, max_tokens: int) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    import actstore
     from actstore.sae import SAEConfig, TopKSAE, save, to_saelens
 
     work.mkdir(parents=True, exist_ok=True)
     done = work / "inputs.json"
-    want = {"max_tokens": max_tokens, "model": MODEL_CFG, "sae": [SAE_M, SAE_K], "hook": HOOK}
+    want = {"max_tokens": max_tokens, "model": MODEL_CFG, "sae": [SAE_M, SAE_K], "hook": HOOK, "inputs": 2}
     if done.exists() and json.loads(done.read_text()) == want:
         return want
     for p in ("store", "sae_saelens", "sae_actstore"):
@@ -193,19 +206,6 @@ def prepare(work: Path, max_tokens: int) -> dict:
     np.save(work / "tokens.npy", tokens)
     model = build_model()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "model.safetensors"))
-    actstore.capture(
-        model,
-        HOOK,
-        tokens,
-        str(work / "store"),
-        context=CONTEXT,
-        batch_size=32,
-        dtype="fp32",
-        bos="none",
-        eos="none",
-        progress=False,
-        durable=False,
-    )
     torch.manual_seed(SEED)
     sae = TopKSAE(SAEConfig(arch="topk", d=MODEL_CFG["d_model"], m=SAE_M, k=SAE_K, hook=HOOK))
     save(sae, work / "sae_actstore")
@@ -263,22 +263,47 @@ def child_sdash(work: Path, n_tokens: int, latents: int, out: Path) -> None:
 
 
 def child_actstore(work: Path, n_tokens: int, latents: int, out: Path, subset: bool = False) -> None:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
     import actstore
     from actstore import analysis
     from actstore.sae import load
 
-    store = actstore.open(str(work / "store"))
+    torch.set_grad_enabled(False)
+    model = build_model()
+    model.load_state_dict(load_file(str(work / "model.safetensors")))
     sae = load(work / "sae_actstore")
+    tokens = np.load(work / "tokens.npy")[: n_tokens // CONTEXT]
+    store_path = work / f"store_{os.getpid()}"
     dest = work / f"analysis_{os.getpid()}"
-    shutil.rmtree(dest, ignore_errors=True)
+    for p in (store_path, dest):
+        shutil.rmtree(p, ignore_errors=True)
     import gc
 
     gc.collect()
     rss0 = start_memory()
     t0 = time.perf_counter()
-    analysis.run(store, sae, JOBS, dest, rows=(0, n_tokens), latents=range(latents) if subset else None)
+    # The forward into a store (as SAEDashboard's time holds its forwards), then the one pass.
+    actstore.capture(
+        model,
+        HOOK,
+        tokens,
+        str(store_path),
+        context=CONTEXT,
+        batch_size=CAPTURE_BATCH,
+        dtype="fp32",
+        bos="none",
+        eos="none",
+        progress=False,
+    )
+    t_capture = time.perf_counter() - t0
+    store = actstore.open(str(store_path))
+    analysis.run(store, sae, JOBS, dest, model=model, latents=range(latents) if subset else None)
     wall = time.perf_counter() - t0
     mem = memory(rss0)
+    store.close()
     res = analysis.open(dest)
     check = []
     for f in range(min(CHECK_LATENTS, latents)):
@@ -297,8 +322,12 @@ def child_actstore(work: Path, n_tokens: int, latents: int, out: Path, subset: b
                 "top_examples": len(top),
             }
         )
-    shutil.rmtree(dest, ignore_errors=True)
-    out.write_text(json.dumps({"wall_s": wall, **mem, "check": check}))
+    lens_latents = int((res.array("lens/top_ids")[:, 0] >= 0).sum()) if "lens/top_ids" in res else 0
+    for p in (store_path, dest):
+        shutil.rmtree(p, ignore_errors=True)
+    out.write_text(
+        json.dumps({"wall_s": wall, "capture_s": t_capture, "lens_latents": lens_latents, **mem, "check": check})
+    )
 
 
 RUN_KEYS = ("wall_s", "rss_before_mb", "rss_peak_mb", "rss_growth_mb", "process_peak_mb", "process_s")
@@ -343,10 +372,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--tokens", default="4096,32768,98304", help="token counts, comma-separated")
     ap.add_argument("--latents", type=int, default=128, help="latents SAEDashboard computes (actstore: all 2048)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=MIN_REPEATS, help=f"at least {MIN_REPEATS} (--quick: any)")
     ap.add_argument("--sdv", default="/tmp/sdv/bin/python", help="the interpreter that has sae-dashboard")
     ap.add_argument("--dir", default="/tmp/actstore-bench-sdash")
-    ap.add_argument("--quick", action="store_true", help="one small token count, one repeat")
+    ap.add_argument("--quick", action="store_true", help="one small token count (4096)")
+    ap.add_argument("--tools", default=",".join(CHILDREN), help=f"a subset of {','.join(CHILDREN)}")
+    ap.add_argument("--no-write", action="store_true", help="print, write no result file")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -358,20 +389,35 @@ def main(argv=None) -> int:
     import _common as C
 
     sizes = [4096] if args.quick else [int(x) for x in args.tokens.split(",")]
-    repeats = 1 if args.quick else args.repeats
-    meta = C.metadata()
+    repeats = args.repeats
+    if repeats < MIN_REPEATS and not args.quick:
+        ap.error(
+            f"--repeats {repeats}: take at least {MIN_REPEATS} (a median of two runs 57.6 s and 15.8 s says little)"
+        )
+    tools = [t for t in args.tools.split(",") if t]
+    if not tools or set(tools) - set(CHILDREN):
+        ap.error(f"--tools {args.tools!r}: pick from {', '.join(CHILDREN)}")
+    meta = C.metadata()  # before anything is measured
     t0 = time.perf_counter()
     inputs = prepare(work, max(sizes))
-    print(f"setup (tokens, model, capture, SAE) {time.perf_counter() - t0:.1f} s in {work}", flush=True)
-    pythons = {"saedashboard": args.sdv, "actstore_subset": sys.executable, "actstore": sys.executable}
+    print(f"setup (tokens, model weights, SAE) {time.perf_counter() - t0:.1f} s in {work}", flush=True)
+    every = {"saedashboard": args.sdv, "actstore_subset": sys.executable, "actstore": sys.executable}
+    pythons = {t: every[t] for t in every if t in tools}
 
     first = {t: spawn(t, pythons[t], work, sizes[0], args.latents) for t in pythons}
-    check = check_same(first["saedashboard"]["check"], first["actstore"]["check"])
-    print(f"check at {sizes[0]} tokens, latents 0..{check['latents'] - 1}: {'ok' if check['ok'] else 'MISMATCH'}")
-    if not check["ok"]:
-        for m in check["mismatches"]:
-            print("  ", m)
-        return 1
+    for t in pythons:
+        if t != "saedashboard" and first[t]["lens_latents"] == 0:
+            raise SystemExit(f"{t}: the lens job gave no latent its logits; fix it before timing")
+    if "saedashboard" in pythons and "actstore" in pythons:
+        check = check_same(first["saedashboard"]["check"], first["actstore"]["check"])
+        print(f"check at {sizes[0]} tokens, latents 0..{check['latents'] - 1}: {'ok' if check['ok'] else 'MISMATCH'}")
+        if not check["ok"]:
+            for m in check["mismatches"]:
+                print("  ", m)
+            return 1
+    else:
+        check = {"ok": None, "note": "not checked: saedashboard and actstore were not both run (--tools)"}
+        print(check["note"])
 
     runs: dict[int, dict[str, list[dict]]] = {}
     for n in sizes:
@@ -381,7 +427,11 @@ def main(argv=None) -> int:
             for t in names[r % len(names) :] + names[: r % len(names)]:
                 d = spawn(t, pythons[t], work, n, args.latents)
                 runs[n][t].append(d)
-                print(f"  {n:>7} tokens  {t:<12} {d['wall_s']:8.2f} s  peak RSS {d['rss_peak_mb']:7.0f} MB", flush=True)
+                cap = f" (capture {d['capture_s']:.2f} s)" if "capture_s" in d else ""
+                print(
+                    f"  {n:>7} tokens  {t:<15} {d['wall_s']:8.2f} s{cap}  peak RSS {d['rss_peak_mb']:7.0f} MB",
+                    flush=True,
+                )
 
     rows, table = [], []
     for n in sizes:
@@ -392,22 +442,25 @@ def main(argv=None) -> int:
             entry[t] = {
                 **s,
                 "tokens_per_s": n / s["median_s"],
+                **({"capture": C.summary([d["capture_s"] for d in runs[n][t]])} if t != "saedashboard" else {}),
                 "rss_peak_mb": max(d["rss_peak_mb"] for d in runs[n][t]),
                 "rss_before_mb": max(d["rss_before_mb"] for d in runs[n][t]),
                 "rss_growth_mb": max(d["rss_growth_mb"] for d in runs[n][t]),
                 "process_peak_mb": max(d["process_peak_mb"] for d in runs[n][t]),
                 "runs": [{k: d[k] for k in RUN_KEYS} for d in runs[n][t]],
             }
-        sd, sub, ac = entry["saedashboard"], entry["actstore_subset"], entry["actstore"]
         # Measured both ways: at equal latents (the issue's comparison), and actstore doing
-        # every latent of the SAE while SAEDashboard does its batch.
-        entry["speedup_median"] = sd["median_s"] / sub["median_s"]
-        entry["speedup_all_latents"] = sd["median_s"] / ac["median_s"]
+        # every latent of the SAE while SAEDashboard does its batch; of the medians and of the
+        # minima (each tool's least-loaded run).
+        speedups = {}
+        if "saedashboard" in entry:
+            sd = entry["saedashboard"]
+            for t, key in (("actstore_subset", "speedup"), ("actstore", "speedup_all_latents")):
+                if t in entry:
+                    entry[f"{key}_median"] = sd["median_s"] / entry[t]["median_s"]
+                    entry[f"{key}_min"] = sd["min_s"] / entry[t]["min_s"]
+                    speedups[t] = f"{entry[f'{key}_median']:.1f}x ({entry[f'{key}_min']:.1f}x)"
         rows.append(entry)
-        speedups = {
-            "actstore_subset": f"{entry['speedup_median']:.1f}x",
-            "actstore": f"{entry['speedup_all_latents']:.1f}x",
-        }
         for t in pythons:
             e = entry[t]
             table.append(
@@ -415,14 +468,23 @@ def main(argv=None) -> int:
                     n,
                     t,
                     SAE_M if t == "actstore" else args.latents,
-                    f"{e['median_s']:.2f} ({e['min_s']:.2f}-{e['max_s']:.2f})",
+                    f"{e['min_s']:.2f} / {e['median_s']:.2f} / {e['max_s']:.2f}",
                     f"{e['tokens_per_s']:,.0f}",
                     f"{e['rss_peak_mb']:.0f}",
                     f"{e['rss_growth_mb']:.0f}",
                     speedups.get(t, ""),
                 ]
             )
-    header = ["tokens", "tool", "latents", "wall s median (min-max)", "tokens/s", "peak RSS MB", "growth MB", "speedup"]
+    header = [
+        "tokens",
+        "tool",
+        "latents",
+        "wall s min / median / max",
+        "tokens/s (median)",
+        "peak RSS MB",
+        "growth MB",
+        "speedup median (min)",
+    ]
     print(C.fmt_table(table, header))
     doc = {
         "meta": meta,
@@ -440,19 +502,29 @@ def main(argv=None) -> int:
                 "minibatch_size_features": 128,
                 "minibatch_size_tokens": 64,
             },
-            "actstore": {"jobs": JOBS, "latents": SAE_M, "block_rows": 4096},
+            "actstore": {
+                "capture": {"batch_size": CAPTURE_BATCH, "dtype": "fp32", "durable": True, "timed": True},
+                "jobs": JOBS,
+                "latents": SAE_M,
+                "block_rows": 4096,
+            },
+            "tools": list(pythons),
             "inputs": inputs,
             "repeats": repeats,
         },
         "check": check,
         "results": rows,
         "notes": (
-            "wall_s is the SaeVisRunner.run / analysis.run call only; rss_peak is the peak RSS during the call "
-            "(VmHWM reset just before it), rss_growth = rss_peak - RSS before the call. "
-            "speedup_median compares equal tokens and equal latents (actstore_subset: latents=range(--latents)); "
-            "speedup_all_latents: actstore over all 2048 latents against SAEDashboard over --latents."
+            "wall_s: SaeVisRunner.run (its forwards included) against actstore.capture + analysis.run with the "
+            "lens job (capture_s: the capture's part); model, SAE and tokens are loaded before the timer. "
+            "rss_peak is the peak RSS during the call (VmHWM reset just before it), rss_growth = rss_peak - RSS "
+            "before the call. speedup_median / speedup_min compare equal tokens and equal latents "
+            "(actstore_subset: latents=range(--latents)), of the medians / of the minima of the repeats; "
+            "speedup_all_latents_*: actstore over all 2048 latents against SAEDashboard over --latents."
         ),
     }
+    if args.no_write:
+        return 0
     path = C.write_result("saedashboard_cpu_quick" if args.quick else "saedashboard_cpu", doc)
     print(f"wrote {path}")
     return 0

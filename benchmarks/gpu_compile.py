@@ -380,10 +380,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="result path (default: results/gpu_compile[_ci].json)")
     args = ap.parse_args(argv)
     shapes = TEST_SHAPES + (CI_PRODUCTION if args.set == "ci" else full_shapes())
+    meta = metadata()  # before the compile run (its wall_s): the load and the commit at the start
     res = run(shapes, every_config=args.set == "full")
     ptxas = {a: subprocess.run([get_ptxas(c).path, "--version"], capture_output=True, text=True).stdout.split("\n")[-2]
              for a, c in ARCHS.items()}  # fmt: skip
-    meta = metadata()
     meta.update({"label": LABEL, "set": args.set, "triton": triton.__version__, "ptxas": ptxas,
                  "wall_s": res["wall_s"]})  # fmt: skip
     doc = {"meta": meta, "failures": res["failures"], "records": res["records"]}

@@ -58,7 +58,7 @@ SAE = ["actstore/sae", *KERNELS, *LOADER]
 MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_codecs.py": (r"codecs(_quick)?", ["actstore/store/quantize.py", *STORE]),
     "bench_store_io.py": (r"store_io(_quick)?", STORE),
-    "bench_s3.py": (r"s3", LOADER),
+    "bench_s3.py": (r"s3(_cps\d+)?", LOADER),
     "bench_loader.py": (r"loader(_quick)?", LOADER),
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),
     "bench_capture.py": (r"capture_overhead(_gpu)?(_quick)?", CAPTURE),

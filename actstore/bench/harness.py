@@ -4,7 +4,7 @@
   so that the noise of a shared machine hits all of them alike;
 - :func:`summary`: the median of the rounds, with the best, the worst and the spread;
 - :func:`check_same`: before any timing, every variant's output against the first one's,
-  a :class:`BenchError` naming the first that differs;
+  each tensor on its own, a :class:`BenchError` naming the first variant (and tensor) that differs;
 - :func:`machine`, :func:`versions`: what a result is comparable by (taken before the first
   measurement);
 - :func:`compare`: check, then time, then figures (``rate`` = work / median seconds, in the
@@ -168,39 +168,48 @@ def _as_float(t) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
 
 
-def check_same(outputs: dict[str, object], rtol: float = 0.0) -> dict:
-    """Every variant's output against the first one's (the reference): same shape, and
-    ``||out - ref|| <= rtol * ||ref||`` (``rtol`` 0: bit for bit in float64). An output is
-    a tensor, an array, bytes, or a tuple/list/dict of them. Returns ``{variant: relative
-    error}``; raises :class:`BenchError` naming the first variant that differs."""
+def _named(o, name: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of an output with their names: a dict's keys, ``[i]`` for a list's items
+    (``"loss"``, ``"grads[2]"``); a lone tensor has the name ``""``."""
+    if isinstance(o, dict):
+        return [t for k in sorted(o) for t in _named(o[k], f"{name}.{k}" if name else str(k))]
+    if isinstance(o, (list, tuple)):
+        return [t for i, x in enumerate(o) for t in _named(x, f"{name}[{i}]")]
+    return [(name, _as_float(o))]
+
+
+def check_same(outputs: dict[str, object], rtol: float = 0.0, each: bool = False) -> dict:
+    """Every variant's output against the first one's (the reference): same shapes, and each
+    tensor on its own within ``||out - ref|| <= rtol * ||ref||`` (``rtol`` 0: bit for bit in
+    float64). An output is a tensor, an array, bytes, or a tuple/list/dict of them; the
+    tensors of one output are never pooled into one norm, where a large one (a loss) would
+    hide a wrong small one (a gradient). Returns ``{variant: worst relative error}``, or with
+    ``each`` ``{variant: {tensor name: relative error}}``; raises :class:`BenchError` naming
+    the first variant, and the tensor, that differs."""
     names = list(outputs)
     ref_name = names[0]
-
-    def flat(o) -> list[torch.Tensor]:
-        if isinstance(o, dict):
-            return [t for k in sorted(o) for t in flat(o[k])]
-        if isinstance(o, (list, tuple)):
-            return [t for x in o for t in flat(x)]
-        return [_as_float(o)]
-
-    ref = flat(outputs[ref_name])
+    ref = _named(outputs[ref_name])
     errs = {}
     for name in names[1:]:
-        got = flat(outputs[name])
-        if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
+        got = _named(outputs[name])
+        if [n for n, _ in got] != [n for n, _ in ref] or any(g.shape != r.shape for (_, g), (_, r) in zip(got, ref)):
             raise BenchError(
                 f"variant {name} gives outputs of other shapes than {ref_name} "
-                f"({[tuple(g.shape) for g in got]} vs {[tuple(r.shape) for r in ref]}); fix it before timing"
+                f"({[tuple(g.shape) for _, g in got]} vs {[tuple(r.shape) for _, r in ref]}); fix it before timing"
             )
-        num = sum(float((g - r).pow(2).sum()) for g, r in zip(got, ref)) ** 0.5
-        den = sum(float(r.pow(2).sum()) for r in ref) ** 0.5
-        err = num / den if den > 0 else num
-        if not err <= rtol:
-            raise BenchError(
-                f"variant {name} computes a different result from {ref_name} (relative error {err:.3g}, "
-                f"allowed {rtol:.0g}); fix it before timing"
-            )
-        errs[name] = err
+        per = {}
+        for (tname, g), (_, r) in zip(got, ref):
+            num = float((g - r).pow(2).sum()) ** 0.5
+            den = float(r.pow(2).sum()) ** 0.5
+            err = num / den if den > 0 else num
+            if not err <= rtol:
+                what = f"{tname}: " if tname else ""
+                raise BenchError(
+                    f"variant {name} computes a different result from {ref_name} ({what}relative error {err:.3g}, "
+                    f"allowed {rtol:.0g}); fix it before timing"
+                )
+            per[tname or "output"] = err
+        errs[name] = per if each else max(per.values(), default=0.0)
     return errs
 
 
@@ -361,4 +370,21 @@ def table(result: dict) -> str:
     for label, r in result["ratios"].items():
         per_round = f"per round {r['median_of_rounds']:.3g}x, {r['min']:.3g}-{r['max']:.3g}"
         text += f"\n  {label}: {r['of_medians']:.3g}x ({per_round})"
+    check = result.get("check") or {}
+    if check.get("reference") and check.get("rel_err"):
+        text += f"\n  checked against {check['reference']}: {_worst(check)}"
+    kernel = check.get("kernel")
+    if kernel:
+        if "skipped" in kernel:
+            text += f"\n  kernels not checked: {kernel['skipped']}"
+        else:
+            shape = " ".join(f"{k}={v}" for k, v in kernel["shape"].items())
+            text += (
+                f"\n  kernels checked, {kernel['backend']} at {shape}, against {kernel['reference']}: {_worst(kernel)}"
+            )
     return text
+
+
+def _worst(check: dict) -> str:
+    err = max(check["rel_err"].values())
+    return f"worst relative error {err:.2g}, each tensor on its own (allowed {check['rtol']:.0g})"

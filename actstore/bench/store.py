@@ -5,11 +5,14 @@ Data: ``rows x d`` random bf16 values (one hook; GB = the raw bf16 bytes, decima
 in the user's own store, read once as bf16, so that the codec sees real activations
 (random values compress less than those); they are written to a temporary store like the
 random ones, and the user's store is only read.
-Variants, interleaved: ``store_write`` (create + append + close, not durable: no fsync) and
-``codec_encode`` (the store's ChunkCodec on the same chunks, in memory, on the store's
-thread count: the ceiling of a write); ``store_read`` (``Store.read`` of every row) and
-``codec_decode`` (the same chunks decoded in memory: the ceiling of a read). Checked
-first: the store reads back the input bit for bit, and so does the codec.
+Variants, interleaved: ``store_write`` (create + append + close, durable as ``create``
+makes it by default: every object fsynced before its rename, what a user's write costs),
+``store_write_nondurable`` (the same with ``durable=False``, no fsync: not what ``create``
+gives, kept to show what the fsyncs cost) and ``codec_encode`` (the store's ChunkCodec on
+the same chunks, in memory, on the store's thread count: the ceiling of a write);
+``store_read`` (``Store.read`` of every row) and ``codec_decode`` (the same chunks decoded
+in memory: the ceiling of a read). Checked first: the store reads back the input bit for
+bit (durable and not), and so does the codec.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ def run(
     path = work / "s"
     pool = None
 
-    def write():
+    def write(**durability):
+        # durability: empty for create's default (durable); {"durable": False} for the labelled variant
         shutil.rmtree(path, ignore_errors=True)
-        with create(path, {HOOK: d}, segment="s", dtype="bf16", codec=codec, durable=False) as w:
+        with create(path, {HOOK: d}, segment="s", dtype="bf16", codec=codec, **durability) as w:
             w.append({HOOK: x})
 
     def encode():
@@ -93,16 +97,24 @@ def run(
         encoded = list(pool.map(cc.encode, chunks))
         res = compare(
             "store",
-            {"store_write": write, "codec_encode": encode, "store_read": read, "codec_decode": decode},
+            {
+                "store_write": write,
+                "store_write_nondurable": lambda: write(durable=False),
+                "codec_encode": encode,
+                "store_read": read,
+                "codec_decode": decode,
+            },
             work=rows * d * 2 / 1e9,
             unit="GB/s",
             ratios={
                 "write / codec ceiling": ("store_write", "codec_encode"),
+                "non-durable write (no fsync) / codec ceiling": ("store_write_nondurable", "codec_encode"),
                 "read / codec ceiling": ("store_read", "codec_decode"),
             },
             outputs={
                 "input": lambda: raw,
                 "store (write, read back)": lambda: (write(), read().view(torch.int16))[1],
+                "store (non-durable write, read back)": lambda: (write(durable=False), read().view(torch.int16))[1],
                 "codec (encode, decode)": lambda: decode(),
             },
             repeats=repeats,
@@ -111,6 +123,8 @@ def run(
                 "d": d,
                 "dtype": "bf16",
                 "codec": codec,
+                "store_write": "durable (create's default: fsync before each rename)",
+                "store_write_nondurable": "durable=False (no fsync): not what create gives",
                 "threads": threads,
                 "chunk_rows": chunk_rows,
                 **source,

@@ -68,3 +68,19 @@ def test_metadata_has_the_machine_and_the_versions():
     m = metadata(torch.device("cpu"))
     assert m["machine"]["cpu_count"] >= 1 and m["machine"]["gpu"] is None
     assert m["versions"]["torch"] == torch.__version__ and m["versions"]["actstore"]
+
+
+def test_check_same_checks_each_tensor_on_its_own():
+    # A loss 1000x the gradient's norm: pooled, a gradient of all zeros was 0.1% off.
+    loss, grad = torch.tensor([1000.0]), torch.randn(16)
+    grad = grad / grad.norm()
+    ref = {"loss": loss, "grad": grad}
+    assert check_same({"ref": ref, "same": {"loss": loss.clone(), "grad": grad.clone()}}, rtol=1e-2, each=True) == {
+        "same": {"grad": 0.0, "loss": 0.0}
+    }
+    with pytest.raises(
+        BenchError, match=r"variant zeroed computes a different result from ref \(grad: relative error 1,"
+    ):
+        check_same({"ref": ref, "zeroed": {"loss": loss, "grad": torch.zeros(16)}}, rtol=1e-2)
+    with pytest.raises(BenchError, match=r"\(\[1\]: relative error"):  # a tuple's tensors are named by position
+        check_same({"ref": (loss, grad), "zeroed": (loss, torch.zeros(16))}, rtol=1e-2)

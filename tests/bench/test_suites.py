@@ -28,7 +28,11 @@ def test_suite_runs_checks_and_reports(suite):
         assert res["ratios"] and all(r["of_medians"] > 0 for r in res["ratios"].values())
         assert bench.table(res).count("\n") >= len(res["variants"]) + 2
     if suite == "store":
-        assert doc["results"][0]["check"]["rel_err"] == {"store (write, read back)": 0.0, "codec (encode, decode)": 0.0}
+        assert doc["results"][0]["check"]["rel_err"] == {
+            "store (write, read back)": 0.0,
+            "store (non-durable write, read back)": 0.0,
+            "codec (encode, decode)": 0.0,
+        }
     if suite == "loader":
         assert doc["results"][0]["variants"]["loader"]["batches_per_s"] > 0
 
@@ -37,7 +41,10 @@ def test_a_wrong_decode_kernel_fails_the_check(monkeypatch):
     real = kernels.sparse_decode
     monkeypatch.setattr(kernels, "sparse_decode", lambda *a, **kw: real(*a, **kw) * 1.01)  # planted: 1% off
     said = []
-    with pytest.raises(BenchError, match="variant decode_actstore computes a different result from decode_eager"):
+    # the kernel check (the Triton path, under the interpreter on a CPU) runs first and sees it
+    with pytest.raises(
+        BenchError, match="variant decode_(triton|actstore) computes a different result from decode_eager"
+    ):
         kernels.run(**TINY["kernels"], repeats=1, progress=said.append)
     assert not any("timing" in s for s in said)  # nothing was timed: every op is checked first
 
@@ -66,6 +73,41 @@ def test_a_store_that_reads_back_other_bytes_fails_the_check(monkeypatch):
     monkeypatch.setattr(store, "open_store", Lossy)
     with pytest.raises(BenchError, match="variant store"):
         store.run(**TINY["store"], repeats=1)
+
+
+def test_the_store_suite_times_durable_writes_as_create_gives_them(monkeypatch):
+    # What a user's write costs: create's default is durable (fsync before each rename), so the
+    # timed store_write fsyncs; the no-fsync variant is there only under its own label.
+    import inspect
+    import os
+
+    from actstore import api
+
+    assert inspect.signature(api.create).parameters["durable"].default is True
+    fsyncs = {}
+    real_fsync, real_compare = os.fsync, store.compare
+
+    def spy(name, variants, **kw):  # one call of each write variant, fsyncs counted
+        for v in ("store_write", "store_write_nondurable"):
+            n = [0]
+            monkeypatch.setattr(os, "fsync", lambda fd, n=n: (n.__setitem__(0, n[0] + 1), real_fsync(fd))[1])
+            variants[v]()
+            monkeypatch.setattr(os, "fsync", real_fsync)
+            fsyncs[v] = n[0]
+        return real_compare(name, variants, **kw)
+
+    monkeypatch.setattr(store, "compare", spy)
+    res = store.run(**TINY["store"], repeats=1)
+    assert fsyncs["store_write"] > 0 and fsyncs["store_write_nondurable"] == 0
+    assert (
+        res["params"]["store_write"].startswith("durable")
+        and "not what create gives" in res["params"]["store_write_nondurable"]
+    )
+    assert set(res["ratios"]) == {
+        "write / codec ceiling",
+        "non-durable write (no fsync) / codec ceiling",
+        "read / codec ceiling",
+    }
 
 
 def test_a_loader_that_loses_rows_fails_the_check(monkeypatch):
