@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from capture_models import TinyLM, token_docs  # noqa: E402
@@ -42,6 +43,9 @@ def main():
     def paced(n):
         print(f"batch {n}", flush=True)
         if n == a.pause_at:
+            # A grace before the stop: the writer's threads run on meanwhile (a commit, shard
+            # puts), as they would before a real crash, instead of freezing mid-hand-off.
+            time.sleep(float(os.environ.get("ACTSTORE_KILL_GRACE", "0.3")))
             print(f"paused {n}", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
 

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,6 +56,8 @@ def stop_at(spec: str) -> None:
         result = inner(*args, **kwargs)
         run = next(a for a in args if isinstance(a, trainer._Run))
         if run.step == int(step):
+            # grace: the loaders' threads run on before the stop, as before a real crash
+            time.sleep(float(os.environ.get("ACTSTORE_KILL_GRACE", "0.3")))
             print(f"stopped {spec}", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
             sys.exit(f"train_run: continued after stopping at {spec}; the test should have killed it")
