@@ -18,7 +18,10 @@ replacing the current minimum, for as many rounds as the most such keys in any r
 ``k ln(m/k)`` insertions per row over the whole scan), so most tiles cost one comparison
 per element. No sort in the kernel: ``tl.sort`` took 1.5 s per call under
 TRITON_INTERPRET=1 and is absent from some Triton versions; the launcher orders the k
-results per row with ``torch.sort``.
+results per row by (value, latent): two ``torch.sort`` of ``[n, k]``, the key order, which
+is also the reference's (``actstore._numerics.topk_indices``). Keys order NaN by their sign
+bit (a negative NaN ranks last), where the reference puts every NaN first: the two agree
+on rows without a negative NaN.
 """
 
 from __future__ import annotations
@@ -179,9 +182,10 @@ def topk_encode_fwd(
     threshold ops use as candidates).
 
     Returns ``(values [n, k] float32, indices [n, k] int64, aux_values [n, k_aux],
-    aux_indices [n, k_aux])``, each row descending, ReLU applied. The aux pair is the top-k
-    over latents where ``dead_mask`` ``[m]`` is true (empty when ``k_aux`` is 0); a row
-    with fewer dead latents than ``k_aux`` fills the rest with value 0 (a -inf key)."""
+    aux_indices [n, k_aux])``, each row descending, equal values by lower latent (also the
+    one kept at the k-th place), ReLU applied. The aux pair is the top-k over latents where
+    ``dead_mask`` ``[m]`` is true (empty when ``k_aux`` is 0); a row with fewer dead latents
+    than ``k_aux`` fills the rest with latent 0, value 0."""
     n, d = x.shape
     m = W_enc.shape[0]
     if x.stride(1) != 1:
@@ -217,15 +221,25 @@ def topk_encode_fwd(
         W_enc.stride(0),
         **cfg,
     )
-    # Descending per row; ReLU as torch.relu (NaN stays NaN, sorted first like torch.topk).
-    values, order = values.sort(dim=1, descending=True)
-    values, indices = (torch.relu(values) if relu else values), indices.gather(1, order)
+    # Descending per row, equal values by lower latent; ReLU as torch.relu (NaN stays NaN,
+    # sorted first like torch.topk).
+    values, indices = _order(values, indices)
+    values = torch.relu(values) if relu else values
     if ka:
         # Slots left empty (a row with fewer dead latents than k_aux) decode to a column
-        # past m: make them latent 0 with value 0, which adds nothing and gets no gradient.
+        # past m, so they sort last: make them latent 0 with value 0, which adds nothing and
+        # gets no gradient.
         empty = aux_indices >= m
-        aux_values = aux_values.masked_fill(empty, float("-inf"))
-        aux_values, order = aux_values.sort(dim=1, descending=True)
-        aux_values = torch.relu(aux_values)
-        aux_indices = aux_indices.masked_fill(empty, 0).gather(1, order)
+        aux_values, aux_indices = _order(aux_values.masked_fill(empty, float("-inf")), aux_indices)
+        empty = aux_indices >= m
+        aux_values, aux_indices = torch.relu(aux_values), aux_indices.masked_fill(empty, 0)
     return values, indices, aux_values, aux_indices
+
+
+def _order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's unordered k per row ``[n, k]`` in the order of its keys (and of
+    ``actstore._numerics.topk_indices``): values descending, equal values by lower latent.
+    Two sorts of ``[n, k]``: latents ascending, then a stable sort of the values."""
+    indices, by_latent = indices.sort(dim=1)  # unique, but empty aux slots (one column, all -inf)
+    values, order = values.gather(1, by_latent).sort(dim=1, descending=True, stable=True)
+    return values, indices.gather(1, order)

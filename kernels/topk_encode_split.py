@@ -349,7 +349,9 @@ def topk_encode_split_fwd(
 
     x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]``, pre_bias ``[d]``, dead_mask ``[m]`` bool.
     Returns ``(values [n, k] float32, indices [n, k] int64, aux_values [n, k_aux],
-    aux_indices [n, k_aux])`` like ``topk_encode.topk_encode_fwd``: rows descending, ReLU
+    aux_indices [n, k_aux])`` like ``topk_encode.topk_encode_fwd``: rows descending, equal
+    values by lower latent (the keys' order: of two latents tied at the k-th place the lower
+    is kept, whether it lies in the sample, in the candidates or in a dense redo), ReLU
     applied (``relu=False``: raw values), aux slots a row cannot fill hold latent 0, value 0.
     ``sample`` / ``cap`` override :func:`sample_m` / :func:`capacity` (tests force overflows
     with them); ``config`` fixes the launch configuration (default: autotuned on CUDA, the

@@ -152,14 +152,16 @@ def topk_encode(
 ):
     """x ``[n, d]``, W_enc ``[m, d]``, b_enc ``[m]`` -> ``(values [n, k], indices [n, k])``:
     the k largest of ``(x - pre_bias) @ W_enc.T + b_enc`` per row, ReLU applied, in
-    descending order (values float32; float64 for float64 x). Differentiable in x, W_enc,
+    descending order (values float32; float64 for float64 x). Ties, on every backend: equal
+    pre-activations by lower latent first, and at the k-th place the lower latent is kept
+    (``actstore._numerics.topk_indices``; NaN is the largest). Differentiable in x, W_enc,
     b_enc and pre_bias.
 
     With ``dead_mask`` (``[m]`` bool) and ``k_aux`` >= 1, also the AuxK top-k over the dead
-    latents from the same pass: ``(values, indices, aux_values [n, k_aux], aux_indices)``;
-    slots a row cannot fill (fewer dead latents than k_aux) hold value 0. Gradients flow
-    through both sets. ``accumulate``: ``sorted`` (deterministic) or ``atomic`` weight
-    gradients on the Triton backend.
+    latents from the same pass: ``(values, indices, aux_values [n, k_aux], aux_indices)``,
+    in the same order; slots a row cannot fill (fewer dead latents than k_aux) hold latent
+    0, value 0. Gradients flow through both sets. ``accumulate``: ``sorted``
+    (deterministic) or ``atomic`` weight gradients on the Triton backend.
 
     Raises ValueError (one line) for k < 1, k > m, or mismatched shapes."""
     _check(x, W_enc, b_enc, k, pre_bias, dead_mask, k_aux)

@@ -8,22 +8,31 @@ any device; it is the baseline the fused kernel must beat, and what the measurin
 (``ops/_autotune.py``) picks where it is faster. Same outputs as
 ``actstore.reference.topk_sae.topk_encode_reference`` (which it is tested against): values
 ``[n, k]`` (ReLU applied, descending), indices ``[n, k]`` int64, and with ``dead_mask`` /
-``k_aux`` the AuxK top-k over the dead latents (slots a row cannot fill hold 0).
+``k_aux`` the AuxK top-k over the dead latents (slots a row cannot fill hold latent 0, value 0).
+
+Ties: equal values by lower latent first, also at the k-th place
+(``actstore._numerics.topk_indices`` per slice and for the merge). The merge breaks ties by
+position in the concatenated survivors, which is the latent order: each slice's survivors
+come in (value, latent) order and the slices in latent order.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype
+from .._numerics import acc_dtype, topk_indices
 
 SLICE_M = 8192  # latents per GEMM slice: [n, 8192] float32 = 256 MiB at n=8192
 
 
+def _top(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    j = topk_indices(pre, min(k, pre.shape[1]))
+    return pre.gather(1, j), j
+
+
 def _merge(vals: list[torch.Tensor], idxs: list[torch.Tensor], k: int):
-    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
-    top = v.topk(min(k, v.shape[1]), dim=1)
-    return top.values, i.gather(1, top.indices)
+    v, j = _top(torch.cat(vals, 1), k)
+    return v, torch.cat(idxs, 1).gather(1, j)
 
 
 def topk_encode_chunked(
@@ -47,17 +56,22 @@ def topk_encode_chunked(
     xc = xc.to(W_enc.dtype)
     vals, idxs, avals, aidxs = [], [], [], []
     use_aux = dead_mask is not None and k_aux > 0
+    dead_cols = dead_mask.to(torch.bool).nonzero().flatten() if use_aux else None
     for s in range(0, m, slice_m):
         pre = (xc @ W_enc[s : s + slice_m].t()).to(acc) + b_enc[s : s + slice_m].to(acc)
-        t = pre.topk(min(k, pre.shape[1]), dim=1)
-        vals.append(t.values), idxs.append(t.indices + s)
-        if use_aux:
-            masked = pre.masked_fill(~dead_mask[s : s + slice_m][None, :], float("-inf"))
-            ta = masked.topk(min(k_aux, pre.shape[1]), dim=1)
-            avals.append(ta.values), aidxs.append(ta.indices + s)
+        v, j = _top(pre, k)
+        vals.append(v), idxs.append(j + s)
+        if use_aux:  # the slice's dead latents only (ascending, so the tie order holds)
+            local = dead_cols[(dead_cols >= s) & (dead_cols < s + pre.shape[1])] - s
+            if local.numel():
+                av, j = _top(pre[:, local], k_aux)
+                avals.append(av), aidxs.append(local[j] + s)
     v, i = _merge(vals, idxs, k)
     out = (torch.relu(v), i)
     if not use_aux:
         return out + (v.new_empty((n, 0)), i.new_empty((n, 0)))
-    av, ai = _merge(avals, aidxs, k_aux)
-    return out + (torch.relu(av).nan_to_num(0.0, neginf=0.0), ai)
+    av, ai = v.new_zeros((n, k_aux)), i.new_zeros((n, k_aux))
+    if avals:  # slots past the dead latents stay latent 0, value 0
+        got_v, got_i = _merge(avals, aidxs, k_aux)
+        av[:, : got_v.shape[1]], ai[:, : got_i.shape[1]] = torch.relu(got_v).nan_to_num(0.0, neginf=0.0), got_i
+    return out + (av, ai)

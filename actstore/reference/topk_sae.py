@@ -8,7 +8,9 @@ Shapes and layout (the fused ops follow the same convention):
   sparsify pass ``b_dec`` here);
 - ``W_dec`` ``[m, d]`` (one row per latent); ``b_dec`` ``[d]``;
 - top-k results: ``values [n, k]`` (after ReLU) and ``indices [n, k]`` int64, each row in
-  descending order of the pre-activation.
+  descending order of the pre-activation; equal pre-activations by lower latent first,
+  also at the k-th place (the lower latent is kept): ``actstore._numerics.topk_indices``,
+  the order of the kernels' int64 keys, so every backend returns the same indices on ties.
 
 Every product is computed in float32 (or float64 when the inputs are float64, for
 gradcheck: ``actstore._numerics.acc_dtype``) and autograd flows through these functions,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numerics import acc_dtype, check_k, pre_activations
+from .._numerics import acc_dtype, check_k, pre_activations, topk_indices
 
 
 def topk_encode_reference(
@@ -33,21 +35,29 @@ def topk_encode_reference(
     k_aux: int = 0,
 ):
     """x ``[n, d]`` -> ``(values [n, k], indices [n, k])``: the k largest pre-activations
-    per row, ReLU applied to them.
+    per row, ReLU applied to them; ties go to the lower latent (module docstring).
 
     With ``dead_mask`` (``[m]`` bool) and ``k_aux > 0`` also returns the AuxK top-k over
-    the dead latents only: ``(values, indices, aux_values [n, k_aux], aux_indices)``.
+    the dead latents only, in the same order: ``(values, indices, aux_values [n, k_aux],
+    aux_indices)``; with fewer dead latents than ``k_aux`` the slots past them hold latent
+    0 with value 0 (as the kernels return them).
     """
     check_k(k, W_enc.shape[0])
     pre = pre_activations(x, W_enc, b_enc, pre_bias)
-    v, i = pre.topk(k, dim=1)
-    out = (torch.relu(v), i)
+    i = topk_indices(pre, k)
+    out = (torch.relu(pre.gather(1, i)), i)
     if dead_mask is None or not k_aux:
         return out
     check_k(k_aux, W_enc.shape[0], "k_aux")
-    masked = pre.masked_fill(~dead_mask.to(torch.bool)[None, :], float("-inf"))
-    av, ai = masked.topk(k_aux, dim=1)
-    # Rows with fewer dead latents than k_aux get -inf values: they contribute nothing.
+    dead_cols = dead_mask.to(torch.bool).nonzero().flatten()
+    ka = min(k_aux, dead_cols.numel())
+    n = pre.shape[0]
+    ai = torch.zeros((n, k_aux), dtype=torch.int64, device=pre.device)
+    av = pre.new_zeros((n, k_aux))
+    if ka:
+        ai[:, :ka] = dead_cols[topk_indices(pre[:, dead_cols], ka)]  # dead_cols ascending: same tie order
+        av = torch.cat([pre.gather(1, ai[:, :ka]), av[:, ka:]], 1)
+    # A dead latent at -inf (or NaN) contributes nothing.
     return out + (torch.relu(av).nan_to_num(0.0, neginf=0.0), ai)
 
 
