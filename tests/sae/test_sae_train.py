@@ -218,7 +218,9 @@ def test_held_out_rows_are_set_aside_and_evaluated_exactly(store, tmp_path, monk
     monkeypatch.setattr(trainer, "ActivationLoader", Spy)
     n, held = store.rows, 200
     summary = _train_small(store, tmp_path / "o", eval_rows=held)
-    assert made == [(True, (0, n - held)), (False, (n - held, n))]  # trained on the rest, evaluated in order
+    # The statistics pass reads the held-out rows (to take them out of the store's statistics),
+    # then the run trains on the rest and evaluates the held-out rows in order.
+    assert made == [(False, (n - held, n)), (True, (0, n - held)), (False, (n - held, n))]
     ev = summary["eval"]
     log_eval = [r for r in _log(tmp_path / "o", True) if "eval" in r]
     assert log_eval == [{"step": 20, "tokens": 32 * 20, "eval": ev}]
