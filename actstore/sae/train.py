@@ -227,7 +227,7 @@ def _resume_or_init(
     cfg: TrainConfig, out: Path, store, loaders, dev, rank: int, lay: Layout | None = None, shard=None, dist=None
 ) -> _Run:
     """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
-    settings differ), or a new SAE (decoder bias at the data mean, in the training scale).
+    settings differ), or a new SAE (decoder bias at the training rows' mean, in the training scale).
     A latent-sharded CLT keeps each rank's shard (weights and AdamW state) in its own files."""
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     latest = out / "latest.json"
