@@ -116,7 +116,8 @@ class ActivationLoader:
         normalize: None; ``"mean_norm"`` scales each hook by ``sqrt(d) / mean_norm`` from
             the store's statistics (SAELens' convention: mean row norm becomes sqrt(d);
             the factors are in ``scale_factors``); ``"standardize"`` gives
-            ``(x - mean) / std`` per dimension.
+            ``(x - mean) / std`` per dimension. Both use the statistics of every row of
+            the store unless ``stats`` names others.
         drop_flags: rows to leave out, by flag ("bos", "special", "pad") or bit mask.
         tokens: also return ``token`` (int32), ``doc`` (int64) and ``pos`` (int32) ``[B]``,
             and ``row`` (int64 ``[B]``): each row's global index in the store (segments in
@@ -136,6 +137,11 @@ class ActivationLoader:
             store order over the committed rows (before the flag filter). A held-out
             split is two loaders over complementary ranges.
         docs: ``(lo, hi)``: only the rows whose document id is in ``[lo, hi)``.
+        stats: per hook, the statistics to normalize with in place of the store's (the
+            :meth:`Store.stats` form: ``mean_norm`` for ``"mean_norm"``, ``mean`` and
+            ``std`` for ``"standardize"``); hooks it does not name use the store's. The
+            trainer passes its training rows' statistics, so that the held-out rows do
+            not shape the scale. :meth:`norm_stats` gives what a hook is normalized with.
 
     Iterating runs from the current position to the end of ``epochs``; ``state_dict()``
     taken between batches resumes exactly there (the rule is in this module's docstring).
@@ -164,6 +170,7 @@ class ActivationLoader:
         world_size: int | None = None,
         rows: tuple[int, int] | None = None,
         docs: tuple[int, int] | None = None,
+        stats: dict[str, dict] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise LoaderError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -219,6 +226,12 @@ class ActivationLoader:
         self.drop_mask = parse_drop_flags(drop_flags)
         self.row_range = _range("rows", rows)
         self.doc_range = _range("docs", docs)
+        self._given_stats = dict(stats or {})
+        if set(self._given_stats) - set(self.hooks):
+            raise LoaderError(
+                f"stats name {sorted(set(self._given_stats) - set(self.hooks))[0]!r}, which is not among the "
+                f"loader's hooks {self.hooks}"
+            )
         self.tokens = bool(tokens)
         self.drop_last = bool(drop_last)
         self.buffer_rows = int(buffer_rows)
@@ -315,6 +328,14 @@ class ActivationLoader:
             self._fetcher.close()
             self._fetcher = None
 
+    def norm_stats(self, hook: str) -> dict:
+        """The statistics ``hook`` is normalized with when the loader is made: those given as
+        ``stats``, else the store's over every row (:meth:`Store.stats`). A state loaded with
+        :meth:`load_state_dict` brings its own normalization, which these do not show."""
+        if hook not in self.hooks:
+            raise LoaderError(f"hook {hook!r} is not among the loader's hooks {self.hooks}")
+        return self._given_stats[hook] if hook in self._given_stats else self.store.stats(hook)
+
     def _set_normalization(self, saved: dict | None) -> None:
         """Per hook ``(shift [d] | None, mul [d] | None)`` float32 on the device."""
         self._norm: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
@@ -326,15 +347,15 @@ class ActivationLoader:
                 shift = None if s["shift"] is None else torch.tensor(s["shift"], dtype=torch.float32)
                 mul = None if s["mul"] is None else torch.tensor(s["mul"], dtype=torch.float32)
             elif self.normalize == "mean_norm":
-                mean_norm = self.store.stats(spec.name)["mean_norm"]
+                mean_norm = self.norm_stats(spec.name)["mean_norm"]
                 if not mean_norm or not math.isfinite(mean_norm) or mean_norm <= 0:
                     raise LoaderError(
-                        f"hook {spec.name!r} has no usable mean norm in the store's statistics "
+                        f"hook {spec.name!r} has no usable mean norm in its statistics "
                         f"({mean_norm}); use normalize=None"
                     )
                 mul = torch.full((spec.d,), math.sqrt(spec.d) / mean_norm, dtype=torch.float32)
             elif self.normalize == "standardize":
-                st = self.store.stats(spec.name)
+                st = self.norm_stats(spec.name)
                 std = np.asarray(st["std"], dtype=np.float64)
                 shift = torch.from_numpy(np.asarray(st["mean"], dtype=np.float32))
                 mul = torch.from_numpy((1.0 / np.where(std > 0, std, 1.0)).astype(np.float32))  # constant dims: 1

@@ -12,6 +12,18 @@ averaged over ranks (``torch.distributed`` all-reduce: gloo on CPU, NCCL on GPUs
 by ``torchrun``), AdamW with linear warmup and a linear decay to 0 over the last
 ``decay_frac`` of the steps, then unit-norm decoder rows (topk, batchtopk, jumprelu).
 
+Normalization and init from the training rows alone: the held-out rows (:func:`split`) must
+not shape training, so the normalization factors (and ``standardize``'s mean and std) and the
+init (decoder bias at the target's mean, a transcoder's or CLT's encoder centred on its
+source's mean) come from :func:`training_stats`, never from the store's statistics of every
+row. The store keeps those per commit and cannot leave rows out of them, so one pass reads the
+held-out rows (at most 16384 by default, the evaluation reads them again at the end) and
+takes them out of the store's statistics, exactly (:meth:`RunningStats.minus`); a held-out
+set larger than the training set is read the other way round (the training rows). Cost,
+measured on 2 CPU cores (bf16): 20 ms for 6,505 held-out rows of d=384 (a pass over the
+123,600 training rows: 366 ms; one default training step at m=3072: 783 ms), 59 ms for 1,000
+rows of 6 hooks of d=576. The evaluation's loaders normalize with the same statistics.
+
 Dead latents: a latent that has not fired for ``dead_tokens`` tokens is dead; TopK and
 BatchTopK train the dead ones with AuxK.
 
@@ -57,6 +69,7 @@ from .._dist import group, init_if_launched, local_device, rank_world
 from ..errors import SAEError
 from ..loader import ActivationLoader
 from ..store.reader import Store
+from ..store.stats import RunningStats
 from .base import SparseAutoencoder
 from .config import (  # noqa: F401 - re-exported: the options lived here first
     ARCH_KEYS,
@@ -146,7 +159,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path, device, suffix: str 
 def _new_sae(cfg: TrainConfig, store, loaders, lay: Layout | None = None, shard=None, dist=None) -> SparseAutoencoder:
     """A fresh dictionary for ``cfg``: sizes from the store, normalization factors from the
     loaders (``loaders[1]``: the paired store's), decoder bias at the target's mean (in the
-    training scale); a transcoder's or CLT's encoder centred on its source's mean."""
+    training scale); a transcoder's or CLT's encoder centred on its source's mean. The means
+    are those the loaders normalize with (:meth:`ActivationLoader.norm_stats`: in
+    :func:`train`, the training rows' alone, :func:`training_stats`)."""
     standardized = cfg.normalize == "standardize"  # zero-mean already
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     lay = lay or resolve(cfg, store, api.open)
@@ -155,8 +170,7 @@ def _new_sae(cfg: TrainConfig, store, loaders, lay: Layout | None = None, shard=
         return loaders[i].scale_factors.get(h, 1.0)
 
     def mean(h, i=0):
-        st = (store if i == 0 else lay.paired).stats(h)
-        m = torch.as_tensor(st["mean"], dtype=torch.float32)
+        m = torch.as_tensor(loaders[i].norm_stats(h)["mean"], dtype=torch.float32)
         return torch.zeros_like(m) if standardized else m * scale(h, i)
 
     kind, src, tgt = lay.kind, lay.sources, lay.targets
@@ -214,7 +228,7 @@ def _resume_or_init(
     cfg: TrainConfig, out: Path, store, loaders, dev, rank: int, lay: Layout | None = None, shard=None, dist=None
 ) -> _Run:
     """The run's state: from the checkpoint ``OUT/latest.json`` names (refused when the
-    settings differ), or a new SAE (decoder bias at the data mean, in the training scale).
+    settings differ), or a new SAE (decoder bias at the training rows' mean, in the training scale).
     A latent-sharded CLT keeps each rank's shard (weights and AdamW state) in its own files."""
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     latest = out / "latest.json"
@@ -459,6 +473,68 @@ def split(cfg: TrainConfig, store) -> tuple[dict, dict | None, dict]:
     return {"rows": (0, n - rows)}, {"rows": (n - rows, n)}, {"eval_rows": rows}
 
 
+STATS_BATCH = 4096  # rows per read of the statistics pass
+
+
+def _pass_stats(store, hooks: list[str], selection: dict, threads) -> tuple[dict, int]:
+    """``({hook: RunningStats}, rows)`` of the stored rows of ``selection``: one read in store
+    order (on every rank the same rows, so every rank gets the same figures)."""
+    ld = ActivationLoader(store, hooks, STATS_BATCH, shuffle=False, epochs=1, threads=threads, rank=0, world_size=1,
+                          **selection)  # fmt: skip
+    try:
+        acc = {h: RunningStats(store._hook(h).d) for h in hooks}
+        for batch in ld:
+            for h in hooks:
+                acc[h].update(batch[h] if isinstance(batch, dict) else batch)
+        return acc, ld.rows
+    finally:
+        ld.close()
+
+
+def training_stats(store, hooks, train: dict, held: dict | None, threads=None) -> dict[str, dict]:
+    """Per hook, the statistics (:meth:`Store.stats` form) of the training rows alone, for the
+    normalization and the decoder bias / encoder centring: the held-out rows must not shape
+    training. ``{}`` when nothing is held out (the store's statistics are then the training
+    rows').
+
+    How: the store keeps statistics per commit, of every row; rows cannot be taken out of them
+    without reading those rows. So one pass reads the held-out rows (at most 16384 by default,
+    which the evaluation reads again at the end) and takes their statistics from the store's
+    (:meth:`RunningStats.minus`, float64): the training rows' figures, exactly, for the cost
+    of reading the smaller set. Where the held-out rows outnumber the training rows (a large
+    ``eval_docs``), or the two selections do not cover the store between them, the pass reads
+    the training rows instead. The store's statistics are of the values captured; the pass
+    reads the stored ones: the two differ by the storage dtype's rounding (none for fp32, or
+    for bf16 captured from a bf16 model), far below a part in a thousand in a mean."""
+    if held is None:
+        return {}
+    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    out, rows = _pass_stats(store, hooks, held, threads)
+    train_rows = store.rows - rows
+    if "rows" not in train:  # documents: count the training rows (a doc id below 0 is in neither set)
+        probe = ActivationLoader(store, hooks, STATS_BATCH, shuffle=False, epochs=1, threads=threads, rank=0,
+                                 world_size=1, **train)  # fmt: skip
+        train_rows = probe.rows
+        probe.close()
+    if rows + train_rows == store.rows and rows <= train_rows:
+        try:
+            return {h: _without(store, h, out[h]).as_dict() for h in hooks}
+        except ValueError:  # the store's statistics do not cover its rows: read the training rows
+            pass
+    out, _ = _pass_stats(store, hooks, train, threads)
+    return {h: st.as_dict() for h, st in out.items()}
+
+
+def _without(store, hook: str, held: RunningStats) -> RunningStats:
+    """The store's statistics of ``hook`` less the held-out rows'; ValueError when the store's
+    do not count its rows (each stored row once: finite ones in ``count``, the others among
+    ``nonfinite_rows``, which also counts rows dropped at capture)."""
+    total = store._merged_stats(hook)
+    if not store.rows - total.nonfinite_rows <= total.count <= store.rows:
+        raise ValueError(f"the statistics of {hook!r} count {total.count} rows, the store holds {store.rows}")
+    return total.minus(held)
+
+
 WINDOW_BYTES = 1 << 30  # a multi-hook run's shuffle window holds at most this many stored bytes
 
 
@@ -645,9 +721,15 @@ def train(cfg: TrainConfig | None = None, *, progress: bool = True, return_sae: 
     stores = [store] if lay.paired is None else [store, lay.paired]
     hooks = lay.loader_hooks()
     paired = dict(tokens=True) if lay.paired is not None else {}
+    # The training rows' statistics: the normalization and the init take nothing from the
+    # held-out rows; the evaluation's loaders normalize with them too (the training scale).
+    norm = [training_stats(st, hooks, train_rows, eval_rows, cfg.threads) for st in stores]
 
     def loaders_over(selection: dict, **kw) -> list[ActivationLoader]:
-        return [ActivationLoader(st, hooks, cfg.batch_size, **kw, **paired, **common, **selection) for st in stores]
+        return [
+            ActivationLoader(st, hooks, cfg.batch_size, **kw, **paired, **common, **selection, stats=ns)
+            for st, ns in zip(stores, norm)
+        ]
 
     loaders = loaders_over(
         train_rows, shuffle=True, seed=cfg.seed, epochs=None, drop_last=True, buffer_rows=_window(cfg, lay, stores)

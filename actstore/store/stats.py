@@ -100,6 +100,26 @@ class RunningStats:
         self.count = n
         return self
 
+    def minus(self, other: "RunningStats") -> "RunningStats":
+        """The statistics of ``self``'s rows less ``other``'s, which must be some of them:
+        :meth:`merge` run backwards (``rest.merge(other)`` gives ``self`` again, to float64
+        rounding). M2 and the norm sum are clamped at 0 against that rounding."""
+        if other.d != self.d:
+            raise ValueError(f"cannot take statistics of width {other.d} from width {self.d}")
+        if other.count > self.count or other.nonfinite_rows > self.nonfinite_rows:
+            raise ValueError(
+                f"cannot take {other.count} rows ({other.nonfinite_rows} non-finite) from {self.count} "
+                f"({self.nonfinite_rows}): they are not a subset"
+            )
+        n = self.count - other.count
+        bad = self.nonfinite_rows - other.nonfinite_rows
+        if n == 0:
+            return RunningStats(self.d, nonfinite_rows=bad)
+        mean = (self.mean * self.count - other.mean * other.count) / n
+        delta = other.mean - mean
+        m2 = np.maximum(self.m2 - other.m2 - delta**2 * (n * other.count / self.count), 0.0)
+        return RunningStats(self.d, n, mean, m2, max(self.norm_sum - other.norm_sum, 0.0), bad)
+
     def copy(self) -> "RunningStats":
         return RunningStats(self.d, self.count, self.mean.copy(), self.m2.copy(), self.norm_sum, self.nonfinite_rows)
 

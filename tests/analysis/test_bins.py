@@ -38,6 +38,15 @@ def test_abs_and_equal_bins_exact(full):
     check_mode(a, f, "equal", lambda j, v: np.clip(np.floor(v.astype(np.float64) * ne / mx[j]), 0, ne - 1), ne)
     v = a[5].bins["equal"]
     assert v[-1]["hi"] == float(np.float32(f[:, 5].max())) and v[-1]["count"] >= 1
+    # The edges from their definition (the module docstring, docs/FORMAT.md), not the code's:
+    # abs: [0, w), [w, 2w), ..., the last bin open (w = 4, 4 bins in the planted jobs);
+    assert (w, na) == (4.0, 4)
+    assert a.array("bins/abs/edges").tolist() == [0.0, 4.0, 8.0, 12.0, np.inf]
+    # equal: n_equal bins of width max / n_equal on [0, max], the max itself in the last bin.
+    eq = a.array("bins/equal/edges")
+    assert eq.shape == (f.shape[1], ne + 1)
+    np.testing.assert_allclose(eq, [[k / ne * m for k in range(ne + 1)] for m in mx], rtol=1e-12, atol=0)
+    assert (eq[:, 0] == 0).all() and (eq[:, -1] == mx).all()
 
 
 def test_quantile_bins(full):
@@ -56,6 +65,15 @@ def test_quantile_bins(full):
         assert set(got.tolist()) <= set(kept.tolist())
         flat = vals[j][rows[j] >= 0]
         assert (np.diff(flat) >= 0).all()  # groups go up in value
+        # The edges from their definition (the module docstring): the sample sorted by value,
+        # cut into q groups of sizes nk*(g+1)//q - nk*g//q; edge g is group g's lowest value
+        # (an empty group repeats the edge before it), the last edge the sample's max.
+        ks, nk = f[kept, j].astype(np.float64), kept.size
+        want = []
+        for g in range(q):
+            lo, hi = nk * g // q, nk * (g + 1) // q
+            want.append(ks[lo] if hi > lo else (want[-1] if want else 0.0))
+        assert a.array("bins/quantile/edges")[j].tolist() == [*want, ks.max()]
 
 
 def test_bin_samples_uniform_chi_square():

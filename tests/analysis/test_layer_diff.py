@@ -52,7 +52,11 @@ def test_against_brute_force(planted, tmp_path):
     assert (res.norm_min, res.norm_max) == pytest.approx((nrm.min(), nrm.max()), rel=1e-12)
     np.testing.assert_allclose(res.mean_delta, delta.mean(0), rtol=1e-12, atol=1e-14)
     assert res.hist.sum() == keep.size
-    idx = np.clip(np.searchsorted(res.hist_edges, nrm, side="right") - 1, 0, 7)
+    # The edges from their definition (docs/FORMAT.md: equal bins over [0, max]), not the
+    # code's: 8 bins of width max / 8, bin i holding [edge i, edge i+1), the max in the last.
+    edges = np.array([k / 8 * nrm.max() for k in range(9)])
+    np.testing.assert_allclose(res.hist_edges, edges, rtol=1e-12, atol=1e-12)
+    idx = np.minimum((nrm[:, None] >= edges[None, 1:]).sum(1), 7)
     assert np.array_equal(res.hist, np.bincount(idx, minlength=8))
     order = keep[np.lexsort((keep, -nrm))][:6]
     assert np.array_equal(res.top_rows, order)

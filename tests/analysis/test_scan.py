@@ -36,9 +36,12 @@ def test_against_brute_force(planted, tmp_path):
         bot = keep[np.lexsort((keep, proj[:, i].astype(np.float64)))][:4]
         assert np.array_equal(res.arrays["top_rows"][i], top)
         assert np.array_equal(res.arrays["bottom_rows"][i], bot)
-        edges = res.edges[i]
-        assert edges[0] == pytest.approx(proj[:, i].min()) and edges[-1] == pytest.approx(proj[:, i].max())
-        idx = np.clip(np.searchsorted(edges, proj[:, i].astype(np.float64), side="right") - 1, 0, 5)
+        # The edges from their definition (docs/FORMAT.md: equal bins over [min, max] of the
+        # projections), not the code's: 6 bins, bin b holding [edge b, edge b+1), the max in the last.
+        p = proj[:, i].astype(np.float64)
+        edges = np.array([p.min() + k / 6 * (p.max() - p.min()) for k in range(7)])
+        np.testing.assert_allclose(res.edges[i], edges, rtol=1e-6, atol=1e-6)
+        idx = np.minimum((p[:, None] >= edges[None, 1:]).sum(1), 5)
         assert np.array_equal(res.hist[i], np.bincount(idx, minlength=6))
     # u and -u: the top rows of one are the bottom rows of the other.
     assert np.array_equal(res.arrays["top_rows"][0], res.arrays["bottom_rows"][2])

@@ -13,6 +13,7 @@ from actstore import open as open_store
 from actstore.analysis._pass import AnalysisError
 from actstore.analysis.groups import resolve
 from actstore.analysis.steering import SteeringVectors, _sums_pass, auroc, merge_sums, steering_vectors
+from helpers.peers import need
 from helpers.repr_store import write_repr_store
 
 
@@ -100,7 +101,7 @@ def test_shares_merge_bit_identical(planted):
     assert np.array_equal(one["counts"], got["counts"])
 
 
-def test_save_load_and_exports(planted, sv, tmp_path):
+def test_save_load_and_plain_zarr(sv, tmp_path):
     out = sv.save(tmp_path / "o")
     back = SteeringVectors.load(out)
     assert back.hooks == sv.hooks and torch.equal(back.vectors["b"], sv.vectors["b"])
@@ -109,27 +110,41 @@ def test_save_load_and_exports(planted, sv, tmp_path):
 
     g = zarr.open_group(str(out), mode="r")  # plain zarr reads it
     assert g["steering/0/vector"].shape == (16,) and g.attrs["actstore_analysis"]["kind"] == "steering"
-    # steering-vectors: the package's own class, from the saved fields.
+
+
+def _as_decoder_layers(sv):
+    """``sv`` with hooks named as decoder blocks 3 and 5 (the layer indices both formats need)."""
     renamed = SteeringVectors(**{**sv.__dict__, "hooks": ["model.layers.3", "model.layers.5"]})
     renamed.vectors = {"model.layers.3": sv.vectors["a"], "model.layers.5": sv.vectors["b"]}
+    renamed.pca = {"model.layers.3": sv.pca["a"], "model.layers.5": sv.pca["b"]}
+    return renamed
+
+
+def test_steering_vectors_reads_the_export(sv, tmp_path):
+    """steering-vectors: the package's own class, from the saved fields."""
+    sv_pkg = need("steering_vectors")  # this check only: the repeng and layer checks run without it
+    renamed = _as_decoder_layers(sv)
     p = renamed.export_steering_vectors(tmp_path / "sv.pt")
     fields = torch.load(p, weights_only=True)
     assert set(fields["layer_activations"]) == {3, 5} and fields["layer_type"] == "decoder_block"
-    sv_pkg = pytest.importorskip("steering_vectors")
     obj = sv_pkg.SteeringVector(**fields)
     assert torch.equal(obj.layer_activations[5], sv.vectors["b"])
     assert torch.equal(renamed.to_steering_vectors().layer_activations[3], sv.vectors["a"])
-    # repeng: its GGUF layout, read back as repeng's import_gguf reads it.
-    renamed.pca = {"model.layers.3": sv.pca["a"], "model.layers.5": sv.pca["b"]}
-    gg = renamed.export_repeng(tmp_path / "cv.gguf", "SmolLM2")
-    import gguf
 
+
+def test_repeng_gguf_reads_back_as_repengs_import_gguf_reads_it(sv, tmp_path):
+    """repeng: its GGUF layout, read back with the gguf package as repeng's import_gguf reads it."""
+    gguf = need("gguf")  # this check only: the steering-vectors and layer checks run without it
+    gg = _as_decoder_layers(sv).export_repeng(tmp_path / "cv.gguf", "SmolLM2")
     r = gguf.GGUFReader(gg)
     assert str(bytes(r.get_field("general.architecture").parts[-1]), "utf-8") == "controlvector"
     assert str(bytes(r.get_field("controlvector.model_hint").parts[-1]), "utf-8") == "SmolLM2"
     dirs = {int(t.name.split(".")[1]): np.asarray(t.data) for t in r.tensors if t.name.startswith("direction.")}
     assert set(dirs) == {3, 5}
     np.testing.assert_array_equal(dirs[3], sv.pca["a"].numpy() * np.float32(sv.vectors["a"].norm()))
+
+
+def test_hooks_that_are_not_decoder_layers_are_refused_by_the_exports(sv):
     with pytest.raises(AnalysisError, match="layers.N"):
         sv.layer_vectors()
 

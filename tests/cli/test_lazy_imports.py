@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from helpers.paths import ROOT
+from helpers.peers import need
 from helpers.small_store import two_hook_store
 
 HEAVY = ("torch", "transformers", "zarr")
@@ -69,7 +70,7 @@ def test_lazy_faces_resolve_every_name_and_keep_functions_over_submodules():
 def test_a_name_every_object_has_does_not_shadow_an_export():
     """nnsight gives every object a ``save`` (it patches ``object``): after ``import nnsight``,
     ``actstore.sae.save`` must still be actstore's, not found on the class by normal lookup."""
-    pytest.importorskip("nnsight")
+    need("nnsight")
     code = (
         "import nnsight\n"
         "assert hasattr(object, 'save')  # what makes the shadowing possible\n"

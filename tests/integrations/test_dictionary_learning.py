@@ -6,8 +6,9 @@ import torch
 import actstore
 from actstore.errors import IntegrationError
 from helpers.integration_store import sparse_store
+from helpers.peers import need
 
-pytest.importorskip("dictionary_learning.training")
+need("dictionary_learning.training")
 from dictionary_learning.trainers.top_k import AutoEncoderTopK, TopKTrainer  # noqa: E402
 
 from actstore.integrations.dictionary_learning import DictionaryLearningBuffer, train_dictionary  # noqa: E402

@@ -7,8 +7,9 @@ from torch.utils.data import DataLoader
 
 import actstore
 from helpers.integration_store import HOOKS, rows_store
+from helpers.peers import need
 
-datasets = pytest.importorskip("datasets")
+datasets = need("datasets")
 from actstore.integrations.hf_datasets import to_hf_dataset  # noqa: E402
 
 

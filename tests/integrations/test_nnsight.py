@@ -11,8 +11,9 @@ import torch
 import actstore
 from actstore.errors import IntegrationError
 from helpers.integration_store import tiny_gpt2, word_tokenizer
+from helpers.peers import need
 
-nnsight = pytest.importorskip("nnsight")
+nnsight = need("nnsight")
 from actstore.integrations.nnsight import capture, hook_names  # noqa: E402
 
 CTX, BATCH = 16, 4

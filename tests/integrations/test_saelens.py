@@ -15,8 +15,9 @@ from actstore.errors import IntegrationError
 from helpers import zygote
 from helpers.integration_store import sparse_store
 from helpers.paths import HELPERS
+from helpers.peers import need
 
-sae_lens = pytest.importorskip("sae_lens")
+sae_lens = need("sae_lens")
 from sae_lens.config import SAETrainerConfig  # noqa: E402
 
 from actstore.integrations.saelens import (  # noqa: E402

@@ -223,6 +223,31 @@ def test_standardize_gives_zero_mean_unit_std(store):
     assert torch.allclose(x.double().std(0, unbiased=False), torch.ones(NARROW, dtype=torch.float64), atol=1e-4)
 
 
+def test_given_statistics_replace_the_stores_and_survive_a_resume(store):
+    """``stats``: the normalization of the rows ``[0, 1000)`` from those rows alone (what the
+    trainer does with its training rows); a hook it does not name keeps the store's."""
+    x = store.read("wide", slice(0, 1000)).double()
+    mine = {"mean": x.mean(0), "std": x.std(0, unbiased=False), "mean_norm": float(x.norm(dim=1).mean())}
+    ld = ActivationLoader(store, ["wide", "narrow"], 100, normalize="mean_norm", rows=(0, 1000), stats={"wide": mine})
+    assert ld.norm_stats("wide") is mine and ld.norm_stats("narrow")["count"] == store.stats("narrow")["count"]
+    assert ld.scale_factors["wide"] == pytest.approx(np.sqrt(WIDE) / mine["mean_norm"], rel=1e-6)
+    assert ld.scale_factors["narrow"] == pytest.approx(np.sqrt(NARROW) / store.stats("narrow")["mean_norm"], rel=1e-6)
+    norms = torch.cat([b["wide"].norm(dim=1) for b in ld])
+    assert norms.double().mean().item() == pytest.approx(np.sqrt(WIDE), rel=1e-5)  # exactly, over these rows
+    state = ld.state_dict()
+    again = ActivationLoader(store, ["wide", "narrow"], 100, normalize="mean_norm", rows=(0, 1000))
+    again.load_state_dict(state)  # the state carries the normalization it was made with
+    assert again._norm["wide"][1].tolist() == ld._norm["wide"][1].tolist()
+    std = ActivationLoader(store, "wide", 100, normalize="standardize", rows=(0, 1000), stats={"wide": mine})
+    z = torch.cat(list(std)).double()
+    assert z.mean(0).abs().max().item() < 1e-5
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(WIDE, dtype=torch.float64), atol=1e-4)
+    with pytest.raises(LoaderError, match="not among the loader's hooks"):
+        ActivationLoader(store, "wide", 100, normalize="mean_norm", stats={"narrow": mine})
+    for d in (ld, again, std):
+        d.close()
+
+
 def test_plan_is_exactly_once_for_many_shapes():
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -24,10 +24,9 @@ import torch
 from actstore.errors import SAEError
 from actstore.sae import SAEConfig, build
 from actstore.sae.circuit_tracer import from_circuit_tracer, to_circuit_tracer
+from helpers.peers import need
 
-pytest.importorskip(
-    "circuit_tracer", reason="circuit-tracer is not installed: pip install --no-deps circuit-tracer==0.5.0"
-)
+need("circuit_tracer", reason="circuit-tracer is not installed: pip install --no-deps circuit-tracer==0.5.0")
 
 D, M, L, K = 16, 32, 3, 4
 SRC, TGT = "model.layers.{}.mlp:input", "model.layers.{}.mlp"

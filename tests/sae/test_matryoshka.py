@@ -8,13 +8,14 @@ from actstore.errors import SAEError
 from actstore.sae.config import SAEConfig
 from actstore.sae.matryoshka import split_levels
 from actstore.sae.registry import build
+from helpers.peers import need
 
 D, M, K, WIDTHS = 24, 96, 6, [12, 40, 96]
 
 
 def _pair(seed=0, quiet=None):
     """An actstore Matryoshka SAE and dictionary_learning's trainer holding the same weights."""
-    mt = pytest.importorskip("dictionary_learning.trainers.matryoshka_batch_top_k")
+    mt = need("dictionary_learning.trainers.matryoshka_batch_top_k")
     g = torch.Generator().manual_seed(seed)
     sae = build(SAEConfig("matryoshka_batchtopk", D, M, k=K, widths=WIDTHS[:-1]), seed=seed)
     with torch.no_grad():  # move every parameter off its init so a swapped one would show
@@ -96,7 +97,7 @@ def test_bad_widths_one_line(widths, msg):
 def test_saelens_export_keeps_the_widths_and_reads_back_as_matryoshka(loss, tmp_path):
     """SAELens stores Matryoshka SAEs as JumpReLU: its loader takes our export (the widths in
     its training_architecture_details), and from_saelens gives back the Matryoshka SAE."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     from actstore.sae import from_saelens, to_saelens
 
     sae, _, x = _pair(3)
@@ -125,7 +126,7 @@ def test_saelens_own_matryoshka_saves_import_with_their_widths(tmp_path):
     (``save_model``, with its default decoder-norm rescaling) and the JumpReLU form
     (``save_inference_model``): both import as a Matryoshka SAE with its widths and its loss
     scale, with the latents of SAELens' own inference model."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     from actstore.sae import from_saelens
 
     cfg = sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=M, k=K, matryoshka_widths=WIDTHS)

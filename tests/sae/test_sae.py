@@ -25,6 +25,7 @@ from actstore.sae import (
     to_sparsify,
 )
 from actstore.sae.config import CLT_ARCHS, TRANSCODER_ARCHS
+from helpers.peers import need
 
 D, M = 24, 96
 # The one-hook archs that reconstruct their own input (transcoders: tests/sae/test_transcoder.py;
@@ -225,7 +226,7 @@ SAELENS = {
 
 
 def _saelens_sae(arch, seed):
-    saes = pytest.importorskip("sae_lens.saes")
+    saes = need("sae_lens.saes")
     name, kw = SAELENS[arch]
     sae = getattr(saes, name)(getattr(saes, name + "Config")(d_in=D, d_sae=M, **kw))
     g = torch.Generator().manual_seed(seed)
@@ -255,7 +256,7 @@ def test_saelens_models_import_with_the_same_latents(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", SAE_ARCHS)
 def test_actstore_saes_export_to_saelens_with_the_same_latents(arch, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     ours = _sae(arch, hook="blocks.2.hook_resid_post")
     ours.cfg.scale = 2.0  # export folds it: SAELens then takes raw activations
     x = _x() / 2.0  # raw rows that training scaled to _x()
@@ -280,7 +281,7 @@ def test_saelens_training_saves_import_with_their_decoder_norm_rescaling_folded(
     by default (``rescale_acts_by_decoder_norm``): the import folds that into the weights. Its
     inference save of a BatchTopK SAE (the JumpReLU form, recording the training arch) reads
     back as BatchTopK too."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     name = {"topk": "TopKTrainingSAE", "batchtopk": "BatchTopKTrainingSAE"}[arch]
     theirs = getattr(sae_lens, name)(getattr(sae_lens, name + "Config")(d_in=D, d_sae=M, k=6))
     assert theirs.cfg.rescale_acts_by_decoder_norm
@@ -308,7 +309,7 @@ def test_saelens_training_saves_import_with_their_decoder_norm_rescaling_folded(
 
 
 def test_sparsify_checkpoints_round_trip_with_the_same_latents(tmp_path):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=M, k=6))
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():

@@ -218,7 +218,9 @@ def test_held_out_rows_are_set_aside_and_evaluated_exactly(store, tmp_path, monk
     monkeypatch.setattr(trainer, "ActivationLoader", Spy)
     n, held = store.rows, 200
     summary = _train_small(store, tmp_path / "o", eval_rows=held)
-    assert made == [(True, (0, n - held)), (False, (n - held, n))]  # trained on the rest, evaluated in order
+    # The statistics pass reads the held-out rows (to take them out of the store's statistics),
+    # then the run trains on the rest and evaluates the held-out rows in order.
+    assert made == [(False, (n - held, n)), (True, (0, n - held)), (False, (n - held, n))]
     ev = summary["eval"]
     log_eval = [r for r in _log(tmp_path / "o", True) if "eval" in r]
     assert log_eval == [{"step": 20, "tokens": 32 * 20, "eval": ev}]
@@ -245,16 +247,39 @@ def test_held_out_documents_and_no_evaluation(store, tmp_path):
     assert all("eval" not in r for r in _log(tmp_path / "n", True))
 
 
+# The defaults, stated here as the values they must have (not read back from actstore.sae.config):
+# benchmarks/results/train_defaults_sweep.json, "setup"."defaults_now" (the sweep that chose them):
+# batch_size 2048, warmup_frac 0.05, lr 0.0018475208614068027 for latents 3072 (= 8e-4 / sqrt(3072 / 2^14));
+# its runs hold out 6505 of 130105 rows (5%); benchmarks/results/dictionary_defaults_sweep.json,
+# "setup"."defaults_now": dead_tokens 1000000, and 5651 of 113030 rows held out (5%);
+# docs/guide/train.md ("Held-out evaluation", "Defaults"): at most 16384 held-out rows, decay
+# over the last 20% of the steps.
+def test_the_training_defaults_are_the_swept_ones():
+    cfg = TrainConfig(store="s", hook="h", arch="topk", latents=3072, out="o", tokens=8)
+    assert (cfg.batch_size, cfg.warmup_frac, cfg.decay_frac, cfg.dead_tokens) == (2048, 0.05, 0.2, 1_000_000)
+    assert cfg.lr is None and trainer.default_lr(3072) == pytest.approx(0.0018475208614068027, rel=1e-12)
+    assert trainer.default_lr(2**14) == pytest.approx(8e-4, rel=1e-12)
+    for rows, held in ((130105, 6505), (113030, 5651), (400_000, 16384)):  # the two sweeps' stores; the cap
+        fake = type("S", (), {"rows": rows})()
+        assert trainer.split(cfg, fake) == (
+            {"rows": (0, rows - held)},
+            {"rows": (rows - held, rows)},
+            {"eval_rows": held},
+        )
+
+
 def test_default_held_out_share_and_warmup_fraction(store, tmp_path):
     s = _train_small(store, tmp_path / "o")
-    assert s["eval"]["rows"] == min(trainer.EVAL_ROWS_MAX, int(store.rows * trainer.EVAL_ROWS_FRAC))
+    assert store.rows == 2238 and s["eval"]["rows"] == 111  # 5% of the rows, rounded down
     cfg = TrainConfig(store="s", hook="h", arch="topk", latents=8, out="o", tokens=8)
     total = 400
     w = trainer.warmup_steps(cfg, total)
-    assert w == round(trainer.DEFAULT_WARMUP_FRAC * total) > 1
-    assert s["warmup_steps"] == round(trainer.DEFAULT_WARMUP_FRAC * s["steps"])
+    assert w == 20  # 5% of 400 steps
+    assert s["steps"] == 20 and s["warmup_steps"] == 1  # 5% of 20 steps
     lrs = [trainer._lr(cfg, 1.0, step, total) for step in range(total)]
     assert lrs[w - 1] == 1.0 and all(a < b for a, b in zip(lrs[: w - 1], lrs[1:w]))  # linear ramp, then flat
+    # a linear decay to 0 over the last 20% of the steps: 80 of 400, from step 320
+    assert lrs[320] == 1.0 and lrs[321] == pytest.approx(79 / 80) and lrs[-1] == pytest.approx(1 / 80)
     assert trainer.warmup_steps(dataclasses.replace(cfg, warmup_steps=7), total) == 7  # steps win when given
 
 

@@ -17,6 +17,7 @@ from actstore.errors import SAEError
 from actstore.sae import SAEConfig, build, from_saelens, from_sparsify, load, save, to_saelens, to_sparsify, train
 from actstore.sae.config import TRANSCODER_ACTIVATIONS, TRANSCODER_ARCHS
 from helpers import loader_store
+from helpers.peers import need
 
 D, M, K = 24, 96, 6
 PAIRS = [(a, f) for a in TRANSCODER_ARCHS for f in TRANSCODER_ACTIVATIONS]
@@ -122,7 +123,7 @@ SAELENS_CLASS = {"transcoder": "JumpReLUTranscoder", "skip_transcoder": "JumpReL
 @pytest.mark.parametrize("d_out", [24, 40])
 @pytest.mark.parametrize("arch,act", [p for p in PAIRS if p[1] != "topk"])
 def test_transcoders_export_to_saelens_and_back_with_the_same_output(arch, act, d_out, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     ours = _tc(arch, act, d_out)
     ours.cfg.scale, ours.cfg.scale_out = 0.37, 2.5  # the export folds both
     x = _x() / 0.37  # raw rows that training scaled to _x()
@@ -149,7 +150,7 @@ def test_transcoders_export_to_saelens_and_back_with_the_same_output(arch, act, 
 
 @pytest.mark.parametrize("arch", TRANSCODER_ARCHS)
 def test_saelens_jumprelu_transcoders_import_with_the_same_output(arch, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     name = SAELENS_CLASS[arch]
     cfg = getattr(sae_lens, name + "Config")(d_in=D, d_sae=M, d_out=40, apply_b_dec_to_input=False)
     cfg.metadata.hook_name, cfg.metadata.hook_name_out = SOURCE, TARGET
@@ -172,7 +173,7 @@ def test_saelens_jumprelu_transcoders_import_with_the_same_output(arch, tmp_path
 
 @pytest.mark.parametrize("arch", TRANSCODER_ARCHS)
 def test_what_saelens_and_actstore_cannot_share_is_one_line(arch, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     with pytest.raises(SAEError, match="SAELens has no topk transcoder.*to_sparsify.*batchtopk or jumprelu") as e:
         to_saelens(_tc(arch, "topk"), tmp_path / "topk")
     assert "\n" not in str(e.value) and not (tmp_path / "topk").exists()
@@ -192,7 +193,7 @@ def test_what_saelens_and_actstore_cannot_share_is_one_line(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", TRANSCODER_ARCHS)
 def test_sparsify_transcoders_round_trip_with_the_same_output(arch, tmp_path):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     skip = arch == "skip_transcoder"
     coder = sparsify.SparseCoder(
         D, sparsify.SparseCoderConfig(num_latents=M, k=K, transcode=True, skip_connection=skip)
@@ -223,7 +224,7 @@ def test_sparsify_transcoders_round_trip_with_the_same_output(arch, tmp_path):
 
 
 def test_what_sparsify_and_actstore_cannot_share_is_one_line(tmp_path):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     for arch, act in [("transcoder", "topk"), ("skip_transcoder", "jumprelu")]:  # d_out 40 != d; a JumpReLU
         with pytest.raises(SAEError, match="d_out=40|TopK SAEs and TopK transcoders only") as e:
             to_sparsify(_tc(arch, act), tmp_path / arch)
@@ -282,7 +283,7 @@ def _held_out(store, summary, source, target):
 
 @pytest.mark.parametrize("arch,act", [("transcoder", "jumprelu"), ("skip_transcoder", "batchtopk")])
 def test_a_trained_transcoder_gives_its_held_out_fvu_in_saelens(store, tmp_path, arch, act):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = need("sae_lens")
     summary = _train(store, tmp_path / "o", "narrow", "wide", arch, act)
     ours = load(tmp_path / "o" / "sae")
     assert (ours.cfg.d, ours.cfg.d_out, ours.cfg.scale, ours.cfg.scale_out) == (20, 40, 1.0, 1.0)
@@ -299,7 +300,7 @@ def test_a_trained_transcoder_gives_its_held_out_fvu_in_saelens(store, tmp_path,
 
 @pytest.mark.parametrize("arch", TRANSCODER_ARCHS)
 def test_a_trained_topk_transcoder_gives_its_held_out_fvu_in_sparsify(square_store, tmp_path, arch):
-    sparsify = pytest.importorskip("sparsify")
+    sparsify = need("sparsify")
     summary = _train(square_store, tmp_path / "o", "mlp.in", "mlp.out", arch, "topk")
     to_sparsify(load(tmp_path / "o" / "sae"), tmp_path / "sp")
     coder = sparsify.SparseCoder.load_from_disk(tmp_path / "sp")
