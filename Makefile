@@ -94,7 +94,7 @@ demo: install-demo
 # and `--dist load` gives each worker the next test as it frees up. `PYTEST_WORKERS=0`: one process.
 PYTEST_WORKERS ?= 3
 test: install
-	ACTSTORE_REQUIRE_NATIVE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
+	ACTSTORE_REQUIRE_NATIVE=1 ACTSTORE_REQUIRE_PEERS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
 
 # Every crash point of the power-loss tests (tests/helpers/power_loss.py), not the per-commit sample.
 test-power-loss: install

@@ -25,6 +25,10 @@
   successive commits cover different halves and a failing sample reruns with the same seed;
   the header says which seed and how many were kept. Neither ``make test`` nor ``.ci/run`` samples:
   both run every test.
+- Peer packages (sae-lens, sparsify, nnsight, dictionary-learning, circuit-tracer, ...) are
+  skipped through ``helpers.peers.need``, never a bare ``importorskip`` (tests/test_peers.py
+  checks); ``ACTSTORE_REQUIRE_PEERS=1`` (``make test``, so CI) turns a missing peer into a
+  failure, a collection error for a module-level one.
 - ``ACTSTORE_REQUIRE_GPU=1`` makes a run without CUDA a usage error, so that a GPU session
   cannot pass on the interpreter by mistake.
 """
