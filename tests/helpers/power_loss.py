@@ -45,6 +45,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,8 @@ from actstore.store.storage import _memory
 from actstore.store.storage._memory import MemoryStorage
 
 HOLD_SECONDS = 2.0
+QUIET_SECONDS = 0.2
+SETTLE_SECONDS = 5.0
 HOLD = "actstore-enc"  # the writer's encode-and-put pool (store/writer.py)
 
 
@@ -72,6 +75,17 @@ class _Recorder:
         self._cv = threading.Condition(threading.RLock())
         self._waiting = 0  # threads waiting on a Future now
         self._patched_result = None
+        self._last = 0.0  # monotonic time of the last recorded call (or attempt, after the crash)
+
+    def _settle(self) -> None:
+        """After a crash: wait until no thread has tried a recorded call for ``QUIET_SECONDS``
+        (at most ``SETTLE_SECONDS``). A thread that was mid-call when the caller's call
+        raised (an executor's write, a zarr I/O task) runs on a little; it meets the power
+        loss at its next recorded call, and must not act on the real disk once the recorder
+        is off."""
+        end = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < end and time.monotonic() - self._last < QUIET_SECONDS:
+            time.sleep(QUIET_SECONDS / 4)
 
     # -- the hold: a pool thread's step waits until some thread waits on a Future --------
 
@@ -106,6 +120,7 @@ class _Recorder:
     def _step(self, what: str):
         """One recorded call: raise if the power is out, run the call, count it; the power
         goes out right after step ``crash_after``."""
+        self._last = time.monotonic()
         self._hold()
         with self._cv:
             if self.dead:
@@ -291,6 +306,8 @@ class LocalDisk(_Recorder):
         return self
 
     def __exit__(self, *exc):
+        if self.dead:
+            self._settle()
         self._remove_gate()
         for name in ("fsync", "replace", "rename", "link", "unlink", "remove", "rmdir", "mkdir"):
             setattr(os, name, self._saved[name])
@@ -360,6 +377,7 @@ class ObjectCloud(MemoryStorage, _Recorder):
         self.after = dict(self._objects)
 
     def _alive(self):
+        self._last = time.monotonic()
         if self.dead:
             raise PowerLoss(f"power lost after step {self.crash_after}")
 
@@ -416,6 +434,8 @@ def mount(cloud: ObjectCloud):
     try:
         yield cloud
     finally:
+        if cloud.dead:
+            cloud._settle()
         cloud._remove_gate()
         with cloud._cv:
             cloud.dead = True
