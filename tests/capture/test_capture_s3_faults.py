@@ -20,7 +20,8 @@ from helpers.s3_proxy import FaultProxy, bounded
 HOOKS = "layers.0,layers.2"
 OPTIONS = dict(context=16, batch_size=4, chunk_bytes=1024, chunks_per_shard=2, progress=False, commit_every=0.0)
 DOCS = 20
-GUARD = 120  # seconds: a guard against hanging forever, far above any run here
+GUARD = 25  # seconds: a guard against hanging forever (or against the 1 s timeouts set here not
+# applying: obstore's own default is 30 s), far above any run here (at most ~5 s)
 
 
 def _capture(out, after_batch=None):

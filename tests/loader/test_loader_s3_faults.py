@@ -18,7 +18,8 @@ from helpers.loader_store import NARROW, SEGMENTS, WIDE, acts, build
 from helpers.s3_proxy import SHARD, FaultProxy, bounded
 
 TOTAL = sum(SEGMENTS.values())
-GUARD = 120  # seconds: a guard against hanging forever, far above any run here
+GUARD = 25  # seconds: a guard against hanging forever (or against the 1 s timeouts set here not
+# applying: obstore's own default is 30 s), far above any run here (at most ~5 s)
 
 
 @pytest.fixture
