@@ -347,8 +347,8 @@ class ObjectStorage(Storage):
         body = self._joined(data)
         mode = "create" if expect is None else {"e_tag": expect}
         ex = self._ob.exceptions
-        end = time.monotonic() + self.retry_seconds
-        for attempt in range(self.retries + 1):
+        end, retries = time.monotonic() + self.retry_seconds, 0
+        while True:
             try:
                 r = self._client()
                 got = self._ob.put(r, self._path(key), body, mode=mode, use_multipart=False)
@@ -360,9 +360,10 @@ class ObjectStorage(Storage):
             except Exception as e:
                 # A timed-out conditional PUT may have landed, so obstore does not retry it.
                 # Retrying is safe here: a 412 is then resolved by the read-back below.
-                if attempt == self.retries or time.monotonic() >= end or not _timed_out(str(e)):
+                if retries >= self.retries or time.monotonic() >= end or not _timed_out(str(e)):
                     raise self._error("write", key, e) from None
-                time.sleep(min(5.0, 0.05 * 2**attempt))
+                time.sleep(min(5.0, 0.05 * 2**retries))
+                retries += 1
         # 412: another version is there. Ours, if our PUT landed and only its response was
         # lost (obstore retried it): then the object holds exactly our bytes.
         try:
