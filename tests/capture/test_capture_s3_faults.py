@@ -1,5 +1,5 @@
 """A capture into an ``s3://`` store with faults on its shard and commit-record PUTs (503
-SlowDown, resets, hung responses, writes that landed but whose answer never came), between
+SlowDown, resets, writes that landed but whose answer never came), between
 the client and a real moto server (the loopback FaultProxy, tests/helpers/s3_proxy.py):
 retried, and the store is bit-identical to a fault-free local capture; or, past the retries,
 a one-line error, the store holds an exact prefix of committed rows, and the same command
@@ -71,13 +71,12 @@ def test_put_faults_during_a_capture_are_retried_and_the_store_exact(proxy, s3_u
     rules = [
         proxy.arm("503", kind="shard-put", every=2, times=4),
         proxy.arm("reset", kind="shard-put", times=2),
-        proxy.arm("hung", kind="shard-put", times=1),
-        proxy.arm("lost", kind="shard-put", times=1),
+        proxy.arm("lost", kind="shard-put", times=1),  # timed out, landed (hung ones: the store's tests)
         proxy.arm("503", kind="commit-put", times=1),
         proxy.arm("lost", kind="commit-put", times=1),
     ]
     bounded(GUARD, _capture, s3_url)
-    assert [r.hits for r in rules] == [4, 2, 1, 1, 1, 1]
+    assert [r.hits for r in rules] == [4, 2, 1, 1, 1]
     _direct(s3_server, monkeypatch)
     snap = _snapshot(s3_url)
     assert snap["token"].numel() == reference["token"].numel()
