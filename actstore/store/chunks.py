@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from concurrent.futures import Executor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import CorruptDataError, StoreError
+from .errors import CorruptDataError, MissingObjectError
 from .format import ArraySpec, Schema, shard_key
 from .shard import MISSING, index_nbytes, parse_index
 from .storage import Blob, Storage
@@ -157,8 +157,9 @@ class ChunkReader:
         partial = (shard + 1) * self.schema.shard_rows > self.rows
         try:
             blob = self.storage.open_blob(shard_key(self.segment, a, shard), whole=partial)
-        except StoreError as e:
-            # A committed shard that is missing is damage.
+        except MissingObjectError as e:
+            # A committed shard that is missing is damage; any other failure (a request that
+            # failed after its retries, a timeout) is raised as it is: it names the cure.
             raise CorruptDataError(
                 f"segment {self.segment!r}, array {a.path!r}, shard {shard} is missing though "
                 f"committed ({e}); the store is damaged"
@@ -308,21 +309,32 @@ def decode_chunks(
         return [((s, c), x) for c, x in zip(group, readers[s].read_decoded(h, a, group))]
 
     try:
-        # Wait for every task before acting on an error: none is left running against a
-        # handle that the finally below releases.
         futures = [pool.submit(acquire, key) for key in by_shard]
-        wait(futures)
-        for f in futures:
-            if f.exception() is not None:
-                raise f.exception()
+        _wait_all(futures)
         futures = [
             pool.submit(fetch, key[0], handles[key], group)
             for key, cs in by_shard.items()
             for group in readers[key[0]].gets(handles[key], a, cs)
         ]
-        wait(futures)
+        _wait_all(futures)
         decoded = dict(pair for f in futures for pair in f.result())
         return [decoded[sc] for sc in chunks]
     finally:
         for key, h in handles.items():
             readers[key[0]].release(h)
+
+
+def _wait_all(futures: list[Future]) -> None:
+    """Wait for ``futures``; raise the first error. After a failure the tasks not yet started
+    are cancelled (against a server that stopped answering, each would wait out its own
+    timeout and retries: a read of many shards would take that many times longer to say so)
+    and the running ones are waited for: none is left running against a handle that the
+    caller then releases."""
+    _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    if pending:  # something failed
+        for f in pending:
+            f.cancel()
+        wait(pending)
+    for f in futures:
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()

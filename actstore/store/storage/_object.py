@@ -17,6 +17,14 @@ Settings (environment, read when a storage is opened):
 - ``ACTSTORE_S3_RETRIES`` (default 10) and ``ACTSTORE_S3_RETRY_SECONDS`` (default 60):
   obstore retries 5xx (503 SlowDown), dropped connections and timeouts with exponential
   backoff, at most this many times and this long per request; then a one-line error.
+- ``ACTSTORE_S3_TIMEOUT_SECONDS`` (default 30, obstore's own default, a number): one attempt
+  of a request, from connecting to the last byte of its answer, is abandoned after this
+  long (a hung server, or a response that stalls mid-body) and retried as above, so a
+  request that never answers ends in a one-line error after about ``RETRY_SECONDS`` plus
+  this. A whole shard is one PUT and must fit in it: raise it for large shards over a slow
+  uplink (a 128 MiB shard in 30 s needs about 4.5 MB/s). There is no separate stall
+  (read) timeout: obstore's also fires while a long upload is still being sent (measured).
+  Connecting is bounded by 5 s (or this, if smaller).
 - ``ACTSTORE_CACHE_DIR`` and ``ACTSTORE_CACHE_GB``: a local whole-shard disk cache
   (:mod:`._cache`), off unless the directory is set.
 
@@ -31,7 +39,9 @@ the workers, as ``ActivationDataset`` does); one forked before any use works.
 Publishing (no locks in object storage): :meth:`write_if` is a conditional PUT,
 ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace the version last seen. A
 PUT whose response was lost is retried by obstore and then answered 412; it is resolved
-here by reading the object back: the same bytes mean the first attempt landed.
+here by reading the object back: the same bytes mean the first attempt landed. obstore
+does not retry a conditional PUT that timed out (it may have landed): :meth:`write_if`
+retries it itself, within the same limits, and the read-back resolves it the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 from ..errors import MissingObjectError, StoreError
 from ._base import Blob, Storage, VersionConflict, check_key
@@ -48,7 +59,17 @@ SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl")  # a
 
 _GET = 16 << 20  # one ranged get: runs of whole chunks up to 16 MiB (8-16 MiB fill an S3 stream)
 _USED_IN: int | None = None  # the process whose obstore runtime is running (see _client)
-_UNREACHABLE = ("error sending request", "Connection refused", "dns error", "connect error", "tcp connect")
+# How obstore (reqwest, hyper) words a failed request, after its own retries:
+_UNREACHABLE = ("kind: Connect", "Connection refused", "dns error", "connect error", "tcp connect")
+_TIMED_OUT = ("kind: Timeout", "TimedOut", "timed out")
+_DROPPED = (
+    "IncompleteMessage",
+    "connection reset",
+    "Connection reset",
+    "connection closed",
+    "body error",
+    "error sending request",
+)
 _GAP = 1 << 20  # chunks at most this far apart are fetched in one get (a round trip costs more)
 
 
@@ -60,6 +81,24 @@ def _env_int(name: str, default: int) -> int:
         return int(v)
     except ValueError:
         raise StoreError(f"{name}={v!r} is not an integer; set it to a whole number") from None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not x > 0 or x == float("inf"):
+        raise StoreError(f"{name}={v!r} is not a positive number of seconds; set it to e.g. 30") from None
+    return x
+
+
+def _timed_out(text: str) -> bool:
+    """A request that got no (complete) answer in time: no HTTP status, a timeout."""
+    return "status code:" not in text and any(s in text for s in _TIMED_OUT)
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -141,6 +180,7 @@ class ObjectStorage(Storage):
         self.inflight = max(1, _env_int("ACTSTORE_S3_INFLIGHT", 16))
         self.retries = max(0, _env_int("ACTSTORE_S3_RETRIES", 10))
         self.retry_seconds = max(1, _env_int("ACTSTORE_S3_RETRY_SECONDS", 60))
+        self.timeout = _env_seconds("ACTSTORE_S3_TIMEOUT_SECONDS", 30.0)
         cache_dir = os.environ.get("ACTSTORE_CACHE_DIR")
         gb = os.environ.get("ACTSTORE_CACHE_GB", "50")
         try:
@@ -179,7 +219,10 @@ class ObjectStorage(Storage):
         from obstore.store import from_url
 
         kwargs = {}
-        client = {"connect_timeout": timedelta(seconds=5)}
+        client = {
+            "timeout": timedelta(seconds=self.timeout),
+            "connect_timeout": timedelta(seconds=min(5.0, self.timeout)),
+        }
         if self.endpoint:
             kwargs["endpoint"] = self.endpoint
             if self.endpoint.startswith("http://"):
@@ -238,6 +281,17 @@ class ObjectStorage(Storage):
                 f"{where}: cannot reach the endpoint {self.endpoint or 'of ' + self.scheme} ({msg[:120]}); check "
                 "ACTSTORE_S3_ENDPOINT / AWS_ENDPOINT_URL and the network"
             )
+        if _timed_out(full):
+            return StoreError(
+                f"{where} timed out: no complete answer within ACTSTORE_S3_TIMEOUT_SECONDS={self.timeout:g} s, "
+                f"{self.retries} retries at most; check the service and the network, raise the timeout for large "
+                "shards on a slow link, then retry (committed rows are intact)"
+            )
+        if status is None and any(s in full for s in _DROPPED):  # no answer: the connection broke
+            return StoreError(
+                f"{where} failed after {self.retries} retries (the connection was dropped); check the service and "
+                "the network, then retry (committed rows are intact)"
+            )
         if isinstance(e, ex.PreconditionError):
             return StoreError(
                 f"{where} changed while being read (its ETag no longer matches); reopen the store to read the new "
@@ -293,16 +347,23 @@ class ObjectStorage(Storage):
         body = self._joined(data)
         mode = "create" if expect is None else {"e_tag": expect}
         ex = self._ob.exceptions
-        try:
-            r = self._client()
-            got = self._ob.put(r, self._path(key), body, mode=mode, use_multipart=False)
-            return got.get("e_tag") or ""
-        except (ex.AlreadyExistsError, ex.PreconditionError):
-            pass
-        except FileNotFoundError as e:
-            raise self._error("write", key, e) from None  # a PUT's 404 is the bucket's
-        except Exception as e:
-            raise self._error("write", key, e) from None
+        end, retries = time.monotonic() + self.retry_seconds, 0
+        while True:
+            try:
+                r = self._client()
+                got = self._ob.put(r, self._path(key), body, mode=mode, use_multipart=False)
+                return got.get("e_tag") or ""
+            except (ex.AlreadyExistsError, ex.PreconditionError):
+                break
+            except FileNotFoundError as e:
+                raise self._error("write", key, e) from None  # a PUT's 404 is the bucket's
+            except Exception as e:
+                # A timed-out conditional PUT may have landed, so obstore does not retry it.
+                # Retrying is safe here: a 412 is then resolved by the read-back below.
+                if retries >= self.retries or time.monotonic() >= end or not _timed_out(str(e)):
+                    raise self._error("write", key, e) from None
+                time.sleep(min(5.0, 0.05 * 2**retries))
+                retries += 1
         # 412: another version is there. Ours, if our PUT landed and only its response was
         # lost (obstore retried it): then the object holds exactly our bytes.
         try:
