@@ -29,8 +29,11 @@ from helpers import zygote
 from helpers.kill_writer import HOOKS, rows
 from helpers.paths import HELPERS
 
-TRIALS = int(os.environ.get("ACTSTORE_S3_KILL_TRIALS", "4"))
+TRIALS = int(os.environ.get("ACTSTORE_S3_KILL_TRIALS", "8"))
 LEASE = 1.0  # seconds: a killed writer's lease expires this soon
+# The kill waits this long after the child stopped inside a PUT: its other threads run on (the
+# pool's other PUTs, a commit that did not wait for them), as before a real crash.
+GRACE = float(os.environ.get("ACTSTORE_KILL_GRACE", "0.3"))
 MAX_PUT = 120  # a shard is 13 PUTs (6 shards, 6 shapes, 1 commit) plus seeded commits
 
 
@@ -87,6 +90,7 @@ def _kill_at(url: str, write: int, seed: int, committed: int) -> int | None:
             ready = int(line.split()[1])
         elif line.startswith("stopped"):
             break
+    time.sleep(GRACE)
     p.send_signal(signal.SIGKILL)
     p.wait()
     word = line.split()[1]
