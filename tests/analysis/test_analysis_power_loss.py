@@ -10,18 +10,17 @@ uncrashed run's.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 import actstore.analysis as an
 from helpers.analysis_store import BLOCK, JOBS, relu_sae
-from helpers.power_loss import LocalDisk, PowerLoss, crash_points, sample_size, seed_of_run, verdict
+from helpers.power_loss import count_steps, crash_each_step, sample_size, verdict
 from helpers.repr_kill_job import run as repr_run
 from helpers.repr_store import write_repr_store
 
-DEFAULT_SAMPLE = 30  # per flow; ACTSTORE_POWER_LOSS_SAMPLE=all runs every point
+DEFAULT_SAMPLE = 20  # per flow (the feature pass has ~300 points); ACTSTORE_POWER_LOSS_SAMPLE=all: every one
 
 
 def files(d: Path) -> dict[str, bytes]:
@@ -29,36 +28,19 @@ def files(d: Path) -> dict[str, bytes]:
 
 
 def _enumerate(tmp_path, flow, outcome, check) -> list[str]:
-    """``flow(base)`` runs the operation with its files under ``base``; ``outcome(base)`` what
-    a finished run left; ``check(base, where)`` the invariants of a crashed one (may raise)."""
-    with LocalDisk(tmp_path / "count") as disk:
-        flow(tmp_path / "count")
-    want = outcome(tmp_path / "count")
-    total = disk.steps
+    """``flow(base, ctx)`` runs the operation with its files under ``base``; ``outcome(base)``
+    what a finished run left; ``check(base, where)`` the invariants of a crashed one."""
+    total = count_steps(tmp_path / "count", flow)
     assert total > 20, f"only {total} steps recorded"
-    bad = []
-    for n in crash_points(total, sample_size(DEFAULT_SAMPLE), seed=seed_of_run()):
-        base = tmp_path / f"crash-{n}"
-        with LocalDisk(base, crash_after=n) as disk:
-            try:
-                flow(base)
-            except PowerLoss:
-                pass
-        if disk.after is None:
-            bad.append(f"crash point {n}: the run made only {disk.steps} steps, the first {total}")
-            continue
-        for model in ("synced", "ordered"):
-            where = f"power lost after step {n} ({disk.trace[n - 1]}), {model} disk"
-            disk.restore(model)
-            try:
-                check(base, where)
-                flow(base)
-                assert outcome(base) == want, f"{where}: the rerun's output differs from the uncrashed run"
-            except AssertionError as e:
-                bad.append(str(e).splitlines()[0])
-            except Exception as e:  # noqa: BLE001 - any error of the rerun is a broken invariant
-                bad.append(f"{where}: the rerun failed: {type(e).__name__}: {str(e).splitlines()[0]}")
-        shutil.rmtree(base)
+    want = outcome(tmp_path / "count")
+
+    def verify(base, where, ctx):
+        check(base, where)
+        flow(base, ctx)
+        assert outcome(base) == want, f"{where}: the rerun's output differs from the uncrashed run"
+
+    bad, missed = crash_each_step(tmp_path, flow, verify, total=total, sample=sample_size(DEFAULT_SAMPLE))
+    assert not missed, f"crash points {missed} were never reached: the runs differ in length"
     return bad
 
 
@@ -66,7 +48,7 @@ def _enumerate(tmp_path, flow, outcome, check) -> list[str]:
 def test_feature_pass_resumes_byte_identically_after_power_loss(planted, tmp_path):
     path, _ = planted
 
-    def flow(base):
+    def flow(base, ctx):
         an.run(path, relu_sae(), JOBS, base / "out", block_rows=BLOCK, commit_rows=1)
 
     def check(base, where):
@@ -89,7 +71,7 @@ def repr_store(tmp_path_factory):
 def test_representation_analysis_resumes_to_the_same_arrays_after_power_loss(repr_store, tmp_path):
     from test_repr_resume import arrays  # noqa: PLC0415 - the flattening the SIGKILL tests use
 
-    def flow(base):
+    def flow(base, ctx):
         base.mkdir(parents=True, exist_ok=True)
         flow.last = repr_run("pca", repr_store, state_dir=base / "state", commit_rows=1)
 

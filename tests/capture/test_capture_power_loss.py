@@ -10,8 +10,6 @@ statistics.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -20,7 +18,7 @@ from actstore.capture import CaptureConfig
 from actstore.capture.runner import _run_capture
 from actstore.errors import CaptureError
 from helpers.capture_models import TinyLM, token_docs
-from helpers.power_loss import LocalDisk, PowerLoss, crash_points, sample_size, seed_of_run, verdict
+from helpers.power_loss import count_steps, crash_each_step, sample_size, verdict
 
 HOOKS = "layers.0,layers.2"
 # Commit after every batch: each commit is a crash point of its own.
@@ -62,33 +60,23 @@ def same(got: dict, want: dict, where: str) -> None:
 @pytest.mark.slow
 def test_capture_resumes_to_the_same_store_after_power_loss_at_every_step(tmp_path):
     torch.set_num_threads(1)
-    with LocalDisk(tmp_path / "count") as disk:
-        capture(tmp_path / "count" / "store")
-    want = snapshot(tmp_path / "count" / "store")
-    total = disk.steps
+
+    def flow(base, ctx):
+        capture(base / "store")
+
+    total = count_steps(tmp_path / "count", flow)
     assert total > 100, f"only {total} steps recorded"
-    bad = []
-    for n in crash_points(total, sample_size(DEFAULT_SAMPLE), seed=seed_of_run()):
-        base = tmp_path / f"crash-{n}"
-        with LocalDisk(base, crash_after=n) as disk:
-            try:
-                capture(base / "store")
-            except (PowerLoss, CaptureError):  # the writer's thread reports the power loss as a store error
-                pass
-        if disk.after is None:
-            bad.append(f"crash point {n}: the run made only {disk.steps} steps, the first {total}")
-            continue
-        for model in ("synced", "ordered"):
-            where = f"power lost after step {n} ({disk.trace[n - 1]}), {model} disk"
-            disk.restore(model)
-            try:
-                if (base / "store" / "zarr.json").exists():
-                    prefix_of(snapshot(base / "store"), want, where)
-                capture(base / "store")
-                same(snapshot(base / "store"), want, where + ", rerun")
-            except AssertionError as e:
-                bad.append(str(e).splitlines()[0])
-            except Exception as e:  # noqa: BLE001 - any error of the reopen or the rerun is a broken invariant
-                bad.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}")
-        shutil.rmtree(base)
+    want = snapshot(tmp_path / "count" / "store")
+
+    def verify(base, where, ctx):
+        if (base / "store" / "zarr.json").exists():
+            prefix_of(snapshot(base / "store"), want, where)
+        capture(base / "store")
+        same(snapshot(base / "store"), want, where + ", rerun")
+
+    # the capture's writer thread reports the power loss as a store error (CaptureError)
+    bad, missed = crash_each_step(
+        tmp_path, flow, verify, total=total, sample=sample_size(DEFAULT_SAMPLE), tolerate=(CaptureError,)
+    )
+    assert not missed, f"crash points {missed} were never reached: the runs differ in length"
     assert not bad, verdict(bad)

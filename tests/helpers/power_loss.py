@@ -483,3 +483,51 @@ def verdict(bad: list[str]) -> str:
     return f"{len(bad)} crash states break the invariants (ACTSTORE_POWER_LOSS_SEED={seed}); first:\n" + "\n".join(
         bad[:5]
     )
+
+
+MODELS = ("synced", "ordered")
+
+
+def count_steps(base: Path, flow) -> int:
+    """Run ``flow(base, ctx)`` once on the recorded disk rooted at ``base``; its step count."""
+    with LocalDisk(base) as disk:
+        flow(base, {})
+    return disk.steps
+
+
+def crash_each_step(tmp_path: Path, flow, verify, *, total: int, sample, tolerate=(), first=False):
+    """Cut the power after each of ``crash_points(total, sample)`` in a fresh run of
+    ``flow(base, ctx)`` (files under ``base = tmp_path/crash-N``; ``ctx`` a dict the flow
+    fills with what the process knew before the crash), rebuild the disk as each of
+    ``MODELS`` and call ``verify(base, where, ctx)``, which checks the invariants and reruns.
+
+    Returns ``(bad, missed)``: one line per broken invariant (an AssertionError's first line,
+    or any other error of the reopen or rerun, named), and the crash points a run never
+    reached (runs of another length). ``tolerate``: errors the flow may end with besides
+    :class:`PowerLoss` (one that reports the loss as its own error). ``first``: stop at the
+    first broken invariant (a planted bug's test needs one)."""
+    bad, missed = [], []
+    for n in crash_points(total, sample, seed=seed_of_run()):
+        if first and bad:
+            break
+        base = tmp_path / f"crash-{n}"
+        ctx: dict = {}
+        with LocalDisk(base, crash_after=n) as disk:
+            try:
+                flow(base, ctx)
+            except (PowerLoss, *tolerate):
+                pass
+        if disk.after is None:
+            missed.append(n)
+            continue
+        for model in MODELS:
+            where = f"power lost after step {n} ({disk.trace[n - 1]}), {model} disk"
+            disk.restore(model)
+            try:
+                verify(base, where, ctx)
+            except AssertionError as e:
+                bad.append(str(e).splitlines()[0] or where)
+            except Exception as e:  # noqa: BLE001 - any error of the reopen or the rerun is a broken invariant
+                bad.append(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        shutil.rmtree(base)
+    return bad, missed

@@ -10,14 +10,13 @@ with exactly the uncrashed run's parameters and log lines.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from actstore.sae import TrainConfig, train
 from helpers.loader_store import build
-from helpers.power_loss import LocalDisk, PowerLoss, crash_points, sample_size, seed_of_run, verdict
+from helpers.power_loss import count_steps, crash_each_step, sample_size, verdict
 
 STEPS = 9
 DEFAULT_SAMPLE = 40  # of ~130 points; ACTSTORE_POWER_LOSS_SAMPLE=all runs every one
@@ -65,36 +64,21 @@ def test_trainer_resumes_bit_identically_after_power_loss_at_every_step(store, t
     ref = tmp_path / "ref" / "out"
     train(_cfg(store, ref), progress=False)
     want = _result(ref)
-    count = tmp_path / "count"
-    with LocalDisk(count) as disk:
-        train(_cfg(store, count / "out"), progress=False)
-    total = disk.steps
-    assert total > 60, f"only {total} steps recorded"
-    bad = []
-    for n in crash_points(total, sample_size(DEFAULT_SAMPLE), seed=seed_of_run()):
-        base = tmp_path / f"crash-{n}"
+
+    def flow(base, ctx):
+        train(_cfg(store, base / "out"), progress=False)
+
+    def verify(base, where, ctx):
         out = base / "out"
-        with LocalDisk(base, crash_after=n) as disk:
-            try:
-                train(_cfg(store, out), progress=False)
-            except PowerLoss:
-                pass
-        if disk.after is None:
-            bad.append(f"crash point {n}: the run made only {disk.steps} steps, the first {total}")
-            continue
-        for model in ("synced", "ordered"):
-            where = f"power lost after step {n} ({disk.trace[n - 1]}), {model} disk"
-            disk.restore(model)
-            try:
-                _check_pointer(out, where)
-                train(_cfg(store, out), progress=False)
-                got = _result(out)
-                for k, v in want["params"].items():
-                    assert torch.equal(v, got["params"][k]), f"{where}: {k} differs from the uncrashed run"
-                assert got["log"] == want["log"], f"{where}: the log differs from the uncrashed run"
-            except AssertionError as e:
-                bad.append(str(e).splitlines()[0])
-            except Exception as e:  # noqa: BLE001 - any error of the rerun is a broken invariant
-                bad.append(f"{where}: the rerun failed: {type(e).__name__}: {str(e).splitlines()[0]}")
-        shutil.rmtree(base)
+        _check_pointer(out, where)
+        train(_cfg(store, out), progress=False)
+        got = _result(out)
+        for k, v in want["params"].items():
+            assert torch.equal(v, got["params"][k]), f"{where}: {k} differs from the uncrashed run"
+        assert got["log"] == want["log"], f"{where}: the log differs from the uncrashed run"
+
+    total = count_steps(tmp_path / "count", flow)
+    assert total > 60, f"only {total} steps recorded"
+    bad, missed = crash_each_step(tmp_path, flow, verify, total=total, sample=sample_size(DEFAULT_SAMPLE))
+    assert not missed, f"crash points {missed} were never reached: the runs differ in length"
     assert not bad, verdict(bad)

@@ -19,7 +19,6 @@ must fail this (``test_planted_commit_before_shards_is_caught``).
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 
 import numpy as np
 import pytest
@@ -30,7 +29,18 @@ from actstore.store import lease as lease_mod
 from actstore.store import writer as writer_mod
 from helpers import power_loss
 from helpers.kill_writer import HOOKS, rows
-from helpers.power_loss import LocalDisk, ObjectCloud, PowerLoss, crash_points, mount, sample_size, seed_of_run, verdict
+from helpers.power_loss import (
+    LocalDisk,
+    ObjectCloud,
+    PowerLoss,
+    count_steps,
+    crash_each_step,
+    crash_points,
+    mount,
+    sample_size,
+    seed_of_run,
+    verdict,
+)
 
 TOTAL = 260
 SEED = 3
@@ -122,43 +132,23 @@ def reference(tmp_path_factory) -> dict:
     return contents(path)
 
 
-def _local_run(path, crash_after=None) -> tuple[LocalDisk, Progress]:
-    prog = Progress()
-    with LocalDisk(path.parent, crash_after=crash_after) as disk:
-        try:
-            write(path, prog)
-        except PowerLoss:
-            pass
-    return disk, prog
+def _local_flow(base, ctx) -> None:
+    ctx["prog"] = Progress()
+    write(base / "store", ctx["prog"])
 
 
 def local_violations(tmp_path, reference, *, sample=LOCAL_SAMPLE, first=False) -> list[str]:
-    """Run every crash point on local disk; the invariant failures, one line each."""
-    count_dir = tmp_path / "count"
-    disk, _ = _local_run(count_dir / "store")
-    total = disk.steps
+    """Run the crash points on local disk; the invariant failures, one line each."""
+    total = count_steps(tmp_path / "count", _local_flow)
     assert total > 100, f"only {total} steps recorded: is the recorder below LocalStorage?"
-    bad, missed = [], []
-    for n in crash_points(total, sample, seed=seed_of_run()):
-        if first and bad:
-            break
-        base = tmp_path / f"crash-{n}"
-        disk, prog = _local_run(base / "store", crash_after=n)
-        if disk.after is None:  # a run of another length: only a planted bug's racing threads
-            missed.append(n)
-            continue
-        for model in ("synced", "ordered"):
-            where = f"power lost after step {n} ({disk.trace[n - 1]}), {model} disk"
-            disk.restore(model)
-            try:
-                check_after_crash(base / "store", prog, where)
-                write(base / "store")
-                same(reference, contents(base / "store"), where + ", rerun")
-            except AssertionError as e:
-                bad.append(str(e).splitlines()[0])
-            except actstore.StoreError as e:
-                bad.append(f"{where}: {str(e).splitlines()[0]}")
-        shutil.rmtree(base)
+
+    def verify(base, where, ctx):
+        check_after_crash(base / "store", ctx["prog"], where)
+        write(base / "store")
+        same(reference, contents(base / "store"), where + ", rerun")
+
+    bad, missed = crash_each_step(tmp_path, _local_flow, verify, total=total, sample=sample, first=first)
+    # a run of another length: only a planted bug's racing threads
     assert len(missed) <= len(bad), f"crash points {missed} were never reached: the runs differ in length"
     return bad
 
