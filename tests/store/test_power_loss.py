@@ -217,6 +217,45 @@ def test_writer_and_lease_survive_power_loss_at_every_put_object(reference, monk
     assert not bad, verdict(bad)
 
 
+@pytest.mark.slow
+def test_lease_takeover_survives_power_loss_at_every_put(reference, monkeypatch):
+    """A writer cut mid-way; after the reboot a second writer takes the expired lease over,
+    fences the first with a commit of its own and goes on, and is itself cut at every put
+    (the takeover, the fencing commit, the renewals); after a second reboot a third writer
+    finishes the segment exactly."""
+    first, before = _cloud_run("tk-first", crash_after=60)
+    assert first.after is not None and before.acked > 0
+    with monkeypatch.context() as m:
+        _after_reboot(m)
+        second, _ = _cloud_run("tk-count", objects=first.after)
+    total = second.steps
+    assert any("lease" in t for t in second.trace[:3]), second.trace[:3]  # the takeover comes first
+    bad = []
+    for n in crash_points(total, OBJECT_SAMPLE, seed=seed_of_run()):
+        with monkeypatch.context() as m:
+            _after_reboot(m)
+            cut, prog = _cloud_run(f"tk-{n}", objects=first.after, crash_after=n)
+            if cut.after is None:
+                bad.append(f"takeover run cut at put {n}: it made only {cut.steps}")
+                continue
+            where = f"takeover cut after put {n} ({cut.trace[n - 1]})"
+            # what both processes knew: the first writer's commits stand, its appended rows bound
+            prog.acked, prog.appended = max(prog.acked, before.acked), max(prog.appended, before.appended)
+            _after_reboot(m)
+            third = ObjectCloud(f"tk-{n}-after", objects=cut.after, hold=None)
+            with mount(third):
+                url = f"memory://{third.name}"
+                try:
+                    check_after_crash(url, prog, where)
+                    write(url)
+                    same(reference, contents(url), where + ", rerun")
+                except AssertionError as e:
+                    bad.append(str(e).splitlines()[0])
+                except actstore.StoreError as e:
+                    bad.append(f"{where}: {str(e).splitlines()[0]}")
+    assert not bad, verdict(bad)
+
+
 # -- the planted bug: the commit record published before the shard writes finish ------------------
 
 
