@@ -156,7 +156,7 @@ def test_bad_append_is_refused_and_changes_nothing(store, bad):
     before = w.rows
     with pytest.raises(AppendError) as e:
         w.append(bad)
-    _one_line(e.value)
+    assert "hook" in _one_line(e.value)  # a reason naming the hook(s), not a bare type
     assert w.rows == before
     w.close()
     assert actstore.open(store).rows == 1000
@@ -170,6 +170,16 @@ def test_bad_columns(store):
             w.append(x, **kw)
         _one_line(e.value)
     w.abort()
+
+
+def test_columns_at_their_dtype_bounds_are_kept(store):
+    w = actstore.create(store, segment="seg1")
+    i32 = np.iinfo(np.int32)
+    edge = np.array([i32.min, i32.max, i32.max, 0])
+    w.append({"h": torch.randn(4, 64), "g": torch.randn(4, 32)}, tokens=edge, pos=edge[::-1].copy())
+    w.close()
+    t = actstore.open(store).tokens(slice(1000, 1004))  # seg1 after seg0's 1000 rows
+    assert t["token"].tolist() == edge.tolist() and t["pos"].tolist() == edge[::-1].tolist()
 
 
 def test_schema_mismatch_on_create(store):
