@@ -317,6 +317,7 @@ def _set_stat(field, value):
         _set("time", 5),
         _set("actstore_version", None),
         _set("meta", [1, 2]),
+        _set("writer", 5),
         _set("segment", "seg1"),
         _set("path", None),
         _set("stats", []),
@@ -359,10 +360,24 @@ def test_every_commit_record_field_is_checked(store, edit):
 
 
 def test_commit_rows_past_the_shards_is_corrupt_data(store):
-    _edit_commit(store, _set("rows", 2**40))
-    with pytest.raises(CorruptDataError) as e:
+    # Up to 2**48 rows pass the range check (and are then refused: no shard holds them).
+    for rows in (2**40, 2**48):
+        _edit_commit(store, _set("rows", rows))
+        with pytest.raises(CorruptDataError) as e:
+            actstore.open(store)
+        assert "does not exist" in _one_line(e.value)
+    _edit_commit(store, _set("rows", 2**48 + 1))
+    with pytest.raises(StoreError) as e:
         actstore.open(store)
-    assert "does not exist" in _one_line(e.value)
+    assert "not an integer in [0, 2**48]" in _one_line(e.value)
+
+
+def test_a_commit_record_of_another_format_version_is_refused(store):
+    _edit_commit(store, _set("format_version", 99))
+    with pytest.raises(FormatVersionError) as e:
+        actstore.open(store)
+    msg = _one_line(e.value)
+    assert "commit record" in msg and "format_version 99" in msg and "upgrade actstore" in msg
 
 
 def _edit_schema(store, edit):
