@@ -4,8 +4,9 @@ host Python of the split TopK encoder, each file with its own tests.
     python benchmarks/run_mutation.py                       # every target; results/mutation.json
     python benchmarks/run_mutation.py --only lease plan     # some targets (the others' figures kept)
     python benchmarks/run_mutation.py --sample 120          # a seeded sample of each target's mutants
-    python benchmarks/run_mutation.py --rerun survived      # only the last run's survivors (after new
-                                                            # tests): the earlier figures kept as "before"
+    python benchmarks/run_mutation.py --rerun undetected    # only the last run's survivors and untested
+                                                            # mutants (after new tests); the earlier
+                                                            # figures are kept as "before"
 
 Run it with the project's interpreter (the venv that runs the tests). It makes the tool's venv
 (``--tool-venv``, default ``build/mutmut-venv``): ``python -m venv --system-site-packages``, a
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=26)
     ap.add_argument("--time-box", type=float, default=1800.0, help="seconds per target before mutmut is stopped")
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (1: one test process)")
-    ap.add_argument("--rerun", choices=["survived"], help="rerun the last results' survivors only")
+    ap.add_argument("--rerun", choices=["undetected"], help="rerun the last results' survived and no-tests mutants")
     ap.add_argument("--tool-venv", type=Path, default=REPO / "build" / "mutmut-venv")
     args = ap.parse_args(argv)
 
@@ -254,7 +255,8 @@ def main(argv=None) -> int:
             everyone = sorted(meta(d, target)["exit_code_by_key"])
             prev = old.get("targets", {}).get(target, {})
             if args.rerun:
-                chosen = [n for n, st in prev.get("status", {}).items() if st == "survived" and n in everyone]
+                undetected = ("survived", "no_tests")
+                chosen = [n for n, st in prev.get("status", {}).items() if st in undetected and n in everyone]
             elif args.sample and len(everyone) > args.sample:
                 chosen = sorted(random.Random(args.seed).sample(everyone, args.sample))
             else:
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
             if args.rerun:  # the earlier figures stay as "before"; only the survivors were run again
                 entry = {**prev, "before": prev.get("before") or {k: prev[k] for k in ("counts", "score")}}
                 entry["status"] = {**prev["status"], **fresh}
-                entry["rerun_wall_s"] = round(wall, 1)
+                entry["rerun"] = {"commit": meta_doc["git"]["commit"], "mutants": len(chosen), "wall_s": round(wall, 1)}
             else:
                 sampled = len(chosen) < len(everyone)
                 entry = {
@@ -277,6 +279,7 @@ def main(argv=None) -> int:
                     "mutants_run": len(chosen),
                     "sample": {"size": len(chosen), "seed": args.seed} if sampled else None,
                     "wall_s": round(wall, 1),
+                    "commit": meta_doc["git"]["commit"],
                     "status": fresh,
                 }
             entry.update(summarize(entry["status"]))
