@@ -292,6 +292,13 @@ def _drop(key):
     return edit
 
 
+def _extra_stats(hook):
+    def edit(rec):
+        rec["stats"][hook] = rec["stats"]["h"]
+
+    return edit
+
+
 def _set_stat(field, value):
     def edit(rec):
         rec["stats"]["h"][field] = value
@@ -322,6 +329,7 @@ def _set_stat(field, value):
         _set("path", None),
         _set("stats", []),
         _set("stats", {"h": {}}),
+        _extra_stats("x"),  # statistics of a hook the store does not have
         _set_stat("count", -1),
         _set_stat("count", 1001),
         _set_stat("count", 1.5),
