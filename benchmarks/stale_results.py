@@ -53,6 +53,19 @@ CAPTURE = [
 ]
 KERNELS = ["kernels", "actstore/ops", "actstore/reference"]
 SAE = ["actstore/sae", *KERNELS, *LOADER]
+MUTATED = [
+    "actstore/store/writer.py",
+    "actstore/store/manifest.py",
+    "actstore/store/lease.py",
+    "actstore/loader/plan.py",
+    "kernels/topk_encode_split.py",
+    "tests/store/test_store.py",
+    "tests/store/test_store_failures.py",
+    "tests/store/test_storage_contract.py",
+    "tests/store/test_lease.py",
+    "tests/loader/test_loader.py",
+    "tests/ops/test_topk_encode_split.py",
+]
 
 # script (in benchmarks/) -> (full-match pattern of the result names it writes, measured paths)
 MEASURES: dict[str, tuple[str, list[str]]] = {
@@ -86,6 +99,8 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     ),
     # the export and the fitted dictionaries' encoders; the graphs themselves are circuit-tracer's
     "bench_circuit_tracer_smollm2.py": (r"circuit_tracer_smollm2", ["actstore/sae", "actstore/models", *KERNELS]),
+    # a mutation run: the mutated files and the tests that judge them (and the config in pyproject.toml)
+    "run_mutation.py": (r"mutation", [*MUTATED, "pyproject.toml"]),
 }
 
 

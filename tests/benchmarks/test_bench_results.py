@@ -125,11 +125,12 @@ def test_every_result_name_maps_to_exactly_one_script():
         "gpu_compile_ci",
         "gpu_model",
         "train_defaults_sweep",
+        "mutation",
     }
     for n in names:
         assert S.script_for(n) is not None, n
     assert S.script_for("loader_feed_cpu") == "bench_loader_feed.py" and S.script_for("loader") == "bench_loader.py"
-    scripts = [p for kind in ("bench", "gpu", "sweep") for p in (S.REPO / "benchmarks").glob(f"{kind}_*.py")]
+    scripts = [p for kind in ("bench", "gpu", "sweep", "run") for p in (S.REPO / "benchmarks").glob(f"{kind}_*.py")]
     assert {p.name for p in scripts} == set(S.MEASURES)
 
 

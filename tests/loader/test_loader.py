@@ -269,10 +269,40 @@ def test_plan_is_exactly_once_for_many_shapes():
             )
             for w, win in enumerate(p.windows):
                 assert sorted(p.window_order(w)) == list(range(sum(x.hi - x.lo for x in win)))
+                assert all(x.hi > x.lo for x in win)  # no empty piece: it would read a block for nothing
                 seen += [(x.block, i) for x in win for i in range(x.lo, x.hi)]
             assert p.batches == -(-p.rows // B)
         want = [(b, i) for b, k in enumerate(kept) for i in range(k)]
         assert sorted(seen) == want
+
+
+def test_plan_shuffles_blocks_and_windows_by_every_key():
+    # Block order: SeedSequence([seed, epoch]); a window's rows: SeedSequence([seed, epoch, W, r, w]).
+    # 16 blocks of 8 rows, windows of 2 blocks: every window of every rank below holds 16 rows.
+    def plan(seed=1, epoch=0, rank=0, world=2, shuffle=True):
+        kept = np.full(16, 8)
+        return EpochPlan(
+            kept, seed=seed, epoch=epoch, rank=rank, world=world, shuffle=shuffle, window_blocks=2, batch_size=8,
+            drop_last=False,
+        )  # fmt: skip
+
+    base = plan()
+    assert sorted(base.order) == list(range(16)) and not np.array_equal(base.order, np.arange(16))
+    assert not np.array_equal(plan(seed=2).order, base.order)
+    assert not np.array_equal(plan(epoch=1).order, base.order)
+    assert np.array_equal(plan(seed=2, rank=1, world=3).order, plan(seed=2).order)  # one order for all ranks
+    w0 = base.window_order(0)
+    others = {
+        "seed": plan(seed=2).window_order(0),
+        "epoch": plan(epoch=1).window_order(0),
+        "rank": plan(rank=1).window_order(0),
+        "world": plan(world=4).window_order(0),
+        "window": base.window_order(1),
+    }
+    for key, order in others.items():
+        assert sorted(order) == list(range(16)) and not np.array_equal(order, w0), key
+    flat = plan(shuffle=False)
+    assert np.array_equal(flat.order, np.arange(16)) and np.array_equal(flat.window_order(1), np.arange(16))
 
 
 # -- errors --------------------------------------------------------------------------------

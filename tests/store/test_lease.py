@@ -249,3 +249,38 @@ def test_writing_is_refused_where_puts_are_not_conditional(s3_url, monkeypatch):
     with pytest.raises(StoreError) as e:
         _create(s3_url)
     assert "ignores conditional writes" in _one_line(e.value)
+
+
+def test_proc_stat_reads_a_command_name_with_spaces_and_parentheses(tmp_path):
+    """/proc/<pid>/stat's field 2 is the command name in parentheses, which may itself hold
+    " (" and ")": the fields after it are found after the last ")", the pid before the first " (".
+    """
+    from actstore.store.lease import _proc_stat
+
+    exe = tmp_path / "w (1) )x"  # the command name is the name the program was started by
+    exe.symlink_to(sys.executable)
+    p = subprocess.Popen([str(exe), "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 30
+        while open(f"/proc/{p.pid}/comm").read().strip() != exe.name:  # until it has exec'd
+            assert time.monotonic() < deadline, "the child never ran under its new name"
+            time.sleep(0.01)
+        got = _proc_stat(p.pid)
+        assert got is not None and got[0] == p.pid and got[1] in "RSD" and got[2] == _start_tick(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_pid_of_another_user_exists(monkeypatch):
+    # os.kill(pid, 0) on another user's process fails with EPERM: it exists (the tests run as
+    # root, who may signal anyone, so the answer is forced here).
+    from actstore.store import lease
+
+    def kill(pid, sig, error=PermissionError):
+        raise error(1, "Operation not permitted")
+
+    monkeypatch.setattr(lease.os, "kill", kill)
+    assert lease._pid_exists(4242)
+    monkeypatch.setattr(lease.os, "kill", lambda pid, sig: kill(pid, sig, ProcessLookupError))
+    assert not lease._pid_exists(4242)

@@ -324,6 +324,43 @@ class TestLeasedMemoryStorage(StorageContract):
         return _LeasedMemory()
 
 
+def _leased_store(d: int = 16):
+    storage = _LeasedMemory()
+    schema = make_schema({"h": d}, chunk_bytes=256, chunks_per_shard=2)
+    storage.write_atomic("zarr.json", json.dumps(group_doc({"actstore": schema.to_json()})).encode())
+    return storage, schema
+
+
+def test_a_leased_writer_keeps_the_meta_through_its_fencing_commit():
+    storage, schema = _leased_store()
+    w = SegmentWriter(storage, schema, "seg0")
+    w.append({"h": torch.randn(10, 16)})
+    w.commit({"docs": 3})
+    w.close()
+    w = SegmentWriter(storage, schema, "seg0")  # takes the released lease over: fences with a commit
+    assert w._lease.took_over is not None and w.resume_meta == {"docs": 3}
+    w.abort()
+    w = SegmentWriter(storage, schema, "seg0")  # resumes from the fencing commit
+    assert w.resume_meta == {"docs": 3} and w.committed_rows == 10
+    w.abort()
+
+
+def test_a_leased_writer_replaces_a_leftover_version_while_it_holds_the_lease():
+    # A dead writer's leftover past the commit: another version of an object this writer
+    # replaces. Holding the lease, it replaces it (If-Match on the version it finds there).
+    storage, schema = _leased_store()
+    x = torch.randn(40, 16)
+    w = SegmentWriter(storage, schema, "seg0", commit_every_shard=False)
+    w.append({"h": x[:20]})
+    w.commit()
+    key = "segments/seg0/acts/h/zarr.json"
+    storage.write_atomic(key, storage.read(key))  # another version, as a dead writer would leave
+    w.append({"h": x[20:]})
+    w.close()  # writes the shapes over it
+    with Store(storage) as s:
+        assert s.rows == 40 and torch.equal(s.read("h", dtype=torch.bfloat16), x.bfloat16())
+
+
 class TestBareStorage(StorageContract):
     def make(self, tmp_path):
         return _BareStorage()

@@ -10,7 +10,9 @@ import torch
 import zarr
 
 import actstore
+from actstore import AppendError, StoreError
 from actstore.store.format import chunk_rows_for
+from actstore.store.stats import RunningStats
 
 
 def _bf16_bits(x: torch.Tensor) -> np.ndarray:
@@ -201,6 +203,89 @@ def test_uncommitted_rows_are_invisible_and_resume_continues(tmp_path):
     # the discarded shards are gone from disk, not just hidden
     grp = zarr.open_group(path, mode="r")
     assert grp["segments/r0/acts/h"].shape[0] == 227
+
+
+def test_numpy_rows_and_columns_left_out(tmp_path):
+    # numpy activations are taken as torch's; a column not given is stored as -1 (token, doc,
+    # pos: "unknown") and flags as 0 (no flag), never as a value a real row could have.
+    path = tmp_path / "s"
+    x = np.random.default_rng(0).standard_normal((70, 24)).astype(np.float32)
+    w = actstore.create(path, {"h": 24}, chunk_bytes=1024, chunks_per_shard=2)
+    w.append({"h": x[:30]}, tokens=np.arange(30))
+    w.append({"h": x[30:]})
+    w.close()
+    s = actstore.open(path)
+    assert torch.equal(s.read("h"), torch.from_numpy(x).bfloat16().float())
+    t = s.tokens()
+    assert torch.equal(t["token"][:30].long(), torch.arange(30))
+    for col in ("token", "doc", "pos"):
+        assert (t[col][30:] == -1).all(), col
+    assert (t["doc"][:30] == -1).all() and (t["flags"] == 0).all()
+
+
+def test_commit_records_new_meta_and_skips_a_commit_with_nothing_new(tmp_path):
+    path = tmp_path / "s"
+
+    def newest():
+        return max(int(p.name) for p in (path / "segments" / "r0" / "commits").iterdir() if p.name.isdigit())
+
+    w = actstore.create(path, {"h": 16}, segment="r0", chunk_bytes=1024, chunks_per_shard=2)
+    _fill(w, [10])
+    w.commit({"step": 1})
+    seq = newest()
+    w.commit()  # nothing new, meta kept: no record
+    w.commit({"step": 1})
+    assert newest() == seq
+    w.commit({"step": 2})  # no new rows, but new meta: recorded
+    assert newest() == seq + 1
+    w.close()
+    assert newest() == seq + 1
+    w = actstore.create(path, segment="r0")
+    assert w.resume_meta == {"step": 2} and w.committed_rows == 10
+    w.abort()
+
+
+def test_a_closed_writer_refuses_writes_and_has_stopped_its_threads(tmp_path):
+    w = actstore.create(tmp_path / "s", {"h": 16}, chunk_bytes=1024, chunks_per_shard=2)
+    _fill(w, [40])
+    w.close()
+    w.close()  # idempotent
+    for call in (lambda: _fill(w, [1]), w.commit):
+        with pytest.raises(StoreError) as e:
+            call()
+        assert "closed" in str(e.value)
+    assert not any(t.is_alive() for t in w._pool._threads)  # the encoder pool was shut down
+    assert actstore.open(tmp_path / "s").rows == 40
+
+
+def test_append_packed_takes_stored_rows_and_their_statistics(tmp_path):
+    # The capture pipeline's path: rows already converted (bf16 bits) with their statistics.
+    path = tmp_path / "s"
+    x = torch.randn(50, 16)
+    bits = _bf16_bits(x)
+    st = RunningStats(16)
+    st.update(x)
+    w = actstore.create(path, {"h": 16}, chunk_bytes=1024, chunks_per_shard=2, commit_every_shard=False)
+    bad = [
+        ({"acts/h": bits, "acts/g": bits}, {"h": st}),  # an array the store does not have
+        ({"acts/h": bits}, {}),  # no statistics
+        ({"acts/h": bits.astype(np.int16)}, {"h": st}),  # not the stored dtype
+        ({"acts/h": bits[:, :8]}, {"h": st}),  # not the stored width
+    ]
+    for arrays, stats in bad:
+        with pytest.raises(AppendError):
+            w.append_packed(arrays, stats)
+    assert w.rows == 0
+    w.append_packed({"acts/h": bits}, {"h": st}, tokens=np.arange(50))
+    w.close()
+    s = actstore.open(path)
+    assert torch.equal(s.read("h", dtype=torch.bfloat16), x.bfloat16())
+    assert s.stats("h")["count"] == 50 and torch.equal(s.tokens()["token"].long(), torch.arange(50))
+    w = actstore.create(path, {"h": 16}, chunk_bytes=1024, chunks_per_shard=2)  # commits every shard
+    with pytest.raises(AppendError) as e:
+        w.append_packed({"acts/h": bits}, {"h": st})
+    assert "commit_every_shard=False" in str(e.value)
+    w.abort()
 
 
 def test_plain_zarr_reads_the_bits(small):

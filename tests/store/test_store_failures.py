@@ -156,7 +156,7 @@ def test_bad_append_is_refused_and_changes_nothing(store, bad):
     before = w.rows
     with pytest.raises(AppendError) as e:
         w.append(bad)
-    _one_line(e.value)
+    assert "hook" in _one_line(e.value)  # a reason naming the hook(s), not a bare type
     assert w.rows == before
     w.close()
     assert actstore.open(store).rows == 1000
@@ -170,6 +170,16 @@ def test_bad_columns(store):
             w.append(x, **kw)
         _one_line(e.value)
     w.abort()
+
+
+def test_columns_at_their_dtype_bounds_are_kept(store):
+    w = actstore.create(store, segment="seg1")
+    i32 = np.iinfo(np.int32)
+    edge = np.array([i32.min, i32.max, i32.max, 0])
+    w.append({"h": torch.randn(4, 64), "g": torch.randn(4, 32)}, tokens=edge, pos=edge[::-1].copy())
+    w.close()
+    t = actstore.open(store).tokens(slice(1000, 1004))  # seg1 after seg0's 1000 rows
+    assert t["token"].tolist() == edge.tolist() and t["pos"].tolist() == edge[::-1].tolist()
 
 
 def test_schema_mismatch_on_create(store):
@@ -282,6 +292,13 @@ def _drop(key):
     return edit
 
 
+def _extra_stats(hook):
+    def edit(rec):
+        rec["stats"][hook] = rec["stats"]["h"]
+
+    return edit
+
+
 def _set_stat(field, value):
     def edit(rec):
         rec["stats"]["h"][field] = value
@@ -307,10 +324,12 @@ def _set_stat(field, value):
         _set("time", 5),
         _set("actstore_version", None),
         _set("meta", [1, 2]),
+        _set("writer", 5),
         _set("segment", "seg1"),
         _set("path", None),
         _set("stats", []),
         _set("stats", {"h": {}}),
+        _extra_stats("x"),  # statistics of a hook the store does not have
         _set_stat("count", -1),
         _set_stat("count", 1001),
         _set_stat("count", 1.5),
@@ -349,10 +368,24 @@ def test_every_commit_record_field_is_checked(store, edit):
 
 
 def test_commit_rows_past_the_shards_is_corrupt_data(store):
-    _edit_commit(store, _set("rows", 2**40))
-    with pytest.raises(CorruptDataError) as e:
+    # Up to 2**48 rows pass the range check (and are then refused: no shard holds them).
+    for rows in (2**40, 2**48):
+        _edit_commit(store, _set("rows", rows))
+        with pytest.raises(CorruptDataError) as e:
+            actstore.open(store)
+        assert "does not exist" in _one_line(e.value)
+    _edit_commit(store, _set("rows", 2**48 + 1))
+    with pytest.raises(StoreError) as e:
         actstore.open(store)
-    assert "does not exist" in _one_line(e.value)
+    assert "not an integer in [0, 2**48]" in _one_line(e.value)
+
+
+def test_a_commit_record_of_another_format_version_is_refused(store):
+    _edit_commit(store, _set("format_version", 99))
+    with pytest.raises(FormatVersionError) as e:
+        actstore.open(store)
+    msg = _one_line(e.value)
+    assert "commit record" in msg and "format_version 99" in msg and "upgrade actstore" in msg
 
 
 def _edit_schema(store, edit):
