@@ -79,7 +79,7 @@ test-latest:
 	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | $(PINS) > build/lock-pins.txt
 	@echo "versions that differ from $(LOCK) (< lock, > latest; the --no-deps packages are not in the lock):"
 	@diff build/lock-pins.txt build/latest-freeze.txt | grep -E '^[<>]' || echo "  none"
-	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist load
+	ACTSTORE_REQUIRE_NATIVE=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 # Main job: SmolLM2-135M-Instruct over English text: capture model.layers.15 into ./demo_store, train a
 # TopK SAE into ./demo_sae, analyse (logit lens, ablation) into ./demo_analysis, print the timings.
@@ -91,14 +91,15 @@ demo: install-demo
 # have built. More workers than cores: the kill, torchrun and subprocess tests mostly wait on their
 # children (3 workers: 7.7 min on 2 cores, against 26.5 min in one process; docs/getting-started.md).
 # Each worker gives torch its share of the cores; slow tests are handed out first (tests/conftest.py),
-# and `--dist load` gives each worker the next test as it frees up. `PYTEST_WORKERS=0`: one process.
+# and `--dist worksteal` lets a worker that ran out take half of another's queue (with `load`, two
+# workers sat idle for minutes while the third ran its share of the slow tests). `PYTEST_WORKERS=0`: one process.
 PYTEST_WORKERS ?= 3
 test: install
-	ACTSTORE_REQUIRE_NATIVE=1 ACTSTORE_REQUIRE_PEERS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=30
+	ACTSTORE_REQUIRE_NATIVE=1 ACTSTORE_REQUIRE_PEERS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=30
 
 # Every crash point of the power-loss tests (tests/helpers/power_loss.py), not the per-commit sample.
 test-power-loss: install
-	ACTSTORE_POWER_LOSS_SAMPLE=all $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load -k power_loss
+	ACTSTORE_POWER_LOSS_SAMPLE=all $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -k power_loss
 
 # The fast tests: all but those marked slow (kill and signal trials, torchrun runs, tests over ~5 s).
 test-fast: install

@@ -13,8 +13,8 @@
 - Markers (registered in pyproject.toml): ``gpu`` selects the tests that run on the GPU
   when one is present (``pytest -m gpu``, benchmarks/gpu_session.sh); ``slow`` the long
   ones (``make test-fast`` deselects them).
-- ``make test`` runs the suite on pytest-xdist workers (``-n 3 --dist load``): the slow tests are
-  handed out first, and each worker gives torch its share of the cores.
+- ``make test`` runs the suite on pytest-xdist workers (``-n 3 --dist worksteal``): the slow tests are
+  handed out first (an idle worker steals half of another's queue), and each worker gives torch its share of the cores.
 - ``s3_server`` (one moto S3 server for the whole run, started by the controller and shared by
   every worker, tests/helpers/s3.py) and ``s3_url`` (a fresh ``s3://`` prefix in its bucket, with
   the environment pointing actstore at it).
