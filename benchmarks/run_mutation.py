@@ -21,10 +21,13 @@ function (it records which in a first, clean run), with ``-x``. One moto server 
 every run's object-storage tests (tests/conftest.py then starts none per pytest session).
 
 A target with more mutants than ``--sample`` runs a sample drawn with ``random.Random(seed)`` from
-its sorted mutant names; ``--time-box`` stops a target's run (SIGINT, as mutmut expects) after so
-many seconds, and its untried mutants count as ``not_checked``. Score (Stryker's definition):
-``(killed + timeout) / (killed + timeout + survived + no_tests)``; skipped, suspicious and
-not-checked mutants are left out of it and reported beside it.
+its sorted mutant names; ``--time-box`` stops a target's run after so many seconds (SIGINT, then
+SIGKILL to its process group 120 s later: mutmut saves each result as it comes, and here it never
+finished on SIGINT alone), and its untried mutants count as ``not_checked``. ``--rerun`` first
+deletes the target's ``mutants/mutmut-stats.json``, so that tests changed since are mapped again.
+
+Score (Stryker's definition): ``(killed + timeout) / (killed + timeout + survived + no_tests)``;
+skipped, suspicious and not-checked mutants are left out of it and reported beside it.
 """
 
 from __future__ import annotations
@@ -289,6 +292,10 @@ def main(argv=None) -> int:
             else:
                 chosen = everyone
             print(f"  {len(everyone)} mutants, running {len(chosen)}", flush=True)
+            if args.rerun:
+                # mutmut records which tests call each function once, and afterwards only for new
+                # tests: a test that was changed to call a mutated function would never run it
+                (d / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             wall = run_mutmut(exe, d, env, chosen, args.max_children, args.time_box) if chosen else 0.0
             codes = meta(d, target)["exit_code_by_key"]
             fresh = {n: STATUS.get(codes.get(n), "suspicious") for n in chosen}
@@ -296,7 +303,8 @@ def main(argv=None) -> int:
                 entry = {**prev, "before": prev.get("before") or {k: prev[k] for k in ("counts", "score")}}
                 # a survivor the time box left unchecked keeps its earlier status
                 entry["status"] = {**prev["status"], **{n: st for n, st in fresh.items() if st != "not_checked"}}
-                entry["rerun"] = {"commit": meta_doc["git"]["commit"], "mutants": len(chosen), "wall_s": round(wall, 1)}
+                rerun = {"commit": meta_doc["git"]["commit"], "mutants": len(chosen), "wall_s": round(wall, 1)}
+                entry["reruns"] = prev.get("reruns", []) + [rerun]
             else:
                 sampled = len(chosen) < len(everyone)
                 entry = {
