@@ -226,6 +226,12 @@ def run_mutmut(exe: Path, d: Path, env: dict, names: list[str], max_children: in
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        # What the tests left behind in the run's process group: mutmut ends each mutant's test
+        # process with os._exit, so atexit never stops the fork servers of tests/helpers/zygote.py.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return time.perf_counter() - t0
 
 
