@@ -21,10 +21,13 @@ function (it records which in a first, clean run), with ``-x``. One moto server 
 every run's object-storage tests (tests/conftest.py then starts none per pytest session).
 
 A target with more mutants than ``--sample`` runs a sample drawn with ``random.Random(seed)`` from
-its sorted mutant names; ``--time-box`` stops a target's run (SIGINT, as mutmut expects) after so
-many seconds, and its untried mutants count as ``not_checked``. Score (Stryker's definition):
-``(killed + timeout) / (killed + timeout + survived + no_tests)``; skipped, suspicious and
-not-checked mutants are left out of it and reported beside it.
+its sorted mutant names; ``--time-box`` stops a target's run after so many seconds (SIGINT, then
+SIGKILL to its process group 120 s later: mutmut saves each result as it comes, and here it never
+finished on SIGINT alone), and its untried mutants count as ``not_checked``. ``--rerun`` first
+deletes the target's ``mutants/mutmut-stats.json``, so that tests changed since are mapped again.
+
+Score (Stryker's definition): ``(killed + timeout) / (killed + timeout + survived + no_tests)``;
+skipped, suspicious and not-checked mutants are left out of it and reported beside it.
 """
 
 from __future__ import annotations
@@ -137,20 +140,41 @@ def _toml(v) -> str:
     return "[" + ", ".join(_toml(x) for x in v) + "]"
 
 
+def mutated_path(target: str) -> str:
+    """The target's path in its run folder: a kernel sits at ``actstore/kernels/`` there, as a
+    wheel installs it (setup.py's package_dir), because mutmut names a mutant's module after its
+    path and the tests import ``actstore.kernels.<op>``; from ``kernels/<op>.py`` mutmut expected
+    ``kernels.<op>`` and found no test for any mutant."""
+    path = TARGETS[target][0]
+    return f"actstore/{path}" if path.startswith("kernels/") else path
+
+
 def run_dir(target: str) -> Path:
-    """``mutants-run/<target>/``: links to the tree and the target's pyproject.toml."""
+    """``mutants-run/<target>/``: the tree (links, or for a kernel a copy in the wheel's layout)
+    and the target's pyproject.toml."""
+    import shutil
+
     import tomllib
 
-    path, tests = TARGETS[target]
+    tests = TARGETS[target][1]
+    path = mutated_path(target)
     d = RUNS / target
     d.mkdir(parents=True, exist_ok=True)
-    for name in ("actstore", "kernels", "tests"):
+    names = ("tests",) if path != TARGETS[target][0] else ("actstore", "kernels", "tests")
+    for name in names:
         link = d / name
         if not link.is_symlink():
             link.symlink_to(Path("..", "..", name))
+    conf_extra = {}
+    if names == ("tests",):
+        # copies keep their mtimes, so mutmut sees an unchanged file as already mutated
+        skip = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / "actstore", d / "actstore", ignore=skip, dirs_exist_ok=True)
+        shutil.copytree(REPO / "kernels", d / "actstore" / "kernels", ignore=skip, dirs_exist_ok=True)
+        conf_extra["source_paths"] = ["actstore"]
     text = (REPO / "pyproject.toml").read_text()
     conf = tomllib.loads(text)["tool"]["mutmut"]
-    conf.update(only_mutate=[path], pytest_add_cli_args_test_selection=list(tests))
+    conf.update(only_mutate=[path], pytest_add_cli_args_test_selection=list(tests), **conf_extra)
     body = "".join(f"{k} = {_toml(v)}\n" for k, v in conf.items())
     head = text.split("[tool.mutmut]")[0]  # the pytest section (markers, addopts) stays
     (d / "pyproject.toml").write_text(head + "[tool.mutmut]\n" + body)
@@ -183,7 +207,7 @@ def generate(exe: Path, d: Path, env: dict) -> None:
 
 
 def meta(d: Path, target: str) -> dict:
-    return json.loads((d / "mutants" / (TARGETS[target][0] + ".meta")).read_text())
+    return json.loads((d / "mutants" / (mutated_path(target) + ".meta")).read_text())
 
 
 def run_mutmut(exe: Path, d: Path, env: dict, names: list[str], max_children: int, time_box: float) -> float:
@@ -202,6 +226,12 @@ def run_mutmut(exe: Path, d: Path, env: dict, names: list[str], max_children: in
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        # What the tests left behind in the run's process group: mutmut ends each mutant's test
+        # process with os._exit, so atexit never stops the fork servers of tests/helpers/zygote.py.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return time.perf_counter() - t0
 
 
@@ -228,6 +258,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-box", type=float, default=1800.0, help="seconds per target before mutmut is stopped")
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (1: one test process)")
     ap.add_argument("--rerun", choices=["undetected"], help="rerun the last results' survived and no-tests mutants")
+    ap.add_argument(
+        "--names", type=Path, help="with --rerun: only these mutants (one name a line); the others keep their status"
+    )
     ap.add_argument("--tool-venv", type=Path, default=REPO / "build" / "mutmut-venv")
     args = ap.parse_args(argv)
 
@@ -257,18 +290,27 @@ def main(argv=None) -> int:
             if args.rerun:
                 undetected = ("survived", "no_tests")
                 chosen = [n for n, st in prev.get("status", {}).items() if st in undetected and n in everyone]
+                if args.names:
+                    only = set(args.names.read_text().split())
+                    chosen = [n for n in chosen if n in only]
             elif args.sample and len(everyone) > args.sample:
                 chosen = sorted(random.Random(args.seed).sample(everyone, args.sample))
             else:
                 chosen = everyone
             print(f"  {len(everyone)} mutants, running {len(chosen)}", flush=True)
+            if args.rerun:
+                # mutmut records which tests call each function once, and afterwards only for new
+                # tests: a test that was changed to call a mutated function would never run it
+                (d / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             wall = run_mutmut(exe, d, env, chosen, args.max_children, args.time_box) if chosen else 0.0
             codes = meta(d, target)["exit_code_by_key"]
             fresh = {n: STATUS.get(codes.get(n), "suspicious") for n in chosen}
             if args.rerun:  # the earlier figures stay as "before"; only the survivors were run again
                 entry = {**prev, "before": prev.get("before") or {k: prev[k] for k in ("counts", "score")}}
-                entry["status"] = {**prev["status"], **fresh}
-                entry["rerun"] = {"commit": meta_doc["git"]["commit"], "mutants": len(chosen), "wall_s": round(wall, 1)}
+                # a survivor the time box left unchecked keeps its earlier status
+                entry["status"] = {**prev["status"], **{n: st for n, st in fresh.items() if st != "not_checked"}}
+                rerun = {"commit": meta_doc["git"]["commit"], "mutants": len(chosen), "wall_s": round(wall, 1)}
+                entry["reruns"] = prev.get("reruns", []) + [rerun]
             else:
                 sampled = len(chosen) < len(everyone)
                 entry = {

@@ -85,6 +85,70 @@ def test_overflowing_rows_are_redone_densely_and_counted(device):
     assert stats["sample_m"] == 16 and stats["cap"] == 10 and stats["fallback_rows"] == 30
 
 
+def test_overflowing_rows_with_auxk_are_redone_in_dense_slices(monkeypatch, device):
+    """The dense fallback with AuxK, in slices of 128 latents (DENSE_SLICE made small): the top k
+    and the top k_aux dead latents of every row merged across the slices."""
+    from actstore.kernels import topk_encode_split as S
+
+    monkeypatch.setattr(S, "DENSE_SLICE", 128)
+    n, d, m, k, ka = 30, 32, 400, 8, 6
+    x, W, b, pb = encoder_inputs(n, d, m, seed=13)
+    dead = torch.zeros(m, dtype=torch.bool)
+    dead[::3] = True
+    stats = {}
+    v, i, av, ai = S.topk_encode_split_fwd(
+        x.to(device), W.to(device), b.to(device), k, pb.to(device), dead.to(device), ka, sample=16, cap=10,
+        stats=stats,
+    )  # fmt: skip
+    assert stats["fallback_rows"] == n
+    _check(v, i, x, W, b, pb, k, torch.float32)
+    rv, ri, rav, rai = topk_encode_reference(x, W, b, k, pb, dead_mask=dead, k_aux=ka)
+    assert_values_close(av, rav)
+    pos = av.cpu() > 0
+    assert dead[ai.cpu()[pos]].all()
+    same = sum(set(a[p].tolist()) == set(c[q > 0].tolist()) for a, p, c, q in zip(ai.cpu(), pos, rai, rav))
+    assert same >= n - 1
+
+
+def test_rows_whose_aux_buffer_alone_overflows_are_redone(device):
+    """Dead latents only outside the sample: the aux threshold is -inf and all 40 of them are
+    candidates, over a buffer of 20; the top 2 (about 6 candidates a row) fits. Each row is
+    redone for its AuxK alone."""
+    n, d, m, k, ka = 23, 40, 512, 2, 5
+    x, W, b, pb = encoder_inputs(n, d, m, seed=14)
+    dead = torch.zeros(m, dtype=torch.bool)
+    dead[300:340] = True
+    stats = {}
+    v, i, av, ai = topk_encode_split_fwd(
+        x.to(device), W.to(device), b.to(device), k, pb.to(device), dead.to(device), ka, sample=128, cap=20,
+        stats=stats,
+    )  # fmt: skip
+    assert stats["aux_cap"] == 20 and stats["fallback_rows"] == n
+    _check(v, i, x, W, b, pb, k, torch.float32)
+    rav = topk_encode_reference(x, W, b, k, pb, dead_mask=dead, k_aux=ka)[2]
+    assert_values_close(av, rav)
+
+
+def test_relu_false_gives_the_raw_top_k(device):
+    x, W, b, pb = encoder_inputs(9, 16, 200, seed=15)
+    b = b - 20.0  # every pre-activation negative: ReLU would give zeros
+    v, i, _, _ = topk_encode_split_fwd(x.to(device), W.to(device), b.to(device), 4, pb.to(device), relu=False)
+    rv, ri = pre_activations(x, W, b, pb).topk(4, dim=1)
+    assert (rv < 0).all()
+    assert_values_close(v, rv)
+    assert all(set(a.tolist()) == set(c.tolist()) for a, c in zip(i.cpu(), ri))
+
+
+def test_sample_and_capacity_give_the_module_docstrings_sizes():
+    from actstore.kernels.topk_encode_split import capacity, sample_m
+
+    # n=8192, m=131072, k=32: ms=4096 (128 MiB of float32 per 8192 rows) and cap=2048
+    assert sample_m(131072, 32) == 4096 and capacity(131072, 4096, 32) == 2048
+    assert sample_m(1000, 8) == 256  # 2 sqrt(8000) = 178.9, rounded up to 128
+    assert sample_m(100, 8) == 100 and sample_m(20000, 1) == 384  # at most m; at least 128
+    assert capacity(512, 256, 8) == 80 and capacity(300, 256, 8) == 44  # 2*8*256/256 + 64; at most m - ms
+
+
 @pytest.mark.parametrize(
     "dead_idx,k_aux,sample",
     [
@@ -179,6 +243,13 @@ def test_autotune_prunes_to_the_dtype_and_is_bypassed_off_cuda(device):
             ]
             assert all(c.kwargs["BLOCK_N"] >= 64 for c in kept)  # tensor-core sized tiles
     assert len(S._split_configs(torch.bfloat16, False)) == 1  # unaligned 16-bit: the 64-row tile only
+    # the tuner's configurations (made at import) are the tables', tile sizes apart from warps and stages
+    fresh = [(c.kwargs, c.num_warps, c.num_stages) for c in S._autotune_configs()]
+    assert fresh == [(c.kwargs, c.num_warps, c.num_stages) for c in tuned.configs]
+    assert fresh == [
+        ({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")}, c["num_warps"], c["num_stages"])
+        for c in S._TC_CONFIGS + S._FP32_CONFIGS
+    ]
     assert tuned.keys == ["D", "M", "CAP"]
     if device == "cpu":  # the interpreter runs the first configuration; nothing is timed
         x, W, b, pb = encoder_inputs(4, 16, 200, seed=2)
