@@ -181,6 +181,23 @@ def _cloud_run(name, objects=None, crash_after=None) -> tuple[ObjectCloud, Progr
     return cloud, prog
 
 
+def _reopen_and_finish(name, objects, prog: Progress, reference, where: str) -> list[str]:
+    """After the reboot: the surviving objects reopened by a new writer process, checked, the
+    segment finished and compared with the uncrashed run; the broken invariants, one line each."""
+    reopened = ObjectCloud(name, objects=objects, hold=None)
+    with mount(reopened):
+        url = f"memory://{name}"
+        try:
+            check_after_crash(url, prog, where)
+            write(url)
+            same(reference, contents(url), where + ", rerun")
+        except AssertionError as e:
+            return [str(e).splitlines()[0]]
+        except actstore.StoreError as e:
+            return [f"{where}: {str(e).splitlines()[0]}"]
+    return []
+
+
 def object_violations(reference, monkeypatch, *, sample=OBJECT_SAMPLE, first=False) -> list[str]:
     cloud, _ = _cloud_run("pl-count")
     total = cloud.steps
@@ -196,17 +213,7 @@ def object_violations(reference, monkeypatch, *, sample=OBJECT_SAMPLE, first=Fal
         where = f"power lost after put {n} ({cloud.trace[n - 1]})"
         with monkeypatch.context() as m:
             _after_reboot(m)
-            reopened = ObjectCloud(f"pl-{n}-after", objects=cloud.after, hold=None)
-            with mount(reopened):
-                url = f"memory://{reopened.name}"
-                try:
-                    check_after_crash(url, prog, where)
-                    write(url)
-                    same(reference, contents(url), where + ", rerun")
-                except AssertionError as e:
-                    bad.append(str(e).splitlines()[0])
-                except actstore.StoreError as e:
-                    bad.append(f"{where}: {str(e).splitlines()[0]}")
+            bad += _reopen_and_finish(f"pl-{n}-after", cloud.after, prog, reference, where)
     assert len(missed) <= len(bad), f"crash points {missed} were never reached: the runs differ in length"
     return bad
 
@@ -242,17 +249,7 @@ def test_lease_takeover_survives_power_loss_at_every_put(reference, monkeypatch)
             # what both processes knew: the first writer's commits stand, its appended rows bound
             prog.acked, prog.appended = max(prog.acked, before.acked), max(prog.appended, before.appended)
             _after_reboot(m)
-            third = ObjectCloud(f"tk-{n}-after", objects=cut.after, hold=None)
-            with mount(third):
-                url = f"memory://{third.name}"
-                try:
-                    check_after_crash(url, prog, where)
-                    write(url)
-                    same(reference, contents(url), where + ", rerun")
-                except AssertionError as e:
-                    bad.append(str(e).splitlines()[0])
-                except actstore.StoreError as e:
-                    bad.append(f"{where}: {str(e).splitlines()[0]}")
+            bad += _reopen_and_finish(f"tk-{n}-after", cut.after, prog, reference, where)
     assert not bad, verdict(bad)
 
 
