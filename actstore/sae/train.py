@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from ..errors import SAEError
 from ..loader import ActivationLoader
 from ..store.reader import Store
 from ..store.stats import RunningStats
+from ..store.storage import fsync_path
 from .base import SparseAutoencoder
 from .config import (  # noqa: F401 - re-exported: the options lived here first
     ARCH_KEYS,
@@ -442,11 +442,7 @@ def _sync_log(log_path: Path) -> None:
     a power loss cannot leave a checkpoint whose log lines are lost (a resumed run does not
     write them again)."""
     if log_path.exists():
-        fd = os.open(log_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(log_path)
 
 
 # -- held-out evaluation ----------------------------------------------------------------------

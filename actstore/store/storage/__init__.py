@@ -19,7 +19,7 @@ import os
 
 from ..errors import StoreError
 from ._base import URL, Blob, Lock, Storage, VersionConflict, check_key
-from ._local import LocalStorage
+from ._local import LocalStorage, fsync_path
 from ._memory import MemoryStorage, forget, named
 
 OBJECT_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl")
@@ -32,6 +32,7 @@ __all__ = [
     "LocalStorage",
     "MemoryStorage",
     "check_key",
+    "fsync_path",
     "open_storage",
     "forget",
 ]

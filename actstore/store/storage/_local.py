@@ -49,7 +49,8 @@ class _LocalLock(Lock):
             self._fd = -1
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by its path (a folder's fsync makes its entries durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -78,7 +79,7 @@ def make_dirs(path: Path, durable: bool) -> None:
                 raise
             # made meanwhile by another thread or process, which may not have synced it yet
         if durable:
-            _fsync_dir(p.parent)
+            fsync_path(p.parent)
 
 
 class LocalStorage(Storage):
@@ -129,7 +130,7 @@ class LocalStorage(Storage):
         tmp = self._write_tmp(path, data)
         os.replace(tmp, path)
         if self.durable:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
 
     def write_exclusive(self, key: str, data) -> bool:
         path = self._path(key)
@@ -145,7 +146,7 @@ class LocalStorage(Storage):
         finally:
             tmp.unlink(missing_ok=True)
         if created and self.durable:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
         return created
 
     def exists(self, key: str) -> bool:
