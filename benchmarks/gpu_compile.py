@@ -77,8 +77,8 @@ PTXAS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The stored element as the kernels see it: capture writes ``DType.torch_dtype`` (fp8 as uint8
 # bits); the loader hands dequant_normalize the raw bits (bf16 as int16).
-CAPTURED = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "u8", "int8": "i8"}
-STORED = {"fp32": "fp32", "fp16": "fp16", "bf16": "i16", "fp8": "u8", "int8": "i8"}
+CAPTURED = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "u8", "int8": "i8", "q16": "i16"}
+STORED = {"fp32": "fp32", "fp16": "fp16", "bf16": "i16", "fp8": "u8", "int8": "i8", "q16": "i16"}
 
 # Configurations that spill today, named so that nothing is hidden: (kernel, arch, predicate on
 # the constexprs/dtypes, reason). The fused topk_encode kernel stays for the threshold ops'
@@ -217,6 +217,7 @@ TEST_SHAPES = [
     Shape("test-auxk", d=32, k=8, k_aux=6, dtype=torch.float32, store="int8"),
     Shape("test-fp16", d=24, k=8, dtype=torch.float16, store="fp16"),
     Shape("test-fp8", d=48, k=2, dtype=torch.float32, store="fp8"),
+    Shape("test-q16", d=48, k=8, dtype=torch.float32, store="q16"),
 ]
 # One production configuration per kernel in CI: the issue's target shape (n=8192, d=4096,
 # m=131072, k=32, bf16; m and n are runtime arguments, so they change no configuration).
@@ -226,7 +227,7 @@ CI_PRODUCTION = [Shape("prod-d4096-k32-bf16", d=4096, k=32, dtype=torch.bfloat16
 def full_shapes() -> list[Shape]:
     """The production sweep: d up to 8192, k 16-256, with and without AuxK (k_aux = d/2, the
     SAE default, capped at 256 here: the kernel's AuxK set is [16, next_pow2(k_aux)] int64 in
-    registers, so anything larger is the same story), three float dtypes, five storage dtypes."""
+    registers, so anything larger is the same story), three float dtypes, six storage dtypes."""
     out = []
     for d in (768, 2048, 4096, 8192):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -234,7 +235,7 @@ def full_shapes() -> list[Shape]:
                 for ka in (0, min(d // 2, 256)):
                     store = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
                     out.append(Shape(f"prod-d{d}-k{k}-ka{ka}-{store}", d, k, ka, dtype, store))
-            for store in ("fp8", "int8"):
+            for store in ("fp8", "int8", "q16"):
                 out.append(Shape(f"prod-d{d}-{store}", d, 32, 0, dtype, store))
     return out
 

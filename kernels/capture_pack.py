@@ -21,14 +21,17 @@ fp8 storage converts with ``tl.float8e4nv``, which sm_80 (A100) lacks: the launc
 it there in one line (``_capture_pack_unsupported``) rather than fail to compile.
 
 ``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 0 fp32,
-1 fp16, 2 bf16, 3 fp8, 4 int8), passed in by the launcher with ``SCALED`` and ``QMAX``;
+1 fp16, 2 bf16, 3 fp8, 4 int8, 5 q16), passed in by the launcher with ``SCALED``, ``QMAX``
+and ``RMS_STEP`` (q16's scale is a share of the row's RMS, not of its absmax);
 this module imports nothing from actstore.
 
 Checked against ``actstore.reference.capture_pack`` by tests/ops/test_capture_pack.py under
 TRITON_INTERPRET=1 on a CPU: fp32/fp16/int8 data and the scales bit-exact, statistics to
-fp32 rounding. The interpreter's bf16 and fp8 downcasts are not exact (docs/ARCHITECTURE.md), so
-there bf16 is checked to one step and fp8 loosely. On a GPU the same test asks all five
-to be bit-exact; it has not yet run on one (see benchmarks/README.md, gpu_session.sh).
+fp32 rounding; q16's scale to fp32 rounding (its squared norm sums in another order) and
+so its codes to one step where a value sits on a rounding edge. The interpreter's bf16 and
+fp8 downcasts are not exact (docs/ARCHITECTURE.md), so there bf16 is checked to one step and
+fp8 loosely. On a GPU the same test asks the other five to be bit-exact; it has not yet run
+on one (see benchmarks/README.md, gpu_session.sh).
 """
 
 from __future__ import annotations
@@ -51,13 +54,14 @@ def _capture_row_stats_kernel(
     D,
     SCALED: tl.constexpr,
     QMAX: tl.constexpr,
+    RMS_STEP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Pass 1, a row reduction: each program owns BLOCK_M rows and walks d in BLOCK_D tiles,
     keeping three running values per row (squared norm, absmax, non-finite count). Writes the
-    kept rows' ``scale`` (SCALED) and ``bad`` at their output row, and adds the norms of the
-    good rows to ``norm``."""
+    kept rows' ``scale`` (SCALED: ``absmax / QMAX``, or ``RMS_STEP * rms`` when RMS_STEP > 0)
+    and ``bad`` at their output row, and adds the norms of the good rows to ``norm``."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -80,7 +84,11 @@ def _capture_row_stats_kernel(
     good = keep & (nbad == 0)
     tl.atomic_add(norm_ptr, tl.sum(tl.where(good, tl.sqrt(sq), 0.0), axis=0))
     if SCALED:
-        tl.store(scale_ptr + dst, tl.math.div_rn(amax, QMAX), mask=keep)
+        if RMS_STEP > 0:  # q16: the step is a share of the row's RMS, from the same squared norm
+            sc = tl.sqrt_rn(tl.math.div_rn(sq, D * 1.0)) * RMS_STEP
+        else:
+            sc = tl.math.div_rn(amax, QMAX)
+        tl.store(scale_ptr + dst, sc, mask=keep)
     tl.store(bad_ptr + dst, tl.where(nbad > 0, 1, 0).to(tl.int8), mask=keep)
 
 
@@ -141,13 +149,17 @@ def _capture_pack_fwd_kernel(
             if MODE == 3:  # fp8 e4m3fn bits
                 q = tl.minimum(tl.maximum(tl.math.div_rn(x, safe[:, None]), -QMAX), QMAX)
                 y = q.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-            else:  # int8
+            else:  # int8, q16
                 q = tl.math.div_rn(x, safe[:, None])
                 r = tl.floor(q + 0.5)
                 # Round half to even, as torch.round: a tie that landed on an odd value steps back.
                 odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
                 r = tl.where(((r - q) == 0.5) & odd, r - 1.0, r)
-                y = tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
+                r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
+                if MODE == 4:
+                    y = r.to(tl.int8)
+                else:
+                    y = r.to(tl.int16)
         tl.store(out_ptr + dst.to(tl.int64)[:, None] * D + cols[None, :], y, mask=m)
     tl.atomic_add(s1_ptr + cols, s1, mask=cmask)
     tl.atomic_add(s2_ptr + cols, s2, mask=cmask)
@@ -198,7 +210,12 @@ def _capture_row_stats_config(d: int, dtype) -> dict:
     """Pass 1's constexprs and ``num_warps``: [16, 64] tiles, 8 elements per thread at 4 warps;
     16 rows per program keeps the one atomic on ``norm`` per program to N/16."""
     return dict(
-        SCALED=dtype.scaled, QMAX=dtype.qmax or 1.0, BLOCK_M=16, BLOCK_D=min(64, triton.next_power_of_2(d)), num_warps=4
+        SCALED=dtype.scaled,
+        QMAX=dtype.qmax or 1.0,
+        RMS_STEP=dtype.rms_step or 0.0,
+        BLOCK_M=16,
+        BLOCK_D=min(64, triton.next_power_of_2(d)),
+        num_warps=4,
     )
 
 

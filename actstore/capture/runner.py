@@ -65,7 +65,7 @@ def capture(model, hooks, data, out, config: CaptureConfig | None = None, *, tok
     config: a :class:`CaptureConfig`; ``overrides`` are its fields as keywords, applied on
         top (``tokens=10**6, context=128, dtype="bf16"``...). The main ones: tokens (stop
         after this many stored tokens, all ranks together; None takes all data), context
-        (window length), dtype (bf16, fp16, fp32, fp8, int8), codec (zstd, lz4, none),
+        (window length), dtype (bf16, fp16, fp32, fp8, int8, q16), codec (zstd, lz4, none),
         packing (pack or truncate), bos/eos (see :class:`actstore.capture.plan.Policy`;
         auto reads the tokenizer), drop (flags to leave out: "bos", "special"; pad never
         is stored), nonfinite (drop: rows with NaN/inf in any hook are left out and

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from ..store.format import DTYPES
 from .info import print_info
 
 
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="(default 16 for smollm2, 32 for minilm)")
     p.add_argument("--tokens", type=int, default=None, help="stop after this many tokens (default: 100000 for "
                    "smollm2, all text for minilm)")  # fmt: skip
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8", "int8"], help="(minilm only)")
+    p.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="(minilm only)")
     p.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "none"], help="(minilm only)")
     p.add_argument("--layers", default="1,3,5", help="(minilm only) encoder layers to capture")
     p.add_argument("--layer", type=int, default=15, help="(smollm2 only) the block whose output is captured")

@@ -5,7 +5,7 @@ A block is ``block_rows`` rows of one segment, and ``block_rows`` is the largest
 row count of the hooks read, so for every activation array a block is one or more whole
 chunks. Each chunk is decoded into a per-thread scratch buffer and its wanted rows are
 scattered to their shuffled places in the batch buffers with the native ``scatter_rows``
-while the chunk is still in cache. The small 1-D arrays (per-row scales of fp8/int8, token
+while the chunk is still in cache. The small 1-D arrays (per-row scales of fp8/int8/q16, token
 columns) have one chunk per shard; that chunk is decoded once, kept in a small cache, and
 scattered from there.
 

@@ -11,7 +11,7 @@ hot path, per window of blocks:
    ``scatter_rows`` (``BlockFetcher``; GIL released), one window ahead of the batches
    being served;
 3. on a GPU the consumer copies the stored bytes with ``non_blocking=True`` and the Triton
-   ``dequant_normalize`` kernel decodes bf16/fp8/int8, applies the per-row scale and the
+   ``dequant_normalize`` kernel decodes bf16/fp8/int8/q16, applies the per-row scale and the
    normalization, and writes the asked dtype; on the CPU the producer does that step.
 
 Resume rule (``state_dict`` / ``load_state_dict``): the position is (epoch, batches yielded

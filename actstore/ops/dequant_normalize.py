@@ -33,7 +33,7 @@ def dequant_normalize(
     threads: int = 0,
 ) -> torch.Tensor:
     """x ``[n, d]`` stored (int16 bf16 bits, fp16, fp32, uint8 e4m3fn bits or int8), scale
-    ``[n]`` float32 (fp8/int8), shift/mul ``[d]`` float32 -> ``[n, d]`` of ``out_dtype``:
+    ``[n]`` float32 (fp8/int8/q16), shift/mul ``[d]`` float32 -> ``[n, d]`` of ``out_dtype``:
     ``(decode(x) * scale[:, None] - shift) * mul``, each term optional. ``threads`` is for
     the native CPU conversion (0: default)."""
     spec = parse_dtype(dtype)

@@ -12,7 +12,7 @@ Outputs (:class:`actstore.store.convert.Packed`), for the ``n = keep.sum()`` kep
     data      ``[n, d]`` stored representation (``DType.torch_dtype``): bf16 (round to
               nearest even), fp16, fp32, fp8 e4m3fn bits (uint8) or int8; the quantizer
               is the store's (``actstore.store.quantize``)
-    scale     ``[n]`` float32 per-row scale for fp8/int8, else None
+    scale     ``[n]`` float32 per-row scale for fp8/int8/q16, else None
     bad       ``[n]`` bool: the row holds NaN or inf (its bytes are not meaningful)
     s1, s2    ``[d]`` float32: sum of ``x - shift`` and of its square over kept finite rows
     norm_sum  ``[1]`` float32: sum of the L2 norms of kept finite rows

@@ -251,9 +251,7 @@ class ChunkReader:
         ``out`` (C-contiguous, that shape and dtype) when given."""
         if out is None:
             out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
-        codec = self.schema.codec
-        if codec.cname:
-            codec = codec.with_typesize(a.dtype.itemsize)
+        codec = self.schema.codec_for(a)
         try:
             codec.decode_into(data, out)
         except ValueError as e:

@@ -1,7 +1,7 @@
 """Conversion between user tensors and the stored representation of one hook.
 
 ``to_stored`` turns float activations ``[n, d]`` into the stored array (and per-row scale
-for fp8/int8); ``from_stored`` turns stored rows back into a torch tensor of the asked
+for fp8/int8/q16); ``from_stored`` turns stored rows back into a torch tensor of the asked
 dtype. bf16 goes through the native round-to-nearest-even converter (NumPy has no
 bfloat16); bf16 input is stored bit-exactly. Every per-dtype fact comes from the registry
 (``store/format.DTYPES``). :class:`Packed` is one hook's batch in the stored

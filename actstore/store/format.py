@@ -9,7 +9,7 @@ Key layout (all keys relative to the store root)::
     segments/<seg>/zarr.json                  group, one per writer
     segments/<seg>/acts/<hook>/zarr.json      (rows, d) array, sharded along rows
     segments/<seg>/acts/<hook>/c/<s>/0        shard s (c/<s> for 1-D arrays)
-    segments/<seg>/scales/<hook>/...          (rows,) float32 per-row scale (fp8/int8 only)
+    segments/<seg>/scales/<hook>/...          (rows,) float32 per-row scale (fp8/int8/q16 only)
     segments/<seg>/tokens/{token,doc,pos,flags}/...   (rows,) token-aligned columns
     segments/<seg>/commits/<seq>/zarr.json    commit records (group attributes); the newest is the truth
 """
@@ -50,16 +50,22 @@ class DType:
     through :func:`parse_dtype`.
     """
 
-    name: str  # user-facing name: bf16, fp16, fp32, fp8, int8
+    name: str  # user-facing name: bf16, fp16, fp32, fp8, int8, q16
     stored: str  # numpy/zarr data_type of the stored array
     logical: str  # what the bits mean, a torch dtype name; accepted as an alias of ``name``
     container: str  # the torch dtype name of the stored values as a tensor: bf16 as bfloat16, fp8 as its uint8 bits
     mode: int  # the MODE constexpr of kernels/capture_pack.py and kernels/dequant_normalize.py
     qmax: float | None = None  # scaled dtypes: the largest code; scale = row absmax / qmax
+    # Scaled by the row's RMS instead of its absmax: scale = rms_step * sqrt(mean(x^2)), so the
+    # rounding error is a fixed share of the row's norm whatever its outliers (q16).
+    rms_step: float | None = None
+    # The blosc shuffle of this dtype's activation arrays, when it differs from the preset's
+    # (recorded in each array's zarr.json like every codec setting, so readers need no table).
+    shuffle: str | None = None
 
     @property
     def scaled(self) -> bool:
-        """A per-row float32 scale array sits beside the stored one (fp8, int8)."""
+        """A per-row float32 scale array sits beside the stored one (fp8, int8, q16)."""
         return self.qmax is not None
 
     @property
@@ -83,6 +89,10 @@ DTYPES = {
     "fp32": DType("fp32", "float32", "float32", "float32", 0),
     "fp8": DType("fp8", "uint8", "float8_e4m3fn", "uint8", 3, qmax=448.0),  # largest finite e4m3fn
     "int8": DType("int8", "int8", "int8", "int8", 4, qmax=127.0),  # symmetric: -128 is never used
+    # Error-bounded: 16-bit codes of step rms/32, so |x - x_hat| <= rms/64 per element and the
+    # row's relative RMS error is at most 1/64 (about 1/sqrt(12*32^2) = 0.9% in practice, any
+    # data); bit-shuffled, the codes' few significant bit planes compress (docs/FORMAT.md).
+    "q16": DType("q16", "int16", "int16", "int16", 5, qmax=32767.0, rms_step=1 / 32, shuffle="bitshuffle"),
 }
 # Every accepted spelling: the names and the logical (torch) names as aliases.
 _BY_NAME = {**{d.logical: d for d in DTYPES.values()}, **DTYPES}
@@ -168,6 +178,7 @@ class ArraySpec:
     row_shape: tuple[int, ...]  # () for columns, (d,) for activations
     chunk_rows: int
     attributes: dict = field(default_factory=dict, compare=False)
+    shuffle: str | None = None  # the dtype's blosc shuffle where it is not the preset's (DType.shuffle)
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,11 @@ class Schema:
     def codec(self) -> ChunkCodec:
         return codec_from_preset(self.codec_preset)
 
+    def codec_for(self, a: ArraySpec) -> ChunkCodec:
+        """The inner-chunk codec of array ``a``: the preset's, at the array's element size, with
+        the dtype's own shuffle where it has one. The writer, the reader and zarr.json use it."""
+        return array_codec(self.codec, a)
+
     def arrays(self) -> list[ArraySpec]:
         """Every array a segment holds, activations first."""
         out = []
@@ -194,6 +210,7 @@ class Schema:
                     (h.d,),
                     h.chunk_rows,
                     {"logical_dtype": h.dtype.logical, "hook": h.name},
+                    h.dtype.shuffle,
                 )
             )
             if h.dtype.scaled:
@@ -329,6 +346,12 @@ def make_schema(
         check_hook_name(name)
         if not isinstance(d, (int, np.integer)) or d <= 0:
             raise StoreError(f"hook {name!r}: width d must be a positive integer, got {d!r}")
+        if dt.rms_step and d > (dt.qmax * dt.rms_step) ** 2:
+            # |x| <= sqrt(d) * rms, so below this width no code can pass qmax; above it one could clip.
+            raise StoreError(
+                f"hook {name!r}: width {d} is too wide for {dt.name} (at most {int((dt.qmax * dt.rms_step) ** 2)} "
+                f"columns, where no value can clip): store bf16 or int8"
+            )
         row_bytes = int(d) * np.dtype(dt.stored).itemsize
         specs[name] = HookSpec(name, int(d), dt, chunk_rows_for(row_bytes, chunk_bytes))
     min_rows = min(s.chunk_rows for s in specs.values())
@@ -351,9 +374,17 @@ def group_doc(attributes: dict | None = None) -> dict:
     return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
 
 
+def array_codec(codec: ChunkCodec, spec: ArraySpec) -> ChunkCodec:
+    """``codec`` (a preset) as array ``spec`` stores it: blosc shuffles by the element size, and
+    a dtype may shuffle its own way (``DType.shuffle``); uncompressed stays as it is."""
+    if not codec.cname:
+        return codec
+    return codec.with_typesize(spec.dtype.itemsize, spec.shuffle)
+
+
 def array_doc(spec: ArraySpec, rows: int, shard_rows: int, codec: ChunkCodec) -> dict:
     """The zarr.json of one sharded array with ``rows`` rows."""
-    inner = codec.with_typesize(spec.dtype.itemsize) if codec.cname else codec
+    inner = array_codec(codec, spec)
     fill = 0.0 if spec.dtype.kind == "f" else 0
     return {
         "zarr_format": 3,

@@ -1,14 +1,22 @@
-"""Per-row quantization of activations to the store's scaled dtypes, fp8-e4m3 and int8.
+"""Per-row quantization of activations to the store's scaled dtypes: fp8-e4m3, int8 and q16.
 
-Both use a symmetric per-row scale from the row's absolute maximum, ``scale = absmax / qmax``
-(``qmax`` from the dtype registry, ``store/format.DTYPES``: 448 for fp8, 127 for int8), so
-one outlier row cannot flatten the others. Error bounds (per element, original units,
-finite rows):
+fp8 and int8 use a symmetric per-row scale from the row's absolute maximum,
+``scale = absmax / qmax`` (``qmax`` from the dtype registry, ``store/format.DTYPES``: 448
+for fp8, 127 for int8), so one outlier row cannot flatten the others. q16 scales by the
+row's RMS instead, ``scale = rms_step * sqrt(mean(x^2))`` (rms_step 1/32), with 16-bit
+codes: its error is a fixed share of the row's norm whatever the row's outlier channels,
+which an absmax scale is not (one channel at 20x the RMS makes int8's step 20x coarser for
+every other channel). Error bounds (per element, original units, finite rows):
 
 - fp8 e4m3fn (3 mantissa bits, scale = absmax/448):
   ``|x - x_hat| <= 2**-4 * |x| + 2**-10 * absmax / 448``
   (half an ulp relative for normals; half the subnormal step 2**-9 near zero).
 - int8 (scale = absmax/127): ``|x - x_hat| <= absmax / 254`` (half a quantization step).
+- q16 (scale = rms/32): ``|x - x_hat| <= rms / 64``, so the row's relative RMS error
+  ``||x - x_hat|| / ||x||`` is at most 1/64 = 1.6%; rounding errors spread evenly over a
+  step make it about ``1/(32*sqrt(12))`` = 0.90% on real rows (benchmarks/results/lossy_codecs.json).
+  No code clips: ``|x| <= sqrt(d) * rms`` and the store refuses q16 rows wider than
+  ``(32767/32)**2`` columns.
 
 A row of zeros gets scale 0 and decodes to zeros. Rows must be finite: NaN/inf have no
 faithful encoding here, so the writer refuses them for these dtypes.
@@ -26,10 +34,16 @@ import torch
 from .format import DTYPES, DType
 
 
-def _row_scale(x: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (scale [n] float32, safe divisor [n, 1]) for rows of ``x [n, d]``."""
-    absmax = x.abs().amax(dim=1) if x.shape[1] else torch.zeros(x.shape[0], device=x.device)
-    scale = (absmax / qmax).to(torch.float32)
+def _row_scale(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scale [n] float32, safe divisor [n, 1]) for float32 rows of ``x [n, d]``."""
+    if not x.shape[1]:
+        scale = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    elif dtype.rms_step:
+        # float32 throughout, as the capture kernel computes it (its sum's order differs,
+        # so its scale may differ in the last bit: tests/ops/test_capture_pack.py).
+        scale = torch.sqrt((x * x).sum(dim=1) / x.shape[1]) * dtype.rms_step
+    else:
+        scale = (x.abs().amax(dim=1) / dtype.qmax).to(torch.float32)
     # A zero row would divide by zero; any divisor gives q = 0 there, and scale 0 decodes to 0.
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     return scale, safe[:, None]
@@ -37,14 +51,14 @@ def _row_scale(x: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor
 
 def quantize(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [n, d]`` float -> (codes ``[n, d]`` in ``dtype.torch_dtype``, scale float32 ``[n]``)
-    for a scaled ``dtype``. fp8 rounds to nearest even in the cast; int8 rounds half to even."""
+    for a scaled ``dtype``. fp8 rounds to nearest even in the cast; int8 and q16 round half to even."""
     if not dtype.scaled:
         raise ValueError(
             f"quantize: {dtype.name} is not a scaled dtype: use one of "
             f"{', '.join(d.name for d in DTYPES.values() if d.scaled)}"
         )
     x = x.to(torch.float32)
-    scale, safe = _row_scale(x, dtype.qmax)
+    scale, safe = _row_scale(x, dtype)
     q = (x / safe).clamp(-dtype.qmax, dtype.qmax)
     if not dtype.value_dtype.is_floating_point:
         q = torch.round(q)  # an integer cast would truncate

@@ -123,7 +123,7 @@ class Store:
         ``torch.float32``) on the CPU.
 
         ``rows``: None (all), an int (returns ``[d]``), a slice, or a 1-D integer or
-        boolean array/tensor of global row numbers. fp8/int8 are dequantized with their
+        boolean array/tensor of global row numbers. fp8/int8/q16 are dequantized with their
         per-row scales; bf16 read as bfloat16 is bit-exact and zero-copy.
         """
         import torch  # deferred: opening a store and reading its metadata need no torch

@@ -49,6 +49,7 @@ from .format import (
     SEGMENTS,
     ArraySpec,
     Schema,
+    array_codec,
     array_doc,
     check_segment_name,
     commit_key,
@@ -211,7 +212,7 @@ class SegmentWriter:
         """Append ``n`` rows already in the stored representation, with their statistics.
 
         arrays: every activation array path (``acts/<hook>``, and ``scales/<hook>`` for
-            fp8/int8) -> ``[n, d]`` (``[n]`` for scales) numpy array of the stored dtype.
+            fp8/int8/q16) -> ``[n, d]`` (``[n]`` for scales) numpy array of the stored dtype.
         stats: hook -> :class:`RunningStats` of exactly these rows, merged whole.
         Only for writers made with ``commit_every_shard=False``: their commits fall
         between appends, so every commit's statistics cover exactly its rows. The capture
@@ -441,8 +442,7 @@ class SegmentWriter:
         if hi > nrows:  # edge chunk: zero the rows past the data, as zarr pads with fill_value
             block = block.copy()
             block[nrows - lo :] = 0
-        codec = self._codec.with_typesize(a.dtype.itemsize) if self._codec.cname else self._codec
-        return codec.encode(block)
+        return array_codec(self._codec, a).encode(block)
 
     def _write_shard(self, shard: int, nrows: int):
         """Encode rows [0, nrows) of the buffer as shard ``shard`` of every array and

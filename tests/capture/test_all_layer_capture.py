@@ -101,7 +101,7 @@ def test_wildcards_expand_to_two_hooks_per_layer_in_layer_order(llama):
     assert [p.name for p in resolve_hooks(llama, ["model.layers.*.mlp", HOOKS])] == want  # no duplicates
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp8", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp8", "int8", "q16"])
 def test_every_hooks_rows_equal_a_plain_forward(llama, ids, reference, tmp_path, dtype):
     calls = {"norm": 0, "lm_head": 0}
     handles = [

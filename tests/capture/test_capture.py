@@ -378,14 +378,18 @@ def test_nonfinite_rows_are_dropped_counted_and_reported(tmp_path):
     assert again.stats("layers.2")["nonfinite_rows"] == n_bad
 
 
-@pytest.mark.parametrize("dtype", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "q16"])
 def test_scaled_dtypes_round_trip_within_bounds(tmp_path, dtype):
     docs = token_docs(10, seed=8)
     actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "s", context=16, batch_size=4, dtype=dtype, progress=False)
     actstore.capture(TinyLM(), "layers.1", docs, tmp_path / "r", context=16, batch_size=4, dtype="fp32", progress=False)
     got, ref = actstore.open(tmp_path / "s").read("layers.1"), actstore.open(tmp_path / "r").read("layers.1")
     amax = ref.abs().amax(1, keepdim=True)
-    bound = (2**-4 * ref.abs() + amax / 448 * 2**-10) if dtype == "fp8" else amax / 254
+    bound = {
+        "fp8": 2**-4 * ref.abs() + amax / 448 * 2**-10,
+        "int8": amax / 254,
+        "q16": ref.pow(2).mean(1, keepdim=True).sqrt() / 64,  # half a step of rms/32
+    }[dtype]
     assert bool(((got - ref).abs() <= bound * 1.0001 + 1e-7).all())
 
 

@@ -189,7 +189,7 @@ def test_drop_flags_filters_rows_and_keeps_exactly_once(store):
     assert ActivationLoader(store, "narrow", 77, drop_flags=actstore.FLAG_BOS).rows == TOTAL - flagged.size
 
 
-@pytest.mark.parametrize("dtype", ["fp8", "int8", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "q16", "bf16", "fp16"])
 def test_quantized_and_half_stores_match_the_reader(tmp_path, dtype):
     st = build(tmp_path / "acts", dtype=dtype, segments={"a": 600})
     for out in (torch.float32, torch.float16):

@@ -12,8 +12,8 @@ import torch
 
 from actstore.ops import dequant_normalize
 from actstore.reference.dequant_normalize import dequant_normalize_reference
-from actstore.store.format import parse_dtype
-from actstore.store.quantize import quantize_fp8, quantize_int8
+from actstore.store.format import DTYPES, parse_dtype
+from actstore.store.quantize import quantize, quantize_fp8, quantize_int8
 from helpers.device import DEVICE as DEV
 
 pytestmark = pytest.mark.gpu  # runs on the GPU when one is present
@@ -25,6 +25,8 @@ def _stored(dtype: str, x: torch.Tensor):
         return quantize_fp8(x)
     if dtype == "int8":
         return quantize_int8(x)
+    if dtype == "q16":
+        return quantize(x, DTYPES["q16"])
     if dtype == "bf16":
         return x.to(torch.bfloat16).view(torch.int16), None
     return x.to({"fp16": torch.float16, "fp32": torch.float32}[dtype]), None
@@ -36,7 +38,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp8", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp8", "int8", "q16"])
 @pytest.mark.parametrize("n,d", [(1, 48), (37, 100), (64, 64), (5, 300)])
 @pytest.mark.parametrize("affine", ["none", "mul", "shift_mul"])
 def test_kernel_matches_reference(dtype, n, d, affine):
@@ -86,7 +88,7 @@ def test_bad_arguments_are_one_line():
         dequant_normalize(torch.zeros(2), "fp32")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp8", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp8", "int8", "q16"])
 def test_logical_names_are_aliases_of_the_storage_names(dtype):
     spec = parse_dtype(dtype)
     stored, scale = _stored(dtype, torch.randn(3, 40, generator=torch.Generator().manual_seed(1)))

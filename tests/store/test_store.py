@@ -123,7 +123,9 @@ def test_stats_merge_across_segments(small):
         assert st["nonfinite_rows"] == 0
 
 
-@pytest.mark.parametrize("dtype,bound", [("fp8", "fp8"), ("int8", "int8"), ("fp16", None), ("fp32", None)])
+@pytest.mark.parametrize(
+    "dtype,bound", [("fp8", "fp8"), ("int8", "int8"), ("q16", "q16"), ("fp16", None), ("fp32", None)]
+)
 def test_other_dtypes(tmp_path, dtype, bound):
     w = actstore.create(tmp_path / "s", {"h": 64}, dtype=dtype, chunk_bytes=2048, chunks_per_shard=2)
     g = torch.Generator().manual_seed(5)
@@ -143,6 +145,12 @@ def test_other_dtypes(tmp_path, dtype, bound):
         assert 0 < rel < 0.05
     elif bound == "int8":
         assert ((got - x).abs() <= absmax / 254 * (1 + 1e-6)).all()
+    elif bound == "q16":
+        # Half a step of rms/32 per element, so at most 1/64 of the row's norm; about 0.9% in all.
+        rms = x.pow(2).mean(1, keepdim=True).sqrt()
+        assert ((got - x).abs() <= rms / 64 * (1 + 1e-6)).all()
+        rel = (got - x).norm(dim=1) / x.norm(dim=1).clamp_min(1e-30)
+        assert float(rel.max()) <= 1 / 64 and 0.006 < float(rel[x.norm(dim=1) > 0].median()) < 0.011
     else:
         t = torch.float16 if dtype == "fp16" else torch.float32
         assert torch.equal(got, x.to(t).float())
@@ -151,7 +159,7 @@ def test_other_dtypes(tmp_path, dtype, bound):
     arr = grp["segments"][list(grp["segments"].group_keys())[0]]["acts/h"]
     assert (
         arr.attrs["logical_dtype"]
-        == {"fp8": "float8_e4m3fn", "int8": "int8", "fp16": "float16", "fp32": "float32"}[dtype]
+        == {"fp8": "float8_e4m3fn", "int8": "int8", "q16": "int16", "fp16": "float16", "fp32": "float32"}[dtype]
     )
 
 
@@ -308,6 +316,31 @@ def test_plain_zarr_reads_the_bits(small):
     # the documented bf16 conversion
     got = torch.from_numpy(np.concatenate(parts).view(np.int16)).view(torch.bfloat16)
     assert torch.equal(got, data[h].to(torch.bfloat16))
+
+
+def test_q16_is_bitshuffled_and_plain_zarr_decodes_it(tmp_path):
+    """q16's arrays carry their own shuffle in zarr.json (bitshuffle under the zstd preset, whose
+    other arrays byte-shuffle), and zarr-python decodes the codes and scales the documented way."""
+    w = actstore.create(tmp_path / "s", {"h": 96}, dtype="q16", chunk_bytes=4096, chunks_per_shard=2)
+    x = torch.randn(300, 96, generator=torch.Generator().manual_seed(2)) * 4
+    w.append({"h": x})
+    w.close()
+    seg = next((tmp_path / "s" / "segments").iterdir())
+    docs = {a: json.loads((seg / a / "zarr.json").read_text()) for a in ("acts/h", "scales/h", "tokens/token")}
+    blosc = {a: d["codecs"][0]["configuration"]["codecs"][1]["configuration"] for a, d in docs.items()}
+    assert blosc["acts/h"]["shuffle"] == "bitshuffle" and blosc["acts/h"]["typesize"] == 2
+    assert blosc["scales/h"]["shuffle"] == blosc["tokens/token"]["shuffle"] == "shuffle"
+    grp = zarr.open_group(tmp_path / "s", mode="r")
+    g = grp["segments"][seg.name]
+    assert g["acts/h"].dtype == np.int16 and g["acts/h"].attrs["logical_dtype"] == "int16"
+    plain = torch.from_numpy(g["acts/h"][:300].astype(np.float32) * g["scales/h"][:300][:, None])
+    assert torch.equal(plain, actstore.open(tmp_path / "s").read("h"))
+    assert float(((plain - x).norm(dim=1) / x.norm(dim=1)).max()) <= 1 / 64
+
+
+def test_q16_refuses_rows_wide_enough_to_clip(tmp_path):
+    with pytest.raises(StoreError, match=r"too wide for q16 \(at most 1048512 columns"):
+        actstore.create(tmp_path / "s", {"h": 1048513}, dtype="q16")
 
 
 def test_info_and_codecs(tmp_path):
