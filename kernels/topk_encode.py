@@ -160,7 +160,7 @@ FUSED_MAX_K = 256
 # Chosen by compiling every one with benchmarks/gpu_compile.py (Triton 3.9, ptxas 12.9 for
 # sm_80 and 13.4 for sm_90a): each is spill-free on both archs at BLOCK_N=16, BLOCK_M=64.
 # ptxas spills a few bytes to reach an occupancy step (96, 128, 168 registers) and which
-# configuration does so moves erratically with K; the old 4 warps / 3 stages spilled at 19
+# configuration does so moves erratically with K; the old 4 warps / 3 stages spilled at 16
 # of the 60 production configurations. 8 warps halve the registers of the sets, 2 stages
 # free the third operand buffer's addresses. Not timed on a GPU.
 _TILES = {
