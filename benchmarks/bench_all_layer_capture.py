@@ -91,7 +91,7 @@ from actstore.store.format import FLAG_PAD, make_schema, parse_flags  # noqa: E4
 
 HOOKS = "model.layers.*.mlp:input,model.layers.*.mlp"
 DROP = "bos,special"
-TIMED = ("bf16", "fp8", "int8")
+TIMED = ("bf16", "fp8", "int8", "q16")
 UNTIMED = ("fp16", "fp32")  # bytes and error only
 RAW_BF16 = 2 * N_LAYERS * D_MODEL * 2  # 69,120 B/token
 VALUES = 2 * N_LAYERS * D_MODEL  # 34,560 values a token

@@ -17,16 +17,17 @@ row counts not. Many shapes give the same constexprs, so configurations are dedu
 
 Sets: ``ci`` (default; every kernel at its test configuration and at one production
 configuration, per arch: about a minute warm) and ``full`` (the production sweep: d up to
-8192, k 16-256, AuxK at d/2, bf16/fp16/fp32 and every storage dtype; an autotuned kernel
-with every configuration it may pick, where the CI set takes its first). Caches: Triton's own
+8192, k 16-256 and candidate widths 512/1024, AuxK 16/64/256 and d/2, bf16/fp16/fp32 and
+every storage dtype; an autotuned kernel with every configuration it may pick, where the CI
+set takes its first). Caches: Triton's own
 (``~/.triton/cache``) holds the compilations; the ptxas ``-v`` results are kept in
 ``~/.cache/actstore/ptxas_v.json`` keyed by a hash of (ptxas version, arch, PTX).
 
 Fails (exit 1) on a compile error, or on spills in a hot kernel (``HOT``) unless the
-configuration is in ``KNOWN_SPILLS``, whose reasons name the figure (issue 14 item 3 is to
-remove them). A configuration its launcher refuses on an arch (fp8 capture below sm_89: no
-e4m3 conversion there) is recorded with ``unsupported`` (the launcher's one-line reason) and
-not compiled.
+configuration is in ``KNOWN_SPILLS``, whose reasons name the figure (empty since issue 25
+item 4: every hot kernel compiles spill-free). A configuration its launcher refuses on an
+arch (fp8 capture below sm_89: no e4m3 conversion there) is recorded with ``unsupported``
+(the launcher's one-line reason) and not compiled.
 
     python benchmarks/gpu_compile.py                 # the CI set -> results/gpu_compile_ci.json
     python benchmarks/gpu_compile.py --set full      # the sweep -> results/gpu_compile.json
@@ -80,18 +81,11 @@ TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16:
 CAPTURED = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "fp8": "u8", "int8": "i8", "q16": "i16"}
 STORED = {"fp32": "fp32", "fp16": "fp16", "bf16": "i16", "fp8": "u8", "int8": "i8", "q16": "i16"}
 
-# Configurations that spill today, named so that nothing is hidden: (kernel, arch, predicate on
-# the constexprs/dtypes, reason). The fused topk_encode kernel stays for the threshold ops'
-# candidates (relu=False) and the dispatch; topk_encode_split (issue 14 item 3) has no entry.
-KNOWN_SPILLS: list[tuple[str, str, object, str]] = [
-    ("topk_encode", "sm_90a", lambda r: r["spill_store_bytes"] <= 72 and r["spill_load_bytes"] <= 68,
-     "16x64 tiles, running top-k sets in registers: 8-16 B spilled at bf16/fp16 K=16 and K=128 (96-128 registers), "
-     "12-72 B at fp32 with AuxK 256 (168-255 registers); issue 14 item 3's topk_encode_split is the "
-     "spill-free alternative (the dispatch's `split` candidate)"),
-    ("topk_encode", "sm_80", lambda r: r["spill_store_bytes"] <= 108 and r["spill_load_bytes"] <= 104,
-     "16x64 tiles: 8-24 B spilled in fp32 (80-168 registers) and at K=256 with AuxK 256 (255 registers), "
-     "up to 108 B stores / 104 B loads at fp32 K=256 AuxK 256; topk_encode_split is the spill-free alternative"),
-]  # fmt: skip
+# Configurations that spill, named so that nothing is hidden: (kernel, arch, predicate on the
+# constexprs/dtypes, reason). None now: the fused topk_encode kernel's launcher picks its warps
+# and stages per shape so that none spills, and hands k or k_aux above 256 to the split
+# kernel (issue 25 item 4); any spill in a hot kernel fails the check.
+KNOWN_SPILLS: list[tuple[str, str, object, str]] = []
 # Configurations that do not compile today, each with the reason (checked the same way). None now:
 # fp8 capture below sm_89 is refused by its launcher and recorded as "unsupported" (Launch.unsupported).
 KNOWN_ERRORS: list[tuple[str, str, object, str]] = []
@@ -151,11 +145,14 @@ def launches(s: Shape, every_config: bool = True) -> list[Launch]:
     dt = TORCH_TO_TRITON[s.dtype]
     al = ("D", "stride_x", "stride_w", "stride_g") if s.d % 16 == 0 else ()
     out = []
-    cfg, w = _cfg(topk_encode._topk_encode_config(s.d, s.k, s.k_aux, s.dtype))
-    ptrs = dict(x_ptr=dt, w_ptr=dt, b_ptr="fp32", val_ptr="fp32", idx_ptr="i64",
-                dead_ptr="i8" if s.k_aux else "fp32", aval_ptr="fp32", aidx_ptr="i64")  # fmt: skip
-    out.append(Launch("topk_encode", topk_encode._topk_encode_fwd_kernel, ptrs,
-                      ["N", "D", "M", "stride_x", "stride_w"], al, cfg, w))  # fmt: skip
+    fused = topk_encode._topk_encode_config(s.d, s.k, s.k_aux, s.dtype)
+    if fused is not None:  # None: the launcher hands the shape to the split kernel (below)
+        cfg, w = _cfg(fused)
+        st = cfg.pop("num_stages")
+        ptrs = dict(x_ptr=dt, w_ptr=dt, b_ptr="fp32", val_ptr="fp32", idx_ptr="i64",
+                    dead_ptr="i8" if s.k_aux else "fp32", aval_ptr="fp32", aidx_ptr="i64")  # fmt: skip
+        out.append(Launch("topk_encode", topk_encode._topk_encode_fwd_kernel, ptrs,
+                          ["N", "D", "M", "stride_x", "stride_w"], al, cfg, w, st))  # fmt: skip
     # The split encoder: every autotune configuration of the dtype, in each mode a launch
     # makes (the dense sample / fallback, the threshold epilogue with and without AuxK).
     split = topk_encode_split
@@ -225,16 +222,21 @@ CI_PRODUCTION = [Shape("prod-d4096-k32-bf16", d=4096, k=32, dtype=torch.bfloat16
 
 
 def full_shapes() -> list[Shape]:
-    """The production sweep: d up to 8192, k 16-256, with and without AuxK (k_aux = d/2, the
-    SAE default, capped at 256 here: the kernel's AuxK set is [16, next_pow2(k_aux)] int64 in
-    registers, so anything larger is the same story), three float dtypes, six storage dtypes."""
+    """The production sweep: d up to 8192, k 16-256 and the threshold ops' candidate widths
+    (``cand_k`` up to ``DENSE_CAND_K`` = 1024), with and without AuxK (k_aux 16, 64, 256 and
+    the SAE default d/2), three float dtypes, six storage dtypes. The fused topk_encode
+    kernel runs where k and k_aux are at most 256 (``FUSED_MAX_K``); its launcher hands the
+    rest (k 512/1024, k_aux = d/2 >= 384) to the split kernel, so those shapes add split
+    launches only."""
     out = []
     for d in (768, 2048, 4096, 8192):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            store = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
             for k in (16, 32, 64, 128, 256):
-                for ka in (0, min(d // 2, 256)):
-                    store = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+                for ka in (0, 16, 64, 256, d // 2):
                     out.append(Shape(f"prod-d{d}-k{k}-ka{ka}-{store}", d, k, ka, dtype, store))
+            for k in (512, 1024):  # threshold-op candidates (relu=False, no AuxK)
+                out.append(Shape(f"prod-d{d}-cand{k}-{store}", d, k, 0, dtype, store))
             for store in ("fp8", "int8", "q16"):
                 out.append(Shape(f"prod-d{d}-{store}", d, 32, 0, dtype, store))
     return out

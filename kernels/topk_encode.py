@@ -149,22 +149,53 @@ def fold_pre_bias(W_enc: torch.Tensor, b_enc: torch.Tensor, pre_bias: torch.Tens
     return out
 
 
-def _topk_encode_config(d: int, k: int, k_aux: int, dtype: torch.dtype) -> dict:
-    """The launch's constexprs and ``num_warps`` for ``d`` input features, top ``k``, ``k_aux``
-    AuxK latents (0: off) and the operands' ``dtype``; a pure function of the shape, so that
+# The largest running set (``next_power_of_2(k)``, and of ``k_aux``) the fused kernel takes:
+# its sets are ``[BLOCK_N, KP]`` int64 in registers, so past 256 (128 registers per thread for
+# one set of 256 at 4 warps) they cannot stay there. Larger k or k_aux (the threshold ops'
+# ``cand_k`` up to 1024, the SAEs' default ``k_aux = d/2``) go to the split kernel
+# (``topk_encode_split.py``), which keeps no set in registers and gives the same results.
+FUSED_MAX_K = 256
+
+# (num_warps, num_stages) per (float32 operands, AuxK on, KP); KP below 16 takes the 16 row.
+# Chosen by compiling every one with benchmarks/gpu_compile.py (Triton 3.9, ptxas 12.9 for
+# sm_80 and 13.4 for sm_90a): each is spill-free on both archs at BLOCK_N=16, BLOCK_M=64.
+# ptxas spills a few bytes to reach an occupancy step (96, 128, 168 registers) and which
+# configuration does so moves erratically with K; the old 4 warps / 3 stages spilled at 16
+# of the 60 production configurations. 8 warps halve the registers of the sets, 2 stages
+# free the third operand buffer's addresses. Not timed on a GPU.
+_TILES = {
+    (False, False): {16: (8, 2), 32: (8, 2), 64: (8, 2), 128: (8, 2), 256: (8, 2)},
+    (False, True): {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 2), 256: (8, 2)},
+    (True, False): {16: (8, 2), 32: (8, 2), 64: (8, 2), 128: (8, 2), 256: (8, 2)},
+    (True, True): {16: (8, 2), 32: (8, 2), 64: (8, 2), 128: (8, 1), 256: (8, 2)},
+}
+
+
+def _topk_encode_config(d: int, k: int, k_aux: int, dtype: torch.dtype) -> dict | None:
+    """The launch's constexprs, ``num_warps`` and ``num_stages`` for ``d`` input features, top
+    ``k``, ``k_aux`` AuxK latents (0: off) and the operands' ``dtype``, or None where the
+    fused kernel does not run (``next_power_of_2`` of k or k_aux above ``FUSED_MAX_K``: the
+    launcher hands those to the split kernel). A pure function of the shape, so that
     benchmarks/gpu_compile.py compiles exactly what a launch would. Tiles: 16 rows (the
-    smallest tl.dot), 64 latents, d in tiles of 16-64. Not tuned on a GPU; see
-    benchmarks/README.md."""
+    smallest tl.dot), 64 latents, d in tiles of 16-64; warps and stages from ``_TILES``.
+    Not tuned on a GPU; see benchmarks/README.md."""
+    kp = triton.next_power_of_2(k)
+    kap = triton.next_power_of_2(max(k_aux, 1))
+    if kp > FUSED_MAX_K or kap > FUSED_MAX_K:
+        return None
+    fp32 = dtype == torch.float32
+    num_warps, num_stages = _TILES[(fp32, k_aux > 0)][max(kp, 16)]
     return dict(
         K=k,
-        KP=triton.next_power_of_2(k),
+        KP=kp,
         KA=k_aux,
-        KAP=triton.next_power_of_2(max(k_aux, 1)),
-        IEEE=dtype == torch.float32,
+        KAP=kap,
+        IEEE=fp32,
         BLOCK_N=16,
         BLOCK_M=64,
         BLOCK_D=min(64, max(16, triton.next_power_of_2(d))),
-        num_warps=4,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
 
 
@@ -179,7 +210,9 @@ def topk_encode_fwd(
     relu: bool = True,
 ):
     """Launch the fused encoder + top-k (``relu=False``: the raw k largest, which the
-    threshold ops use as candidates).
+    threshold ops use as candidates). Where k or k_aux is too large for the fused kernel's
+    registers (``_topk_encode_config`` is None: above ``FUSED_MAX_K``) this hands the call
+    to ``topk_encode_split.topk_encode_split_fwd``, which returns the same.
 
     Returns ``(values [n, k] float32, indices [n, k] int64, aux_values [n, k_aux],
     aux_indices [n, k_aux])``, each row descending, equal values by lower latent (also the
@@ -194,8 +227,13 @@ def topk_encode_fwd(
         W_enc = W_enc.contiguous()
     if x.dtype != W_enc.dtype:
         x = x.to(W_enc.dtype)  # tl.dot needs one dtype; copying x ([n, d]) is cheaper than W ([m, d])
-    b = fold_pre_bias(W_enc, b_enc, pre_bias)
     ka = k_aux if dead_mask is not None else 0
+    cfg = _topk_encode_config(d, k, ka, x.dtype)
+    if cfg is None:  # sets too large for registers: the split kernel, same results (FUSED_MAX_K)
+        from .topk_encode_split import topk_encode_split_fwd
+
+        return topk_encode_split_fwd(x, W_enc, b_enc, k, pre_bias, dead_mask if ka else None, ka, relu)
+    b = fold_pre_bias(W_enc, b_enc, pre_bias)
     values = torch.empty((n, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
     aux_values = torch.empty((n, ka), dtype=torch.float32, device=x.device)
@@ -203,7 +241,6 @@ def topk_encode_fwd(
     if n == 0:
         return values, indices, aux_values, aux_indices
     dead = dead_mask.to(torch.int8).contiguous() if ka else values  # unused pointer when KA=0
-    cfg = _topk_encode_config(d, k, ka, x.dtype)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _topk_encode_fwd_kernel[grid](
         x,

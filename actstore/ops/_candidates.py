@@ -1,8 +1,9 @@
 """Candidate search of the threshold-style encoders (BatchTopK, JumpReLU, Gated) on the Triton path.
 
 ``threshold_candidates`` finds every ``(row, latent, score)`` above a floor from one
-encoder GEMM: the fused encoder + top-k kernel (``actstore.kernels.topk_encode``) keeps
-each row's highest scores, and rows that may hold more are recomputed densely by
+encoder GEMM: the fused encoder + top-k kernel (``actstore.kernels.topk_encode``; its
+launcher hands ``cand_k`` above 256 to the split kernel, whose running sets would
+otherwise spill out of registers) keeps each row's highest scores, and rows that may hold more are recomputed densely by
 ``dense_rows`` in slices of ``DENSE_ROWS`` rows. Shapes: x ``[n, d]``, W_enc ``[m, d]``,
 b ``[m]`` float32.
 
@@ -22,9 +23,10 @@ import torch
 
 DENSE_ROWS = 1024  # rows per slice of the dense fallback: 1024 x m float32
 # Above this many candidates per row, go dense. Not measured on a GPU (none has been lent):
-# the kernel keeps cand_k running candidates per row in registers/shared memory, and past
-# ~1k a row's candidates no longer fit one program's tile (benchmarks/gpu_model.py), while
-# the dense GEMM's cost does not depend on the density.
+# the fused kernel keeps cand_k running candidates per row in registers (up to 256; above,
+# its launcher runs the split kernel, which buffers ~2 sqrt(cand_k m) survivors per row in
+# memory), and past ~1k a row's candidates cost about what the dense GEMM does, whose cost
+# does not depend on the density.
 DENSE_CAND_K = 1024
 MIN_CAND_K = 16
 

@@ -4,7 +4,8 @@ Forward, four candidates:
 
 - ``triton``: the fused kernel ``actstore.kernels.topk_encode`` (the ``[n, m]``
   pre-activations never reach memory; the AuxK top-k over dead latents comes out of the
-  same pass);
+  same pass; k or k_aux above 256, whose running sets would spill out of registers, go to
+  the split kernel below);
 - ``split``: ``actstore.kernels.topk_encode_split``, a tensor-core tiled GEMM whose
   epilogue appends the entries above a per-row threshold (from a dense sample of the first
   latents) to a candidate buffer, then an exact top-k of the candidates (memory

@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers.paths import BENCHMARKS, ROOT
 
@@ -102,3 +103,40 @@ def test_full_sweep_compiles(tmp_path):
                 if x["arch"] == arch and x["pointer_dtypes"]["x_ptr"] == "bf16"}  # fmt: skip
         assert len(bf16) == 4, (arch, bf16)
     assert all(x["spill_store_bytes"] == 0 and x["spill_load_bytes"] == 0 for x in split)
+
+
+def test_every_fused_encoder_launch_is_compiled_spill_free_in_the_committed_sweep():
+    """Every configuration the fused topk_encode launcher picks over the swept shapes (k 1-256,
+    k_aux 0-256, the three float dtypes, every d's BLOCK_D) sits in results/gpu_compile.json
+    with 0 spills on both archs: a change to its warps, stages or tiles that was not compiled
+    (or that spills) fails here without compiling. Past FUSED_MAX_K the launcher returns None
+    (the split kernel runs), so no set too large for registers reaches the fused kernel."""
+    from actstore.kernels import topk_encode
+
+    recs = json.loads((BENCHMARKS / "results" / "gpu_compile.json").read_text())["records"]
+    fused = [x for x in recs if x["kernel"] == "topk_encode"]
+    assert not [x for x in recs if x.get("spill_store_bytes", 0) + x.get("spill_load_bytes", 0) and x["hot"]]
+
+    def record(cfg, arch, dt):
+        want = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+        for x in fused:
+            if (x["arch"] == arch and x["pointer_dtypes"]["x_ptr"] == dt and x["constexprs"] == want
+                    and (x["num_warps"], x["num_stages"]) == (cfg["num_warps"], cfg["num_stages"])):  # fmt: skip
+                return x
+        return None
+
+    dtypes = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    checked = 0
+    for dtype, dt in dtypes.items():
+        for d in (768, 4096):
+            for k in (16, 32, 64, 128, 256):
+                for ka in (0, 16, 64, 256):
+                    cfg = topk_encode._topk_encode_config(d, k, ka, dtype)
+                    for arch in ("sm_80", "sm_90a"):
+                        x = record(cfg, arch, dt)
+                        assert x is not None, f"not in gpu_compile.json: {dtype} k={k} k_aux={ka} {arch} {cfg}"
+                        assert x["spill_store_bytes"] == 0 and x["spill_load_bytes"] == 0, x
+                        checked += 1
+        for k, ka in ((512, 0), (1024, 0), (16, 512), (256, 2048)):
+            assert topk_encode._topk_encode_config(4096, k, ka, dtype) is None
+    assert checked == 3 * 2 * 5 * 4 * 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actstore._numerics import pre_activations
+from actstore._numerics import pre_activations, topk_indices
 from actstore.ops import sparse_decode, topk_encode
 from actstore.reference.topk_sae import sparse_decode_reference, topk_encode_reference
 from helpers.compile_check import assert_compiled_grads_match
@@ -183,3 +183,42 @@ def test_torch_compile_fullgraph_traces_through_the_custom_ops(backend, device):
         return ((sparse_decode(v, i, Wd, bd, backend=backend) - x) ** 2).mean()
 
     assert_compiled_grads_match(step, (x, W, b, pb, Wd, bd), device)
+
+
+@pytest.mark.parametrize("k,k_aux,relu", [(300, 0, True), (300, 0, False), (8, 260, True)])
+def test_sets_past_fused_max_k_go_to_the_split_kernel(k, k_aux, relu, device, monkeypatch):
+    """k or k_aux above FUSED_MAX_K (256: the fused kernel's running sets would spill out of
+    registers) never launches the fused kernel: the launcher hands the call to the split
+    kernel, with the same results (ties by lower latent, the AuxK set, relu=False)."""
+    from actstore.kernels import topk_encode as fused
+    from actstore.kernels import topk_encode_split as split
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the fused kernel was launched with a set past FUSED_MAX_K")
+
+    calls = []
+    real = split.topk_encode_split_fwd
+    monkeypatch.setattr(fused, "_topk_encode_fwd_kernel", NoLaunch())
+    monkeypatch.setattr(split, "topk_encode_split_fwd", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
+    m = 600
+    assert fused._topk_encode_config(64, k, k_aux, torch.float32) is None
+    g = torch.Generator().manual_seed(k + k_aux)
+    # Small integers: every sum is exact in float32 on both paths, and ties abound.
+    x, W, b, pb = (torch.randint(-3, 4, s, generator=g).float() for s in ((6, 64), (m, 64), (m,), (64,)))
+    dead = torch.rand(m, generator=torch.Generator().manual_seed(7)) < 0.6 if k_aux else None
+    args = [t.to(device) for t in (x, W, b)]
+    v, i, av, ai = fused.topk_encode_fwd(
+        *args, k, pb.to(device), None if dead is None else dead.to(device), k_aux, relu=relu
+    )
+    assert calls == [k]
+    # Exactly the reference's order: values descending, equal values by lower latent.
+    pre = pre_activations(x, W, b, pb)
+    ref_i = topk_indices(pre, k)
+    ref_v = pre.gather(1, ref_i)
+    assert torch.equal(i.cpu(), ref_i)
+    assert torch.equal(v.cpu(), torch.relu(ref_v) if relu else ref_v)
+    if k_aux:
+        rv, ri, rav, rai = topk_encode_reference(x, W, b, k, pb, dead_mask=dead, k_aux=k_aux)
+        assert torch.equal(av.cpu(), rav) and av.shape == (6, k_aux)
+        assert torch.equal(ai.cpu()[av.cpu() > 0], rai[rav > 0])
