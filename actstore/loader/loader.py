@@ -600,7 +600,7 @@ class _HostBuffers:
     A fresh batch buffer costs a page fault per 4 KiB page at its first write, and those
     writes are the decode workers' scatters: on 2 cores, scattering a decoded chunk's rows
     into fresh batch memory took ~10x as long as into memory already touched (4.5 ms against
-    0.45 ms per 1.5 MiB chunk; benchmarks/results/loader_profile.json). A buffer is handed
+    0.45 ms per 1.5 MiB chunk; benchmarks/results/loader_profile_quick.json). A buffer is handed
     out again only when nothing else refers to it: a batch (or any view of it, numpy or
     torch) that the caller still holds keeps the buffer's reference count up (a tensor made
     by ``torch.from_numpy`` holds its array), so a held batch is never overwritten. Only

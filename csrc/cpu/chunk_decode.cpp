@@ -5,7 +5,7 @@
 // and taking back the GIL. On 2 busy cores a worker that waits for the GIL waits
 // for whichever thread holds it to be scheduled again; one call per chunk group,
 // with the GIL released throughout, removes those waits
-// (benchmarks/results/loader_profile.json).
+// (benchmarks/results/loader_profile_quick.json).
 
 #include "actstore/chunk_decode.h"
 

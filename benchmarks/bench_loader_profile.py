@@ -1,6 +1,6 @@
 """Where the shuffled ActivationLoader's time goes, beside the codec's own decode of the same chunks.
 
-    python benchmarks/profile_loader.py [--quick] [--rounds N] [--threads T] [--epochs E]
+    python benchmarks/bench_loader_profile.py [--quick] [--rounds N] [--threads T] [--epochs E]
 
 Data and store: what ``bench_loader.py`` times (all-MiniLM-L6-v2 ``encoder.layer.3``, d = 384,
 bf16, Blosc zstd; ``--quick``: 49,152 rows, buffer 16,384 rows; else 126,976 rows, buffer
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     n, buffer_rows = (QUICK_ROWS, QUICK_BUFFER) if args.quick else (FULL_ROWS, FULL_BUFFER)
     hook = C.hook_name(3)
     meta = C.metadata()
-    meta["command"] = "python benchmarks/profile_loader.py" + (" --quick" if args.quick else "")
+    meta["command"] = "python benchmarks/bench_loader_profile.py" + (" --quick" if args.quick else "")
 
     scratch = Path(tempfile.mkdtemp(prefix="actstore-profile-loader-"))
     try:
