@@ -23,6 +23,10 @@ Public API::
     bf16_to_fp32(x, out=None, threads=0) -> np.ndarray  # float32
     scatter_rows(src, rows, dsts, dst_ids, dst_rows, threads=0) -> None  # rows of src into several outputs
     row_moments(x, shift, threads=0) -> (sum, sum of squares, sum of row norms)  # float64, about shift
+    decode_scatter_ready(blosc) -> bool  # decode_scatter usable (native, with numcodecs' Blosc)
+    decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
+        -> None | (j, reason)  # crc32c + decode + scatter of stored chunks, one call (native only:
+        # its fallback is the loader's per-chunk path, ChunkReader.decode + scatter_rows)
     gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy  # fallbacks
 """
 
@@ -43,6 +47,8 @@ __all__ = [
     "fp32_to_bf16",
     "bf16_to_fp32",
     "row_moments",
+    "decode_scatter_ready",
+    "decode_scatter",
     "gather_rows_numpy",
     "scatter_rows_numpy",
     "fp32_to_bf16_numpy",
@@ -52,7 +58,7 @@ __all__ = [
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 
 def _env_flag(name: str) -> bool:
@@ -551,3 +557,60 @@ def row_moments(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.
     s2 = np.empty(x.shape[1], dtype=np.float64)
     norm = _C.row_moments(x, shift, s1, s2, threads)
     return s1, s2, float(norm)
+
+
+_BLOSC_LOADED: Optional[bool] = None
+
+
+def decode_scatter_ready(blosc: bool) -> bool:
+    """Whether :func:`decode_scatter` can run here: the extension is in use and, for Blosc
+    chunks, it found ``blosc_decompress_ctx`` in numcodecs' own Blosc library (the one the
+    Python path decodes with)."""
+    global _BLOSC_LOADED
+    if _C is None:
+        return False
+    if not blosc:
+        return True
+    if _BLOSC_LOADED is None:
+        import numcodecs.blosc
+
+        _BLOSC_LOADED = bool(_C.load_blosc(numcodecs.blosc.__file__))
+    return _BLOSC_LOADED
+
+
+def decode_scatter(
+    chunks: Sequence,
+    spans: np.ndarray,
+    rows: np.ndarray,
+    dsts: Sequence[np.ndarray],
+    dst_ids: np.ndarray,
+    dst_rows: np.ndarray,
+    chunk_bytes: int,
+    row_bytes: int,
+    blosc: bool,
+    widen: bool,
+):
+    """Verify, decode and scatter stored chunks with the GIL released once.
+
+    Args:
+        chunks: the stored bytes of each chunk (bytes-like, crc32c last).
+        spans: int64 ``(len(chunks), 2)``: entries ``[start, stop)`` of ``rows``,
+            ``dst_ids`` and ``dst_rows`` that belong to each chunk.
+        rows: int64 ``(n,)``: the row within its chunk.
+        dsts, dst_ids, dst_rows: as :func:`scatter_rows`.
+        chunk_bytes: decoded bytes of one chunk; row_bytes: bytes of one stored row.
+        blosc: the chunks are Blosc frames (else raw bytes).
+        widen: widen bf16 bits to float32 before the scatter (``dsts`` rows are
+            ``2 * row_bytes``).
+
+    Returns:
+        None, or ``(j, reason)`` for the first chunk that fails its crc32c or decode
+        (chunks before it are scattered), with the reason the Python codec gives.
+
+    Raises:
+        RuntimeError: called where :func:`decode_scatter_ready` is False.
+        IndexError / ValueError / TypeError: bad arguments, before anything is written.
+    """
+    if not decode_scatter_ready(blosc):
+        raise RuntimeError("decode_scatter needs actstore._C (and numcodecs' Blosc); check decode_scatter_ready first")
+    return _C.decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)

@@ -74,6 +74,7 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_s3.py": (r"s3(_cps\d+)?", LOADER),
     "bench_loader.py": (r"loader(_quick)?", LOADER),
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),
+    "bench_loader_profile.py": (r"loader_profile(_quick)?", LOADER),
     "bench_capture.py": (r"capture_overhead(_gpu)?(_quick)?", CAPTURE),
     "bench_capture_saelens.py": (r"capture_saelens(_quick)?", CAPTURE),
     "bench_all_layer_capture.py": (r"all_layer_capture_cpu(_quick)?", ["actstore/demo.py", *CAPTURE]),

@@ -9,12 +9,17 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "actstore/bf16.h"
+#include "actstore/chunk_decode.h"
 #include "actstore/gather.h"
 #include "actstore/moments.h"
 #include "actstore/parallel.h"
@@ -29,7 +34,7 @@ namespace {
 
 // Bumped whenever a signature or semantics below changes; actstore/_native.py
 // refuses a stale build with a different number.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
@@ -291,6 +296,150 @@ void scatter_rows_py(const py::object& src_obj, const py::object& rows_obj, cons
   if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
 }
 
+// Stored chunk -> (pointer, size) through the buffer protocol; the buffer stays
+// held by `views` (released under the GIL when the caller's vector goes).
+actstore::StoredChunk stored_chunk(const py::handle& obj, std::vector<py::buffer_info>& views, const char* fn,
+                                   std::size_t k) {
+  if (!PyObject_CheckBuffer(obj.ptr())) {
+    throw py::type_error(std::string(fn) + ": chunks[" + std::to_string(k) + "] must be bytes-like, got " +
+                         type_name(obj));
+  }
+  views.push_back(py::reinterpret_borrow<py::buffer>(obj).request());
+  const py::buffer_info& b = views.back();
+  if (b.ndim > 1 && !(b.strides.back() == b.itemsize)) {
+    throw py::value_error(std::string(fn) + ": chunks[" + std::to_string(k) + "] must be contiguous");
+  }
+  return {static_cast<const std::byte*>(b.ptr), static_cast<std::size_t>(b.size * b.itemsize)};
+}
+
+py::object decode_scatter_py(const py::sequence& chunks, const py::object& spans_obj, const py::object& rows_obj,
+                             const py::sequence& dsts, const py::object& dst_ids_obj, const py::object& dst_rows_obj,
+                             std::int64_t chunk_bytes, std::int64_t row_bytes, bool blosc, bool widen) {
+  constexpr const char* fn = "decode_scatter";
+  if (chunk_bytes <= 0 || row_bytes <= 0 || chunk_bytes % row_bytes) {
+    throw py::value_error(std::string(fn) + ": chunk_bytes=" + std::to_string(chunk_bytes) +
+                          " must be a positive multiple of row_bytes=" + std::to_string(row_bytes));
+  }
+  if (widen && row_bytes % 2) {
+    throw py::value_error(std::string(fn) + ": widen needs bf16 rows (even row_bytes), got " +
+                          std::to_string(row_bytes));
+  }
+  if (blosc && !actstore::have_blosc_decompress()) {
+    throw py::value_error(std::string(fn) + ": no Blosc decoder loaded (call load_blosc first)");
+  }
+  py::array spans = as_ndarray(spans_obj, fn, "spans");
+  py::array rows = as_ndarray(rows_obj, fn, "rows");
+  py::array dst_ids = as_ndarray(dst_ids_obj, fn, "dst_ids");
+  py::array dst_rows = as_ndarray(dst_rows_obj, fn, "dst_rows");
+  if (!has_dtype<std::int64_t>(spans)) {
+    throw py::value_error(std::string(fn) + ": spans must be int64, got dtype " + dtype_name(spans));
+  }
+  require_c_contiguous(spans, fn, "spans");
+  for (auto* p : {&rows, &dst_rows}) {
+    if (!has_dtype<std::int64_t>(*p) || p->ndim() != 1) {
+      throw py::value_error(std::string(fn) + ": rows and dst_rows must be 1-D int64 arrays, got dtype " +
+                            dtype_name(*p) + " shape " + shape_str(*p));
+    }
+    require_c_contiguous(*p, fn, "rows/dst_rows");
+  }
+  if (!has_dtype<std::int32_t>(dst_ids) || dst_ids.ndim() != 1) {
+    throw py::value_error(std::string(fn) + ": dst_ids must be a 1-D int32 array, got dtype " +
+                          dtype_name(dst_ids) + " shape " + shape_str(dst_ids));
+  }
+  require_c_contiguous(dst_ids, fn, "dst_ids");
+  const py::ssize_t num_chunks = py::len(chunks);
+  const py::ssize_t n = rows.shape(0);
+  if (spans.ndim() != 2 || spans.shape(0) != num_chunks || spans.shape(1) != 2) {
+    throw py::value_error(std::string(fn) + ": spans must have shape (" + std::to_string(num_chunks) +
+                          ", 2), one (start, stop) per chunk; got " + shape_str(spans));
+  }
+  if (dst_ids.shape(0) != n || dst_rows.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": len(rows)=" + std::to_string(n) + ", len(dst_ids)=" +
+                          std::to_string(dst_ids.shape(0)) + " and len(dst_rows)=" +
+                          std::to_string(dst_rows.shape(0)) + " must be equal");
+  }
+  const auto* ct = static_cast<const std::int64_t*>(spans.data());
+  for (py::ssize_t j = 0; j < num_chunks; ++j) {
+    if (!(0 <= ct[2 * j] && ct[2 * j] <= ct[2 * j + 1] && ct[2 * j + 1] <= n)) {
+      throw py::value_error(std::string(fn) + ": spans[" + std::to_string(j) + "] = (" + std::to_string(ct[2 * j]) +
+                            ", " + std::to_string(ct[2 * j + 1]) + ") is not a range within len(rows)=" +
+                            std::to_string(n));
+    }
+  }
+  const std::size_t out_row = static_cast<std::size_t>(row_bytes) * (widen ? 2 : 1);
+  const py::ssize_t num_dsts = py::len(dsts);
+  std::vector<py::array> keep;
+  std::vector<actstore::ScatterTarget> targets;
+  for (py::ssize_t k = 0; k < num_dsts; ++k) {
+    const std::string name = "dsts[" + std::to_string(k) + "]";
+    py::array a = as_ndarray(dsts[k], fn, name);
+    if (a.ndim() != 2) {
+      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " + shape_str(a));
+    }
+    require_c_contiguous(a, fn, name);
+    require_writeable(a, fn, name);
+    require_plain_data(a, fn, name);
+    const std::size_t width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
+    if (width != out_row) {
+      throw py::value_error(std::string(fn) + ": " + name + " rows are " + std::to_string(width) +
+                            " bytes, the decoded rows " + std::to_string(out_row));
+    }
+    targets.push_back({static_cast<std::byte*>(a.mutable_data()), static_cast<std::int64_t>(a.shape(0))});
+    keep.push_back(std::move(a));
+  }
+  const auto* rw = static_cast<const std::int64_t*>(rows.data());
+  const auto* ids = static_cast<const std::int32_t*>(dst_ids.data());
+  const auto* drw = static_cast<const std::int64_t*>(dst_rows.data());
+  const auto checked = actstore::check_scatter_indices(chunk_bytes / row_bytes, rw, targets.data(), num_dsts, ids,
+                                                       drw, n);
+  if (!checked.ok()) {
+    const std::int64_t i = checked.index;
+    throw py::index_error(std::string(fn) + ": entry " + std::to_string(i) + " (row " + std::to_string(rw[i]) +
+                          ", dst_ids " + std::to_string(ids[i]) + ", dst_rows " + std::to_string(drw[i]) +
+                          ") is out of range for chunks of " + std::to_string(chunk_bytes / row_bytes) +
+                          " rows and " + std::to_string(num_dsts) + " destinations");
+  }
+  std::vector<py::buffer_info> views;
+  views.reserve(static_cast<std::size_t>(num_chunks));
+  std::vector<actstore::StoredChunk> stored;
+  for (py::ssize_t j = 0; j < num_chunks; ++j) stored.push_back(stored_chunk(chunks[j], views, fn, j));
+  std::string reason;
+  std::int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = actstore::decode_scatter(stored.data(), num_chunks, ct, blosc, widen, static_cast<std::size_t>(chunk_bytes),
+                                   static_cast<std::size_t>(row_bytes), rw, targets.data(), num_dsts, ids, drw,
+                                   &reason);
+  }
+  if (bad < 0) return py::none();
+  return py::make_tuple(bad, reason);
+}
+
+std::uint32_t crc32c_py(const py::buffer& data) {
+  std::vector<py::buffer_info> views;
+  const actstore::StoredChunk c = stored_chunk(data, views, "crc32c", 0);
+  py::gil_scoped_release release;
+  return actstore::crc32c(c.data, c.nbytes);
+}
+
+// The Blosc decoder numcodecs carries (c-blosc1, linked into numcodecs.blosc's
+// extension module, which exports blosc_decompress_ctx): the same library the
+// Python path decodes with, so both paths read a chunk alike.
+bool load_blosc_py(const std::string& path) {
+#if defined(__unix__) || defined(__APPLE__)
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (h == nullptr) return false;
+  void* sym = dlsym(h, "blosc_decompress_ctx");
+  if (sym == nullptr) return false;
+  actstore::set_blosc_decompress(reinterpret_cast<actstore::BloscDecompressFn>(sym));
+  return true;
+#else
+  (void)path;
+  return false;
+#endif
+}
+
 // Shared checks of both conversions: C-contiguous, writeable out, equal element
 // counts, no overlap. Dtypes are checked by each caller.
 void check_convert_pair(const py::array& src, const py::array& out, const char* fn) {
@@ -425,6 +574,24 @@ rounds to +-inf. Releases the GIL.)doc");
 x: float32 (n, d) C-contiguous. shift, sum, sumsq: float64 (d,).
 sum[j] = sum_i (x[i,j] - shift[j]); sumsq[j] = sum_i (x[i,j] - shift[j])^2.
 float64 accumulators; NaN/inf propagate. Releases the GIL.)doc");
+
+  m.def("decode_scatter", &decode_scatter_py, py::arg("chunks"), py::arg("spans"), py::arg("rows"), py::arg("dsts"),
+        py::arg("dst_ids"), py::arg("dst_rows"), py::arg("chunk_bytes"), py::arg("row_bytes"), py::arg("blosc"),
+        py::arg("widen"),
+        R"doc(Verify, decode and scatter stored chunks in one call; None, or (j, reason) for
+the first chunk j that fails its crc32c or decode.
+
+chunks: sequence of bytes-like stored chunks (crc32c last). spans: int64 (len(chunks), 2):
+entries [spans[j, 0], spans[j, 1]) of rows/dst_ids/dst_rows belong to chunk j. rows: int64 (n,),
+row within its chunk. dsts/dst_ids/dst_rows: as scatter_rows. chunk_bytes: decoded bytes
+of a chunk; row_bytes: bytes of a stored row. blosc: Blosc frames (else raw bytes).
+widen: bf16 bits to float32 (destination rows twice row_bytes). Raises IndexError /
+ValueError / TypeError before anything is written. Releases the GIL.)doc");
+
+  m.def("crc32c", &crc32c_py, py::arg("data"), "CRC-32C of a bytes-like object (google_crc32c.value). Releases the GIL.");
+
+  m.def("load_blosc", &load_blosc_py, py::arg("path"),
+        "Take blosc_decompress_ctx from the shared library at path (numcodecs.blosc's); True if found.");
 
   m.def("bf16_to_fp32", &bf16_to_fp32_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
         R"doc(out = float32 value of bfloat16 bits x (exact), in place.

@@ -669,3 +669,89 @@ def test_scatter_errors_are_one_line_and_write_nothing(impl, case, exc, msg):
         impl(src, rows, dsts, ids, drows)
     assert msg in str(e.value) and "\n" not in str(e.value)
     assert all(not d.any() for d in dsts)
+
+
+# -- decode_scatter: the loader's fused crc32c + decode + scatter -----------------------------
+
+
+@needs_native
+def test_crc32c_matches_google_crc32c_across_the_three_stream_split():
+    import google_crc32c
+
+    rng = np.random.default_rng(0)
+    # Under 4096 bytes one stream runs; from 4096 on three, joined by crc32c_combine, with
+    # a tail of 0-7 bytes past the thirds; 1 MiB and odd sizes as the loader's chunks.
+    for n in [0, 1, 7, 8, 9, 4095, 4096, 4097, 4103, 4104, 12293, 99_999, (1 << 20) + 5]:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert nat._C.crc32c(data) == google_crc32c.value(data), n
+
+
+def _stored_chunks(preset: str, n_chunks: int, chunk_rows: int, d: int, rng):
+    from actstore.store.codecs import PRESETS
+
+    codec = PRESETS[preset]
+    if codec.cname:
+        codec = codec.with_typesize(2)
+    raw = rng.integers(0, 1 << 16, (n_chunks, chunk_rows, d), dtype=np.uint16)
+    return codec, raw, [codec.encode(raw[j]) for j in range(n_chunks)]
+
+
+@needs_native
+@pytest.mark.parametrize("preset", ["zstd", "lz4", "none"])
+@pytest.mark.parametrize("widen", [False, True])
+def test_decode_scatter_equals_decode_then_scatter(preset, widen):
+    if not nat.decode_scatter_ready(preset != "none"):
+        pytest.skip("numcodecs' blosc_decompress_ctx was not found")
+    rng = np.random.default_rng(1)
+    cr, d, per = 48, 33, 40  # rows of a chunk not a power of two, odd width
+    codec, raw, stored = _stored_chunks(preset, 3, cr, d, rng)
+    slots = rng.permutation(2 * 70)[: 3 * per]  # distinct rows of two destinations
+    ids, drows = (slots // 70).astype(np.int32), (slots % 70).astype(np.int64)
+    rows = np.concatenate([np.sort(rng.choice(cr, per, replace=False)) for _ in range(3)]).astype(np.int64)
+    order = [2, 0, 1]  # chunks in any order, each with its own span of the entries
+    spans = np.array([(j * per, (j + 1) * per) for j in order], dtype=np.int64)
+    out_dtype = np.float32 if widen else np.int16
+    got = [np.zeros((70, d), out_dtype) for _ in range(2)]
+    want = [np.zeros((70, d), out_dtype) for _ in range(2)]
+    assert (
+        nat.decode_scatter(
+            [stored[j] for j in order], spans, rows, got, ids, drows, cr * d * 2, d * 2, preset != "none", widen
+        )
+        is None
+    )
+    for j in range(3):
+        dec = np.empty((cr, d), np.uint16)
+        codec.decode_into(stored[j], dec)
+        assert np.array_equal(dec, raw[j])
+        src = nat.bf16_to_fp32_numpy(dec) if widen else dec.view(np.int16)
+        sl = slice(j * per, (j + 1) * per)
+        nat.scatter_rows_numpy(src, rows[sl], want, ids[sl], drows[sl])
+    for g, w in zip(got, want):
+        assert np.array_equal(g.view(np.uint8), w.view(np.uint8))
+
+
+@needs_native
+def test_decode_scatter_names_the_first_bad_chunk_with_the_codecs_reason():
+    if not nat.decode_scatter_ready(True):
+        pytest.skip("numcodecs' blosc_decompress_ctx was not found")
+    rng = np.random.default_rng(2)
+    cr, d = 32, 16
+    _, raw, stored = _stored_chunks("zstd", 2, cr, d, rng)
+    rows = np.tile(np.arange(cr, dtype=np.int64), 2)
+    ids, drows = np.zeros(2 * cr, np.int32), np.arange(2 * cr, dtype=np.int64)
+    spans = np.array([(0, cr), (cr, 2 * cr)], dtype=np.int64)
+    flipped = bytearray(stored[1])
+    flipped[40] ^= 1
+    out = [np.zeros((2 * cr, d), np.int16)]
+    assert nat.decode_scatter(
+        [stored[0], bytes(flipped)], spans, rows, out, ids, drows, cr * d * 2, d * 2, True, False
+    ) == (
+        1,
+        "crc32c mismatch",
+    )
+    assert np.array_equal(out[0][:cr].view(np.uint16), raw[0]) and not out[0][cr:].any()  # chunk 0 done, then stop
+    half = [np.zeros((2 * cr, d // 2), np.int16)]  # told chunks decode to half their size
+    bad = nat.decode_scatter(stored, spans, rows, half, ids, drows, cr * d, d, True, False)
+    assert bad == (0, f"decodes to {cr * d * 2} bytes, expected {cr * d}")
+    with pytest.raises(IndexError, match="out of range"):
+        nat.decode_scatter(stored, spans, rows + 1, out, ids, drows, cr * d * 2, d * 2, True, False)

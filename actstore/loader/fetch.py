@@ -63,6 +63,17 @@ class BlockFetcher:
         for seg in segments:
             for a in arrays:
                 seg.check_array(a)
+        # Arrays read through the fused native decode-and-scatter (one GIL release per get
+        # instead of one per pread, crc32c check, decode and scatter):
+        # path -> (chunk_bytes, row_bytes, blosc, widen). Others take the per-chunk path.
+        codec = segments[0].schema.codec if segments else None
+        self._codecs: dict[str, tuple[int, int, bool, bool]] = {}
+        if codec is not None and _native.decode_scatter_ready(codec.cname is not None):
+            for a in arrays:
+                if a.chunk_rows <= block_rows:
+                    row_bytes = a.dtype.itemsize * (int(np.prod(a.row_shape)) if a.row_shape else 1)
+                    wide = a.path in widen and a.dtype.itemsize == 2
+                    self._codecs[a.path] = (a.chunk_rows * row_bytes, row_bytes, codec.cname is not None, wide)
 
     def submit(
         self,
@@ -113,9 +124,13 @@ class BlockFetcher:
         first = block.start // cr
         n_chunks = -(-block.rows // cr)
         per_shard = reader.per_shard(a)
-        scratch = self._scratch(a)
         # Rows of chunk k are local rows [k*cr, (k+1)*cr): split the ascending list once.
-        cuts = np.searchsorted(local, np.arange(n_chunks + 1, dtype=np.int64) * cr)
+        if n_chunks == 1:
+            cuts, within = (0, local.size), local
+        else:
+            cuts, within = np.searchsorted(local, np.arange(n_chunks + 1, dtype=np.int64) * cr), local % cr
+        codec = self._codecs.get(a.path)
+        fused = codec is not None
         for shard in range(first // per_shard, (first + n_chunks - 1) // per_shard + 1):
             # Chunks with no wanted row (resume point, filtered flags) are not read.
             wanted = [
@@ -129,6 +144,16 @@ class BlockFetcher:
             try:
                 # One get at a time (one chunk on local disk), decoded right after it is read.
                 for group in reader.gets(handle, a, wanted):
+                    if fused:
+                        # crc32c, decode and scatter of the whole get in one native call.
+                        spans = np.array([(cuts[c - first], cuts[c - first + 1]) for c in group], dtype=np.int64)
+                        bad = _native.decode_scatter(
+                            reader.read(handle, a, group), spans, within, dsts, dst_ids, dst_rows, *codec
+                        )
+                        if bad is not None:
+                            raise reader.decode_error(a, group[bad[0]], bad[1])
+                        continue
+                    scratch = self._scratch(a)
                     for c, data in zip(group, reader.read(handle, a, group)):
                         k = c - first
                         lo, hi = cuts[k], cuts[k + 1]

@@ -255,10 +255,14 @@ class ChunkReader:
         try:
             codec.decode_into(data, out)
         except ValueError as e:
-            raise CorruptDataError(
-                f"{self.where(a, chunk)} fails to decode ({e}); the store is damaged, re-capture or restore it"
-            ) from None
+            raise self.decode_error(a, chunk, str(e)) from None
         return out
+
+    def decode_error(self, a: ArraySpec, chunk: int, reason: str) -> CorruptDataError:
+        """The error for chunk ``chunk`` of ``a`` failing its checksum or decode."""
+        return CorruptDataError(
+            f"{self.where(a, chunk)} fails to decode ({reason}); the store is damaged, re-capture or restore it"
+        )
 
     def read_chunk(self, h: ShardHandle, a: ArraySpec, chunk: int, out: np.ndarray | None = None) -> np.ndarray:
         """Read and decode one chunk of ``h``'s shard (into ``out`` when given)."""

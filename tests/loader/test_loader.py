@@ -537,3 +537,40 @@ def test_a_hook_named_row_collides_with_tokens(tmp_path):
         w.append({"row": torch.zeros(8, 4)})
     with pytest.raises(LoaderError, match="'row' collides with the token columns"):
         ActivationLoader(tmp_path / "s", "row", 4, tokens=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_native_decode_gives_the_per_chunk_paths_batches(tmp_path, monkeypatch, dtype):
+    from actstore import _native
+
+    if not _native.decode_scatter_ready(True):
+        pytest.skip(f"no fused native decode here ({_native.NATIVE_ERROR or 'no numcodecs Blosc symbol'})")
+    st = build(tmp_path / "acts", dtype="bf16", segments={"a": 700, "b": 333})
+
+    def epoch():
+        ld = ActivationLoader(st, ["wide", "narrow"], 96, tokens=True, dtype=dtype, seed=2, buffer_rows=200)
+        out = [{k: v.clone() for k, v in b.items()} for b in ld]
+        return out, sorted(ld._fetcher._codecs)
+
+    fused, paths = epoch()
+    assert paths == ["acts/narrow", "acts/wide"]  # both hooks went through decode_scatter
+    monkeypatch.setattr(_native, "decode_scatter_ready", lambda blosc: False)
+    plain, paths = epoch()
+    assert paths == []
+    assert len(fused) == len(plain)
+    for f, p in zip(fused, plain):
+        for k in f:  # bit for bit (bf16 compared as its bits)
+            a, b = (f[k].view(torch.int16), p[k].view(torch.int16)) if f[k].dtype == torch.bfloat16 else (f[k], p[k])
+            assert torch.equal(a, b), k
+
+
+def test_a_held_batch_is_never_overwritten_and_dropped_ones_are_reused(store):
+    kw = dict(tokens=True, seed=4, epochs=3, buffer_rows=128)
+    held = list(ActivationLoader(store, "wide", 64, **kw))  # every batch kept alive
+    copies = [{k: v.clone() for k, v in b.items()} for b in ActivationLoader(store, "wide", 64, **kw)]
+    assert len(held) == len(copies) > 20
+    for h, c in zip(held, copies):
+        assert all(torch.equal(h[k], c[k]) for k in c)
+    # Batches dropped as they come are served again from the same host buffers.
+    ptrs = [b["wide"].data_ptr() for b in ActivationLoader(store, "wide", 64, **kw)]
+    assert len(set(ptrs)) < len(ptrs) // 2
