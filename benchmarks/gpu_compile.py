@@ -215,6 +215,9 @@ TEST_SHAPES = [
     Shape("test-fp16", d=24, k=8, dtype=torch.float16, store="fp16"),
     Shape("test-fp8", d=48, k=2, dtype=torch.float32, store="fp8"),
     Shape("test-q16", d=48, k=8, dtype=torch.float32, store="q16"),
+    # float32 rows whose width is no multiple of 16: unvectorised loads (the split kernel's
+    # 128-row tile spilled here, found when this shape was added).
+    Shape("test-unaligned-fp32", d=40, k=8, dtype=torch.float32, store="fp32"),
 ]
 # One production configuration per kernel in CI: the issue's target shape (n=8192, d=4096,
 # m=131072, k=32, bf16; m and n are runtime arguments, so they change no configuration).
@@ -239,6 +242,10 @@ def full_shapes() -> list[Shape]:
                 out.append(Shape(f"prod-d{d}-cand{k}-{store}", d, k, 0, dtype, store))
             for store in ("fp8", "int8", "q16"):
                 out.append(Shape(f"prod-d{d}-{store}", d, 32, 0, dtype, store))
+    # A width that is no multiple of 16 (unvectorised loads): the TopK encoders' own configurations.
+    for dtype, store in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        for k, ka in ((16, 0), (32, 256), (128, 256), (256, 0)):
+            out.append(Shape(f"prod-d1000-k{k}-ka{ka}-{store}", 1000, k, ka, dtype, store))
     return out
 
 

@@ -174,14 +174,17 @@ _TILES = {
 def _topk_encode_config(d: int, k: int, k_aux: int, dtype: torch.dtype) -> dict | None:
     """The launch's constexprs, ``num_warps`` and ``num_stages`` for ``d`` input features, top
     ``k``, ``k_aux`` AuxK latents (0: off) and the operands' ``dtype``, or None where the
-    fused kernel does not run (``next_power_of_2`` of k or k_aux above ``FUSED_MAX_K``: the
-    launcher hands those to the split kernel). A pure function of the shape, so that
+    fused kernel does not run (``next_power_of_2`` of k or k_aux above ``FUSED_MAX_K``, or
+    ``d`` not a multiple of 16: the launcher hands those to the split kernel). Unaligned rows
+    load unvectorised, and no one choice of warps and stages kept the fused kernel spill-free
+    there (36-356 B at bf16/fp16 K=16, and K=32-128 with AuxK 256, d=1000, sm_80/sm_90a);
+    real models' widths are multiples of 16. A pure function of the shape, so that
     benchmarks/gpu_compile.py compiles exactly what a launch would. Tiles: 16 rows (the
     smallest tl.dot), 64 latents, d in tiles of 16-64; warps and stages from ``_TILES``.
     Not tuned on a GPU; see benchmarks/README.md."""
     kp = triton.next_power_of_2(k)
     kap = triton.next_power_of_2(max(k_aux, 1))
-    if kp > FUSED_MAX_K or kap > FUSED_MAX_K:
+    if kp > FUSED_MAX_K or kap > FUSED_MAX_K or d % 16:
         return None
     fp32 = dtype == torch.float32
     num_warps, num_stages = _TILES[(fp32, k_aux > 0)][max(kp, 16)]

@@ -179,6 +179,9 @@ _FP32_CONFIGS = [
     dict(BLOCK_N=64, BLOCK_M=128, BLOCK_D=32, GROUP_N=16, num_warps=8, num_stages=3),
     dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=32, GROUP_N=16, num_warps=4, num_stages=3),
 ]
+# float32 rows whose width is no multiple of 16: both tiles above spill (8 B at sm_80 for the
+# 128-row one, 16 B at sm_90a for the 64-row one, d=40 and d=1000); one stage does not.
+_FP32_UNALIGNED_CONFIGS = [dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=32, GROUP_N=16, num_warps=4, num_stages=1)]
 
 
 def _split_configs(dtype: torch.dtype, aligned: bool = True) -> list[dict]:
@@ -187,9 +190,10 @@ def _split_configs(dtype: torch.dtype, aligned: bool = True) -> list[dict]:
     ``aligned``: ``d`` and both row strides divisible by 16 (every production shape). When
     they are not, loads cannot be vectorised and the 16-bit tiles with 128 rows spill
     (120-1056 B at d=24 on sm_80/sm_90a), so only the 64-row tile (254 registers, no
-    spill) is offered. benchmarks/gpu_compile.py compiles every one of them."""
+    spill) is offered; in float32, ``_FP32_UNALIGNED_CONFIGS``. benchmarks/gpu_compile.py
+    compiles every one of them."""
     if dtype == torch.float32:
-        return _FP32_CONFIGS
+        return _FP32_CONFIGS if aligned else _FP32_UNALIGNED_CONFIGS
     return _TC_CONFIGS if aligned else _TC_CONFIGS[2:3]
 
 
@@ -226,7 +230,7 @@ def _autotune_configs() -> list:
             num_warps=c["num_warps"],
             num_stages=c["num_stages"],
         )  # fmt: skip
-        for c in _TC_CONFIGS + _FP32_CONFIGS
+        for c in _TC_CONFIGS + _FP32_CONFIGS + _FP32_UNALIGNED_CONFIGS
     ]
 
 

@@ -185,11 +185,14 @@ def test_torch_compile_fullgraph_traces_through_the_custom_ops(backend, device):
     assert_compiled_grads_match(step, (x, W, b, pb, Wd, bd), device)
 
 
-@pytest.mark.parametrize("k,k_aux,relu", [(300, 0, True), (300, 0, False), (8, 260, True)])
-def test_sets_past_fused_max_k_go_to_the_split_kernel(k, k_aux, relu, device, monkeypatch):
+@pytest.mark.parametrize(
+    "k,k_aux,relu,d", [(300, 0, True, 64), (300, 0, False, 64), (8, 260, True, 64), (8, 6, True, 40), (8, 0, False, 40)]
+)
+def test_sets_past_fused_max_k_go_to_the_split_kernel(k, k_aux, relu, d, device, monkeypatch):
     """k or k_aux above FUSED_MAX_K (256: the fused kernel's running sets would spill out of
-    registers) never launches the fused kernel: the launcher hands the call to the split
-    kernel, with the same results (ties by lower latent, the AuxK set, relu=False)."""
+    registers), or a width d that is no multiple of 16 (unvectorised loads spill), never
+    launches the fused kernel: the launcher hands the call to the split kernel, with the
+    same results (ties by lower latent, the AuxK set, relu=False)."""
     from actstore.kernels import topk_encode as fused
     from actstore.kernels import topk_encode_split as split
 
@@ -202,10 +205,10 @@ def test_sets_past_fused_max_k_go_to_the_split_kernel(k, k_aux, relu, device, mo
     monkeypatch.setattr(fused, "_topk_encode_fwd_kernel", NoLaunch())
     monkeypatch.setattr(split, "topk_encode_split_fwd", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
     m = 600
-    assert fused._topk_encode_config(64, k, k_aux, torch.float32) is None
+    assert fused._topk_encode_config(d, k, k_aux, torch.float32) is None
     g = torch.Generator().manual_seed(k + k_aux)
     # Small integers: every sum is exact in float32 on both paths, and ties abound.
-    x, W, b, pb = (torch.randint(-3, 4, s, generator=g).float() for s in ((6, 64), (m, 64), (m,), (64,)))
+    x, W, b, pb = (torch.randint(-3, 4, s, generator=g).float() for s in ((6, d), (m, d), (m,), (d,)))
     dead = torch.rand(m, generator=torch.Generator().manual_seed(7)) < 0.6 if k_aux else None
     args = [t.to(device) for t in (x, W, b)]
     v, i, av, ai = fused.topk_encode_fwd(

@@ -243,12 +243,13 @@ def test_autotune_prunes_to_the_dtype_and_is_bypassed_off_cuda(device):
             ]
             assert all(c.kwargs["BLOCK_N"] >= 64 for c in kept)  # tensor-core sized tiles
     assert len(S._split_configs(torch.bfloat16, False)) == 1  # unaligned 16-bit: the 64-row tile only
+    assert [c["num_stages"] for c in S._split_configs(torch.float32, False)] == [1]  # unaligned fp32: one stage
     # the tuner's configurations (made at import) are the tables', tile sizes apart from warps and stages
     fresh = [(c.kwargs, c.num_warps, c.num_stages) for c in S._autotune_configs()]
     assert fresh == [(c.kwargs, c.num_warps, c.num_stages) for c in tuned.configs]
     assert fresh == [
         ({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")}, c["num_warps"], c["num_stages"])
-        for c in S._TC_CONFIGS + S._FP32_CONFIGS
+        for c in S._TC_CONFIGS + S._FP32_CONFIGS + S._FP32_UNALIGNED_CONFIGS
     ]
     assert tuned.keys == ["D", "M", "CAP"]
     if device == "cpu":  # the interpreter runs the first configuration; nothing is timed
