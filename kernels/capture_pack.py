@@ -158,8 +158,9 @@ def _capture_pack_fwd_kernel(
                 r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
                 if MODE == 4:
                     y = r.to(tl.int8)
-                else:
-                    y = r.to(tl.int16)
+                else:  # q16: zigzag bits, 0 -1 1 -2 2 ... -> 0 1 2 3 4 ..., in the int16 holder
+                    qi = r.to(tl.int32)
+                    y = ((qi << 1) ^ (qi >> 31)).to(tl.int16)
         tl.store(out_ptr + dst.to(tl.int64)[:, None] * D + cols[None, :], y, mask=m)
     tl.atomic_add(s1_ptr + cols, s1, mask=cmask)
     tl.atomic_add(s2_ptr + cols, s2, mask=cmask)

@@ -15,7 +15,7 @@ yet run on a GPU (see benchmarks/README.md). One read of the stored bytes and on
 of the output: the kernel is memory-bound by design (its bandwidth is not yet measured).
 
 ``MODE`` is the storage dtype's ``DType.mode`` (``actstore/store/format.py``: 2 bf16 bits,
-3 fp8 bits, else values), passed in by the launcher; this module imports nothing from
+3 fp8 bits, 5 q16's zigzag codes, else values), passed in by the launcher; this module imports nothing from
 actstore.
 """
 
@@ -63,6 +63,10 @@ def _dequant_normalize_fwd_kernel(
         mag = tl.where(e == 0, sub, normal)
         mag = tl.where((e == 15) & (mant == 7), float("nan"), mag)
         v = tl.where((b & 0x80) != 0, -mag, mag)
+    elif MODE == 5:
+        # q16: zigzag bits in an int16 holder -> the signed code, (z >> 1) ^ -(z & 1).
+        z = raw.to(tl.int32) & 0xFFFF
+        v = ((z >> 1) ^ (0 - (z & 1))).to(tl.float32)
     else:  # fp32, fp16, int8: the values
         v = raw.to(tl.float32)
     if HAS_SCALE:

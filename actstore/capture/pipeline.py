@@ -287,10 +287,9 @@ class Sink:
         arrays, stats = {}, {}
         for h, (p, shift) in packs.items():
             spec = w.schema.hooks[h]
-            if p.data.dtype == torch.bfloat16:  # stored as uint16 bits (zarr has no bfloat16)
-                arrays[spec.array] = p.data.view(torch.int16).numpy().view(np.uint16)
-            else:
-                arrays[spec.array] = p.data.numpy()
+            # bf16 goes as uint16 bits (zarr has no bfloat16), q16's int16 holder as its uint16 codes.
+            data = p.data.view(torch.int16) if p.data.dtype == torch.bfloat16 else p.data
+            arrays[spec.array] = data.numpy().view(spec.dtype.stored)
             if spec.scale_array:
                 arrays[spec.scale_array] = p.scale.numpy()
             st = RunningStats.from_moments(

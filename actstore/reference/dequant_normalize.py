@@ -8,7 +8,8 @@ reads the stored representation exactly:
 - bf16: int16 (or uint16) holding bf16 bits;
 - fp16 / fp32: the values;
 - fp8: uint8 e4m3fn bits, times the per-row ``scale``;
-- int8: the integers, times the per-row ``scale``.
+- int8: the integers, times the per-row ``scale``;
+- q16: int16 (or uint16) holding zigzag codes ``z``: ``(z >> 1) ^ -(z & 1)``, times ``scale``.
 
 ``shift`` and ``mul`` are optional ``[d]`` float32 vectors: the loader passes
 ``mul = sqrt(d) / mean_norm`` for SAELens' norm scaling (mean norm -> sqrt(d)) and
@@ -20,12 +21,16 @@ from __future__ import annotations
 import torch
 
 from ..store.format import DType, parse_dtype
+from ..store.quantize import unzigzag
 
 
 def decode_stored(x: torch.Tensor, dtype: str | DType) -> torch.Tensor:
     """Stored ``[n, d]`` -> float32 ``[n, d]`` values (before the per-row scale). Integer
     tensors holding a float format's bits (bf16, fp8) are reinterpreted; values are converted."""
-    value = parse_dtype(dtype).value_dtype
+    spec = parse_dtype(dtype)
+    if spec.zigzag:
+        return unzigzag(x).to(torch.float32)
+    value = spec.value_dtype
     if value.is_floating_point and not x.dtype.is_floating_point:
         x = x.view(value)
     return x.to(torch.float32)

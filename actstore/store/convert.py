@@ -42,7 +42,7 @@ def to_stored(dtype: DType, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | N
     """``x [n, d]`` float tensor (any device) -> (stored ``[n, d]`` numpy, scale ``[n]`` or None)."""
     if dtype.scaled:
         q, scale = quantize(x, dtype)
-        return q.cpu().numpy(), scale.cpu().numpy()
+        return q.cpu().numpy().view(dtype.stored), scale.cpu().numpy()  # q16: int16 holder -> uint16
     if dtype.torch_dtype == torch.bfloat16:
         if x.dtype == torch.bfloat16 or x.is_cuda:
             # Convert on the device (halves the copy to host); bf16 input is kept bit-exact.
@@ -56,7 +56,8 @@ def to_stored(dtype: DType, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | N
 def from_stored(dtype: DType, stored: np.ndarray, scale: np.ndarray | None, out_dtype: torch.dtype) -> torch.Tensor:
     """Stored rows ``[n, d]`` (+ scale ``[n]``) -> torch tensor ``[n, d]`` of ``out_dtype``."""
     if dtype.scaled:
-        return dequantize(torch.from_numpy(stored), torch.from_numpy(scale), dtype, out_dtype)
+        codes = torch.from_numpy(np.ascontiguousarray(stored).view(dtype.container))  # q16's uint16 as int16
+        return dequantize(codes, torch.from_numpy(scale), dtype, out_dtype)
     if dtype.torch_dtype == torch.bfloat16:
         if out_dtype == torch.bfloat16:
             return torch.from_numpy(stored.view(np.int16)).view(torch.bfloat16)

@@ -62,6 +62,10 @@ class DType:
     # The blosc shuffle of this dtype's activation arrays, when it differs from the preset's
     # (recorded in each array's zarr.json like every codec setting, so readers need no table).
     shuffle: str | None = None
+    # Signed codes stored zigzag (z = 2q for q >= 0, -2q - 1 below, as unsigned bits): small
+    # magnitudes of either sign then leave the upper bit planes zero, which bitshuffle + zstd
+    # nearly erase (two's complement repeats the sign in every upper plane).
+    zigzag: bool = False
 
     @property
     def scaled(self) -> bool:
@@ -91,8 +95,10 @@ DTYPES = {
     "int8": DType("int8", "int8", "int8", "int8", 4, qmax=127.0),  # symmetric: -128 is never used
     # Error-bounded: 16-bit codes of step rms/32, so |x - x_hat| <= rms/64 per element and the
     # row's relative RMS error is at most 1/64 (about 1/sqrt(12*32^2) = 0.9% in practice, any
-    # data); bit-shuffled, the codes' few significant bit planes compress (docs/FORMAT.md).
-    "q16": DType("q16", "int16", "int16", "int16", 5, qmax=32767.0, rms_step=1 / 32, shuffle="bitshuffle"),
+    # data); zigzag and bit-shuffled, the codes' few significant bit planes compress (FORMAT.md).
+    "q16": DType(
+        "q16", "uint16", "int16", "int16", 5, qmax=32767.0, rms_step=1 / 32, shuffle="bitshuffle", zigzag=True
+    ),
 }
 # Every accepted spelling: the names and the logical (torch) names as aliases.
 _BY_NAME = {**{d.logical: d for d in DTYPES.values()}, **DTYPES}
@@ -209,7 +215,11 @@ class Schema:
                     np.dtype(h.dtype.stored),
                     (h.d,),
                     h.chunk_rows,
-                    {"logical_dtype": h.dtype.logical, "hook": h.name},
+                    {
+                        "logical_dtype": h.dtype.logical,
+                        "hook": h.name,
+                        **({"codes": "zigzag"} if h.dtype.zigzag else {}),
+                    },
                     h.dtype.shuffle,
                 )
             )

@@ -12,7 +12,7 @@ every other channel). Error bounds (per element, original units, finite rows):
   ``|x - x_hat| <= 2**-4 * |x| + 2**-10 * absmax / 448``
   (half an ulp relative for normals; half the subnormal step 2**-9 near zero).
 - int8 (scale = absmax/127): ``|x - x_hat| <= absmax / 254`` (half a quantization step).
-- q16 (scale = rms/32): ``|x - x_hat| <= rms / 64``, so the row's relative RMS error
+- q16 (scale = rms/32, codes stored zigzag): ``|x - x_hat| <= rms / 64``, so the row's relative RMS error
   ``||x - x_hat|| / ||x||`` is at most 1/64 = 1.6%; rounding errors spread evenly over a
   step make it about ``1/(32*sqrt(12))`` = 0.90% on real rows (benchmarks/results/lossy_codecs.json).
   No code clips: ``|x| <= sqrt(d) * rms`` and the store refuses q16 rows wider than
@@ -22,8 +22,9 @@ A row of zeros gets scale 0 and decodes to zeros. Rows must be finite: NaN/inf h
 faithful encoding here, so the writer refuses them for these dtypes.
 
 Shapes: x ``[n, d]`` float (any device) -> codes ``[n, d]`` in ``dtype.torch_dtype`` (fp8 as
-its uint8 bits) and scale ``[n]`` float32. The capture kernel (``kernels/capture_pack.py``)
-computes the same codes bit for bit on a GPU; this module is the store's quantizer and the
+its uint8 bits, q16 as its zigzag bits in int16) and scale ``[n]`` float32. The capture
+kernel (``kernels/capture_pack.py``) computes the same codes on a GPU (bit for bit; q16's
+scale to fp32 rounding); this module is the store's quantizer and the
 CPU path of ``actstore.ops.capture_pack``.
 """
 
@@ -49,6 +50,19 @@ def _row_scale(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tenso
     return scale, safe[:, None]
 
 
+def zigzag(q: torch.Tensor) -> torch.Tensor:
+    """Signed integer codes (int32, within int16) -> their zigzag bits as int16: 0, -1, 1, -2,
+    2 ... -> 0, 1, 2, 3, 4 ... (``(q << 1) ^ (q >> 31)``, kept to the low 16 bits)."""
+    q = q.to(torch.int32)
+    return ((q << 1) ^ (q >> 31)).to(torch.int16)  # the cast keeps the low 16 bits
+
+
+def unzigzag(z: torch.Tensor) -> torch.Tensor:
+    """Zigzag bits (int16 or uint16 holder) -> the signed codes as int32: ``(z >> 1) ^ -(z & 1)``."""
+    u = z.view(torch.int16).to(torch.int32) & 0xFFFF
+    return (u >> 1) ^ -(u & 1)
+
+
 def quantize(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [n, d]`` float -> (codes ``[n, d]`` in ``dtype.torch_dtype``, scale float32 ``[n]``)
     for a scaled ``dtype``. fp8 rounds to nearest even in the cast; int8 and q16 round half to even."""
@@ -62,12 +76,15 @@ def quantize(x: torch.Tensor, dtype: DType) -> tuple[torch.Tensor, torch.Tensor]
     q = (x / safe).clamp(-dtype.qmax, dtype.qmax)
     if not dtype.value_dtype.is_floating_point:
         q = torch.round(q)  # an integer cast would truncate
+    if dtype.zigzag:
+        return zigzag(q.to(torch.int32)), scale
     return q.to(dtype.value_dtype).view(dtype.torch_dtype), scale
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: DType, out_dtype=torch.float32) -> torch.Tensor:
     """Codes ``[n, d]`` (as from :func:`quantize`) and scale ``[n]`` -> ``[n, d]`` in ``out_dtype``."""
-    return (codes.view(dtype.value_dtype).to(torch.float32) * scale.to(torch.float32)[:, None]).to(out_dtype)
+    values = unzigzag(codes) if dtype.zigzag else codes.view(dtype.value_dtype)
+    return (values.to(torch.float32) * scale.to(torch.float32)[:, None]).to(out_dtype)
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

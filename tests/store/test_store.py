@@ -320,7 +320,8 @@ def test_plain_zarr_reads_the_bits(small):
 
 def test_q16_is_bitshuffled_and_plain_zarr_decodes_it(tmp_path):
     """q16's arrays carry their own shuffle in zarr.json (bitshuffle under the zstd preset, whose
-    other arrays byte-shuffle), and zarr-python decodes the codes and scales the documented way."""
+    other arrays byte-shuffle), and zarr-python reads the zigzag codes and scales that, decoded
+    the documented way, give what actstore reads."""
     w = actstore.create(tmp_path / "s", {"h": 96}, dtype="q16", chunk_bytes=4096, chunks_per_shard=2)
     x = torch.randn(300, 96, generator=torch.Generator().manual_seed(2)) * 4
     w.append({"h": x})
@@ -332,8 +333,11 @@ def test_q16_is_bitshuffled_and_plain_zarr_decodes_it(tmp_path):
     assert blosc["scales/h"]["shuffle"] == blosc["tokens/token"]["shuffle"] == "shuffle"
     grp = zarr.open_group(tmp_path / "s", mode="r")
     g = grp["segments"][seg.name]
-    assert g["acts/h"].dtype == np.int16 and g["acts/h"].attrs["logical_dtype"] == "int16"
-    plain = torch.from_numpy(g["acts/h"][:300].astype(np.float32) * g["scales/h"][:300][:, None])
+    assert g["acts/h"].dtype == np.uint16 and g["acts/h"].attrs["logical_dtype"] == "int16"
+    assert g["acts/h"].attrs["codes"] == "zigzag"
+    z = g["acts/h"][:300].astype(np.int32)
+    q = (z >> 1) ^ -(z & 1)  # the documented decode
+    plain = torch.from_numpy(q.astype(np.float32) * g["scales/h"][:300][:, None])
     assert torch.equal(plain, actstore.open(tmp_path / "s").read("h"))
     assert float(((plain - x).norm(dim=1) / x.norm(dim=1)).max()) <= 1 / 64
 
