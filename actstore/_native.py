@@ -23,7 +23,9 @@ Public API::
     bf16_to_fp32(x, out=None, threads=0) -> np.ndarray  # float32
     scatter_rows(src, rows, dsts, dst_ids, dst_rows, threads=0) -> None  # rows of src into several outputs
     row_moments(x, shift, threads=0) -> (sum, sum of squares, sum of row norms)  # float64, about shift
-    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy  # fallbacks
+    row_moments_bf16(bits, shift, threads=0) -> the same for bf16 bits, without a float32 copy
+    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy,
+    row_moments_bf16_numpy  # fallbacks
 """
 
 from __future__ import annotations
@@ -43,16 +45,18 @@ __all__ = [
     "fp32_to_bf16",
     "bf16_to_fp32",
     "row_moments",
+    "row_moments_bf16",
     "gather_rows_numpy",
     "scatter_rows_numpy",
     "fp32_to_bf16_numpy",
     "bf16_to_fp32_numpy",
     "row_moments_numpy",
+    "row_moments_bf16_numpy",
 ]
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 
 def _env_flag(name: str) -> bool:
@@ -550,4 +554,33 @@ def row_moments(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.
     s1 = np.empty(x.shape[1], dtype=np.float64)
     s2 = np.empty(x.shape[1], dtype=np.float64)
     norm = _C.row_moments(x, shift, s1, s2, threads)
+    return s1, s2, float(norm)
+
+
+def row_moments_bf16_numpy(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """NumPy version of :func:`row_moments_bf16`."""
+    return row_moments_numpy(bf16_to_fp32_numpy(np.ascontiguousarray(x)), shift)
+
+
+def row_moments_bf16(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`row_moments` of bfloat16 values given as their bits, without a float32 copy.
+
+    Args:
+        x: uint16 (or int16) bf16 bits ``[n, d]``.
+        shift: float64 ``[d]``, as for :func:`row_moments`.
+
+    Returns:
+        what ``row_moments(bf16_to_fp32(x), shift, threads)`` returns, bit for bit (the
+        widening is exact and the rows are summed in the same order): ``(sum [d], sumsq
+        [d], norm_sum)`` in float64.
+    """
+    x = np.ascontiguousarray(x)
+    if x.dtype not in _I16 or x.ndim != 2:
+        raise ValueError(f"row_moments_bf16: x must be a 2-D uint16 (or int16) array of bf16 bits, got {x.dtype}")
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    if _C is None:
+        return row_moments_bf16_numpy(x, shift)
+    s1 = np.empty(x.shape[1], dtype=np.float64)
+    s2 = np.empty(x.shape[1], dtype=np.float64)
+    norm = _C.row_moments_bf16(x, shift, s1, s2, threads)
     return s1, s2, float(norm)
