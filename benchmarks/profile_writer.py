@@ -10,10 +10,12 @@ timed by wrapping the functions that do them (so the figures are what the code d
 a few hundred microseconds of wrapping cost per write), each with its thread:
 
 - main thread: ``validate`` (append's checks), ``to_stored`` (bf16 conversion), ``stats``
-  (RunningStats.update less its parts), ``stats_moments`` (the native moments kernel),
-  ``copy_to_buffer`` (rows into the shard buffer), ``wait_pool`` (waiting for the
-  encode/put pool), ``build_shard``, ``commit`` (shapes + commit record, fsyncs included),
-  ``other`` (create, close, Python in between);
+  (RunningStats.update less its parts: before the bf16 kernel, mostly the float32 copy),
+  ``stats_moments`` (the native moments kernel), ``copy_to_buffer`` (rows into the shard
+  buffer), ``wait_pool`` (waiting for chunk encodings), ``wait_puts`` (waiting for shard
+  objects to be written and fsynced, where the writer has a put pool), ``build_shard``,
+  ``commit`` (shapes + commit record, less the file stages below), ``other`` (create,
+  close, Python in between);
 - any thread: ``encode_blosc``, ``crc32c``, ``file_write``, ``fsync_file``, ``rename``,
   ``fsync_dir`` (``fsync_dir`` includes a new folder's parent fsync).
 
@@ -62,9 +64,14 @@ TARGETS = [
     (_writer, "to_stored", "to_stored"),
     (_stats.RunningStats, "update", "stats"),
     (_stats._native, "row_moments", "stats_moments"),
+    (_stats._native, "row_moments_bf16", "stats_moments"),
     (_writer.SegmentWriter, "_buffer", "copy_to_buffer"),
+    (_writer.SegmentWriter, "_copy_rows", "copy_to_buffer"),
     (_writer.SegmentWriter, "_write_shard", "wait_pool"),
-    (_writer.SegmentWriter, "_wait_shard", "wait_pool"),
+    (_writer.SegmentWriter, "_wait_chunk_free", "wait_pool"),
+    (_writer.SegmentWriter, "_shard_full", "wait_pool"),
+    (_writer.SegmentWriter, "_write_full_shards", "wait_pool"),
+    (_writer.SegmentWriter, "_put_shard", "wait_puts"),
     (_writer, "build_shard", "build_shard"),
     (_writer.SegmentWriter, "_write_commit", "commit"),
     (_writer.SegmentWriter, "_encode_chunk", "encode_blosc"),
