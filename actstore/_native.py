@@ -27,7 +27,9 @@ Public API::
     decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
         -> None | (j, reason)  # crc32c + decode + scatter of stored chunks, one call (native only:
         # its fallback is the loader's per-chunk path, ChunkReader.decode + scatter_rows)
-    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy  # fallbacks
+    row_moments_bf16(bits, shift, threads=0) -> the same for bf16 bits, without a float32 copy
+    gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy,
+    row_moments_bf16_numpy  # fallbacks
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ __all__ = [
     "row_moments",
     "decode_scatter_ready",
     "decode_scatter",
+    "row_moments_bf16",
     "gather_rows_numpy",
     "scatter_rows_numpy",
     "fp32_to_bf16_numpy",
     "bf16_to_fp32_numpy",
     "row_moments_numpy",
+    "row_moments_bf16_numpy",
 ]
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 
 
 def _env_flag(name: str) -> bool:
@@ -614,3 +618,30 @@ def decode_scatter(
     if not decode_scatter_ready(blosc):
         raise RuntimeError("decode_scatter needs actstore._C (and numcodecs' Blosc); check decode_scatter_ready first")
     return _C.decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
+def row_moments_bf16_numpy(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """NumPy version of :func:`row_moments_bf16`."""
+    return row_moments_numpy(bf16_to_fp32_numpy(np.ascontiguousarray(x)), shift)
+
+
+def row_moments_bf16(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`row_moments` of bfloat16 values given as their bits, without a float32 copy.
+
+    Args:
+        x: uint16 (or int16) bf16 bits ``[n, d]``.
+        shift: float64 ``[d]``, as for :func:`row_moments`.
+
+    Returns:
+        what ``row_moments(bf16_to_fp32(x), shift, threads)`` returns, bit for bit (the
+        widening is exact and the rows are summed in the same order): ``(sum [d], sumsq
+        [d], norm_sum)`` in float64.
+    """
+    x = np.ascontiguousarray(x)
+    if x.dtype not in _I16 or x.ndim != 2:
+        raise ValueError(f"row_moments_bf16: x must be a 2-D uint16 (or int16) array of bf16 bits, got {x.dtype}")
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    if _C is None:
+        return row_moments_bf16_numpy(x, shift)
+    s1 = np.empty(x.shape[1], dtype=np.float64)
+    s2 = np.empty(x.shape[1], dtype=np.float64)
+    norm = _C.row_moments_bf16(x, shift, s1, s2, threads)
+    return s1, s2, float(norm)

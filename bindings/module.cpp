@@ -34,7 +34,7 @@ namespace {
 
 // Bumped whenever a signature or semantics below changes; actstore/_native.py
 // refuses a stale build with a different number.
-constexpr int kAbiVersion = 4;
+constexpr int kAbiVersion = 5;
 
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
@@ -523,6 +523,37 @@ double row_moments_py(const py::object& x_obj, const py::object& shift_obj, cons
   return actstore::row_moments(xp, n, d, sh, s1, s2, threads);
 }
 
+double row_moments_bf16_py(const py::object& x_obj, const py::object& shift_obj, const py::object& sum_obj,
+                           const py::object& sumsq_obj, int threads) {
+  constexpr const char* fn = "row_moments_bf16";
+  check_threads(threads, fn);
+  py::array x = as_ndarray(x_obj, fn, "x");
+  py::array shift = as_ndarray(shift_obj, fn, "shift");
+  py::array sum = as_ndarray(sum_obj, fn, "sum");
+  py::array sumsq = as_ndarray(sumsq_obj, fn, "sumsq");
+  if ((!has_dtype<std::uint16_t>(x) && !has_dtype<std::int16_t>(x)) || x.ndim() != 2) {
+    throw py::value_error(std::string(fn) + ": x must be a 2-D uint16 (or int16) array of bf16 bits, got " +
+                          dtype_name(x));
+  }
+  require_c_contiguous(x, fn, "x");
+  const std::int64_t n = x.shape(0), d = x.shape(1);
+  for (const auto* a : {&shift, &sum, &sumsq}) {
+    if (!has_dtype<double>(*a) || a->ndim() != 1 || a->shape(0) != d) {
+      throw py::value_error(std::string(fn) + ": shift, sum and sumsq must be float64 of shape (" +
+                            std::to_string(d) + ",)");
+    }
+    require_c_contiguous(*a, fn, "shift/sum/sumsq");
+  }
+  require_writeable(sum, fn, "sum");
+  require_writeable(sumsq, fn, "sumsq");
+  const auto* xp = static_cast<const std::uint16_t*>(x.data());
+  const auto* sh = static_cast<const double*>(shift.data());
+  auto* s1 = static_cast<double*>(sum.mutable_data());
+  auto* s2 = static_cast<double*>(sumsq.mutable_data());
+  py::gil_scoped_release release;
+  return actstore::row_moments_bf16(xp, n, d, sh, s1, s2, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -592,6 +623,12 @@ ValueError / TypeError before anything is written. Releases the GIL.)doc");
 
   m.def("load_blosc", &load_blosc_py, py::arg("path"),
         "Take blosc_decompress_ctx from the shared library at path (numcodecs.blosc's); True if found.");
+  m.def("row_moments_bf16", &row_moments_bf16_py, py::arg("x"), py::arg("shift"), py::arg("sum"),
+        py::arg("sumsq"), py::arg("threads") = 0,
+        R"doc(row_moments of bfloat16 bits, without a float32 copy; same results bit for bit.
+
+x: uint16 (or int16) bf16 bits (n, d) C-contiguous. shift, sum, sumsq: float64 (d,).
+Releases the GIL.)doc");
 
   m.def("bf16_to_fp32", &bf16_to_fp32_py, py::arg("x"), py::arg("out"), py::arg("threads") = 0,
         R"doc(out = float32 value of bfloat16 bits x (exact), in place.

@@ -586,6 +586,57 @@ def test_row_moments_matches_numpy(n, d, threads):
     assert abs(norm - rn) <= 1e-9 * max(1.0, rn)
 
 
+def _row_order_moments(x64: np.ndarray, shift: np.ndarray, threads: int):
+    """The kernel's arithmetic in its order: rows split into ``threads`` contiguous parts,
+    each part's columns summed row after row from 0.0, each row's squares in column order
+    (cumsum is sequential), the parts added in order."""
+    n, d = x64.shape
+    base, rem = divmod(n, threads)
+    s1, s2, norm = np.zeros(d), np.zeros(d), 0.0
+    r0 = 0
+    for p in range(threads):
+        r1 = r0 + base + (p < rem)
+        c = x64[r0:r1] - shift
+        a1, a2 = np.zeros(d), np.zeros(d)
+        for row in c:  # row after row, as the kernel
+            a1 += row
+            a2 += row * row
+        sq = np.cumsum(x64[r0:r1] * x64[r0:r1], axis=1)[:, -1] if r1 > r0 else np.zeros(0)
+        part_norm = np.cumsum(np.concatenate([[0.0], np.sqrt(sq)]))[-1]
+        s1, s2, norm = s1 + a1, s2 + a2, norm + part_norm
+        r0 = r1
+    return s1, s2, norm
+
+
+@needs_native
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (1027, 48), (4099, 385)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_row_moments_bit_exact_in_row_order_and_from_bf16_bits(n, d, threads):
+    # The writer's statistics must not change with the kernel: row_moments keeps the
+    # row-at-a-time order of its sums (any blocking of rows must not reorder them), and
+    # row_moments_bf16 on bf16 bits gives row_moments on their float32 values, bit for bit.
+    rng = np.random.default_rng(n * 11 + d)
+    x = (rng.standard_normal((n, d)) * 3 + rng.standard_normal(d) * 50).astype(np.float32)
+    bits = nat.fp32_to_bf16(x)
+    xb = nat.bf16_to_fp32(bits)  # the bf16 values as float32
+    if n * d * 4 < (1 << 20):
+        threads = 1  # under 1 MiB the kernel runs on one thread whatever is asked
+    # A shift with all 53 bits of mantissa: the sums then round, so their order shows.
+    shift = x[0].astype(np.float64) + rng.random(d)
+    for data, got in (
+        (x, nat.row_moments(x, shift, threads=threads)),
+        (xb, nat.row_moments(xb, shift, threads=threads)),
+        (xb, nat.row_moments_bf16(bits, shift, threads=threads)),
+    ):
+        want = _row_order_moments(data.astype(np.float64), shift, threads)
+        assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes()
+        assert np.float64(got[2]).tobytes() == np.float64(want[2]).tobytes()
+    r1, r2, rn = nat.row_moments_bf16_numpy(bits, shift)
+    np.testing.assert_allclose(r1, want[0], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(r2, want[1], rtol=1e-12, atol=1e-9)
+    assert abs(rn - want[2]) <= 1e-9 * max(1.0, want[2])
+
+
 def test_row_moments_propagates_nonfinite():
     x = np.ones((5, 4), dtype=np.float32)
     x[2, 1] = np.nan

@@ -113,7 +113,7 @@ def _check_record(rec: dict, storage: Storage, segment: str, seq: int, schema: S
     # (every array's shards are written before the record; a record naming rows past the
     # shards, like rows=2**62, is damage, found here rather than as a huge allocation).
     # The rows must lie in shards that exist and within the array's shape: the writer
-    # writes every array's shards, then their zarr.json shapes, then the record. Checked on
+    # writes every array's shards and their zarr.json shapes, then the record. Checked on
     # the first array (the others when first read, SegmentReader.check_array), so that a
     # record naming rows past the data, like rows=2**62, is refused here, not met as a huge
     # allocation or as zero-filled padding.

@@ -56,11 +56,16 @@ class RunningStats:
         x = x.detach()
         if x.shape[0] == 0:
             return 0
-        x32 = x.to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        # Shift by the running mean (or the first row): the moments below then stay
-        # small and M2 = sumsq - sum^2/n does not cancel.
-        shift = self.mean if self.count else x32[0].astype(np.float64)
-        s1, s2, norm_sum = _native.row_moments(x32, shift)
+        if x.dtype == torch.bfloat16:
+            # The bits as they are: no float32 copy (4 bytes per value, a pass of its own);
+            # row_moments_bf16 gives row_moments' results on their float32 values bit for bit.
+            bits = x.to(device="cpu").contiguous().view(torch.int16).numpy()
+            shift = self._shift(bits)
+            s1, s2, norm_sum = _native.row_moments_bf16(bits, shift)
+        else:
+            x32 = x.to(device="cpu", dtype=torch.float32).contiguous().numpy()
+            shift = self._shift(x32)
+            s1, s2, norm_sum = _native.row_moments(x32, shift)
         if not (np.isfinite(s1).all() and np.isfinite(s2).all() and np.isfinite(norm_sum)):
             # Rare path: some row holds NaN/inf. Count those rows, add the rest.
             finite = torch.isfinite(x).all(dim=1).cpu()
@@ -69,8 +74,18 @@ class RunningStats:
             if bad < x.shape[0]:
                 self.update(x.cpu()[finite])
             return bad
-        self.merge(RunningStats.from_moments(self.d, x32.shape[0], shift, s1, s2, norm_sum))
+        self.merge(RunningStats.from_moments(self.d, x.shape[0], shift, s1, s2, norm_sum))
         return 0
+
+    def _shift(self, x: np.ndarray) -> np.ndarray:
+        """float64 ``[d]`` to subtract before the moments of ``x`` (float32, or int16 bf16
+        bits): the running mean, or the first row. The moments then stay small and
+        M2 = sumsq - sum^2/n does not cancel."""
+        if self.count:
+            return self.mean
+        if x.dtype == np.float32:
+            return x[0].astype(np.float64)
+        return _native.bf16_to_fp32(np.ascontiguousarray(x[0])).astype(np.float64)
 
     @classmethod
     def from_moments(cls, d: int, n: int, shift, s1, s2, norm_sum: float) -> "RunningStats":

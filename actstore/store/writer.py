@@ -1,13 +1,17 @@
 """The segment writer: one writer, one segment, whole shards, durable commits.
 
-Rows are buffered until a shard (``schema.shard_rows`` rows of every array) is full; the
-shard's chunks are encoded in a thread pool and each array's shard object is written
-atomically. A commit then records the row count (and the statistics of exactly those
-rows) in a new commit record. Order on every commit::
+Rows are buffered until a shard (``schema.shard_rows`` rows of every array) is full; each
+chunk is encoded in a thread pool as soon as its rows are all in the buffer, while the
+caller goes on appending. A full shard waits, as its chunks' encodings, until the next shard
+fills or the append returns; then each array's shard object is written atomically and a
+commit records the row count (and the statistics of exactly those rows) in a new commit
+record. So the encoding of one shard runs beside the statistics, the copies and the writes
+and fsyncs of the others. Order on every commit::
 
-    shard objects (fsync + rename)  ->  zarr.json shapes  ->  commits/<seq>.json
+    shard objects + zarr.json shapes (fsync + rename, in parallel)  ->  commits/<seq>.json
 
-so a commit record never names rows whose bytes are not durable. A ``commit()`` in the
+so a commit record never names rows whose bytes are not durable (a shape that runs ahead
+of the shards for a moment is harmless: readers trust the commit record, not the shape). A ``commit()`` in the
 middle of a shard writes the partial shard; the next flush of that shard replaces it
 atomically with a longer one holding the same leading rows, so committed rows never
 change. Reopening a segment resumes from its newest commit and discards the rest.
@@ -31,7 +35,8 @@ import json
 import os
 import socket
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -95,6 +100,17 @@ def _as_column(name: str, v, n: int) -> np.ndarray:
     return v.astype(dt, copy=False)
 
 
+@dataclass
+class _FullShard:
+    """A full shard not yet written: its chunks' encodings (array path -> one future of
+    stored chunk bytes per chunk) and, where it ends in a commit, the statistics of the rows
+    up to its end (taken when it filled: later rows are in ``SegmentWriter._stats``)."""
+
+    shard: int
+    chunks: dict[str, list[Future]]
+    stats: dict[str, RunningStats] | None
+
+
 class SegmentWriter:
     """Appends rows for every hook of a store into one segment.
 
@@ -134,14 +150,22 @@ class SegmentWriter:
             self._lock = None
             self._lease = Lease(storage, self._prefix, self.writer_id)
             self._lease.acquire()
-        # Object storage: more puts in flight than cores (a put waits on the network).
-        workers = max(threads or default_threads(), min(storage.inflight, 16))
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="actstore-enc")
+        # Encoding is CPU work: one thread per core. Puts get their own pool, so that a
+        # shard's writes never queue behind the next shard's encodings (and object storage
+        # has more puts in flight than cores: a put waits on the network).
+        self._pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="actstore-enc")
+        self._puts = ThreadPoolExecutor(
+            max(len(self._arrays), min(storage.inflight, 16)), thread_name_prefix="actstore-enc-put"
+        )
         self._closed = False
         R = schema.shard_rows
         self._buf = {a.path: np.zeros((R, *a.row_shape), dtype=a.dtype) for a in self._arrays}
         self._buf_rows = 0  # rows buffered for shard self._shard
         self._dirty = False  # buffered rows not yet written to storage
+        # Encodings of the current shard's whole chunks (path -> chunk -> future), started as
+        # each chunk filled; a partial shard's rewrite reuses them.
+        self._enc: dict[str, dict[int, Future]] = {a.path: {} for a in self._arrays}
+        self._full: list[_FullShard] = []  # full shards to write, oldest first (at most one waits)
         self._shard = 0
         self._seq = 0
         self.committed_rows = 0
@@ -254,12 +278,14 @@ class SegmentWriter:
         """
         self._check_open()
         meta = self.resume_meta if meta is None else meta
-        if self._dirty:
-            self._write_shard(self._shard, self._buf_rows)
+        self._write_full_shards()
         total = self.rows
+        shapes_written = self._dirty
+        if self._dirty:
+            self._write_shard(self._shard, self._buf_rows, shapes=total)
         if total == self.committed_rows and self._seq > 0 and meta == self.resume_meta:
             return total
-        self._write_commit(total, meta)
+        self._write_commit(total, meta, shapes_written=shapes_written)
         return total
 
     def close(self) -> None:
@@ -297,8 +323,12 @@ class SegmentWriter:
     def _release(self):
         if not self._closed:
             self._closed = True
-            if getattr(self, "_pool", None) is not None:
-                self._pool.shutdown(wait=True)
+            # Uncommitted full shards are dropped (a resume discards them anyway); their
+            # encodings finish before the pools stop, so no thread reads the buffer after.
+            self._full = []
+            for pool in (getattr(self, "_pool", None), getattr(self, "_puts", None)):
+                if pool is not None:
+                    pool.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
             if self._lease is not None:
@@ -369,12 +399,13 @@ class SegmentWriter:
             }
         }
         subs = sorted({a.path.split("/")[0] for a in self._arrays} | {"commits"})
+        puts = []
         for sub in subs:
             self._remember(f"{self._prefix}/{sub}/zarr.json")  # a creation that never finished
-            self._put(f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode())
+            puts.append((f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode()))
         for a in self._arrays:
             self._remember(f"{self._prefix}/{a.path}/zarr.json")
-        self._write_shapes(0)
+        self._put_all(puts + self._shape_docs(0))
         # The segment's own zarr.json last: its presence means the skeleton is complete.
         self._put(f"{self._prefix}/zarr.json", json.dumps(group_doc(info)).encode())
 
@@ -419,21 +450,78 @@ class SegmentWriter:
         done = 0
         while done < n:
             take = min(n - done, R - self._buf_rows)
-            # Statistics follow the rows piece by piece, so that a commit at a shard
-            # boundary inside this batch records the statistics of exactly its rows.
+            lo = self._buf_rows
+            for a in self._arrays:
+                if a.path in staged:
+                    self._copy_rows(a, staged[a.path][done : done + take], lo)
+            # Statistics follow the rows piece by piece (the pieces end at shard boundaries),
+            # so that a commit at a shard boundary inside this batch records the statistics
+            # of exactly its rows. After the copies: the chunks that filled encode meanwhile.
             for h, x in (tensors or {}).items():
                 self._stats[h].update(x[done : done + take])
-            for path, v in staged.items():
-                self._buf[path][self._buf_rows : self._buf_rows + take] = v[done : done + take]
             self._buf_rows += take
             self._dirty = True
             done += take
             if self._buf_rows == R:
-                self._write_shard(self._shard, R)
-                self._shard += 1
-                self._buf_rows = 0
-                if self.commit_every_shard:
-                    self._write_commit(self.rows)
+                self._shard_full()
+        if self.commit_every_shard:
+            # Shard-boundary commits are done when append returns (committed_rows says so).
+            self._write_full_shards()
+
+    def _copy_rows(self, a: ArraySpec, rows: np.ndarray, lo: int) -> None:
+        """Copy ``rows`` into the buffer of array ``a`` from row ``lo`` on, chunk by chunk,
+        and start encoding each chunk that is then whole."""
+        cr, buf, hi = a.chunk_rows, self._buf[a.path], lo + rows.shape[0]
+        first = lo // cr
+        for c in range(first, -(-hi // cr)):
+            c_lo, c_hi = max(lo, c * cr), min(hi, (c + 1) * cr)
+            if c_lo == c * cr:
+                self._wait_chunk_free(a, c)
+            buf[c_lo:c_hi] = rows[c_lo - lo : c_hi - lo]
+            if c_hi == (c + 1) * cr:
+                self._enc[a.path][c] = self._pool.submit(self._encode_chunk, a, c * cr, c_hi, c_hi)
+
+    def _wait_chunk_free(self, a: ArraySpec, c: int) -> None:
+        """Before rows of a new shard go into chunk ``c``: the full shard's encoding of that
+        chunk, which reads the same buffer rows, must be done."""
+        for full in self._full:
+            chunks = full.chunks.get(a.path)
+            if chunks is not None and c < len(chunks):
+                chunks[c].result()
+
+    def _shard_full(self) -> None:
+        """The buffer holds a whole shard: queue it for writing (with the statistics of the
+        rows up to its end, if it ends in a commit) and start the next shard."""
+        if self._full:
+            self._write_full_shards()  # at most one full shard waits: bounded memory
+        R = self.schema.shard_rows
+        chunks = {}
+        for a in self._arrays:
+            enc = self._enc[a.path]
+            for c in range(R // a.chunk_rows):
+                if c not in enc:  # rows loaded on resume, never appended here
+                    lo = c * a.chunk_rows
+                    enc[c] = self._pool.submit(self._encode_chunk, a, lo, lo + a.chunk_rows, R)
+            chunks[a.path] = [enc[c] for c in range(R // a.chunk_rows)]
+        stats = {h: s.copy() for h, s in self._stats.items()} if self.commit_every_shard else None
+        self._full.append(_FullShard(self._shard, chunks, stats))
+        self._enc = {a.path: {} for a in self._arrays}
+        self._shard += 1
+        self._buf_rows = 0
+        self._dirty = False
+
+    def _write_full_shards(self) -> None:
+        """Write the full shards that wait, oldest first, each followed by its commit when
+        the writer commits every shard. A failed write leaves the shard queued: the next
+        commit tries it again."""
+        R = self.schema.shard_rows
+        while self._full:
+            full = self._full[0]
+            rows = (full.shard + 1) * R if full.stats is not None else None
+            self._put_shard(full.shard, {path: [f.result() for f in fs] for path, fs in full.chunks.items()}, rows)
+            if rows is not None:
+                self._write_commit(rows, stats=full.stats, shapes_written=True)
+            self._full.pop(0)
 
     def _encode_chunk(self, a: ArraySpec, lo: int, hi: int, nrows: int) -> bytes | None:
         if lo >= nrows:
@@ -444,35 +532,69 @@ class SegmentWriter:
             block[nrows - lo :] = 0
         return array_codec(self._codec, a).encode(block)
 
-    def _write_shard(self, shard: int, nrows: int):
-        """Encode rows [0, nrows) of the buffer as shard ``shard`` of every array and
-        write each array's shard object atomically."""
-        R = self.schema.shard_rows
-        jobs = []
+    def _write_shard(self, shard: int, nrows: int, shapes: int | None = None):
+        """Write rows [0, nrows) of the buffer as shard ``shard`` of every array (and the
+        arrays' zarr.json with ``shapes`` rows, if given): the whole chunks' encodings
+        started when they filled, the edge chunk encoded now."""
+        encoded = {}
         for a in self._arrays:
-            for lo in range(0, R, a.chunk_rows):
-                jobs.append((a, lo, lo + a.chunk_rows))
-        encoded = list(self._pool.map(lambda j: self._encode_chunk(j[0], j[1], j[2], nrows), jobs))
-        writes, i = [], 0
-        for a in self._arrays:
-            n_chunks = R // a.chunk_rows
-            parts = build_shard(encoded[i : i + n_chunks])
-            i += n_chunks
-            writes.append((shard_key(self.segment, a, shard), parts))
-            self.bytes_written += sum(len(p) for p in parts)
-        for f in [self._pool.submit(self._put, k, p) for k, p in writes]:
-            f.result()
+            enc, futures = self._enc[a.path], []
+            for c in range(self.schema.shard_rows // a.chunk_rows):
+                lo, hi = c * a.chunk_rows, (c + 1) * a.chunk_rows
+                f = enc.get(c) if hi <= nrows else None
+                if f is None:
+                    f = self._pool.submit(self._encode_chunk, a, lo, hi, nrows)
+                    if hi <= nrows:
+                        enc[c] = f  # a whole chunk loaded on resume: encoded once
+                futures.append(f)
+            encoded[a.path] = futures
+        self._put_shard(shard, {path: [f.result() for f in fs] for path, fs in encoded.items()}, shapes)
         self._dirty = False
 
-    def _write_shapes(self, rows: int):
+    def _put_shard(self, shard: int, encoded: dict[str, list[bytes | None]], shapes: int | None = None) -> None:
+        """Write each array's shard object from its encoded chunks (and, with ``shapes``,
+        each array's zarr.json with that many rows), all in parallel, and return once every
+        one is durable: the order a commit needs."""
+        writes = []
+        for a in self._arrays:
+            parts = build_shard(encoded[a.path])
+            writes.append((shard_key(self.segment, a, shard), parts))
+            self.bytes_written += sum(len(p) for p in parts)
+        self._put_all(writes + (self._shape_docs(shapes) if shapes is not None else []))
+
+    def _put_all(self, writes: list[tuple[str, object]]) -> None:
+        """Write independent objects in parallel (their fsyncs overlap instead of queueing);
+        return once every one is durable."""
+        for f in [self._puts.submit(self._put, k, p) for k, p in writes]:
+            f.result()
+
+    def _shape_docs(self, rows: int) -> list[tuple[str, bytes]]:
+        """Every array's zarr.json with ``rows`` rows: (key, bytes) pairs."""
+        docs = []
         for a in self._arrays:
             doc = array_doc(a, rows, self.schema.shard_rows, self._codec)
-            self._put(f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode())
+            docs.append((f"{self._prefix}/{a.path}/zarr.json", json.dumps(doc).encode()))
+        return docs
 
-    def _write_commit(self, rows: int, meta: dict | None = None):
+    def _write_shapes(self, rows: int):
+        self._put_all(self._shape_docs(rows))
+
+    def _write_commit(
+        self,
+        rows: int,
+        meta: dict | None = None,
+        stats: dict[str, RunningStats] | None = None,
+        shapes_written: bool = False,
+    ):
+        """Publish commit record ``seq + 1`` naming ``rows`` rows, with ``stats`` (default:
+        the statistics of every appended row, which must then be ``rows`` rows).
+        ``shapes_written``: the arrays' zarr.json already say ``rows`` rows (written with
+        the shard objects, in parallel with them: a shape may run ahead of the durable
+        shards, as readers trust only the commit record, and the record comes last)."""
         if self._lease is not None:
             self._lease.check()  # renewed now, or this writer was taken over: stop before publishing
-        self._write_shapes(rows)
+        if not shapes_written:
+            self._write_shapes(rows)
         self._seq += 1
         record = {
             "format_version": FORMAT_VERSION,
@@ -484,7 +606,7 @@ class SegmentWriter:
             "time": _now(),
             "actstore_version": __version__,
             "writer": self.writer_id,
-            "stats": {h: s.to_json() for h, s in self._stats.items()},
+            "stats": {h: s.to_json() for h, s in (stats or self._stats).items()},
         }
         if meta is not None:
             record["meta"] = meta

@@ -256,23 +256,20 @@ def test_lease_takeover_survives_power_loss_at_every_put(reference, monkeypatch)
 # -- the planted bug: the commit record published before the shard writes finish ------------------
 
 
-def _write_shard_without_waiting(self, shard, nrows):
-    """store/writer.py's _write_shard with its ``f.result()`` loop removed (the planted bug)."""
-    R = self.schema.shard_rows
-    jobs = [(a, lo, lo + a.chunk_rows) for a in self._arrays for lo in range(0, R, a.chunk_rows)]
-    encoded = list(self._pool.map(lambda j: self._encode_chunk(j[0], j[1], j[2], nrows), jobs))
-    i = 0
-    for a in self._arrays:
-        n_chunks = R // a.chunk_rows
-        parts = writer_mod.build_shard(encoded[i : i + n_chunks])
-        i += n_chunks
-        self._pool.submit(self._put, writer_mod.shard_key(self.segment, a, shard), parts)
-    self._dirty = False
+def _put_shard_without_waiting(self, shard, encoded, shapes=None):
+    """store/writer.py's _put_shard without waiting for its puts (the planted bug): every
+    shard, full or partial, and the shapes written with it, are handed to the put pool and
+    the commit goes on."""
+    writes = [
+        (writer_mod.shard_key(self.segment, a, shard), writer_mod.build_shard(encoded[a.path])) for a in self._arrays
+    ]
+    for key, data in writes + (self._shape_docs(shapes) if shapes is not None else []):
+        self._puts.submit(self._put, key, data)
 
 
 @pytest.mark.slow
 def test_planted_commit_before_shards_is_caught(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(writer_mod.SegmentWriter, "_write_shard", _write_shard_without_waiting)
+    monkeypatch.setattr(writer_mod.SegmentWriter, "_put_shard", _put_shard_without_waiting)
     # Nothing waits on the planted writer's puts, so each is held for the whole valve.
     monkeypatch.setattr(power_loss, "HOLD_SECONDS", 0.2)
     bad = local_violations(tmp_path, reference, sample=40, first=True)

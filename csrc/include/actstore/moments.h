@@ -1,5 +1,5 @@
-// Shifted column moments of a float32 matrix: the hot part of the store's
-// mergeable statistics (count, mean, M2, norm sum). Plain C++17.
+// Shifted column moments of a float32 or bfloat16 matrix: the hot part of the
+// store's mergeable statistics (count, mean, M2, norm sum). Plain C++17.
 #pragma once
 
 #include <cstdint>
@@ -17,5 +17,12 @@ namespace actstore {
 // accumulators, merged at the end.
 double row_moments(const float* x, std::int64_t n, std::int64_t d, const double* shift,
                    double* sum, double* sumsq, int threads);
+
+// The same for x given as bfloat16 bits ([n, d] uint16), without a float32
+// copy. Bit-identical to row_moments on the float32 values of x with the same
+// `threads`: the widening is exact, and the rows are split over threads and
+// summed in the same order (the thread count is resolved as for 4-byte input).
+double row_moments_bf16(const std::uint16_t* x, std::int64_t n, std::int64_t d, const double* shift,
+                        double* sum, double* sumsq, int threads);
 
 }  // namespace actstore
