@@ -618,6 +618,8 @@ def decode_scatter(
     if not decode_scatter_ready(blosc):
         raise RuntimeError("decode_scatter needs actstore._C (and numcodecs' Blosc); check decode_scatter_ready first")
     return _C.decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
+
+
 def row_moments_bf16_numpy(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """NumPy version of :func:`row_moments_bf16`."""
     return row_moments_numpy(bf16_to_fp32_numpy(np.ascontiguousarray(x)), shift)
