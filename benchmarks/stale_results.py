@@ -71,7 +71,7 @@ MUTATED = [
 MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_codecs.py": (r"codecs(_quick)?", ["actstore/store/quantize.py", *STORE]),
     "bench_store_io.py": (r"store_io(_quick)?", STORE),
-    "profile_writer.py": (r"writer_profile(_quick)?", STORE),
+    "bench_writer_profile.py": (r"writer_profile(_quick)?", STORE),
     "bench_s3.py": (r"s3(_cps\d+)?", LOADER),
     "bench_loader.py": (r"loader(_quick)?", LOADER),
     "bench_loader_feed.py": (r"loader_feed_\w+", LOADER),

@@ -1,6 +1,6 @@
 """Where a store write spends its time: per-stage wall time and core use of create + append + close.
 
-    python benchmarks/profile_writer.py [--quick] [--repeats N] [--rows N] [--d D] [--out NAME]
+    python benchmarks/bench_writer_profile.py [--quick] [--repeats N] [--rows N] [--d D] [--out NAME]
 
 Two inputs, each appended as one bf16 tensor (as ``actstore bench store`` does): ``random``,
 ``rows x d`` random bf16 (default 262144 x 1024, 512 MiB), and ``minilm``, the real
