@@ -27,7 +27,13 @@ class CaptureConfig:
     tokens: int | None = _opt(None, "stop after this many stored tokens, all ranks together (default: all data)")
     context: int = _opt(128, "window length in tokens")
     batch_size: int = _opt(32, "windows per forward pass")
-    dtype: str = _opt("bf16", "storage dtype: bf16, fp16, fp32, fp8, int8")
+    dtype: str = _opt(
+        "bf16",
+        "storage dtype. Measured on SmolLM2-135M's 60 MLP hooks (x fewer bytes than raw bf16; relative "
+        "error vs the fp32 activations, median hook): bf16 1.46x, 0.17%% (lossless for a bf16 model); fp16 "
+        "1.17x, 0.02%%; fp32 0.59x, exact; fp8 2.35x, 2.4%%; int8 2.63x, 2.2%% (worst hook 5.1%%); q16 2.27x, "
+        "0.90%% (any row at most 1.6%%: lossy with a bound). benchmarks/results/all_layer_capture_cpu.json",
+    )
     codec: str = _opt("zstd", "zstd, lz4 or none")
     packing: str = _opt("pack", "pack (documents run across windows) or truncate (one window per document)")
     bos: str = _opt("auto", "prepend or none (auto: from the tokenizer)")

@@ -228,7 +228,7 @@ FIGURES: list[Passage] = [
                 F(f"ratios/capture_{dt}_over_forward_to_L29/median_per_round", PCT2),
             ),
         )
-        for label, dt in (("bf16 (default)", "bf16"), ("fp8", "fp8"), ("int8", "int8"))
+        for label, dt in (("bf16 (default)", "bf16"), ("fp8", "fp8"), ("int8", "int8"), ("q16", "q16"))
     ],
     Passage(
         "README.md",
@@ -481,3 +481,21 @@ def test_a_figure_that_differs_from_its_result_file_fails():
     data = json.loads(json.dumps(load(passage.result)))
     data["parts"]["clt"]["clt"]["fvu_per_layer"][0] += 0.01
     assert missing(passage, text, data) is not None
+
+
+def test_the_capture_dtype_help_quotes_the_all_layer_figures():
+    """``actstore capture --dtype``'s help states each dtype's measured ratio and error: the
+    figures of all_layer_capture_cpu.json (ratio to raw bf16; median hook's relative error)."""
+    from dataclasses import fields
+
+    from actstore.capture.config import CaptureConfig
+
+    text = squash(next(f for f in fields(CaptureConfig) if f.name == "dtype").metadata["help"].replace("%%", "%"))
+    data = load("all_layer_capture_cpu.json")
+    digits = {"bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "q16": 2}
+    for dt, n in digits.items():
+        ratio = data["bytes"][dt]["ratio_vs_raw_bf16"]
+        err = data["error_vs_fp32"][dt]["rel_l2_median"] * 100
+        assert f"{dt} {ratio:.2f}x, {err:.{n}f}%" in text, (dt, text)
+    assert f"fp32 {data['bytes']['fp32']['ratio_vs_raw_bf16']:.2f}x, exact" in text
+    assert f"(worst hook {data['error_vs_fp32']['int8']['rel_l2_max'] * 100:.1f}%)" in text
