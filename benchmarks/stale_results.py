@@ -95,6 +95,8 @@ MEASURES: dict[str, tuple[str, list[str]]] = {
     "bench_hf_datasets.py": (r"hf_datasets_cpu(_quick)?", ["actstore/integrations/hf_datasets.py", *STORE]),
     "bench_dictionaries.py": (r"dictionaries_cpu", ["actstore/capture", "actstore/demo.py", *CAPTURE, *SAE]),
     "bench_clt.py": (r"clt_cpu", ["actstore/capture", "actstore/demo.py", "actstore/loader", *CAPTURE, *SAE]),
+    # the store's quantizers and codecs on all-layer SmolLM2 rows, and the trainer for the FVU parity
+    "bench_lossy_codecs.py": (r"lossy_codecs(_quick)?", ["actstore/demo.py", *CAPTURE, *SAE]),
     "sweep_dictionary_defaults.py": (
         r"dictionary_defaults_sweep",
         ["actstore/demo.py", "benchmarks/bench_dictionaries.py", *CAPTURE, *SAE],
