@@ -27,6 +27,8 @@ Public API::
     decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
         -> None | (j, reason)  # crc32c + decode + scatter of stored chunks, one call (native only:
         # its fallback is the loader's per-chunk path, ChunkReader.decode + scatter_rows)
+    decode_direct(enable=None) -> (enabled, direct, fallback)  # decode_scatter's direct Blosc
+        # decode switch and chunk counts (native only; None without the extension)
     row_moments_bf16(bits, shift, threads=0) -> the same for bf16 bits, without a float32 copy
     gather_rows_numpy, fp32_to_bf16_numpy, bf16_to_fp32_numpy, scatter_rows_numpy, row_moments_numpy,
     row_moments_bf16_numpy  # fallbacks
@@ -51,6 +53,7 @@ __all__ = [
     "row_moments",
     "decode_scatter_ready",
     "decode_scatter",
+    "decode_direct",
     "row_moments_bf16",
     "gather_rows_numpy",
     "scatter_rows_numpy",
@@ -62,7 +65,7 @@ __all__ = [
 
 # Must equal kAbiVersion in bindings/module.cpp: a stale build (e.g. an old
 # in-place .so after a signature change) is refused rather than misused.
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 
 
 def _env_flag(name: str) -> bool:
@@ -618,6 +621,19 @@ def decode_scatter(
     if not decode_scatter_ready(blosc):
         raise RuntimeError("decode_scatter needs actstore._C (and numcodecs' Blosc); check decode_scatter_ready first")
     return _C.decode_scatter(chunks, spans, rows, dsts, dst_ids, dst_rows, chunk_bytes, row_bytes, blosc, widen)
+
+
+def decode_direct(enable: Optional[bool] = None) -> Optional[tuple[bool, int, int]]:
+    """:func:`decode_scatter` decodes Blosc frames of byte shuffle (or none) with zstd or
+    lz4 block by block straight into the destination rows; other frames (bit shuffle, ...)
+    are decoded whole and then scattered. Turn the direct decode on or off (``enable``;
+    None leaves it) and return ``(enabled, chunks decoded directly, chunks that fell
+    back)`` counted since the process loaded the extension; None without it. For tests
+    and benchmarks: both ways give the same bytes."""
+    if _C is None:
+        return None
+    on, direct, fallback = _C.decode_direct(-1 if enable is None else int(bool(enable)))
+    return bool(on), int(direct), int(fallback)
 
 
 def row_moments_bf16_numpy(x: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

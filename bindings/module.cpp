@@ -34,7 +34,7 @@ namespace {
 
 // Bumped whenever a signature or semantics below changes; actstore/_native.py
 // refuses a stale build with a different number.
-constexpr int kAbiVersion = 5;
+constexpr int kAbiVersion = 6;
 
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
@@ -432,6 +432,18 @@ bool load_blosc_py(const std::string& path) {
   if (h == nullptr) return false;
   void* sym = dlsym(h, "blosc_decompress_ctx");
   if (sym == nullptr) return false;
+  // The same library's zstd and lz4 (numcodecs builds c-blosc with them and exports
+  // their symbols), for decoding frames block by block into the rows; a missing one
+  // only sends its frames through blosc_decompress_ctx.
+  actstore::BlockCodecs codecs;
+  codecs.zstd_create_dctx = reinterpret_cast<decltype(codecs.zstd_create_dctx)>(dlsym(h, "ZSTD_createDCtx"));
+  codecs.zstd_free_dctx = reinterpret_cast<decltype(codecs.zstd_free_dctx)>(dlsym(h, "ZSTD_freeDCtx"));
+  codecs.zstd_decompress_dctx =
+      reinterpret_cast<decltype(codecs.zstd_decompress_dctx)>(dlsym(h, "ZSTD_decompressDCtx"));
+  codecs.zstd_is_error = reinterpret_cast<decltype(codecs.zstd_is_error)>(dlsym(h, "ZSTD_isError"));
+  codecs.lz4_decompress_safe =
+      reinterpret_cast<decltype(codecs.lz4_decompress_safe)>(dlsym(h, "LZ4_decompress_safe"));
+  actstore::set_block_codecs(codecs);
   actstore::set_blosc_decompress(reinterpret_cast<actstore::BloscDecompressFn>(sym));
   return true;
 #else
@@ -622,7 +634,18 @@ ValueError / TypeError before anything is written. Releases the GIL.)doc");
   m.def("crc32c", &crc32c_py, py::arg("data"), "CRC-32C of a bytes-like object (google_crc32c.value). Releases the GIL.");
 
   m.def("load_blosc", &load_blosc_py, py::arg("path"),
-        "Take blosc_decompress_ctx from the shared library at path (numcodecs.blosc's); True if found.");
+        "Take blosc_decompress_ctx (and its zstd/lz4) from the shared library at path (numcodecs.blosc's); "
+        "True if found.");
+  m.def(
+      "decode_direct",
+      [](int enable) {
+        const actstore::DirectStats st = actstore::decode_direct_stats(enable);
+        return py::make_tuple(st.enabled, st.direct, st.fallback);
+      },
+      py::arg("enable") = -1,
+      R"doc(decode_scatter's direct Blosc decode (into the destination rows): enable 1 turns it
+on (the default), 0 off (every frame through blosc_decompress_ctx + scatter), -1 leaves
+it. Returns (enabled, chunks decoded directly, chunks that fell back) since load.)doc");
   m.def("row_moments_bf16", &row_moments_bf16_py, py::arg("x"), py::arg("shift"), py::arg("sum"),
         py::arg("sumsq"), py::arg("threads") = 0,
         R"doc(row_moments of bfloat16 bits, without a float32 copy; same results bit for bit.

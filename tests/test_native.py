@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -806,3 +807,174 @@ def test_decode_scatter_names_the_first_bad_chunk_with_the_codecs_reason():
     assert bad == (0, f"decodes to {cr * d * 2} bytes, expected {cr * d}")
     with pytest.raises(IndexError, match="out of range"):
         nat.decode_scatter(stored, spans, rows + 1, out, ids, drows, cr * d * 2, d * 2, True, False)
+
+
+# Frames of every codec and shuffle the store writes (format.py: typesize = the dtype's
+# itemsize; bf16 and q16 2, int8/fp8 1; shuffle from the preset or the array's spec), with
+# small block sizes so chunks span several blocks, blocks end inside rows, and the last
+# block is a leftover (split rules differ for it). numcodecs' c-blosc makes lz4 blocks at
+# least 64 KiB whatever blocksize asks, so lz4 chunks here are larger. decode_scatter decodes byte-shuffled
+# (or unshuffled) zstd/lz4 frames straight into the rows and everything else through
+# blosc_decompress_ctx + scatter; both must give the codec's own bytes.
+_DIRECT_FRAMES = [
+    # cname, shuffle, typesize, blocksize, row elements, chunk rows, direct?
+    ("zstd", "shuffle", 2, 1 << 20, 384, 40, True),  # the zstd preset, one block
+    ("zstd", "shuffle", 2, 1000, 33, 48, True),  # blocks end mid-row, leftover block
+    ("lz4", "shuffle", 2, 1000, 33, 1100, True),  # lz4 splits blocks into byte planes
+    ("lz4", "shuffle", 2, 1000, 64, 1024, True),  # blocks a whole number of rows
+    ("zstd", "shuffle", 1, 1000, 33, 48, True),  # int8/fp8: typesize 1, no unshuffle
+    ("lz4", "shuffle", 1, 700, 31, 2200, True),
+    ("zstd", "noshuffle", 2, 1000, 33, 48, True),
+    ("zstd", "shuffle", 4, 1000, 10, 48, True),  # other element sizes: plain unshuffle
+    ("lz4", "bitshuffle", 2, 1000, 33, 1100, False),  # the lz4 preset and q16: fallback
+    ("zstd", "bitshuffle", 2, 1000, 33, 48, False),
+    ("zlib", "shuffle", 2, 1000, 33, 48, False),  # a codec the direct path does not carry
+]
+
+
+def _frame_chunks(cname, shuffle, typesize, blocksize, width, cr, n_chunks, rng, compressible=True):
+    from actstore.store.codecs import ChunkCodec
+
+    codec = ChunkCodec(cname, 1, shuffle, blocksize, typesize)
+    dt = {1: np.uint8, 2: np.uint16, 4: np.uint32}[typesize]
+    if compressible:  # bf16-like: few distinct high bytes, so blocks compress
+        raw = (rng.normal(size=(n_chunks, cr, width)).astype(np.float32).view(np.uint32) >> (32 - 8 * typesize)).astype(
+            dt
+        )
+    else:
+        raw = rng.integers(0, np.iinfo(dt).max, (n_chunks, cr, width), dtype=dt, endpoint=True)
+    return codec, raw, [np.frombuffer(codec.encode(raw[j]), np.uint8).tobytes() for j in range(n_chunks)]
+
+
+def _scatter_both_ways(stored, cr, row_bytes, widen, rng):
+    """decode_scatter of stored with the direct decode on and off: (on, off) outputs,
+    results, and the (direct, fallback) counts the on call added."""
+    n_chunks = len(stored)
+    dst_rows = n_chunks * cr // 2 + 1
+    per = cr - 3  # leave some rows of each chunk unread, as a resumed epoch does
+    rows = np.concatenate([np.sort(rng.choice(cr, per, replace=False)) for _ in range(n_chunks)]).astype(np.int64)
+    rows[:per] = rng.permutation(rows[:per])  # entries need not come in row order
+    slots = rng.permutation(2 * dst_rows)[: n_chunks * per]
+    ids, drows = (slots // dst_rows).astype(np.int32), (slots % dst_rows).astype(np.int64)
+    spans = np.array([(j * per, (j + 1) * per) for j in range(n_chunks)], dtype=np.int64)
+    out_dtype, width = (np.float32, row_bytes // 2) if widen else (np.uint8, row_bytes)
+    outs, results, counts = [], [], None
+    prev = nat.decode_direct()
+    try:
+        for on in (True, False):
+            nat.decode_direct(on)
+            before = nat.decode_direct()
+            got = [np.zeros((dst_rows, width), out_dtype) for _ in range(2)]
+            results.append(
+                nat.decode_scatter(stored, spans, rows, got, ids, drows, cr * row_bytes, row_bytes, True, widen)
+            )
+            if on:
+                after = nat.decode_direct()
+                counts = (after[1] - before[1], after[2] - before[2])
+            outs.append(got)
+    finally:
+        nat.decode_direct(prev[0])
+    return outs, results, counts, (spans, rows, ids, drows, dst_rows)
+
+
+@needs_native
+@pytest.mark.parametrize("frame", _DIRECT_FRAMES, ids=lambda f: "-".join(map(str, f[:4])))
+@pytest.mark.parametrize("widen", [False, True])
+def test_decode_scatter_direct_blosc_decode_is_bit_identical(frame, widen):
+    if not nat.decode_scatter_ready(True):
+        pytest.skip("numcodecs' blosc_decompress_ctx was not found")
+    cname, shuffle, ts, blocksize, width, cr, direct = frame
+    if widen and ts != 2:
+        pytest.skip("widen is for bf16 (2-byte) arrays")
+    rng = np.random.default_rng(zlib.crc32(repr(frame).encode()))
+    codec, raw, stored = _frame_chunks(cname, shuffle, ts, blocksize, width, cr, 3, rng)
+    row_bytes = width * ts
+    (on, off), (r_on, r_off), counts, (spans, rows, ids, drows, _) = _scatter_both_ways(
+        stored, cr, row_bytes, widen, rng
+    )
+    assert r_on is None and r_off is None
+    assert counts == ((3, 0) if direct else (0, 3))
+    want = [np.zeros_like(o) for o in on]
+    for j in range(3):
+        dec = np.empty_like(raw[j])
+        codec.decode_into(stored[j], dec)
+        assert np.array_equal(dec, raw[j])
+        src = nat.bf16_to_fp32_numpy(dec) if widen else dec.view(np.uint8)
+        sl = slice(*spans[j])
+        nat.scatter_rows_numpy(src, rows[sl], want, ids[sl], drows[sl])
+    for a, b, w in zip(on, off, want):
+        assert np.array_equal(a.view(np.uint8), w.view(np.uint8))
+        assert np.array_equal(b.view(np.uint8), w.view(np.uint8))
+
+
+@needs_native
+@pytest.mark.parametrize("cname", ["zstd", "lz4"])
+def test_decode_scatter_direct_copies_memcpyed_frames(cname):
+    # Incompressible bytes: Blosc stores the chunk raw after the header (flag 0x2).
+    if not nat.decode_scatter_ready(True):
+        pytest.skip("numcodecs' blosc_decompress_ctx was not found")
+    rng = np.random.default_rng(5)
+    cr = 48 if cname == "zstd" else 1100
+    codec, raw, stored = _frame_chunks(cname, "shuffle", 2, 1000, 33, cr, 2, rng, compressible=False)
+    assert all(s[2] & 0x2 for s in stored), "expected memcpyed frames"
+    for widen in (False, True):
+        (on, off), results, counts, _ = _scatter_both_ways(stored, cr, 66, widen, rng)
+        assert results == [None, None] and counts == (2, 0)
+        assert all(np.array_equal(a.view(np.uint8), b.view(np.uint8)) for a, b in zip(on, off))
+        assert any(a.view(np.uint8).any() for a in on)
+
+
+def _recrc(frame: bytes) -> bytes:
+    return frame + int(nat._C.crc32c(frame)).to_bytes(4, "little")
+
+
+def _corrupt(stored: bytes, how: str) -> bytes:
+    f = bytearray(stored[:-4])  # the Blosc frame, without its crc32c
+    nblocks = -(-int.from_bytes(f[4:8], "little") // int.from_bytes(f[8:12], "little"))
+    last_start = int.from_bytes(f[16 + 4 * (nblocks - 1) : 20 + 4 * (nblocks - 1)], "little")
+    if how == "version":
+        f[0] = 3
+    elif how == "future_flag":
+        f[2] |= 0x08
+    elif how == "compformat":
+        f[2] = (f[2] & 0x1F) | (7 << 5)
+    elif how == "compversion":
+        f[1] = 9
+    elif how == "bstart":
+        f[16:20] = (len(f) + 10).to_bytes(4, "little")
+    elif how == "stream_size":
+        f[last_start : last_start + 4] = (len(f)).to_bytes(4, "little")
+    elif how == "stream_bytes":  # garbage inside the first block's compressed stream
+        first = int.from_bytes(f[16:20], "little")
+        for k in range(first + 4, first + 24):
+            f[k] ^= 0x5A
+    elif how == "blocksize":
+        f[8:12] = (0).to_bytes(4, "little")
+    return _recrc(bytes(f))
+
+
+@needs_native
+@pytest.mark.parametrize("cname", ["zstd", "lz4"])
+@pytest.mark.parametrize(
+    "how", ["version", "future_flag", "compformat", "compversion", "bstart", "stream_size", "stream_bytes", "blocksize"]
+)
+def test_decode_scatter_direct_gives_the_same_reason_for_corrupted_frames(cname, how):
+    if not nat.decode_scatter_ready(True):
+        pytest.skip("numcodecs' blosc_decompress_ctx was not found")
+    rng = np.random.default_rng(6)
+    cr = 48 if cname == "zstd" else 1100
+    _, _, stored = _frame_chunks(cname, "shuffle", 2, 1000, 33, cr, 2, rng)
+    assert int.from_bytes(stored[1][8:12], "little") < cr * 66  # several blocks
+    stored[1] = _corrupt(stored[1], how)
+    (on, off), (r_on, r_off), _, (spans, rows, ids, drows, dst_rows) = _scatter_both_ways(stored, cr, 66, False, rng)
+    assert r_on == r_off
+    # Both paths write the good chunk 0 and the same bytes for chunk 1: nothing when it
+    # fails (the direct decode writes only once every block decoded), else the same rows.
+    assert all(np.array_equal(a, b) for a, b in zip(on, off))
+    if r_on is not None:
+        assert r_on[0] == 1 and "\n" not in r_on[1]
+        assert r_on[1].startswith("error during blosc decompression")
+        touched = np.zeros(2 * dst_rows, bool)
+        touched[ids[spans[1][0] : spans[1][1]] * dst_rows + drows[spans[1][0] : spans[1][1]]] = True
+        stacked = np.concatenate(on)
+        assert not stacked[touched].any()

@@ -25,6 +25,30 @@ using BloscDecompressFn = int (*)(const void*, void*, std::size_t, int);
 void set_blosc_decompress(BloscDecompressFn fn);
 bool have_blosc_decompress();
 
+// The block codecs numcodecs' Blosc library also exports (zstd, lz4), for decoding
+// Blosc frames block by block straight into the destination rows (chunk_decode.cpp).
+// Any of them may be null: frames that would need it take the blosc_decompress_ctx
+// path.
+struct BlockCodecs {
+  void* (*zstd_create_dctx)() = nullptr;
+  std::size_t (*zstd_free_dctx)(void*) = nullptr;
+  std::size_t (*zstd_decompress_dctx)(void*, void*, std::size_t, const void*, std::size_t) = nullptr;
+  unsigned (*zstd_is_error)(std::size_t) = nullptr;
+  int (*lz4_decompress_safe)(const char*, char*, int, int) = nullptr;
+};
+void set_block_codecs(const BlockCodecs& codecs);
+
+// Direct decoding on (the default) or off, and how many chunks took each path since
+// load: Blosc frames decoded straight into the rows, and frames that fell back to
+// blosc_decompress_ctx + scatter (bit shuffle, a codec not found, odd layouts, and
+// frames the direct decoder refused, which the fallback then reports).
+struct DirectStats {
+  bool enabled;
+  std::int64_t direct;
+  std::int64_t fallback;
+};
+DirectStats decode_direct_stats(int enable);  // enable: 1 on, 0 off, -1 leave
+
 // One stored chunk to decode and scatter.
 struct StoredChunk {
   const std::byte* data;  // stored bytes, crc32c included
@@ -32,7 +56,10 @@ struct StoredChunk {
 };
 
 // For each chunk j: verify its crc32c, decode it (Blosc when `blosc`, else the raw
-// bytes) into a per-thread scratch of `chunk_bytes`, widen bf16 bits to float32
+// bytes) and send its rows to their destinations. Blosc frames of byte shuffle (or no
+// shuffle) with zstd or lz4 blocks are decoded block by block and unshuffled straight
+// into the destination rows (nothing is written for a frame that fails); others are
+// decoded into a per-thread scratch of `chunk_bytes` first. Widen bf16 bits to float32
 // when `widen`, and send row rows[i] of it to row dst_rows[i] of dsts[dst_ids[i]]
 // for i in [spans[2j], spans[2j+1]). Destination rows are row_bytes (x2 when widen).
 //
