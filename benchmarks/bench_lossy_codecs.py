@@ -29,6 +29,9 @@ once per hook. The quantizers (numpy/torch on one thread: a study, not the kerne
   Bound: ``|x - x_hat| <= 2^-(K+1) |x|``.
 - ``int8_row`` / ``fp8_row``: today's storage dtypes (``store/quantize.py``: per-row absmax
   scale, ``absmax/127`` and ``absmax/448``). Bounds as documented there.
+- ``q16_row``: the storage dtype this study led to, through actstore's own quantizer
+  (``store/quantize.py``): ``uniform`` at ``c = 1/32`` with zigzag codes; ``bitshuf`` is the
+  codec its arrays are written with.
 - ``clt_forge``: CLT-Forge's int8 + zstd (``src/clt/training/compressed_activations_store.py``
   at 52d380e, read for this study): symmetric int8 with one absmax/127 scale per layer over the
   whole file (``per_layer_scale``), codes of ``[tokens, layers, d]`` compressed as one zstd
@@ -293,6 +296,12 @@ def _today(dtype: str, codecs) -> Quantizer:
             return torch.from_numpy(scales)[:, None] / 2
 
         text = "|e| <= absmax_i / 254 (half a step, scale absmax_i/127)"
+    elif dtype == "q16":  # actstore's own dtype (store/quantize.py): the uniform quantizer at c = 1/32, zigzag
+
+        def bound(x, scales, cal):
+            return torch.from_numpy(scales)[:, None] / 2
+
+        text = "|e| <= rms_i / 64 (half a step, scale rms_i/32); row error <= 1/64"
     else:
 
         def bound(x, scales, cal):
@@ -300,7 +309,10 @@ def _today(dtype: str, codecs) -> Quantizer:
             return x.abs() * 2.0**-4 + s * 2.0**-10
 
         text = "|e| <= 2^-4 |x| + 2^-10 absmax_i/448 (e4m3, scale absmax_i/448)"
-    return Quantizer(f"{dtype}_row", f"{dtype}_row", {}, 1, text, quant, dequant, bound, None, codecs, dtype == "int8")
+    size = DTYPES[dtype].torch_dtype.itemsize
+    return Quantizer(
+        f"{dtype}_row", f"{dtype}_row", {}, size, text, quant, dequant, bound, None, codecs, dtype in ("int8", "q16")
+    )
 
 
 def _cal_stats(x: torch.Tensor) -> dict:
@@ -423,6 +435,7 @@ def candidates(quick: bool) -> list[Quantizer]:
         out.append(_bf16(k, ("store", "bitshuf")))
     out.append(_today("fp8", ("store", "bitshuf")))
     out.append(_today("int8", ("store", "bitshuf", "zstd3", "zstd9", *(() if quick else ("zstd19",)))))
+    out.append(_today("q16", ("bitshuf", "store")))  # the storage dtype this study led to; bitshuf is its codec
     out.append(_int8_chan_row(("store", "bitshuf")))
     out.append(_int8_chan(("store", "bitshuf")))
     slow = {0.033, 0.1}  # the higher zstd levels cost minutes: two points only
