@@ -30,8 +30,8 @@ once per hook. The quantizers (numpy/torch on one thread: a study, not the kerne
 - ``int8_row`` / ``fp8_row``: today's storage dtypes (``store/quantize.py``: per-row absmax
   scale, ``absmax/127`` and ``absmax/448``). Bounds as documented there.
 - ``q16_row``: the storage dtype this study led to, through actstore's own quantizer
-  (``store/quantize.py``): ``uniform`` at ``c = 1/32`` with zigzag codes; ``bitshuf`` is the
-  codec its arrays are written with.
+  (``store/quantize.py``): ``uniform`` at ``c = 1/32`` with zigzag codes; ``store`` (the
+  preset's byte shuffle) is the codec its arrays are written with.
 - ``clt_forge``: CLT-Forge's int8 + zstd (``src/clt/training/compressed_activations_store.py``
   at 52d380e, read for this study): symmetric int8 with one absmax/127 scale per layer over the
   whole file (``per_layer_scale``), codes of ``[tokens, layers, d]`` compressed as one zstd
@@ -435,7 +435,7 @@ def candidates(quick: bool) -> list[Quantizer]:
         out.append(_bf16(k, ("store", "bitshuf")))
     out.append(_today("fp8", ("store", "bitshuf")))
     out.append(_today("int8", ("store", "bitshuf", "zstd3", "zstd9", *(() if quick else ("zstd19",)))))
-    out.append(_today("q16", ("bitshuf", "store")))  # the storage dtype this study led to; bitshuf is its codec
+    out.append(_today("q16", ("store", "bitshuf")))  # the storage dtype this study led to; "store" is its codec
     out.append(_int8_chan_row(("store", "bitshuf")))
     out.append(_int8_chan(("store", "bitshuf")))
     slow = {0.033, 0.1}  # the higher zstd levels cost minutes: two points only

@@ -87,9 +87,9 @@ class ChunkCodec:
             self.cname, self.clevel, _BLOSC_SHUFFLE[self.shuffle], blocksize=self.blocksize, typesize=self.typesize
         )
 
-    def with_typesize(self, typesize: int, shuffle: str | None = None) -> "ChunkCodec":
-        """This codec for elements of ``typesize`` bytes (and ``shuffle`` instead of its own, if given)."""
-        return ChunkCodec(self.cname, self.clevel, shuffle or self.shuffle, self.blocksize, typesize)
+    def with_typesize(self, typesize: int) -> "ChunkCodec":
+        """This codec for elements of ``typesize`` bytes."""
+        return ChunkCodec(self.cname, self.clevel, self.shuffle, self.blocksize, typesize)
 
     def encode(self, raw: np.ndarray) -> bytes:
         """Encode a C-contiguous array's bytes; returns the stored chunk (with crc32c)."""
