@@ -31,7 +31,7 @@ class CaptureConfig:
         "bf16",
         "storage dtype. Measured on SmolLM2-135M's 60 MLP hooks (x fewer bytes than raw bf16; relative "
         "error vs the fp32 activations, median hook): bf16 1.46x, 0.17%% (lossless for a bf16 model); fp16 "
-        "1.17x, 0.02%%; fp32 0.59x, exact; fp8 2.35x, 2.4%%; int8 2.63x, 2.2%% (worst hook 5.1%%); q16 2.27x, "
+        "1.17x, 0.02%%; fp32 0.59x, exact; fp8 2.35x, 2.4%%; int8 2.63x, 2.2%% (worst hook 5.1%%); q16 2.29x, "
         "0.90%% (any row at most 1.6%%: lossy with a bound). benchmarks/results/all_layer_capture_cpu.json",
     )
     codec: str = _opt("zstd", "zstd, lz4 or none")
