@@ -560,9 +560,14 @@ def row_moments(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tuple[np.
     shift = np.ascontiguousarray(shift, dtype=np.float64)
     if _C is None:
         return row_moments_numpy(x, shift)
+    return _moments(_C.row_moments, x, shift, threads)
+
+
+def _moments(native, x: np.ndarray, shift: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Call a native moments kernel (``row_moments``, ``row_moments_bf16``) on checked arrays."""
     s1 = np.empty(x.shape[1], dtype=np.float64)
     s2 = np.empty(x.shape[1], dtype=np.float64)
-    norm = _C.row_moments(x, shift, s1, s2, threads)
+    norm = native(x, shift, s1, s2, threads)
     return s1, s2, float(norm)
 
 
@@ -659,7 +664,4 @@ def row_moments_bf16(x: np.ndarray, shift: np.ndarray, threads: int = 0) -> tupl
     shift = np.ascontiguousarray(shift, dtype=np.float64)
     if _C is None:
         return row_moments_bf16_numpy(x, shift)
-    s1 = np.empty(x.shape[1], dtype=np.float64)
-    s2 = np.empty(x.shape[1], dtype=np.float64)
-    norm = _C.row_moments_bf16(x, shift, s1, s2, threads)
-    return s1, s2, float(norm)
+    return _moments(_C.row_moments_bf16, x, shift, threads)

@@ -201,6 +201,37 @@ void gather_rows_py(const py::sequence& sources, const py::object& src_ids_obj,
   if (!st.ok()) raise_index(st, " (index arrays changed during the call)");
 }
 
+// The destination arrays of a scatter, checked: each 2-D, C-contiguous, writeable and plain,
+// with rows of ``width`` bytes (``mismatch(name, a, row_width)`` words the error otherwise).
+// ``keep`` holds the arrays alive while the returned targets point into them.
+template <class Mismatch>
+std::vector<actstore::ScatterTarget> scatter_targets(const py::sequence& dsts, const char* fn, std::size_t width,
+                                                     std::vector<py::array>& keep, const Mismatch& mismatch,
+                                                     const py::array* must_not_overlap = nullptr) {
+  const py::ssize_t num_dsts = py::len(dsts);
+  std::vector<actstore::ScatterTarget> targets;
+  keep.reserve(static_cast<std::size_t>(num_dsts));
+  targets.reserve(static_cast<std::size_t>(num_dsts));
+  for (py::ssize_t k = 0; k < num_dsts; ++k) {
+    const std::string name = "dsts[" + std::to_string(k) + "]";
+    py::array a = as_ndarray(dsts[k], fn, name);
+    if (a.ndim() != 2) {
+      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " + shape_str(a));
+    }
+    require_c_contiguous(a, fn, name);
+    require_writeable(a, fn, name);
+    require_plain_data(a, fn, name);
+    const std::size_t row_width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
+    if (row_width != width) throw py::value_error(mismatch(name, a, row_width));
+    if (must_not_overlap != nullptr && overlaps(a, *must_not_overlap)) {
+      throw py::value_error(std::string(fn) + ": " + name + " overlaps src in memory");
+    }
+    targets.push_back({static_cast<std::byte*>(a.mutable_data()), static_cast<std::int64_t>(a.shape(0))});
+    keep.push_back(std::move(a));
+  }
+  return targets;
+}
+
 void scatter_rows_py(const py::object& src_obj, const py::object& rows_obj, const py::sequence& dsts,
                      const py::object& dst_ids_obj, const py::object& dst_rows_obj, int threads) {
   constexpr const char* fn = "scatter_rows";
@@ -238,31 +269,16 @@ void scatter_rows_py(const py::object& src_obj, const py::object& rows_obj, cons
                           std::to_string(dst_rows.shape(0)) + " must be equal");
   }
 
-  const py::ssize_t num_dsts = py::len(dsts);
   std::vector<py::array> keep;
-  std::vector<actstore::ScatterTarget> targets;
-  keep.reserve(static_cast<std::size_t>(num_dsts));
-  targets.reserve(static_cast<std::size_t>(num_dsts));
-  for (py::ssize_t k = 0; k < num_dsts; ++k) {
-    const std::string name = "dsts[" + std::to_string(k) + "]";
-    py::array a = as_ndarray(dsts[k], fn, name);
-    if (a.ndim() != 2) {
-      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " + shape_str(a));
-    }
-    require_c_contiguous(a, fn, name);
-    require_writeable(a, fn, name);
-    require_plain_data(a, fn, name);
-    const std::size_t width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
-    if (width != row_bytes) {
-      throw py::value_error(std::string(fn) + ": " + name + " rows are " + std::to_string(width) +
-                            " bytes (" + std::to_string(a.shape(1)) + " x " + dtype_name(a) +
-                            ") but src rows are " + std::to_string(row_bytes) + " bytes (" +
-                            std::to_string(src.shape(1)) + " x " + dtype_name(src) + ")");
-    }
-    if (overlaps(a, src)) throw py::value_error(std::string(fn) + ": " + name + " overlaps src in memory");
-    targets.push_back({static_cast<std::byte*>(a.mutable_data()), static_cast<std::int64_t>(a.shape(0))});
-    keep.push_back(std::move(a));
-  }
+  const auto targets = scatter_targets(
+      dsts, fn, static_cast<std::size_t>(row_bytes), keep,
+      [&](const std::string& name, const py::array& a, std::size_t width) {
+        return std::string(fn) + ": " + name + " rows are " + std::to_string(width) + " bytes (" +
+               std::to_string(a.shape(1)) + " x " + dtype_name(a) + ") but src rows are " +
+               std::to_string(row_bytes) + " bytes (" + std::to_string(src.shape(1)) + " x " + dtype_name(src) + ")";
+      },
+      &src);
+  const py::ssize_t num_dsts = static_cast<py::ssize_t>(targets.size());
 
   const auto* rw = static_cast<const std::int64_t*>(rows.data());
   const auto* ids = static_cast<const std::int32_t*>(dst_ids.data());
@@ -367,26 +383,13 @@ py::object decode_scatter_py(const py::sequence& chunks, const py::object& spans
     }
   }
   const std::size_t out_row = static_cast<std::size_t>(row_bytes) * (widen ? 2 : 1);
-  const py::ssize_t num_dsts = py::len(dsts);
   std::vector<py::array> keep;
-  std::vector<actstore::ScatterTarget> targets;
-  for (py::ssize_t k = 0; k < num_dsts; ++k) {
-    const std::string name = "dsts[" + std::to_string(k) + "]";
-    py::array a = as_ndarray(dsts[k], fn, name);
-    if (a.ndim() != 2) {
-      throw py::value_error(std::string(fn) + ": " + name + " must be 2-D (rows, cols), got shape " + shape_str(a));
-    }
-    require_c_contiguous(a, fn, name);
-    require_writeable(a, fn, name);
-    require_plain_data(a, fn, name);
-    const std::size_t width = static_cast<std::size_t>(a.itemsize() * a.shape(1));
-    if (width != out_row) {
-      throw py::value_error(std::string(fn) + ": " + name + " rows are " + std::to_string(width) +
-                            " bytes, the decoded rows " + std::to_string(out_row));
-    }
-    targets.push_back({static_cast<std::byte*>(a.mutable_data()), static_cast<std::int64_t>(a.shape(0))});
-    keep.push_back(std::move(a));
-  }
+  const auto targets =
+      scatter_targets(dsts, fn, out_row, keep, [&](const std::string& name, const py::array&, std::size_t width) {
+        return std::string(fn) + ": " + name + " rows are " + std::to_string(width) + " bytes, the decoded rows " +
+               std::to_string(out_row);
+      });
+  const py::ssize_t num_dsts = static_cast<py::ssize_t>(targets.size());
   const auto* rw = static_cast<const std::int64_t*>(rows.data());
   const auto* ids = static_cast<const std::int32_t*>(dst_ids.data());
   const auto* drw = static_cast<const std::int64_t*>(dst_rows.data());
