@@ -405,7 +405,12 @@ class SegmentWriter:
             puts.append((f"{self._prefix}/{sub}/zarr.json", json.dumps(group_doc()).encode()))
         for a in self._arrays:
             self._remember(f"{self._prefix}/{a.path}/zarr.json")
-        self._put_all(puts + self._shape_docs(0))
+        # The sub-groups one by one: they share the new segment folder, and two threads
+        # creating it at once would each mkdir it and fsync its parent, a step count that
+        # varies from run to run. Then the arrays' documents, each in its own new folder.
+        for key, data in puts:
+            self._put(key, data)
+        self._put_all(self._shape_docs(0))
         # The segment's own zarr.json last: its presence means the skeleton is complete.
         self._put(f"{self._prefix}/zarr.json", json.dumps(group_doc(info)).encode())
 
