@@ -508,6 +508,20 @@ void bf16_to_fp32_py(const py::object& src_obj, const py::object& out_obj, int t
   actstore::bf16_to_fp32(s, d, n, threads);
 }
 
+// shift, sum and sumsq of the moments kernels: float64 (d,), C-contiguous; sum and sumsq writeable.
+void check_moment_vectors(const py::array& shift, const py::array& sum, const py::array& sumsq, std::int64_t d,
+                          const char* fn) {
+  for (const auto* a : {&shift, &sum, &sumsq}) {
+    if (!has_dtype<double>(*a) || a->ndim() != 1 || a->shape(0) != d) {
+      throw py::value_error(std::string(fn) + ": shift, sum and sumsq must be float64 of shape (" +
+                            std::to_string(d) + ",)");
+    }
+    require_c_contiguous(*a, fn, "shift/sum/sumsq");
+  }
+  require_writeable(sum, fn, "sum");
+  require_writeable(sumsq, fn, "sumsq");
+}
+
 double row_moments_py(const py::object& x_obj, const py::object& shift_obj, const py::object& sum_obj,
                       const py::object& sumsq_obj, int threads) {
   constexpr const char* fn = "row_moments";
@@ -521,15 +535,7 @@ double row_moments_py(const py::object& x_obj, const py::object& shift_obj, cons
   }
   require_c_contiguous(x, fn, "x");
   const std::int64_t n = x.shape(0), d = x.shape(1);
-  for (const auto* a : {&shift, &sum, &sumsq}) {
-    if (!has_dtype<double>(*a) || a->ndim() != 1 || a->shape(0) != d) {
-      throw py::value_error(std::string(fn) + ": shift, sum and sumsq must be float64 of shape (" +
-                            std::to_string(d) + ",)");
-    }
-    require_c_contiguous(*a, fn, "shift/sum/sumsq");
-  }
-  require_writeable(sum, fn, "sum");
-  require_writeable(sumsq, fn, "sumsq");
+  check_moment_vectors(shift, sum, sumsq, d, fn);
   const auto* xp = static_cast<const float*>(x.data());
   const auto* sh = static_cast<const double*>(shift.data());
   auto* s1 = static_cast<double*>(sum.mutable_data());
@@ -552,15 +558,7 @@ double row_moments_bf16_py(const py::object& x_obj, const py::object& shift_obj,
   }
   require_c_contiguous(x, fn, "x");
   const std::int64_t n = x.shape(0), d = x.shape(1);
-  for (const auto* a : {&shift, &sum, &sumsq}) {
-    if (!has_dtype<double>(*a) || a->ndim() != 1 || a->shape(0) != d) {
-      throw py::value_error(std::string(fn) + ": shift, sum and sumsq must be float64 of shape (" +
-                            std::to_string(d) + ",)");
-    }
-    require_c_contiguous(*a, fn, "shift/sum/sumsq");
-  }
-  require_writeable(sum, fn, "sum");
-  require_writeable(sumsq, fn, "sumsq");
+  check_moment_vectors(shift, sum, sumsq, d, fn);
   const auto* xp = static_cast<const std::uint16_t*>(x.data());
   const auto* sh = static_cast<const double*>(shift.data());
   auto* s1 = static_cast<double*>(sum.mutable_data());
