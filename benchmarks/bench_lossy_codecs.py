@@ -109,6 +109,7 @@ import actstore  # noqa: E402
 from actstore.store import quantize as Q  # noqa: E402
 from actstore.store.codecs import ChunkCodec, crc32c_append, crc32c_strip  # noqa: E402
 from actstore.store.format import DTYPES, chunk_rows_for  # noqa: E402
+from actstore.store.quantize import unzigzag, zigzag  # noqa: E402  (q16's own, the one the store writes)
 
 numcodecs.blosc.use_threads = False  # single-thread figures, whatever the import order
 
@@ -226,16 +227,6 @@ def bf16_bits(x: torch.Tensor, keep: int = 7) -> torch.Tensor:
 
 def from_bf16_bits(b: torch.Tensor) -> torch.Tensor:
     return ((b.to(torch.int32) & 0xFFFF) << 16).view(torch.float32)
-
-
-def zigzag(q: torch.Tensor) -> torch.Tensor:
-    q = q.to(torch.int32)
-    return torch.where(q >= 0, 2 * q, -2 * q - 1).to(torch.int16)  # stored as uint16 bits
-
-
-def unzigzag(z: torch.Tensor) -> torch.Tensor:
-    u = z.to(torch.int32) & 0xFFFF
-    return torch.where(u & 1 == 0, u >> 1, -((u + 1) >> 1))
 
 
 def row_rms(x: torch.Tensor) -> torch.Tensor:
