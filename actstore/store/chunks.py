@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import CorruptDataError, MissingObjectError
-from .format import ArraySpec, Schema, shard_key
+from .format import ArraySpec, Schema, array_codec, shard_key
 from .shard import MISSING, index_nbytes, parse_index
 from .storage import Blob, Storage
 
@@ -251,7 +251,7 @@ class ChunkReader:
         ``out`` (C-contiguous, that shape and dtype) when given."""
         if out is None:
             out = np.empty((a.chunk_rows, *a.row_shape), dtype=a.dtype)
-        codec = self.schema.codec_for(a)
+        codec = array_codec(self.schema.codec, a)
         try:
             codec.decode_into(data, out)
         except ValueError as e:

@@ -194,11 +194,6 @@ class Schema:
     def codec(self) -> ChunkCodec:
         return codec_from_preset(self.codec_preset)
 
-    def codec_for(self, a: ArraySpec) -> ChunkCodec:
-        """The inner-chunk codec of array ``a``: the preset's, at the array's element size.
-        The writer, the reader and zarr.json use it."""
-        return array_codec(self.codec, a)
-
     def arrays(self) -> list[ArraySpec]:
         """Every array a segment holds, activations first."""
         out = []
